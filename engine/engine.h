@@ -1,0 +1,115 @@
+/* engine.h - models and the forward pass over a ragged batch.
+ *
+ * eng_model_load() reads a GGUF file (architecture llama for now; the
+ * description is data-driven so qwen2/gemma3/subllm slot in), prepares the
+ * weights on a backend and allocates the KV cache as a page pool of
+ * BE_PAGE_SLOTS-token pages. The engine never allocates pages: the caller (the
+ * scheduler) owns the block tables and passes page ids in each batch.
+ *
+ * Threading: a model and its state belong to one thread (the engine thread);
+ * the backend parallelises inside each call.
+ */
+#ifndef SS_ENGINE_H
+#define SS_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/backend.h"
+
+struct gguf_file;
+struct tok;
+
+enum eng_arch { ENG_ARCH_LLAMA = 1, ENG_ARCH_QWEN2, ENG_ARCH_GEMMA3, ENG_ARCH_SUBLLM };
+
+/* Hyper-parameters, read from <arch>.* keys. */
+struct eng_config {
+    int arch;
+    char arch_name[32];
+    char name[128];        /* general.name, or the file's base name */
+    int n_layers;
+    int dim;               /* embedding length */
+    int ffn_dim;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int n_vocab;
+    int n_ctx_train;       /* <arch>.context_length */
+    float norm_eps;
+    float rope_theta;
+    float rope_freq_scale;
+    int rope_neox;         /* 1 = rotate-half (qwen2, gemma3), 0 = adjacent pairs (llama) */
+    int n_rot;
+    int tied_output;       /* output.weight absent: use token_embd */
+};
+
+/* Per-layer weights; shapes in elements, ne[0] first.
+ *   attn_norm [dim]            wq [dim -> n_heads*hd]   wk, wv [dim -> n_kv*hd]
+ *   wo [n_heads*hd -> dim]     ffn_norm [dim]
+ *   w_gate, w_up [dim -> ffn]  w_down [ffn -> dim] */
+struct eng_layer {
+    const float *attn_norm; /* backend memory, [dim] */
+    const float *ffn_norm;  /* [dim] */
+    struct be_tensor wq, wk, wv, wo;
+    struct be_tensor w_gate, w_up, w_down;
+    const float *bq, *bk, *bv; /* [n_heads*hd], [n_kv*hd]; NULL if absent */
+    struct be_kv_layer kv;
+};
+
+struct eng_model; /* opaque: config, weights, KV pool, scratch buffers */
+
+struct eng_options {
+    const char *backend;     /* "cpu" (default) or "cuda" */
+    int n_threads;           /* 0 = all cores */
+    int n_ctx;               /* max tokens per sequence; 0 = n_ctx_train (capped at 8192) */
+    size_t kv_bytes;         /* KV pool size in bytes; 0 = room for kv_default_seqs * n_ctx */
+    int kv_default_seqs;     /* used when kv_bytes == 0; 0 -> 4 */
+    int kv_type;             /* BE_F16 (default when 0) or BE_F32 */
+    int max_batch_tokens;    /* scratch sizing: max tokens per forward; 0 -> 2048 */
+};
+
+int eng_model_load(struct eng_model **out, const char *path, const struct eng_options *opt,
+                   char *err, size_t err_len);
+void eng_model_free(struct eng_model *m);
+
+const struct eng_config *eng_model_config(const struct eng_model *m);
+const struct tok *eng_model_tok(const struct eng_model *m);
+int eng_model_n_ctx(const struct eng_model *m);
+int32_t eng_model_n_pages(const struct eng_model *m);  /* pages in the KV pool */
+size_t eng_model_kv_bytes_per_token(const struct eng_model *m);
+size_t eng_model_weight_bytes(const struct eng_model *m); /* bytes read per token (decode) */
+
+/* A ragged batch: sequences' tokens concatenated.
+ *
+ *   tokens: [ s0 t0 .. s0 tk | s1 t0 .. | ... ]
+ *   seq i owns tokens [seqs[i].tok0, seqs[i].tok0 + seqs[i].n_tok)
+ *   their positions are n_past, n_past+1, ...; their K/V are written at KV
+ *   indices n_past.. of the sequence's block table, which must already hold
+ *   pages for n_past + n_tok entries.
+ */
+struct eng_seq {
+    int32_t tok0;
+    int32_t n_tok;
+    int32_t n_past;
+    const int32_t *pages; /* block table, >= ceil((n_past+n_tok)/16) entries */
+    int32_t n_pages;
+    int want_logits;      /* 1: produce logits of this sequence's last token */
+    int all_logits;       /* 1: produce logits for every token of it (perplexity, echo) */
+};
+
+struct eng_batch {
+    const int32_t *tokens;
+    int32_t n_tokens;
+    const struct eng_seq *seqs;
+    int32_t n_seqs;
+};
+
+/* Runs the model over the batch. Logits are written row-major [n_vocab] in this
+ * order: for each sequence in batch order, one row per token if all_logits, else
+ * one row if want_logits, else none. Returns 0 or a negative code (SS_EINVAL
+ * for a malformed batch: positions beyond n_ctx, missing pages, bad token ids).
+ * logits is host memory of at least eng_batch_n_logits() * n_vocab floats. */
+int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits);
+int32_t eng_batch_n_logits(const struct eng_batch *b);
+
+#endif

@@ -1,0 +1,66 @@
+/* tokenizer.h - tokenizers built from GGUF metadata (tokenizer.ggml.*).
+ *
+ * Kinds: "llama" (SentencePiece-style: scores, <0xNN> byte fallback, U+2581 as the
+ * space marker) and "gpt2" (byte-level BPE: merges, a PCRE2 pre-tokenizer chosen
+ * by tokenizer.ggml.pre). A tokenizer is immutable after tok_load and may be used
+ * from any thread concurrently.
+ */
+#ifndef SS_TOKENIZER_H
+#define SS_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct gguf_file;
+struct tok;
+
+enum tok_kind { TOK_SPM = 1, TOK_BPE = 2 };
+
+/* Returns 0 or a negative SS_E* code with a message in err. */
+int tok_load(struct tok **out, const struct gguf_file *f, char *err, size_t err_len);
+void tok_free(struct tok *t);
+
+int tok_kind(const struct tok *t);
+int32_t tok_n_vocab(const struct tok *t);
+int32_t tok_bos(const struct tok *t);   /* -1 if none */
+int32_t tok_eos(const struct tok *t);   /* -1 if none */
+int tok_add_bos(const struct tok *t);   /* tokenizer.ggml.add_bos_token (default per kind) */
+/* 1 if id is an end-of-generation token (eos, eot, <end_of_turn>, <|eot_id|>, ...) */
+int tok_is_eog(const struct tok *t, int32_t id);
+/* 1 if id is a control/special token (never rendered as text by tok_decode). */
+int tok_is_control(const struct tok *t, int32_t id);
+/* id of a token whose text is exactly s, or -1 */
+int32_t tok_find(const struct tok *t, const char *s);
+
+/* Encode UTF-8 text (len bytes, need not be NUL-terminated). add_bos prepends BOS
+ * when the vocab has one. parse_special: 1 to recognise special-token texts such
+ * as "<start_of_turn>" in the input (chat templates), 0 to treat them as text.
+ * Writes up to cap ids to out and returns the total count needed (may exceed
+ * cap: call again with a bigger buffer), or a negative code. */
+int64_t tok_encode(const struct tok *t, const char *text, size_t len, int add_bos, int parse_special,
+                   int32_t *out, int64_t cap);
+
+/* Raw bytes of one token as it contributes to text (byte tokens give one byte,
+ * the space marker becomes ' ', byte-level BPE unicode is mapped back to bytes).
+ * Control tokens give "". Returns bytes written (<= cap) or negative code. */
+int tok_piece(const struct tok *t, int32_t id, char *out, size_t cap);
+
+/* Streaming detokenizer: holds back an incomplete UTF-8 sequence so that every
+ * chunk emitted is valid UTF-8 on its own. Also strips the single leading space
+ * that SentencePiece puts before the first word when strip_leading is set. */
+struct tok_stream {
+    char pend[8];
+    int n_pend;
+    int first;
+    int strip_leading;
+};
+void tok_stream_init(struct tok_stream *s, int strip_leading);
+/* Appends the text of id to out (cap bytes); returns bytes written or negative. */
+int tok_stream_push(const struct tok *t, struct tok_stream *s, int32_t id, char *out, size_t cap);
+/* Flush held-back bytes at the end (invalid leftovers become U+FFFD). */
+int tok_stream_flush(struct tok_stream *s, char *out, size_t cap);
+
+/* Whole-sequence decode into a malloc'd NUL-terminated string (NULL on OOM). */
+char *tok_decode(const struct tok *t, const int32_t *ids, int64_t n, int skip_special);
+
+#endif

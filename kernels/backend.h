@@ -1,0 +1,195 @@
+/* backend.h - the compute backend interface (ggml-backend style).
+ *
+ * A backend is a const table of function pointers plus an opaque context. The
+ * engine calls only the be_* wrappers below; it never touches device memory or
+ * an AVX/CUDA function directly. Activation buffers are float arrays allocated by
+ * the backend (be_alloc): for the CPU backend they are host memory, for CUDA they
+ * are device memory, and the engine reads them back with be_download.
+ *
+ * Weights are described by struct be_tensor (ggml type numbering, row-major rows
+ * of ne[0] elements, ne[1] rows). A backend may convert weights once at load
+ * (be_weight_prepare) and keep its own copy.
+ *
+ * Threading: a backend context is used by one thread at a time (the engine
+ * thread); the CPU backend parallelises inside each call over its own workers.
+ */
+#ifndef SS_BACKEND_H
+#define SS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Tensor element types, numbered as in ggml/GGUF so file values map directly. */
+enum be_type {
+    BE_F32 = 0,
+    BE_F16 = 1,
+    BE_Q4_0 = 2,
+    BE_Q4_1 = 3,
+    BE_Q5_0 = 6,
+    BE_Q5_1 = 7,
+    BE_Q8_0 = 8,
+    BE_Q8_1 = 9,
+    BE_Q2_K = 10,
+    BE_Q3_K = 11,
+    BE_Q4_K = 12,
+    BE_Q5_K = 13,
+    BE_Q6_K = 14,
+    BE_Q8_K = 15,
+    BE_BF16 = 30,
+    BE_TYPE_COUNT = 40
+};
+
+/* Block geometry of a type: elements per block and bytes per block (0/0 if the
+ * type is unknown or unsupported). */
+struct be_type_info {
+    const char *name;
+    int blck; /* elements per block */
+    int size; /* bytes per block */
+};
+const struct be_type_info *be_type_get(int type); /* NULL if unknown */
+/* Bytes of one row of n elements; 0 if n is not a multiple of the block size or
+ * the type is unknown. */
+size_t be_row_bytes(int type, int64_t n);
+/* 1 if the CPU kernels can compute with this weight type. */
+int be_type_supported(int type);
+
+/* A weight matrix: ne[1] rows of ne[0] elements, rows contiguous, nb1 = bytes
+ * per row. data points into the mmapped file or into backend memory. */
+struct be_tensor {
+    int type;
+    int64_t ne[4];
+    size_t nb1;
+    const void *data;
+    void *be_data; /* backend's own copy (NULL = use data) */
+};
+
+/* One sequence's slice of a ragged batch, as seen by attention. */
+struct be_attn_seq {
+    int32_t tok0;          /* first row of q/out belonging to this sequence */
+    int32_t n_tok;         /* rows of this sequence in the batch */
+    int32_t n_past;        /* KV entries already cached before this step */
+    const int32_t *pages;  /* block table: logical page i -> physical page id */
+};
+
+/* KV storage of one layer: n_pages pages of BE_PAGE_SLOTS slots; each slot holds
+ * kv_dim = n_kv_heads*head_dim elements of K and of V, in kv_type (F32 or F16).
+ *   k[page][slot][kv_dim], v[page][slot][kv_dim] */
+#define BE_PAGE_SLOTS 16
+struct be_kv_layer {
+    void *k;
+    void *v;
+    int kv_type; /* BE_F32 or BE_F16 */
+};
+
+struct be_attn_params {
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    float scale;      /* multiplies q.k (usually 1/sqrt(head_dim)) */
+    int32_t window;   /* sliding window in KV entries, 0 = full causal */
+    float softcap;    /* attention logit soft-capping, 0 = none */
+};
+
+struct be_rope_params {
+    int n_heads;
+    int head_dim;
+    int n_rot;         /* rotated dimensions (<= head_dim) */
+    float theta_base;  /* e.g. 10000 */
+    float freq_scale;  /* linear position scaling, 1 = none */
+    int neox;          /* 1: rotate-half pairs (i, i+n_rot/2); 0: adjacent pairs (2i, 2i+1) */
+    const float *freq_factors; /* per-pair divisors (llama3 rope scaling), NULL = none */
+};
+
+struct be_ops {
+    const char *name;
+    int (*init)(void **ctx, int n_threads);
+    void (*free)(void *ctx);
+
+    /* memory */
+    void *(*alloc)(void *ctx, size_t bytes);  /* zeroed; NULL on failure */
+    void (*dealloc)(void *ctx, void *p);
+    void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
+    void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
+    int (*weight_prepare)(void *ctx, struct be_tensor *w); /* optional */
+
+    /* y[n][w->ne[1]] = x[n][w->ne[0]] . W^T */
+    void (*matmul)(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
+    /* out[n][w->ne[0]] = rows ids[] of w, dequantised */
+    void (*get_rows)(void *ctx, float *out, const struct be_tensor *w, const int32_t *ids, int n);
+    /* out[i] = x[i] / rms(x[i]) * w (w NULL: no weight), rows of dim */
+    void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps);
+    /* in place rotation of x[n][n_heads*head_dim] at positions pos[n] */
+    void (*rope)(void *ctx, float *x, const int32_t *pos, int n, const struct be_rope_params *p);
+    /* write K/V rows of the batch into the cache: row i goes to slot slots[i]
+     * (slot = page*BE_PAGE_SLOTS + offset) */
+    void (*kv_store)(void *ctx, struct be_kv_layer *kv, const float *k, const float *v,
+                     const int32_t *slots, int n, int kv_dim);
+    /* causal paged attention for a ragged batch. q: [n][n_heads*head_dim],
+     * out: same shape. Token j of sequence s attends KV entries
+     * [max(0, n_past+j-window+1), n_past+j] of its block table. */
+    void (*attention)(void *ctx, float *out, const float *q, const struct be_kv_layer *kv,
+                      const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p);
+    /* out[i] = act(gate[i]) * up[i]; act 0 = silu, 1 = gelu(tanh) */
+    void (*glu)(void *ctx, float *out, const float *gate, const float *up, int64_t n, int act);
+    /* y[i] += x[i] */
+    void (*add)(void *ctx, float *y, const float *x, int64_t n);
+    /* y[i] *= s */
+    void (*scale)(void *ctx, float *y, float s, int64_t n);
+};
+
+/* A live backend: ops table plus its context. */
+struct be {
+    const struct be_ops *ops;
+    void *ctx;
+};
+
+/* Backend registry. name: "cpu" or "cuda". Returns 0, or a negative code
+ * (-11 no device, -7 not compiled in, -1 no memory). */
+int be_open(struct be *be, const char *name, int n_threads);
+void be_close(struct be *be);
+/* 1 if a CUDA device is usable (0 where no driver/device or CUDA not built). */
+int be_cuda_available(char *why, size_t why_len);
+
+/* Wrappers (inline, so calls cost nothing). */
+static inline void *be_alloc(struct be *b, size_t n) { return b->ops->alloc(b->ctx, n); }
+static inline void be_dealloc(struct be *b, void *p) { if (p) b->ops->dealloc(b->ctx, p); }
+static inline void be_upload(struct be *b, void *d, const void *s, size_t n) { b->ops->upload(b->ctx, d, s, n); }
+static inline void be_download(struct be *b, void *d, const void *s, size_t n) { b->ops->download(b->ctx, d, s, n); }
+static inline int be_weight_prepare(struct be *b, struct be_tensor *w) {
+    return b->ops->weight_prepare ? b->ops->weight_prepare(b->ctx, w) : 0;
+}
+static inline void be_matmul(struct be *b, float *y, const float *x, const struct be_tensor *w, int n) {
+    b->ops->matmul(b->ctx, y, x, w, n);
+}
+static inline void be_get_rows(struct be *b, float *o, const struct be_tensor *w, const int32_t *ids, int n) {
+    b->ops->get_rows(b->ctx, o, w, ids, n);
+}
+static inline void be_rmsnorm(struct be *b, float *o, const float *x, const float *w, int n, int dim, float eps) {
+    b->ops->rmsnorm(b->ctx, o, x, w, n, dim, eps);
+}
+static inline void be_rope(struct be *b, float *x, const int32_t *pos, int n, const struct be_rope_params *p) {
+    b->ops->rope(b->ctx, x, pos, n, p);
+}
+static inline void be_kv_store(struct be *b, struct be_kv_layer *kv, const float *k, const float *v,
+                               const int32_t *slots, int n, int kv_dim) {
+    b->ops->kv_store(b->ctx, kv, k, v, slots, n, kv_dim);
+}
+static inline void be_attention(struct be *b, float *o, const float *q, const struct be_kv_layer *kv,
+                                const struct be_attn_seq *s, int ns, const struct be_attn_params *p) {
+    b->ops->attention(b->ctx, o, q, kv, s, ns, p);
+}
+static inline void be_glu(struct be *b, float *o, const float *g, const float *u, int64_t n, int act) {
+    b->ops->glu(b->ctx, o, g, u, n, act);
+}
+static inline void be_add(struct be *b, float *y, const float *x, int64_t n) { b->ops->add(b->ctx, y, x, n); }
+static inline void be_scale(struct be *b, float *y, float s, int64_t n) { b->ops->scale(b->ctx, y, s, n); }
+
+/* Scalar reference routines (kernels/cpu/ref.c): plain C, no SIMD, no threads.
+ * Optimised kernels are tested against these. */
+void kref_dequant_row(int type, const void *src, float *dst, int64_t n);
+void kref_matmul(float *y, const float *x, const struct be_tensor *w, int n);
+float kref_fp16_to_fp32(uint16_t h);
+uint16_t kref_fp32_to_fp16(float f);
+float kref_bf16_to_fp32(uint16_t h);
+
+#endif

@@ -1,0 +1,1 @@
+__global__ void kcu_placeholder(void) {}

@@ -1,0 +1,116 @@
+/* sched.h - request lifecycle, the engine thread and its batching loop.
+ *
+ * Threads:
+ *   - the loop thread (server) creates requests, submits and cancels them, and
+ *     takes their output;
+ *   - the engine thread (started by sched_start) owns the model, the KV page
+ *     pool and every queue of the scheduler; it runs sched_step() in a loop.
+ * The two share only the submission queue and each request's output buffer,
+ * both behind mutexes in scheduler/queue.c. Requests are reference counted:
+ * one reference for the creator (connection), one taken by sched_submit for the
+ * engine; the last sched_req_unref frees it.
+ */
+#ifndef SS_SCHED_H
+#define SS_SCHED_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/sampler.h"
+
+struct eng_model;
+struct sched;
+
+enum req_finish { REQ_FINISH_NONE = 0, REQ_FINISH_STOP, REQ_FINISH_LENGTH, REQ_FINISH_ERROR,
+                  REQ_FINISH_CANCELLED };
+
+#define REQ_MAX_STOP 8
+
+/* What the client asked for. Filled by api/ before submission; read-only after. */
+struct req_params {
+    int32_t *prompt;        /* malloc'd token ids, owned by the request */
+    int32_t n_prompt;
+    int32_t max_tokens;     /* >= 1 */
+    struct smp_params smp;
+    char *stop[REQ_MAX_STOP]; /* malloc'd NUL-terminated stop strings */
+    int n_stop;
+    int ignore_eos;
+    int want_logprobs;      /* top-N logprobs per token (0 = none) */
+};
+
+/* Output accumulated by the engine thread, taken by the loop thread. */
+struct req_out {
+    char *text;             /* bytes produced since the last take (valid UTF-8) */
+    size_t len, cap;
+    int32_t n_prompt;       /* usage.prompt_tokens */
+    int32_t n_gen;          /* tokens generated so far (usage.completion_tokens) */
+    int finish;             /* enum req_finish, NONE while running */
+    int error;              /* SS_E* when finish == ERROR */
+    char errmsg[160];
+    double t_first_token;   /* seconds since submission, 0 until known */
+};
+
+struct sched_req {
+    /* immutable after submit */
+    uint64_t id;
+    struct req_params p;
+    void *user;                /* loop thread's connection state; engine never touches it */
+    double t_submit;           /* monotonic seconds */
+
+    /* shared: protected by lock */
+    pthread_mutex_t lock;
+    int refs;
+    int cancelled;             /* set by sched_cancel */
+    int notified;              /* loop thread has a pending wake-up for it */
+    struct req_out out;
+
+    /* engine thread only */
+    struct sched_req *next;    /* queue link */
+    void *eng;                 /* engine-side sequence state (sched.c) */
+};
+
+typedef void (*sched_notify_fn)(void *ud, struct sched_req *r);
+
+struct sched_options {
+    int max_num_seqs;           /* running sequences at once (default 64) */
+    int max_batched_tokens;     /* tokens per step (default 2048) */
+    int max_queued;             /* waiting requests before 503 (default 256) */
+};
+
+/* Creates the scheduler over a loaded model (not owned). notify is called on the
+ * engine thread whenever a request has new output or finished; it must be cheap
+ * and thread-safe (the server pushes onto a ready list and uv_async_send()s).
+ * Returns NULL on OOM. */
+struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sched_notify_fn notify,
+                        void *ud);
+int sched_start(struct sched *s);          /* spawns the engine thread */
+void sched_stop(struct sched *s);          /* cancels everything, joins the thread */
+void sched_free(struct sched *s);
+
+/* Loop thread. Allocates a request with one reference (the caller's). */
+struct sched_req *sched_req_new(void);
+void sched_req_ref(struct sched_req *r);
+void sched_req_unref(struct sched_req *r);  /* frees at zero (any thread) */
+
+/* Loop thread. Validates against the model (prompt length vs context, token ids)
+ * and queues. Returns 0, SS_ETOOLONG / SS_EINVAL (with r->out.errmsg set), or
+ * SS_EAGAIN if the waiting queue is full. Takes its own reference on success. */
+int sched_submit(struct sched *s, struct sched_req *r);
+/* Any thread. Marks the request cancelled; the engine frees it at its next step. */
+void sched_cancel(struct sched *s, struct sched_req *r);
+
+/* Loop thread: moves pending output into *dst (dst->text is replaced by the
+ * request's buffer; the caller frees the old one with free()). Also clears
+ * r->notified. Returns 1 if the request is finished (all output taken). */
+int sched_req_take(struct sched_req *r, struct req_out *dst);
+
+/* Counters for /metrics and /health (any thread, approximate). */
+struct sched_stats {
+    int n_running, n_waiting;
+    uint64_t n_prompt_tokens, n_gen_tokens, n_requests_done, n_preemptions;
+    int32_t pages_used, pages_total;
+};
+void sched_get_stats(struct sched *s, struct sched_stats *st);
+
+#endif
