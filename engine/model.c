@@ -1,1 +1,471 @@
-/* placeholder: being written */
+/* model.c - loading a model: hyper-parameters, tensors, backend, KV pool.
+ *
+ * The architecture is data: eng_archs[] names each architecture's key prefix,
+ * features and RoPE style, and layer_specs[] lists every per-layer tensor with
+ * its symbolic shape and the feature it belongs to. Loading walks those tables;
+ * nothing below switches on the architecture name.
+ *
+ * Every tensor is checked for presence, type and exact shape before use; any
+ * mismatch is SS_EBADMODEL with a message naming the tensor. Nothing a model
+ * file contains can make loading crash or abort.
+ */
+#include "engine/model_internal.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/gguf.h"
+#include "engine/ss_error.h"
+#include "engine/tokenizer.h"
+
+/* ---- architectures ---- */
+
+static const struct eng_arch_desc eng_archs[] = {
+    /* name      arch              features                                       neox act ready */
+    {"llama",  ENG_ARCH_LLAMA,  0,                                                0,   0,  1},
+    {"qwen2",  ENG_ARCH_QWEN2,  ENG_FEAT_QKV_BIAS,                                1,   0,  1},
+    {"gemma3", ENG_ARCH_GEMMA3, ENG_FEAT_QK_NORM | ENG_FEAT_POST_NORMS,           1,   1,  0},
+    {"subllm", ENG_ARCH_SUBLLM, 0,                                                0,   0,  0},
+};
+
+const struct eng_arch_desc *eng_arch_find(const char *name, size_t len) {
+    for (size_t i = 0; i < sizeof eng_archs / sizeof eng_archs[0]; i++)
+        if (strlen(eng_archs[i].name) == len && memcmp(eng_archs[i].name, name, len) == 0)
+            return &eng_archs[i];
+    return NULL;
+}
+
+/* ---- per-layer tensor table ---- */
+
+enum dimsym { D_ONE, D_DIM, D_QDIM, D_KVDIM, D_FFN, D_HD };
+enum tkind { TK_MAT, TK_VEC }; /* TK_MAT -> struct be_tensor; TK_VEC -> const float * (fp32, backend) */
+
+struct tensor_spec {
+    const char *suffix;  /* blk.N.<suffix> */
+    int kind;
+    int ne0, ne1;        /* enum dimsym; ne0 = row length */
+    size_t off;          /* field in struct eng_layer */
+    unsigned feature;    /* 0 = always required; else required iff the arch has it */
+};
+
+#define LOFF(f) offsetof(struct eng_layer, f)
+static const struct tensor_spec layer_specs[] = {
+    {"attn_norm.weight",   TK_VEC, D_DIM,   D_ONE,   LOFF(attn_norm), 0},
+    {"attn_q.weight",      TK_MAT, D_DIM,   D_QDIM,  LOFF(wq),        0},
+    {"attn_k.weight",      TK_MAT, D_DIM,   D_KVDIM, LOFF(wk),        0},
+    {"attn_v.weight",      TK_MAT, D_DIM,   D_KVDIM, LOFF(wv),        0},
+    {"attn_output.weight", TK_MAT, D_QDIM,  D_DIM,   LOFF(wo),        0},
+    {"ffn_norm.weight",    TK_VEC, D_DIM,   D_ONE,   LOFF(ffn_norm),  0},
+    {"ffn_gate.weight",    TK_MAT, D_DIM,   D_FFN,   LOFF(w_gate),    0},
+    {"ffn_up.weight",      TK_MAT, D_DIM,   D_FFN,   LOFF(w_up),      0},
+    {"ffn_down.weight",    TK_MAT, D_FFN,   D_DIM,   LOFF(w_down),    0},
+    {"attn_q.bias",        TK_VEC, D_QDIM,  D_ONE,   LOFF(bq),        ENG_FEAT_QKV_BIAS},
+    {"attn_k.bias",        TK_VEC, D_KVDIM, D_ONE,   LOFF(bk),        ENG_FEAT_QKV_BIAS},
+    {"attn_v.bias",        TK_VEC, D_KVDIM, D_ONE,   LOFF(bv),        ENG_FEAT_QKV_BIAS},
+};
+#undef LOFF
+
+static int64_t dim_value(const struct eng_config *c, int sym) {
+    switch (sym) {
+    case D_DIM: return c->dim;
+    case D_QDIM: return (int64_t)c->n_heads * c->head_dim;
+    case D_KVDIM: return (int64_t)c->n_kv_heads * c->head_dim;
+    case D_FFN: return c->ffn_dim;
+    case D_HD: return c->head_dim;
+    default: return 1;
+    }
+}
+
+/* ---- helpers ---- */
+
+static int fail(char *err, size_t len, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int fail(char *err, size_t len, int code, const char *fmt, ...) {
+    if (err && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* Reads <arch>.<suffix> as an int in [lo, hi]. Absent: *out = def and 0, or
+ * SS_EBADMODEL when def < 0 (required). */
+static int key_int(const struct gguf_file *f, const char *arch, const char *suffix, int def,
+                   int lo, int hi, int *out, char *err, size_t err_len) {
+    char key[128];
+    int64_t v;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = gguf_get_i64(f, key, &v);
+    if (rc == SS_ENOTFOUND) {
+        if (def < 0) return fail(err, err_len, SS_EBADMODEL, "missing key %s", key);
+        *out = def;
+        return 0;
+    }
+    if (rc < 0) return fail(err, err_len, SS_EBADMODEL, "key %s has a non-integer type", key);
+    if (v < lo || v > hi)
+        return fail(err, err_len, SS_EBADMODEL, "key %s = %lld out of range [%d, %d]", key,
+                    (long long)v, lo, hi);
+    *out = (int)v;
+    return 0;
+}
+
+static int key_float(const struct gguf_file *f, const char *arch, const char *suffix, float def,
+                     float *out, char *err, size_t err_len) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = gguf_get_f32(f, key, out);
+    if (rc == SS_ENOTFOUND) {
+        *out = def;
+        return 0;
+    }
+    if (rc < 0) return fail(err, err_len, SS_EBADMODEL, "key %s has a non-float type", key);
+    if (!(*out == *out) || *out < 0.0f || *out > 1e30f)
+        return fail(err, err_len, SS_EBADMODEL, "key %s = %g is not a valid value", key, *out);
+    return 0;
+}
+
+static void copy_gstr(char *dst, size_t cap, struct gguf_str s) {
+    size_t n = s.len < cap - 1 ? (size_t)s.len : cap - 1;
+    memcpy(dst, s.s, n);
+    dst[n] = 0;
+}
+
+/* ---- hyper-parameters ---- */
+
+static int read_config(struct eng_model *m, const char *path, char *err, size_t err_len) {
+    struct eng_config *c = &m->cfg;
+    const struct gguf_file *f = m->gguf;
+    struct gguf_str s;
+    int rc;
+
+    if (gguf_get_str(f, "general.architecture", &s) < 0)
+        return fail(err, err_len, SS_EBADMODEL, "missing general.architecture");
+    m->desc = eng_arch_find(s.s, (size_t)s.len);
+    if (!m->desc) {
+        char an[64];
+        copy_gstr(an, sizeof an, s);
+        return fail(err, err_len, SS_EUNSUPPORTED, "unsupported architecture '%s'", an);
+    }
+    if (!m->desc->forward_ready)
+        return fail(err, err_len, SS_EUNSUPPORTED, "architecture '%s' is not implemented yet",
+                    m->desc->name);
+    const char *a = m->desc->name;
+    c->arch = m->desc->arch;
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", a);
+    if (gguf_get_str(f, "general.name", &s) == 0 && s.len > 0) {
+        copy_gstr(c->name, sizeof c->name, s);
+    } else {
+        const char *b = strrchr(path, '/');
+        snprintf(c->name, sizeof c->name, "%s", b ? b + 1 : path);
+    }
+
+    const int big = 1 << 20;
+    if ((rc = key_int(f, a, "block_count", -1, 1, 4096, &c->n_layers, err, err_len)) < 0 ||
+        (rc = key_int(f, a, "embedding_length", -1, 1, big, &c->dim, err, err_len)) < 0 ||
+        (rc = key_int(f, a, "feed_forward_length", -1, 1, 4 * big, &c->ffn_dim, err, err_len)) < 0 ||
+        (rc = key_int(f, a, "attention.head_count", -1, 1, 4096, &c->n_heads, err, err_len)) < 0 ||
+        (rc = key_int(f, a, "attention.head_count_kv", c->n_heads, 1, 4096, &c->n_kv_heads, err,
+                      err_len)) < 0 ||
+        (rc = key_int(f, a, "context_length", 2048, 1, 1 << 24, &c->n_ctx_train, err, err_len)) < 0)
+        return rc;
+    int hd_def = c->dim % c->n_heads == 0 ? c->dim / c->n_heads : -1;
+    if ((rc = key_int(f, a, "attention.key_length", hd_def, 2, 4096, &c->head_dim, err, err_len)) < 0)
+        return rc;
+    int vlen;
+    if ((rc = key_int(f, a, "attention.value_length", c->head_dim, 1, 4096, &vlen, err, err_len)) < 0)
+        return rc;
+    if (vlen != c->head_dim)
+        return fail(err, err_len, SS_EUNSUPPORTED, "%s.attention.value_length %d != key_length %d",
+                    a, vlen, c->head_dim);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return fail(err, err_len, SS_EBADMODEL, "head_count %d is not a multiple of head_count_kv %d",
+                    c->n_heads, c->n_kv_heads);
+    if ((int64_t)c->n_heads * c->head_dim > 4 * big)
+        return fail(err, err_len, SS_EBADMODEL, "attention width %d x %d too large", c->n_heads,
+                    c->head_dim);
+    if ((rc = key_int(f, a, "rope.dimension_count", c->head_dim, 2, c->head_dim, &c->n_rot, err,
+                      err_len)) < 0)
+        return rc;
+    if (c->n_rot % 2)
+        return fail(err, err_len, SS_EBADMODEL, "%s.rope.dimension_count %d is odd", a, c->n_rot);
+    if ((rc = key_float(f, a, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps, err,
+                        err_len)) < 0 ||
+        (rc = key_float(f, a, "rope.freq_base", 10000.0f, &c->rope_theta, err, err_len)) < 0)
+        return rc;
+    if (c->rope_theta <= 0.0f)
+        return fail(err, err_len, SS_EBADMODEL, "%s.rope.freq_base must be positive", a);
+    c->rope_freq_scale = 1.0f;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if (gguf_get_str(f, key, &s) == 0 && gguf_str_eq(s, "linear")) {
+        float factor;
+        if ((rc = key_float(f, a, "rope.scaling.factor", 1.0f, &factor, err, err_len)) < 0) return rc;
+        if (factor > 0.0f) c->rope_freq_scale = 1.0f / factor;
+    }
+    c->rope_neox = m->desc->rope_neox;
+    return 0;
+}
+
+/* ---- tensors ---- */
+
+/* Looks up name and checks its type and exact shape [ne0] or [ne0, ne1].
+ * vec: 1-D vector to be converted to fp32 (any dequantisable type). */
+static int find_checked(struct eng_model *m, const char *name, int vec, int64_t ne0, int64_t ne1,
+                        const struct gguf_tensor_info **out, char *err, size_t err_len) {
+    const struct gguf_tensor_info *t = gguf_find_tensor(m->gguf, name);
+    *out = t;
+    if (!t) return fail(err, err_len, SS_EBADMODEL, "missing tensor %s", name);
+    uint32_t want_dims = vec ? 1 : 2;
+    int shape_ok = t->ne[0] == ne0 && t->ne[1] == ne1 && t->ne[2] == 1 && t->ne[3] == 1 &&
+                   (t->n_dims == want_dims || (vec && t->n_dims == 2 && t->ne[1] == 1));
+    if (!shape_ok)
+        return fail(err, err_len, SS_EBADMODEL,
+                    "tensor %s has shape [%lld, %lld, %lld, %lld] (%u dims), expected [%lld, %lld]",
+                    name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                    (long long)t->ne[3], t->n_dims, (long long)ne0, (long long)ne1);
+    const struct be_type_info *ti = be_type_get(t->type);
+    if (!ti || !be_type_supported(t->type) || be_row_bytes(t->type, ne0) == 0)
+        return fail(err, err_len, SS_EBADMODEL, "tensor %s has unsupported type %d (%s) for row length %lld",
+                    name, t->type, ti && ti->name ? ti->name : "unknown", (long long)ne0);
+    size_t need = be_row_bytes(t->type, ne0) * (size_t)ne1;
+    if (t->nbytes < need)
+        return fail(err, err_len, SS_EBADMODEL, "tensor %s holds %zu bytes, expected %zu", name,
+                    t->nbytes, need);
+    return 0;
+}
+
+static int bind_matrix(struct eng_model *m, struct be_tensor *w, const char *name, int64_t ne0,
+                       int64_t ne1, char *err, size_t err_len) {
+    const struct gguf_tensor_info *t;
+    int rc = find_checked(m, name, 0, ne0, ne1, &t, err, err_len);
+    if (rc < 0) return rc;
+    memset(w, 0, sizeof *w);
+    w->type = t->type;
+    w->ne[0] = ne0;
+    w->ne[1] = ne1;
+    w->ne[2] = w->ne[3] = 1;
+    w->nb1 = be_row_bytes(t->type, ne0);
+    w->data = t->data;
+    rc = be_weight_prepare(&m->be, w);
+    if (rc < 0) return fail(err, err_len, rc, "backend could not prepare tensor %s (%s)", name, ss_strerror(rc));
+    return 0;
+}
+
+/* Converts a 1-D tensor to fp32 and uploads it to backend memory. */
+static int bind_vector(struct eng_model *m, const float **out, const char *name, int64_t n,
+                       char *err, size_t err_len) {
+    const struct gguf_tensor_info *t;
+    int rc = find_checked(m, name, 1, n, 1, &t, err, err_len);
+    if (rc < 0) return rc;
+    float *host = malloc((size_t)n * sizeof *host);
+    float *dev = be_alloc(&m->be, (size_t)n * sizeof *dev);
+    if (!host || !dev) {
+        free(host);
+        be_dealloc(&m->be, dev);
+        return fail(err, err_len, SS_ENOMEM, "out of memory loading %s", name);
+    }
+    kref_dequant_row(t->type, t->data, host, n);
+    be_upload(&m->be, dev, host, (size_t)n * sizeof *dev);
+    free(host);
+    *out = dev;
+    return 0;
+}
+
+static int bind_layer(struct eng_model *m, int il, char *err, size_t err_len) {
+    struct eng_layer *L = &m->layers[il];
+    char name[96];
+    for (size_t i = 0; i < sizeof layer_specs / sizeof layer_specs[0]; i++) {
+        const struct tensor_spec *sp = &layer_specs[i];
+        if (sp->feature && !(m->desc->features & sp->feature)) continue;
+        snprintf(name, sizeof name, "blk.%d.%s", il, sp->suffix);
+        int64_t ne0 = dim_value(&m->cfg, sp->ne0), ne1 = dim_value(&m->cfg, sp->ne1);
+        char *field = (char *)L + sp->off;
+        int rc = sp->kind == TK_MAT
+                     ? bind_matrix(m, (struct be_tensor *)field, name, ne0, ne1, err, err_len)
+                     : bind_vector(m, (const float **)field, name, ne0 * ne1, err, err_len);
+        if (rc < 0) return rc;
+        if (sp->kind == TK_MAT) {
+            const struct be_tensor *w = (const struct be_tensor *)field;
+            m->weight_bytes += w->nb1 * (size_t)w->ne[1];
+        }
+    }
+    return 0;
+}
+
+static int bind_tensors(struct eng_model *m, char *err, size_t err_len) {
+    struct eng_config *c = &m->cfg;
+    const struct gguf_tensor_info *te = gguf_find_tensor(m->gguf, "token_embd.weight");
+    if (!te) return fail(err, err_len, SS_EBADMODEL, "missing tensor token_embd.weight");
+    if (te->ne[1] < 1 || te->ne[1] > (1 << 24))
+        return fail(err, err_len, SS_EBADMODEL, "tensor token_embd.weight has %lld rows",
+                    (long long)te->ne[1]);
+    c->n_vocab = (int)te->ne[1];
+    int rc = bind_matrix(m, &m->tok_embd, "token_embd.weight", c->dim, c->n_vocab, err, err_len);
+    if (rc < 0) return rc;
+    if ((rc = bind_vector(m, &m->output_norm, "output_norm.weight", c->dim, err, err_len)) < 0)
+        return rc;
+    c->tied_output = gguf_find_tensor(m->gguf, "output.weight") == NULL;
+    if (c->tied_output) {
+        m->output = m->tok_embd;
+    } else if ((rc = bind_matrix(m, &m->output, "output.weight", c->dim, c->n_vocab, err, err_len)) < 0) {
+        return rc;
+    }
+    m->weight_bytes = m->output.nb1 * (size_t)m->output.ne[1];
+
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) return fail(err, err_len, SS_ENOMEM, "out of memory");
+    for (int il = 0; il < c->n_layers; il++)
+        if ((rc = bind_layer(m, il, err, err_len)) < 0) return rc;
+    return 0;
+}
+
+/* ---- KV pool and scratch ---- */
+
+static size_t kv_elem_bytes(int kv_type) { return kv_type == BE_F32 ? 4 : 2; }
+
+size_t eng_model_kv_bytes_per_token(const struct eng_model *m) {
+    return (size_t)m->cfg.n_layers * 2 * (size_t)eng_kvdim(&m->cfg) * kv_elem_bytes(m->kv_type);
+}
+
+static int alloc_kv(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len) {
+    size_t per_page = eng_model_kv_bytes_per_token(m) * BE_PAGE_SLOTS;
+    int64_t n_pages;
+    if (o->kv_bytes > 0) {
+        n_pages = (int64_t)(o->kv_bytes / per_page);
+    } else {
+        int seqs = o->kv_default_seqs > 0 ? o->kv_default_seqs : 4;
+        n_pages = (int64_t)seqs * ((m->n_ctx + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS);
+    }
+    if (n_pages < 1)
+        return fail(err, err_len, SS_EINVAL, "KV cache of %zu bytes holds no page (one page = %zu bytes)",
+                    o->kv_bytes, per_page);
+    if (n_pages > INT32_MAX / BE_PAGE_SLOTS)
+        return fail(err, err_len, SS_EINVAL, "KV cache too large (%lld pages)", (long long)n_pages);
+    m->n_pages = (int32_t)n_pages;
+    size_t layer_bytes = (size_t)n_pages * BE_PAGE_SLOTS * (size_t)eng_kvdim(&m->cfg) * kv_elem_bytes(m->kv_type);
+    for (int il = 0; il < m->cfg.n_layers; il++) {
+        struct be_kv_layer *kv = &m->layers[il].kv;
+        kv->kv_type = m->kv_type;
+        kv->k = be_alloc(&m->be, layer_bytes);
+        kv->v = be_alloc(&m->be, layer_bytes);
+        if (!kv->k || !kv->v)
+            return fail(err, err_len, SS_ENOMEM, "out of memory for the KV cache (%lld pages, %zu bytes per layer)",
+                        (long long)n_pages, 2 * layer_bytes);
+    }
+    return 0;
+}
+
+static int alloc_scratch(struct eng_model *m, char *err, size_t err_len) {
+    const struct eng_config *c = &m->cfg;
+    struct eng_scratch *s = &m->s;
+    size_t T = (size_t)m->max_batch_tokens, f = sizeof(float);
+    struct { float **p; size_t n; } bufs[] = {
+        {&s->x, T * c->dim},        {&s->xb, T * c->dim},       {&s->xb2, T * c->dim},
+        {&s->q, T * eng_qdim(c)},   {&s->k, T * eng_kvdim(c)},  {&s->v, T * eng_kvdim(c)},
+        {&s->att, T * eng_qdim(c)}, {&s->hb, T * c->ffn_dim},   {&s->hb2, T * c->ffn_dim},
+        {&s->logits, (size_t)ENG_LOGIT_CHUNK * c->n_vocab},
+    };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i].p = be_alloc(&m->be, bufs[i].n * f);
+        if (!*bufs[i].p)
+            return fail(err, err_len, SS_ENOMEM, "out of memory for activations (%zu bytes)", bufs[i].n * f);
+    }
+    s->pos = malloc(T * sizeof *s->pos);
+    s->slots = malloc(T * sizeof *s->slots);
+    s->aseq = malloc(T * sizeof *s->aseq);
+    if (!s->pos || !s->slots || !s->aseq) return fail(err, err_len, SS_ENOMEM, "out of memory");
+    return 0;
+}
+
+/* ---- public ---- */
+
+static int load_options(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len) {
+    m->kv_type = o->kv_type ? o->kv_type : BE_F16;
+    if (m->kv_type != BE_F16 && m->kv_type != BE_F32)
+        return fail(err, err_len, SS_EINVAL, "kv_type must be F16 or F32");
+    m->max_batch_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 2048;
+    if (m->max_batch_tokens > (1 << 20))
+        return fail(err, err_len, SS_EINVAL, "max_batch_tokens %d too large", o->max_batch_tokens);
+    if (o->n_ctx < 0 || o->n_ctx > (1 << 24))
+        return fail(err, err_len, SS_EINVAL, "n_ctx %d out of range", o->n_ctx);
+    m->n_ctx = o->n_ctx > 0 ? o->n_ctx : (m->cfg.n_ctx_train < 8192 ? m->cfg.n_ctx_train : 8192);
+    return 0;
+}
+
+int eng_model_load(struct eng_model **out, const char *path, const struct eng_options *opt,
+                   char *err, size_t err_len) {
+    static const struct eng_options defaults;
+    const struct eng_options *o = opt ? opt : &defaults;
+    int rc;
+    if (err && err_len) err[0] = 0;
+    *out = NULL;
+    struct eng_model *m = calloc(1, sizeof *m);
+    if (!m) return fail(err, err_len, SS_ENOMEM, "out of memory");
+
+    if ((rc = gguf_open(&m->gguf, path, err, err_len)) < 0) goto fail;
+    if ((rc = read_config(m, path, err, err_len)) < 0) goto fail;
+    if ((rc = load_options(m, o, err, err_len)) < 0) goto fail;
+    if ((rc = tok_load(&m->tok, m->gguf, err, err_len)) < 0) goto fail;
+
+    const char *bname = o->backend && o->backend[0] ? o->backend : "cpu";
+    if ((rc = be_open(&m->be, bname, o->n_threads)) < 0) {
+        fail(err, err_len, rc, "cannot open backend '%s': %s", bname, ss_strerror(rc));
+        goto fail;
+    }
+    m->be_open = 1;
+    if ((rc = bind_tensors(m, err, err_len)) < 0) goto fail;
+    if (tok_n_vocab(m->tok) > m->cfg.n_vocab) {
+        rc = fail(err, err_len, SS_EBADMODEL, "tokenizer has %d tokens but token_embd.weight only %d rows",
+                  (int)tok_n_vocab(m->tok), m->cfg.n_vocab);
+        goto fail;
+    }
+    if ((rc = alloc_kv(m, o, err, err_len)) < 0) goto fail;
+    if ((rc = alloc_scratch(m, err, err_len)) < 0) goto fail;
+    *out = m;
+    return 0;
+fail:
+    eng_model_free(m);
+    return rc;
+}
+
+static void free_layer(struct eng_model *m, struct eng_layer *L) {
+    for (size_t i = 0; i < sizeof layer_specs / sizeof layer_specs[0]; i++) {
+        if (layer_specs[i].kind != TK_VEC) continue;
+        const float **p = (const float **)((char *)L + layer_specs[i].off);
+        be_dealloc(&m->be, (void *)*p);
+    }
+    be_dealloc(&m->be, L->kv.k);
+    be_dealloc(&m->be, L->kv.v);
+}
+
+void eng_model_free(struct eng_model *m) {
+    if (!m) return;
+    if (m->be_open) {
+        if (m->layers)
+            for (int il = 0; il < m->cfg.n_layers; il++) free_layer(m, &m->layers[il]);
+        be_dealloc(&m->be, (void *)m->output_norm);
+        float *bufs[] = {m->s.x, m->s.xb, m->s.xb2, m->s.q, m->s.k, m->s.v,
+                         m->s.att, m->s.hb, m->s.hb2, m->s.logits};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be_dealloc(&m->be, bufs[i]);
+        /* NOTE: weights prepared by be_weight_prepare are released by be_close. */
+        be_close(&m->be);
+    }
+    free(m->s.pos);
+    free(m->s.slots);
+    free(m->s.aseq);
+    free(m->layers);
+    tok_free(m->tok);
+    gguf_close(m->gguf);
+    free(m);
+}
+
+const struct eng_config *eng_model_config(const struct eng_model *m) { return &m->cfg; }
+const struct tok *eng_model_tok(const struct eng_model *m) { return m->tok; }
+int eng_model_n_ctx(const struct eng_model *m) { return m->n_ctx; }
+int32_t eng_model_n_pages(const struct eng_model *m) { return m->n_pages; }
+size_t eng_model_weight_bytes(const struct eng_model *m) { return m->weight_bytes; }

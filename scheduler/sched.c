@@ -1,1 +1,447 @@
-/* placeholder: being written */
+/* sched.c - the engine thread: admission, batching policy, preemption and
+ * turning logits into output.
+ *
+ * Each step (vLLM V1 style) builds one ragged batch under a token budget:
+ *   1. running sequences in admission order: a decode token, or the next chunk
+ *      of an unfinished prefill (also after preemption, when a sequence
+ *      recomputes its prompt and the tokens it had generated);
+ *   2. waiting sequences in arrival order, while seats and budget remain.
+ * A sequence gets logits only when its chunk reaches the end of its tokens.
+ * When the page pool runs dry for a running sequence, the most recently
+ * admitted running sequence is preempted: its pages are freed and it goes back
+ * to the front of the waiting queue, to be recomputed later. Its sampler state
+ * is kept, so a fixed seed gives the same output as if it had never stopped.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "engine/ss_error.h"
+#include "scheduler/sched_internal.h"
+
+/* ---------- sequences ---------- */
+
+static struct seq *seq_new(struct sched *s, struct sched_req *r) {
+    struct seq *q = calloc(1, sizeof(*q));
+    if (!q) return NULL;
+    q->cap = r->p.n_prompt + r->p.max_tokens + 1;
+    q->tokens = malloc(sizeof(int32_t) * (size_t)q->cap);
+    if (!q->tokens) {
+        free(q);
+        return NULL;
+    }
+    memcpy(q->tokens, r->p.prompt, sizeof(int32_t) * (size_t)r->p.n_prompt);
+    q->n_tokens = q->n_prompt = r->p.n_prompt;
+    q->req = r;
+    smp_init(&q->rng, &r->p.smp);
+    tok_stream_init(&q->ts, 0);
+    (void)s;
+    return q;
+}
+
+static void seq_free(struct sched *s, struct seq *q) {
+    kv_table_release(s->pool, &q->table);
+    kv_table_free(&q->table);
+    free(q->tokens);
+    free(q->hold);
+    sched_req_unref(q->req); /* the engine's reference */
+    free(q);
+}
+
+static int hold_append(struct seq *q, const char *t, size_t n) {
+    if (q->n_hold + n > q->cap_hold) {
+        size_t cap = q->cap_hold ? q->cap_hold : 64;
+        while (cap < q->n_hold + n) cap *= 2;
+        char *nh = realloc(q->hold, cap);
+        if (!nh) return SS_ENOMEM;
+        q->hold = nh;
+        q->cap_hold = cap;
+    }
+    memcpy(q->hold + q->n_hold, t, n);
+    q->n_hold += n;
+    return 0;
+}
+
+static void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done, int preempt) {
+    pthread_mutex_lock(&s->stats_lock);
+    s->stats.n_prompt_tokens += prompt_tok;
+    s->stats.n_gen_tokens += gen_tok;
+    s->stats.n_requests_done += (uint64_t)done;
+    s->stats.n_preemptions += (uint64_t)preempt;
+    s->stats.n_running = s->n_running;
+    s->stats.n_waiting = s->n_waiting;
+    s->stats.pages_total = kv_pool_n_pages(s->pool);
+    s->stats.pages_used = s->stats.pages_total - kv_pool_n_free(s->pool);
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
+/* ---------- queues (engine thread) ---------- */
+
+static int waiting_push(struct sched *s, struct seq *q, int front) {
+    if (s->n_waiting == s->cap_waiting) {
+        int cap = s->cap_waiting ? s->cap_waiting * 2 : 64;
+        struct seq **nw = realloc(s->waiting, sizeof(*nw) * (size_t)cap);
+        if (!nw) return SS_ENOMEM;
+        s->waiting = nw;
+        s->cap_waiting = cap;
+    }
+    if (front) {
+        memmove(s->waiting + 1, s->waiting, sizeof(*s->waiting) * (size_t)s->n_waiting);
+        s->waiting[0] = q;
+    } else {
+        s->waiting[s->n_waiting] = q;
+    }
+    s->n_waiting++;
+    return 0;
+}
+
+static void waiting_remove(struct sched *s, int i) {
+    memmove(s->waiting + i, s->waiting + i + 1, sizeof(*s->waiting) * (size_t)(s->n_waiting - i - 1));
+    s->n_waiting--;
+}
+
+static void running_remove(struct sched *s, int i) {
+    memmove(s->running + i, s->running + i + 1, sizeof(*s->running) * (size_t)(s->n_running - i - 1));
+    s->n_running--;
+}
+
+static void pending_dec(struct sched *s) {
+    pthread_mutex_lock(&s->q.lock);
+    s->q.n_pending--;
+    pthread_mutex_unlock(&s->q.lock);
+}
+
+/* Ends a sequence that is in neither queue any more. */
+static void seq_finish(struct sched *s, struct seq *q, int finish, int err, const char *msg) {
+    req_out_push(s, q->req, NULL, 0, q->n_gen, finish, err, msg);
+    stats_add(s, 0, 0, 1, 0);
+    seq_free(s, q);
+}
+
+/* ---------- output: stop strings, EOS, lengths ---------- */
+
+/* Releases hold[0, n) to the client. */
+static void hold_release(struct sched *s, struct seq *q, size_t n, int finish) {
+    req_out_push(s, q->req, q->hold, n, q->n_gen, finish, 0, NULL);
+    memmove(q->hold, q->hold + n, q->n_hold - n);
+    q->n_hold -= n;
+}
+
+/* Returns 1 if the sequence finished. */
+static int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
+    const struct req_params *p = &q->req->p;
+    q->tokens[q->n_tokens++] = tok;
+    q->n_gen++;
+    int finish = REQ_FINISH_NONE;
+    size_t release;
+    if (!p->ignore_eos && tok_is_eog(s->tok, tok)) {
+        finish = REQ_FINISH_STOP;
+    } else {
+        char buf[256];
+        int n = tok_stream_push(s->tok, &q->ts, tok, buf, sizeof(buf));
+        if (n > 0 && hold_append(q, buf, (size_t)n) != 0) {
+            hold_release(s, q, 0, REQ_FINISH_ERROR);
+            return 1;
+        }
+    }
+    /* Stop strings: search the held text (it always covers any match that ends
+     * in the new text, see the release rule below). */
+    size_t max_stop = 0;
+    int by_string = 0;
+    for (int i = 0; i < p->n_stop; i++) {
+        size_t L = strlen(p->stop[i]);
+        if (L > max_stop) max_stop = L;
+        if (finish != REQ_FINISH_NONE || L == 0 || L > q->n_hold) continue;
+        const char *m = memmem(q->hold, q->n_hold, p->stop[i], L);
+        if (m) {
+            q->n_hold = (size_t)(m - q->hold); /* drop the match and what follows */
+            finish = REQ_FINISH_STOP;
+            by_string = 1;
+        }
+    }
+    if (finish == REQ_FINISH_NONE && q->n_gen >= p->max_tokens) finish = REQ_FINISH_LENGTH;
+    if (finish == REQ_FINISH_NONE && q->n_tokens >= s->n_ctx) finish = REQ_FINISH_LENGTH;
+    if (finish != REQ_FINISH_NONE) {
+        char tail[16];
+        int n = tok_stream_flush(&q->ts, tail, sizeof(tail));
+        if (n > 0 && !by_string && hold_append(q, tail, (size_t)n) != 0) n = 0;
+        release = q->n_hold;
+    } else {
+        /* Keep the last max_stop-1 bytes back, never splitting a UTF-8 char. */
+        release = q->n_hold > (max_stop ? max_stop - 1 : 0) ? q->n_hold - (max_stop ? max_stop - 1 : 0) : 0;
+        while (release > 0 && release < q->n_hold && ((unsigned char)q->hold[release] & 0xC0) == 0x80)
+            release--;
+    }
+    hold_release(s, q, release, finish); /* also publishes n_gen */
+    return finish != REQ_FINISH_NONE;
+}
+
+/* ---------- one step ---------- */
+
+static void preempt(struct sched *s, int i) {
+    struct seq *q = s->running[i];
+    kv_table_release(s->pool, &q->table);
+    q->n_computed = 0;
+    running_remove(s, i);
+    if (waiting_push(s, q, 1) != 0) {
+        seq_finish(s, q, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory while preempting");
+        return;
+    }
+    stats_add(s, 0, 0, 0, 1);
+}
+
+static void drop_cancelled(struct sched *s) {
+    for (int i = 0; i < s->n_running;) {
+        struct seq *q = s->running[i];
+        if (req_is_cancelled(q->req)) {
+            running_remove(s, i);
+            seq_finish(s, q, REQ_FINISH_CANCELLED, SS_ECANCELLED, "cancelled");
+        } else {
+            i++;
+        }
+    }
+    for (int i = 0; i < s->n_waiting;) {
+        struct seq *q = s->waiting[i];
+        if (req_is_cancelled(q->req)) {
+            waiting_remove(s, i);
+            if (q->admit_order == 0) pending_dec(s); /* never admitted */
+            seq_finish(s, q, REQ_FINISH_CANCELLED, SS_ECANCELLED, "cancelled");
+        } else {
+            i++;
+        }
+    }
+}
+
+struct plan {
+    int n_seqs;
+    int32_t n_tokens;
+};
+
+static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n) {
+    struct eng_seq *e = &s->b_seqs[pl->n_seqs];
+    e->tok0 = pl->n_tokens;
+    e->n_tok = n;
+    e->n_past = q->n_computed;
+    e->pages = q->table.pages;
+    e->n_pages = q->table.n_pages;
+    e->want_logits = (q->n_computed + n == q->n_tokens);
+    e->all_logits = 0;
+    memcpy(s->b_tokens + pl->n_tokens, q->tokens + q->n_computed, sizeof(int32_t) * (size_t)n);
+    s->b_owner[pl->n_seqs] = q;
+    pl->n_seqs++;
+    pl->n_tokens += n;
+}
+
+static void schedule(struct sched *s, struct plan *pl) {
+    int32_t budget = s->opt.max_batched_tokens;
+    pl->n_seqs = 0;
+    pl->n_tokens = 0;
+    for (int i = 0; i < s->n_running && budget > 0; i++) {
+        struct seq *q = s->running[i];
+        int32_t n = q->n_tokens - q->n_computed;
+        if (n > budget) n = budget;
+        int rc;
+        while ((rc = kv_table_reserve(s->pool, &q->table, (int64_t)q->n_computed + n)) == SS_EAGAIN) {
+            /* Preempt the most recently admitted sequence not yet in the batch. */
+            int victim = s->n_running - 1;
+            preempt(s, victim);
+            if (victim == i) break;
+        }
+        if (rc != 0) {
+            if (rc != SS_EAGAIN) { /* ENOMEM: end this sequence */
+                running_remove(s, i);
+                seq_finish(s, q, REQ_FINISH_ERROR, rc, "out of memory");
+                i--;
+            }
+            /* else: q itself was preempted; the loop ends because i == n_running */
+            continue;
+        }
+        plan_add(s, pl, q, n);
+        budget -= n;
+    }
+    while (s->n_waiting > 0 && s->n_running < s->opt.max_num_seqs && budget > 0) {
+        struct seq *q = s->waiting[0];
+        int32_t n = q->n_tokens - q->n_computed;
+        if (n > budget) n = budget;
+        int rc = kv_table_reserve(s->pool, &q->table, (int64_t)q->n_computed + n);
+        if (rc == SS_EAGAIN) break; /* wait for pages; admission never preempts */
+        waiting_remove(s, 0);
+        if (rc != 0) {
+            if (q->admit_order == 0) pending_dec(s);
+            seq_finish(s, q, REQ_FINISH_ERROR, rc, "out of memory");
+            continue;
+        }
+        if (q->admit_order == 0) pending_dec(s); /* first admission leaves the queue */
+        q->admit_order = ++s->admit_counter;
+        s->running[s->n_running++] = q;
+        plan_add(s, pl, q, n);
+        budget -= n;
+    }
+}
+
+static void run_batch(struct sched *s, const struct plan *pl) {
+    struct eng_batch b = {s->b_tokens, pl->n_tokens, s->b_seqs, pl->n_seqs};
+    int rc = eng_forward(s->model, &b, s->logits);
+    uint64_t prompt_tok = 0, gen_tok = 0;
+    int row = 0;
+    for (int i = 0; i < pl->n_seqs; i++) {
+        struct seq *q = s->b_owner[i];
+        const struct eng_seq *e = &s->b_seqs[i];
+        if (rc != 0) {
+            for (int j = 0; j < s->n_running; j++)
+                if (s->running[j] == q) {
+                    running_remove(s, j);
+                    break;
+                }
+            seq_finish(s, q, REQ_FINISH_ERROR, rc, "the forward pass failed");
+            continue;
+        }
+        if (q->n_computed < q->n_prompt) {
+            int32_t end = q->n_computed + e->n_tok;
+            prompt_tok += (uint64_t)((end < q->n_prompt ? end : q->n_prompt) - q->n_computed);
+        }
+        q->n_computed += e->n_tok;
+        if (!e->want_logits) continue;
+        float *lg = s->logits + (size_t)row * (size_t)s->n_vocab;
+        row++;
+        int32_t tok = smp_sample(&q->rng, &q->req->p.smp, lg, s->n_vocab, s->smp_work, NULL);
+        gen_tok++;
+        if (seq_accept_token(s, q, tok)) {
+            for (int j = 0; j < s->n_running; j++)
+                if (s->running[j] == q) {
+                    running_remove(s, j);
+                    break;
+                }
+            stats_add(s, 0, 0, 1, 0);
+            seq_free(s, q);
+        }
+    }
+    stats_add(s, prompt_tok, gen_tok, 0, 0);
+}
+
+static void accept_new(struct sched *s, struct sched_req *list) {
+    while (list) {
+        struct sched_req *r = list;
+        list = r->next;
+        r->next = NULL;
+        struct seq *q = seq_new(s, r);
+        if (!q || waiting_push(s, q, 0) != 0) {
+            pending_dec(s);
+            req_out_push(s, r, NULL, 0, 0, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory");
+            if (q) {
+                q->req = NULL;
+                free(q->tokens);
+                free(q);
+            }
+            sched_req_unref(r);
+        }
+    }
+}
+
+static void *engine_main(void *arg) {
+    struct sched *s = arg;
+    for (;;) {
+        int stop = 0;
+        int idle = s->n_running == 0 && s->n_waiting == 0;
+        struct sched_req *list = squeue_take(&s->q, idle, &stop);
+        accept_new(s, list);
+        if (stop) break;
+        drop_cancelled(s);
+        struct plan pl;
+        schedule(s, &pl);
+        if (pl.n_seqs > 0) run_batch(s, &pl);
+        stats_add(s, 0, 0, 0, 0);
+    }
+    /* Shutdown: end everything still here. */
+    while (s->n_running > 0) {
+        struct seq *q = s->running[s->n_running - 1];
+        s->n_running--;
+        seq_finish(s, q, REQ_FINISH_ERROR, SS_ECANCELLED, "the server is shutting down");
+    }
+    while (s->n_waiting > 0) {
+        struct seq *q = s->waiting[s->n_waiting - 1];
+        s->n_waiting--;
+        seq_finish(s, q, REQ_FINISH_ERROR, SS_ECANCELLED, "the server is shutting down");
+    }
+    return NULL;
+}
+
+/* ---------- lifecycle ---------- */
+
+struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sched_notify_fn notify,
+                        void *ud) {
+    struct sched *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->model = m;
+    s->tok = eng_model_tok(m);
+    s->notify = notify;
+    s->notify_ud = ud;
+    s->opt.max_num_seqs = o && o->max_num_seqs > 0 ? o->max_num_seqs : 64;
+    s->opt.max_batched_tokens = o && o->max_batched_tokens > 0 ? o->max_batched_tokens : 2048;
+    s->opt.max_queued = o && o->max_queued > 0 ? o->max_queued : 256;
+    s->n_ctx = eng_model_n_ctx(m);
+    s->n_vocab = eng_model_config(m)->n_vocab;
+    int ok = squeue_init(&s->q) == 0;
+    ok = ok && pthread_mutex_init(&s->stats_lock, NULL) == 0;
+    s->pool = kv_pool_new(eng_model_n_pages(m));
+    s->running = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->running));
+    s->b_tokens = malloc(sizeof(int32_t) * (size_t)s->opt.max_batched_tokens);
+    s->b_seqs = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_seqs));
+    s->b_owner = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_owner));
+    s->logits = malloc(sizeof(float) * (size_t)s->opt.max_num_seqs * (size_t)s->n_vocab);
+    s->smp_work = malloc((size_t)s->n_vocab * (sizeof(float) + sizeof(int32_t)) * 2);
+    if (!ok || !s->pool || !s->running || !s->b_tokens || !s->b_seqs || !s->b_owner || !s->logits ||
+        !s->smp_work) {
+        sched_free(s);
+        return NULL;
+    }
+    s->stats.pages_total = kv_pool_n_pages(s->pool);
+    return s;
+}
+
+int sched_start(struct sched *s) {
+    if (pthread_create(&s->thread, NULL, engine_main, s) != 0) return SS_EINTERNAL;
+    s->started = 1;
+    return 0;
+}
+
+void sched_stop(struct sched *s) {
+    if (!s || !s->started) return;
+    pthread_mutex_lock(&s->q.lock);
+    s->q.stop = 1;
+    pthread_cond_signal(&s->q.cond);
+    pthread_mutex_unlock(&s->q.lock);
+    pthread_join(s->thread, NULL);
+    s->started = 0;
+    /* Requests submitted after the engine's last take. */
+    int stop;
+    struct sched_req *list = squeue_take(&s->q, 0, &stop);
+    while (list) {
+        struct sched_req *r = list;
+        list = r->next;
+        req_out_push(s, r, NULL, 0, 0, REQ_FINISH_ERROR, SS_ECANCELLED, "the server is shutting down");
+        sched_req_unref(r);
+    }
+}
+
+void sched_free(struct sched *s) {
+    if (!s) return;
+    sched_stop(s);
+    kv_pool_free(s->pool);
+    free(s->running);
+    free(s->waiting);
+    free(s->b_tokens);
+    free(s->b_seqs);
+    free(s->b_owner);
+    free(s->logits);
+    free(s->smp_work);
+    squeue_destroy(&s->q);
+    pthread_mutex_destroy(&s->stats_lock);
+    free(s);
+}
+
+void sched_get_stats(struct sched *s, struct sched_stats *st) {
+    pthread_mutex_lock(&s->stats_lock);
+    *st = s->stats;
+    pthread_mutex_unlock(&s->stats_lock);
+}

@@ -47,7 +47,7 @@ struct req_out {
     int32_t n_gen;          /* tokens generated so far (usage.completion_tokens) */
     int finish;             /* enum req_finish, NONE while running */
     int error;              /* SS_E* when finish == ERROR */
-    char errmsg[160];
+    char errmsg[320];
     double t_first_token;   /* seconds since submission, 0 until known */
 };
 
@@ -100,9 +100,11 @@ int sched_submit(struct sched *s, struct sched_req *r);
 /* Any thread. Marks the request cancelled; the engine frees it at its next step. */
 void sched_cancel(struct sched *s, struct sched_req *r);
 
-/* Loop thread: moves pending output into *dst (dst->text is replaced by the
- * request's buffer; the caller frees the old one with free()). Also clears
- * r->notified. Returns 1 if the request is finished (all output taken). */
+/* Loop thread: copies the output state into *dst and moves the pending text
+ * out: dst->text becomes a malloc'd buffer (dst->len bytes, NUL-terminated, or
+ * NULL when nothing is pending) that the caller frees. Clears r->notified, so
+ * the next output triggers a new notify. Returns 1 if the request is finished
+ * (then all of its output has been taken). */
 int sched_req_take(struct sched_req *r, struct req_out *dst);
 
 /* Counters for /metrics and /health (any thread, approximate). */

@@ -1,0 +1,85 @@
+/* sched_internal.h - scheduler-private structures shared by sched.c and queue.c. */
+#ifndef SS_SCHED_INTERNAL_H
+#define SS_SCHED_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "engine/tokenizer.h"
+#include "scheduler/kv.h"
+#include "scheduler/sched.h"
+
+/* Engine-side state of one request (engine thread only). */
+struct seq {
+    struct sched_req *req;
+    int32_t *tokens;       /* [cap] prompt then generated ids */
+    int32_t n_tokens, cap;
+    int32_t n_prompt;
+    int32_t n_computed;    /* tokens whose K/V are in the cache */
+    int32_t n_gen;
+    struct kv_table table;
+    struct smp_state rng;
+    struct tok_stream ts;
+    char *hold;            /* decoded text not yet released (stop-string lookahead) */
+    size_t n_hold, cap_hold;
+    uint64_t admit_order;  /* increases with each admission (preemption victim choice) */
+    int finished;
+};
+
+/* Cross-thread submission queue (queue.c). */
+struct squeue {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct sched_req *head, *tail; /* submitted, not yet taken by the engine */
+    int n_pending;                 /* submitted + waiting on the engine side */
+    int wake;                      /* a cancel or submit happened */
+    int stop;
+};
+
+struct sched {
+    struct eng_model *model;
+    const struct tok *tok;
+    struct sched_options opt;
+    sched_notify_fn notify;
+    void *notify_ud;
+    int32_t n_ctx, n_vocab;
+
+    struct squeue q;
+    pthread_t thread;
+    int started;
+
+    /* engine thread only */
+    struct kv_pool *pool;
+    struct seq **running;  /* [max_num_seqs] in admission order */
+    int n_running;
+    struct seq **waiting;  /* FIFO ring, front = next to admit */
+    int n_waiting, cap_waiting;
+    uint64_t admit_counter;
+    /* step scratch */
+    int32_t *b_tokens;
+    struct eng_seq *b_seqs;
+    struct seq **b_owner;
+    float *logits;
+    void *smp_work;
+
+    /* stats, under stats_lock */
+    pthread_mutex_t stats_lock;
+    struct sched_stats stats;
+};
+
+double sched_now(void);
+
+/* queue.c */
+int squeue_init(struct squeue *q);
+void squeue_destroy(struct squeue *q);
+/* Engine thread: takes every newly submitted request (a list linked by ->next).
+ * If block and nothing to do, waits until a submission, cancel or stop. */
+struct sched_req *squeue_take(struct squeue *q, int block, int *stop);
+void squeue_wake(struct squeue *q);
+/* Engine thread: append output bytes/tokens and optionally finish; calls notify
+ * when the loop thread has no pending wake-up for this request. */
+void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t n, int32_t n_gen,
+                  int finish, int error, const char *errmsg);
+int req_is_cancelled(struct sched_req *r);
+
+#endif
