@@ -33,6 +33,9 @@ struct gguf_kv {
     int arr_type;        /* element type when type == GGUF_T_ARRAY */
     uint64_t arr_n;      /* element count when array */
     const uint8_t *data; /* value bytes (scalars) or first element (arrays) */
+    /* Reader-private: byte offset from data of each element of a string array,
+     * so gguf_arr_str is O(1). NULL for other kvs. Do not use or set. */
+    const uint64_t *str_off_;
 };
 
 struct gguf_tensor_info {
@@ -99,5 +102,34 @@ void gguf_w_tensor(struct gguf_writer *w, const char *name, int type, int n_dims
                    const void *data, size_t nbytes);
 /* Returns 0 or a negative code (err filled). */
 int gguf_writer_save(struct gguf_writer *w, const char *path, char *err, size_t err_len);
+
+/* ---- writer extensions ----
+ * Errors in the gguf_w_* calls (out of memory, bad arguments) are sticky: the
+ * call does nothing more and gguf_writer_save/_to_mem report the first one.
+ * A NULL writer is accepted everywhere (so an OOM in gguf_writer_new surfaces
+ * at save time as SS_ENOMEM). The writer does not check for duplicate keys or
+ * tensor names: the reader does.
+ *
+ * Alignment: 32, or the value of a "general.alignment" key written as u32
+ * (must be a power of two) which then also governs the data layout.
+ *
+ * Any scalar type except STRING/ARRAY (the value is copied, gguf_vtype size): */
+void gguf_w_val(struct gguf_writer *w, const char *key, int type, const void *v);
+void gguf_w_u64(struct gguf_writer *w, const char *key, uint64_t v);
+void gguf_w_i64(struct gguf_writer *w, const char *key, int64_t v);
+void gguf_w_f64(struct gguf_writer *w, const char *key, double v);
+/* Array of n scalars of elem_type (not STRING/ARRAY); v holds n packed
+ * little-endian elements (bool: one byte each, 0 or 1). */
+void gguf_w_arr(struct gguf_writer *w, const char *key, int elem_type, const void *v, uint64_t n);
+/* Tensor whose bytes are produced at save time by gen(ctx, dst, nbytes), which
+ * must fill dst completely and return 0 (or a negative code to abort the
+ * save). ctx must stay valid until the last save. Lets the model generator
+ * write files larger than memory one tensor at a time. */
+typedef int (*gguf_gen_fn)(void *ctx, void *dst, size_t nbytes);
+void gguf_w_tensor_gen(struct gguf_writer *w, const char *name, int type, int n_dims,
+                       const int64_t *ne, gguf_gen_fn gen, void *ctx);
+/* Serialise to a malloc'd buffer (caller frees *out). Returns 0 or negative. */
+int gguf_writer_to_mem(struct gguf_writer *w, uint8_t **out, size_t *out_len, char *err,
+                       size_t err_len);
 
 #endif

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Adds up the results in `meson test --verbose` logs and prints one closing line.
+
+Counts Check runners ("NN%: Checks: C, Failures: F, Errors: E") and pytest
+("N passed, M failed, K skipped"), and meson-level failures of any other test
+(crash, timeout). Prints 'N passed, N failed' (', N skipped' when some were).
+"""
+import re
+import sys
+
+passed = failed = skipped = 0
+for path in sys.argv[1:]:
+    try:
+        text = open(path, errors="replace").read()
+    except OSError as e:
+        print(f"cannot read {path}: {e}", file=sys.stderr)
+        failed += 1
+        continue
+    for m in re.finditer(r"\d+%: Checks: (\d+), Failures: (\d+), Errors: (\d+)", text):
+        c, f, e = map(int, m.groups())
+        passed += c - f - e
+        failed += f + e
+    for m in re.finditer(r"^=+ (.*) in [\d.]+s", text, re.M):
+        line = m.group(1)
+        for n, what in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", line):
+            if what == "passed":
+                passed += int(n)
+            elif what == "skipped":
+                skipped += int(n)
+            else:
+                failed += int(n)
+    # meson's own verdict: a runner that crashed or timed out prints no summary.
+    m = re.search(r"^Fail:\s+(\d+)", text, re.M)
+    t = re.search(r"^Timeout:\s+(\d+)", text, re.M)
+    crashed = (int(m.group(1)) if m else 0) + (int(t.group(1)) if t else 0)
+    reported = len(re.findall(r"Failures: [1-9]|Errors: [1-9]|\d+ failed", text))
+    if crashed > reported:
+        failed += crashed - reported
+
+line = f"{passed} passed, {failed} failed"
+if skipped:
+    line += f", {skipped} skipped"
+print(line)
