@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "api/api.h"
@@ -45,8 +46,9 @@ int api_route_find(const char *method, const char *url, int *allowed, const char
     return API_ROUTE_NONE;
 }
 
-int api_route_needs_auth(int route) {
-    return route == API_ROUTE_MODELS || route == API_ROUTE_COMPLETIONS;
+int api_path_needs_auth(const char *url) {
+    return url && strncmp(url, "/v1", 3) == 0 && (url[3] == '/' || url[3] == '\0' ||
+                                                  url[3] == '?');
 }
 
 int api_auth_ok(const char *authorization, const char *key) {

@@ -74,8 +74,9 @@ enum api_route {
  * *allowed 1 if the method is allowed for it (GET routes also allow HEAD).
  * *allow_hdr receives the Allow header value for a 405 (static string). */
 int api_route_find(const char *method, const char *url, int *allowed, const char **allow_hdr);
-/* 1 if the route needs the API key when one is configured (the /v1/ routes). */
-int api_route_needs_auth(int route);
+/* 1 if a path needs the API key when one is configured: everything under /v1/
+ * (known route or not), never /health. */
+int api_path_needs_auth(const char *url);
 /* Checks an Authorization header value against key ("Bearer <key>"), in time
  * independent of where the strings differ. Returns 1 if authorised. */
 int api_auth_ok(const char *authorization, const char *key);

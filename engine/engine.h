@@ -58,13 +58,18 @@ struct eng_layer {
 
 struct eng_model; /* opaque: config, weights, KV pool, scratch buffers */
 
+/* eng_options.kv_type values. NOTE: BE_F32 is 0 in ggml numbering and so means
+ * "unset" (fp16) here; fp32 K/V must be asked for with ENG_KV_F32. */
+#define ENG_KV_F16 BE_F16
+#define ENG_KV_F32 256
+
 struct eng_options {
     const char *backend;     /* "cpu" (default) or "cuda" */
     int n_threads;           /* 0 = all cores */
     int n_ctx;               /* max tokens per sequence; 0 = n_ctx_train (capped at 8192) */
     size_t kv_bytes;         /* KV pool size in bytes; 0 = room for kv_default_seqs * n_ctx */
     int kv_default_seqs;     /* used when kv_bytes == 0; 0 -> 4 */
-    int kv_type;             /* BE_F16 (default when 0) or BE_F32 */
+    int kv_type;             /* K/V element type: 0 or ENG_KV_F16 = fp16 (default), ENG_KV_F32 = fp32 */
     int max_batch_tokens;    /* scratch sizing: max tokens per forward; 0 -> 2048 */
 };
 

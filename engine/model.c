@@ -174,10 +174,10 @@ static int read_config(struct eng_model *m, const char *path, char *err, size_t 
         (rc = key_int(f, a, "context_length", 2048, 1, 1 << 24, &c->n_ctx_train, err, err_len)) < 0)
         return rc;
     int hd_def = c->dim % c->n_heads == 0 ? c->dim / c->n_heads : -1;
-    if ((rc = key_int(f, a, "attention.key_length", hd_def, 2, 4096, &c->head_dim, err, err_len)) < 0)
+    if ((rc = key_int(f, a, "attention.key_length", hd_def, 2, 1024, &c->head_dim, err, err_len)) < 0)
         return rc;
     int vlen;
-    if ((rc = key_int(f, a, "attention.value_length", c->head_dim, 1, 4096, &vlen, err, err_len)) < 0)
+    if ((rc = key_int(f, a, "attention.value_length", c->head_dim, 1, 1024, &vlen, err, err_len)) < 0)
         return rc;
     if (vlen != c->head_dim)
         return fail(err, err_len, SS_EUNSUPPORTED, "%s.attention.value_length %d != key_length %d",
@@ -223,11 +223,15 @@ static int find_checked(struct eng_model *m, const char *name, int vec, int64_t 
     uint32_t want_dims = vec ? 1 : 2;
     int shape_ok = t->ne[0] == ne0 && t->ne[1] == ne1 && t->ne[2] == 1 && t->ne[3] == 1 &&
                    (t->n_dims == want_dims || (vec && t->n_dims == 2 && t->ne[1] == 1));
-    if (!shape_ok)
+    if (!shape_ok) {
+        char want[64];
+        if (vec) snprintf(want, sizeof want, "[%lld]", (long long)ne0);
+        else snprintf(want, sizeof want, "[%lld, %lld]", (long long)ne0, (long long)ne1);
         return fail(err, err_len, SS_EBADMODEL,
-                    "tensor %s has shape [%lld, %lld, %lld, %lld] (%u dims), expected [%lld, %lld]",
-                    name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
-                    (long long)t->ne[3], t->n_dims, (long long)ne0, (long long)ne1);
+                    "tensor %s has shape [%lld, %lld, %lld, %lld] (%u dims), expected %s", name,
+                    (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                    (long long)t->ne[3], t->n_dims, want);
+    }
     const struct be_type_info *ti = be_type_get(t->type);
     if (!ti || !be_type_supported(t->type) || be_row_bytes(t->type, ne0) == 0)
         return fail(err, err_len, SS_EBADMODEL, "tensor %s has unsupported type %d (%s) for row length %lld",
@@ -385,9 +389,9 @@ static int alloc_scratch(struct eng_model *m, char *err, size_t err_len) {
 /* ---- public ---- */
 
 static int load_options(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len) {
-    m->kv_type = o->kv_type ? o->kv_type : BE_F16;
-    if (m->kv_type != BE_F16 && m->kv_type != BE_F32)
-        return fail(err, err_len, SS_EINVAL, "kv_type must be F16 or F32");
+    if (o->kv_type == 0 || o->kv_type == ENG_KV_F16) m->kv_type = BE_F16;
+    else if (o->kv_type == ENG_KV_F32) m->kv_type = BE_F32;
+    else return fail(err, err_len, SS_EINVAL, "kv_type %d: use ENG_KV_F16 or ENG_KV_F32", o->kv_type);
     m->max_batch_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 2048;
     if (m->max_batch_tokens > (1 << 20))
         return fail(err, err_len, SS_EINVAL, "max_batch_tokens %d too large", o->max_batch_tokens);

@@ -47,8 +47,11 @@ int32_t smp_sample(struct smp_state *st, const struct smp_params *p, float *logi
  * - Parameters out of range are clamped, never rejected: temperature NaN or
  *   <= 1e-6 is greedy, top_k >= n_vocab is off, top_p <= 0 keeps only the top
  *   token, min_p >= 1 keeps only the top token(s), NaN top_p/min_p are off.
- * - The RNG advances by exactly one draw per non-greedy call and not at all
- *   for greedy ones.
+ * - Non-greedy calls take one or more draws from st (top_p may reject and
+ *   draw again); the tokens are a pure function of the seed, the parameters
+ *   and the logits. Greedy calls take none. NULL st or work: greedy.
+ * - Cost for 262144 logits is a few linear passes (no sort): about 0.2-0.5 ms
+ *   on an AVX2 core, logprob included.
  * - Always returns an id in [0, n_vocab) (0 when n_vocab <= 0). *logprob is
  *   -inf when the whole row is -inf/NaN. */
 

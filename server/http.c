@@ -1,1 +1,584 @@
-/* placeholder: being written */
+/* http.c - libmicrohttpd driven from a libuv loop: routing, simple routes,
+ * engine wake-ups and graceful shutdown.
+ *
+ * Pattern (see /work/shared/notes/mhd-libuv.md): MHD runs with no thread of its
+ * own in epoll mode; a uv_poll_t watches MHD's epoll fd and a uv_timer_t follows
+ * MHD_get_timeout(). Every MHD call happens on the loop thread. The engine
+ * thread's notify callback only appends to a ready list and uv_async_send()s;
+ * the async callback drains it, resumes connections that have news, then calls
+ * MHD_run() once (MHD_resume_connection wakes nothing by itself in this mode).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "engine/ss_error.h"
+#include "engine/tokenizer.h"
+#include "server/http_internal.h"
+
+/* ------------------------------------------------------------ MHD <-> uv */
+
+static void on_mhd_timer(uv_timer_t *t) {
+    srv_mhd_run(t->data);
+}
+
+static void on_mhd_poll(uv_poll_t *p, int status, int events) {
+    (void)status;
+    (void)events;
+    srv_mhd_run(p->data);
+}
+
+void srv_mhd_run(struct srv *s) {
+    if (!s->d || s->in_mhd_run)
+        return;
+    s->in_mhd_run = 1;
+    MHD_run(s->d);
+    s->in_mhd_run = 0;
+    if (!s->d)
+        return;
+    MHD_UNSIGNED_LONG_LONG to = 0;
+    if (MHD_get_timeout(s->d, &to) == MHD_YES) {
+        if (to > 3600u * 1000u)
+            to = 3600u * 1000u;
+        uv_timer_start(&s->mhd_timer, on_mhd_timer, (uint64_t)to, 0);
+    } else {
+        uv_timer_stop(&s->mhd_timer);
+    }
+}
+
+/* ------------------------------------------------------------ conns */
+
+static void conn_free(struct srv_conn *c) {
+    if (c->req) {
+        c->req->user = NULL; /* loop-thread field: stale ready entries see no conn */
+        sched_req_unref(c->req);
+    }
+    api_buf_free(&c->body);
+    api_buf_free(&c->out);
+    free(c);
+}
+
+void conn_unref(struct srv_conn *c) {
+    if (c && --c->refs == 0)
+        conn_free(c);
+}
+
+void conn_suspend(struct srv_conn *c) {
+    if (c->suspended || !c->mc)
+        return;
+    MHD_suspend_connection(c->mc);
+    c->suspended = 1;
+    fdwatch_start(c);
+}
+
+void conn_resume(struct srv_conn *c) {
+    if (!c->suspended || !c->mc)
+        return;
+    fdwatch_stop(c);
+    MHD_resume_connection(c->mc);
+    c->suspended = 0;
+}
+
+void inflight_remove(struct srv_conn *c) {
+    if (!c->inflight)
+        return;
+    struct srv *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->inflight = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    c->inflight = 0;
+    s->n_inflight--;
+}
+
+/* ------------------------------------------------------------ responses */
+
+enum MHD_Result srv_respond(struct srv_conn *c, int status, const char *ctype, struct api_buf *body,
+                            const char *hdr_name, const char *hdr_value) {
+    struct MHD_Response *resp;
+    if (body && body->len > 0 && !body->oom) {
+        resp = MHD_create_response_from_buffer(body->len, body->data, MHD_RESPMEM_MUST_FREE);
+        if (resp)
+            api_buf_init(body); /* MHD owns the bytes now */
+    } else {
+        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    }
+    if (body)
+        api_buf_free(body);
+    if (!resp)
+        return MHD_NO;
+    if (ctype)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (hdr_name && hdr_value)
+        MHD_add_response_header(resp, hdr_name, hdr_value);
+    if (c->srv->phase != SRV_RUNNING)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ret = MHD_queue_response(c->mc, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    c->status = status;
+    c->state = CS_RESPONDED;
+    return ret;
+}
+
+enum MHD_Result srv_respond_error(struct srv_conn *c, const struct api_error *e) {
+    struct api_buf b;
+    api_buf_init(&b);
+    api_error_json(&b, e);
+    const char *hn = NULL, *hv = NULL;
+    if (e->status == 503) {
+        hn = MHD_HTTP_HEADER_RETRY_AFTER;
+        hv = "1";
+    } else if (e->status == 401) {
+        hn = MHD_HTTP_HEADER_WWW_AUTHENTICATE;
+        hv = "Bearer";
+    }
+    return srv_respond(c, e->status, "application/json", &b, hn, hv);
+}
+
+static enum MHD_Result respond_json(struct srv_conn *c, int status, struct api_buf *b) {
+    return srv_respond(c, status, "application/json", b, NULL, NULL);
+}
+
+/* ------------------------------------------------------------ access handler */
+
+/* First call for a request: everything decidable from the headers. */
+static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, const char *url,
+                                     const char *method, void **con_cls) {
+    struct srv_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return MHD_NO;
+    c->srv = s;
+    c->mc = mc;
+    c->refs = 1;
+    c->fd = -1;
+    c->t0 = uv_hrtime();
+    snprintf(c->method, sizeof(c->method), "%s", method);
+    snprintf(c->path, sizeof(c->path), "%s", url);
+    *con_cls = c;
+    s->n_conns++;
+
+    struct api_error e;
+    if (s->cfg->api_key && api_path_needs_auth(url) &&
+        !api_auth_ok(MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Authorization"),
+                     s->cfg->api_key)) {
+        api_error_set_http(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
+                           "missing or invalid API key: send 'Authorization: Bearer <key>'");
+        return srv_respond_error(c, &e);
+    }
+    int allowed;
+    const char *allow;
+    c->route = api_route_find(method, url, &allowed, &allow);
+    if (c->route == API_ROUTE_NONE) {
+        api_error_set_http(&e, 404, "invalid_request_error", NULL, "not_found",
+                           "no route for %.20s %.200s", method, url);
+        return srv_respond_error(c, &e);
+    }
+    if (!allowed) {
+        api_error_set_http(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
+                           "method %.20s is not allowed on %.200s (allowed: %s)", method, url, allow);
+        struct api_buf b;
+        api_buf_init(&b);
+        api_error_json(&b, &e);
+        return srv_respond(c, 405, "application/json", &b, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    if (s->phase != SRV_RUNNING) {
+        api_error_set(&e, SS_EAGAIN, NULL, "server_shutting_down", "the server is shutting down");
+        return srv_respond_error(c, &e);
+    }
+    struct api_buf b;
+    api_buf_init(&b);
+    switch (c->route) {
+    case API_ROUTE_HEALTH:
+        api_health_json(&b);
+        return respond_json(c, 200, &b);
+    case API_ROUTE_MODELS:
+        api_models_json(&b, &s->mi);
+        return respond_json(c, 200, &b);
+    default:
+        break;
+    }
+    /* POST with a body: refuse an announced oversize body before reading it
+     * (answering later would reset the connection after 100 Continue). */
+    const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Length");
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (errno == ERANGE || (end != cl && n > s->cfg->max_body)) {
+            api_error_set_http(&e, 413, "invalid_request_error", NULL, "body_too_large",
+                               "the request body (%s bytes) exceeds the limit of %zu bytes", cl,
+                               s->cfg->max_body);
+            return srv_respond_error(c, &e);
+        }
+    }
+    c->state = CS_HEADERS;
+    return MHD_YES;
+}
+
+/* Body bytes; chunked bodies are capped while they accumulate. */
+static enum MHD_Result on_body(struct srv_conn *c, const char *data, size_t size) {
+    if (c->state != CS_HEADERS)
+        return MHD_YES; /* a response is already queued: discard */
+    size_t cap = c->srv->cfg->max_body;
+    if (!c->too_large && c->body.len + size > cap) {
+        c->too_large = 1;
+        api_buf_free(&c->body);
+    }
+    if (c->too_large) {
+        c->discarded += size;
+        /* keep reading so the 413 can be sent, but not forever */
+        return c->discarded > 4 * (uint64_t)cap + (1u << 20) ? MHD_NO : MHD_YES;
+    }
+    return api_buf_append(&c->body, data, size) == 0 ? MHD_YES : MHD_NO;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls) {
+    (void)version;
+    struct srv_conn *c = *con_cls;
+    if (!c)
+        return on_first_call(cls, mc, url, method, con_cls);
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        return on_body(c, upload_data, n);
+    }
+    switch (c->state) {
+    case CS_HEADERS:
+        if (c->too_large) {
+            struct api_error e;
+            api_error_set_http(&e, 413, "invalid_request_error", NULL, "body_too_large",
+                               "the request body exceeds the limit of %zu bytes",
+                               c->srv->cfg->max_body);
+            return srv_respond_error(c, &e);
+        }
+        return completion_start(c);
+    case CS_WAIT:
+        return completion_resumed(c);
+    default:
+        return MHD_YES;
+    }
+}
+
+static const char *toe_name(enum MHD_RequestTerminationCode toe) {
+    switch (toe) {
+    case MHD_REQUEST_TERMINATED_COMPLETED_OK: return NULL;
+    case MHD_REQUEST_TERMINATED_WITH_ERROR: return "connection error";
+    case MHD_REQUEST_TERMINATED_TIMEOUT_REACHED: return "timeout";
+    case MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN: return "shutdown";
+    case MHD_REQUEST_TERMINATED_READ_ERROR: return "read error";
+    case MHD_REQUEST_TERMINATED_CLIENT_ABORT: return "client closed";
+    default: return "aborted";
+    }
+}
+
+/* The request is over (response sent, or the connection died). One access-log line. */
+static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)mc;
+    struct srv *s = cls;
+    struct srv_conn *c = *con_cls;
+    if (!c)
+        return;
+    *con_cls = NULL;
+    if (c->req && !c->finished)
+        completion_cancel(c, CANCEL_CLIENT);
+    fdwatch_close(c);
+    c->mc = NULL;
+    c->suspended = 0;
+    s->n_conns--;
+
+    double ms = (double)(uv_hrtime() - c->t0) / 1e6;
+    const char *why = toe_name(toe);
+    if (!why && c->client_gone)
+        why = "client closed";
+    if (c->req)
+        srv_log(SRV_LOG_INFO, "%s %s %d %.1fms prompt=%d completion=%d%s%s%s", c->method, c->path,
+                c->status, ms, (int)c->n_prompt, (int)c->n_gen, c->stream ? " stream" : "",
+                why ? " aborted: " : "", why ? why : "");
+    else
+        srv_log(SRV_LOG_INFO, "%s %s %d %.1fms%s%s", c->method, c->path, c->status, ms,
+                why ? " aborted: " : "", why ? why : "");
+    conn_unref(c);
+}
+
+/* ------------------------------------------------------------ engine wake-ups */
+
+/* Engine thread (sched notify): never touches MHD or the conn. The reference
+ * keeps r alive until the loop thread has looked at it. */
+static void on_notify(void *ud, struct sched_req *r) {
+    struct srv *s = ud;
+    sched_req_ref(r);
+    pthread_mutex_lock(&s->ready_lock);
+    if (s->n_ready == s->cap_ready) {
+        size_t cap = s->cap_ready ? s->cap_ready * 2 : 64;
+        struct sched_req **nr = realloc(s->ready, cap * sizeof(*nr));
+        if (!nr) {
+            s->ready_overflow = 1;
+            pthread_mutex_unlock(&s->ready_lock);
+            sched_req_unref(r);
+            uv_async_send(&s->wake);
+            return;
+        }
+        s->ready = nr;
+        s->cap_ready = cap;
+    }
+    s->ready[s->n_ready++] = r;
+    pthread_mutex_unlock(&s->ready_lock);
+    uv_async_send(&s->wake);
+}
+
+/* Loop thread: handles every pending wake-up, then runs MHD once. */
+static void drain_ready(struct srv *s) {
+    for (int round = 0; round < 4; round++) {
+        pthread_mutex_lock(&s->ready_lock);
+        struct sched_req **list = s->ready;
+        size_t n = s->n_ready;
+        int overflow = s->ready_overflow;
+        s->ready = NULL;
+        s->n_ready = s->cap_ready = 0;
+        s->ready_overflow = 0;
+        pthread_mutex_unlock(&s->ready_lock);
+        if (n == 0 && !overflow) {
+            free(list);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            struct srv_conn *c = list[i]->user;
+            if (c && c->req == list[i] && c->inflight && s->phase != SRV_STOPPED)
+                completion_pump(c);
+            sched_req_unref(list[i]);
+        }
+        free(list);
+        if (overflow) {
+            for (struct srv_conn *c = s->inflight, *next; c; c = next) {
+                next = c->next;
+                completion_pump(c);
+            }
+        }
+    }
+}
+
+static void on_wake(uv_async_t *a) {
+    struct srv *s = a->data;
+    drain_ready(s);
+    srv_mhd_run(s);
+}
+
+/* ------------------------------------------------------------ shutdown */
+
+static void on_handle_closed(uv_handle_t *h) {
+    (void)h;
+}
+
+/* Stops everything: no suspended connection may remain when MHD stops. */
+static void final_stop(struct srv *s) {
+    if (s->phase == SRV_STOPPED)
+        return;
+    s->phase = SRV_STOPPED;
+    uv_timer_stop(&s->shutdown_timer);
+    if (s->d) {
+        /* every conn still waiting: end it (its reader/handler sees client_gone) */
+        for (struct srv_conn *c = s->inflight, *next; c; c = next) {
+            next = c->next;
+            c->client_gone = 1;
+            completion_cancel(c, CANCEL_SHUTDOWN);
+            inflight_remove(c);
+            conn_resume(c);
+        }
+        MHD_run(s->d); /* let MHD process pending resumes before the stop */
+        uv_close((uv_handle_t *)&s->mhd_poll, on_handle_closed);
+        uv_close((uv_handle_t *)&s->mhd_timer, on_handle_closed);
+        MHD_stop_daemon(s->d);
+        s->d = NULL;
+    }
+    sched_stop(s->sched); /* joins the engine thread; no notify after this */
+    drain_ready(s);
+    uv_close((uv_handle_t *)&s->wake, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sig_int, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sig_term, on_handle_closed);
+    uv_close((uv_handle_t *)&s->shutdown_timer, on_handle_closed);
+    srv_log(SRV_LOG_INFO, "server stopped");
+}
+
+static void on_shutdown_tick(uv_timer_t *t) {
+    struct srv *s = t->data;
+    uint64_t now = uv_hrtime();
+    if (s->phase == SRV_DRAINING && (s->n_inflight == 0 || now >= s->t_grace_end)) {
+        s->phase = SRV_CANCELLING;
+        if (s->n_inflight)
+            srv_log(SRV_LOG_INFO, "cancelling %d request(s) still running", s->n_inflight);
+        for (struct srv_conn *c = s->inflight, *next; c; c = next) {
+            next = c->next;
+            completion_cancel(c, CANCEL_SHUTDOWN);
+        }
+        srv_mhd_run(s);
+    }
+    if (s->phase == SRV_CANCELLING && (s->n_conns == 0 || now >= s->t_hard_end))
+        final_stop(s);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    struct srv *s = h->data;
+    if (s->phase == SRV_RUNNING) {
+        srv_log(SRV_LOG_INFO, "%s: finishing %d request(s) (up to %.1fs), refusing new ones",
+                signum == SIGINT ? "SIGINT" : "SIGTERM", s->n_inflight, s->cfg->shutdown_grace_s);
+        s->phase = SRV_DRAINING;
+        MHD_socket fd = MHD_quiesce_daemon(s->d);
+        if (fd != MHD_INVALID_SOCKET)
+            close(fd);
+        uint64_t now = uv_hrtime();
+        s->t_grace_end = now + (uint64_t)(s->cfg->shutdown_grace_s * 1e9);
+        s->t_hard_end = s->t_grace_end + 2000000000ull;
+        uv_timer_start(&s->shutdown_timer, on_shutdown_tick, 0, 20);
+    } else if (s->phase != SRV_STOPPED) {
+        srv_log(SRV_LOG_INFO, "second signal: stopping now");
+        final_stop(s);
+    }
+}
+
+/* ------------------------------------------------------------ start */
+
+static struct MHD_Daemon *start_daemon(struct srv *s, int *port_out) {
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    char port[16];
+    snprintf(port, sizeof(port), "%d", s->cfg->port);
+    int rc = getaddrinfo(s->cfg->host, port, &hints, &ai);
+    if (rc != 0 || !ai) {
+        fprintf(stderr, "slimserve: cannot resolve host '%s': %s\n", s->cfg->host,
+                gai_strerror(rc));
+        return NULL;
+    }
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    errno = 0;
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, (uint16_t)s->cfg->port, NULL, NULL, on_access, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)s->cfg->conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)s->cfg->max_connections, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+        MHD_OPTION_END);
+    int err = errno;
+    freeaddrinfo(ai);
+    if (!d) {
+        fprintf(stderr, "slimserve: cannot listen on %s:%d: %s\n", s->cfg->host, s->cfg->port,
+                err ? strerror(err) : "libmicrohttpd failed to start");
+        return NULL;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    *port_out = di ? di->port : s->cfg->port;
+    return d;
+}
+
+static void close_walk_cb(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, on_handle_closed);
+}
+
+static int start_loop(struct srv *s) {
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di || di->epoll_fd < 0)
+        return -1;
+    if (uv_poll_init(&s->loop, &s->mhd_poll, di->epoll_fd) != 0)
+        return -1;
+    s->mhd_poll.data = s;
+    uv_timer_init(&s->loop, &s->mhd_timer);
+    s->mhd_timer.data = s;
+    uv_timer_init(&s->loop, &s->shutdown_timer);
+    s->shutdown_timer.data = s;
+    uv_signal_init(&s->loop, &s->sig_int);
+    uv_signal_init(&s->loop, &s->sig_term);
+    s->sig_int.data = s->sig_term.data = s;
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
+    return 0;
+}
+
+int srv_run(const struct srv_config *cfg, struct eng_model *m) {
+    struct srv *s = calloc(1, sizeof(*s));
+    if (!s) {
+        fprintf(stderr, "slimserve: out of memory\n");
+        return 1;
+    }
+    s->cfg = cfg;
+    s->mi.name = cfg->served_name;
+    s->mi.n_ctx = eng_model_n_ctx(m);
+    s->mi.tok = eng_model_tok(m);
+    s->mi.n_vocab = s->mi.tok ? tok_n_vocab(s->mi.tok) : eng_model_config(m)->n_vocab;
+    s->mi.created = (int64_t)time(NULL);
+    pthread_mutex_init(&s->ready_lock, NULL);
+    if (uv_loop_init(&s->loop) != 0) {
+        fprintf(stderr, "slimserve: cannot create the event loop\n");
+        free(s);
+        return 1;
+    }
+
+    uv_async_init(&s->loop, &s->wake, on_wake); /* before the engine can notify */
+    s->wake.data = s;
+
+    struct sched_options so = {cfg->max_num_seqs, cfg->max_batched_tokens, cfg->max_queued};
+    s->sched = sched_new(m, &so, on_notify, s);
+    int port = 0, rc = 1;
+    if (!s->sched || sched_start(s->sched) != 0) {
+        fprintf(stderr, "slimserve: cannot start the scheduler\n");
+        goto out;
+    }
+    s->d = start_daemon(s, &port);
+    if (!s->d)
+        goto out;
+    if (start_loop(s) != 0) {
+        fprintf(stderr, "slimserve: cannot watch the HTTP daemon from the event loop\n");
+        MHD_stop_daemon(s->d);
+        s->d = NULL;
+        goto out;
+    }
+    int v6 = strchr(cfg->host, ':') != NULL;
+    printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", cfg->host, v6 ? "]" : "", port);
+    fflush(stdout);
+    srv_log(SRV_LOG_INFO, "serving model '%s' (context %d) on %s:%d", cfg->served_name,
+            s->mi.n_ctx, cfg->host, port);
+    srv_mhd_run(s);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    rc = 0;
+out:
+    if (s->sched) {
+        sched_stop(s->sched);
+        drain_ready(s);
+        sched_free(s->sched);
+    }
+    if (rc != 0) {
+        /* handles were never started, or the daemon failed: close what exists */
+        uv_walk(&s->loop, close_walk_cb, NULL);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+    }
+    int lc = uv_loop_close(&s->loop);
+    if (lc != 0) {
+        srv_log(SRV_LOG_WARN, "event loop did not close cleanly: %s", uv_strerror(lc));
+        if (rc == 0)
+            rc = 1;
+    }
+    free(s->ready);
+    pthread_mutex_destroy(&s->ready_lock);
+    free(s);
+    return rc;
+}

@@ -1,1 +1,360 @@
-/* placeholder: being written */
+/* main.c - the slimserve command line: subcommands, flags, environment.
+ *
+ *   slimserve serve --model PATH [options]   run the OpenAI-compatible server
+ *   slimserve gen-model [options]            write a synthetic test model
+ *   slimserve bench [options]                load generator against a server
+ *   slimserve --version | help
+ *
+ * Every serve flag can also come from SLIMSERVE_<FLAG> (upper case, '-' -> '_',
+ * e.g. SLIMSERVE_MODEL, SLIMSERVE_PORT, SLIMSERVE_API_KEY); the command line wins.
+ * Bad flags or values print one clear line and exit 2; a model that cannot be
+ * loaded exits 1. This is the only file that calls exit codes into being.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "config.h"
+#include "engine/engine.h"
+#include "engine/ss_error.h"
+#include "server/srv.h"
+#include "tools/bench.h"
+#include "tools/genmodel.h"
+
+int srv_log_level = SRV_LOG_INFO;
+
+void srv_log(int level, const char *fmt, ...) {
+    if (level > srv_log_level)
+        return;
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    char line[1024];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    localtime_r(&ts.tv_sec, &tm);
+    int n = (int)strftime(line, sizeof(line), "%Y-%m-%d %H:%M:%S", &tm);
+    n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld %-5s ", ts.tv_nsec / 1000000L,
+                  names[level < 0 ? 0 : level > 3 ? 3 : level]);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", line); /* one call: lines from different threads do not interleave */
+}
+
+/* ---------------------------------------------------------------- flags */
+
+enum opt_kind { OPT_STR, OPT_INT, OPT_SIZE, OPT_DOUBLE, OPT_BACKEND, OPT_LOGLEVEL };
+
+struct serve_opts {
+    struct srv_config srv;
+    struct eng_options eng;
+    int port, threads, ctx;
+    size_t kv_bytes;
+};
+
+struct opt {
+    const char *name;   /* without "--" */
+    int kind;
+    long long lo, hi;   /* OPT_INT / OPT_SIZE range */
+    size_t off;         /* offset of the destination in struct serve_opts */
+    const char *help;
+};
+
+#define OFF(f) offsetof(struct serve_opts, f)
+static const struct opt serve_flags[] = {
+    {"model", OPT_STR, 0, 0, OFF(srv.model_path), "GGUF model file (required)"},
+    {"host", OPT_STR, 0, 0, OFF(srv.host), "bind address (default 127.0.0.1)"},
+    {"port", OPT_INT, 0, 65535, OFF(port), "TCP port (default 8080; 0 = any free port)"},
+    {"threads", OPT_INT, 0, 1024, OFF(threads), "CPU threads for the forward pass (0 = all cores)"},
+    {"ctx", OPT_INT, 0, 1 << 24, OFF(ctx), "max tokens per sequence (0 = model default)"},
+    {"backend", OPT_BACKEND, 0, 0, OFF(eng.backend), "cpu (default) or cuda"},
+    {"api-key", OPT_STR, 0, 0, OFF(srv.api_key), "require 'Authorization: Bearer KEY' on /v1/*"},
+    {"max-body", OPT_SIZE, 1, 1LL << 40, OFF(srv.max_body), "request body limit (default 16MiB)"},
+    {"max-num-seqs", OPT_INT, 1, 65536, OFF(srv.max_num_seqs), "running sequences (default 64)"},
+    {"max-num-batched-tokens", OPT_INT, 1, 1 << 24, OFF(srv.max_batched_tokens),
+     "tokens per engine step (default 2048)"},
+    {"max-queued-requests", OPT_INT, 1, 1 << 24, OFF(srv.max_queued),
+     "waiting requests before 503 (default 256)"},
+    {"kv-cache-memory", OPT_SIZE, 1, 1LL << 50, OFF(kv_bytes),
+     "KV cache size: BYTES, NNNKiB/MiB/GiB (also K/M/G) or NNNKB/MB/GB"},
+    {"served-model-name", OPT_STR, 0, 0, OFF(srv.served_name),
+     "model name clients send (default: file name without .gguf)"},
+    {"max-connections", OPT_INT, 1, 1 << 20, OFF(srv.max_connections),
+     "open HTTP connections (default 1000)"},
+    {"timeout", OPT_INT, 1, 86400, OFF(srv.conn_timeout_s),
+     "idle connection timeout in seconds (default 60)"},
+    {"shutdown-timeout", OPT_DOUBLE, 0, 3600, OFF(srv.shutdown_grace_s),
+     "seconds in-flight requests get to finish on SIGTERM (default 5)"},
+    {"log-level", OPT_LOGLEVEL, 0, 0, OFF(srv.log_level), "error, warn, info (default), debug"},
+};
+#define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
+
+static void usage(FILE *f) {
+    fprintf(f, "usage:\n"
+               "  slimserve serve --model PATH [options]\n"
+               "  slimserve gen-model [options]      (slimserve gen-model --help)\n"
+               "  slimserve bench [options]          (slimserve bench --help)\n"
+               "  slimserve --version\n"
+               "  slimserve help\n\nserve options (each also from SLIMSERVE_<NAME>):\n");
+    for (size_t i = 0; i < N_SERVE_FLAGS; i++)
+        fprintf(f, "  --%-24s %s\n", serve_flags[i].name, serve_flags[i].help);
+}
+
+/* Parses "123", "64MiB", "2G", "512KB". Binary units for K/M/G/T, KiB..TiB;
+ * decimal for KB, MB, GB, TB. Returns 0 or -1. */
+static int parse_size(const char *s, unsigned long long *out) {
+    errno = 0;
+    char *end;
+    if (!*s || *s == '-')
+        return -1;
+    double v = strtod(s, &end);
+    if (errno || end == s || v < 0)
+        return -1;
+    static const struct { const char *suf; double mul; } units[] = {
+        {"", 1}, {"b", 1},
+        {"k", 1024.0}, {"kib", 1024.0}, {"kb", 1e3},
+        {"m", 1048576.0}, {"mib", 1048576.0}, {"mb", 1e6},
+        {"g", 1073741824.0}, {"gib", 1073741824.0}, {"gb", 1e9},
+        {"t", 1099511627776.0}, {"tib", 1099511627776.0}, {"tb", 1e12},
+    };
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcasecmp(end, units[i].suf) == 0) {
+            double b = v * units[i].mul;
+            if (b >= 1.8e19)
+                return -1;
+            *out = (unsigned long long)b;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Stores value into the field of o described by f. src names where the value
+ * came from ("--port" or "SLIMSERVE_PORT") for the message. 0 or -1. */
+static int set_opt(struct serve_opts *o, const struct opt *f, const char *value, const char *src) {
+    char *dst = (char *)o + f->off;
+    switch (f->kind) {
+    case OPT_STR:
+        *(const char **)dst = value;
+        return 0;
+    case OPT_INT: {
+        char *end;
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (errno || end == value || *end || v < f->lo || v > f->hi) {
+            fprintf(stderr, "slimserve: %s: expected an integer in [%lld, %lld], got '%s'\n", src,
+                    f->lo, f->hi, value);
+            return -1;
+        }
+        *(int *)dst = (int)v;
+        return 0;
+    }
+    case OPT_DOUBLE: {
+        char *end;
+        errno = 0;
+        double v = strtod(value, &end);
+        if (errno || end == value || *end || !(v >= (double)f->lo && v <= (double)f->hi)) {
+            fprintf(stderr, "slimserve: %s: expected a number in [%lld, %lld], got '%s'\n", src,
+                    f->lo, f->hi, value);
+            return -1;
+        }
+        *(double *)dst = v;
+        return 0;
+    }
+    case OPT_SIZE: {
+        unsigned long long v;
+        if (parse_size(value, &v) || v < (unsigned long long)f->lo ||
+            v > (unsigned long long)f->hi) {
+            fprintf(stderr, "slimserve: %s: expected a size such as 1048576, 512MiB or 2G, got '%s'\n",
+                    src, value);
+            return -1;
+        }
+        *(size_t *)dst = (size_t)v;
+        return 0;
+    }
+    case OPT_BACKEND:
+        if (strcmp(value, "cpu") && strcmp(value, "cuda")) {
+            fprintf(stderr, "slimserve: %s: expected 'cpu' or 'cuda', got '%s'\n", src, value);
+            return -1;
+        }
+        *(const char **)dst = value;
+        return 0;
+    case OPT_LOGLEVEL: {
+        static const char *const lv[] = {"error", "warn", "info", "debug"};
+        for (int i = 0; i < 4; i++) {
+            if (strcasecmp(value, lv[i]) == 0) {
+                *(int *)dst = i;
+                return 0;
+            }
+        }
+        fprintf(stderr, "slimserve: %s: expected error, warn, info or debug, got '%s'\n", src,
+                value);
+        return -1;
+    }
+    }
+    return -1;
+}
+
+static void opts_default(struct serve_opts *o) {
+    memset(o, 0, sizeof(*o));
+    o->srv.host = "127.0.0.1";
+    o->port = 8080;
+    o->eng.backend = "cpu";
+    o->srv.max_body = 16u << 20;
+    o->srv.max_num_seqs = 64;
+    o->srv.max_batched_tokens = 2048;
+    o->srv.max_queued = 256;
+    o->srv.max_connections = 1000;
+    o->srv.conn_timeout_s = 60;
+    o->srv.shutdown_grace_s = 5.0;
+    o->srv.max_stream_buffer = 4u << 20;
+    o->srv.log_level = SRV_LOG_INFO;
+}
+
+/* Environment first, then argv. Returns 0, or 2 on a usage error (message
+ * printed), or 3 if help was asked for. */
+static int parse_serve_args(struct serve_opts *o, int argc, char **argv) {
+    opts_default(o);
+    for (size_t i = 0; i < N_SERVE_FLAGS; i++) {
+        char env[64] = "SLIMSERVE_";
+        size_t n = strlen(env);
+        for (const char *p = serve_flags[i].name; *p && n + 1 < sizeof(env); p++)
+            env[n++] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+        env[n] = '\0';
+        const char *v = getenv(env);
+        if (v && *v && set_opt(o, &serve_flags[i], v, env))
+            return 2;
+    }
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help"))
+            return 3;
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "slimserve serve: unexpected argument '%s' (see 'slimserve help')\n", a);
+            return 2;
+        }
+        const char *name = a + 2;
+        const char *eq = strchr(name, '=');
+        size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+        const struct opt *f = NULL;
+        for (size_t k = 0; k < N_SERVE_FLAGS; k++)
+            if (strlen(serve_flags[k].name) == nl && !strncmp(serve_flags[k].name, name, nl))
+                f = &serve_flags[k];
+        if (!f) {
+            fprintf(stderr, "slimserve serve: unknown flag '%.*s' (see 'slimserve help')\n",
+                    (int)(nl + 2), a);
+            return 2;
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "slimserve serve: flag '--%s' needs a value\n", f->name);
+                return 2;
+            }
+            v = argv[++i];
+        }
+        char src[64];
+        snprintf(src, sizeof(src), "--%s", f->name);
+        if (set_opt(o, f, v, src))
+            return 2;
+    }
+    if (!o->srv.model_path || !*o->srv.model_path) {
+        fprintf(stderr, "slimserve serve: --model PATH is required (or SLIMSERVE_MODEL)\n");
+        return 2;
+    }
+    if (o->srv.api_key && !*o->srv.api_key)
+        o->srv.api_key = NULL;
+    return 0;
+}
+
+/* "dir/name.gguf" -> "name" (malloc'd). */
+static char *default_served_name(const char *path) {
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    size_t n = strlen(b);
+    if (n > 5 && strcasecmp(b + n - 5, ".gguf") == 0)
+        n -= 5;
+    if (n == 0)
+        return strdup("model");
+    return strndup(b, n);
+}
+
+static int cmd_serve(int argc, char **argv) {
+    struct serve_opts o;
+    int rc = parse_serve_args(&o, argc, argv);
+    if (rc == 3) {
+        usage(stdout);
+        return 0;
+    }
+    if (rc)
+        return rc;
+    srv_log_level = o.srv.log_level;
+    o.srv.port = o.port;
+    o.eng.n_threads = o.threads;
+    o.eng.n_ctx = o.ctx;
+    o.eng.kv_bytes = o.kv_bytes;
+    o.eng.max_batch_tokens = o.srv.max_batched_tokens;
+
+    char *name_buf = NULL;
+    if (!o.srv.served_name || !*o.srv.served_name) {
+        name_buf = default_served_name(o.srv.model_path);
+        if (!name_buf) {
+            fprintf(stderr, "slimserve: out of memory\n");
+            return 1;
+        }
+        o.srv.served_name = name_buf;
+    }
+
+    struct eng_model *m = NULL;
+    char err[512] = "";
+    srv_log(SRV_LOG_INFO, "loading model %s (backend %s)", o.srv.model_path, o.eng.backend);
+    rc = eng_model_load(&m, o.srv.model_path, &o.eng, err, sizeof(err));
+    if (rc < 0 || !m) {
+        fprintf(stderr, "slimserve: cannot load model '%s': %s\n", o.srv.model_path,
+                err[0] ? err : ss_strerror(rc));
+        free(name_buf);
+        return 1;
+    }
+    const struct eng_config *cfg = eng_model_config(m);
+    srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",
+            o.srv.served_name, cfg->arch_name, cfg->n_layers, cfg->dim, cfg->n_vocab,
+            eng_model_n_ctx(m), (int)eng_model_n_pages(m));
+
+    rc = srv_run(&o.srv, m);
+    eng_model_free(m);
+    free(name_buf);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+        printf("slimserve %s\n", SLIMSERVE_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 2, argv + 2);
+    if (!strcmp(cmd, "gen-model"))
+        return tool_genmodel_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench"))
+        return tool_bench_main(argc - 1, argv + 1);
+    fprintf(stderr, "slimserve: unknown command '%s' (see 'slimserve help')\n", cmd);
+    return 2;
+}

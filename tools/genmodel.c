@@ -1,1 +1,547 @@
-/* placeholder: being written */
+/* genmodel.c - deterministic synthetic llama-layout GGUF models (see genmodel.h
+ * for the exact file contents) and the `slimserve gen-model` command.
+ *
+ * Tensors are registered with the GGUF writer as generator callbacks, so even
+ * a 300M-parameter f32 model is written one tensor at a time. Each tensor's
+ * values come from its own splitmix64 stream seeded by (seed, name): integer
+ * draws scaled by one float multiply, so no libm call and no order dependence
+ * can change a byte.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "engine/gguf.h"
+#include "engine/ss_error.h"
+#include "kernels/backend.h"
+#include "tools/genmodel.h"
+
+/* ------------------------------------------------------------------- opts */
+
+void genmodel_opts_default(struct genmodel_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->arch = "llama";
+    o->tokenizer = "spm";
+    o->name = NULL;
+    o->dim = 64;
+    o->n_layers = 2;
+    o->n_heads = 4;
+    o->n_kv_heads = 2;
+    o->ffn_dim = 192;
+    o->n_vocab = 512;
+    o->n_ctx = 512;
+    o->wtype = BE_F32;
+    o->seed = 1;
+    o->tied = 0;
+    o->rope_theta = 10000.0f;
+    o->norm_eps = 1e-5f;
+}
+
+struct gm_preset {
+    const char *size;
+    int dim, n_layers, n_heads, n_kv_heads, ffn_dim, n_vocab, n_ctx;
+};
+
+/* Head dim 32 (1M) or 64; every row length a multiple of 32 (Q8_0 blocks). */
+static const struct gm_preset presets[] = {
+    {"1M", 128, 4, 4, 2, 352, 1024, 1024},
+    {"10M", 256, 10, 8, 4, 704, 4096, 2048},
+    {"100M", 768, 14, 12, 4, 2048, 8192, 2048},
+    {"300M", 1024, 22, 16, 8, 2816, 16384, 4096},
+};
+
+int genmodel_opts_preset(struct genmodel_opts *o, const char *size) {
+    for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+        const struct gm_preset *p = &presets[i];
+        if (size && strcmp(size, p->size) == 0) {
+            o->dim = p->dim;
+            o->n_layers = p->n_layers;
+            o->n_heads = p->n_heads;
+            o->n_kv_heads = p->n_kv_heads;
+            o->ffn_dim = p->ffn_dim;
+            o->n_vocab = p->n_vocab;
+            o->n_ctx = p->n_ctx;
+            return 0;
+        }
+    }
+    return SS_EINVAL;
+}
+
+static const char *wtype_name(int t) {
+    switch (t) {
+    case BE_F32: return "f32";
+    case BE_F16: return "f16";
+    case BE_BF16: return "bf16";
+    case BE_Q8_0: return "q8_0";
+    default: return NULL;
+    }
+}
+
+/* llama.cpp's general.file_type (enum llama_ftype) for the matrix type. */
+static uint32_t wtype_ftype(int t) {
+    return t == BE_F16 ? 1 : t == BE_Q8_0 ? 7 : t == BE_BF16 ? 32 : 0;
+}
+
+static int opts_check(const struct genmodel_opts *o, char *err, size_t err_len) {
+    const char *why = NULL;
+    if (!o->arch || strcmp(o->arch, "llama") != 0)
+        why = "unsupported architecture (only \"llama\")";
+    else if (!o->tokenizer || (strcmp(o->tokenizer, "spm") != 0 && strcmp(o->tokenizer, "bpe") != 0))
+        why = "tokenizer must be \"spm\" or \"bpe\"";
+    else if (o->dim <= 0 || o->dim > 65536 || o->n_layers <= 0 || o->n_layers > 1024 || o->n_heads <= 0 ||
+             o->n_kv_heads <= 0 || o->ffn_dim <= 0 || o->ffn_dim > (1 << 20) || o->n_ctx <= 0 ||
+             o->n_vocab <= 0 || o->n_vocab > (1 << 22))
+        why = "a dimension is out of range";
+    else if (o->dim % o->n_heads != 0 || (o->dim / o->n_heads) % 2 != 0)
+        why = "dim must be a multiple of heads with an even head dim";
+    else if (o->n_heads % o->n_kv_heads != 0)
+        why = "heads must be a multiple of kv-heads";
+    else if (!wtype_name(o->wtype))
+        why = "type must be f32, f16, bf16 or q8_0";
+    else if (o->wtype == BE_Q8_0 && (o->dim % 32 != 0 || o->ffn_dim % 32 != 0 ||
+                                     (o->dim / o->n_heads * o->n_kv_heads) % 32 != 0))
+        why = "q8_0 needs dim, ffn and kv width to be multiples of 32";
+    else if (!(o->rope_theta > 0.0f) || !(o->norm_eps > 0.0f))
+        why = "rope_theta and norm_eps must be positive";
+    if (why) {
+        snprintf(err, err_len, "gen-model: %s", why);
+        return SS_EINVAL;
+    }
+    return 0;
+}
+
+int64_t genmodel_n_params(const struct genmodel_opts *o) {
+    char e[8];
+    if (opts_check(o, e, sizeof e))
+        return 0;
+    int64_t d = o->dim, hd = d / o->n_heads, kv = hd * o->n_kv_heads, f = o->ffn_dim, v = o->n_vocab;
+    int64_t layer = 2 * d + d * d + 2 * d * kv + d * d + 3 * d * f;
+    return v * d * (o->tied ? 1 : 2) + d + layer * o->n_layers;
+}
+
+/* ---------------------------------------------------------------- numbers */
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u)
+        return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0));
+    if (ax >= 0x477ff000u) /* rounds to >= 65520: infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (ax < 0x38800000u) { /* below 2^-14: half subnormal */
+        if (ax <= 0x33000000u)
+            return (uint16_t)sign;
+        uint32_t m = (ax & 0x7fffffu) | 0x800000u, shift = 126 - (ax >> 23);
+        uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1)))
+            h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = (ax >> 13) - (112u << 10), rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1)))
+        h++;
+    return (uint16_t)(sign | h);
+}
+
+static uint16_t f32_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1)) >> 16); /* values are finite */
+}
+
+static float f16_to_f32(uint16_t h) { /* for Q8_0: the d actually stored */
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, x;
+    if (e == 0) {
+        if (!m) {
+            x = sign;
+        } else {
+            e = 113;
+            while (!(m & 0x400)) {
+                m <<= 1;
+                e--;
+            }
+            x = sign | (e << 23) | ((m & 0x3ff) << 13);
+        }
+    } else if (e == 31) {
+        x = sign | 0x7f800000u | (m << 13);
+    } else {
+        x = sign | ((e + 112) << 23) | (m << 13);
+    }
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* One Q8_0 block: fp16 d = max|x|/127, then 32 int8 q = round(x/d). */
+static void quant_q8_0_block(const float *x, uint8_t *out) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; i++) {
+        float a = x[i] < 0 ? -x[i] : x[i];
+        if (a > amax)
+            amax = a;
+    }
+    uint16_t dh = f32_to_f16(amax / 127.0f);
+    float d = f16_to_f32(dh);
+    memcpy(out, &dh, 2);
+    for (int i = 0; i < 32; i++) {
+        float q = d > 0.0f ? x[i] / d : 0.0f;
+        q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+        int v = (int)(q < 0 ? q - 0.5f : q + 0.5f); /* round half away from zero */
+        out[2 + i] = (uint8_t)(int8_t)v;
+    }
+}
+
+/* ----------------------------------------------------------------- tensors */
+
+/* Everything the writer's callback needs to produce one tensor. */
+struct gm_tensor {
+    char name[48];
+    int type;
+    int64_t ne0, rows;
+    uint64_t seed;
+    float center; /* 0 for matrices, 1 for norms */
+    float scale;  /* value = center + k * scale, k uniform in [-2^23, 2^23) */
+};
+
+static uint64_t name_seed(uint64_t seed, const char *name) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (const char *p = name; *p; p++) {
+        h ^= (unsigned char)*p;
+        h *= 0x100000001b3ull;
+    }
+    uint64_t s = seed ^ h;
+    return splitmix64(&s);
+}
+
+static int gm_fill(void *ctx, void *dst, size_t nbytes) {
+    const struct gm_tensor *t = ctx;
+    uint64_t s = t->seed;
+    float *row = malloc((size_t)t->ne0 * sizeof *row);
+    if (!row)
+        return SS_ENOMEM;
+    size_t rb = be_row_bytes(t->type, t->ne0);
+    uint8_t *out = dst;
+    for (int64_t r = 0; r < t->rows; r++) {
+        for (int64_t i = 0; i < t->ne0; i++) {
+            int32_t k = (int32_t)(splitmix64(&s) >> 40) - (1 << 23);
+            float v = (float)k * t->scale;
+            row[i] = t->center + v;
+        }
+        uint8_t *o = out + (size_t)r * rb;
+        if (t->type == BE_F32) {
+            memcpy(o, row, rb);
+        } else if (t->type == BE_F16 || t->type == BE_BF16) {
+            for (int64_t i = 0; i < t->ne0; i++) {
+                uint16_t h = t->type == BE_F16 ? f32_to_f16(row[i]) : f32_to_bf16(row[i]);
+                memcpy(o + 2 * i, &h, 2);
+            }
+        } else {
+            for (int64_t b = 0; b < t->ne0 / 32; b++)
+                quant_q8_0_block(row + 32 * b, o + 34 * b);
+        }
+    }
+    free(row);
+    (void)nbytes;
+    return 0;
+}
+
+/* Writer context: tensors stay alive until the save. */
+struct gm_build {
+    struct gguf_writer *w;
+    struct gm_tensor *t;
+    int n_t;
+    uint64_t seed;
+};
+
+static const float SQRT3_OVER_2P23 = 1.7320508f / 8388608.0f;
+
+static void add_matrix(struct gm_build *b, const char *name, int type, int64_t ne0, int64_t ne1, float gain) {
+    struct gm_tensor *t = &b->t[b->n_t++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->type = type;
+    t->ne0 = ne0;
+    t->rows = ne1;
+    t->seed = name_seed(b->seed, name);
+    t->center = 0.0f;
+    t->scale = gain / sqrtf((float)ne0) * SQRT3_OVER_2P23; /* std = gain/sqrt(fan_in) */
+    int64_t ne[2] = {ne0, ne1};
+    gguf_w_tensor_gen(b->w, t->name, type, ne1 > 1 ? 2 : 1, ne, gm_fill, t);
+}
+
+static void add_norm(struct gm_build *b, const char *name, int64_t dim) {
+    struct gm_tensor *t = &b->t[b->n_t++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->type = BE_F32;
+    t->ne0 = dim;
+    t->rows = 1;
+    t->seed = name_seed(b->seed, name);
+    t->center = 1.0f;
+    t->scale = 0.05f / 8388608.0f; /* 1 +- 0.05 */
+    gguf_w_tensor_gen(b->w, t->name, BE_F32, 1, &t->ne0, gm_fill, t);
+}
+
+static void add_llama_tensors(struct gm_build *b, const struct genmodel_opts *o) {
+    int64_t d = o->dim, hd = d / o->n_heads, q = hd * o->n_heads, kv = hd * o->n_kv_heads, f = o->ffn_dim;
+    int wt = o->wtype;
+    float emb = 2.0f; /* std 2/sqrt(dim): logits with std ~2 */
+    add_matrix(b, "token_embd.weight", wt, d, o->n_vocab, emb);
+    add_norm(b, "output_norm.weight", d);
+    if (!o->tied)
+        add_matrix(b, "output.weight", wt, d, o->n_vocab, emb);
+    for (int l = 0; l < o->n_layers; l++) {
+        char n[48];
+#define GM_NAME(s) (snprintf(n, sizeof n, "blk.%d.%s.weight", l, s), n)
+        add_norm(b, GM_NAME("attn_norm"), d);
+        add_matrix(b, GM_NAME("attn_q"), wt, d, q, 1.0f);
+        add_matrix(b, GM_NAME("attn_k"), wt, d, kv, 1.0f);
+        add_matrix(b, GM_NAME("attn_v"), wt, d, kv, 1.0f);
+        add_matrix(b, GM_NAME("attn_output"), wt, q, d, 0.5f);
+        add_norm(b, GM_NAME("ffn_norm"), d);
+        add_matrix(b, GM_NAME("ffn_gate"), wt, d, f, 1.0f);
+        add_matrix(b, GM_NAME("ffn_up"), wt, d, f, 1.0f);
+        add_matrix(b, GM_NAME("ffn_down"), wt, f, d, 0.5f);
+#undef GM_NAME
+    }
+}
+
+static void add_llama_keys(struct gguf_writer *w, const struct genmodel_opts *o, const char *arch) {
+    char k[96];
+#define GM_KEY(s) (snprintf(k, sizeof k, "%s.%s", arch, s), k)
+    gguf_w_u32(w, GM_KEY("block_count"), (uint32_t)o->n_layers);
+    gguf_w_u32(w, GM_KEY("context_length"), (uint32_t)o->n_ctx);
+    gguf_w_u32(w, GM_KEY("embedding_length"), (uint32_t)o->dim);
+    gguf_w_u32(w, GM_KEY("feed_forward_length"), (uint32_t)o->ffn_dim);
+    gguf_w_u32(w, GM_KEY("attention.head_count"), (uint32_t)o->n_heads);
+    gguf_w_u32(w, GM_KEY("attention.head_count_kv"), (uint32_t)o->n_kv_heads);
+    gguf_w_f32(w, GM_KEY("attention.layer_norm_rms_epsilon"), o->norm_eps);
+    gguf_w_f32(w, GM_KEY("rope.freq_base"), o->rope_theta);
+    gguf_w_u32(w, GM_KEY("rope.dimension_count"), (uint32_t)(o->dim / o->n_heads));
+    gguf_w_u32(w, GM_KEY("vocab_size"), (uint32_t)o->n_vocab);
+#undef GM_KEY
+}
+
+static void add_tokenizer_keys(struct gguf_writer *w, const struct genmodel_vocab *v, int spm) {
+    gguf_w_str(w, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
+    if (!spm)
+        gguf_w_str(w, "tokenizer.ggml.pre", "default");
+    gguf_w_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)v->tokens, (uint64_t)v->n);
+    if (spm)
+        gguf_w_arr_f32(w, "tokenizer.ggml.scores", v->scores, (uint64_t)v->n);
+    gguf_w_arr_i32(w, "tokenizer.ggml.token_type", v->types, (uint64_t)v->n);
+    if (!spm)
+        gguf_w_arr_str(w, "tokenizer.ggml.merges", (const char *const *)v->merges, (uint64_t)v->n_merges);
+    gguf_w_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)v->bos);
+    gguf_w_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)v->eos);
+    if (v->unk >= 0)
+        gguf_w_u32(w, "tokenizer.ggml.unknown_token_id", (uint32_t)v->unk);
+    gguf_w_bool(w, "tokenizer.ggml.add_bos_token", 1);
+    gguf_w_bool(w, "tokenizer.ggml.add_eos_token", 0);
+    if (spm)
+        gguf_w_bool(w, "tokenizer.ggml.add_space_prefix", 1);
+}
+
+static int write_model(const struct genmodel_opts *o, const char *path, int64_t *n_learned, char *err,
+                       size_t err_len) {
+    int spm = strcmp(o->tokenizer, "spm") == 0;
+    struct genmodel_vocab v;
+    int rc = genmodel_vocab_build(&v, spm ? GENMODEL_TOK_SPM : GENMODEL_TOK_BPE, o->n_vocab, err, err_len);
+    if (rc)
+        return rc;
+    *n_learned = v.n_learned;
+    struct gm_build b = {0};
+    b.w = gguf_writer_new();
+    b.t = calloc((size_t)o->n_layers * 9 + 3, sizeof *b.t);
+    b.seed = o->seed;
+    if (!b.w || !b.t) {
+        snprintf(err, err_len, "gen-model: out of memory");
+        rc = SS_ENOMEM;
+    } else {
+        gguf_w_str(b.w, "general.architecture", o->arch);
+        gguf_w_str(b.w, "general.name", o->name ? o->name : "genmodel");
+        gguf_w_u32(b.w, "general.file_type", wtype_ftype(o->wtype));
+        add_llama_keys(b.w, o, o->arch);
+        add_tokenizer_keys(b.w, &v, spm);
+        add_llama_tensors(&b, o);
+        rc = gguf_writer_save(b.w, path, err, err_len);
+    }
+    gguf_writer_free(b.w);
+    free(b.t);
+    genmodel_vocab_free(&v);
+    return rc;
+}
+
+int genmodel_write(const struct genmodel_opts *o, const char *path, char *err, size_t err_len) {
+    char dummy[8];
+    int64_t learned;
+    if (!err || !err_len)
+        err = dummy, err_len = sizeof dummy;
+    err[0] = 0;
+    if (!o || !path) {
+        snprintf(err, err_len, "gen-model: no options or path");
+        return SS_EINVAL;
+    }
+    int rc = opts_check(o, err, err_len);
+    return rc ? rc : write_model(o, path, &learned, err, err_len);
+}
+
+/* --------------------------------------------------------------------- CLI */
+
+static void usage(FILE *fp) {
+    fprintf(fp,
+            "usage: slimserve gen-model --out PATH [options]\n"
+            "Writes a deterministic random-weight llama GGUF with a trained tokenizer.\n"
+            "  --out PATH            output file (required)\n"
+            "  --size 1M|10M|100M|300M  preset shape (flags below override it)\n"
+            "  --tokenizer spm|bpe   tokenizer kind (default spm)\n"
+            "  --dim N --layers N --heads N --kv-heads N --ffn N --vocab N --ctx N\n"
+            "  --type f32|f16|bf16|q8_0  matrix type (default f32; norms stay f32)\n"
+            "  --seed N              PRNG seed (default 1)\n"
+            "  --tied                no output.weight (share token_embd)\n"
+            "  --rope-theta X --norm-eps X --name NAME --arch llama\n"
+            "  --help                this text\n");
+}
+
+static int parse_int(const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Applies one --flag value. Returns 0, or -1 on a bad flag/value. */
+static int apply_flag(struct genmodel_opts *o, const char *flag, const char *val, const char **out) {
+    static const struct { const char *flag; size_t off; } ints[] = {
+        {"--dim", offsetof(struct genmodel_opts, dim)},
+        {"--layers", offsetof(struct genmodel_opts, n_layers)},
+        {"--heads", offsetof(struct genmodel_opts, n_heads)},
+        {"--kv-heads", offsetof(struct genmodel_opts, n_kv_heads)},
+        {"--ffn", offsetof(struct genmodel_opts, ffn_dim)},
+        {"--vocab", offsetof(struct genmodel_opts, n_vocab)},
+        {"--ctx", offsetof(struct genmodel_opts, n_ctx)},
+    };
+    long long v;
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (strcmp(flag, ints[i].flag) == 0) {
+            if (parse_int(val, 1, 1 << 30, &v))
+                return -1;
+            *(int *)((char *)o + ints[i].off) = (int)v;
+            return 0;
+        }
+    if (strcmp(flag, "--out") == 0) {
+        *out = val;
+    } else if (strcmp(flag, "--tokenizer") == 0) {
+        o->tokenizer = val;
+    } else if (strcmp(flag, "--arch") == 0) {
+        o->arch = val;
+    } else if (strcmp(flag, "--name") == 0) {
+        o->name = val;
+    } else if (strcmp(flag, "--seed") == 0) {
+        char *end;
+        errno = 0;
+        o->seed = strtoull(val, &end, 0);
+        if (errno || end == val || *end)
+            return -1;
+    } else if (strcmp(flag, "--type") == 0) {
+        static const int types[] = {BE_F32, BE_F16, BE_BF16, BE_Q8_0};
+        int found = 0;
+        for (size_t i = 0; i < 4; i++)
+            if (strcmp(val, wtype_name(types[i])) == 0)
+                o->wtype = types[i], found = 1;
+        if (!found)
+            return -1;
+    } else if (strcmp(flag, "--rope-theta") == 0 || strcmp(flag, "--norm-eps") == 0) {
+        char *end;
+        float x = strtof(val, &end);
+        if (end == val || *end || !(x > 0.0f))
+            return -1;
+        *(flag[2] == 'r' ? &o->rope_theta : &o->norm_eps) = x;
+    } else if (strcmp(flag, "--size") == 0) {
+        return 0; /* applied before the other flags */
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+int tool_genmodel_main(int argc, char **argv) {
+    struct genmodel_opts o;
+    const char *out = NULL;
+    genmodel_opts_default(&o);
+    /* pass 1: --help and --size (so explicit flags override the preset) */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        const char *sz = strncmp(argv[i], "--size=", 7) == 0 ? argv[i] + 7
+                         : (strcmp(argv[i], "--size") == 0 && i + 1 < argc) ? argv[i + 1] : NULL;
+        if (sz && genmodel_opts_preset(&o, sz) != 0) {
+            fprintf(stderr, "gen-model: unknown --size '%s' (1M, 10M, 100M, 300M)\n", sz);
+            return 2;
+        }
+    }
+    for (int i = 1; i < argc; i++) {
+        char flag[64];
+        const char *val, *eq = strchr(argv[i], '=');
+        if (strcmp(argv[i], "--tied") == 0) {
+            o.tied = 1;
+            continue;
+        }
+        if (strncmp(argv[i], "--", 2) == 0 && eq && (size_t)(eq - argv[i]) < sizeof flag) {
+            memcpy(flag, argv[i], (size_t)(eq - argv[i]));
+            flag[eq - argv[i]] = 0;
+            val = eq + 1;
+        } else if (strncmp(argv[i], "--", 2) == 0 && strlen(argv[i]) < sizeof flag && i + 1 < argc) {
+            snprintf(flag, sizeof flag, "%s", argv[i]);
+            val = argv[++i];
+        } else {
+            fprintf(stderr, "gen-model: unexpected argument '%s' (try --help)\n", argv[i]);
+            return 2;
+        }
+        if (strcmp(flag, "--tied") == 0 && (strcmp(val, "0") == 0 || strcmp(val, "1") == 0)) {
+            o.tied = val[0] == '1';
+            continue;
+        }
+        if (apply_flag(&o, flag, val, &out) != 0) {
+            fprintf(stderr, "gen-model: bad option %s '%s' (try --help)\n", flag, val);
+            return 2;
+        }
+    }
+    if (!out) {
+        fprintf(stderr, "gen-model: --out PATH is required (try --help)\n");
+        return 2;
+    }
+    char err[512];
+    int64_t learned = 0;
+    int rc = opts_check(&o, err, sizeof err);
+    if (!rc)
+        rc = write_model(&o, out, &learned, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "%s\n", err[0] ? err : ss_strerror(rc));
+        return 1;
+    }
+    struct stat st;
+    long long bytes = stat(out, &st) == 0 ? (long long)st.st_size : -1;
+    int64_t np = genmodel_n_params(&o);
+    printf("gen-model: wrote %s: %s, %.3fM parameters, %lld bytes (%.1f MiB), %s vocab %d (%lld merges), "
+           "dim %d, layers %d, heads %d/%d, ffn %d, ctx %d, %s%s, seed %llu\n",
+           out, o.arch, (double)np / 1e6, bytes, (double)bytes / 1048576.0, o.tokenizer, o.n_vocab,
+           (long long)learned, o.dim, o.n_layers, o.n_heads, o.n_kv_heads, o.ffn_dim, o.n_ctx,
+           wtype_name(o.wtype), o.tied ? ", tied" : "", (unsigned long long)o.seed);
+    return 0;
+}

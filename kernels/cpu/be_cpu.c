@@ -1,1 +1,270 @@
-/* placeholder: being written */
+/* be_cpu.c - the CPU backend: ops table, memory, and the small ops (rmsnorm,
+ * rope, kv_store, glu, add, scale). matmul/get_rows live in matmul.c, attention
+ * in attention.c, the SIMD kernels in matmul_avx2.c / matmul_avx512.c.
+ *
+ * Memory is host memory: alloc is 64-byte aligned and zeroed, upload/download
+ * are memcpy. Threads: OpenMP teams of ctx->n_threads inside each call; the
+ * context itself is used by one thread at a time (the engine thread).
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/ss_error.h"
+#include "kernels/cpu/kcpu.h"
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static void free_bufs(struct kcpu_ctx *c) {
+    if (c->tbuf)
+        for (int i = 0; i < c->n_threads; i++)
+            free(c->tbuf[i]);
+    free(c->tbuf);
+    free(c->tbuf_len);
+    c->tbuf = NULL;
+    c->tbuf_len = NULL;
+}
+
+static int set_threads(struct kcpu_ctx *c, int n_threads) {
+    free_bufs(c);
+    if (n_threads <= 0)
+        n_threads = omp_get_num_procs();
+    if (n_threads < 1)
+        n_threads = 1;
+    if (n_threads > 256)
+        n_threads = 256;
+    c->n_threads = n_threads;
+    c->tbuf = calloc((size_t)n_threads, sizeof(float *));
+    c->tbuf_len = calloc((size_t)n_threads, sizeof(size_t));
+    if (!c->tbuf || !c->tbuf_len) {
+        free_bufs(c);
+        return SS_ENOMEM;
+    }
+    return 0;
+}
+
+static int cpu_init(void **out, int n_threads) {
+    struct kcpu_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return SS_ENOMEM;
+    if (set_threads(c, n_threads) < 0) {
+        free(c);
+        return SS_ENOMEM;
+    }
+    c->isa = kcpu_isa_best();
+    *out = c;
+    return 0;
+}
+
+static void cpu_free(void *ctx) {
+    struct kcpu_ctx *c = ctx;
+    if (!c)
+        return;
+    free_bufs(c);
+    free(c);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static void *cpu_alloc(void *ctx, size_t bytes) {
+    (void)ctx;
+    size_t n = (bytes + 63) / 64 * 64;
+    if (n < bytes)
+        return NULL; /* overflow */
+    if (n == 0)
+        n = 64;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n) != 0)
+        return NULL;
+    memset(p, 0, n);
+    return p;
+}
+
+static void cpu_dealloc(void *ctx, void *p) {
+    (void)ctx;
+    free(p);
+}
+
+static void cpu_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    if (bytes)
+        memmove(dst, src, bytes);
+}
+
+static int cpu_weight_prepare(void *ctx, struct be_tensor *w) {
+    (void)ctx;
+    if (!be_type_supported(w->type))
+        return SS_EUNSUPPORTED;
+    size_t rb = be_row_bytes(w->type, w->ne[0]);
+    if (w->ne[0] <= 0 || w->ne[1] <= 0 || rb == 0 || (w->nb1 && w->nb1 < rb) || !w->data)
+        return SS_EINVAL;
+    return 0; /* weights are used in place (mmapped) */
+}
+
+/* ---------------------------------------------------------------- small ops */
+
+/* number of threads worth using for `work` elementary operations */
+static int team(const struct kcpu_ctx *c, double work) {
+    return work < 65536.0 ? 1 : c->n_threads;
+}
+
+static void cpu_rmsnorm(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps) {
+    struct kcpu_ctx *c = ctx;
+    if (n <= 0 || dim <= 0)
+        return;
+#pragma omp parallel for num_threads(team(c, (double)n * dim)) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        double ss = 0.0;
+        for (int k = 0; k < dim; k++)
+            ss += (double)xi[k] * xi[k];
+        float sc = 1.0f / sqrtf((float)(ss / dim) + eps);
+        if (w)
+            for (int k = 0; k < dim; k++)
+                oi[k] = (xi[k] * sc) * w[k];
+        else
+            for (int k = 0; k < dim; k++)
+                oi[k] = xi[k] * sc;
+    }
+}
+
+#define ROPE_MAX_PAIRS 512
+
+static void cpu_rope(void *ctx, float *x, const int32_t *pos, int n, const struct be_rope_params *p) {
+    struct kcpu_ctx *c = ctx;
+    const int H = p->n_heads, D = p->head_dim, nr = p->n_rot;
+    if (n <= 0 || H <= 0 || D <= 0 || nr <= 1 || nr > D || nr % 2 || nr / 2 > ROPE_MAX_PAIRS)
+        return;
+    const int half = nr / 2;
+    /* inv[i] = base^(-2i/n_rot), in double (exact enough at any position) */
+    double inv[ROPE_MAX_PAIRS];
+    for (int i = 0; i < half; i++) {
+        inv[i] = pow((double)p->theta_base, -2.0 * i / nr);
+        if (p->freq_factors)
+            inv[i] /= (double)p->freq_factors[i];
+    }
+#pragma omp parallel for num_threads(team(c, (double)n * H * D)) schedule(static)
+    for (int t = 0; t < n; t++) {
+        float cs[ROPE_MAX_PAIRS], sn[ROPE_MAX_PAIRS];
+        double pt = (double)pos[t] * (double)p->freq_scale;
+        for (int i = 0; i < half; i++) {
+            double th = pt * inv[i];
+            cs[i] = (float)cos(th);
+            sn[i] = (float)sin(th);
+        }
+        for (int h = 0; h < H; h++) {
+            float *v = x + ((size_t)t * H + h) * D;
+            for (int i = 0; i < half; i++) {
+                int i0 = p->neox ? i : 2 * i, i1 = p->neox ? i + half : 2 * i + 1;
+                float a = v[i0], b = v[i1];
+                v[i0] = a * cs[i] - b * sn[i];
+                v[i1] = a * sn[i] + b * cs[i];
+            }
+        }
+    }
+}
+
+static void cpu_kv_store(void *ctx, struct be_kv_layer *kv, const float *k, const float *v,
+                         const int32_t *slots, int n, int kv_dim) {
+    struct kcpu_ctx *c = ctx;
+    for (int i = 0; i < n; i++) {
+        if (slots[i] < 0)
+            continue; /* row not stored (e.g. a token dropped by a subsampler) */
+        size_t off = (size_t)slots[i] * (size_t)kv_dim;
+        const float *ks = k + (size_t)i * kv_dim, *vs = v + (size_t)i * kv_dim;
+        if (kv->kv_type == BE_F16) {
+            c->isa->f32_to_f16((uint16_t *)kv->k + off, ks, kv_dim);
+            c->isa->f32_to_f16((uint16_t *)kv->v + off, vs, kv_dim);
+        } else {
+            memcpy((float *)kv->k + off, ks, sizeof(float) * (size_t)kv_dim);
+            memcpy((float *)kv->v + off, vs, sizeof(float) * (size_t)kv_dim);
+        }
+    }
+}
+
+/* Elementwise ops split the range in per-thread pieces of whole 64-float lines;
+ * values are lane-wise, so the split never changes a result. */
+#define SPLIT_BEGIN(N)                                                          \
+    int nth_ = team(c, (double)(N));                                            \
+    _Pragma("omp parallel num_threads(nth_)") {                                  \
+        int64_t per_ = ((N) / omp_get_num_threads() + 63) / 64 * 64;            \
+        int64_t i0_ = per_ * omp_get_thread_num();                              \
+        int64_t i1_ = i0_ + per_ < (N) ? i0_ + per_ : (N);                      \
+        if (i0_ < i1_) {
+#define SPLIT_END \
+    }             \
+    }
+
+static void cpu_glu(void *ctx, float *out, const float *g, const float *u, int64_t n, int act) {
+    struct kcpu_ctx *c = ctx;
+    if (n <= 0)
+        return;
+    SPLIT_BEGIN(n)
+    c->isa->glu(out + i0_, g + i0_, u + i0_, i1_ - i0_, act);
+    SPLIT_END
+}
+
+static void cpu_add(void *ctx, float *y, const float *x, int64_t n) {
+    struct kcpu_ctx *c = ctx;
+    if (n <= 0)
+        return;
+    SPLIT_BEGIN(n)
+    for (int64_t i = i0_; i < i1_; i++)
+        y[i] += x[i];
+    SPLIT_END
+}
+
+static void cpu_scale(void *ctx, float *y, float s, int64_t n) {
+    struct kcpu_ctx *c = ctx;
+    if (n <= 0)
+        return;
+    SPLIT_BEGIN(n)
+    for (int64_t i = i0_; i < i1_; i++)
+        y[i] *= s;
+    SPLIT_END
+}
+
+const struct be_ops kcpu_ops = {
+    .name = "cpu",
+    .init = cpu_init,
+    .free = cpu_free,
+    .alloc = cpu_alloc,
+    .dealloc = cpu_dealloc,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .weight_prepare = cpu_weight_prepare,
+    .matmul = kcpu_matmul,
+    .get_rows = kcpu_get_rows,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = kcpu_attention,
+    .glu = cpu_glu,
+    .add = cpu_add,
+    .scale = cpu_scale,
+};
+
+/* ---------------------------------------------------------------- test hooks */
+
+int kcpu_ctx_set_isa(struct be *be, const char *name) {
+    if (!be || be->ops != &kcpu_ops)
+        return SS_EINVAL;
+    const struct kcpu_isa *isa = kcpu_isa_find(name);
+    if (!isa)
+        return SS_EUNSUPPORTED;
+    ((struct kcpu_ctx *)be->ctx)->isa = isa;
+    return 0;
+}
+
+void kcpu_ctx_set_threads(struct be *be, int n_threads) {
+    if (be && be->ops == &kcpu_ops)
+        set_threads(be->ctx, n_threads);
+}
+
+const char *kcpu_ctx_isa_name(const struct be *be) {
+    if (!be || be->ops != &kcpu_ops)
+        return NULL;
+    return ((const struct kcpu_ctx *)be->ctx)->isa->name;
+}

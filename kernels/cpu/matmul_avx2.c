@@ -1,1 +1,491 @@
-/* placeholder: being written */
+/* matmul_avx2.c - AVX2/FMA/F16C kernels (compiled with -mavx2 -mfma -mf16c
+ * -ffp-contract=off; only called after kcpu_isa_best() checked the CPU).
+ * V = 8 lanes. Same structure and determinism contract as matmul_avx512.c
+ * (see kcpu.h): one __m256 accumulator per (row, token), fmadd over chunks of 8
+ * in increasing k, tail lanes zero, reduced by hsum8().
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels/cpu/kcpu.h"
+
+#define V 8
+#define AI static inline __attribute__((always_inline))
+#define MR 3 /* tile micro-kernel: rows (12 accumulators + 3 weights + 1 x = 16 ymm) */
+#define NR 4 /* tile micro-kernel: tokens */
+
+typedef __m256 vf;
+
+/* Fixed reduction tree: (l, l+4) -> (l, l+2) -> (0, 1). */
+AI float hsum8(vf v) {
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
+AI __m256i ld_u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+AI __m256i c32(int v) { return _mm256_set1_epi32(v); }
+/* lanes l = 0..7 set to 16 where bit l of b is set, else 0 */
+AI __m256i bits16(uint32_t b) {
+    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)b), sel), sel);
+    return _mm256_and_si256(m, c32(16));
+}
+AI __m256i tail_mask(int64_t r) { /* first r lanes all-ones, r in 1..7 */
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* ---------------------------------------------------------------- dequantisers */
+
+typedef struct { const uint8_t *q; vf d; } st_q8_0;
+AI void prep_q8_0(st_q8_0 *s, const uint8_t *b) { s->d = _mm256_set1_ps(h2f(b)); s->q = b + 2; }
+AI vf chk_q8_0(const st_q8_0 *s, int c) {
+    __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(s->q + 8 * c)));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), s->d);
+}
+
+typedef struct { const uint8_t *q; vf d; } st_q4_0;
+AI void prep_q4_0(st_q4_0 *s, const uint8_t *b) { s->d = _mm256_set1_ps(h2f(b)); s->q = b + 2; }
+AI vf chk_q4_0(const st_q4_0 *s, int c) {
+    __m256i q = ld_u8x8(s->q + 8 * (c & 1));
+    q = c >= 2 ? _mm256_srli_epi32(q, 4) : _mm256_and_si256(q, c32(15));
+    q = _mm256_sub_epi32(q, c32(8));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), s->d);
+}
+
+typedef struct { const uint8_t *q; uint32_t qh; vf d; } st_q5_0;
+AI void prep_q5_0(st_q5_0 *s, const uint8_t *b) {
+    s->d = _mm256_set1_ps(h2f(b));
+    s->qh = kcpu_rd32(b + 2);
+    s->q = b + 6;
+}
+AI vf chk_q5_0(const st_q5_0 *s, int c) {
+    __m256i q = ld_u8x8(s->q + 8 * (c & 1));
+    q = c >= 2 ? _mm256_srli_epi32(q, 4) : _mm256_and_si256(q, c32(15));
+    q = _mm256_or_si256(q, bits16((s->qh >> (8 * c)) & 255));
+    q = _mm256_sub_epi32(q, c32(16));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), s->d);
+}
+
+typedef struct { const uint8_t *q, *qh; float ds[8], ms[8]; } st_qk;
+typedef st_qk st_q4_k;
+typedef st_qk st_q5_k;
+AI void prep_qk(st_qk *s, const uint8_t *b, int five) {
+    float d = h2f(b), dmin = h2f(b + 2);
+    for (int j = 0; j < 8; j++) {
+        int sc, m;
+        kcpu_k_scale_min(j, b + 4, &sc, &m);
+        s->ds[j] = d * (float)sc;
+        s->ms[j] = dmin * (float)m;
+    }
+    s->qh = five ? b + 16 : NULL;
+    s->q = five ? b + 48 : b + 16;
+}
+AI void prep_q4_k(st_qk *s, const uint8_t *b) { prep_qk(s, b, 0); }
+AI void prep_q5_k(st_qk *s, const uint8_t *b) { prep_qk(s, b, 1); }
+AI __m256i nib_qk(const st_qk *s, int c) {
+    int sb = c >> 2;
+    __m256i q = ld_u8x8(s->q + 32 * (sb >> 1) + 8 * (c & 3));
+    return (sb & 1) ? _mm256_srli_epi32(q, 4) : _mm256_and_si256(q, c32(15));
+}
+AI vf fin_qk(const st_qk *s, int c, __m256i q) {
+    int sb = c >> 2;
+    return _mm256_fmsub_ps(_mm256_set1_ps(s->ds[sb]), _mm256_cvtepi32_ps(q), _mm256_set1_ps(s->ms[sb]));
+}
+AI vf chk_q4_k(const st_qk *s, int c) { return fin_qk(s, c, nib_qk(s, c)); }
+AI vf chk_q5_k(const st_qk *s, int c) {
+    __m256i q = nib_qk(s, c);
+    __m256i h = ld_u8x8(s->qh + 8 * (c & 3));
+    __m256i bit = c32(1 << (c >> 2));
+    __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(h, bit), bit);
+    q = _mm256_or_si256(q, _mm256_and_si256(set, c32(16)));
+    return fin_qk(s, c, q);
+}
+
+typedef struct { const uint8_t *ql, *qh; float dsc[16]; } st_q6_k;
+AI void prep_q6_k(st_q6_k *s, const uint8_t *b) {
+    float d = h2f(b + 208);
+    const int8_t *sc = (const int8_t *)(b + 192);
+    for (int j = 0; j < 16; j++)
+        s->dsc[j] = d * (float)sc[j];
+    s->ql = b;
+    s->qh = b + 128;
+}
+AI vf chk_q6_k(const st_q6_k *s, int c) {
+    int h = c >> 4, cc = c & 15, k = cc >> 2, l0 = 8 * (cc & 3);
+    __m256i lb = ld_u8x8(s->ql + 64 * h + 32 * (k & 1) + l0);
+    __m256i lo = k < 2 ? _mm256_and_si256(lb, c32(15)) : _mm256_srli_epi32(lb, 4);
+    __m256i hb = ld_u8x8(s->qh + 32 * h + l0);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi32(hb, 2 * k), c32(3));
+    __m256i q = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), c32(32));
+    return _mm256_mul_ps(_mm256_set1_ps(s->dsc[8 * h + (l0 >> 4) + 2 * k]), _mm256_cvtepi32_ps(q));
+}
+
+/* linear types: full chunk, or tail of r (1..7) elements with zero lanes after */
+AI vf ld_f32(const uint8_t *p, int64_t k) { return _mm256_loadu_ps((const float *)p + k); }
+AI vf ldm_f32(const uint8_t *p, int64_t k, int64_t r) {
+    return _mm256_maskload_ps((const float *)p + k, tail_mask(r));
+}
+AI vf ld_f16(const uint8_t *p, int64_t k) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + k)));
+}
+AI vf ldm_f16(const uint8_t *p, int64_t k, int64_t r) {
+    uint16_t t[8] = {0};
+    memcpy(t, (const uint16_t *)p + k, 2 * (size_t)r);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
+}
+AI vf bf_widen(__m128i h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+AI vf ld_bf16(const uint8_t *p, int64_t k) {
+    return bf_widen(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + k)));
+}
+AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
+    uint16_t t[8] = {0};
+    memcpy(t, (const uint16_t *)p + k, 2 * (size_t)r);
+    return bf_widen(_mm_loadu_si128((const __m128i *)t));
+}
+
+/* ---------------------------------------------------------------- decode (fused) */
+
+#define DEF_BLOCKED(T, BS, SZ)                                                              \
+    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
+        vf acc[4][KCPU_DECODE_MAX];                                                         \
+        for (int i = 0; i < RG; i++)                                                        \
+            for (int j = 0; j < NT; j++)                                                    \
+                acc[i][j] = _mm256_setzero_ps();                                            \
+        const int64_t nb = mm->K / (BS);                                                    \
+        const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
+        const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        for (int64_t ib = 0; ib < nb; ib++) {                                               \
+            st_##T st[4];                                                                   \
+            for (int i = 0; i < RG; i++)                                                    \
+                prep_##T(&st[i], wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ));             \
+            for (int c = 0; c < (BS) / V; c++) {                                            \
+                vf xv[KCPU_DECODE_MAX];                                                     \
+                for (int j = 0; j < NT; j++)                                                \
+                    xv[j] = _mm256_loadu_ps(xr + j * mm->ldx + ib * (BS) + c * V);          \
+                for (int i = 0; i < RG; i++) {                                              \
+                    vf wv = chk_##T(&st[i], c);                                             \
+                    for (int j = 0; j < NT; j++)                                            \
+                        acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);                  \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < RG; i++)                                                        \
+            for (int j = 0; j < NT; j++)                                                    \
+                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum8(acc[i][j]);               \
+    }                                                                                       \
+    static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
+                       int64_t ldd) {                                                       \
+        const int64_t nb = mm->K / (BS);                                                    \
+        for (int64_t i = 0; i < nr; i++) {                                                  \
+            const uint8_t *wr = mm->w + (size_t)(r0 + i) * mm->nb1;                          \
+            float *d = dst + i * ldd;                                                       \
+            for (int64_t ib = 0; ib < nb; ib++) {                                           \
+                st_##T st;                                                                  \
+                prep_##T(&st, wr + (size_t)ib * (SZ));                                      \
+                for (int c = 0; c < (BS) / V; c++)                                          \
+                    _mm256_storeu_ps(d + ib * (BS) + c * V, chk_##T(&st, c));               \
+            }                                                                               \
+            for (int64_t k = mm->K; k < ldd; k++)                                           \
+                d[k] = 0.0f;                                                                \
+        }                                                                                   \
+    }
+
+#define DEF_LINEAR(T)                                                                       \
+    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
+        vf acc[4][KCPU_DECODE_MAX];                                                         \
+        for (int i = 0; i < RG; i++)                                                        \
+            for (int j = 0; j < NT; j++)                                                    \
+                acc[i][j] = _mm256_setzero_ps();                                            \
+        const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
+        const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        const int64_t K = mm->K;                                                            \
+        int64_t k = 0;                                                                      \
+        for (; k + V <= K; k += V) {                                                        \
+            vf xv[KCPU_DECODE_MAX];                                                         \
+            for (int j = 0; j < NT; j++)                                                    \
+                xv[j] = _mm256_loadu_ps(xr + j * mm->ldx + k);                              \
+            for (int i = 0; i < RG; i++) {                                                  \
+                vf wv = ld_##T(wr + (size_t)i * mm->nb1, k);                                \
+                for (int j = 0; j < NT; j++)                                                \
+                    acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);                      \
+            }                                                                               \
+        }                                                                                   \
+        if (k < K) {                                                                        \
+            vf xv[KCPU_DECODE_MAX];                                                         \
+            for (int j = 0; j < NT; j++)                                                    \
+                xv[j] = ldm_f32((const uint8_t *)(xr + j * mm->ldx), k, K - k);             \
+            for (int i = 0; i < RG; i++) {                                                  \
+                vf wv = ldm_##T(wr + (size_t)i * mm->nb1, k, K - k);                        \
+                for (int j = 0; j < NT; j++)                                                \
+                    acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);                      \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < RG; i++)                                                        \
+            for (int j = 0; j < NT; j++)                                                    \
+                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum8(acc[i][j]);               \
+    }                                                                                       \
+    static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
+                       int64_t ldd) {                                                       \
+        const int64_t K = mm->K;                                                            \
+        for (int64_t i = 0; i < nr; i++) {                                                  \
+            const uint8_t *wr = mm->w + (size_t)(r0 + i) * mm->nb1;                          \
+            float *d = dst + i * ldd;                                                       \
+            int64_t k = 0;                                                                  \
+            for (; k + V <= K; k += V)                                                      \
+                _mm256_storeu_ps(d + k, ld_##T(wr, k));                                     \
+            if (k < K)                                                                      \
+                _mm256_maskstore_ps(d + k, tail_mask(K - k), ldm_##T(wr, k, K - k));        \
+            for (k = K; k < ldd; k++)                                                       \
+                d[k] = 0.0f;                                                                \
+        }                                                                                   \
+    }
+
+DEF_BLOCKED(q8_0, 32, 34)
+DEF_BLOCKED(q4_0, 32, 18)
+DEF_BLOCKED(q5_0, 32, 22)
+DEF_BLOCKED(q4_k, 256, 144)
+DEF_BLOCKED(q5_k, 256, 176)
+DEF_BLOCKED(q6_k, 256, 210)
+DEF_LINEAR(f32)
+DEF_LINEAR(f16)
+DEF_LINEAR(bf16)
+
+/* Row groups of 4 for 1-2 tokens, 2 for 3-4 tokens (<= 8 accumulators), then
+ * leftover rows one by one. */
+#define GEMV_DRIVER(T)                                                                      \
+    static void gemv_##T(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                \
+        for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
+            int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
+            int64_t r = r0;                                                                 \
+            if (nt <= 2) {                                                                  \
+                for (; r + 4 <= r1; r += 4) {                                               \
+                    if (nt == 1) gv_##T(mm, r, t0, 4, 1);                                   \
+                    else gv_##T(mm, r, t0, 4, 2);                                           \
+                }                                                                           \
+            } else {                                                                        \
+                for (; r + 2 <= r1; r += 2) {                                               \
+                    if (nt == 3) gv_##T(mm, r, t0, 2, 3);                                   \
+                    else gv_##T(mm, r, t0, 2, 4);                                           \
+                }                                                                           \
+            }                                                                               \
+            for (; r < r1; r++) {                                                           \
+                switch (nt) {                                                               \
+                case 1: gv_##T(mm, r, t0, 1, 1); break;                                     \
+                case 2: gv_##T(mm, r, t0, 1, 2); break;                                     \
+                case 3: gv_##T(mm, r, t0, 1, 3); break;                                     \
+                default: gv_##T(mm, r, t0, 1, 4); break;                                    \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+GEMV_DRIVER(q8_0)
+GEMV_DRIVER(q4_0)
+GEMV_DRIVER(q5_0)
+GEMV_DRIVER(q4_k)
+GEMV_DRIVER(q5_k)
+GEMV_DRIVER(q6_k)
+GEMV_DRIVER(f32)
+GEMV_DRIVER(f16)
+GEMV_DRIVER(bf16)
+
+static void gemv(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {
+    switch (mm->type) {
+    case BE_F32: gemv_f32(mm, r0, r1); break;
+    case BE_F16: gemv_f16(mm, r0, r1); break;
+    case BE_BF16: gemv_bf16(mm, r0, r1); break;
+    case BE_Q8_0: gemv_q8_0(mm, r0, r1); break;
+    case BE_Q4_0: gemv_q4_0(mm, r0, r1); break;
+    case BE_Q5_0: gemv_q5_0(mm, r0, r1); break;
+    case BE_Q4_K: gemv_q4_k(mm, r0, r1); break;
+    case BE_Q5_K: gemv_q5_k(mm, r0, r1); break;
+    case BE_Q6_K: gemv_q6_k(mm, r0, r1); break;
+    default: break;
+    }
+}
+
+static void dequant_rows(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst, int64_t ldd) {
+    switch (mm->type) {
+    case BE_F32: dq_f32(mm, r0, nr, dst, ldd); break;
+    case BE_F16: dq_f16(mm, r0, nr, dst, ldd); break;
+    case BE_BF16: dq_bf16(mm, r0, nr, dst, ldd); break;
+    case BE_Q8_0: dq_q8_0(mm, r0, nr, dst, ldd); break;
+    case BE_Q4_0: dq_q4_0(mm, r0, nr, dst, ldd); break;
+    case BE_Q5_0: dq_q5_0(mm, r0, nr, dst, ldd); break;
+    case BE_Q4_K: dq_q4_k(mm, r0, nr, dst, ldd); break;
+    case BE_Q5_K: dq_q5_k(mm, r0, nr, dst, ldd); break;
+    case BE_Q6_K: dq_q6_k(mm, r0, nr, dst, ldd); break;
+    default: break;
+    }
+}
+
+/* ---------------------------------------------------------------- prefill tiles */
+
+AI void mk(const float *wt, int64_t ldw, const float *x, int64_t ldx, float *y, int64_t ldy,
+           int64_t K, int mr, int nt) {
+    vf acc[MR][NR];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nt; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + V <= K; k += V) {
+        vf wv[MR];
+        for (int i = 0; i < mr; i++)
+            wv[i] = _mm256_loadu_ps(wt + i * ldw + k);
+        for (int j = 0; j < nt; j++) {
+            vf xv = _mm256_loadu_ps(x + j * ldx + k);
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (k < K) {
+        __m256i m = tail_mask(K - k);
+        vf wv[MR];
+        for (int i = 0; i < mr; i++)
+            wv[i] = _mm256_maskload_ps(wt + i * ldw + k, m);
+        for (int j = 0; j < nt; j++) {
+            vf xv = _mm256_maskload_ps(x + j * ldx + k, m);
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nt; j++)
+            y[j * ldy + i] = hsum8(acc[i][j]);
+}
+
+#define MK_CASE(a, b) \
+    case (a) * 8 + (b): mk(w, ldw, xx, mm->ldx, yy, mm->ldy, mm->K, a, b); break;
+#define MK_ROW(a) MK_CASE(a, 1) MK_CASE(a, 2) MK_CASE(a, 3) MK_CASE(a, 4)
+
+static void gemm_tile(const struct kcpu_mm *mm, const float *wt, int64_t ldw, int64_t r0,
+                      int64_t nr, int t0, int t1) {
+    for (int t = t0; t < t1; t += NR) {
+        int nt = t1 - t < NR ? t1 - t : NR;
+        const float *xx = mm->x + (size_t)t * mm->ldx;
+        for (int64_t i = 0; i < nr; i += MR) {
+            int mr = nr - i < MR ? (int)(nr - i) : MR;
+            const float *w = wt + i * ldw;
+            float *yy = mm->y + (size_t)t * mm->ldy + r0 + i;
+            switch (mr * 8 + nt) {
+                MK_ROW(1) MK_ROW(2) MK_ROW(3)
+            default: break;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- attention helpers */
+
+static float dot_f32(const float *a, const float *b, int n) {
+    vf s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 2 * V <= n; k += 2 * V) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + V), _mm256_loadu_ps(b + k + V), s1);
+    }
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; k < n; k++)
+        s = fmaf(a[k], b[k], s);
+    return s;
+}
+
+static float dot_f16(const float *a, const uint16_t *b, int n) {
+    vf s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 2 * V <= n; k += 2 * V) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), ld_f16((const uint8_t *)b, k), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + V), ld_f16((const uint8_t *)b, k + V), s1);
+    }
+    float s = hsum8(_mm256_add_ps(s0, s1));
+    for (; k < n; k++)
+        s = fmaf(a[k], _cvtsh_ss(b[k]), s);
+    return s;
+}
+
+static void axpy_f32(float a, const float *x, float *y, int n) {
+    vf av = _mm256_set1_ps(a);
+    int k = 0;
+    for (; k + V <= n; k += V)
+        _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
+    for (; k < n; k++)
+        y[k] = fmaf(a, x[k], y[k]);
+}
+
+static void axpy_f16(float a, const uint16_t *x, float *y, int n) {
+    vf av = _mm256_set1_ps(a);
+    int k = 0;
+    for (; k + V <= n; k += V)
+        _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, ld_f16((const uint8_t *)x, k), _mm256_loadu_ps(y + k)));
+    for (; k < n; k++)
+        y[k] = fmaf(a, _cvtsh_ss(x[k]), y[k]);
+}
+
+/* ---------------------------------------------------------------- activations */
+
+AI vf v_exp(vf x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    vf n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    vf p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), c32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+AI vf v_act(vf g, int act) {
+    const vf one = _mm256_set1_ps(1.0f);
+    if (act == 0)
+        return _mm256_div_ps(g, _mm256_add_ps(one, v_exp(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+    vf g3 = _mm256_mul_ps(_mm256_mul_ps(g, g), g);
+    vf u = _mm256_mul_ps(_mm256_set1_ps(0.7978845608028654f),
+                         _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), g3, g));
+    vf e = v_exp(_mm256_add_ps(u, u));
+    vf th = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, one)));
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), g), _mm256_add_ps(one, th));
+}
+
+static void glu(float *out, const float *g, const float *u, int64_t n, int act) {
+    int64_t i = 0;
+    for (; i + V <= n; i += V)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(v_act(_mm256_loadu_ps(g + i), act), _mm256_loadu_ps(u + i)));
+    if (i < n) { /* same vector code on the tail, so a value never depends on i */
+        __m256i m = tail_mask(n - i);
+        vf r = _mm256_mul_ps(v_act(_mm256_maskload_ps(g + i, m), act), _mm256_maskload_ps(u + i, m));
+        _mm256_maskstore_ps(out + i, m, r);
+    }
+}
+
+static void f32_to_f16(uint16_t *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    for (; i + V <= n; i += V)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++)
+        dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+const struct kcpu_isa kcpu_isa_avx2 = {
+    .name = "avx2",
+    .vlen = V,
+    .gemv = gemv,
+    .dequant_rows = dequant_rows,
+    .gemm_tile = gemm_tile,
+    .dot_f32 = dot_f32,
+    .dot_f16 = dot_f16,
+    .axpy_f32 = axpy_f32,
+    .axpy_f16 = axpy_f16,
+    .glu = glu,
+    .f32_to_f16 = f32_to_f16,
+};

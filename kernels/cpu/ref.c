@@ -1,1 +1,185 @@
-/* placeholder: being written */
+/* ref.c - scalar reference routines: plain C written straight from the format
+ * definitions, no SIMD, no threads, no sharing with the optimised kernels.
+ * Used only by tests (and as the yardstick the kernels are compared against).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+
+static unsigned rd_u16(const unsigned char *p) { return p[0] | (p[1] << 8); }
+
+float kref_fp16_to_fp32(uint16_t h) {
+    int sign = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+    float v;
+    if (e == 0)
+        v = ldexpf((float)m, -24); /* subnormal (or zero) */
+    else if (e == 31)
+        v = m ? NAN : INFINITY;
+    else
+        v = ldexpf((float)(m + 1024), e - 25); /* 1.m * 2^(e-15) */
+    return sign ? -v : v;
+}
+
+uint16_t kref_fp32_to_fp16(float f) {
+    uint16_t sign = signbit(f) ? 0x8000 : 0;
+    float a = fabsf(f);
+    if (isnan(f))
+        return sign | 0x7e00;
+    if (a == 0.0f)
+        return sign;
+    if (isinf(a))
+        return sign | 0x7c00;
+    int e;
+    frexpf(a, &e); /* a = fr * 2^e, fr in [0.5, 1) */
+    int exp_h = e - 1 + 15; /* biased half exponent if normal */
+    double q;               /* value in units of the half's last place */
+    if (exp_h >= 1)
+        q = ldexp((double)a, 10 - (e - 1));
+    else
+        q = ldexp((double)a, 24); /* subnormal: units of 2^-24 */
+    double r = nearbyint(q); /* default mode: round half to even */
+    if (exp_h < 1) {
+        /* subnormal (r may reach 1024, the smallest normal: encoding matches) */
+        return sign | (uint16_t)r;
+    }
+    if (r >= 2048.0) { /* mantissa rounded up to the next binade */
+        r /= 2;
+        exp_h++;
+    }
+    if (exp_h >= 31)
+        return sign | 0x7c00;
+    return sign | (uint16_t)(exp_h << 10) | (uint16_t)((int)r - 1024);
+}
+
+float kref_bf16_to_fp32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* 6-bit scale/min pair j (0..7) of the K-quant 12-byte scales array:
+ * bytes 0-3 hold sc0..3 (low 6 bits) with the top 2 bits of sc4..7,
+ * bytes 4-7 hold m0..3 with the top 2 bits of m4..7,
+ * bytes 8-11 hold the low 4 bits of sc4..7 (low nibble) and m4..7 (high nibble). */
+static void ref_scale_min(int j, const unsigned char *s, int *sc, int *m) {
+    if (j < 4) {
+        *sc = s[j] % 64;
+        *m = s[4 + j] % 64;
+    } else {
+        *sc = s[8 + j - 4] % 16 + 16 * (s[j - 4] / 64);
+        *m = s[8 + j - 4] / 16 + 16 * (s[j] / 64);
+    }
+}
+
+static void ref_block(int type, const unsigned char *b, float *y) {
+    switch (type) {
+    case BE_Q4_0: {
+        float d = kref_fp16_to_fp32(rd_u16(b));
+        for (int i = 0; i < 32; i++) {
+            int byte = b[2 + i % 16];
+            int q = i < 16 ? byte % 16 : byte / 16;
+            y[i] = (float)(q - 8) * d;
+        }
+        break;
+    }
+    case BE_Q5_0: {
+        float d = kref_fp16_to_fp32(rd_u16(b));
+        unsigned long qh = b[2] | (b[3] << 8) | ((unsigned long)b[4] << 16) | ((unsigned long)b[5] << 24);
+        for (int i = 0; i < 32; i++) {
+            int byte = b[6 + i % 16];
+            int q = (i < 16 ? byte % 16 : byte / 16) + 16 * (int)((qh >> i) & 1);
+            y[i] = (float)(q - 16) * d;
+        }
+        break;
+    }
+    case BE_Q8_0: {
+        float d = kref_fp16_to_fp32(rd_u16(b));
+        for (int i = 0; i < 32; i++)
+            y[i] = (float)(signed char)b[2 + i] * d;
+        break;
+    }
+    case BE_Q4_K:
+    case BE_Q5_K: {
+        float d = kref_fp16_to_fp32(rd_u16(b));
+        float dmin = kref_fp16_to_fp32(rd_u16(b + 2));
+        const unsigned char *scales = b + 4;
+        const unsigned char *qh = type == BE_Q5_K ? b + 16 : NULL;
+        const unsigned char *qs = type == BE_Q5_K ? b + 48 : b + 16;
+        for (int i = 0; i < 256; i++) {
+            int sub = i / 32, l = i % 32;
+            int byte = qs[32 * (sub / 2) + l];
+            int q = sub % 2 == 0 ? byte % 16 : byte / 16;
+            if (qh)
+                q += 16 * ((qh[l] >> sub) & 1);
+            int sc, m;
+            ref_scale_min(sub, scales, &sc, &m);
+            y[i] = (d * (float)sc) * (float)q - dmin * (float)m;
+        }
+        break;
+    }
+    case BE_Q6_K: {
+        const unsigned char *ql = b, *qh = b + 128;
+        const signed char *sc = (const signed char *)(b + 192);
+        float d = kref_fp16_to_fp32(rd_u16(b + 208));
+        for (int i = 0; i < 256; i++) {
+            int half = i / 128, k = (i % 128) / 32, l = i % 32;
+            int byte = ql[64 * half + 32 * (k % 2) + l];
+            int low = k < 2 ? byte % 16 : byte / 16;
+            int high = (qh[32 * half + l] >> (2 * k)) % 4;
+            int q = low + 16 * high - 32;
+            y[i] = (d * (float)sc[8 * half + 2 * k + l / 16]) * (float)q;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+void kref_dequant_row(int type, const void *src, float *dst, int64_t n) {
+    const unsigned char *p = src;
+    switch (type) {
+    case BE_F32:
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+        return;
+    case BE_F16:
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = kref_fp16_to_fp32(rd_u16(p + 2 * i));
+        return;
+    case BE_BF16:
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = kref_bf16_to_fp32(rd_u16(p + 2 * i));
+        return;
+    default:
+        break;
+    }
+    const struct be_type_info *ti = be_type_get(type);
+    if (!ti || !be_type_supported(type) || n % ti->blck) {
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = 0.0f;
+        return;
+    }
+    for (int64_t i = 0; i < n / ti->blck; i++)
+        ref_block(type, p + i * ti->size, dst + i * ti->blck);
+}
+
+void kref_matmul(float *y, const float *x, const struct be_tensor *w, int n) {
+    int64_t K = w->ne[0], R = w->ne[1];
+    const unsigned char *base = w->be_data ? w->be_data : w->data;
+    float *row = malloc(sizeof(float) * (size_t)(K > 0 ? K : 1));
+    if (!row)
+        return;
+    for (int64_t r = 0; r < R; r++) {
+        kref_dequant_row(w->type, base + (size_t)r * w->nb1, row, K);
+        for (int t = 0; t < n; t++) {
+            double s = 0.0;
+            for (int64_t k = 0; k < K; k++)
+                s += (double)row[k] * (double)x[(size_t)t * K + k];
+            y[(size_t)t * R + r] = (float)s;
+        }
+    }
+    free(row);
+}

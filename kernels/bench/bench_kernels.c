@@ -1,0 +1,271 @@
+/* bench_kernels.c - CPU kernel benchmark (not a test).
+ *
+ * Prints, side by side in one run:
+ *   - the machine's read bandwidth (read-sum loop over 1 GiB on all threads) and
+ *     memcpy bandwidth, and an FMA peak estimate (independent FMA chains);
+ *   - decode: matmul n=1 and n=4 on a ~100 MB weight per type, GB/s of weight
+ *     bytes streamed and the fraction of the read bandwidth;
+ *   - prefill: matmul n=512 on a 2048x2048 weight per type, GFLOP/s and the
+ *     fraction of the FMA peak.
+ *
+ * usage: bench_kernels [threads] [isa]   (isa: avx512 | avx2 | generic)
+ *        bench_kernels micro TYPE N ITERS [isa]
+ *            one thread, an L2-resident 2048x128 weight of ggml type number TYPE,
+ *            N tokens, ITERS calls: run under `perf stat -e cycles` to get
+ *            cycles per weight element independent of other load on the machine.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/kcpu.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t rng = 88172645463325252ull;
+static uint32_t rnd(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 11);
+}
+static float frnd(void) { return (float)(rnd() & 0xffffff) / 8388608.0f - 1.0f; }
+
+/* Random weights of a type: random quant bytes, sane fp16 scales. */
+static void fill_weights(int type, uint8_t *p, int64_t rows, int64_t K) {
+    size_t rb = be_row_bytes(type, K);
+    const struct be_type_info *ti = be_type_get(type);
+    for (size_t i = 0; i < rb * (size_t)rows; i++)
+        p[i] = (uint8_t)rnd();
+    int64_t nblk = (int64_t)(rb * (size_t)rows / (size_t)ti->size);
+    uint16_t d = kref_fp32_to_fp16(0.01f);
+    for (int64_t b = 0; b < nblk; b++) {
+        uint8_t *q = p + (size_t)b * ti->size;
+        switch (type) {
+        case BE_F32: { float f = frnd(); memcpy(q, &f, 4); break; }
+        case BE_F16: { uint16_t h = kref_fp32_to_fp16(frnd()); memcpy(q, &h, 2); break; }
+        case BE_BF16: { float f = frnd(); uint32_t u; memcpy(&u, &f, 4); uint16_t h = (uint16_t)(u >> 16); memcpy(q, &h, 2); break; }
+        case BE_Q4_K: case BE_Q5_K: memcpy(q, &d, 2); memcpy(q + 2, &d, 2); break;
+        case BE_Q6_K: memcpy(q + 208, &d, 2); break;
+        default: memcpy(q, &d, 2); break;
+        }
+    }
+}
+
+/* Sum of 64-byte lines with 4 independent vector accumulators: the loop is
+ * bound by memory, not by the adds. */
+__attribute__((target("avx2"))) static double read_sum_part(const float *a, size_t n) {
+    typedef float v8 __attribute__((vector_size(32)));
+    v8 s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    for (size_t i = 0; i + 32 <= n; i += 32) {
+        v8 a0, a1, a2, a3;
+        memcpy(&a0, a + i, 32);
+        memcpy(&a1, a + i + 8, 32);
+        memcpy(&a2, a + i + 16, 32);
+        memcpy(&a3, a + i + 24, 32);
+        s0 += a0;
+        s1 += a1;
+        s2 += a2;
+        s3 += a3;
+    }
+    v8 s = s0 + s1 + s2 + s3;
+    return s[0] + s[7];
+}
+
+static double read_bw(size_t bytes, int nth) {
+    float *a = aligned_alloc(64, bytes);
+    if (!a)
+        return 0;
+    size_t n = bytes / sizeof(float);
+    memset(a, 0, bytes);
+    double best = 0;
+    volatile double sink = 0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = now(), tot = 0;
+#pragma omp parallel num_threads(nth) reduction(+ : tot)
+        {
+            int t = omp_get_thread_num(), k = omp_get_num_threads();
+            size_t per = n / k / 32 * 32;
+            tot += read_sum_part(a + per * t, per);
+        }
+        double t = now() - t0;
+        sink += tot;
+        if (bytes / t > best)
+            best = bytes / t;
+    }
+    (void)sink;
+    free(a);
+    return best / 1e9;
+}
+
+static double memcpy_bw(size_t bytes) {
+    char *a = aligned_alloc(64, bytes), *b = aligned_alloc(64, bytes);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return 0;
+    }
+    memset(a, 1, bytes);
+    memset(b, 2, bytes);
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now();
+        memcpy(b, a, bytes);
+        double t = now() - t0;
+        if (bytes / t > best)
+            best = bytes / t; /* bytes read per second (as much is written) */
+    }
+    free(a);
+    free(b);
+    return best / 1e9;
+}
+
+/* FMA peak of one core: 12 independent 512-bit (or 256-bit) FMA chains. */
+__attribute__((target("avx512f,fma"))) static double peak_avx512(void) {
+    typedef float v16 __attribute__((vector_size(64)));
+    v16 a[12], m = {0}, c = {0};
+    for (int i = 0; i < 16; i++) {
+        m[i] = 0.999999f;
+        c[i] = 1e-7f;
+    }
+    for (int i = 0; i < 12; i++)
+        a[i] = m * (float)(i + 1);
+    long it = 20000000;
+    double t0 = now();
+    for (long k = 0; k < it; k++)
+        for (int i = 0; i < 12; i++)
+            a[i] = a[i] * m + c; /* contracted to vfmadd (default -ffp-contract=fast) */
+    double t = now() - t0;
+    float s = 0;
+    for (int i = 0; i < 12; i++)
+        s += a[i][0];
+    if (s == 12345.0f)
+        printf("!");
+    return 2.0 * 16 * 12 * it / t / 1e9;
+}
+
+static void bench_type(struct be *be, int type, int nth_avail, double rbw, double peak) {
+    const struct be_type_info *ti = be_type_get(type);
+    /* decode: ~100 MB of weights, K = 4096 */
+    int64_t K = 4096;
+    size_t rb = be_row_bytes(type, K);
+    int64_t rows = (int64_t)(100e6 / rb);
+    rows -= rows % 16;
+    uint8_t *w = aligned_alloc(64, (rb * rows + 63) / 64 * 64);
+    float *x = aligned_alloc(64, sizeof(float) * 512 * 4096);
+    float *y = aligned_alloc(64, sizeof(float) * 4 * rows + 64 * 512 * 2048);
+    if (!w || !x || !y) {
+        printf("%-6s out of memory\n", ti->name);
+        goto out;
+    }
+    fill_weights(type, w, rows, K);
+    for (int i = 0; i < 512 * 4096; i++)
+        x[i] = frnd();
+    struct be_tensor t = {.type = type, .ne = {K, rows, 1, 1}, .nb1 = rb, .data = w};
+    double gbs[2];
+    for (int v = 0; v < 2; v++) {
+        int n = v ? 4 : 1;
+        be_matmul(be, y, x, &t, n); /* warm */
+        double best = 1e9;
+        for (int rep = 0; rep < 8; rep++) {
+            double t0 = now();
+            be_matmul(be, y, x, &t, n);
+            double dt = now() - t0;
+            best = dt < best ? dt : best;
+        }
+        gbs[v] = (double)rb * rows / best / 1e9;
+    }
+    /* prefill: n = 512, 2048 x 2048 */
+    int64_t PK = 2048, PR = 2048;
+    int pn = 512;
+    size_t prb = be_row_bytes(type, PK);
+    struct be_tensor pt = {.type = type, .ne = {PK, PR, 1, 1}, .nb1 = prb, .data = w};
+    fill_weights(type, w, PR, PK);
+    be_matmul(be, y, x, &pt, pn);
+    double best = 1e9;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now();
+        be_matmul(be, y, x, &pt, pn);
+        double dt = now() - t0;
+        best = dt < best ? dt : best;
+    }
+    double gf = 2.0 * pn * PK * PR / best / 1e9;
+    printf("%-6s decode n=1 %6.1f GB/s (%3.0f%% of read bw)  n=4 %6.1f GB/s  | prefill n=512 %7.1f GFLOP/s (%3.0f%% of peak)\n",
+           ti->name, gbs[0], 100 * gbs[0] / rbw, gbs[1], gf, peak > 0 ? 100 * gf / peak : 0);
+    (void)nth_avail;
+out:
+    free(w);
+    free(x);
+    free(y);
+}
+
+static int micro(int argc, char **argv) {
+    if (argc < 5)
+        return 2;
+    int type = atoi(argv[2]), n = atoi(argv[3]);
+    long iters = atol(argv[4]);
+    struct be be;
+    if (!be_type_supported(type) || n < 1 || n > 512 || be_open(&be, "cpu", 1) != 0)
+        return 2;
+    if (argc > 5 && kcpu_ctx_set_isa(&be, argv[5]) != 0)
+        return 2;
+    int64_t K = 2048, R = 128;
+    size_t rb = be_row_bytes(type, K);
+    uint8_t *w = aligned_alloc(64, (rb * R + 63) / 64 * 64);
+    float *x = aligned_alloc(64, sizeof(float) * 512 * K), *y = aligned_alloc(64, sizeof(float) * 512 * R);
+    fill_weights(type, w, R, K);
+    for (int64_t i = 0; i < 512 * K; i++)
+        x[i] = frnd();
+    struct be_tensor t = {.type = type, .ne = {K, R, 1, 1}, .nb1 = rb, .data = w};
+    double t0 = now();
+    for (long i = 0; i < iters; i++)
+        be_matmul(&be, y, x, &t, n);
+    double dt = now() - t0;
+    printf("%s n=%d: %.3f ns per weight element per call, %.1f GFLOP/s\n", be_type_get(type)->name, n,
+           dt * 1e9 / ((double)iters * K * R), 2.0 * n * K * R * iters / dt / 1e9);
+    printf("elements x iters = %.0f (divide perf cycles by this)\n", (double)iters * K * R);
+    be_close(&be);
+    free(w);
+    free(x);
+    free(y);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "micro") == 0)
+        return micro(argc, argv);
+    int nth = argc > 1 ? atoi(argv[1]) : omp_get_num_procs();
+    struct be be;
+    if (be_open(&be, "cpu", nth) != 0) {
+        fprintf(stderr, "be_open failed\n");
+        return 1;
+    }
+    if (argc > 2 && kcpu_ctx_set_isa(&be, argv[2]) != 0) {
+        fprintf(stderr, "isa %s not usable here\n", argv[2]);
+        return 1;
+    }
+    double rbw = read_bw((size_t)1 << 30, nth), rbw1 = read_bw((size_t)1 << 30, 1);
+    double cbw = memcpy_bw((size_t)256 << 20);
+    double pk1 = 0;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        pk1 = peak_avx512();
+    printf("threads %d, isa %s\n", nth, kcpu_ctx_isa_name(&be));
+    printf("read-sum bandwidth: %.1f GB/s (%d threads), %.1f GB/s (1 thread); memcpy %.1f GB/s (1 thread)\n",
+           rbw, nth, rbw1, cbw);
+    printf("FMA peak: %.0f GFLOP/s per core (avx512), %.0f GFLOP/s for %d threads\n", pk1, pk1 * nth, nth);
+    const int types[] = {BE_F32, BE_F16, BE_BF16, BE_Q8_0, BE_Q4_0, BE_Q5_0, BE_Q4_K, BE_Q5_K, BE_Q6_K};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        bench_type(&be, types[i], nth, rbw, pk1 * nth);
+    be_close(&be);
+    return 0;
+}

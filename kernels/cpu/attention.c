@@ -1,0 +1,128 @@
+/* attention.c - causal paged attention over a ragged batch (CPU backend).
+ *
+ * One work item = (sequence, token, query head). Items are independent and run
+ * in parallel (OpenMP, dynamic schedule: later tokens see more keys). Each item
+ * walks its KV range in chunks of ATT_CHUNK positions with an online softmax in
+ * fp32:
+ *     s_i = scale * q.k_i  (then softcap * tanh(s_i / softcap) if softcap > 0)
+ *     m' = max(m, max_i s_i);  o = o*e^(m-m') + sum_i e^(s_i-m') v_i;  l likewise
+ *     out = o / l
+ * An item's result depends only on its q row and the cache, never on the batch.
+ *
+ *   position P of a sequence -> page = pages[P / 16], slot = P % 16
+ *   K row of kv head g: k + ((page*16 + slot) * kv_dim + g*head_dim) elements
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/kcpu.h"
+
+#define ATT_CHUNK 32
+#define ATT_MAX_HEAD 1024
+
+struct att_job {
+    const struct kcpu_isa *isa;
+    float *out;
+    const float *q;
+    const struct be_kv_layer *kv;
+    const struct be_attn_params *p;
+    int kv_dim, qdim, group;
+};
+
+static void att_item(const struct att_job *J, const struct be_attn_seq *s, int j, int h) {
+    const struct be_attn_params *p = J->p;
+    const int D = p->head_dim;
+    const size_t row = (size_t)(s->tok0 + j);
+    const float *qsrc = J->q + row * (size_t)J->qdim + (size_t)h * D;
+    float *o = J->out + row * (size_t)J->qdim + (size_t)h * D;
+    float qv[ATT_MAX_HEAD];
+    memcpy(qv, qsrc, sizeof(float) * (size_t)D); /* out may alias q */
+    memset(o, 0, sizeof(float) * (size_t)D);
+
+    const int64_t qpos = (int64_t)s->n_past + j;
+    int64_t lo = p->window > 0 ? qpos - p->window + 1 : 0;
+    if (lo < 0)
+        lo = 0;
+    const size_t hoff = (size_t)(h / J->group) * (size_t)D;
+    const int f16 = J->kv->kv_type == BE_F16;
+    float m = -INFINITY, l = 0.0f, sc[ATT_CHUNK];
+    size_t vo[ATT_CHUNK];
+
+    for (int64_t p0 = lo; p0 <= qpos; p0 += ATT_CHUNK) {
+        int cnt = qpos - p0 + 1 < ATT_CHUNK ? (int)(qpos - p0 + 1) : ATT_CHUNK;
+        float mx = -INFINITY;
+        for (int i = 0; i < cnt; i++) {
+            int64_t P = p0 + i;
+            size_t slot = (size_t)s->pages[P / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + (size_t)(P % BE_PAGE_SLOTS);
+            vo[i] = slot * (size_t)J->kv_dim + hoff;
+            float d = f16 ? J->isa->dot_f16(qv, (const uint16_t *)J->kv->k + vo[i], D)
+                          : J->isa->dot_f32(qv, (const float *)J->kv->k + vo[i], D);
+            d *= p->scale;
+            if (p->softcap > 0.0f)
+                d = p->softcap * tanhf(d / p->softcap);
+            sc[i] = d;
+            mx = d > mx ? d : mx;
+        }
+        float mnew = mx > m ? mx : m;
+        if (m != -INFINITY && mnew != m) {
+            float corr = expf(m - mnew);
+            l *= corr;
+            for (int k = 0; k < D; k++)
+                o[k] *= corr;
+        }
+        m = mnew;
+        for (int i = 0; i < cnt; i++) {
+            float e = expf(sc[i] - m);
+            l += e;
+            if (f16)
+                J->isa->axpy_f16(e, (const uint16_t *)J->kv->v + vo[i], o, D);
+            else
+                J->isa->axpy_f32(e, (const float *)J->kv->v + vo[i], o, D);
+        }
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int k = 0; k < D; k++)
+        o[k] *= inv;
+}
+
+void kcpu_attention(void *vctx, float *out, const float *q, const struct be_kv_layer *kv,
+                    const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p) {
+    struct kcpu_ctx *ctx = vctx;
+    if (n_seqs <= 0 || p->n_heads <= 0 || p->n_kv_heads <= 0 || p->head_dim <= 0 ||
+        p->head_dim > ATT_MAX_HEAD || p->n_heads % p->n_kv_heads != 0)
+        return; /* nonsense shapes: the engine validated the model at load */
+    struct att_job J = {.isa = ctx->isa, .out = out, .q = q, .kv = kv, .p = p,
+                        .kv_dim = p->n_kv_heads * p->head_dim,
+                        .qdim = p->n_heads * p->head_dim,
+                        .group = p->n_heads / p->n_kv_heads};
+    /* first[s] = index of the first item of sequence s (items = tokens * heads) */
+    int64_t stack_first[65], *first = stack_first;
+    if (n_seqs > 64) {
+        first = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
+        if (!first)
+            return;
+    }
+    first[0] = 0;
+    for (int s = 0; s < n_seqs; s++)
+        first[s + 1] = first[s] + (int64_t)(seqs[s].n_tok > 0 ? seqs[s].n_tok : 0) * p->n_heads;
+    const int64_t n_items = first[n_seqs];
+    int nth = n_items >= 4 ? ctx->n_threads : 1;
+
+#pragma omp parallel num_threads(nth)
+    {
+        int s = 0;
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t it = 0; it < n_items; it++) {
+            while (s > 0 && it < first[s]) /* items come in increasing order per thread */
+                s--;
+            while (it >= first[s + 1])
+                s++;
+            int64_t local = it - first[s];
+            att_item(&J, &seqs[s], (int)(local / p->n_heads), (int)(local % p->n_heads));
+        }
+    }
+    if (first != stack_first)
+        free(first);
+}

@@ -1,0 +1,152 @@
+/* kcpu.h - private interface of the CPU backend (kernels/cpu/ sources only, plus the
+ * kernels unit test and the kernels benchmark).
+ *
+ * Block layouts (ggml/GGUF, little endian; "f16" is an IEEE half):
+ *
+ *   Q4_0  32 elems, 18 B: f16 d | u8 qs[16]
+ *         x[j] = d*((qs[j]&15)-8), x[j+16] = d*((qs[j]>>4)-8)            j < 16
+ *   Q5_0  32 elems, 22 B: f16 d | u8 qh[4] (u32 LE) | u8 qs[16]
+ *         x[j]    = d*(((qs[j]&15) | bit j of qh      <<4) - 16)
+ *         x[j+16] = d*(((qs[j]>>4) | bit (j+16) of qh <<4) - 16)
+ *   Q8_0  32 elems, 34 B: f16 d | i8 qs[32]            x[j] = d*qs[j]
+ *   Q4_K 256 elems, 144 B: f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
+ *         8 sub-blocks of 32, each with a 6-bit scale sc and a 6-bit min m
+ *         (kcpu_k_scale_min). Sub-block s lives in qs[32*(s/2) .. +32], low
+ *         nibbles for even s, high nibbles for odd s:
+ *         x = (d*sc)*q - (dmin*m)
+ *   Q5_K 256 elems, 176 B: f16 d | f16 dmin | u8 scales[12] | u8 qh[32] | u8 qs[128]
+ *         as Q4_K, plus q += 16 * bit s of qh[l] (l = index inside the sub-block)
+ *   Q6_K 256 elems, 210 B: u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d
+ *         two halves of 128; in half h, element 32*k + l (k < 4, l < 32) is
+ *         q = (nibble of ql[64h + 32*(k&1) + l], low for k < 2, high for k >= 2)
+ *             | ((qh[32h + l] >> 2k) & 3) << 4
+ *         x = (d*scales[8h + l/16 + 2k]) * (q - 32)
+ *
+ * DETERMINISM CONTRACT of matmul (the engine relies on it): for one ISA table,
+ * the value y[t][r] depends only on row r of W and row t of x. Every path
+ * (decode gemv, prefill tiles, any thread count, any batch size) computes it as:
+ *     acc[0..V) = +0
+ *     for each chunk c of V consecutive elements k in [cV, cV+V):
+ *         acc[l] = fma(w[cV+l], x[cV+l], acc[l])   (lanes past K: w = x = 0)
+ *     y = kcpu hsum tree of acc (fixed pairing, see each ISA file)
+ * where w[k] is produced by one shared inline dequantiser per type and ISA.
+ * The SIMD files are compiled with -ffp-contract=off so the compiler cannot
+ * fuse differently in different call sites.
+ */
+#ifndef SS_KCPU_H
+#define SS_KCPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+
+/* Largest batch handled by the fused decode path; larger batches use tiles. */
+#define KCPU_DECODE_MAX 4
+
+/* One matmul call, as seen by the per-ISA kernels. y[t*ldy + r] = x[t*ldx ..] . W[r] */
+struct kcpu_mm {
+    float *y;
+    int64_t ldy;
+    const float *x;
+    int64_t ldx;
+    const uint8_t *w; /* row 0 */
+    size_t nb1;       /* bytes per weight row */
+    int type;
+    int64_t K;        /* elements per row */
+    int n;            /* tokens */
+};
+
+/* The kernels of one instruction set. All function pointers are non-NULL. */
+struct kcpu_isa {
+    const char *name;
+    int vlen; /* V of the determinism contract */
+    /* Fused decode for rows [r0, r1), all n tokens (processed in groups of
+     * KCPU_DECODE_MAX); streams each weight row once per token group. */
+    void (*gemv)(const struct kcpu_mm *mm, int64_t r0, int64_t r1);
+    /* Dequantise rows [r0, r0+nr) into dst[nr][ldd]; ldd >= K, multiple of vlen;
+     * elements [K, ldd) of each row are set to 0. */
+    void (*dequant_rows)(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,
+                         int64_t ldd);
+    /* y for nr fp32 rows wt[nr][ldw] (weight rows r0.., ldw multiple of vlen or
+     * rows readable up to K only) times tokens [t0, t1). */
+    void (*gemm_tile)(const struct kcpu_mm *mm, const float *wt, int64_t ldw, int64_t r0,
+                      int64_t nr, int t0, int t1);
+    /* attention primitives (n = head_dim) */
+    float (*dot_f32)(const float *a, const float *b, int n);
+    float (*dot_f16)(const float *a, const uint16_t *b, int n);
+    void (*axpy_f32)(float a, const float *x, float *y, int n);   /* y += a*x */
+    void (*axpy_f16)(float a, const uint16_t *x, float *y, int n);
+    /* out[i] = act(g[i]) * u[i], lane-wise (the value of element i does not
+     * depend on n or on i's position) */
+    void (*glu)(float *out, const float *g, const float *u, int64_t n, int act);
+    void (*f32_to_f16)(uint16_t *dst, const float *src, int64_t n);
+};
+
+extern const struct kcpu_isa kcpu_isa_generic;
+#if defined(__x86_64__)
+extern const struct kcpu_isa kcpu_isa_avx2;
+extern const struct kcpu_isa kcpu_isa_avx512;
+#endif
+
+/* Best ISA this CPU supports, or the one named by SLIMSERVE_CPU_ISA
+ * ("generic", "avx2", "avx512") if the CPU supports it. */
+const struct kcpu_isa *kcpu_isa_best(void);
+/* The named ISA if compiled in and supported by this CPU, else NULL. */
+const struct kcpu_isa *kcpu_isa_find(const char *name);
+
+/* The CPU ops table (be_cpu.c). */
+extern const struct be_ops kcpu_ops;
+
+/* CPU backend context (one per be_open). */
+struct kcpu_ctx {
+    int n_threads;
+    const struct kcpu_isa *isa;
+    /* per-thread scratch for dequantised weight tiles, grown on demand */
+    float **tbuf;
+    size_t *tbuf_len; /* floats */
+};
+
+/* Test/bench hooks: switch the ISA or thread count of an open CPU backend.
+ * Return 0, or SS_EUNSUPPORTED (-7) if the ISA is not usable here. */
+int kcpu_ctx_set_isa(struct be *be, const char *name);
+void kcpu_ctx_set_threads(struct be *be, int n_threads);
+const char *kcpu_ctx_isa_name(const struct be *be);
+
+/* ops implemented in the cpu/ files */
+void kcpu_matmul(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
+void kcpu_get_rows(void *ctx, float *out, const struct be_tensor *w, const int32_t *ids,
+                   int n);
+void kcpu_attention(void *ctx, float *out, const float *q, const struct be_kv_layer *kv,
+                    const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p);
+
+/* scalar helpers (types.c) */
+float kcpu_fp16_to_fp32(uint16_t h);
+uint16_t kcpu_fp32_to_fp16(float f); /* round to nearest even */
+static inline float kcpu_bf16_to_fp32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t kcpu_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t kcpu_rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+           ((uint32_t)p[3] << 24);
+}
+/* 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K scales[12] array. */
+static inline void kcpu_k_scale_min(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* Generic scalar dequantiser of one row (types.c); n multiple of the block. */
+void kcpu_dequant_row_scalar(int type, const uint8_t *src, float *dst, int64_t n);
+
+#endif

@@ -1,0 +1,549 @@
+/* matmul_avx512.c - AVX-512 kernels (compiled with -mavx512f -mavx512bw
+ * -mavx512vl -mavx512dq -mfma -mf16c -ffp-contract=off; only called after
+ * kcpu_isa_best() checked the CPU). V = 16 lanes.
+ *
+ * Determinism: see kcpu.h. Every path below accumulates one (row, token) pair
+ * in one __m512 with fmadd over chunks of 16 elements in increasing k, and
+ * reduces it with hsum16(). Weights are produced per chunk by the chk_* inline
+ * functions, shared by the fused decode (gemv) and the tile dequantiser.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "kernels/cpu/kcpu.h"
+
+#define V 16
+#define AI static inline __attribute__((always_inline))
+#define MR 4 /* tile micro-kernel: rows */
+#define NR 6 /* tile micro-kernel: tokens */
+
+typedef __m512 vf;
+
+/* Fixed reduction tree: (l, l+8) -> (l, l+4) -> (l, l+2) -> (0, 1). */
+AI float hsum16(vf v) {
+    __m256 lo = _mm512_castps512_ps256(v);
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    __m256 a = _mm256_add_ps(lo, hi);
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
+AI __m512i ld_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+
+/* ---------------------------------------------------------------- dequantisers
+ * st_T: per (row, block) state prepared once. grp_T(st, g, w): group g of the
+ * block as GC_T consecutive chunks of 16 floats, w[0..GC_T), in element order
+ * (group g covers elements [16*GC_T*g, 16*GC_T*(g+1)) of the block).
+ *
+ * 4- and 5-bit types use a 16-entry float table per scale and vpermps (which
+ * reads only bits 3..0 of each index lane): table[i] is computed with exactly
+ * the operation the plain formula would apply to i, so the values are those of
+ * the format definition, bit for bit, with fewer instructions per element. */
+
+#define IOTA(o) _mm512_setr_ps(o + 0, o + 1, o + 2, o + 3, o + 4, o + 5, o + 6, o + 7, o + 8, \
+                               o + 9, o + 10, o + 11, o + 12, o + 13, o + 14, o + 15)
+#define PERM(idx, t) _mm512_permutexvar_ps(idx, t)
+
+#define GC_q8_0 2
+typedef struct { const uint8_t *q; vf d; } st_q8_0;
+AI void prep_q8_0(st_q8_0 *s, const uint8_t *b) { s->d = _mm512_set1_ps(h2f(b)); s->q = b + 2; }
+AI void grp_q8_0(const st_q8_0 *s, int g, vf *w) {
+    (void)g;
+    for (int c = 0; c < 2; c++) {
+        __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(s->q + 16 * c)));
+        w[c] = _mm512_mul_ps(_mm512_cvtepi32_ps(q), s->d);
+    }
+}
+
+/* Q4_0: t[i] = d*(i-8) */
+#define GC_q4_0 2
+typedef struct { const uint8_t *q; vf t; } st_q4_0;
+AI void prep_q4_0(st_q4_0 *s, const uint8_t *b) {
+    s->t = _mm512_mul_ps(_mm512_set1_ps(h2f(b)), IOTA(-8));
+    s->q = b + 2;
+}
+AI void grp_q4_0(const st_q4_0 *s, int g, vf *w) {
+    (void)g;
+    __m512i v = ld_u8x16(s->q);
+    w[0] = PERM(v, s->t);
+    w[1] = PERM(_mm512_srli_epi32(v, 4), s->t);
+}
+
+/* Q5_0: tl[i] = d*(i-16) (fifth bit clear), th[i] = d*i (set) */
+#define GC_q5_0 2
+typedef struct { const uint8_t *q; uint32_t qh; vf tl, th; } st_q5_0;
+AI void prep_q5_0(st_q5_0 *s, const uint8_t *b) {
+    vf d = _mm512_set1_ps(h2f(b));
+    s->tl = _mm512_mul_ps(d, IOTA(-16));
+    s->th = _mm512_mul_ps(d, IOTA(0));
+    s->qh = kcpu_rd32(b + 2);
+    s->q = b + 6;
+}
+AI void grp_q5_0(const st_q5_0 *s, int g, vf *w) {
+    (void)g;
+    __m512i v = ld_u8x16(s->q), v1 = _mm512_srli_epi32(v, 4);
+    w[0] = _mm512_mask_permutexvar_ps(PERM(v, s->tl), (__mmask16)s->qh, v, s->th);
+    w[1] = _mm512_mask_permutexvar_ps(PERM(v1, s->tl), (__mmask16)(s->qh >> 16), v1, s->th);
+}
+
+/* Q4_K / Q5_K: ds[s] = d*sc_s, ms[s] = dmin*m_s for the 8 sub-blocks; a group
+ * is a sub-block pair (2g low nibbles, 2g+1 high nibbles of the same 32 bytes).
+ * Table of sub-block s: t[i] = fmsub(ds, i, ms) (Q5_K: i and i+16). */
+#define GC_q4_k 4
+#define GC_q5_k 4
+typedef struct { const uint8_t *q, *qh; float ds[8], ms[8]; } st_qk;
+typedef st_qk st_q4_k;
+typedef st_qk st_q5_k;
+/* The 8 (scale, min) pairs of kcpu_k_scale_min, unpacked four at a time from
+ * 32-bit words, widened and multiplied by d / dmin in one vector. */
+AI void prep_qk(st_qk *s, const uint8_t *b, int five) {
+    uint32_t a0 = kcpu_rd32(b + 4), a1 = kcpu_rd32(b + 8), a2 = kcpu_rd32(b + 12);
+    uint32_t sc_lo = a0 & 0x3f3f3f3fu, m_lo = a1 & 0x3f3f3f3fu;
+    uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
+    uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
+    __m128i bytes = _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi);
+    __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)kcpu_rd32(b))); /* d, dmin */
+    vf mul = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                   _mm512_castps128_ps512(dd));
+    vf v = _mm512_mul_ps(mul, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)));
+    _mm512_storeu_ps(s->ds, v); /* ds[0..7] then ms[0..7] (contiguous members) */
+    s->qh = five ? b + 16 : NULL;
+    s->q = five ? b + 48 : b + 16;
+}
+AI void prep_q4_k(st_qk *s, const uint8_t *b) { prep_qk(s, b, 0); }
+AI void prep_q5_k(st_qk *s, const uint8_t *b) { prep_qk(s, b, 1); }
+AI vf tbl_qk(const st_qk *s, int sb, vf io) {
+    return _mm512_fmsub_ps(_mm512_set1_ps(s->ds[sb]), io, _mm512_set1_ps(s->ms[sb]));
+}
+AI void grp_q4_k(const st_qk *s, int g, vf *w) {
+    __m512i lo = ld_u8x16(s->q + 32 * g), hi = ld_u8x16(s->q + 32 * g + 16);
+    vf t0 = tbl_qk(s, 2 * g, IOTA(0)), t1 = tbl_qk(s, 2 * g + 1, IOTA(0));
+    w[0] = PERM(lo, t0);
+    w[1] = PERM(hi, t0);
+    w[2] = PERM(_mm512_srli_epi32(lo, 4), t1);
+    w[3] = PERM(_mm512_srli_epi32(hi, 4), t1);
+}
+AI void grp_q5_k(const st_qk *s, int g, vf *w) {
+    __m512i lo = ld_u8x16(s->q + 32 * g), hi = ld_u8x16(s->q + 32 * g + 16);
+    __m512i h0 = ld_u8x16(s->qh), h1 = ld_u8x16(s->qh + 16);
+    __m512i b0 = _mm512_set1_epi32(1 << (2 * g)), b1 = _mm512_set1_epi32(2 << (2 * g));
+    vf t0l = tbl_qk(s, 2 * g, IOTA(0)), t0h = tbl_qk(s, 2 * g, IOTA(16));
+    vf t1l = tbl_qk(s, 2 * g + 1, IOTA(0)), t1h = tbl_qk(s, 2 * g + 1, IOTA(16));
+    __m512i lo4 = _mm512_srli_epi32(lo, 4), hi4 = _mm512_srli_epi32(hi, 4);
+    w[0] = _mm512_mask_permutexvar_ps(PERM(lo, t0l), _mm512_test_epi32_mask(h0, b0), lo, t0h);
+    w[1] = _mm512_mask_permutexvar_ps(PERM(hi, t0l), _mm512_test_epi32_mask(h1, b0), hi, t0h);
+    w[2] = _mm512_mask_permutexvar_ps(PERM(lo4, t1l), _mm512_test_epi32_mask(h0, b1), lo4, t1h);
+    w[3] = _mm512_mask_permutexvar_ps(PERM(hi4, t1l), _mm512_test_epi32_mask(h1, b1), hi4, t1h);
+}
+
+/* Q6_K: a group is one half (128 elements, 8 chunks); chunk (k, j) with
+ * k = 0..3, j = 0..1 covers elements 32k + 16j .. of the half.
+ * w = fmsub(dsc, q, 32*dsc) == dsc*(q-32) rounded once (32*dsc is exact). */
+#define GC_q6_k 8
+typedef struct { const uint8_t *ql, *qh; float dsc[16], dsc32[16]; } st_q6_k;
+AI void prep_q6_k(st_q6_k *s, const uint8_t *b) {
+    vf d = _mm512_set1_ps(h2f(b + 208));
+    __m512i sc = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 192)));
+    vf dsc = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+    _mm512_storeu_ps(s->dsc, dsc);
+    _mm512_storeu_ps(s->dsc32, _mm512_mul_ps(dsc, _mm512_set1_ps(32.0f)));
+    s->ql = b;
+    s->qh = b + 128;
+}
+AI void grp_q6_k(const st_q6_k *s, int g, vf *w) {
+    const uint8_t *ql = s->ql + 64 * g, *qh = s->qh + 32 * g;
+    const __m512i m15 = _mm512_set1_epi32(15), m48 = _mm512_set1_epi32(0x30);
+    for (int j = 0; j < 2; j++) {
+        __m512i a = ld_u8x16(ql + 16 * j), bq = ld_u8x16(ql + 32 + 16 * j), h = ld_u8x16(qh + 16 * j);
+        for (int k = 0; k < 4; k++) {
+            __m512i src = k & 1 ? bq : a;
+            __m512i low = k < 2 ? _mm512_and_si512(src, m15) : _mm512_srli_epi32(src, 4);
+            __m512i hs = k == 0 ? _mm512_slli_epi32(h, 4)
+                         : k == 1 ? _mm512_slli_epi32(h, 2)
+                         : k == 2 ? h
+                                  : _mm512_srli_epi32(h, 2);
+            __m512i q = _mm512_ternarylogic_epi32(low, hs, m48, 0xF8); /* low | (hs & 0x30) */
+            int si = 8 * g + 2 * k + j;
+            w[2 * k + j] = _mm512_fmsub_ps(_mm512_set1_ps(s->dsc[si]), _mm512_cvtepi32_ps(q),
+                                           _mm512_set1_ps(s->dsc32[si]));
+        }
+    }
+}
+
+/* linear types: chunk at element k of a row, full or masked (tail lanes = 0) */
+AI vf ld_f32(const uint8_t *r, int64_t k) { return _mm512_loadu_ps((const float *)r + k); }
+AI vf ldm_f32(const uint8_t *r, int64_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, (const float *)r + k); }
+AI vf ld_f16(const uint8_t *r, int64_t k) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)r + k)));
+}
+AI vf ldm_f16(const uint8_t *r, int64_t k, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)r + k));
+}
+AI vf bf_widen(__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); }
+AI vf ld_bf16(const uint8_t *r, int64_t k) {
+    return bf_widen(_mm256_loadu_si256((const __m256i *)((const uint16_t *)r + k)));
+}
+AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
+    return bf_widen(_mm256_maskz_loadu_epi16(m, (const uint16_t *)r + k));
+}
+
+/* ---------------------------------------------------------------- decode (fused) */
+
+#define DEF_BLOCKED(T, BS, SZ)                                                              \
+    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
+        vf acc[4][KCPU_DECODE_MAX];                                                         \
+        for (int i = 0; i < RG; i++)                                                        \
+            for (int j = 0; j < NT; j++)                                                    \
+                acc[i][j] = _mm512_setzero_ps();                                            \
+        const int64_t nb = mm->K / (BS);                                                    \
+        const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
+        const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        for (int64_t ib = 0; ib < nb; ib++) {                                               \
+            st_##T st[4];                                                                   \
+            for (int i = 0; i < RG; i++)                                                    \
+                prep_##T(&st[i], wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ));             \
+            for (int g = 0; g < (BS) / (V * GC_##T); g++) {                                 \
+                const float *xg = xr + ib * (BS) + g * (V * GC_##T);                        \
+                for (int i = 0; i < RG; i++) {                                              \
+                    vf w[GC_##T];                                                           \
+                    grp_##T(&st[i], g, w);                                                  \
+                    for (int c = 0; c < GC_##T; c++)                                        \
+                        for (int j = 0; j < NT; j++)                                        \
+                            acc[i][j] = _mm512_fmadd_ps(                                    \
+                                w[c], _mm512_loadu_ps(xg + j * mm->ldx + c * V), acc[i][j]); \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < RG; i++)                                                        \
+            for (int j = 0; j < NT; j++)                                                    \
+                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum16(acc[i][j]);              \
+    }                                                                                       \
+    static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
+                       int64_t ldd) {                                                       \
+        const int64_t nb = mm->K / (BS);                                                    \
+        for (int64_t i = 0; i < nr; i++) {                                                  \
+            const uint8_t *wr = mm->w + (size_t)(r0 + i) * mm->nb1;                          \
+            float *d = dst + i * ldd;                                                       \
+            for (int64_t ib = 0; ib < nb; ib++) {                                           \
+                st_##T st;                                                                  \
+                prep_##T(&st, wr + (size_t)ib * (SZ));                                      \
+                for (int g = 0; g < (BS) / (V * GC_##T); g++) {                             \
+                    vf w[GC_##T];                                                           \
+                    grp_##T(&st, g, w);                                                     \
+                    for (int c = 0; c < GC_##T; c++)                                        \
+                        _mm512_storeu_ps(d + ib * (BS) + (g * GC_##T + c) * V, w[c]);       \
+                }                                                                           \
+            }                                                                               \
+            for (int64_t k = mm->K; k < ldd; k++)                                           \
+                d[k] = 0.0f;                                                                \
+        }                                                                                   \
+    }
+
+#define DEF_LINEAR(T)                                                                       \
+    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
+        vf acc[4][KCPU_DECODE_MAX];                                                         \
+        for (int i = 0; i < RG; i++)                                                        \
+            for (int j = 0; j < NT; j++)                                                    \
+                acc[i][j] = _mm512_setzero_ps();                                            \
+        const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
+        const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        const int64_t K = mm->K;                                                            \
+        int64_t k = 0;                                                                      \
+        for (; k + V <= K; k += V) {                                                        \
+            vf xv[KCPU_DECODE_MAX];                                                         \
+            for (int j = 0; j < NT; j++)                                                    \
+                xv[j] = _mm512_loadu_ps(xr + j * mm->ldx + k);                              \
+            for (int i = 0; i < RG; i++) {                                                  \
+                vf wv = ld_##T(wr + (size_t)i * mm->nb1, k);                                \
+                for (int j = 0; j < NT; j++)                                                \
+                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);                      \
+            }                                                                               \
+        }                                                                                   \
+        if (k < K) {                                                                        \
+            __mmask16 m = (__mmask16)((1u << (K - k)) - 1);                                 \
+            vf xv[KCPU_DECODE_MAX];                                                         \
+            for (int j = 0; j < NT; j++)                                                    \
+                xv[j] = _mm512_maskz_loadu_ps(m, xr + j * mm->ldx + k);                     \
+            for (int i = 0; i < RG; i++) {                                                  \
+                vf wv = ldm_##T(wr + (size_t)i * mm->nb1, k, m);                            \
+                for (int j = 0; j < NT; j++)                                                \
+                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);                      \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < RG; i++)                                                        \
+            for (int j = 0; j < NT; j++)                                                    \
+                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum16(acc[i][j]);              \
+    }                                                                                       \
+    static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
+                       int64_t ldd) {                                                       \
+        const int64_t K = mm->K;                                                            \
+        for (int64_t i = 0; i < nr; i++) {                                                  \
+            const uint8_t *wr = mm->w + (size_t)(r0 + i) * mm->nb1;                          \
+            float *d = dst + i * ldd;                                                       \
+            int64_t k = 0;                                                                  \
+            for (; k + V <= K; k += V)                                                      \
+                _mm512_storeu_ps(d + k, ld_##T(wr, k));                                     \
+            if (k < K) {                                                                    \
+                __mmask16 m = (__mmask16)((1u << (K - k)) - 1);                             \
+                _mm512_mask_storeu_ps(d + k, m, ldm_##T(wr, k, m));                         \
+            }                                                                               \
+            for (k = K; k < ldd; k++)                                                       \
+                d[k] = 0.0f;                                                                \
+        }                                                                                   \
+    }
+
+DEF_BLOCKED(q8_0, 32, 34)
+DEF_BLOCKED(q4_0, 32, 18)
+DEF_BLOCKED(q5_0, 32, 22)
+DEF_BLOCKED(q4_k, 256, 144)
+DEF_BLOCKED(q5_k, 256, 176)
+DEF_BLOCKED(q6_k, 256, 210)
+DEF_LINEAR(f32)
+DEF_LINEAR(f16)
+DEF_LINEAR(bf16)
+
+/* Row groups of 4 (4*NT independent accumulators), leftover rows one by one. */
+/* Row groups of 4 for 1-2 tokens and of 2 for 3-4 tokens (<= 8 accumulators
+ * next to the group's weights), leftover rows one by one. */
+#define GEMV_DRIVER(T)                                                                      \
+    static void gemv_##T(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                \
+        for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
+            int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
+            int64_t r = r0;                                                                 \
+            if (nt <= 2) {                                                                  \
+                for (; r + 4 <= r1; r += 4) {                                               \
+                    if (nt == 1) gv_##T(mm, r, t0, 4, 1);                                   \
+                    else gv_##T(mm, r, t0, 4, 2);                                           \
+                }                                                                           \
+            } else {                                                                        \
+                for (; r + 2 <= r1; r += 2) {                                               \
+                    if (nt == 3) gv_##T(mm, r, t0, 2, 3);                                   \
+                    else gv_##T(mm, r, t0, 2, 4);                                           \
+                }                                                                           \
+            }                                                                               \
+            for (; r < r1; r++) {                                                           \
+                switch (nt) {                                                               \
+                case 1: gv_##T(mm, r, t0, 1, 1); break;                                     \
+                case 2: gv_##T(mm, r, t0, 1, 2); break;                                     \
+                case 3: gv_##T(mm, r, t0, 1, 3); break;                                     \
+                default: gv_##T(mm, r, t0, 1, 4); break;                                    \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+GEMV_DRIVER(q8_0)
+GEMV_DRIVER(q4_0)
+GEMV_DRIVER(q5_0)
+GEMV_DRIVER(q4_k)
+GEMV_DRIVER(q5_k)
+GEMV_DRIVER(q6_k)
+GEMV_DRIVER(f32)
+GEMV_DRIVER(f16)
+GEMV_DRIVER(bf16)
+
+static void gemv(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {
+    switch (mm->type) {
+    case BE_F32: gemv_f32(mm, r0, r1); break;
+    case BE_F16: gemv_f16(mm, r0, r1); break;
+    case BE_BF16: gemv_bf16(mm, r0, r1); break;
+    case BE_Q8_0: gemv_q8_0(mm, r0, r1); break;
+    case BE_Q4_0: gemv_q4_0(mm, r0, r1); break;
+    case BE_Q5_0: gemv_q5_0(mm, r0, r1); break;
+    case BE_Q4_K: gemv_q4_k(mm, r0, r1); break;
+    case BE_Q5_K: gemv_q5_k(mm, r0, r1); break;
+    case BE_Q6_K: gemv_q6_k(mm, r0, r1); break;
+    default: break;
+    }
+}
+
+static void dequant_rows(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst, int64_t ldd) {
+    switch (mm->type) {
+    case BE_F32: dq_f32(mm, r0, nr, dst, ldd); break;
+    case BE_F16: dq_f16(mm, r0, nr, dst, ldd); break;
+    case BE_BF16: dq_bf16(mm, r0, nr, dst, ldd); break;
+    case BE_Q8_0: dq_q8_0(mm, r0, nr, dst, ldd); break;
+    case BE_Q4_0: dq_q4_0(mm, r0, nr, dst, ldd); break;
+    case BE_Q5_0: dq_q5_0(mm, r0, nr, dst, ldd); break;
+    case BE_Q4_K: dq_q4_k(mm, r0, nr, dst, ldd); break;
+    case BE_Q5_K: dq_q5_k(mm, r0, nr, dst, ldd); break;
+    case BE_Q6_K: dq_q6_k(mm, r0, nr, dst, ldd); break;
+    default: break;
+    }
+}
+
+/* ---------------------------------------------------------------- prefill tiles */
+
+/* y[j][i] for mr rows of wt and nt tokens of x, whole K in registers. */
+AI void mk(const float *wt, int64_t ldw, const float *x, int64_t ldx, float *y, int64_t ldy,
+           int64_t K, int mr, int nt) {
+    vf acc[MR][NR];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nt; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + V <= K; k += V) {
+        vf wv[MR];
+        for (int i = 0; i < mr; i++)
+            wv[i] = _mm512_loadu_ps(wt + i * ldw + k);
+        for (int j = 0; j < nt; j++) {
+            vf xv = _mm512_loadu_ps(x + j * ldx + k);
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (k < K) {
+        __mmask16 m = (__mmask16)((1u << (K - k)) - 1);
+        vf wv[MR];
+        for (int i = 0; i < mr; i++)
+            wv[i] = _mm512_maskz_loadu_ps(m, wt + i * ldw + k);
+        for (int j = 0; j < nt; j++) {
+            vf xv = _mm512_maskz_loadu_ps(m, x + j * ldx + k);
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nt; j++)
+            y[j * ldy + i] = hsum16(acc[i][j]);
+}
+
+#define MK_CASE(a, b) \
+    case (a) * 8 + (b): mk(w, ldw, xx, mm->ldx, yy, mm->ldy, mm->K, a, b); break;
+#define MK_ROW(a) MK_CASE(a, 1) MK_CASE(a, 2) MK_CASE(a, 3) MK_CASE(a, 4) MK_CASE(a, 5) MK_CASE(a, 6)
+
+static void gemm_tile(const struct kcpu_mm *mm, const float *wt, int64_t ldw, int64_t r0,
+                      int64_t nr, int t0, int t1) {
+    for (int t = t0; t < t1; t += NR) {
+        int nt = t1 - t < NR ? t1 - t : NR;
+        const float *xx = mm->x + (size_t)t * mm->ldx;
+        for (int64_t i = 0; i < nr; i += MR) {
+            int mr = nr - i < MR ? (int)(nr - i) : MR;
+            const float *w = wt + i * ldw;
+            float *yy = mm->y + (size_t)t * mm->ldy + r0 + i;
+            switch (mr * 8 + nt) {
+                MK_ROW(1) MK_ROW(2) MK_ROW(3) MK_ROW(4)
+            default: break;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- attention helpers */
+
+static float dot_f32(const float *a, const float *b, int n) {
+    vf s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 2 * V <= n; k += 2 * V) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + V), _mm512_loadu_ps(b + k + V), s1);
+    }
+    for (; k < n; k += V) {
+        __mmask16 m = n - k >= V ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), s0);
+    }
+    return hsum16(_mm512_add_ps(s0, s1));
+}
+
+static float dot_f16(const float *a, const uint16_t *b, int n) {
+    vf s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 2 * V <= n; k += 2 * V) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), ld_f16((const uint8_t *)b, k), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + V), ld_f16((const uint8_t *)b, k + V), s1);
+    }
+    for (; k < n; k += V) {
+        __mmask16 m = n - k >= V ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), ldm_f16((const uint8_t *)b, k, m), s0);
+    }
+    return hsum16(_mm512_add_ps(s0, s1));
+}
+
+static void axpy_f32(float a, const float *x, float *y, int n) {
+    vf av = _mm512_set1_ps(a);
+    int k = 0;
+    for (; k + V <= n; k += V)
+        _mm512_storeu_ps(y + k, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + k), _mm512_loadu_ps(y + k)));
+    for (; k < n; k++)
+        y[k] = fmaf(a, x[k], y[k]);
+}
+
+static void axpy_f16(float a, const uint16_t *x, float *y, int n) {
+    vf av = _mm512_set1_ps(a);
+    int k = 0;
+    for (; k + V <= n; k += V)
+        _mm512_storeu_ps(y + k, _mm512_fmadd_ps(av, ld_f16((const uint8_t *)x, k), _mm512_loadu_ps(y + k)));
+    for (; k < n; k++)
+        y[k] = fmaf(a, _cvtsh_ss(x[k]), y[k]);
+}
+
+/* ---------------------------------------------------------------- activations */
+
+/* e^x, |rel err| < 2e-7 on [-87, 88]; inputs clamped to that range. */
+AI vf v_exp(vf x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    vf n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    vf p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+AI vf v_act(vf g, int act) {
+    const vf one = _mm512_set1_ps(1.0f);
+    if (act == 0) /* silu: g / (1 + e^-g) */
+        return _mm512_div_ps(g, _mm512_add_ps(one, v_exp(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    /* gelu(tanh): 0.5 g (1 + tanh(u)), u = sqrt(2/pi) (g + 0.044715 g^3),
+     * tanh(u) = 1 - 2 / (e^2u + 1) */
+    vf g3 = _mm512_mul_ps(_mm512_mul_ps(g, g), g);
+    vf u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608028654f),
+                         _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), g3, g));
+    vf e = v_exp(_mm512_add_ps(u, u));
+    vf th = _mm512_sub_ps(one, _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, one)));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), g), _mm512_add_ps(one, th));
+}
+
+static void glu(float *out, const float *g, const float *u, int64_t n, int act) {
+    int64_t i = 0;
+    for (; i + V <= n; i += V)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(v_act(_mm512_loadu_ps(g + i), act), _mm512_loadu_ps(u + i)));
+    if (i < n) { /* same vector code on the tail, so a value never depends on i */
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        vf r = _mm512_mul_ps(v_act(_mm512_maskz_loadu_ps(m, g + i), act), _mm512_maskz_loadu_ps(m, u + i));
+        _mm512_mask_storeu_ps(out + i, m, r);
+    }
+}
+
+static void f32_to_f16(uint16_t *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+    for (; i + V <= n; i += V)
+        _mm256_storeu_si256((__m256i *)(dst + i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++)
+        dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+const struct kcpu_isa kcpu_isa_avx512 = {
+    .name = "avx512",
+    .vlen = V,
+    .gemv = gemv,
+    .dequant_rows = dequant_rows,
+    .gemm_tile = gemm_tile,
+    .dot_f32 = dot_f32,
+    .dot_f16 = dot_f16,
+    .axpy_f32 = axpy_f32,
+    .axpy_f16 = axpy_f16,
+    .glu = glu,
+    .f32_to_f16 = f32_to_f16,
+};

@@ -1,0 +1,133 @@
+/* http_internal.h - state shared by http.c (daemon, loop, routing, shutdown)
+ * and completion.c (one completion request's lifecycle).
+ *
+ * Threads: everything here belongs to the loop thread, except srv.ready* which
+ * the engine thread's notify callback appends to under ready_lock.
+ *
+ * Lifetime of a struct srv_conn (one HTTP request) - loop-thread reference count:
+ *   +1 the MHD request (dropped in NOTIFY_COMPLETED),
+ *   +1 a streaming response (dropped in the reader's free callback),
+ *   +1 an initialised fd watcher (dropped in its uv_close callback).
+ * A conn holds one reference on its sched_req; the engine holds another while it
+ * works on it, and every ready-list entry holds one more (taken in the notify
+ * callback). r->user points to the conn while it is alive; the loop thread sets
+ * it to NULL before freeing the conn (the engine never reads it).
+ */
+#ifndef SS_HTTP_INTERNAL_H
+#define SS_HTTP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <microhttpd.h>
+#include <uv.h>
+
+#include "api/api.h"
+#include "scheduler/sched.h"
+#include "server/srv.h"
+
+enum srv_phase {
+    SRV_RUNNING = 0,
+    SRV_DRAINING,   /* SIGTERM: no new requests, in-flight ones may finish */
+    SRV_CANCELLING, /* grace over: in-flight requests cancelled, flushing */
+    SRV_STOPPED,    /* daemon stopped, handles closing */
+};
+
+enum conn_state {
+    CS_HEADERS = 0, /* first call seen, waiting for the body */
+    CS_RESPONDED,   /* a response is queued */
+    CS_WAIT,        /* non-streamed completion in progress (suspended) */
+    CS_STREAM,      /* streaming response queued */
+};
+
+enum cancel_reason { CANCEL_NONE = 0, CANCEL_CLIENT, CANCEL_SLOW, CANCEL_SHUTDOWN };
+
+struct srv;
+
+struct srv_conn {
+    struct srv *srv;
+    struct MHD_Connection *mc; /* NULL after NOTIFY_COMPLETED */
+    int refs;
+    int state;                 /* enum conn_state */
+    int route;                 /* enum api_route */
+    char method[12];
+    char path[96];
+    uint64_t t0;               /* uv_hrtime() at the first call */
+    int status;                /* HTTP status queued (for the access log) */
+
+    /* request body */
+    struct api_buf body;
+    uint64_t discarded;        /* bytes dropped after the cap was hit */
+    int too_large;
+
+    /* completion */
+    struct sched_req *req;     /* our reference; NULL for other routes */
+    int inflight;              /* in srv->inflight: output still expected */
+    struct srv_conn *prev, *next;
+    int stream, include_usage;
+    char id[48];
+    struct api_completion_meta meta;
+    struct api_buf out;        /* non-stream: text; stream: SSE bytes not yet sent */
+    size_t out_off;            /* stream: bytes of out already handed to MHD */
+    int32_t n_prompt, n_gen;
+    int finished;              /* final output taken */
+    int finish, error;         /* enum req_finish, SS_E* */
+    char errmsg[160];
+    int stream_closed;         /* final SSE events appended */
+    int cancel_reason;         /* enum cancel_reason */
+    int client_gone;           /* peer closed while suspended */
+
+    int suspended;
+    uv_poll_t fdw;             /* watches the socket while suspended */
+    int fdw_init, fdw_active, fdw_events;
+    int fd;
+};
+
+struct srv {
+    const struct srv_config *cfg;
+    struct api_model_info mi;
+    struct sched *sched;
+    struct MHD_Daemon *d;
+    uv_loop_t loop;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer;
+    uv_async_t wake;
+    uv_signal_t sig_int, sig_term;
+    uv_timer_t shutdown_timer;
+    int handles_closed;
+
+    /* engine thread -> loop thread */
+    pthread_mutex_t ready_lock;
+    struct sched_req **ready;  /* each entry holds a reference */
+    size_t n_ready, cap_ready;
+    int ready_overflow;        /* an entry could not be stored: pump everything */
+
+    struct srv_conn *inflight; /* conns expecting output (doubly linked) */
+    int n_inflight;
+    int n_conns;               /* srv_conns with a live MHD request */
+    int phase;                 /* enum srv_phase */
+    uint64_t t_grace_end, t_hard_end; /* uv_hrtime() deadlines during shutdown */
+    uint64_t seq;
+    int in_mhd_run;
+};
+
+/* http.c */
+void srv_mhd_run(struct srv *s);        /* MHD_run + re-arm the timer */
+void conn_unref(struct srv_conn *c);
+void conn_suspend(struct srv_conn *c);
+void conn_resume(struct srv_conn *c);   /* caller runs srv_mhd_run afterwards */
+void inflight_remove(struct srv_conn *c);
+enum MHD_Result srv_respond(struct srv_conn *c, int status, const char *ctype, struct api_buf *body,
+                            const char *hdr_name, const char *hdr_value);
+enum MHD_Result srv_respond_error(struct srv_conn *c, const struct api_error *e);
+
+/* completion.c */
+enum MHD_Result completion_start(struct srv_conn *c);
+enum MHD_Result completion_resumed(struct srv_conn *c);
+void completion_pump(struct srv_conn *c);   /* take output; resume if there is news */
+void completion_cancel(struct srv_conn *c, int reason);
+void fdwatch_start(struct srv_conn *c);
+void fdwatch_stop(struct srv_conn *c);
+void fdwatch_close(struct srv_conn *c);
+
+#endif

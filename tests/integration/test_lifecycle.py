@@ -1,0 +1,192 @@
+"""Client disconnects, graceful shutdown and the command line.
+
+Cancellation is observed through scheduling: with --max-num-seqs 1, a second
+request can only start once the first one has left the engine. The first asks
+for 8000 tokens of a model that needs well over 4 s for them, so a short second
+request finishing quickly proves the first was cancelled.
+"""
+import http.client
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import Server, complete, read_sse, request, slimserve_bin
+
+LONG = {"prompt": "Once upon a time", "max_tokens": 8000, "ignore_eos": True, "temperature": 0}
+QUICK_S = 4.0  # a 2-token request behind a cancelled one must finish within this
+
+
+def open_stream(srv, params):
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=60)
+    conn.request("POST", "/v1/completions", body=json.dumps(dict(params, stream=True)),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    return conn, resp
+
+
+def quick_request_time(srv):
+    t0 = time.monotonic()
+    body = complete(srv, prompt="quick", max_tokens=2, temperature=0, timeout=60)
+    assert body["usage"]["completion_tokens"] <= 2
+    return time.monotonic() - t0
+
+
+@pytest.fixture
+def one_seq_server(slow_model, tmp_path):
+    with Server(slow_model, tmp_path, "--max-num-seqs", "1", "--threads", "1") as srv:
+        yield srv
+
+
+def test_disconnect_mid_stream(one_seq_server):
+    srv = one_seq_server
+    conn, resp = open_stream(srv, LONG)
+    for _ in range(3):  # generation is under way
+        assert resp.readline().startswith(b"data: ")
+        resp.readline()
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    st, _, data = request(srv, "GET", "/health", timeout=10)
+    assert st == 200 and data == b'{"status":"ok"}'
+    assert quick_request_time(srv) < QUICK_S
+    assert srv.alive()
+    # the access log records the abort and how far it got
+    deadline = time.monotonic() + 10
+    while "aborted" not in srv.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    line = [ln for ln in srv.log().splitlines() if "aborted" in ln and "stream" in ln]
+    assert line, srv.log()
+    n_gen = int(line[0].split("completion=")[1].split()[0])
+    assert n_gen < 8000
+
+
+def test_disconnect_while_waiting_non_stream(one_seq_server):
+    """A suspended non-streamed request notices the client leaving (socket watch)."""
+    srv = one_seq_server
+    s = socket.create_connection((srv.host, srv.port), timeout=10)
+    body = json.dumps(LONG).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    time.sleep(0.5)  # it is generating now
+    s.close()
+    assert quick_request_time(srv) < QUICK_S
+    st, _, _ = request(srv, "GET", "/health", timeout=10)
+    assert st == 200
+
+
+def test_many_disconnects(one_seq_server):
+    """Repeated abrupt disconnects at different moments leave the server healthy."""
+    srv = one_seq_server
+    for i in range(6):
+        conn, resp = open_stream(srv, dict(LONG, max_tokens=2000))
+        for _ in range(i):
+            resp.readline()
+        conn.close()
+    assert quick_request_time(srv) < QUICK_S
+    assert srv.alive()
+
+
+# ---------------------------------------------------------------- shutdown
+
+def test_sigterm_with_stream_in_flight(slow_model, tmp_path):
+    srv = Server(slow_model, tmp_path, "--threads", "1", "--shutdown-timeout", "0.5")
+    try:
+        assert "listening on http://127.0.0.1:%d" % srv.port in srv.stdout()
+        conn, resp = open_stream(srv, LONG)
+        assert resp.readline().startswith(b"data: ")
+        srv.signal(signal.SIGTERM)
+        events = read_sse(resp)  # the stream ends cleanly: error event, then [DONE]
+        conn.close()
+        assert events and events[-1] == "[DONE]"
+        errs = [e for e in events if isinstance(e, dict) and "error" in e]
+        assert errs and set(errs[0]["error"]) == {"message", "type", "param", "code"}
+        assert srv.wait(timeout=20) == 0, srv.log()
+        assert "server stopped" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_sigterm_lets_short_requests_finish(models, tmp_path):
+    srv = Server(models["bpe"], tmp_path, "--shutdown-timeout", "10")
+    try:
+        conn, resp = open_stream(srv, {"prompt": "hi", "max_tokens": 50, "temperature": 0,
+                                       "ignore_eos": True})
+        srv.signal(signal.SIGTERM)
+        events = read_sse(resp)
+        conn.close()
+        assert events[-1] == "[DONE]"
+        assert events[-2]["choices"][0]["finish_reason"] == "length"
+        assert srv.wait(timeout=20) == 0, srv.log()
+        # new connections are refused after shutdown
+        with pytest.raises(OSError):
+            request(srv, "GET", "/health", timeout=2)
+    finally:
+        srv.stop()
+
+
+def test_sigint_idle(models, tmp_path):
+    srv = Server(models["spm"], tmp_path)
+    try:
+        srv.signal(signal.SIGINT)
+        assert srv.wait(timeout=20) == 0
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------- command line
+
+def run(*args, env=None, timeout=60):
+    return subprocess.run([slimserve_bin(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          timeout=timeout, env=env)
+
+
+def test_cli_version_help():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith(b"slimserve ")
+    r = run("help")
+    assert r.returncode == 0 and b"--model" in r.stdout and b"--api-key" in r.stdout
+
+
+def test_cli_errors(models, tmp_path):
+    m = models["spm"]
+    for args in (("serve", "--model", m, "--bogus"),
+                 ("serve", "--model", m, "--port", "abc"),
+                 ("serve", "--model", m, "--port", "70000"),
+                 ("serve", "--model", m, "--backend", "tpu"),
+                 ("serve", "--model", m, "--kv-cache-memory", "lots"),
+                 ("serve", "--model", m, "--max-body"),
+                 ("serve",),
+                 ("frobnicate",)):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr.strip(), args
+    import os
+    env = dict(os.environ, SLIMSERVE_PORT="notaport")
+    r = run("serve", "--model", m, env=env)
+    assert r.returncode == 2 and b"SLIMSERVE_PORT" in r.stderr
+
+    missing = str(tmp_path / "missing.gguf")
+    r = run("serve", "--model", missing, "--port", "0")
+    assert r.returncode == 1
+    assert missing.encode() in r.stderr
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all" * 10)
+    r = run("serve", "--model", str(junk), "--port", "0")
+    assert r.returncode == 1
+    assert str(junk).encode() in r.stderr
+
+
+def test_env_config(models, tmp_path):
+    """Flags come from SLIMSERVE_* too; the command line wins."""
+    with Server(models["spm"], tmp_path,
+                env={"SLIMSERVE_SERVED_MODEL_NAME": "from-env",
+                     "SLIMSERVE_MAX_BODY": "1KiB"}) as srv:
+        st, _, data = request(srv, "GET", "/v1/models")
+        assert json.loads(data)["data"][0]["id"] == "from-env"
+        st, _, data = request(srv, "POST", "/v1/completions", {"prompt": "x" * 2000})
+        assert st == 413

@@ -1,0 +1,376 @@
+/* test_sched.c - scheduler and KV pool: batching, chunked prefill, preemption,
+ * stop strings, cancellation, admission limits, all over a real tiny model.
+ *
+ * The property behind most cases: a request's greedy (or fixed-seed) output is
+ * the same whatever else runs beside it, however its prefill is chunked and
+ * whether or not it was preempted and recomputed.
+ */
+#include <check.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "engine/ss_error.h"
+#include "engine/tokenizer.h"
+#include "scheduler/kv.h"
+#include "scheduler/sched.h"
+#include "tools/genmodel.h"
+
+static char g_model_path[512];
+
+/* Generates the model once per run (tests fork; the path is set in main). */
+static void make_model(void) {
+    FILE *f = fopen(g_model_path, "rb");
+    if (f) {
+        fclose(f);
+        return;
+    }
+    struct genmodel_opts o;
+    genmodel_opts_default(&o);
+    o.dim = 64;
+    o.n_layers = 2;
+    o.n_heads = 4;
+    o.n_kv_heads = 2;
+    o.ffn_dim = 128;
+    o.n_vocab = 300;
+    o.n_ctx = 256;
+    o.seed = 7;
+    char err[256];
+    ck_assert_msg(genmodel_write(&o, g_model_path, err, sizeof(err)) == 0, "genmodel: %s", err);
+}
+
+static struct eng_model *load_model(size_t kv_pages) {
+    make_model();
+    struct eng_options eo = {0};
+    eo.n_threads = 1;
+    eo.kv_type = BE_F32;
+    eo.max_batch_tokens = 512;
+    if (kv_pages) {
+        /* size the pool in pages: bytes per token * 16 * pages */
+        eo.kv_bytes = 1; /* placeholder, fixed below once the model tells its size */
+    }
+    struct eng_model *m = NULL;
+    char err[256];
+    if (kv_pages) {
+        struct eng_options probe = eo;
+        probe.kv_bytes = 0;
+        ck_assert_msg(eng_model_load(&m, g_model_path, &probe, err, sizeof(err)) == 0, "%s", err);
+        size_t per_tok = eng_model_kv_bytes_per_token(m);
+        eng_model_free(m);
+        eo.kv_bytes = per_tok * 16 * kv_pages;
+    }
+    ck_assert_msg(eng_model_load(&m, g_model_path, &eo, err, sizeof(err)) == 0, "%s", err);
+    if (kv_pages) ck_assert_int_eq(eng_model_n_pages(m), (int)kv_pages);
+    return m;
+}
+
+/* ---- a tiny client: collects output, waits for completion ---- */
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_cond = PTHREAD_COND_INITIALIZER;
+static int g_notes;
+
+static void on_notify(void *ud, struct sched_req *r) {
+    (void)ud;
+    (void)r;
+    pthread_mutex_lock(&g_lock);
+    g_notes++;
+    pthread_cond_broadcast(&g_cond);
+    pthread_mutex_unlock(&g_lock);
+}
+
+struct client {
+    struct sched_req *r;
+    char text[4096];
+    size_t len;
+    int done;
+    struct req_out last;
+};
+
+static void client_poll(struct client *c) {
+    if (c->done) return;
+    struct req_out o = {0};
+    int done = sched_req_take(c->r, &o);
+    if (o.text) {
+        size_t n = o.len < sizeof(c->text) - 1 - c->len ? o.len : sizeof(c->text) - 1 - c->len;
+        memcpy(c->text + c->len, o.text, n);
+        c->len += n;
+        c->text[c->len] = 0;
+        free(o.text);
+    }
+    o.text = NULL;
+    c->last = o;
+    c->done = done;
+}
+
+static void wait_all(struct client *cs, int n, double timeout_s) {
+    double t0 = (double)time(NULL);
+    for (;;) {
+        int left = 0;
+        for (int i = 0; i < n; i++) {
+            client_poll(&cs[i]);
+            left += !cs[i].done;
+        }
+        if (!left) return;
+        ck_assert_msg((double)time(NULL) - t0 < timeout_s, "requests did not finish in time");
+        pthread_mutex_lock(&g_lock);
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 20 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&g_cond, &g_lock, &ts);
+        pthread_mutex_unlock(&g_lock);
+    }
+}
+
+static struct sched_req *make_req(int32_t n_prompt, int32_t first, int32_t max_tokens) {
+    struct sched_req *r = sched_req_new();
+    ck_assert_ptr_nonnull(r);
+    r->p.prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
+    for (int32_t i = 0; i < n_prompt; i++) r->p.prompt[i] = 3 + (first * 31 + i * 7) % 250;
+    r->p.n_prompt = n_prompt;
+    r->p.max_tokens = max_tokens;
+    r->p.smp.temperature = 0;
+    r->p.ignore_eos = 1;
+    return r;
+}
+
+static void client_submit(struct sched *s, struct client *c, struct sched_req *r) {
+    memset(c, 0, sizeof(*c));
+    c->r = r;
+    ck_assert_int_eq(sched_submit(s, r), 0);
+}
+
+static void clients_free(struct client *cs, int n) {
+    for (int i = 0; i < n; i++) sched_req_unref(cs[i].r);
+}
+
+/* Runs request i (prompt pattern i) alone and returns its text in out. */
+static void run_alone(struct eng_model *m, int32_t n_prompt, int first, int32_t max_tokens, char *out,
+                      size_t cap, const struct sched_options *so) {
+    struct sched *s = sched_new(m, so, on_notify, NULL);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(sched_start(s), 0);
+    struct client c;
+    client_submit(s, &c, make_req(n_prompt, first, max_tokens));
+    wait_all(&c, 1, 60);
+    ck_assert_int_eq(c.last.finish, REQ_FINISH_LENGTH);
+    ck_assert_int_eq(c.last.n_gen, max_tokens);
+    snprintf(out, cap, "%s", c.text);
+    clients_free(&c, 1);
+    sched_free(s);
+}
+
+/* ---- KV pool ---- */
+
+START_TEST(test_kv_pool) {
+    struct kv_pool *p = kv_pool_new(10);
+    struct kv_table a = {0}, b = {0};
+    ck_assert_int_eq(kv_table_reserve(p, &a, 1), 0);
+    ck_assert_int_eq(a.n_pages, 1);
+    ck_assert_int_eq(kv_table_reserve(p, &a, 16), 0);
+    ck_assert_int_eq(a.n_pages, 1);
+    ck_assert_int_eq(kv_table_reserve(p, &a, 17), 0);
+    ck_assert_int_eq(a.n_pages, 2);
+    ck_assert_int_eq(kv_table_reserve(p, &b, 16 * 9), SS_EAGAIN); /* all or nothing */
+    ck_assert_int_eq(b.n_pages, 0);
+    ck_assert_int_eq(kv_pool_n_free(p), 8);
+    ck_assert_int_eq(kv_table_reserve(p, &b, 16 * 8), 0);
+    ck_assert_int_eq(kv_pool_n_free(p), 0);
+    /* every page id distinct */
+    int seen[10] = {0};
+    for (int i = 0; i < a.n_pages; i++) seen[a.pages[i]]++;
+    for (int i = 0; i < b.n_pages; i++) seen[b.pages[i]]++;
+    for (int i = 0; i < 10; i++) ck_assert_int_eq(seen[i], 1);
+    kv_table_release(p, &a);
+    kv_table_release(p, &b);
+    ck_assert_int_eq(kv_pool_n_free(p), 10);
+    kv_table_free(&a);
+    kv_table_free(&b);
+    kv_pool_free(p);
+}
+END_TEST
+
+/* ---- batching ---- */
+
+START_TEST(test_alone_equals_concurrent) {
+    struct eng_model *m = load_model(0);
+    enum { N = 16 };
+    char alone[N][4096];
+    for (int i = 0; i < N; i++) run_alone(m, 5 + i * 3, i, 12, alone[i], sizeof(alone[i]), NULL);
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    ck_assert_int_eq(sched_start(s), 0);
+    struct client cs[N];
+    for (int i = 0; i < N; i++) client_submit(s, &cs[i], make_req(5 + i * 3, i, 12));
+    wait_all(cs, N, 120);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(cs[i].last.finish, REQ_FINISH_LENGTH);
+        ck_assert_str_eq(cs[i].text, alone[i]);
+    }
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_int_eq(st.pages_used, 0); /* pool fully free once all end */
+    ck_assert_uint_eq(st.n_requests_done, N);
+    clients_free(cs, N);
+    sched_free(s);
+    eng_model_free(m);
+}
+END_TEST
+
+START_TEST(test_chunked_prefill) {
+    struct eng_model *m = load_model(0);
+    char big[4096], small[4096];
+    run_alone(m, 100, 3, 8, big, sizeof(big), NULL);
+    struct sched_options so = {.max_batched_tokens = 7};
+    run_alone(m, 100, 3, 8, small, sizeof(small), &so);
+    ck_assert_str_eq(big, small);
+    eng_model_free(m);
+}
+END_TEST
+
+START_TEST(test_preemption_keeps_output) {
+    /* 6 pages of 16 slots: two requests of 40+24 tokens cannot both fit. */
+    struct eng_model *m = load_model(6);
+    enum { N = 4 };
+    char alone[N][4096];
+    for (int i = 0; i < N; i++) run_alone(m, 40, 10 + i, 24, alone[i], sizeof(alone[i]), NULL);
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    ck_assert_int_eq(sched_start(s), 0);
+    struct client cs[N];
+    for (int i = 0; i < N; i++) client_submit(s, &cs[i], make_req(40, 10 + i, 24));
+    wait_all(cs, N, 120);
+    for (int i = 0; i < N; i++) ck_assert_str_eq(cs[i].text, alone[i]);
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_int_eq(st.pages_used, 0);
+    clients_free(cs, N);
+    sched_free(s);
+    eng_model_free(m);
+}
+END_TEST
+
+START_TEST(test_stop_string) {
+    struct eng_model *m = load_model(0);
+    char full[4096];
+    run_alone(m, 9, 5, 24, full, sizeof(full), NULL);
+    size_t L = strlen(full);
+    ck_assert_uint_gt(L, 6);
+    /* Pick a 3-byte stop string from the middle, on a UTF-8 boundary. */
+    size_t at = L / 2;
+    while (at > 0 && ((unsigned char)full[at] & 0xC0) == 0x80) at--;
+    char stop[4] = {0};
+    memcpy(stop, full + at, 3);
+    const char *first = strstr(full, stop);
+    size_t expect = (size_t)(first - full);
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    ck_assert_int_eq(sched_start(s), 0);
+    struct client c;
+    struct sched_req *r = make_req(9, 5, 24);
+    r->p.stop[0] = strdup(stop);
+    r->p.n_stop = 1;
+    client_submit(s, &c, r);
+    wait_all(&c, 1, 60);
+    ck_assert_int_eq(c.last.finish, REQ_FINISH_STOP);
+    ck_assert_uint_eq(c.len, expect);
+    ck_assert_int_eq(memcmp(c.text, full, expect), 0);
+    clients_free(&c, 1);
+    sched_free(s);
+    eng_model_free(m);
+}
+END_TEST
+
+START_TEST(test_cancel_and_limits) {
+    struct eng_model *m = load_model(0);
+    struct sched_options so = {.max_queued = 2, .max_num_seqs = 1};
+    struct sched *s = sched_new(m, &so, on_notify, NULL);
+    /* Not started yet: submissions pile up in the queue. */
+    struct client cs[2];
+    client_submit(s, &cs[0], make_req(10, 1, 200));
+    client_submit(s, &cs[1], make_req(10, 2, 200));
+    struct sched_req *third = make_req(10, 3, 5);
+    ck_assert_int_eq(sched_submit(s, third), SS_EAGAIN);
+    sched_req_unref(third);
+    struct sched_req *huge = make_req(250, 4, 100);
+    ck_assert_int_eq(sched_submit(s, huge), SS_ETOOLONG);
+    ck_assert_ptr_nonnull(strstr(huge->out.errmsg, "n_prompt_tokens=250"));
+    sched_req_unref(huge);
+    struct sched_req *bad = make_req(4, 4, 5);
+    bad->p.prompt[2] = 100000;
+    ck_assert_int_eq(sched_submit(s, bad), SS_EINVAL);
+    sched_req_unref(bad);
+    ck_assert_int_eq(sched_start(s), 0);
+    sched_cancel(s, cs[0].r);
+    sched_cancel(s, cs[1].r);
+    wait_all(cs, 2, 60);
+    ck_assert_int_eq(cs[0].last.finish, REQ_FINISH_CANCELLED);
+    ck_assert_int_eq(cs[1].last.finish, REQ_FINISH_CANCELLED);
+    ck_assert_int_lt(cs[0].last.n_gen, 200);
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_int_eq(st.pages_used, 0);
+    ck_assert_int_eq(st.n_running + st.n_waiting, 0);
+    clients_free(cs, 2);
+    sched_free(s);
+    eng_model_free(m);
+}
+END_TEST
+
+START_TEST(test_seeded_sampling_batch_invariant) {
+    struct eng_model *m = load_model(0);
+    char alone[4096];
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    ck_assert_int_eq(sched_start(s), 0);
+    struct client c;
+    struct sched_req *r = make_req(6, 9, 16);
+    r->p.smp.temperature = 1.0f;
+    r->p.smp.seed = 1234;
+    r->p.smp.has_seed = 1;
+    client_submit(s, &c, r);
+    wait_all(&c, 1, 60);
+    snprintf(alone, sizeof(alone), "%s", c.text);
+    clients_free(&c, 1);
+    enum { N = 5 };
+    struct client cs[N];
+    for (int i = 0; i < N; i++) {
+        struct sched_req *q = make_req(6 + (i ? i * 5 : 0), i ? 20 + i : 9, 16);
+        q->p.smp.temperature = 1.0f;
+        q->p.smp.seed = i ? 99 + (uint64_t)i : 1234;
+        q->p.smp.has_seed = 1;
+        client_submit(s, &cs[i], q);
+    }
+    wait_all(cs, N, 60);
+    ck_assert_str_eq(cs[0].text, alone);
+    clients_free(cs, N);
+    sched_free(s);
+    eng_model_free(m);
+}
+END_TEST
+
+int main(void) {
+    const char *tmp = getenv("SLIMSERVE_TEST_TMP");
+    snprintf(g_model_path, sizeof(g_model_path), "%s/sched_model_%d.gguf", tmp ? tmp : "/tmp", (int)getpid());
+    Suite *su = suite_create("sched");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_kv_pool);
+    tcase_add_test(tc, test_alone_equals_concurrent);
+    tcase_add_test(tc, test_chunked_prefill);
+    tcase_add_test(tc, test_preemption_keeps_output);
+    tcase_add_test(tc, test_stop_string);
+    tcase_add_test(tc, test_cancel_and_limits);
+    tcase_add_test(tc, test_seeded_sampling_batch_invariant);
+    suite_add_tcase(su, tc);
+    SRunner *sr = srunner_create(su);
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    remove(g_model_path);
+    return nf != 0;
+}
