@@ -313,6 +313,9 @@ static int bind_tensors(struct eng_model *m, char *err, size_t err_len) {
     if (rc < 0) return rc;
     if ((rc = bind_vector(m, &m->output_norm, "output_norm.weight", c->dim, err, err_len)) < 0)
         return rc;
+    if (gguf_find_tensor(m->gguf, "rope_freqs.weight") &&
+        (rc = bind_vector(m, &m->rope_freqs, "rope_freqs.weight", c->n_rot / 2, err, err_len)) < 0)
+        return rc;
     c->tied_output = gguf_find_tensor(m->gguf, "output.weight") == NULL;
     if (c->tied_output) {
         m->output = m->tok_embd;
@@ -453,6 +456,7 @@ void eng_model_free(struct eng_model *m) {
         if (m->layers)
             for (int il = 0; il < m->cfg.n_layers; il++) free_layer(m, &m->layers[il]);
         be_dealloc(&m->be, (void *)m->output_norm);
+        be_dealloc(&m->be, (void *)m->rope_freqs);
         float *bufs[] = {m->s.x, m->s.xb, m->s.xb2, m->s.q, m->s.k, m->s.v,
                          m->s.att, m->s.hb, m->s.hb2, m->s.logits};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be_dealloc(&m->be, bufs[i]);

@@ -69,6 +69,8 @@ struct eng_model {
     struct be_tensor tok_embd;  /* [n_vocab rows][dim] */
     struct be_tensor output;    /* [n_vocab rows][dim]; == tok_embd when tied */
     const float *output_norm;   /* backend memory, [dim] */
+    const float *rope_freqs;    /* backend memory, [n_rot/2] divisors of each pair's frequency
+                                 * (rope_freqs.weight, llama3-style scaling); NULL if absent */
     struct eng_layer *layers;   /* [n_layers] */
 
     /* KV page pool: per layer, k and v of n_pages*BE_PAGE_SLOTS*kv_dim elements,

@@ -63,6 +63,7 @@ struct tok {
     char *piece;         /* arena of decoded pieces: bytes each token contributes */
     uint32_t *piece_off; /* [n_vocab] */
     uint32_t *piece_len; /* [n_vocab]; 0 for control/unknown tokens */
+    uint32_t max_piece;  /* max of piece_len */
     float *score;        /* [n_vocab] (SPM merge priority; 0 if absent) */
     uint8_t *type;       /* [n_vocab] enum tok_type */
     uint8_t *flags;      /* [n_vocab] TOK_F_* */

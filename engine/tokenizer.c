@@ -420,6 +420,8 @@ static void build_pieces(struct tok *t) {
         t->piece_off[id] = off;
         t->piece_len[id] = (uint32_t)n;
         off += (uint32_t)n;
+        if (n > t->max_piece)
+            t->max_piece = (uint32_t)n;
     }
 }
 
@@ -567,13 +569,7 @@ const char *tok_text(const struct tok *t, int32_t id, size_t *len) {
     return t->text + t->text_off[id];
 }
 
-int tok_max_piece_len(const struct tok *t) {
-    uint32_t m = 0;
-    for (int32_t id = 0; id < t->n_vocab; id++)
-        if (t->piece_len[id] > m)
-            m = t->piece_len[id];
-    return (int)m;
-}
+int tok_max_piece_len(const struct tok *t) { return (int)t->max_piece; }
 
 /* ------------------------------------------------------------------ encoding */
 

@@ -83,7 +83,7 @@ int tok_add_space_prefix(const struct tok *t);
 /* Raw text of a token as stored in the vocab, NUL-terminated (it may contain NUL
  * bytes itself: use *len); NULL if id is out of range. */
 const char *tok_text(const struct tok *t, int32_t id, size_t *len);
-/* Longest tok_piece over the vocab (O(n_vocab): call once). tok_stream_push never
+/* Longest tok_piece over the vocab. tok_stream_push never
  * writes more than 3 * (tok_max_piece_len + 4) bytes; smaller caps may give
  * SS_ETOOLONG, in which case the stream state is unchanged. */
 int tok_max_piece_len(const struct tok *t);

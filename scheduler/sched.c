@@ -72,6 +72,7 @@ static void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, in
     s->stats.n_waiting = s->n_waiting;
     s->stats.pages_total = kv_pool_n_pages(s->pool);
     s->stats.pages_used = s->stats.pages_total - kv_pool_n_free(s->pool);
+    s->stats.pages_cached = kv_pool_n_cached(s->pool);
     pthread_mutex_unlock(&s->stats_lock);
 }
 
@@ -112,9 +113,12 @@ static void pending_dec(struct sched *s) {
 }
 
 /* Ends a sequence that is in neither queue any more. */
+/* Pages are returned and counters updated before the client can observe the
+ * end, so stats read after a finish are exact. */
 static void seq_finish(struct sched *s, struct seq *q, int finish, int err, const char *msg) {
-    req_out_push(s, q->req, NULL, 0, q->n_gen, finish, err, msg);
+    kv_table_release(s->pool, &q->table);
     stats_add(s, 0, 0, 1, 0);
+    req_out_push(s, q->req, NULL, 0, q->n_gen, finish, err, msg);
     seq_free(s, q);
 }
 
@@ -140,7 +144,9 @@ static int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
         char buf[256];
         int n = tok_stream_push(s->tok, &q->ts, tok, buf, sizeof(buf));
         if (n > 0 && hold_append(q, buf, (size_t)n) != 0) {
-            hold_release(s, q, 0, REQ_FINISH_ERROR);
+            kv_table_release(s->pool, &q->table);
+            stats_add(s, 0, 1, 1, 0);
+            req_out_push(s, q->req, NULL, 0, q->n_gen, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory");
             return 1;
         }
     }
@@ -171,6 +177,10 @@ static int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
         release = q->n_hold > (max_stop ? max_stop - 1 : 0) ? q->n_hold - (max_stop ? max_stop - 1 : 0) : 0;
         while (release > 0 && release < q->n_hold && ((unsigned char)q->hold[release] & 0xC0) == 0x80)
             release--;
+    }
+    if (finish != REQ_FINISH_NONE) {
+        kv_table_release(s->pool, &q->table);
+        stats_add(s, 0, 1, 1, 0);
     }
     hold_release(s, q, release, finish); /* also publishes n_gen */
     return finish != REQ_FINISH_NONE;
@@ -261,10 +271,22 @@ static void schedule(struct sched *s, struct plan *pl) {
     }
     while (s->n_waiting > 0 && s->n_running < s->opt.max_num_seqs && budget > 0) {
         struct seq *q = s->waiting[0];
+        /* Reuse cached full pages of the same prefix (prompt, plus the tokens
+         * generated before a preemption). */
+        int64_t hit = kv_table_match_prefix(s->pool, &q->table, q->tokens, q->n_tokens);
+        q->n_computed = (int32_t)hit;
         int32_t n = q->n_tokens - q->n_computed;
         if (n > budget) n = budget;
         int rc = kv_table_reserve(s->pool, &q->table, (int64_t)q->n_computed + n);
-        if (rc == SS_EAGAIN) break; /* wait for pages; admission never preempts */
+        if (rc == SS_EAGAIN) { /* wait for pages; admission never preempts */
+            kv_table_release(s->pool, &q->table);
+            q->n_computed = 0;
+            break;
+        }
+        pthread_mutex_lock(&s->stats_lock);
+        s->stats.n_prefix_queries += (uint64_t)q->n_tokens;
+        s->stats.n_prefix_hits += (uint64_t)hit;
+        pthread_mutex_unlock(&s->stats_lock);
         waiting_remove(s, 0);
         if (rc != 0) {
             if (q->admit_order == 0) pending_dec(s);
@@ -301,19 +323,20 @@ static void run_batch(struct sched *s, const struct plan *pl) {
             prompt_tok += (uint64_t)((end < q->n_prompt ? end : q->n_prompt) - q->n_computed);
         }
         q->n_computed += e->n_tok;
+        kv_table_commit(s->pool, &q->table, q->tokens, q->n_computed);
         if (!e->want_logits) continue;
         float *lg = s->logits + (size_t)row * (size_t)s->n_vocab;
         row++;
         int32_t tok = smp_sample(&q->rng, &q->req->p.smp, lg, s->n_vocab, s->smp_work, NULL);
-        gen_tok++;
         if (seq_accept_token(s, q, tok)) {
             for (int j = 0; j < s->n_running; j++)
                 if (s->running[j] == q) {
                     running_remove(s, j);
                     break;
                 }
-            stats_add(s, 0, 0, 1, 0);
             seq_free(s, q);
+        } else {
+            gen_tok++;
         }
     }
     stats_add(s, prompt_tok, gen_tok, 0, 0);
@@ -383,13 +406,14 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->n_vocab = eng_model_config(m)->n_vocab;
     int ok = squeue_init(&s->q) == 0;
     ok = ok && pthread_mutex_init(&s->stats_lock, NULL) == 0;
-    s->pool = kv_pool_new(eng_model_n_pages(m));
+    s->opt.no_prefix_cache = o ? o->no_prefix_cache : 0;
+    s->pool = kv_pool_new(eng_model_n_pages(m), !s->opt.no_prefix_cache);
     s->running = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->running));
     s->b_tokens = malloc(sizeof(int32_t) * (size_t)s->opt.max_batched_tokens);
     s->b_seqs = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_seqs));
     s->b_owner = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_owner));
     s->logits = malloc(sizeof(float) * (size_t)s->opt.max_num_seqs * (size_t)s->n_vocab);
-    s->smp_work = malloc((size_t)s->n_vocab * (sizeof(float) + sizeof(int32_t)) * 2);
+    s->smp_work = malloc((size_t)s->n_vocab * (sizeof(float) + sizeof(int32_t)));
     if (!ok || !s->pool || !s->running || !s->b_tokens || !s->b_seqs || !s->b_owner || !s->logits ||
         !s->smp_work) {
         sched_free(s);

@@ -76,6 +76,7 @@ struct sched_options {
     int max_num_seqs;           /* running sequences at once (default 64) */
     int max_batched_tokens;     /* tokens per step (default 2048) */
     int max_queued;             /* waiting requests before 503 (default 256) */
+    int no_prefix_cache;        /* 1 disables prefix caching */
 };
 
 /* Creates the scheduler over a loaded model (not owned). notify is called on the
@@ -111,7 +112,10 @@ int sched_req_take(struct sched_req *r, struct req_out *dst);
 struct sched_stats {
     int n_running, n_waiting;
     uint64_t n_prompt_tokens, n_gen_tokens, n_requests_done, n_preemptions;
-    int32_t pages_used, pages_total;
+    uint64_t n_prefix_queries, n_prefix_hits; /* tokens looked up / found cached */
+    int32_t pages_used;         /* referenced by a running or waiting sequence */
+    int32_t pages_cached;       /* unreferenced, kept for prefix reuse (evictable) */
+    int32_t pages_total;
 };
 void sched_get_stats(struct sched *s, struct sched_stats *st);
 

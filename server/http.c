@@ -166,6 +166,12 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
     c->t0 = uv_hrtime();
     snprintf(c->method, sizeof(c->method), "%s", method);
     snprintf(c->path, sizeof(c->path), "%s", url);
+    for (char *p = c->path; *p; p++) /* the path goes to the log: keep it one printable line */
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    for (char *p = c->method; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     *con_cls = c;
     s->n_conns++;
 
@@ -474,8 +480,7 @@ static struct MHD_Daemon *start_daemon(struct srv *s, int *port_out) {
         flags, (uint16_t)s->cfg->port, NULL, NULL, on_access, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)s->cfg->conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)s->cfg->max_connections, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-        MHD_OPTION_END);
+        (unsigned)s->cfg->max_connections, MHD_OPTION_END);
     int err = errno;
     freeaddrinfo(ai);
     if (!d) {

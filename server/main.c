@@ -93,6 +93,8 @@ static const struct opt serve_flags[] = {
      "idle connection timeout in seconds (default 60)"},
     {"shutdown-timeout", OPT_DOUBLE, 0, 3600, OFF(srv.shutdown_grace_s),
      "seconds in-flight requests get to finish on SIGTERM (default 5)"},
+    {"max-stream-buffer", OPT_SIZE, 1024, 1LL << 32, OFF(srv.max_stream_buffer),
+     "unsent bytes a stream may queue before it is cancelled as too slow (default 4MiB)"},
     {"log-level", OPT_LOGLEVEL, 0, 0, OFF(srv.log_level), "error, warn, info (default), debug"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))

@@ -9,10 +9,11 @@
  *     fraction of the FMA peak.
  *
  * usage: bench_kernels [threads] [isa]   (isa: avx512 | avx2 | generic)
- *        bench_kernels micro TYPE N ITERS [isa]
- *            one thread, an L2-resident 2048x128 weight of ggml type number TYPE,
- *            N tokens, ITERS calls: run under `perf stat -e cycles` to get
- *            cycles per weight element independent of other load on the machine.
+ *        bench_kernels micro TYPE N ITERS [isa [K R [threads]]]
+ *            by default one thread and an L2-resident 2048x128 weight of ggml
+ *            type number TYPE, N tokens, ITERS calls: run under
+ *            `perf stat -e cycles` to get cycles per weight element independent
+ *            of other load on the machine.
  */
 #include <math.h>
 #include <omp.h>
@@ -214,11 +215,12 @@ static int micro(int argc, char **argv) {
     int type = atoi(argv[2]), n = atoi(argv[3]);
     long iters = atol(argv[4]);
     struct be be;
-    if (!be_type_supported(type) || n < 1 || n > 512 || be_open(&be, "cpu", 1) != 0)
+    int64_t K = argc > 7 ? atol(argv[6]) : 2048, R = argc > 7 ? atol(argv[7]) : 128;
+    int nth = argc > 8 ? atoi(argv[8]) : 1;
+    if (!be_type_supported(type) || n < 1 || n > 512 || K < 256 || R < 1 || be_open(&be, "cpu", nth) != 0)
         return 2;
     if (argc > 5 && kcpu_ctx_set_isa(&be, argv[5]) != 0)
         return 2;
-    int64_t K = 2048, R = 128;
     size_t rb = be_row_bytes(type, K);
     uint8_t *w = aligned_alloc(64, (rb * R + 63) / 64 * 64);
     float *x = aligned_alloc(64, sizeof(float) * 512 * K), *y = aligned_alloc(64, sizeof(float) * 512 * R);
@@ -230,8 +232,9 @@ static int micro(int argc, char **argv) {
     for (long i = 0; i < iters; i++)
         be_matmul(&be, y, x, &t, n);
     double dt = now() - t0;
-    printf("%s n=%d: %.3f ns per weight element per call, %.1f GFLOP/s\n", be_type_get(type)->name, n,
-           dt * 1e9 / ((double)iters * K * R), 2.0 * n * K * R * iters / dt / 1e9);
+    printf("%s n=%d: %.3f ns per weight element per call, %.1f GFLOP/s, %.1f GB/s of weights\n",
+           be_type_get(type)->name, n, dt * 1e9 / ((double)iters * K * R),
+           2.0 * n * K * R * iters / dt / 1e9, (double)rb * R * iters / dt / 1e9);
     printf("elements x iters = %.0f (divide perf cycles by this)\n", (double)iters * K * R);
     be_close(&be);
     free(w);

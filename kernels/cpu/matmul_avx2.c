@@ -72,14 +72,17 @@ AI vf chk_q5_0(const st_q5_0 *s, int c) {
 typedef struct { const uint8_t *q, *qh; float ds[8], ms[8]; } st_qk;
 typedef st_qk st_q4_k;
 typedef st_qk st_q5_k;
+/* kcpu_k_scale_min for all 8 pairs at once, from 32-bit words */
 AI void prep_qk(st_qk *s, const uint8_t *b, int five) {
-    float d = h2f(b), dmin = h2f(b + 2);
-    for (int j = 0; j < 8; j++) {
-        int sc, m;
-        kcpu_k_scale_min(j, b + 4, &sc, &m);
-        s->ds[j] = d * (float)sc;
-        s->ms[j] = dmin * (float)m;
-    }
+    uint32_t a0 = kcpu_rd32(b + 4), a1 = kcpu_rd32(b + 8), a2 = kcpu_rd32(b + 12);
+    uint32_t sc_lo = a0 & 0x3f3f3f3fu, m_lo = a1 & 0x3f3f3f3fu;
+    uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
+    uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
+    __m128i bytes = _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi);
+    vf sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+    vf m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)));
+    _mm256_storeu_ps(s->ds, _mm256_mul_ps(_mm256_set1_ps(h2f(b)), sc));
+    _mm256_storeu_ps(s->ms, _mm256_mul_ps(_mm256_set1_ps(h2f(b + 2)), m));
     s->qh = five ? b + 16 : NULL;
     s->q = five ? b + 48 : b + 16;
 }
@@ -106,10 +109,10 @@ AI vf chk_q5_k(const st_qk *s, int c) {
 
 typedef struct { const uint8_t *ql, *qh; float dsc[16]; } st_q6_k;
 AI void prep_q6_k(st_q6_k *s, const uint8_t *b) {
-    float d = h2f(b + 208);
-    const int8_t *sc = (const int8_t *)(b + 192);
-    for (int j = 0; j < 16; j++)
-        s->dsc[j] = d * (float)sc[j];
+    vf d = _mm256_set1_ps(h2f(b + 208));
+    __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
+    _mm256_storeu_ps(s->dsc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+    _mm256_storeu_ps(s->dsc + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
     s->ql = b;
     s->qh = b + 128;
 }

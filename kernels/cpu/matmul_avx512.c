@@ -94,7 +94,7 @@ AI void grp_q5_0(const st_q5_0 *s, int g, vf *w) {
  * Table of sub-block s: t[i] = fmsub(ds, i, ms) (Q5_K: i and i+16). */
 #define GC_q4_k 4
 #define GC_q5_k 4
-typedef struct { const uint8_t *q, *qh; float ds[8], ms[8]; } st_qk;
+typedef struct { const uint8_t *q, *qh; float dm[16]; /* d*sc[0..7], dmin*m[0..7] */ } st_qk;
 typedef st_qk st_q4_k;
 typedef st_qk st_q5_k;
 /* The 8 (scale, min) pairs of kcpu_k_scale_min, unpacked four at a time from
@@ -109,14 +109,14 @@ AI void prep_qk(st_qk *s, const uint8_t *b, int five) {
     vf mul = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
                                    _mm512_castps128_ps512(dd));
     vf v = _mm512_mul_ps(mul, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)));
-    _mm512_storeu_ps(s->ds, v); /* ds[0..7] then ms[0..7] (contiguous members) */
+    _mm512_storeu_ps(s->dm, v);
     s->qh = five ? b + 16 : NULL;
     s->q = five ? b + 48 : b + 16;
 }
 AI void prep_q4_k(st_qk *s, const uint8_t *b) { prep_qk(s, b, 0); }
 AI void prep_q5_k(st_qk *s, const uint8_t *b) { prep_qk(s, b, 1); }
 AI vf tbl_qk(const st_qk *s, int sb, vf io) {
-    return _mm512_fmsub_ps(_mm512_set1_ps(s->ds[sb]), io, _mm512_set1_ps(s->ms[sb]));
+    return _mm512_fmsub_ps(_mm512_set1_ps(s->dm[sb]), io, _mm512_set1_ps(s->dm[8 + sb]));
 }
 AI void grp_q4_k(const st_qk *s, int g, vf *w) {
     __m512i lo = ld_u8x16(s->q + 32 * g), hi = ld_u8x16(s->q + 32 * g + 16);

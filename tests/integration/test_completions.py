@@ -188,3 +188,38 @@ def test_parallel_clients(srv):
     assert not errors, errors
     assert results == alone
     assert time.monotonic() - t0 < 120
+
+
+def test_keep_alive_reuse(srv):
+    """One connection carries several requests of every kind in turn."""
+    import http.client
+    from conftest import read_sse
+    want = complete(srv, prompt=PROMPT, max_tokens=8, temperature=0)["choices"][0]["text"]
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=60)
+    try:
+        for _ in range(3):
+            conn.request("POST", "/v1/completions",
+                         body=json.dumps({"prompt": PROMPT, "max_tokens": 8, "temperature": 0}),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert json.loads(resp.read())["choices"][0]["text"] == want
+            conn.request("POST", "/v1/completions",
+                         body=json.dumps({"prompt": PROMPT, "max_tokens": 8, "temperature": 0,
+                                          "stream": True}),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200
+            events = read_sse(resp)
+            assert events[-1] == "[DONE]"
+            assert "".join(e["choices"][0]["text"] for e in events[:-1]) == want
+            conn.request("POST", "/v1/completions", body="{bad",
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 400
+            resp.read()
+            conn.request("GET", "/health")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.read() == b'{"status":"ok"}'
+    finally:
+        conn.close()

@@ -174,6 +174,12 @@ def test_cli_errors(models, tmp_path):
     r = run("serve", "--model", missing, "--port", "0")
     assert r.returncode == 1
     assert missing.encode() in r.stderr
+    # a port that is taken
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        r = run("serve", "--model", m, "--port", str(busy.getsockname()[1]))
+        assert r.returncode == 1 and b"cannot listen" in r.stderr, r.stderr
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf file at all" * 10)
     r = run("serve", "--model", str(junk), "--port", "0")

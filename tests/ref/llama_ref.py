@@ -9,8 +9,8 @@ sequence in float64 and writes the logits of every position.
 
 writes float32 [n_tokens][n_vocab] (row-major, no header). Without --out the
 top-5 logits of each position are printed. Architectures: llama (adjacent-pair
-RoPE, as produced by llama.cpp's converter) and qwen2 (rotate-half RoPE, q/k/v
-biases).
+RoPE, as produced by llama.cpp's converter; optional rope_freqs.weight
+divisors, llama3-style) and qwen2 (rotate-half RoPE, q/k/v biases).
 
 This file shares no code with the C engine on purpose: it is the yardstick the
 engine's numerics are tested against.
@@ -73,12 +73,15 @@ def rmsnorm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope(x, pos, n_heads, hd, n_rot, theta, freq_scale, neox):
-    """x: [T][n_heads*hd]; rotates the first n_rot dims of each head."""
+def rope(x, pos, n_heads, hd, n_rot, theta, freq_scale, neox, factors=None):
+    """x: [T][n_heads*hd]; rotates the first n_rot dims of each head. Pair i
+    turns by pos * freq_scale * theta^(-2i/n_rot) / factors[i]."""
     T = x.shape[0]
     x = x.reshape(T, n_heads, hd).copy()
     half = n_rot // 2
     inv = theta ** (-np.arange(half, dtype=np.float64) * 2.0 / n_rot)  # [half]
+    if factors is not None:
+        inv = inv / factors
     ang = (pos.astype(np.float64) * freq_scale)[:, None] * inv[None, :]  # [T][half]
     cos = np.cos(ang)[:, None, :]
     sin = np.sin(ang)[:, None, :]
@@ -134,6 +137,7 @@ def forward(path, tokens):
     if arch + ".rope.scaling.type" in r.fields and field(r, arch + ".rope.scaling.type") == "linear":
         freq_scale = 1.0 / float(field(r, arch + ".rope.scaling.factor", 1.0))
 
+    factors = W("rope_freqs.weight") if "rope_freqs.weight" in tensors else None
     emb = W("token_embd.weight")  # [n_vocab][dim]
     out_w = W("output.weight") if "output.weight" in tensors else emb
     toks = np.asarray(tokens, dtype=np.int64)
@@ -149,8 +153,8 @@ def forward(path, tokens):
             q += W(p + "attn_q.bias")
             k += W(p + "attn_k.bias")
             v += W(p + "attn_v.bias")
-        q = rope(q, pos, n_heads, hd, n_rot, theta, freq_scale, neox)
-        k = rope(k, pos, n_kv, hd, n_rot, theta, freq_scale, neox)
+        q = rope(q, pos, n_heads, hd, n_rot, theta, freq_scale, neox, factors)
+        k = rope(k, pos, n_kv, hd, n_rot, theta, freq_scale, neox, factors)
         a = attention(q, k, v, n_heads, n_kv, hd)
         x = x + a @ W(p + "attn_output.weight").T
         h = rmsnorm(x, W(p + "ffn_norm.weight"), eps)

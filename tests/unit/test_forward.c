@@ -35,7 +35,7 @@
 
 /* ----------------------------------------------------------------- models */
 
-enum { M_F32, M_F32_TIED_MHA, M_Q8, M_F16_TIED, M_BF16_BPE, M_QWEN2, M_COUNT };
+enum { M_F32, M_F32_TIED_MHA, M_Q8, M_F16_TIED, M_BF16_BPE, M_QWEN2, M_ROPE_FREQS, M_COUNT };
 
 struct test_model {
     const char *label;
@@ -55,6 +55,8 @@ static struct test_model models[M_COUNT] = {
     [M_BF16_BPE] = {"bf16 bpe gqa(4/2) untied", BE_BF16, 0, 2, 64, 4, 192, 2, "bpe", 5, 1e-3},
     /* generated as llama, then rewritten as qwen2 with q/k/v biases (make_qwen2) */
     [M_QWEN2] = {"qwen2 (neox, qkv bias) f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "bpe", 6, 1e-3},
+    /* generated as llama, then given a rope_freqs.weight (llama3-style) */
+    [M_ROPE_FREQS] = {"llama + rope_freqs f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "spm", 7, 1e-3},
 };
 
 static char tmp_dir[PATH_MAX - 64];
@@ -65,10 +67,16 @@ static void tmp_file(char *out, size_t cap, const char *name) {
     snprintf(out, cap, "%s/test_forward_%ld_%s", tmp_dir, (long)getpid(), name);
 }
 
-/* Copies a generated llama file as architecture qwen2 ("llama.*" keys become
- * "qwen2.*") and adds random q/k/v biases of magnitude ~0.5, so the qwen2
- * row of the architecture table (rotate-half RoPE, biases) is exercised. */
-static int make_qwen2(const char *src, const char *dst, char *err, size_t err_len) {
+static float lcg_uniform(uint64_t *st) { /* [0, 1) */
+    *st = *st * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(*st >> 40) / (double)(1ull << 24));
+}
+
+/* Copies a generated llama file, either as architecture qwen2 ("llama.*" keys
+ * become "qwen2.*") with random q/k/v biases of magnitude ~0.5, so the qwen2
+ * row of the architecture table (rotate-half RoPE, biases) is exercised; or as
+ * llama with a rope_freqs.weight of divisors in [1, 8). */
+static int make_variant(const char *src, const char *dst, int qwen2, char *err, size_t err_len) {
     struct gguf_file *f;
     int rc = gguf_open(&f, src, err, err_len);
     if (rc < 0) return rc;
@@ -77,11 +85,11 @@ static int make_qwen2(const char *src, const char *dst, char *err, size_t err_le
     for (int64_t i = 0; i < gguf_n_kv(f) && rc == 0; i++) {
         const struct gguf_kv *kv = gguf_kv_at(f, i);
         int n = kv->key.len < 200 ? (int)kv->key.len : 200;
-        if (n > 6 && memcmp(kv->key.s, "llama.", 6) == 0)
+        if (qwen2 && n > 6 && memcmp(kv->key.s, "llama.", 6) == 0)
             snprintf(key, sizeof key, "qwen2.%.*s", n - 6, kv->key.s + 6);
         else
             snprintf(key, sizeof key, "%.*s", n, kv->key.s);
-        if (!strcmp(key, "general.architecture")) {
+        if (qwen2 && !strcmp(key, "general.architecture")) {
             gguf_w_str(w, key, "qwen2");
             continue;
         }
@@ -123,7 +131,7 @@ static int make_qwen2(const char *src, const char *dst, char *err, size_t err_le
         }
         default: rc = SS_EUNSUPPORTED;
         }
-        if (rc) snprintf(err, err_len, "make_qwen2: cannot copy key %.100s", key);
+        if (rc) snprintf(err, err_len, "make_variant: cannot copy key %.100s", key);
     }
     int n_layers = 0, qdim = 0, kvdim = 0;
     for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
@@ -138,18 +146,20 @@ static int make_qwen2(const char *src, const char *dst, char *err, size_t err_le
     }
     uint64_t st = 12345;
     float *bias = malloc(sizeof(float) * (size_t)(qdim > kvdim ? qdim : kvdim));
-    for (int il = 0; il < n_layers && bias; il++) {
+    for (int il = 0; il < n_layers && bias && qwen2; il++) {
         static const char *const which[3] = {"q", "k", "v"};
         for (int k = 0; k < 3; k++) {
             int64_t ne[1] = {k == 0 ? qdim : kvdim};
-            for (int64_t j = 0; j < ne[0]; j++) {
-                st = st * 6364136223846793005ull + 1442695040888963407ull;
-                bias[j] = (float)((double)(st >> 40) / (double)(1ull << 24) - 0.5);
-            }
+            for (int64_t j = 0; j < ne[0]; j++) bias[j] = lcg_uniform(&st) - 0.5f;
             char name[64];
             snprintf(name, sizeof name, "blk.%d.attn_%s.bias", il, which[k]);
             gguf_w_tensor(w, name, BE_F32, 1, ne, bias, (size_t)ne[0] * sizeof(float));
         }
+    }
+    if (!qwen2 && bias) {
+        int64_t ne[1] = {qdim / 4 / 2}; /* n_heads = 4, n_rot = head_dim */
+        for (int64_t j = 0; j < ne[0]; j++) bias[j] = 1.0f + 7.0f * lcg_uniform(&st);
+        gguf_w_tensor(w, "rope_freqs.weight", BE_F32, 1, ne, bias, (size_t)ne[0] * sizeof(float));
     }
     free(bias);
     if (rc == 0) rc = gguf_writer_save(w, dst, err, err_len);
@@ -177,10 +187,10 @@ static int gen_models(void) {
         snprintf(name, sizeof name, "m%d.gguf", i);
         snprintf(t->path, sizeof t->path, "%s/test_forward_%ld_%s", tmp_dir, (long)getpid(), name);
         int rc = genmodel_write(&o, t->path, err, sizeof err);
-        if (rc == 0 && i == M_QWEN2) {
+        if (rc == 0 && (i == M_QWEN2 || i == M_ROPE_FREQS)) {
             char tmp[PATH_MAX + 16];
             snprintf(tmp, sizeof tmp, "%s.llama", t->path);
-            rc = rename(t->path, tmp) == 0 ? make_qwen2(tmp, t->path, err, sizeof err) : SS_EIO;
+            rc = rename(t->path, tmp) == 0 ? make_variant(tmp, t->path, i == M_QWEN2, err, sizeof err) : SS_EIO;
             unlink(tmp);
         }
         if (rc < 0) {

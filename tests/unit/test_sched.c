@@ -171,7 +171,7 @@ static void run_alone(struct eng_model *m, int32_t n_prompt, int first, int32_t 
 /* ---- KV pool ---- */
 
 START_TEST(test_kv_pool) {
-    struct kv_pool *p = kv_pool_new(10);
+    struct kv_pool *p = kv_pool_new(10, 0);
     struct kv_table a = {0}, b = {0};
     ck_assert_int_eq(kv_table_reserve(p, &a, 1), 0);
     ck_assert_int_eq(a.n_pages, 1);
@@ -195,6 +195,72 @@ START_TEST(test_kv_pool) {
     kv_table_free(&a);
     kv_table_free(&b);
     kv_pool_free(p);
+}
+END_TEST
+
+
+START_TEST(test_prefix_cache_pool) {
+    struct kv_pool *p = kv_pool_new(5, 1);
+    int32_t tok[80];
+    for (int i = 0; i < 80; i++) tok[i] = 1000 + i;
+    struct kv_table a = {0}, b = {0}, c = {0};
+    ck_assert_int_eq(kv_table_reserve(p, &a, 50), 0); /* 4 pages: 3 full + 2 tokens */
+    kv_table_commit(p, &a, tok, 50);
+    ck_assert_int_eq(a.n_committed, 3);
+    int32_t first3[3] = {a.pages[0], a.pages[1], a.pages[2]};
+    kv_table_release(p, &a);
+    ck_assert_int_eq(kv_pool_n_cached(p), 3);
+    ck_assert_int_eq(kv_pool_n_free(p), 5);
+    /* Same 49-token prefix: the page holding the last token is never matched. */
+    ck_assert_int_eq(kv_table_match_prefix(p, &b, tok, 49), 48);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(b.pages[i], first3[i]);
+    ck_assert_int_eq(kv_pool_n_cached(p), 0);
+    kv_table_release(p, &b);
+    /* Exactly 48 tokens: only two pages may be matched. */
+    ck_assert_int_eq(kv_table_match_prefix(p, &b, tok, 48), 32);
+    kv_table_release(p, &b);
+    /* A different token in page 1 stops the match after page 0. */
+    int32_t other[80];
+    memcpy(other, tok, sizeof(tok));
+    other[20] = 7;
+    ck_assert_int_eq(kv_table_match_prefix(p, &c, other, 60), 16);
+    kv_table_release(p, &c);
+    /* Filling the pool evicts cached pages (LRU); a stale child is never matched. */
+    ck_assert_int_eq(kv_table_reserve(p, &c, 16 * 5), 0);
+    ck_assert_int_eq(kv_pool_n_cached(p), 0);
+    kv_table_release(p, &c);
+    ck_assert_int_eq(kv_table_match_prefix(p, &b, tok, 60), 0);
+    kv_table_release(p, &b);
+    ck_assert_int_eq(kv_pool_n_free(p), 5);
+    kv_table_free(&a);
+    kv_table_free(&b);
+    kv_table_free(&c);
+    kv_pool_free(p);
+}
+END_TEST
+
+START_TEST(test_prefix_cache_reuse) {
+    struct eng_model *m = load_model(0);
+    char off[4096];
+    struct sched_options so = {.no_prefix_cache = 1};
+    run_alone(m, 70, 8, 10, off, sizeof(off), &so);
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    ck_assert_int_eq(sched_start(s), 0);
+    for (int round = 0; round < 2; round++) {
+        struct client c;
+        client_submit(s, &c, make_req(70, 8, 10));
+        wait_all(&c, 1, 60);
+        ck_assert_str_eq(c.text, off);
+        clients_free(&c, 1);
+    }
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_uint_eq(st.n_prefix_queries, 140);
+    ck_assert_uint_eq(st.n_prefix_hits, 64); /* 4 full pages of the 70-token prompt */
+    ck_assert_int_eq(st.pages_used, 0);
+    ck_assert_int_gt(st.pages_cached, 0);
+    sched_free(s);
+    eng_model_free(m);
 }
 END_TEST
 
@@ -249,6 +315,7 @@ START_TEST(test_preemption_keeps_output) {
     for (int i = 0; i < N; i++) ck_assert_str_eq(cs[i].text, alone[i]);
     struct sched_stats st;
     sched_get_stats(s, &st);
+    ck_assert_uint_gt(st.n_preemptions, 0);
     ck_assert_int_eq(st.pages_used, 0);
     clients_free(cs, N);
     sched_free(s);
@@ -360,6 +427,8 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_kv_pool);
+    tcase_add_test(tc, test_prefix_cache_pool);
+    tcase_add_test(tc, test_prefix_cache_reuse);
     tcase_add_test(tc, test_alone_equals_concurrent);
     tcase_add_test(tc, test_chunked_prefill);
     tcase_add_test(tc, test_preemption_keeps_output);

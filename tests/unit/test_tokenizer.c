@@ -318,6 +318,7 @@ START_TEST(spm_basics) {
     ck_assert_int_eq(p[0], '\n');
     ck_assert_int_eq(tok_piece(t, 269, p, 3), SS_ETOOLONG);
     ck_assert_int_eq(tok_piece(t, 290, p, sizeof p), SS_EINVAL);
+    ck_assert_int_eq(tok_max_piece_len(t), 10); /* user-defined "<|im_end|>"; controls give 0 */
     tok_free(t);
 }
 END_TEST
