@@ -93,7 +93,7 @@ static void attention_block(struct eng_model *m, struct eng_layer *L, int n, int
 
     struct be_rope_params rp = {.n_heads = c->n_heads, .head_dim = c->head_dim, .n_rot = c->n_rot,
                                 .theta_base = c->rope_theta, .freq_scale = c->rope_freq_scale,
-                                .neox = c->rope_neox, .freq_factors = NULL};
+                                .neox = c->rope_neox, .freq_factors = m->rope_freqs};
     be_rope(be, s->q, s->pos, n, &rp);
     rp.n_heads = c->n_kv_heads;
     be_rope(be, s->k, s->pos, n, &rp);

@@ -184,9 +184,10 @@ static int is_int_type(int ty) {
            ty == GGUF_T_UINT32 || ty == GGUF_T_INT32 || ty == GGUF_T_UINT64 || ty == GGUF_T_INT64;
 }
 
-/* Optional token id key: absent or negative -> -1; not an integer or >= n -> error. */
-static int load_id(const struct gguf_file *f, const char *key, int32_t n, int32_t *out, char *err,
-                   size_t err_len) {
+/* Optional token id key: absent, negative or 0xFFFFFFFF (a u32 -1) -> -1; not an
+ * integer or >= n -> error, except for lenient keys (padding: we never use it). */
+static int load_id(const struct gguf_file *f, const char *key, int32_t n, int lenient, int32_t *out,
+                   char *err, size_t err_len) {
     int64_t v;
     *out = -1;
     int rc = gguf_get_i64(f, key, &v);
@@ -196,9 +197,11 @@ static int load_id(const struct gguf_file *f, const char *key, int32_t n, int32_
         ERRF("%s: not an integer", key);
         return SS_EBADMODEL;
     }
-    if (v < 0)
+    if (v < 0 || v == UINT32_MAX)
         return 0;
     if (v >= n) {
+        if (lenient)
+            return 0;
         ERRF("%s = %lld out of range (vocab size %d)", key, (long long)v, n);
         return SS_EBADMODEL;
     }
@@ -456,12 +459,12 @@ static int load_common(struct tok *t, const struct gguf_file *f, char *err, size
     rc = load_num_array(f, "tokenizer.ggml.token_type", n, NULL, t->type, err, err_len);
     if (rc && rc != SS_ENOTFOUND)
         return rc;
-    if ((rc = load_id(f, "tokenizer.ggml.bos_token_id", n, &t->bos, err, err_len)) ||
-        (rc = load_id(f, "tokenizer.ggml.eos_token_id", n, &t->eos, err, err_len)) ||
-        (rc = load_id(f, "tokenizer.ggml.unknown_token_id", n, &t->unk, err, err_len)) ||
-        (rc = load_id(f, "tokenizer.ggml.padding_token_id", n, &t->pad, err, err_len)) ||
-        (rc = load_id(f, "tokenizer.ggml.eot_token_id", n, &t->eot, err, err_len)) ||
-        (rc = load_id(f, "tokenizer.ggml.eom_token_id", n, &t->eom, err, err_len)))
+    if ((rc = load_id(f, "tokenizer.ggml.bos_token_id", n, 0, &t->bos, err, err_len)) ||
+        (rc = load_id(f, "tokenizer.ggml.eos_token_id", n, 0, &t->eos, err, err_len)) ||
+        (rc = load_id(f, "tokenizer.ggml.unknown_token_id", n, 0, &t->unk, err, err_len)) ||
+        (rc = load_id(f, "tokenizer.ggml.padding_token_id", n, 1, &t->pad, err, err_len)) ||
+        (rc = load_id(f, "tokenizer.ggml.eot_token_id", n, 0, &t->eot, err, err_len)) ||
+        (rc = load_id(f, "tokenizer.ggml.eom_token_id", n, 0, &t->eom, err, err_len)))
         return rc;
     if ((rc = load_bool(f, "tokenizer.ggml.add_bos_token", t->kind == TOK_SPM, &t->add_bos, err, err_len)) ||
         (rc = load_bool(f, "tokenizer.ggml.add_space_prefix", t->kind == TOK_SPM, &t->add_space_prefix,

@@ -33,6 +33,8 @@ struct sched_req *sched_req_new(void) {
     r->id = __atomic_fetch_add(&next_id, 1, __ATOMIC_RELAXED);
     smp_params_default(&r->p.smp);
     r->p.max_tokens = 16;
+    r->p.repetition_penalty = 1.0f;
+    r->p.logprobs = -1;
     return r;
 }
 
@@ -49,6 +51,9 @@ void sched_req_unref(struct sched_req *r) {
     pthread_mutex_unlock(&r->lock);
     if (left > 0) return;
     free(r->p.prompt);
+    free(r->p.bias_ids);
+    free(r->p.bias_vals);
+    free(r->out.toks);
     for (int i = 0; i < r->p.n_stop; i++) free(r->p.stop[i]);
     free(r->out.text);
     pthread_mutex_destroy(&r->lock);
@@ -96,6 +101,11 @@ int sched_submit(struct sched *s, struct sched_req *r) {
         snprintf(r->out.errmsg, sizeof(r->out.errmsg), "max_tokens must be at least 1");
         return SS_EINVAL;
     }
+    if (r->p.logprobs > REQ_MAX_LOGPROBS) {
+        snprintf(r->out.errmsg, sizeof(r->out.errmsg), "logprobs must be at most %d", REQ_MAX_LOGPROBS);
+        return SS_EINVAL;
+    }
+    if (!(r->p.repetition_penalty > 0)) r->p.repetition_penalty = 1.0f;
     int64_t need = (int64_t)r->p.n_prompt + r->p.max_tokens;
     if (r->p.n_prompt >= s->n_ctx || need > s->n_ctx) {
         snprintf(r->out.errmsg, sizeof(r->out.errmsg),
@@ -216,11 +226,32 @@ void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t
     if (call && s->notify) s->notify(s->notify_ud, r);
 }
 
+int req_out_push_tok(struct sched_req *r, const struct req_tok *t) {
+    pthread_mutex_lock(&r->lock);
+    struct req_out *o = &r->out;
+    int rc = 0;
+    if (o->n_toks == o->cap_toks) {
+        int32_t cap = o->cap_toks ? o->cap_toks * 2 : 16;
+        struct req_tok *nt = realloc(o->toks, sizeof(*nt) * (size_t)cap);
+        if (!nt)
+            rc = SS_ENOMEM;
+        else {
+            o->toks = nt;
+            o->cap_toks = cap;
+        }
+    }
+    if (rc == 0) o->toks[o->n_toks++] = *t;
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
 int sched_req_take(struct sched_req *r, struct req_out *dst) {
     pthread_mutex_lock(&r->lock);
     *dst = r->out;
     r->out.text = NULL; /* ownership moves to the caller */
     r->out.len = r->out.cap = 0;
+    r->out.toks = NULL;
+    r->out.n_toks = r->out.cap_toks = 0;
     r->notified = 0;
     int done = r->out.finish != REQ_FINISH_NONE;
     pthread_mutex_unlock(&r->lock);

@@ -19,50 +19,7 @@
 #include "engine/ss_error.h"
 #include "scheduler/sched_internal.h"
 
-/* ---------- sequences ---------- */
-
-static struct seq *seq_new(struct sched *s, struct sched_req *r) {
-    struct seq *q = calloc(1, sizeof(*q));
-    if (!q) return NULL;
-    q->cap = r->p.n_prompt + r->p.max_tokens + 1;
-    q->tokens = malloc(sizeof(int32_t) * (size_t)q->cap);
-    if (!q->tokens) {
-        free(q);
-        return NULL;
-    }
-    memcpy(q->tokens, r->p.prompt, sizeof(int32_t) * (size_t)r->p.n_prompt);
-    q->n_tokens = q->n_prompt = r->p.n_prompt;
-    q->req = r;
-    smp_init(&q->rng, &r->p.smp);
-    tok_stream_init(&q->ts, 0);
-    (void)s;
-    return q;
-}
-
-static void seq_free(struct sched *s, struct seq *q) {
-    kv_table_release(s->pool, &q->table);
-    kv_table_free(&q->table);
-    free(q->tokens);
-    free(q->hold);
-    sched_req_unref(q->req); /* the engine's reference */
-    free(q);
-}
-
-static int hold_append(struct seq *q, const char *t, size_t n) {
-    if (q->n_hold + n > q->cap_hold) {
-        size_t cap = q->cap_hold ? q->cap_hold : 64;
-        while (cap < q->n_hold + n) cap *= 2;
-        char *nh = realloc(q->hold, cap);
-        if (!nh) return SS_ENOMEM;
-        q->hold = nh;
-        q->cap_hold = cap;
-    }
-    memcpy(q->hold + q->n_hold, t, n);
-    q->n_hold += n;
-    return 0;
-}
-
-static void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done, int preempt) {
+void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done, int preempt) {
     pthread_mutex_lock(&s->stats_lock);
     s->stats.n_prompt_tokens += prompt_tok;
     s->stats.n_gen_tokens += gen_tok;
@@ -122,70 +79,6 @@ static void seq_finish(struct sched *s, struct seq *q, int finish, int err, cons
     seq_free(s, q);
 }
 
-/* ---------- output: stop strings, EOS, lengths ---------- */
-
-/* Releases hold[0, n) to the client. */
-static void hold_release(struct sched *s, struct seq *q, size_t n, int finish) {
-    req_out_push(s, q->req, q->hold, n, q->n_gen, finish, 0, NULL);
-    memmove(q->hold, q->hold + n, q->n_hold - n);
-    q->n_hold -= n;
-}
-
-/* Returns 1 if the sequence finished. */
-static int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
-    const struct req_params *p = &q->req->p;
-    q->tokens[q->n_tokens++] = tok;
-    q->n_gen++;
-    int finish = REQ_FINISH_NONE;
-    size_t release;
-    if (!p->ignore_eos && tok_is_eog(s->tok, tok)) {
-        finish = REQ_FINISH_STOP;
-    } else {
-        char buf[256];
-        int n = tok_stream_push(s->tok, &q->ts, tok, buf, sizeof(buf));
-        if (n > 0 && hold_append(q, buf, (size_t)n) != 0) {
-            kv_table_release(s->pool, &q->table);
-            stats_add(s, 0, 1, 1, 0);
-            req_out_push(s, q->req, NULL, 0, q->n_gen, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory");
-            return 1;
-        }
-    }
-    /* Stop strings: search the held text (it always covers any match that ends
-     * in the new text, see the release rule below). */
-    size_t max_stop = 0;
-    int by_string = 0;
-    for (int i = 0; i < p->n_stop; i++) {
-        size_t L = strlen(p->stop[i]);
-        if (L > max_stop) max_stop = L;
-        if (finish != REQ_FINISH_NONE || L == 0 || L > q->n_hold) continue;
-        const char *m = memmem(q->hold, q->n_hold, p->stop[i], L);
-        if (m) {
-            q->n_hold = (size_t)(m - q->hold); /* drop the match and what follows */
-            finish = REQ_FINISH_STOP;
-            by_string = 1;
-        }
-    }
-    if (finish == REQ_FINISH_NONE && q->n_gen >= p->max_tokens) finish = REQ_FINISH_LENGTH;
-    if (finish == REQ_FINISH_NONE && q->n_tokens >= s->n_ctx) finish = REQ_FINISH_LENGTH;
-    if (finish != REQ_FINISH_NONE) {
-        char tail[16];
-        int n = tok_stream_flush(&q->ts, tail, sizeof(tail));
-        if (n > 0 && !by_string && hold_append(q, tail, (size_t)n) != 0) n = 0;
-        release = q->n_hold;
-    } else {
-        /* Keep the last max_stop-1 bytes back, never splitting a UTF-8 char. */
-        release = q->n_hold > (max_stop ? max_stop - 1 : 0) ? q->n_hold - (max_stop ? max_stop - 1 : 0) : 0;
-        while (release > 0 && release < q->n_hold && ((unsigned char)q->hold[release] & 0xC0) == 0x80)
-            release--;
-    }
-    if (finish != REQ_FINISH_NONE) {
-        kv_table_release(s->pool, &q->table);
-        stats_add(s, 0, 1, 1, 0);
-    }
-    hold_release(s, q, release, finish); /* also publishes n_gen */
-    return finish != REQ_FINISH_NONE;
-}
-
 /* ---------- one step ---------- */
 
 static void preempt(struct sched *s, int i) {
@@ -225,7 +118,20 @@ static void drop_cancelled(struct sched *s) {
 struct plan {
     int n_seqs;
     int32_t n_tokens;
+    int plp_used; /* one prompt-logprobs sequence per step (logits buffer room) */
 };
+
+/* Tokens a sequence may take this step: the rest of its tokens, within the
+ * budget; prompt-logprob prefill goes in SCHED_PLP_CHUNK pieces, one sequence
+ * per step. Returns 0 if it must sit this step out. */
+static int32_t chunk_for(const struct plan *pl, const struct seq *q, int32_t budget) {
+    int32_t n = q->n_tokens - q->n_computed;
+    if (q->plp && q->n_computed < q->n_prompt) {
+        if (pl->plp_used) return 0;
+        if (n > SCHED_PLP_CHUNK) n = SCHED_PLP_CHUNK;
+    }
+    return n < budget ? n : budget;
+}
 
 static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n) {
     struct eng_seq *e = &s->b_seqs[pl->n_seqs];
@@ -235,7 +141,8 @@ static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n)
     e->pages = q->table.pages;
     e->n_pages = q->table.n_pages;
     e->want_logits = (q->n_computed + n == q->n_tokens);
-    e->all_logits = 0;
+    e->all_logits = q->plp && q->n_computed < q->n_prompt;
+    if (e->all_logits) pl->plp_used = 1;
     memcpy(s->b_tokens + pl->n_tokens, q->tokens + q->n_computed, sizeof(int32_t) * (size_t)n);
     s->b_owner[pl->n_seqs] = q;
     pl->n_seqs++;
@@ -246,10 +153,11 @@ static void schedule(struct sched *s, struct plan *pl) {
     int32_t budget = s->opt.max_batched_tokens;
     pl->n_seqs = 0;
     pl->n_tokens = 0;
+    pl->plp_used = 0;
     for (int i = 0; i < s->n_running && budget > 0; i++) {
         struct seq *q = s->running[i];
-        int32_t n = q->n_tokens - q->n_computed;
-        if (n > budget) n = budget;
+        int32_t n = chunk_for(pl, q, budget);
+        if (n == 0) continue;
         int rc;
         while ((rc = kv_table_reserve(s->pool, &q->table, (int64_t)q->n_computed + n)) == SS_EAGAIN) {
             /* Preempt the most recently admitted sequence not yet in the batch. */
@@ -273,10 +181,14 @@ static void schedule(struct sched *s, struct plan *pl) {
         struct seq *q = s->waiting[0];
         /* Reuse cached full pages of the same prefix (prompt, plus the tokens
          * generated before a preemption). */
-        int64_t hit = kv_table_match_prefix(s->pool, &q->table, q->tokens, q->n_tokens);
+        int64_t hit = q->plp ? 0 : kv_table_match_prefix(s->pool, &q->table, q->tokens, q->n_tokens);
         q->n_computed = (int32_t)hit;
-        int32_t n = q->n_tokens - q->n_computed;
-        if (n > budget) n = budget;
+        int32_t n = chunk_for(pl, q, budget);
+        if (n == 0) {
+            kv_table_release(s->pool, &q->table);
+            q->n_computed = 0;
+            break;
+        }
         int rc = kv_table_reserve(s->pool, &q->table, (int64_t)q->n_computed + n);
         if (rc == SS_EAGAIN) { /* wait for pages; admission never preempts */
             kv_table_release(s->pool, &q->table);
@@ -322,12 +234,22 @@ static void run_batch(struct sched *s, const struct plan *pl) {
             int32_t end = q->n_computed + e->n_tok;
             prompt_tok += (uint64_t)((end < q->n_prompt ? end : q->n_prompt) - q->n_computed);
         }
+        int32_t pos0 = q->n_computed;
         q->n_computed += e->n_tok;
         kv_table_commit(s->pool, &q->table, q->tokens, q->n_computed);
-        if (!e->want_logits) continue;
+        if (e->all_logits) { /* one row per token: prompt logprobs, last row samples */
+            seq_prompt_logprobs(s, q, s->logits + (size_t)row * (size_t)s->n_vocab, pos0, e->n_tok);
+            row += e->n_tok - 1;
+            if (!e->want_logits) {
+                row++;
+                continue;
+            }
+        } else if (!e->want_logits) {
+            continue;
+        }
         float *lg = s->logits + (size_t)row * (size_t)s->n_vocab;
         row++;
-        int32_t tok = smp_sample(&q->rng, &q->req->p.smp, lg, s->n_vocab, s->smp_work, NULL);
+        int32_t tok = seq_sample(s, q, lg);
         if (seq_accept_token(s, q, tok)) {
             for (int j = 0; j < s->n_running; j++)
                 if (s->running[j] == q) {
@@ -412,10 +334,16 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->b_tokens = malloc(sizeof(int32_t) * (size_t)s->opt.max_batched_tokens);
     s->b_seqs = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_seqs));
     s->b_owner = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_owner));
-    s->logits = malloc(sizeof(float) * (size_t)s->opt.max_num_seqs * (size_t)s->n_vocab);
+    s->logits = malloc(sizeof(float) * (size_t)(s->opt.max_num_seqs + SCHED_PLP_CHUNK) * (size_t)s->n_vocab);
     s->smp_work = malloc((size_t)s->n_vocab * (sizeof(float) + sizeof(int32_t)));
+    s->raw_row = malloc(sizeof(float) * (size_t)s->n_vocab);
+    s->piece_cap = 3 * ((size_t)tok_max_piece_len(s->tok) + 4);
+    s->piece = malloc(s->piece_cap);
+    s->eog_ids = malloc(sizeof(int32_t) * 64);
+    for (int32_t i = 0; s->eog_ids && i < s->n_vocab && s->n_eog < 64; i++)
+        if (tok_is_eog(s->tok, i)) s->eog_ids[s->n_eog++] = i;
     if (!ok || !s->pool || !s->running || !s->b_tokens || !s->b_seqs || !s->b_owner || !s->logits ||
-        !s->smp_work) {
+        !s->smp_work || !s->raw_row || !s->piece || !s->eog_ids) {
         sched_free(s);
         return NULL;
     }
@@ -459,6 +387,9 @@ void sched_free(struct sched *s) {
     free(s->b_owner);
     free(s->logits);
     free(s->smp_work);
+    free(s->raw_row);
+    free(s->piece);
+    free(s->eog_ids);
     squeue_destroy(&s->q);
     pthread_mutex_destroy(&s->stats_lock);
     free(s);

@@ -36,7 +36,27 @@ struct req_params {
     char *stop[REQ_MAX_STOP]; /* malloc'd NUL-terminated stop strings */
     int n_stop;
     int ignore_eos;
-    int want_logprobs;      /* top-N logprobs per token (0 = none) */
+    int32_t min_tokens;     /* EOS and stop strings are ignored before this many tokens */
+    float presence_penalty, frequency_penalty; /* 0 = off (output tokens) */
+    float repetition_penalty;                  /* 1 = off (prompt and output tokens) */
+    int32_t *bias_ids;      /* logit_bias: malloc'd, n_bias entries */
+    float *bias_vals;
+    int n_bias;
+    int logprobs;           /* -1: none; N >= 0: chosen token's logprob + top N (N <= REQ_MAX_LOGPROBS) */
+    int prompt_logprobs;    /* 1: also report logprobs of the prompt tokens (echo) */
+};
+
+#define REQ_MAX_LOGPROBS 20
+
+/* One token with its log-probabilities (raw model distribution, before
+ * penalties, bias and temperature, as vLLM reports them). */
+struct req_tok {
+    int32_t id;
+    int prompt;             /* 1 for a prompt token (prompt_logprobs) */
+    float lp;               /* log-probability of id; NAN for the first prompt token */
+    int32_t n_top;
+    int32_t top_ids[REQ_MAX_LOGPROBS];
+    float top_lps[REQ_MAX_LOGPROBS];
 };
 
 /* Output accumulated by the engine thread, taken by the loop thread. */
@@ -49,6 +69,8 @@ struct req_out {
     int error;              /* SS_E* when finish == ERROR */
     char errmsg[320];
     double t_first_token;   /* seconds since submission, 0 until known */
+    struct req_tok *toks;   /* tokens since the last take, when logprobs >= 0 (caller frees) */
+    int32_t n_toks, cap_toks;
 };
 
 struct sched_req {
@@ -103,7 +125,8 @@ void sched_cancel(struct sched *s, struct sched_req *r);
 
 /* Loop thread: copies the output state into *dst and moves the pending text
  * out: dst->text becomes a malloc'd buffer (dst->len bytes, NUL-terminated, or
- * NULL when nothing is pending) that the caller frees. Clears r->notified, so
+ * NULL when nothing is pending) that the caller frees; likewise dst->toks
+ * (dst->n_toks entries, logprobs only). Clears r->notified, so
  * the next output triggers a new notify. Returns 1 if the request is finished
  * (then all of its output has been taken). */
 int sched_req_take(struct sched_req *r, struct req_out *dst);

@@ -23,7 +23,8 @@ struct seq {
     char *hold;            /* decoded text not yet released (stop-string lookahead) */
     size_t n_hold, cap_hold;
     uint64_t admit_order;  /* increases with each admission (preemption victim choice) */
-    int finished;
+    int plp;               /* prompt logprobs wanted: prefill in small chunks with all logits */
+    int32_t plp_next;      /* next prompt position to report (recompute after preemption skips) */
 };
 
 /* Cross-thread submission queue (queue.c). */
@@ -59,15 +60,32 @@ struct sched {
     int32_t *b_tokens;
     struct eng_seq *b_seqs;
     struct seq **b_owner;
-    float *logits;
+    float *logits;         /* [max_num_seqs + SCHED_PLP_CHUNK][n_vocab] */
     void *smp_work;
+    float *raw_row;        /* [n_vocab] unmodified logits, for logprobs */
+    int32_t *eog_ids;      /* end-of-generation ids (min_tokens bans them) */
+    int32_t n_eog;
+    char *piece;           /* detokenizer output for one token */
+    size_t piece_cap;
 
     /* stats, under stats_lock */
     pthread_mutex_t stats_lock;
     struct sched_stats stats;
 };
 
+/* Prompt tokens per step of a sequence that wants prompt logprobs (every row's
+ * logits are kept for it, so its chunks are small). */
+#define SCHED_PLP_CHUNK 32
+
 double sched_now(void);
+void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done, int preempt);
+
+/* seq.c (engine thread) */
+struct seq *seq_new(struct sched *s, struct sched_req *r);
+void seq_free(struct sched *s, struct seq *q);
+int32_t seq_sample(struct sched *s, struct seq *q, float *logits);
+void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int32_t pos0, int32_t n);
+int seq_accept_token(struct sched *s, struct seq *q, int32_t tok);
 
 /* queue.c */
 int squeue_init(struct squeue *q);
@@ -81,5 +99,7 @@ void squeue_wake(struct squeue *q);
 void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t n, int32_t n_gen,
                   int finish, int error, const char *errmsg);
 int req_is_cancelled(struct sched_req *r);
+/* Engine thread: appends one token record (logprobs); 0 or SS_ENOMEM. */
+int req_out_push_tok(struct sched_req *r, const struct req_tok *t);
 
 #endif

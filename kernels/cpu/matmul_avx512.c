@@ -30,6 +30,21 @@ AI float hsum16(vf v) {
     return _mm_cvtss_f32(b);
 }
 
+/* hsum16 of four vectors at once, same pairings (so the same bits), as the four
+ * lanes of the result. */
+AI __m128 hsum16x4(vf a, vf b, vf c, vf d) {
+    vf ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2))); /* (l, l+8) */
+    vf cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
+    vf z = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1))); /* (l, l+4) */
+    z = _mm512_add_ps(z, _mm512_permute_ps(z, _MM_SHUFFLE(1, 0, 3, 2)));         /* (l, l+2) */
+    z = _mm512_add_ps(z, _mm512_permute_ps(z, _MM_SHUFFLE(2, 3, 0, 1)));         /* (0, 1) */
+    return _mm512_castps512_ps128(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), z));
+}
+
 AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
 AI __m512i ld_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 
@@ -406,9 +421,12 @@ AI void mk(const float *wt, int64_t ldw, const float *x, int64_t ldx, float *y, 
                 acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
         }
     }
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nt; j++)
-            y[j * ldy + i] = hsum16(acc[i][j]);
+    for (int j = 0; j < nt; j++) {
+        vf z = _mm512_setzero_ps();
+        __m128 r = hsum16x4(acc[0][j], mr > 1 ? acc[1][j] : z, mr > 2 ? acc[2][j] : z,
+                            mr > 3 ? acc[3][j] : z);
+        _mm_mask_storeu_ps(y + j * ldy, (__mmask8)((1u << mr) - 1), r);
+    }
 }
 
 #define MK_CASE(a, b) \

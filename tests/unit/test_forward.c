@@ -53,7 +53,7 @@ static struct test_model models[M_COUNT] = {
     [M_Q8] = {"q8_0 spm mqa(4/1) untied hd32", BE_Q8_0, 0, 1, 128, 4, 256, 2, "spm", 3, 1e-3},
     [M_F16_TIED] = {"f16 spm gqa(8/2) tied", BE_F16, 1, 2, 64, 8, 128, 2, "spm", 4, 1e-3},
     [M_BF16_BPE] = {"bf16 bpe gqa(4/2) untied", BE_BF16, 0, 2, 64, 4, 192, 2, "bpe", 5, 1e-3},
-    /* generated as llama, then rewritten as qwen2 with q/k/v biases (make_qwen2) */
+    /* generated as llama, then rewritten as qwen2 with q/k/v biases (make_variant) */
     [M_QWEN2] = {"qwen2 (neox, qkv bias) f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "bpe", 6, 1e-3},
     /* generated as llama, then given a rope_freqs.weight (llama3-style) */
     [M_ROPE_FREQS] = {"llama + rope_freqs f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "spm", 7, 1e-3},
@@ -596,6 +596,54 @@ START_TEST(test_bad_model_files) {
 }
 END_TEST
 
+/* Random corruptions of the metadata and tensor-info regions: loading must
+ * succeed or fail cleanly (never crash), and a model that loads must run. */
+START_TEST(test_load_fuzz) {
+    size_t n;
+    uint8_t *orig = slurp(models[M_F32].path, &n), *b = malloc(n);
+    ck_assert(b != NULL);
+    char path[PATH_MAX];
+    tmp_file(path, sizeof path, "fuzz.gguf");
+    size_t tinfo = find_gstr(orig, n, "token_embd.weight") - 17 - 8; /* first tensor info */
+    uint64_t st = 99;
+    int loaded = 0, failed = 0;
+    for (int it = 0; it < 200; it++) {
+        memcpy(b, orig, n);
+        int nmut = 1 + (int)(lcg_uniform(&st) * 4);
+        for (int k = 0; k < nmut; k++) {
+            size_t base = lcg_uniform(&st) < 0.5f ? 0 : tinfo, span = base ? 1400 : 1200;
+            size_t off = base + (size_t)(lcg_uniform(&st) * (float)span);
+            static const uint8_t special[] = {0, 1, 2, 0x7f, 0x80, 0xff, 0x20, 0x40};
+            if (off < n)
+                b[off] = lcg_uniform(&st) < 0.5f ? special[(int)(lcg_uniform(&st) * 8)]
+                                                 : (uint8_t)(lcg_uniform(&st) * 256);
+        }
+        spit(path, b, n);
+        char err[256] = "";
+        struct eng_model *m = NULL;
+        struct eng_options o = {.n_ctx = 64, .max_batch_tokens = 8};
+        if (eng_model_load(&m, path, &o, err, sizeof err) == 0) {
+            loaded++;
+            const int V = eng_model_config(m)->n_vocab;
+            int32_t toks[3] = {1, 2 % V, 3 % V}, pages[1] = {0};
+            float *lg = malloc((size_t)V * sizeof *lg);
+            ck_assert(lg != NULL);
+            ck_assert_int_eq(run1(m, toks, 3, 0, pages, 1, 0, lg), 0);
+            free(lg);
+            eng_model_free(m);
+        } else {
+            ck_assert_msg(err[0] != 0, "failure without a message");
+            failed++;
+        }
+    }
+    printf("fuzz: %d mutated files loaded, %d rejected\n", loaded, failed);
+    fflush(stdout);
+    unlink(path);
+    free(b);
+    free(orig);
+}
+END_TEST
+
 /* ------------------------------------------------------------ model facts */
 
 START_TEST(test_model_info) {
@@ -658,6 +706,7 @@ static Suite *forward_suite(void) {
     tcase_add_loop_test(tc, test_ragged_batch_bitwise, 0, 2);
     tcase_add_test(tc, test_invalid_batches);
     tcase_add_test(tc, test_bad_model_files);
+    tcase_add_test(tc, test_load_fuzz);
     tcase_add_test(tc, test_model_info);
     tcase_add_test(tc, test_kv_sizing);
     suite_add_tcase(s, tc);

@@ -6,6 +6,7 @@
  * whether or not it was preempted and recomputed.
  */
 #include <check.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +90,8 @@ struct client {
     size_t len;
     int done;
     struct req_out last;
+    struct req_tok toks[512];
+    int n_toks;
 };
 
 static void client_poll(struct client *c) {
@@ -102,6 +105,9 @@ static void client_poll(struct client *c) {
         c->text[c->len] = 0;
         free(o.text);
     }
+    for (int32_t i = 0; i < o.n_toks && c->n_toks < 512; i++) c->toks[c->n_toks++] = o.toks[i];
+    free(o.toks);
+    o.toks = NULL;
     o.text = NULL;
     c->last = o;
     c->done = done;
@@ -260,6 +266,112 @@ START_TEST(test_prefix_cache_reuse) {
     ck_assert_int_eq(st.pages_used, 0);
     ck_assert_int_gt(st.pages_cached, 0);
     sched_free(s);
+    eng_model_free(m);
+}
+END_TEST
+
+
+/* ---- sampling options ---- */
+
+static void run_one(struct eng_model *m, struct sched_req *r, struct client *c) {
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    ck_assert_int_eq(sched_start(s), 0);
+    client_submit(s, c, r);
+    wait_all(c, 1, 60);
+    sched_free(s);
+}
+
+START_TEST(test_logprobs) {
+    struct eng_model *m = load_model(0);
+    struct sched_req *r = make_req(20, 2, 6);
+    r->p.logprobs = 3;
+    r->p.prompt_logprobs = 1;
+    static struct client c;
+    run_one(m, r, &c);
+    ck_assert_int_eq(c.n_toks, 20 + 6);
+    /* Independent check of the prompt logprobs: one full forward with every
+     * row's logits, then log-softmax in double. */
+    int32_t V = eng_model_config(m)->n_vocab;
+    float *lg = malloc(sizeof(float) * 20 * (size_t)V);
+    struct kv_pool *pool = kv_pool_new(eng_model_n_pages(m), 0);
+    struct kv_table t = {0};
+    ck_assert_int_eq(kv_table_reserve(pool, &t, 20), 0);
+    struct eng_seq es = {.tok0 = 0, .n_tok = 20, .n_past = 0, .pages = t.pages, .n_pages = t.n_pages,
+                         .want_logits = 1, .all_logits = 1};
+    struct eng_batch b = {r->p.prompt, 20, &es, 1};
+    ck_assert_int_eq(eng_forward(m, &b, lg), 0);
+    ck_assert(c.toks[0].prompt && isnan(c.toks[0].lp));
+    for (int i = 1; i < 20; i++) {
+        const float *row = lg + (size_t)(i - 1) * (size_t)V;
+        double mx = -INFINITY, sum = 0;
+        for (int32_t v = 0; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+        for (int32_t v = 0; v < V; v++) sum += exp(row[v] - mx);
+        double want = row[r->p.prompt[i]] - mx - log(sum);
+        ck_assert(c.toks[i].prompt);
+        ck_assert_int_eq(c.toks[i].id, r->p.prompt[i]);
+        ck_assert_msg(fabs(c.toks[i].lp - want) < 1e-4, "prompt lp %d: %f vs %f", i, c.toks[i].lp, want);
+        ck_assert_int_eq(c.toks[i].n_top, 3);
+    }
+    /* Generated tokens: greedy picks the most likely, so it tops its own list. */
+    for (int i = 20; i < 26; i++) {
+        ck_assert(!c.toks[i].prompt);
+        ck_assert_int_eq(c.toks[i].id, c.toks[i].top_ids[0]);
+        ck_assert(fabsf(c.toks[i].lp - c.toks[i].top_lps[0]) < 1e-6f);
+        ck_assert(c.toks[i].top_lps[0] >= c.toks[i].top_lps[1] && c.toks[i].top_lps[1] >= c.toks[i].top_lps[2]);
+        ck_assert(c.toks[i].lp <= 0);
+    }
+    kv_table_release(pool, &t);
+    kv_table_free(&t);
+    kv_pool_free(pool);
+    free(lg);
+    sched_req_unref(c.r);
+    eng_model_free(m);
+}
+END_TEST
+
+START_TEST(test_bias_and_penalties) {
+    struct eng_model *m = load_model(0);
+    static struct client c;
+    /* A +100 bias on one token makes greedy pick it every time. */
+    struct sched_req *r = make_req(8, 4, 5);
+    r->p.logprobs = 0;
+    r->p.bias_ids = malloc(sizeof(int32_t));
+    r->p.bias_vals = malloc(sizeof(float));
+    r->p.bias_ids[0] = 77;
+    r->p.bias_vals[0] = 100;
+    r->p.n_bias = 1;
+    run_one(m, r, &c);
+    ck_assert_int_eq(c.n_toks, 5);
+    for (int i = 0; i < 5; i++) ck_assert_int_eq(c.toks[i].id, 77);
+    sched_req_unref(c.r);
+    /* A large presence penalty forbids repeating any generated token. */
+    r = make_req(8, 4, 40);
+    r->p.logprobs = 0;
+    r->p.presence_penalty = 1000;
+    run_one(m, r, &c);
+    ck_assert_int_eq(c.n_toks, 40);
+    for (int i = 0; i < 40; i++)
+        for (int j = 0; j < i; j++) ck_assert_int_ne(c.toks[i].id, c.toks[j].id);
+    sched_req_unref(c.r);
+    eng_model_free(m);
+}
+END_TEST
+
+START_TEST(test_min_tokens_delays_stop) {
+    struct eng_model *m = load_model(0);
+    char full[4096];
+    run_alone(m, 9, 6, 24, full, sizeof(full), NULL);
+    ck_assert_uint_gt(strlen(full), 4);
+    static struct client c;
+    struct sched_req *r = make_req(9, 6, 24);
+    char stop[2] = {full[0], 0}; /* matches right away without min_tokens */
+    r->p.stop[0] = strdup(stop);
+    r->p.n_stop = 1;
+    r->p.min_tokens = 24;
+    run_one(m, r, &c);
+    ck_assert_int_eq(c.last.finish, REQ_FINISH_LENGTH);
+    ck_assert_str_eq(c.text, full);
+    sched_req_unref(c.r);
     eng_model_free(m);
 }
 END_TEST
@@ -430,6 +542,9 @@ int main(void) {
     tcase_add_test(tc, test_prefix_cache_pool);
     tcase_add_test(tc, test_prefix_cache_reuse);
     tcase_add_test(tc, test_alone_equals_concurrent);
+    tcase_add_test(tc, test_logprobs);
+    tcase_add_test(tc, test_bias_and_penalties);
+    tcase_add_test(tc, test_min_tokens_delays_stop);
     tcase_add_test(tc, test_chunked_prefill);
     tcase_add_test(tc, test_preemption_keeps_output);
     tcase_add_test(tc, test_stop_string);

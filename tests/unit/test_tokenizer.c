@@ -775,6 +775,13 @@ START_TEST(malformed) {
     char err[256];
     ck_assert_int_eq(load_writer(spm_writer(&v, 1), &t, err, sizeof err), 0);
     tok_free(t);
+    /* tolerated: a u32 -1 means "none"; an unusable padding id is ignored */
+    struct gguf_writer *w = spm_writer(&v, 1);
+    gguf_w_u32(w, "tokenizer.ggml.eot_token_id", UINT32_MAX);
+    gguf_w_u32(w, "tokenizer.ggml.padding_token_id", 100000);
+    ck_assert_msg(load_writer(w, &t, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(tok_eos(t), 2);
+    tok_free(t);
     tok_free(NULL);
 }
 END_TEST

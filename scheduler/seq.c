@@ -1,0 +1,175 @@
+/* seq.c - one sequence on the engine thread: sampling (penalties, bias,
+ * min_tokens, logprobs) and turning tokens into released text (EOS, stop
+ * strings, length limits).
+ *
+ * Text release rule: decoded text goes into q->hold first; all but the last
+ * (longest stop string - 1) bytes are released at each token, cut back to a
+ * UTF-8 boundary. Any stop-string match that ends in new text therefore starts
+ * inside hold, so searching hold alone finds it, and a matched stop string is
+ * never sent to the client.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+#include "engine/ss_error.h"
+#include "scheduler/sched_internal.h"
+
+struct seq *seq_new(struct sched *s, struct sched_req *r) {
+    struct seq *q = calloc(1, sizeof(*q));
+    if (!q) return NULL;
+    q->cap = r->p.n_prompt + r->p.max_tokens + 1;
+    q->tokens = malloc(sizeof(int32_t) * (size_t)q->cap);
+    if (!q->tokens) {
+        free(q);
+        return NULL;
+    }
+    memcpy(q->tokens, r->p.prompt, sizeof(int32_t) * (size_t)r->p.n_prompt);
+    q->n_tokens = q->n_prompt = r->p.n_prompt;
+    q->req = r;
+    q->plp = r->p.prompt_logprobs && r->p.logprobs >= 0;
+    smp_init(&q->rng, &r->p.smp);
+    tok_stream_init(&q->ts, 0); /* a continuation keeps its leading space */
+    (void)s;
+    return q;
+}
+
+void seq_free(struct sched *s, struct seq *q) {
+    kv_table_release(s->pool, &q->table);
+    kv_table_free(&q->table);
+    free(q->tokens);
+    free(q->hold);
+    sched_req_unref(q->req); /* the engine's reference */
+    free(q);
+}
+
+static int hold_append(struct seq *q, const char *t, size_t n) {
+    if (q->n_hold + n > q->cap_hold) {
+        size_t cap = q->cap_hold ? q->cap_hold : 64;
+        while (cap < q->n_hold + n) cap *= 2;
+        char *nh = realloc(q->hold, cap);
+        if (!nh) return SS_ENOMEM;
+        q->hold = nh;
+        q->cap_hold = cap;
+    }
+    memcpy(q->hold + q->n_hold, t, n);
+    q->n_hold += n;
+    return 0;
+}
+
+/* Releases hold[0, n) to the client. */
+static void hold_release(struct sched *s, struct seq *q, size_t n, int finish) {
+    req_out_push(s, q->req, q->hold, n, q->n_gen, finish, 0, NULL);
+    memmove(q->hold, q->hold + n, q->n_hold - n);
+    q->n_hold -= n;
+}
+
+/* ---------- sampling ---------- */
+
+static void record_logprobs(struct sched_req *r, const float *raw, int32_t n_vocab, float lse, int32_t id,
+                            int prompt, float lp_override) {
+    struct req_tok t;
+    memset(&t, 0, sizeof(t));
+    t.id = id;
+    t.prompt = prompt;
+    t.lp = isnan(lp_override) && raw ? raw[id] - lse : lp_override;
+    int n = r->p.logprobs;
+    if (raw && n > 0) t.n_top = smp_top_logprobs(raw, n_vocab, n, t.top_ids, t.top_lps);
+    req_out_push_tok(r, &t);
+}
+
+/* Logprobs of prompt tokens from rows computed for positions [pos0, pos0+n):
+ * row j predicts token pos0+j+1. */
+void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int32_t pos0, int32_t n) {
+    if (q->plp_next == 0) {
+        record_logprobs(q->req, NULL, s->n_vocab, 0, q->tokens[0], 1, NAN);
+        q->plp_next = 1;
+    }
+    for (int32_t j = 0; j < n; j++) {
+        int32_t next = pos0 + j + 1;
+        if (next >= q->n_prompt) break;
+        if (next < q->plp_next) continue; /* already reported before a preemption */
+        q->plp_next = next + 1;
+        const float *row = rows + (size_t)j * (size_t)s->n_vocab;
+        float lse = smp_logsumexp(row, s->n_vocab);
+        record_logprobs(q->req, row, s->n_vocab, lse, q->tokens[next], 1, NAN);
+    }
+}
+
+int32_t seq_sample(struct sched *s, struct seq *q, float *logits) {
+    const struct req_params *p = &q->req->p;
+    int32_t V = s->n_vocab;
+    float lse = 0;
+    if (p->logprobs >= 0) {
+        /* Logprobs describe the raw model distribution: keep a copy. */
+        memcpy(s->raw_row, logits, sizeof(float) * (size_t)V);
+        lse = smp_logsumexp(s->raw_row, V);
+    }
+    if (p->n_bias > 0) smp_apply_logit_bias(logits, V, p->bias_ids, p->bias_vals, p->n_bias);
+    if (p->repetition_penalty != 1.0f)
+        smp_apply_penalties(logits, V, q->tokens, q->n_tokens, 0, 0, p->repetition_penalty, s->smp_work);
+    if ((p->presence_penalty != 0 || p->frequency_penalty != 0) && q->n_gen > 0)
+        smp_apply_penalties(logits, V, q->tokens + q->n_prompt, q->n_gen, p->presence_penalty,
+                            p->frequency_penalty, 1.0f, s->smp_work);
+    if (q->n_gen < p->min_tokens && !p->ignore_eos)
+        for (int32_t i = 0; i < s->n_eog; i++) logits[s->eog_ids[i]] = -INFINITY;
+    int32_t tok = smp_sample(&q->rng, &p->smp, logits, V, s->smp_work, NULL);
+    if (p->logprobs >= 0) record_logprobs(q->req, s->raw_row, V, lse, tok, 0, NAN);
+    return tok;
+}
+
+/* ---------- accepting a token ---------- */
+
+/* Returns 1 if the sequence finished (pages already returned, output pushed). */
+int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
+    const struct req_params *p = &q->req->p;
+    q->tokens[q->n_tokens++] = tok;
+    q->n_gen++;
+    int finish = REQ_FINISH_NONE;
+    int early = q->n_gen < p->min_tokens;
+    if (!p->ignore_eos && !early && tok_is_eog(s->tok, tok)) {
+        finish = REQ_FINISH_STOP;
+    } else {
+        int n = tok_stream_push(s->tok, &q->ts, tok, s->piece, s->piece_cap);
+        if (n < 0 || (n > 0 && hold_append(q, s->piece, (size_t)n) != 0)) {
+            kv_table_release(s->pool, &q->table);
+            stats_add(s, 0, 1, 1, 0);
+            req_out_push(s, q->req, NULL, 0, q->n_gen, REQ_FINISH_ERROR, n < 0 ? n : SS_ENOMEM,
+                         "failed to decode the generated text");
+            return 1;
+        }
+    }
+    size_t max_stop = 0;
+    int by_string = 0;
+    for (int i = 0; i < p->n_stop; i++) {
+        size_t L = strlen(p->stop[i]);
+        if (L > max_stop) max_stop = L;
+        if (early || finish != REQ_FINISH_NONE || L == 0 || L > q->n_hold) continue;
+        const char *m = memmem(q->hold, q->n_hold, p->stop[i], L);
+        if (m) {
+            q->n_hold = (size_t)(m - q->hold); /* drop the match and what follows */
+            finish = REQ_FINISH_STOP;
+            by_string = 1;
+        }
+    }
+    if (finish == REQ_FINISH_NONE && q->n_gen >= p->max_tokens) finish = REQ_FINISH_LENGTH;
+    if (finish == REQ_FINISH_NONE && q->n_tokens >= s->n_ctx) finish = REQ_FINISH_LENGTH;
+    size_t release;
+    if (finish != REQ_FINISH_NONE) {
+        char tail[16];
+        int n = tok_stream_flush(&q->ts, tail, sizeof(tail));
+        if (n > 0 && !by_string) hold_append(q, tail, (size_t)n);
+        release = q->n_hold;
+        /* Pages and counters first, so whoever sees the end sees exact stats. */
+        kv_table_release(s->pool, &q->table);
+        stats_add(s, 0, 1, 1, 0);
+    } else {
+        size_t keep = max_stop ? max_stop - 1 : 0;
+        release = q->n_hold > keep ? q->n_hold - keep : 0;
+        while (release > 0 && release < q->n_hold && ((unsigned char)q->hold[release] & 0xC0) == 0x80)
+            release--;
+    }
+    hold_release(s, q, release, finish); /* also publishes n_gen */
+    return finish != REQ_FINISH_NONE;
+}
