@@ -95,6 +95,9 @@ struct api_completion {
 int api_completion_parse(const struct api_model_info *mi, const char *body, size_t len,
                          struct api_completion *out, struct api_error *err);
 void api_completion_free(struct api_completion *c);
+/* Request defaults (what the scheduler expects for "off"): max_tokens 16,
+ * temperature 1, top_p 1, repetition_penalty 1, logprobs -1, the rest 0. */
+void api_req_params_init(struct req_params *p);
 /* Frees the malloc'd members of p and zeroes them (NULL-safe). */
 void api_req_params_clear(struct req_params *p);
 

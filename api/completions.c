@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "api/api.h"
+#include "engine/sampler.h"
 #include "engine/ss_error.h"
 #include "engine/tokenizer.h"
 
@@ -90,12 +91,7 @@ static int parse_sampling(const cJSON *root, struct req_params *p, struct api_er
     int rc;
 
     /* defaults (OpenAI): temperature 1, everything else off */
-    p->smp.temperature = 1.0f;
-    p->smp.top_k = 0;
-    p->smp.top_p = 1.0f;
-    p->smp.min_p = 0.0f;
-    p->smp.seed = 0;
-    p->smp.has_seed = 0;
+    smp_params_default(&p->smp);
 
     if ((rc = get_number(root, "temperature", &d, err)) < 0)
         return rc;
@@ -449,9 +445,18 @@ static int parse_fields(const struct api_model_info *mi, const cJSON *root,
     return 0;
 }
 
+void api_req_params_init(struct req_params *p) {
+    memset(p, 0, sizeof(*p));
+    p->max_tokens = DEFAULT_MAX_TOKENS;
+    smp_params_default(&p->smp);
+    p->repetition_penalty = 1.0f; /* off */
+    p->logprobs = -1;             /* none */
+}
+
 int api_completion_parse(const struct api_model_info *mi, const char *body, size_t len,
                          struct api_completion *out, struct api_error *err) {
     memset(out, 0, sizeof(*out));
+    api_req_params_init(&out->p);
     if (!body || len == 0) {
         api_error_set(err, SS_EINVAL, NULL, "invalid_json",
                       "the request body is empty: expected a JSON object");
@@ -488,6 +493,11 @@ void api_req_params_clear(struct req_params *p) {
         p->stop[i] = NULL;
     }
     p->n_stop = 0;
+    free(p->bias_ids);
+    free(p->bias_vals);
+    p->bias_ids = NULL;
+    p->bias_vals = NULL;
+    p->n_bias = 0;
 }
 
 void api_completion_free(struct api_completion *c) {

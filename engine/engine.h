@@ -113,7 +113,19 @@ struct eng_batch {
  * order: for each sequence in batch order, one row per token if all_logits, else
  * one row if want_logits, else none. Returns 0 or a negative code (SS_EINVAL
  * for a malformed batch: positions beyond n_ctx, missing pages, bad token ids).
- * logits is host memory of at least eng_batch_n_logits() * n_vocab floats. */
+ * logits is host memory of at least eng_batch_n_logits() * n_vocab floats
+ * (may be NULL when no logits are wanted).
+ *
+ * Batch contract, checked before anything runs (an invalid batch changes
+ * nothing, the KV cache included): 1 <= n_tokens <= max_batch_tokens; seqs tile
+ * tokens in order (seqs[0].tok0 == 0, each tok0 = previous tok0 + n_tok,
+ * n_tok >= 1, total == n_tokens); 0 <= n_past and n_past + n_tok <= n_ctx;
+ * pages != NULL with n_pages >= ceil((n_past + n_tok) / 16) entries, each in
+ * [0, eng_model_n_pages()); token ids in [0, n_vocab).
+ * NOTE: not checked: that no page written in this step (the pages holding
+ * positions n_past.. of a sequence) belongs to another sequence of the batch.
+ * A sequence's logits are bitwise independent of the rest of the batch.
+ * No allocation: all buffers are sized at load. Engine thread only. */
 int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits);
 int32_t eng_batch_n_logits(const struct eng_batch *b);
 

@@ -163,6 +163,7 @@ void completion_pump(struct srv_conn *c) {
             stream_close(c, o.text, o.len);
     }
     free(o.text);
+    free(o.toks); /* logprobs are not requested yet */
     if (c->out.oom) {
         /* cannot even buffer the answer: drop the connection */
         completion_cancel(c, CANCEL_CLIENT);

@@ -541,7 +541,11 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     uv_async_init(&s->loop, &s->wake, on_wake); /* before the engine can notify */
     s->wake.data = s;
 
-    struct sched_options so = {cfg->max_num_seqs, cfg->max_batched_tokens, cfg->max_queued};
+    struct sched_options so;
+    memset(&so, 0, sizeof(so));
+    so.max_num_seqs = cfg->max_num_seqs;
+    so.max_batched_tokens = cfg->max_batched_tokens;
+    so.max_queued = cfg->max_queued;
     s->sched = sched_new(m, &so, on_notify, s);
     int port = 0, rc = 1;
     if (!s->sched || sched_start(s->sched) != 0) {

@@ -72,7 +72,7 @@ struct srv_conn {
     int32_t n_prompt, n_gen;
     int finished;              /* final output taken */
     int finish, error;         /* enum req_finish, SS_E* */
-    char errmsg[160];
+    char errmsg[sizeof(((struct req_out *)0)->errmsg)];
     int stream_closed;         /* final SSE events appended */
     int cancel_reason;         /* enum cancel_reason */
     int client_gone;           /* peer closed while suspended */

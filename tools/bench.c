@@ -265,6 +265,11 @@ static void sse_line(struct bench_parse *p, double t) {
     const char *v = colon ? colon + 1 : l + n;
     if (v < l + n && *v == ' ')
         v++;
+    if (p->data.len > SSE_LINE_MAX) {
+        pfail(p, "malformed stream: SSE event longer than %zu bytes", SSE_LINE_MAX);
+        p->proto_err = 1;
+        return;
+    }
     if ((p->have_data && sb_add(&p->data, "\n", 1) < 0) ||
         sb_add(&p->data, v, (size_t)(l + n - v)) < 0) {
         pfail(p, "out of memory");

@@ -2,8 +2,8 @@
  *
  * One work item = (sequence, token, query head). Items are independent and run
  * in parallel (OpenMP, dynamic schedule: later tokens see more keys). Each item
- * walks its KV range in chunks of ATT_CHUNK positions with an online softmax in
- * fp32:
+ * walks its KV range in chunks of ATT_CHUNK positions (chunk boundaries depend
+ * only on the item's own range) with an online softmax in fp32:
  *     s_i = scale * q.k_i  (then softcap * tanh(s_i / softcap) if softcap > 0)
  *     m' = max(m, max_i s_i);  o = o*e^(m-m') + sum_i e^(s_i-m') v_i;  l likewise
  *     out = o / l
@@ -47,40 +47,36 @@ static void att_item(const struct att_job *J, const struct be_attn_seq *s, int j
         lo = 0;
     const size_t hoff = (size_t)(h / J->group) * (size_t)D;
     const int f16 = J->kv->kv_type == BE_F16;
+    const struct kcpu_isa *isa = J->isa;
     float m = -INFINITY, l = 0.0f, sc[ATT_CHUNK];
-    size_t vo[ATT_CHUNK];
+    size_t off[ATT_CHUNK];
 
     for (int64_t p0 = lo; p0 <= qpos; p0 += ATT_CHUNK) {
         int cnt = qpos - p0 + 1 < ATT_CHUNK ? (int)(qpos - p0 + 1) : ATT_CHUNK;
-        float mx = -INFINITY;
         for (int i = 0; i < cnt; i++) {
             int64_t P = p0 + i;
             size_t slot = (size_t)s->pages[P / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + (size_t)(P % BE_PAGE_SLOTS);
-            vo[i] = slot * (size_t)J->kv_dim + hoff;
-            float d = f16 ? J->isa->dot_f16(qv, (const uint16_t *)J->kv->k + vo[i], D)
-                          : J->isa->dot_f32(qv, (const float *)J->kv->k + vo[i], D);
-            d *= p->scale;
+            off[i] = slot * (size_t)J->kv_dim + hoff;
+        }
+        isa->attn_scores(qv, J->kv->k, off, cnt, D, f16, sc);
+        float mx = -INFINITY;
+        for (int i = 0; i < cnt; i++) {
+            float d = sc[i] * p->scale;
             if (p->softcap > 0.0f)
                 d = p->softcap * tanhf(d / p->softcap);
             sc[i] = d;
             mx = d > mx ? d : mx;
         }
         float mnew = mx > m ? mx : m;
-        if (m != -INFINITY && mnew != m) {
-            float corr = expf(m - mnew);
-            l *= corr;
-            for (int k = 0; k < D; k++)
-                o[k] *= corr;
-        }
+        float corr = m == -INFINITY ? 0.0f : expf(m - mnew); /* 1 when the max holds */
+        for (int i = 0; i < cnt; i++)
+            sc[i] -= mnew;
+        isa->vexp(sc, cnt);
+        l *= corr;
+        for (int i = 0; i < cnt; i++)
+            l += sc[i];
+        isa->attn_accum(o, corr, sc, J->kv->v, off, cnt, D, f16);
         m = mnew;
-        for (int i = 0; i < cnt; i++) {
-            float e = expf(sc[i] - m);
-            l += e;
-            if (f16)
-                J->isa->axpy_f16(e, (const uint16_t *)J->kv->v + vo[i], o, D);
-            else
-                J->isa->axpy_f32(e, (const float *)J->kv->v + vo[i], o, D);
-        }
     }
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
     for (int k = 0; k < D; k++)

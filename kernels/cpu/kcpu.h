@@ -45,6 +45,16 @@
 /* Largest batch handled by the fused decode path; larger batches use tiles. */
 #define KCPU_DECODE_MAX 4
 
+/* Prefill K-blocking (used when K > KCPU_KBLOCK_MIN): K-blocks of KCPU_KC
+ * elements, token blocks of KCPU_TB tokens; scratch for nr tile rows. */
+#define KCPU_KC 512
+#define KCPU_KBLOCK_MIN 1024
+#define KCPU_TB 96
+#define KCPU_SCR_FLOATS(nr) ((size_t)(nr) * KCPU_TB * 16)
+
+/* Query rows (heads of one KV group) handled together by attention. */
+#define KCPU_ATT_NQ 4
+
 /* One matmul call, as seen by the per-ISA kernels. y[t*ldy + r] = x[t*ldx ..] . W[r] */
 struct kcpu_mm {
     float *y;
@@ -69,15 +79,26 @@ struct kcpu_isa {
      * elements [K, ldd) of each row are set to 0. */
     void (*dequant_rows)(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,
                          int64_t ldd);
-    /* y for nr fp32 rows wt[nr][ldw] (weight rows r0.., ldw multiple of vlen or
-     * rows readable up to K only) times tokens [t0, t1). */
+    /* y for nr fp32 rows wt[nr][ldw] (weight rows r0..r0+nr) times tokens
+     * [t0, t1). Rows need only be readable up to K. scr: NULL, or scratch of
+     * KCPU_SCR_FLOATS(nr) floats (64-byte aligned) that lets the kernel split
+     * long rows into K-blocks (accumulators parked in scr between blocks,
+     * which leaves every per-lane FMA chain, hence the result, unchanged). */
     void (*gemm_tile)(const struct kcpu_mm *mm, const float *wt, int64_t ldw, int64_t r0,
-                      int64_t nr, int t0, int t1);
-    /* attention primitives (n = head_dim) */
-    float (*dot_f32)(const float *a, const float *b, int n);
-    float (*dot_f16)(const float *a, const uint16_t *b, int n);
-    void (*axpy_f32)(float a, const float *x, float *y, int n);   /* y += a*x */
-    void (*axpy_f16)(float a, const uint16_t *x, float *y, int n);
+                      int64_t nr, int t0, int t1, float *scr);
+    /* attention primitives for nq (<= KCPU_ATT_NQ) query rows q + r*ldq that
+     * share cnt cached rows at base + offs[i] elements (f16 != 0: base holds
+     * halves, else floats), head_dim D:
+     *   attn_scores: out[r*ldo + i] = q_r . row_i   (one fixed fma chain and
+     *                reduction per (r, i), whatever nq and cnt are)
+     *   attn_accum:  o_r[d] = o_r[d]*corr[r] + sum_i p[r*ldp + i]*row_i[d]
+     *                (one fma chain per (r, d), increasing i)
+     *   vexp:        x[i] = e^x[i], lane-wise (value independent of n and i) */
+    void (*attn_scores)(const float *q, int nq, int ldq, const void *base, const size_t *offs,
+                        int cnt, int D, int f16, float *out, int ldo);
+    void (*attn_accum)(float *o, int nq, int ldo, const float *corr, const float *p, int ldp,
+                       const void *base, const size_t *offs, int cnt, int D, int f16);
+    void (*vexp)(float *x, int n);
     /* out[i] = act(g[i]) * u[i], lane-wise (the value of element i does not
      * depend on n or on i's position) */
     void (*glu)(float *out, const float *g, const float *u, int64_t n, int act);

@@ -80,7 +80,8 @@ static void g_dequant_rows(const struct kcpu_mm *mm, int64_t r0, int64_t nr, flo
 }
 
 static void g_gemm_tile(const struct kcpu_mm *mm, const float *wt, int64_t ldw, int64_t r0,
-                        int64_t nr, int t0, int t1) {
+                        int64_t nr, int t0, int t1, float *scr) {
+    (void)scr;
     for (int t = t0; t < t1; t++) {
         for (int64_t i = 0; i < nr; i++) {
             float acc[GV] = {0};
@@ -94,25 +95,33 @@ static void g_gemm_tile(const struct kcpu_mm *mm, const float *wt, int64_t ldw, 
     }
 }
 
-static float g_dot_f32(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    for (int i = 0; i < n; i++)
-        s += a[i] * b[i];
-    return s;
+static float g_row(const void *base, size_t off, int d, int f16) {
+    return f16 ? kcpu_fp16_to_fp32(((const uint16_t *)base)[off + (size_t)d])
+               : ((const float *)base)[off + (size_t)d];
 }
-static float g_dot_f16(const float *a, const uint16_t *b, int n) {
-    float s = 0.0f;
-    for (int i = 0; i < n; i++)
-        s += a[i] * kcpu_fp16_to_fp32(b[i]);
-    return s;
+static void g_attn_scores(const float *q, int nq, int ldq, const void *base, const size_t *offs,
+                          int cnt, int D, int f16, float *out, int ldo) {
+    for (int r = 0; r < nq; r++)
+        for (int i = 0; i < cnt; i++) {
+            float s = 0.0f;
+            for (int d = 0; d < D; d++)
+                s += q[r * ldq + d] * g_row(base, offs[i], d, f16);
+            out[r * ldo + i] = s;
+        }
 }
-static void g_axpy_f32(float a, const float *x, float *y, int n) {
-    for (int i = 0; i < n; i++)
-        y[i] += a * x[i];
+static void g_attn_accum(float *o, int nq, int ldo, const float *corr, const float *p, int ldp,
+                         const void *base, const size_t *offs, int cnt, int D, int f16) {
+    for (int r = 0; r < nq; r++)
+        for (int d = 0; d < D; d++) {
+            float a = o[r * ldo + d] * corr[r];
+            for (int i = 0; i < cnt; i++)
+                a += p[r * ldp + i] * g_row(base, offs[i], d, f16);
+            o[r * ldo + d] = a;
+        }
 }
-static void g_axpy_f16(float a, const uint16_t *x, float *y, int n) {
+static void g_vexp(float *x, int n) {
     for (int i = 0; i < n; i++)
-        y[i] += a * kcpu_fp16_to_fp32(x[i]);
+        x[i] = expf(x[i]);
 }
 static void g_glu(float *out, const float *g, const float *u, int64_t n, int act) {
     for (int64_t i = 0; i < n; i++) {
@@ -135,10 +144,9 @@ const struct kcpu_isa kcpu_isa_generic = {
     .gemv = g_gemv,
     .dequant_rows = g_dequant_rows,
     .gemm_tile = g_gemm_tile,
-    .dot_f32 = g_dot_f32,
-    .dot_f16 = g_dot_f16,
-    .axpy_f32 = g_axpy_f32,
-    .axpy_f16 = g_axpy_f16,
+    .attn_scores = g_attn_scores,
+    .attn_accum = g_attn_accum,
+    .vexp = g_vexp,
     .glu = g_glu,
     .f32_to_f16 = g_f32_to_f16,
 };
@@ -215,12 +223,13 @@ static void split_rows(int64_t R, int tid, int nt, int64_t *r0, int64_t *r1) {
     *r1 = u1 * 4 < R ? u1 * 4 : R;
 }
 
-/* Rows dequantised per tile: about 128 KiB of fp32, a multiple of 12 (the
- * micro-kernel row counts 3 and 4 both divide it). */
+/* Rows dequantised per tile: about 512 KiB of fp32 (half the L2 of the cores
+ * this was tuned on), a multiple of 12 (the micro-kernel row counts 3 and 4
+ * both divide it). */
 static int64_t tile_rows(int64_t ldd) {
-    int64_t r = (32 * 1024) / ldd;
+    int64_t r = (128 * 1024) / ldd;
     r = r / 12 * 12;
-    return r < 12 ? 12 : (r > 96 ? 96 : r);
+    return r < 12 ? 12 : (r > 144 ? 144 : r);
 }
 
 static void prefill_rows(struct kcpu_ctx *ctx, const struct kcpu_mm *mm, int tid, int64_t r0, int64_t r1) {
@@ -228,19 +237,22 @@ static void prefill_rows(struct kcpu_ctx *ctx, const struct kcpu_mm *mm, int tid
     int direct = mm->type == BE_F32 && mm->nb1 % sizeof(float) == 0;
     int64_t ldd = (mm->K + 15) / 16 * 16;
     int64_t rblk = tile_rows(ldd);
-    float *buf = direct ? NULL : thread_buf(ctx, tid, (size_t)(rblk * ldd));
+    size_t tile = direct ? 0 : (size_t)(rblk * ldd);
+    size_t scr_n = mm->K > KCPU_KBLOCK_MIN ? KCPU_SCR_FLOATS(rblk) : 0;
+    float *buf = tile + scr_n ? thread_buf(ctx, tid, tile + scr_n) : NULL;
     if (!direct && !buf) { /* no scratch: the fused path gives the same values */
         isa->gemv(mm, r0, r1);
         return;
     }
+    float *scr = buf && scr_n ? buf + tile : NULL; /* tile is a multiple of 16 floats */
     for (int64_t rb = r0; rb < r1; rb += rblk) {
         int64_t nr = r1 - rb < rblk ? r1 - rb : rblk;
         if (direct) {
             isa->gemm_tile(mm, (const float *)(mm->w + (size_t)rb * mm->nb1),
-                           (int64_t)(mm->nb1 / sizeof(float)), rb, nr, 0, mm->n);
+                           (int64_t)(mm->nb1 / sizeof(float)), rb, nr, 0, mm->n, scr);
         } else {
             isa->dequant_rows(mm, rb, nr, buf, ldd);
-            isa->gemm_tile(mm, buf, ldd, rb, nr, 0, mm->n);
+            isa->gemm_tile(mm, buf, ldd, rb, nr, 0, mm->n, scr);
         }
     }
 }

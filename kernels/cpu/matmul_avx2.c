@@ -365,7 +365,8 @@ AI void mk(const float *wt, int64_t ldw, const float *x, int64_t ldx, float *y, 
 #define MK_ROW(a) MK_CASE(a, 1) MK_CASE(a, 2) MK_CASE(a, 3) MK_CASE(a, 4)
 
 static void gemm_tile(const struct kcpu_mm *mm, const float *wt, int64_t ldw, int64_t r0,
-                      int64_t nr, int t0, int t1) {
+                      int64_t nr, int t0, int t1, float *scr) {
+    (void)scr; /* no K-blocking in the AVX2 kernels */
     for (int t = t0; t < t1; t += NR) {
         int nt = t1 - t < NR ? t1 - t : NR;
         const float *xx = mm->x + (size_t)t * mm->ldx;
@@ -383,48 +384,86 @@ static void gemm_tile(const struct kcpu_mm *mm, const float *wt, int64_t ldw, in
 
 /* ---------------------------------------------------------------- attention helpers */
 
-static float dot_f32(const float *a, const float *b, int n) {
-    vf s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int k = 0;
-    for (; k + 2 * V <= n; k += 2 * V) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + V), _mm256_loadu_ps(b + k + V), s1);
+AI vf kv_ld(const void *base, size_t off, int d, int f16) {
+    return f16 ? ld_f16((const uint8_t *)((const uint16_t *)base + off), d)
+               : _mm256_loadu_ps((const float *)base + off + d);
+}
+AI vf kv_ldm(const void *base, size_t off, int d, int f16, int r) { /* r lanes, rest 0 */
+    return f16 ? ldm_f16((const uint8_t *)((const uint16_t *)base + off), d, r)
+               : ldm_f32((const uint8_t *)((const float *)base + off), d, r);
+}
+
+/* q . row: even / odd chunk accumulators, summed, then hsum8 */
+AI float score1(const float *q, const void *base, size_t off, int D, int f16) {
+    vf a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(); /* even / odd chunks */
+    int d = 0;
+    for (; d + 2 * V <= D; d += 2 * V) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), kv_ld(base, off, d, f16), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + V), kv_ld(base, off, d + V, f16), a1);
     }
-    float s = hsum8(_mm256_add_ps(s0, s1));
-    for (; k < n; k++)
-        s = fmaf(a[k], b[k], s);
-    return s;
-}
-
-static float dot_f16(const float *a, const uint16_t *b, int n) {
-    vf s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int k = 0;
-    for (; k + 2 * V <= n; k += 2 * V) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), ld_f16((const uint8_t *)b, k), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + V), ld_f16((const uint8_t *)b, k + V), s1);
+    int odd = 0;
+    if (d + V <= D) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), kv_ld(base, off, d, f16), a0);
+        d += V;
+        odd = 1;
     }
-    float s = hsum8(_mm256_add_ps(s0, s1));
-    for (; k < n; k++)
-        s = fmaf(a[k], _cvtsh_ss(b[k]), s);
-    return s;
+    if (d < D) {
+        vf t = _mm256_fmadd_ps(ldm_f32((const uint8_t *)q, d, D - d), kv_ldm(base, off, d, f16, D - d),
+                               odd ? a1 : a0);
+        if (odd)
+            a1 = t;
+        else
+            a0 = t;
+    }
+    return hsum8(_mm256_add_ps(a0, a1));
 }
 
-static void axpy_f32(float a, const float *x, float *y, int n) {
-    vf av = _mm256_set1_ps(a);
-    int k = 0;
-    for (; k + V <= n; k += V)
-        _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
-    for (; k < n; k++)
-        y[k] = fmaf(a, x[k], y[k]);
+static void attn_scores(const float *q, int nq, int ldq, const void *base, const size_t *offs, int cnt,
+                        int D, int f16, float *out, int ldo) {
+    for (int r = 0; r < nq; r++)
+        for (int i = 0; i < cnt; i++)
+            out[r * ldo + i] = f16 ? score1(q + r * ldq, base, offs[i], D, 1)
+                                   : score1(q + r * ldq, base, offs[i], D, 0);
 }
 
-static void axpy_f16(float a, const uint16_t *x, float *y, int n) {
-    vf av = _mm256_set1_ps(a);
-    int k = 0;
-    for (; k + V <= n; k += V)
-        _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, ld_f16((const uint8_t *)x, k), _mm256_loadu_ps(y + k)));
-    for (; k < n; k++)
-        y[k] = fmaf(a, _cvtsh_ss(x[k]), y[k]);
+AI void accum_impl(float *o, float corr, const float *p, const void *base, const size_t *offs, int cnt,
+                   int D, int f16) {
+    const vf cv = _mm256_set1_ps(corr);
+    int d = 0;
+    for (; d + 4 * V <= D; d += 4 * V) {
+        vf a0 = _mm256_mul_ps(_mm256_loadu_ps(o + d), cv);
+        vf a1 = _mm256_mul_ps(_mm256_loadu_ps(o + d + V), cv);
+        vf a2 = _mm256_mul_ps(_mm256_loadu_ps(o + d + 2 * V), cv);
+        vf a3 = _mm256_mul_ps(_mm256_loadu_ps(o + d + 3 * V), cv);
+        for (int i = 0; i < cnt; i++) {
+            vf pv = _mm256_set1_ps(p[i]);
+            a0 = _mm256_fmadd_ps(pv, kv_ld(base, offs[i], d, f16), a0);
+            a1 = _mm256_fmadd_ps(pv, kv_ld(base, offs[i], d + V, f16), a1);
+            a2 = _mm256_fmadd_ps(pv, kv_ld(base, offs[i], d + 2 * V, f16), a2);
+            a3 = _mm256_fmadd_ps(pv, kv_ld(base, offs[i], d + 3 * V, f16), a3);
+        }
+        _mm256_storeu_ps(o + d, a0);
+        _mm256_storeu_ps(o + d + V, a1);
+        _mm256_storeu_ps(o + d + 2 * V, a2);
+        _mm256_storeu_ps(o + d + 3 * V, a3);
+    }
+    for (; d < D; d += V) {
+        int r = D - d >= V ? V : D - d;
+        vf a = _mm256_mul_ps(ldm_f32((const uint8_t *)o, d, r), cv);
+        for (int i = 0; i < cnt; i++)
+            a = _mm256_fmadd_ps(_mm256_set1_ps(p[i]), kv_ldm(base, offs[i], d, f16, r), a);
+        _mm256_maskstore_ps(o + d, tail_mask(r), a);
+    }
+}
+
+static void attn_accum(float *o, int nq, int ldo, const float *corr, const float *p, int ldp,
+                       const void *base, const size_t *offs, int cnt, int D, int f16) {
+    for (int r = 0; r < nq; r++) {
+        if (f16)
+            accum_impl(o + r * ldo, corr[r], p + r * ldp, base, offs, cnt, D, 1);
+        else
+            accum_impl(o + r * ldo, corr[r], p + r * ldp, base, offs, cnt, D, 0);
+    }
 }
 
 /* ---------------------------------------------------------------- activations */
@@ -470,6 +509,16 @@ static void glu(float *out, const float *g, const float *u, int64_t n, int act) 
     }
 }
 
+static void vexp(float *x, int n) {
+    int i = 0;
+    for (; i + V <= n; i += V)
+        _mm256_storeu_ps(x + i, v_exp(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        __m256i m = tail_mask(n - i);
+        _mm256_maskstore_ps(x + i, m, v_exp(_mm256_maskload_ps(x + i, m)));
+    }
+}
+
 static void f32_to_f16(uint16_t *dst, const float *src, int64_t n) {
     int64_t i = 0;
     for (; i + V <= n; i += V)
@@ -485,10 +534,9 @@ const struct kcpu_isa kcpu_isa_avx2 = {
     .gemv = gemv,
     .dequant_rows = dequant_rows,
     .gemm_tile = gemm_tile,
-    .dot_f32 = dot_f32,
-    .dot_f16 = dot_f16,
-    .axpy_f32 = axpy_f32,
-    .axpy_f16 = axpy_f16,
+    .attn_scores = attn_scores,
+    .attn_accum = attn_accum,
+    .vexp = vexp,
     .glu = glu,
     .f32_to_f16 = f32_to_f16,
 };

@@ -429,12 +429,93 @@ AI void mk(const float *wt, int64_t ldw, const float *x, int64_t ldx, float *y, 
     }
 }
 
+/* One K-block [k0, k1) of a micro-tile; accumulators come from scr (zero for
+ * the first block) and go back to scr, or are reduced into y after the last
+ * block. scr holds nt*MR vectors: [j][i]. */
+AI void mkb(const float *wt, int64_t ldw, const float *x, int64_t ldx, float *y, int64_t ldy,
+            int64_t k0, int64_t k1, int64_t K, int mr, int nt, float *scr) {
+    vf acc[MR][NR];
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nt; j++)
+            acc[i][j] = k0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(scr + (j * MR + i) * V);
+    int64_t k = k0;
+    for (; k + V <= k1; k += V) {
+        vf wv[MR];
+        for (int i = 0; i < mr; i++)
+            wv[i] = _mm512_loadu_ps(wt + i * ldw + k);
+        for (int j = 0; j < nt; j++) {
+            vf xv = _mm512_loadu_ps(x + j * ldx + k);
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (k < k1) { /* only in the last block */
+        __mmask16 m = (__mmask16)((1u << (k1 - k)) - 1);
+        vf wv[MR];
+        for (int i = 0; i < mr; i++)
+            wv[i] = _mm512_maskz_loadu_ps(m, wt + i * ldw + k);
+        for (int j = 0; j < nt; j++) {
+            vf xv = _mm512_maskz_loadu_ps(m, x + j * ldx + k);
+            for (int i = 0; i < mr; i++)
+                acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+        }
+    }
+    if (k1 < K) {
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nt; j++)
+                _mm512_store_ps(scr + (j * MR + i) * V, acc[i][j]);
+        return;
+    }
+    for (int j = 0; j < nt; j++) {
+        vf z = _mm512_setzero_ps();
+        __m128 r = hsum16x4(acc[0][j], mr > 1 ? acc[1][j] : z, mr > 2 ? acc[2][j] : z,
+                            mr > 3 ? acc[3][j] : z);
+        _mm_mask_storeu_ps(y + j * ldy, (__mmask8)((1u << mr) - 1), r);
+    }
+}
+
 #define MK_CASE(a, b) \
     case (a) * 8 + (b): mk(w, ldw, xx, mm->ldx, yy, mm->ldy, mm->K, a, b); break;
 #define MK_ROW(a) MK_CASE(a, 1) MK_CASE(a, 2) MK_CASE(a, 3) MK_CASE(a, 4) MK_CASE(a, 5) MK_CASE(a, 6)
+#define MKB_CASE(a, b) \
+    case (a) * 8 + (b): mkb(w, ldw, xx, mm->ldx, yy, mm->ldy, k0, k1, K, a, b, sc); break;
+#define MKB_ROW(a) MKB_CASE(a, 1) MKB_CASE(a, 2) MKB_CASE(a, 3) MKB_CASE(a, 4) MKB_CASE(a, 5) MKB_CASE(a, 6)
+
+/* Long rows: token blocks of KCPU_TB, K-blocks of KCPU_KC, so that a micro-
+ * tile's slices of W and x stay in L1 while the accumulators wait in scr. */
+static void gemm_tile_kblocked(const struct kcpu_mm *mm, const float *wt, int64_t ldw, int64_t r0,
+                               int64_t nr, int t0, int t1, float *scr) {
+    const int64_t K = mm->K;
+    const int64_t ngr = (nr + MR - 1) / MR;
+    for (int tb = t0; tb < t1; tb += KCPU_TB) {
+        int te = t1 - tb < KCPU_TB ? t1 : tb + KCPU_TB;
+        for (int64_t k0 = 0; k0 < K; k0 += KCPU_KC) {
+            int64_t k1 = K - k0 < KCPU_KC ? K : k0 + KCPU_KC;
+            for (int t = tb; t < te; t += NR) {
+                int nt = te - t < NR ? te - t : NR;
+                const float *xx = mm->x + (size_t)t * mm->ldx;
+                for (int64_t i = 0; i < nr; i += MR) {
+                    int mr = nr - i < MR ? (int)(nr - i) : MR;
+                    const float *w = wt + i * ldw;
+                    float *yy = mm->y + (size_t)t * mm->ldy + r0 + i;
+                    /* scratch slot of micro-tile (token group, row group) */
+                    float *sc = scr + (((size_t)(t - tb) / NR) * ngr + (size_t)(i / MR)) * (MR * NR * V);
+                    switch (mr * 8 + nt) {
+                        MKB_ROW(1) MKB_ROW(2) MKB_ROW(3) MKB_ROW(4)
+                    default: break;
+                    }
+                }
+            }
+        }
+    }
+}
 
 static void gemm_tile(const struct kcpu_mm *mm, const float *wt, int64_t ldw, int64_t r0,
-                      int64_t nr, int t0, int t1) {
+                      int64_t nr, int t0, int t1, float *scr) {
+    if (scr && mm->K > KCPU_KBLOCK_MIN) {
+        gemm_tile_kblocked(mm, wt, ldw, r0, nr, t0, t1, scr);
+        return;
+    }
     for (int t = t0; t < t1; t += NR) {
         int nt = t1 - t < NR ? t1 - t : NR;
         const float *xx = mm->x + (size_t)t * mm->ldx;
@@ -452,50 +533,135 @@ static void gemm_tile(const struct kcpu_mm *mm, const float *wt, int64_t ldw, in
 
 /* ---------------------------------------------------------------- attention helpers */
 
-static float dot_f32(const float *a, const float *b, int n) {
-    vf s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 2 * V <= n; k += 2 * V) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + V), _mm512_loadu_ps(b + k + V), s1);
-    }
-    for (; k < n; k += V) {
-        __mmask16 m = n - k >= V ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), s0);
-    }
-    return hsum16(_mm512_add_ps(s0, s1));
+/* 16 elements of a cached row from element d (tail: m lanes, rest 0) */
+AI vf kv_ld(const void *base, size_t off, int d, int f16) {
+    return f16 ? ld_f16((const uint8_t *)((const uint16_t *)base + off), d)
+               : _mm512_loadu_ps((const float *)base + off + d);
+}
+AI vf kv_ldm(const void *base, size_t off, int d, int f16, __mmask16 m) {
+    return f16 ? ldm_f16((const uint8_t *)((const uint16_t *)base + off), d, m)
+               : _mm512_maskz_loadu_ps(m, (const float *)base + off + d);
 }
 
-static float dot_f16(const float *a, const uint16_t *b, int n) {
-    vf s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 2 * V <= n; k += 2 * V) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), ld_f16((const uint8_t *)b, k), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + V), ld_f16((const uint8_t *)b, k + V), s1);
+/* Scores of nq (<= 4) query rows against nk (<= 4) cached rows: one fma
+ * chain per (row, key) over chunks of 16 (tail masked), reduced by hsum16x4
+ * (== hsum16 per pair), so a score does not depend on nq, nk or neighbours. */
+AI void sc_tile(const float *q, int ldq, const void *base, const size_t *o, int D, int f16, float *out,
+                int ldo, int nq, int nk) {
+    vf a[4][4];
+    for (int r = 0; r < nq; r++)
+        for (int k = 0; k < 4; k++)
+            a[r][k] = _mm512_setzero_ps();
+    int d = 0;
+    for (; d + V <= D; d += V) {
+        vf kv[4];
+        for (int k = 0; k < nk; k++)
+            kv[k] = kv_ld(base, o[k], d, f16);
+        for (int r = 0; r < nq; r++) {
+            vf qv = _mm512_loadu_ps(q + r * ldq + d);
+            for (int k = 0; k < nk; k++)
+                a[r][k] = _mm512_fmadd_ps(qv, kv[k], a[r][k]);
+        }
     }
-    for (; k < n; k += V) {
-        __mmask16 m = n - k >= V ? 0xffff : (__mmask16)((1u << (n - k)) - 1);
-        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), ldm_f16((const uint8_t *)b, k, m), s0);
+    if (d < D) {
+        __mmask16 m = (__mmask16)((1u << (D - d)) - 1);
+        vf kv[4];
+        for (int k = 0; k < nk; k++)
+            kv[k] = kv_ldm(base, o[k], d, f16, m);
+        for (int r = 0; r < nq; r++) {
+            vf qv = _mm512_maskz_loadu_ps(m, q + r * ldq + d);
+            for (int k = 0; k < nk; k++)
+                a[r][k] = _mm512_fmadd_ps(qv, kv[k], a[r][k]);
+        }
     }
-    return hsum16(_mm512_add_ps(s0, s1));
+    for (int r = 0; r < nq; r++)
+        _mm_mask_storeu_ps(out + r * ldo, (__mmask8)((1u << nk) - 1),
+                           hsum16x4(a[r][0], a[r][1], a[r][2], a[r][3]));
 }
 
-static void axpy_f32(float a, const float *x, float *y, int n) {
-    vf av = _mm512_set1_ps(a);
-    int k = 0;
-    for (; k + V <= n; k += V)
-        _mm512_storeu_ps(y + k, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + k), _mm512_loadu_ps(y + k)));
-    for (; k < n; k++)
-        y[k] = fmaf(a, x[k], y[k]);
+#define SC_CASE(a, b) \
+    case (a) * 8 + (b): sc_tile(q, ldq, base, offs + i, D, F16, out + i, ldo, a, b); break;
+#define SC_ROW(a) SC_CASE(a, 1) SC_CASE(a, 2) SC_CASE(a, 3) SC_CASE(a, 4)
+#define SC_LOOP                                                   \
+    for (int i = 0; i < cnt; i += 4) {                            \
+        int nk = cnt - i < 4 ? cnt - i : 4;                       \
+        switch (nq * 8 + nk) {                                    \
+            SC_ROW(1) SC_ROW(2) SC_ROW(3) SC_ROW(4)               \
+        default: break;                                           \
+        }                                                         \
+    }
+
+static void attn_scores(const float *q, int nq, int ldq, const void *base, const size_t *offs, int cnt,
+                        int D, int f16, float *out, int ldo) {
+    if (f16) {
+#define F16 1
+        SC_LOOP
+#undef F16
+    } else {
+#define F16 0
+        SC_LOOP
+#undef F16
+    }
 }
 
-static void axpy_f16(float a, const uint16_t *x, float *y, int n) {
-    vf av = _mm512_set1_ps(a);
-    int k = 0;
-    for (; k + V <= n; k += V)
-        _mm512_storeu_ps(y + k, _mm512_fmadd_ps(av, ld_f16((const uint8_t *)x, k), _mm512_loadu_ps(y + k)));
-    for (; k < n; k++)
-        y[k] = fmaf(a, _cvtsh_ss(x[k]), y[k]);
+/* o_r = o_r*corr_r + sum_i p_r[i] row_i for nq (<= 4) rows, four 16-float
+ * slices at a time (each V load feeds nq fmas); one chain per (r, element). */
+AI void acc_tile(float *o, int ldo, const float *corr, const float *p, int ldp, const void *base,
+                 const size_t *offs, int cnt, int D, int f16, int nq) {
+    int d = 0;
+    for (; d + 4 * V <= D; d += 4 * V) {
+        vf a[4][4];
+        for (int r = 0; r < nq; r++)
+            for (int c = 0; c < 4; c++)
+                a[r][c] = _mm512_mul_ps(_mm512_loadu_ps(o + r * ldo + d + c * V), _mm512_set1_ps(corr[r]));
+        for (int i = 0; i < cnt; i++) {
+            vf v[4];
+            for (int c = 0; c < 4; c++)
+                v[c] = kv_ld(base, offs[i], d + c * V, f16);
+            for (int r = 0; r < nq; r++) {
+                vf pv = _mm512_set1_ps(p[r * ldp + i]);
+                for (int c = 0; c < 4; c++)
+                    a[r][c] = _mm512_fmadd_ps(pv, v[c], a[r][c]);
+            }
+        }
+        for (int r = 0; r < nq; r++)
+            for (int c = 0; c < 4; c++)
+                _mm512_storeu_ps(o + r * ldo + d + c * V, a[r][c]);
+    }
+    for (; d < D; d += V) {
+        __mmask16 m = D - d >= V ? 0xffff : (__mmask16)((1u << (D - d)) - 1);
+        vf a[4];
+        for (int r = 0; r < nq; r++)
+            a[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, o + r * ldo + d), _mm512_set1_ps(corr[r]));
+        for (int i = 0; i < cnt; i++) {
+            vf v = kv_ldm(base, offs[i], d, f16, m);
+            for (int r = 0; r < nq; r++)
+                a[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[r * ldp + i]), v, a[r]);
+        }
+        for (int r = 0; r < nq; r++)
+            _mm512_mask_storeu_ps(o + r * ldo + d, m, a[r]);
+    }
+}
+
+#define ACC_CASE(a) \
+    case a: acc_tile(o, ldo, corr, p, ldp, base, offs, cnt, D, F16, a); break;
+#define ACC_SWITCH                                              \
+    switch (nq) {                                               \
+        ACC_CASE(1) ACC_CASE(2) ACC_CASE(3) ACC_CASE(4)         \
+    default: break;                                             \
+    }
+
+static void attn_accum(float *o, int nq, int ldo, const float *corr, const float *p, int ldp,
+                       const void *base, const size_t *offs, int cnt, int D, int f16) {
+    if (f16) {
+#define F16 1
+        ACC_SWITCH
+#undef F16
+    } else {
+#define F16 0
+        ACC_SWITCH
+#undef F16
+    }
 }
 
 /* ---------------------------------------------------------------- activations */
@@ -543,6 +709,16 @@ static void glu(float *out, const float *g, const float *u, int64_t n, int act) 
     }
 }
 
+static void vexp(float *x, int n) {
+    int i = 0;
+    for (; i + V <= n; i += V)
+        _mm512_storeu_ps(x + i, v_exp(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, v_exp(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
 static void f32_to_f16(uint16_t *dst, const float *src, int64_t n) {
     int64_t i = 0;
     for (; i + V <= n; i += V)
@@ -558,10 +734,9 @@ const struct kcpu_isa kcpu_isa_avx512 = {
     .gemv = gemv,
     .dequant_rows = dequant_rows,
     .gemm_tile = gemm_tile,
-    .dot_f32 = dot_f32,
-    .dot_f16 = dot_f16,
-    .axpy_f32 = axpy_f32,
-    .axpy_f16 = axpy_f16,
+    .attn_scores = attn_scores,
+    .attn_accum = attn_accum,
+    .vexp = vexp,
     .glu = glu,
     .f32_to_f16 = f32_to_f16,
 };

@@ -74,12 +74,14 @@ class Server:
         raise RuntimeError(f"server not ready after {START_TIMEOUT}s:\n{self.log()}")
 
     def log(self):
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
     def stdout(self):
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         with open(self.out_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
 
@@ -108,8 +110,15 @@ class Server:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.stop()
+    def __exit__(self, exc_type, exc, tb):
+        rc = self.stop()
+        if exc_type is None:
+            assert rc == 0, f"server exit code {rc}:\n{self.log()[-4000:]}"
+
+    def stop_checked(self):
+        """stop() and require a clean exit (0: graceful shutdown, no sanitizer report)."""
+        rc = self.stop()
+        assert rc == 0, f"server exit code {rc}:\n{self.log()[-4000:]}"
 
 
 # ---------------------------------------------------------------- HTTP helpers
@@ -228,7 +237,7 @@ def srv(request, models, tmp_path_factory):
     try:
         yield s
     finally:
-        s.stop()
+        s.stop_checked()
 
 
 @pytest.fixture(scope="module")
@@ -238,4 +247,4 @@ def server(models, tmp_path_factory):
     try:
         yield s
     finally:
-        s.stop()
+        s.stop_checked()

@@ -198,6 +198,9 @@ START_TEST(test_parse_defaults) {
     ck_assert(c.p.smp.min_p == 0.0f);
     ck_assert_int_eq(c.p.smp.has_seed, 0);
     ck_assert_int_eq(c.p.n_stop, 0);
+    ck_assert_int_eq(c.p.logprobs, -1);        /* the scheduler's "none" */
+    ck_assert(c.p.repetition_penalty == 1.0f); /* the scheduler's "off" */
+    ck_assert_int_eq(c.p.n_bias, 0);
     ck_assert_int_eq(c.stream, 0);
     ck_assert_int_eq(c.include_usage, 0);
     api_completion_free(&c);

@@ -46,17 +46,18 @@ struct test_model {
     char path[PATH_MAX];
 };
 
-/* Logits have std ~2; fp32 accumulation over dim <= 256 gives errors ~1e-5. */
+/* Logits have std ~2 (max ~10); fp32 arithmetic against float64 gives ~3e-6.
+ * The brief asked for ~1e-3; 1e-4 keeps 30x headroom and catches more. */
 static struct test_model models[M_COUNT] = {
-    [M_F32] = {"f32 spm gqa(4/2) untied", BE_F32, 0, 2, 64, 4, 192, 2, "spm", 1, 1e-3},
-    [M_F32_TIED_MHA] = {"f32 spm mha(4/4) tied 3 layers", BE_F32, 1, 4, 64, 4, 192, 3, "spm", 2, 1e-3},
-    [M_Q8] = {"q8_0 spm mqa(4/1) untied hd32", BE_Q8_0, 0, 1, 128, 4, 256, 2, "spm", 3, 1e-3},
-    [M_F16_TIED] = {"f16 spm gqa(8/2) tied", BE_F16, 1, 2, 64, 8, 128, 2, "spm", 4, 1e-3},
-    [M_BF16_BPE] = {"bf16 bpe gqa(4/2) untied", BE_BF16, 0, 2, 64, 4, 192, 2, "bpe", 5, 1e-3},
+    [M_F32] = {"f32 spm gqa(4/2) untied", BE_F32, 0, 2, 64, 4, 192, 2, "spm", 1, 1e-4},
+    [M_F32_TIED_MHA] = {"f32 spm mha(4/4) tied 3 layers", BE_F32, 1, 4, 64, 4, 192, 3, "spm", 2, 1e-4},
+    [M_Q8] = {"q8_0 spm mqa(4/1) untied hd32", BE_Q8_0, 0, 1, 128, 4, 256, 2, "spm", 3, 1e-4},
+    [M_F16_TIED] = {"f16 spm gqa(8/2) tied", BE_F16, 1, 2, 64, 8, 128, 2, "spm", 4, 1e-4},
+    [M_BF16_BPE] = {"bf16 bpe gqa(4/2) untied", BE_BF16, 0, 2, 64, 4, 192, 2, "bpe", 5, 1e-4},
     /* generated as llama, then rewritten as qwen2 with q/k/v biases (make_variant) */
-    [M_QWEN2] = {"qwen2 (neox, qkv bias) f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "bpe", 6, 1e-3},
+    [M_QWEN2] = {"qwen2 (neox, qkv bias) f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "bpe", 6, 1e-4},
     /* generated as llama, then given a rope_freqs.weight (llama3-style) */
-    [M_ROPE_FREQS] = {"llama + rope_freqs f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "spm", 7, 1e-3},
+    [M_ROPE_FREQS] = {"llama + rope_freqs f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "spm", 7, 1e-4},
 };
 
 static char tmp_dir[PATH_MAX - 64];

@@ -397,8 +397,8 @@ START_TEST(test_matmul_vs_ref) {
     for (int ti = 0; ti < N_TYPES; ti++) {
         int type = all_types[ti];
         int linear = be_type_get(type)->blck == 1;
-        const int64_t Ks[] = {256, 512, linear ? 37 : 768};
-        for (int ki = 0; ki < 3; ki++) {
+        const int64_t Ks[] = {256, 512, linear ? 37 : 768, linear ? 1041 : 1280};
+        for (int ki = 0; ki < 4; ki++) {
             int64_t K = Ks[ki], R = ki == 1 ? 37 : 19;
             size_t rb = be_row_bytes(type, K);
             uint8_t *w = malloc(rb * R);
@@ -424,57 +424,61 @@ START_TEST(test_matmul_vs_ref) {
 }
 END_TEST
 
-/* y[t] of a batch of 37 (prefill tiles) == the same token alone (decode), in
- * groups of 2..4 (decode with neighbours), with 1 and 2 threads: bitwise. */
+/* y[t] of a batch (prefill tiles; the second config also K-blocks and spans two
+ * token blocks) == the same token alone (decode), in groups of 2..4 (decode
+ * with neighbours), with 1 and 2 threads, and inside another batch: bitwise. */
+static void batch_invariance(struct be *b1, struct be *b2, int type, int64_t K, int n) {
+    const int64_t R = 203; /* spans several tiles */
+    size_t rb = be_row_bytes(type, K);
+    uint8_t *w = malloc(rb * R);
+    float *x = malloc(sizeof(float) * n * K), *yb = malloc(sizeof(float) * n * R);
+    float *yo = malloc(sizeof(float) * n * R), *ys = malloc(sizeof(float) * 4 * R);
+    float *x2 = malloc(sizeof(float) * 9 * K);
+    fill_weights(type, w, R, K);
+    for (int64_t i = 0; i < n * K; i++)
+        x[i] = frnd();
+    struct be_tensor t = {.type = type, .ne = {K, R, 1, 1}, .nb1 = rb, .data = w};
+    for (int s = 0; s < N_ISAS; s++) {
+        if (kcpu_ctx_set_isa(b1, isas[s]) != 0)
+            continue;
+        ck_assert_int_eq(kcpu_ctx_set_isa(b2, isas[s]), 0);
+        be_matmul(b2, yb, x, &t, n);
+        be_matmul(b1, yo, x, &t, n);
+        ck_assert_msg(memcmp(yb, yo, sizeof(float) * n * R) == 0, "%s type %d K %ld: threads differ",
+                      isas[s], type, (long)K);
+        for (int i = 0; i < n; i++) {
+            int g = 1 + i % 4; /* tokens i..i+g-1 as a decode batch */
+            if (i + g > n)
+                g = n - i;
+            struct be *bb = i % 2 ? b1 : b2;
+            be_matmul(bb, ys, x + (size_t)i * K, &t, g);
+            for (int j = 0; j < g; j++)
+                ck_assert_msg(memcmp(ys + (size_t)j * R, yb + (size_t)(i + j) * R, sizeof(float) * R) == 0,
+                              "%s type %d K %ld: token %d alone (group %d) != in batch of %d", isas[s],
+                              type, (long)K, i + j, g, n);
+        }
+        /* a different batch of 9 around token 5 (other rows of x changed) */
+        for (int64_t i = 0; i < 9 * K; i++)
+            x2[i] = frnd();
+        memcpy(x2 + 4 * K, x + 5 * K, sizeof(float) * K);
+        be_matmul(b2, yo, x2, &t, 9);
+        ck_assert(memcmp(yo + 4 * R, yb + 5 * R, sizeof(float) * R) == 0);
+    }
+    free(w);
+    free(x);
+    free(x2);
+    free(yb);
+    free(yo);
+    free(ys);
+}
+
 START_TEST(test_matmul_batch_invariance) {
     struct be b1 = open_cpu(1), b2 = open_cpu(2);
-    const int n = 37;
     for (int ti = 0; ti < N_TYPES; ti++) {
         int type = all_types[ti];
         int linear = be_type_get(type)->blck == 1;
-        int64_t K = linear ? 300 : 512, R = 203; /* R spans several tiles */
-        size_t rb = be_row_bytes(type, K);
-        uint8_t *w = malloc(rb * R);
-        float *x = malloc(sizeof(float) * n * K), *yb = malloc(sizeof(float) * n * R);
-        float *yo = malloc(sizeof(float) * n * R), *ys = malloc(sizeof(float) * 4 * R);
-        fill_weights(type, w, R, K);
-        for (int64_t i = 0; i < n * K; i++)
-            x[i] = frnd();
-        struct be_tensor t = {.type = type, .ne = {K, R, 1, 1}, .nb1 = rb, .data = w};
-        for (int s = 0; s < N_ISAS; s++) {
-            if (kcpu_ctx_set_isa(&b1, isas[s]) != 0)
-                continue;
-            ck_assert_int_eq(kcpu_ctx_set_isa(&b2, isas[s]), 0);
-            be_matmul(&b2, yb, x, &t, n);
-            be_matmul(&b1, yo, x, &t, n);
-            ck_assert_msg(memcmp(yb, yo, sizeof(float) * n * R) == 0, "%s type %d: threads differ",
-                          isas[s], type);
-            for (int i = 0; i < n; i++) {
-                int g = 1 + i % 4; /* tokens i..i+g-1 as a decode batch */
-                if (i + g > n)
-                    g = n - i;
-                struct be *bb = i % 2 ? &b1 : &b2;
-                be_matmul(bb, ys, x + (size_t)i * K, &t, g);
-                for (int j = 0; j < g; j++)
-                    ck_assert_msg(memcmp(ys + (size_t)j * R, yb + (size_t)(i + j) * R,
-                                         sizeof(float) * R) == 0,
-                                  "%s type %d: token %d alone (group %d) != in batch", isas[s],
-                                  type, i + j, g);
-            }
-            /* a different batch around token 5 (other rows of x changed) */
-            float *x2 = malloc(sizeof(float) * 9 * K);
-            for (int64_t i = 0; i < 9 * K; i++)
-                x2[i] = frnd();
-            memcpy(x2 + 4 * K, x + 5 * K, sizeof(float) * K);
-            be_matmul(&b2, yo, x2, &t, 9);
-            ck_assert(memcmp(yo + 4 * R, yb + 5 * R, sizeof(float) * R) == 0);
-            free(x2);
-        }
-        free(w);
-        free(x);
-        free(yb);
-        free(yo);
-        free(ys);
+        batch_invariance(&b1, &b2, type, linear ? 300 : 512, 37);
+        batch_invariance(&b1, &b2, type, linear ? 1100 : 1280, 101);
     }
     be_close(&b1);
     be_close(&b2);

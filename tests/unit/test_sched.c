@@ -48,7 +48,7 @@ static struct eng_model *load_model(size_t kv_pages) {
     make_model();
     struct eng_options eo = {0};
     eo.n_threads = 1;
-    eo.kv_type = BE_F32;
+    eo.kv_type = ENG_KV_F32;
     eo.max_batch_tokens = 512;
     if (kv_pages) {
         /* size the pool in pages: bytes per token * 16 * pages */
