@@ -19,6 +19,41 @@
 #include "engine/ss_error.h"
 #include "scheduler/sched_internal.h"
 
+void sched_hist_observe(struct sched_hist *h, double v) {
+    int i = 0;
+    while (i < h->n && v > h->le[i]) i++;
+    h->count[i]++;
+    h->total++;
+    h->sum += v;
+}
+
+static void hist_init(struct sched_hist *h, const double *le, int n) {
+    memset(h, 0, sizeof(*h));
+    h->n = n;
+    memcpy(h->le, le, sizeof(double) * (size_t)n);
+}
+
+static void stats_init(struct sched_stats *st) {
+    static const double lat[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
+                                 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0};
+    static const double itl[] = {0.001, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
+                                 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0};
+    static const double bt[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
+    hist_init(&st->ttft_s, lat, 20);
+    hist_init(&st->itl_s, itl, 20);
+    hist_init(&st->e2e_s, lat, 20);
+    hist_init(&st->queue_s, lat, 20);
+    hist_init(&st->batch_tokens, bt, 14);
+}
+
+void stats_finish(struct sched *s, struct seq *q, int finish) {
+    pthread_mutex_lock(&s->stats_lock);
+    sched_hist_observe(&s->stats.e2e_s, sched_now() - q->req->t_submit);
+    if (finish >= 0 && finish < 5) s->stats.n_finished[finish]++;
+    pthread_mutex_unlock(&s->stats_lock);
+    stats_add(s, 0, 0, 1, 0);
+}
+
 void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done, int preempt) {
     pthread_mutex_lock(&s->stats_lock);
     s->stats.n_prompt_tokens += prompt_tok;
@@ -74,7 +109,7 @@ static void pending_dec(struct sched *s) {
  * end, so stats read after a finish are exact. */
 static void seq_finish(struct sched *s, struct seq *q, int finish, int err, const char *msg) {
     kv_table_release(s->pool, &q->table);
-    stats_add(s, 0, 0, 1, 0);
+    stats_finish(s, q, finish);
     req_out_push(s, q->req, NULL, 0, q->n_gen, finish, err, msg);
     seq_free(s, q);
 }
@@ -205,7 +240,13 @@ static void schedule(struct sched *s, struct plan *pl) {
             seq_finish(s, q, REQ_FINISH_ERROR, rc, "out of memory");
             continue;
         }
-        if (q->admit_order == 0) pending_dec(s); /* first admission leaves the queue */
+        if (q->admit_order == 0) { /* first admission leaves the queue */
+            pending_dec(s);
+            pthread_mutex_lock(&s->stats_lock);
+            sched_hist_observe(&s->stats.queue_s, sched_now() - q->req->t_submit);
+            s->stats.n_prompt_tokens += (uint64_t)q->n_prompt;
+            pthread_mutex_unlock(&s->stats_lock);
+        }
         q->admit_order = ++s->admit_counter;
         s->running[s->n_running++] = q;
         plan_add(s, pl, q, n);
@@ -215,8 +256,9 @@ static void schedule(struct sched *s, struct plan *pl) {
 
 static void run_batch(struct sched *s, const struct plan *pl) {
     struct eng_batch b = {s->b_tokens, pl->n_tokens, s->b_seqs, pl->n_seqs};
+    double t0 = sched_now();
     int rc = eng_forward(s->model, &b, s->logits);
-    uint64_t prompt_tok = 0, gen_tok = 0;
+    uint64_t gen_tok = 0;
     int row = 0;
     for (int i = 0; i < pl->n_seqs; i++) {
         struct seq *q = s->b_owner[i];
@@ -229,10 +271,6 @@ static void run_batch(struct sched *s, const struct plan *pl) {
                 }
             seq_finish(s, q, REQ_FINISH_ERROR, rc, "the forward pass failed");
             continue;
-        }
-        if (q->n_computed < q->n_prompt) {
-            int32_t end = q->n_computed + e->n_tok;
-            prompt_tok += (uint64_t)((end < q->n_prompt ? end : q->n_prompt) - q->n_computed);
         }
         int32_t pos0 = q->n_computed;
         q->n_computed += e->n_tok;
@@ -250,6 +288,14 @@ static void run_batch(struct sched *s, const struct plan *pl) {
         float *lg = s->logits + (size_t)row * (size_t)s->n_vocab;
         row++;
         int32_t tok = seq_sample(s, q, lg);
+        double now = sched_now();
+        pthread_mutex_lock(&s->stats_lock);
+        if (q->n_gen == 0)
+            sched_hist_observe(&s->stats.ttft_s, now - q->req->t_submit);
+        else
+            sched_hist_observe(&s->stats.itl_s, now - q->t_last);
+        pthread_mutex_unlock(&s->stats_lock);
+        q->t_last = now;
         if (seq_accept_token(s, q, tok)) {
             for (int j = 0; j < s->n_running; j++)
                 if (s->running[j] == q) {
@@ -261,7 +307,12 @@ static void run_batch(struct sched *s, const struct plan *pl) {
             gen_tok++;
         }
     }
-    stats_add(s, prompt_tok, gen_tok, 0, 0);
+    pthread_mutex_lock(&s->stats_lock);
+    sched_hist_observe(&s->stats.batch_tokens, pl->n_tokens);
+    s->stats.n_steps++;
+    s->stats.busy_s += sched_now() - t0;
+    pthread_mutex_unlock(&s->stats_lock);
+    stats_add(s, 0, gen_tok, 0, 0);
 }
 
 static void accept_new(struct sched *s, struct sched_req *list) {
@@ -347,6 +398,7 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
         sched_free(s);
         return NULL;
     }
+    stats_init(&s->stats);
     s->stats.pages_total = kv_pool_n_pages(s->pool);
     return s;
 }

@@ -132,8 +132,28 @@ void sched_cancel(struct sched *s, struct sched_req *r);
 int sched_req_take(struct sched_req *r, struct req_out *dst);
 
 /* Counters for /metrics and /health (any thread, approximate). */
+/* A Prometheus-style histogram: count[i] observations <= le[i] (not cumulative;
+ * the exporter accumulates), count[n] above the last bound. */
+#define SCHED_HIST_MAX 20
+struct sched_hist {
+    int n;
+    double le[SCHED_HIST_MAX];
+    uint64_t count[SCHED_HIST_MAX + 1];
+    uint64_t total;
+    double sum;
+};
+void sched_hist_observe(struct sched_hist *h, double v);
+
 struct sched_stats {
     int n_running, n_waiting;
+    struct sched_hist ttft_s;       /* submission -> first token */
+    struct sched_hist itl_s;        /* between consecutive tokens of a request */
+    struct sched_hist e2e_s;        /* submission -> finish */
+    struct sched_hist queue_s;      /* submission -> first admission */
+    struct sched_hist batch_tokens; /* tokens per engine step */
+    uint64_t n_finished[5];         /* by enum req_finish */
+    uint64_t n_steps;
+    double busy_s;                  /* seconds spent in forward + sampling */
     uint64_t n_prompt_tokens, n_gen_tokens, n_requests_done, n_preemptions;
     uint64_t n_prefix_queries, n_prefix_hits; /* tokens looked up / found cached */
     int32_t pages_used;         /* referenced by a running or waiting sequence */

@@ -24,7 +24,8 @@ struct seq {
     size_t n_hold, cap_hold;
     uint64_t admit_order;  /* increases with each admission (preemption victim choice) */
     int plp;               /* prompt logprobs wanted: prefill in small chunks with all logits */
-    int32_t plp_next;      /* next prompt position to report (recompute after preemption skips) */
+    int32_t plp_next;
+    double t_last;         /* time of the previous token (inter-token latency) */      /* next prompt position to report (recompute after preemption skips) */
 };
 
 /* Cross-thread submission queue (queue.c). */
@@ -79,6 +80,8 @@ struct sched {
 
 double sched_now(void);
 void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done, int preempt);
+/* A request ends: end-to-end latency, finish reason, done counter. */
+void stats_finish(struct sched *s, struct seq *q, int finish);
 
 /* seq.c (engine thread) */
 struct seq *seq_new(struct sched *s, struct sched_req *r);

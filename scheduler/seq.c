@@ -134,7 +134,8 @@ int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
         int n = tok_stream_push(s->tok, &q->ts, tok, s->piece, s->piece_cap);
         if (n < 0 || (n > 0 && hold_append(q, s->piece, (size_t)n) != 0)) {
             kv_table_release(s->pool, &q->table);
-            stats_add(s, 0, 1, 1, 0);
+            stats_add(s, 0, 1, 0, 0);
+            stats_finish(s, q, REQ_FINISH_ERROR);
             req_out_push(s, q->req, NULL, 0, q->n_gen, REQ_FINISH_ERROR, n < 0 ? n : SS_ENOMEM,
                          "failed to decode the generated text");
             return 1;
@@ -163,7 +164,8 @@ int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
         release = q->n_hold;
         /* Pages and counters first, so whoever sees the end sees exact stats. */
         kv_table_release(s->pool, &q->table);
-        stats_add(s, 0, 1, 1, 0);
+        stats_add(s, 0, 1, 0, 0);
+        stats_finish(s, q, finish);
     } else {
         size_t keep = max_stop ? max_stop - 1 : 0;
         release = q->n_hold > keep ? q->n_hold - keep : 0;

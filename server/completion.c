@@ -243,7 +243,7 @@ static enum MHD_Result start_stream(struct srv_conn *c) {
     enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
     c->status = 200;
-    c->state = CS_STREAM;
+    conn_set_state(c, CS_STREAM);
     return ret;
 }
 
@@ -289,7 +289,7 @@ enum MHD_Result completion_start(struct srv_conn *c) {
     inflight_add(c);
     if (c->stream)
         return start_stream(c);
-    c->state = CS_WAIT;
+    conn_set_state(c, CS_WAIT);
     conn_suspend(c);
     return MHD_YES;
 }

@@ -72,6 +72,12 @@ void conn_unref(struct srv_conn *c) {
         conn_free(c);
 }
 
+void conn_set_state(struct srv_conn *c, int state) {
+    if (c->state == CS_HEADERS && state != CS_HEADERS)
+        c->srv->n_receiving--;
+    c->state = state;
+}
+
 void conn_suspend(struct srv_conn *c) {
     if (c->suspended || !c->mc)
         return;
@@ -128,7 +134,7 @@ enum MHD_Result srv_respond(struct srv_conn *c, int status, const char *ctype, s
     enum MHD_Result ret = MHD_queue_response(c->mc, (unsigned)status, resp);
     MHD_destroy_response(resp);
     c->status = status;
-    c->state = CS_RESPONDED;
+    conn_set_state(c, CS_RESPONDED);
     return ret;
 }
 
@@ -174,6 +180,7 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
             *p = '?';
     *con_cls = c;
     s->n_conns++;
+    s->n_receiving++; /* calloc: state CS_HEADERS */
 
     struct api_error e;
     if (s->cfg->api_key && api_path_needs_auth(url) &&
@@ -229,8 +236,7 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
             return srv_respond_error(c, &e);
         }
     }
-    c->state = CS_HEADERS;
-    return MHD_YES;
+    return MHD_YES; /* stays in CS_HEADERS until the body is complete */
 }
 
 /* Body bytes; chunked bodies are capped while they accumulate. */
@@ -305,6 +311,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     fdwatch_close(c);
     c->mc = NULL;
     c->suspended = 0;
+    conn_set_state(c, CS_RESPONDED);
     s->n_conns--;
 
     double ms = (double)(uv_hrtime() - c->t0) / 1e6;
@@ -433,7 +440,10 @@ static void on_shutdown_tick(uv_timer_t *t) {
         }
         srv_mhd_run(s);
     }
-    if (s->phase == SRV_CANCELLING && (s->n_conns == 0 || now >= s->t_hard_end))
+    /* Connections still sending a request body are not waited for: MHD 0.9.75
+     * may not notice such a client leaving before its connection timeout. */
+    if (s->phase == SRV_CANCELLING &&
+        (s->n_conns - s->n_receiving == 0 || now >= s->t_hard_end))
         final_stop(s);
 }
 

@@ -105,6 +105,7 @@ struct srv {
     struct srv_conn *inflight; /* conns expecting output (doubly linked) */
     int n_inflight;
     int n_conns;               /* srv_conns with a live MHD request */
+    int n_receiving;           /* ... of which still in CS_HEADERS (body not complete) */
     int phase;                 /* enum srv_phase */
     uint64_t t_grace_end, t_hard_end; /* uv_hrtime() deadlines during shutdown */
     uint64_t seq;
@@ -114,6 +115,7 @@ struct srv {
 /* http.c */
 void srv_mhd_run(struct srv *s);        /* MHD_run + re-arm the timer */
 void conn_unref(struct srv_conn *c);
+void conn_set_state(struct srv_conn *c, int state); /* keeps srv->n_receiving right */
 void conn_suspend(struct srv_conn *c);
 void conn_resume(struct srv_conn *c);   /* caller runs srv_mhd_run afterwards */
 void inflight_remove(struct srv_conn *c);

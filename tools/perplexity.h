@@ -89,8 +89,8 @@ int ppl_run(const struct ppl_opts *o, struct ppl_result *res, char *err, size_t 
  *              [--chunk C] [--max-windows K] [--backend cpu|cuda]
  *              [--kv-type f16|f32] [--json] [--quiet]
  * Prints one result line (or with --json exactly one JSON object) on stdout,
- * running estimates on stderr (llama.cpp's "[1]12.34,[2]..."; --quiet or
- * --json turn them off). Returns 0 ok, 1 error (message on stderr), 2 usage. */
+ * running estimates on stderr (llama.cpp's "[1]12.34,[2]..."; --quiet
+ * turns them off). Returns 0 ok, 1 error (message on stderr), 2 usage. */
 int tool_perplexity_main(int argc, char **argv);
 
 #endif

@@ -1,13 +1,17 @@
 /* attention.c - causal paged attention over a ragged batch (CPU backend).
  *
- * One work item = (sequence, token, query head). Items are independent and run
- * in parallel (OpenMP, dynamic schedule: later tokens see more keys). Each item
+ * One work item = (sequence, token, up to KCPU_ATT_NQ query heads of one KV
+ * group), so each cached K/V row loaded feeds several heads. Items are
+ * independent and run in parallel (OpenMP, dynamic schedule: later tokens see
+ * more keys). Each item
  * walks its KV range in chunks of ATT_CHUNK positions (chunk boundaries depend
  * only on the item's own range) with an online softmax in fp32:
  *     s_i = scale * q.k_i  (then softcap * tanh(s_i / softcap) if softcap > 0)
  *     m' = max(m, max_i s_i);  o = o*e^(m-m') + sum_i e^(s_i-m') v_i;  l likewise
  *     out = o / l
- * An item's result depends only on its q row and the cache, never on the batch.
+ * A head's result depends only on its q row and the cache, never on the batch
+ * or on the other heads of its item (per-(head, key) and per-(head, element)
+ * fma chains, see kcpu.h).
  *
  *   position P of a sequence -> page = pages[P / 16], slot = P % 16
  *   K row of kv head g: k + ((page*16 + slot) * kv_dim + g*head_dim) elements
@@ -21,6 +25,7 @@
 
 #define ATT_CHUNK 32
 #define ATT_MAX_HEAD 1024
+#define NQ KCPU_ATT_NQ
 
 struct att_job {
     const struct kcpu_isa *isa;
@@ -28,28 +33,32 @@ struct att_job {
     const float *q;
     const struct be_kv_layer *kv;
     const struct be_attn_params *p;
-    int kv_dim, qdim, group;
+    int kv_dim, qdim, group, nsub; /* nsub = sub-groups of <= NQ heads per KV head */
 };
 
-static void att_item(const struct att_job *J, const struct be_attn_seq *s, int j, int h) {
+/* Heads [h0, h0+nq) of one KV group, token j of sequence s. */
+static void att_item(const struct att_job *J, const struct be_attn_seq *s, int j, int h0, int nq) {
     const struct be_attn_params *p = J->p;
     const int D = p->head_dim;
     const size_t row = (size_t)(s->tok0 + j);
-    const float *qsrc = J->q + row * (size_t)J->qdim + (size_t)h * D;
-    float *o = J->out + row * (size_t)J->qdim + (size_t)h * D;
-    float qv[ATT_MAX_HEAD];
-    memcpy(qv, qsrc, sizeof(float) * (size_t)D); /* out may alias q */
-    memset(o, 0, sizeof(float) * (size_t)D);
+    float *o = J->out + row * (size_t)J->qdim + (size_t)h0 * D; /* nq heads, contiguous */
+    float qv[NQ * ATT_MAX_HEAD];
+    memcpy(qv, J->q + row * (size_t)J->qdim + (size_t)h0 * D, sizeof(float) * (size_t)(nq * D)); /* out may alias q */
+    memset(o, 0, sizeof(float) * (size_t)(nq * D));
 
     const int64_t qpos = (int64_t)s->n_past + j;
     int64_t lo = p->window > 0 ? qpos - p->window + 1 : 0;
     if (lo < 0)
         lo = 0;
-    const size_t hoff = (size_t)(h / J->group) * (size_t)D;
+    const size_t hoff = (size_t)(h0 / J->group) * (size_t)D;
     const int f16 = J->kv->kv_type == BE_F16;
     const struct kcpu_isa *isa = J->isa;
-    float m = -INFINITY, l = 0.0f, sc[ATT_CHUNK];
+    float m[NQ], l[NQ], corr[NQ], sc[NQ * ATT_CHUNK];
     size_t off[ATT_CHUNK];
+    for (int r = 0; r < nq; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
 
     for (int64_t p0 = lo; p0 <= qpos; p0 += ATT_CHUNK) {
         int cnt = qpos - p0 + 1 < ATT_CHUNK ? (int)(qpos - p0 + 1) : ATT_CHUNK;
@@ -58,29 +67,35 @@ static void att_item(const struct att_job *J, const struct be_attn_seq *s, int j
             size_t slot = (size_t)s->pages[P / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + (size_t)(P % BE_PAGE_SLOTS);
             off[i] = slot * (size_t)J->kv_dim + hoff;
         }
-        isa->attn_scores(qv, J->kv->k, off, cnt, D, f16, sc);
-        float mx = -INFINITY;
-        for (int i = 0; i < cnt; i++) {
-            float d = sc[i] * p->scale;
-            if (p->softcap > 0.0f)
-                d = p->softcap * tanhf(d / p->softcap);
-            sc[i] = d;
-            mx = d > mx ? d : mx;
+        isa->attn_scores(qv, nq, D, J->kv->k, off, cnt, D, f16, sc, ATT_CHUNK);
+        for (int r = 0; r < nq; r++) {
+            float *sr = sc + r * ATT_CHUNK, mx = -INFINITY;
+            for (int i = 0; i < cnt; i++) {
+                float d = sr[i] * p->scale;
+                if (p->softcap > 0.0f)
+                    d = p->softcap * tanhf(d / p->softcap);
+                sr[i] = d;
+                mx = d > mx ? d : mx;
+            }
+            float mnew = mx > m[r] ? mx : m[r];
+            corr[r] = m[r] == -INFINITY ? 0.0f : expf(m[r] - mnew); /* 1 when the max holds */
+            for (int i = 0; i < cnt; i++)
+                sr[i] -= mnew;
+            m[r] = mnew;
         }
-        float mnew = mx > m ? mx : m;
-        float corr = m == -INFINITY ? 0.0f : expf(m - mnew); /* 1 when the max holds */
-        for (int i = 0; i < cnt; i++)
-            sc[i] -= mnew;
-        isa->vexp(sc, cnt);
-        l *= corr;
-        for (int i = 0; i < cnt; i++)
-            l += sc[i];
-        isa->attn_accum(o, corr, sc, J->kv->v, off, cnt, D, f16);
-        m = mnew;
+        for (int r = 0; r < nq; r++) {
+            isa->vexp(sc + r * ATT_CHUNK, cnt);
+            l[r] *= corr[r];
+            for (int i = 0; i < cnt; i++)
+                l[r] += sc[r * ATT_CHUNK + i];
+        }
+        isa->attn_accum(o, nq, D, corr, sc, ATT_CHUNK, J->kv->v, off, cnt, D, f16);
     }
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int k = 0; k < D; k++)
-        o[k] *= inv;
+    for (int r = 0; r < nq; r++) {
+        float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+        for (int k = 0; k < D; k++)
+            o[r * D + k] *= inv;
+    }
 }
 
 void kcpu_attention(void *vctx, float *out, const float *q, const struct be_kv_layer *kv,
@@ -89,11 +104,13 @@ void kcpu_attention(void *vctx, float *out, const float *q, const struct be_kv_l
     if (n_seqs <= 0 || p->n_heads <= 0 || p->n_kv_heads <= 0 || p->head_dim <= 0 ||
         p->head_dim > ATT_MAX_HEAD || p->n_heads % p->n_kv_heads != 0)
         return; /* nonsense shapes: the engine validated the model at load */
+    const int group = p->n_heads / p->n_kv_heads, nsub = (group + NQ - 1) / NQ;
     struct att_job J = {.isa = ctx->isa, .out = out, .q = q, .kv = kv, .p = p,
                         .kv_dim = p->n_kv_heads * p->head_dim,
                         .qdim = p->n_heads * p->head_dim,
-                        .group = p->n_heads / p->n_kv_heads};
-    /* first[s] = index of the first item of sequence s (items = tokens * heads) */
+                        .group = group, .nsub = nsub};
+    const int64_t per_tok = (int64_t)p->n_kv_heads * nsub; /* items per token */
+    /* first[s] = index of the first item of sequence s */
     int64_t stack_first[65], *first = stack_first;
     if (n_seqs > 64) {
         first = malloc(sizeof(int64_t) * (size_t)(n_seqs + 1));
@@ -102,21 +119,25 @@ void kcpu_attention(void *vctx, float *out, const float *q, const struct be_kv_l
     }
     first[0] = 0;
     for (int s = 0; s < n_seqs; s++)
-        first[s + 1] = first[s] + (int64_t)(seqs[s].n_tok > 0 ? seqs[s].n_tok : 0) * p->n_heads;
+        first[s + 1] = first[s] + (int64_t)(seqs[s].n_tok > 0 ? seqs[s].n_tok : 0) * per_tok;
     const int64_t n_items = first[n_seqs];
-    int nth = n_items >= 4 ? ctx->n_threads : 1;
+    int nth = n_items >= 2 ? ctx->n_threads : 1;
 
 #pragma omp parallel num_threads(nth)
     {
         int s = 0;
-#pragma omp for schedule(dynamic, 2)
+#pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < n_items; it++) {
             while (s > 0 && it < first[s]) /* items come in increasing order per thread */
                 s--;
             while (it >= first[s + 1])
                 s++;
             int64_t local = it - first[s];
-            att_item(&J, &seqs[s], (int)(local / p->n_heads), (int)(local % p->n_heads));
+            int j = (int)(local / per_tok), rest = (int)(local % per_tok);
+            int g = rest / nsub, sub = rest % nsub;
+            int h0 = g * group + sub * NQ;
+            int nq = group - sub * NQ < NQ ? group - sub * NQ : NQ;
+            att_item(&J, &seqs[s], j, h0, nq);
         }
     }
     if (first != stack_first)

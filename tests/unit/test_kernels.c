@@ -772,7 +772,8 @@ START_TEST(test_attention) {
     static const struct att_case cases[] = {
         {4, 2, 64, 0, BE_F32, 0},   {4, 2, 64, 0, BE_F16, 0},  {4, 1, 40, 50, BE_F32, 0},
         {4, 1, 40, 50, BE_F16, 0},  {2, 2, 16, 7, BE_F32, 0},  {6, 3, 256, 0, BE_F16, 0},
-        {4, 4, 72, 0, BE_F32, 30.0f}, {4, 2, 64, 1, BE_F16, 5.0f},
+        {4, 4, 72, 0, BE_F32, 30.0f}, {4, 2, 64, 1, BE_F16, 5.0f}, {8, 1, 32, 0, BE_F32, 0},
+        {5, 1, 48, 20, BE_F16, 0},
     };
     struct be be = open_cpu(2);
     for (int s = 0; s < N_ISAS; s++) {

@@ -396,6 +396,17 @@ START_TEST(test_alone_equals_concurrent) {
     sched_get_stats(s, &st);
     ck_assert_int_eq(st.pages_used, 0); /* pool fully free once all end */
     ck_assert_uint_eq(st.n_requests_done, N);
+    /* Counters add up: tokens counted = tokens delivered. */
+    uint64_t prompt = 0;
+    for (int i = 0; i < N; i++) prompt += (uint64_t)(5 + i * 3);
+    ck_assert_uint_eq(st.n_prompt_tokens, prompt);
+    ck_assert_uint_eq(st.n_gen_tokens, N * 12);
+    ck_assert_uint_eq(st.ttft_s.total, N);
+    ck_assert_uint_eq(st.itl_s.total, N * 11);
+    ck_assert_uint_eq(st.e2e_s.total, N);
+    ck_assert_uint_eq(st.queue_s.total, N);
+    ck_assert_uint_eq(st.n_finished[REQ_FINISH_LENGTH], N);
+    ck_assert_uint_ge(st.batch_tokens.total, 12);
     clients_free(cs, N);
     sched_free(s);
     eng_model_free(m);
