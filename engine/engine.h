@@ -1,7 +1,7 @@
 /* engine.h - models and the forward pass over a ragged batch.
  *
- * eng_model_load() reads a GGUF file (architecture llama for now; the
- * description is data-driven so qwen2/gemma3/subllm slot in), prepares the
+ * eng_model_load() reads a GGUF file (architectures llama, qwen2 and gemma3;
+ * the description is data-driven so subllm slots in), prepares the
  * weights on a backend and allocates the KV cache as a page pool of
  * BE_PAGE_SLOTS-token pages. The engine never allocates pages: the caller (the
  * scheduler) owns the block tables and passes page ids in each batch.
@@ -41,6 +41,15 @@ struct eng_config {
     int rope_neox;         /* 1 = rotate-half (qwen2, gemma3), 0 = adjacent pairs (llama) */
     int n_rot;
     int tied_output;       /* output.weight absent: use token_embd */
+    /* Gemma 3 style extras; neutral values (0 / 1) for the other architectures. */
+    float attn_scale;      /* multiplies q.k before the softmax: 1/sqrt(head_dim) */
+    float embd_scale;      /* token embeddings are multiplied by it (gemma3: sqrt(dim)), else 1 */
+    float logit_softcap;   /* <arch>.final_logit_softcapping c > 0: logits = c*tanh(logits/c); 0 none */
+    int swa_window;        /* <arch>.attention.sliding_window: a local layer's token sees the
+                            * swa_window latest positions, itself included; 0 = no local layers */
+    int n_swa_layers;      /* how many layers are local (eng_layer.swa) */
+    float rope_theta_swa;  /* RoPE base of local layers (<arch>.rope.freq_base_swa, default
+                            * 10000); global layers use rope_theta and rope_freq_scale */
 };
 
 /* Per-layer weights; shapes in elements, ne[0] first.
@@ -53,6 +62,10 @@ struct eng_layer {
     struct be_tensor wq, wk, wv, wo;
     struct be_tensor w_gate, w_up, w_down;
     const float *bq, *bk, *bv; /* [n_heads*hd], [n_kv*hd]; NULL if absent */
+    const float *q_norm, *k_norm;        /* [hd] per-head RMSNorm of q and k; NULL if absent */
+    const float *post_attn_norm, *post_ffn_norm; /* [dim] RMSNorm of each sub-layer's
+                                          * output before the residual add; NULL if absent */
+    int swa;                /* 1: local (sliding-window) layer, see eng_config.swa_window */
     struct be_kv_layer kv;
 };
 

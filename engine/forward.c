@@ -1,7 +1,12 @@
-/* forward.c - the forward pass over a ragged batch (llama-family models).
+/* forward.c - the forward pass over a ragged batch (llama, qwen2, gemma3).
  *
- * Reads like the model (llama2.c's run.c): embed -> per layer {attention
- * block, FFN block} -> final norm -> output projection of the requested rows.
+ * Reads like the model (llama2.c's run.c): embed (gemma3: times sqrt(dim)) ->
+ * per layer {attention block, FFN block} -> final norm -> output projection of
+ * the requested rows (-> final soft-capping if the file asks for it). The
+ * architecture differences are data (eng_config, eng_layer, the arch table):
+ * optional q/k/v biases (qwen2), per-head q/k norms, post-sub-layer norms,
+ * gelu-tanh gating and sliding-window layers with their own RoPE base
+ * (gemma3).
  * Every operation works on all batch rows at once except attention, which the
  * backend runs per sequence over its paged KV cache. No operation reduces
  * across rows, and the kernels give per-row bitwise results, so a sequence's
@@ -70,13 +75,48 @@ static void batch_prepare(struct eng_model *m, const struct eng_batch *b) {
     }
 }
 
+/* x += y, or x += rmsnorm(y) * post_norm when the layer has one (gemma3).
+ * y is a [n][dim] sub-layer output; xb is overwritten. */
+static void residual_add(struct eng_model *m, const float *y, const float *post_norm, int n) {
+    const struct eng_config *c = &m->cfg;
+    if (post_norm) {
+        be_rmsnorm(&m->be, m->s.xb, y, post_norm, n, c->dim, c->norm_eps);
+        y = m->s.xb;
+    }
+    be_add(&m->be, m->s.x, y, (int64_t)n * c->dim);
+}
+
 /* y[r] += bias for each of n rows of width d (qwen2's q/k/v biases). */
 static void add_bias(struct be *be, float *y, const float *bias, int n, int d) {
     if (!bias) return;
     for (int r = 0; r < n; r++) be_add(be, y + (size_t)r * d, bias, d);
 }
 
-/* x += Wo . attention(rope(Wq xn), rope(Wk xn), Wv xn), xn = rmsnorm(x) */
+/* Per-head RMSNorm (gemma3's attn_q_norm / attn_k_norm) of x [n][heads*hd]
+ * into out, then RoPE of out. Without a norm weight: RoPE of x in place.
+ * Returns the rotated buffer. */
+static float *norm_rope(struct eng_model *m, const struct eng_layer *L, float *out, float *x,
+                        const float *norm, int n, int heads) {
+    const struct eng_config *c = &m->cfg;
+    if (norm) {
+        be_rmsnorm(&m->be, out, x, norm, n * heads, c->head_dim, c->norm_eps);
+        x = out;
+    }
+    /* local (sliding-window) layers: their own base, never position scaling */
+    struct be_rope_params rp = {.n_heads = heads, .head_dim = c->head_dim, .n_rot = c->n_rot,
+                                .theta_base = L->swa ? c->rope_theta_swa : c->rope_theta,
+                                .freq_scale = L->swa ? 1.0f : c->rope_freq_scale,
+                                .neox = c->rope_neox, .freq_factors = m->rope_freqs};
+    be_rope(&m->be, x, m->s.pos, n, &rp);
+    return x;
+}
+
+/* x += post_norm(Wo . attention(q, k, v))
+ *   xn = rmsnorm(x) * attn_norm;  q = Wq xn (+bq), k = Wk xn (+bk), v = Wv xn (+bv)
+ *   q, k: per-head rmsnorm (gemma3), then RoPE
+ *   post_norm: rmsnorm * post_attention_norm (gemma3), else identity
+ * Buffers: xb = xn; q, k, v; att takes the normed k (stored into the cache at
+ * once), then the normed q, then the attention output (out may be q). */
 static void attention_block(struct eng_model *m, struct eng_layer *L, int n, int n_seqs) {
     const struct eng_config *c = &m->cfg;
     struct eng_scratch *s = &m->s;
@@ -91,24 +131,21 @@ static void attention_block(struct eng_model *m, struct eng_layer *L, int n, int
     add_bias(be, s->k, L->bk, n, kvdim);
     add_bias(be, s->v, L->bv, n, kvdim);
 
-    struct be_rope_params rp = {.n_heads = c->n_heads, .head_dim = c->head_dim, .n_rot = c->n_rot,
-                                .theta_base = c->rope_theta, .freq_scale = c->rope_freq_scale,
-                                .neox = c->rope_neox, .freq_factors = m->rope_freqs};
-    be_rope(be, s->q, s->pos, n, &rp);
-    rp.n_heads = c->n_kv_heads;
-    be_rope(be, s->k, s->pos, n, &rp);
-
-    be_kv_store(be, &L->kv, s->k, s->v, s->slots, n, kvdim);
+    const float *k = norm_rope(m, L, s->att, s->k, L->k_norm, n, c->n_kv_heads);
+    be_kv_store(be, &L->kv, k, s->v, s->slots, n, kvdim);
+    const float *q = norm_rope(m, L, s->att, s->q, L->q_norm, n, c->n_heads);
     struct be_attn_params ap = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
-                                .head_dim = c->head_dim, .scale = 1.0f / sqrtf((float)c->head_dim),
-                                .window = 0, .softcap = 0.0f};
-    be_attention(be, s->att, s->q, &L->kv, s->aseq, n_seqs, &ap);
+                                .head_dim = c->head_dim, .scale = c->attn_scale,
+                                .window = L->swa ? c->swa_window : 0, .softcap = 0.0f};
+    be_attention(be, s->att, q, &L->kv, s->aseq, n_seqs, &ap);
 
     be_matmul(be, s->xb2, s->att, &L->wo, n);
-    be_add(be, s->x, s->xb2, (int64_t)n * c->dim);
+    residual_add(m, s->xb2, L->post_attn_norm, n);
 }
 
-/* x += Wdown . (act(Wgate xn) * Wup xn), xn = rmsnorm(x) */
+/* x += post_norm(Wdown . (act(Wgate xn) * Wup xn)), xn = rmsnorm(x) * ffn_norm;
+ * act silu (llama, qwen2) or gelu-tanh (gemma3); post_norm as above with
+ * post_ffw_norm. */
 static void ffn_block(struct eng_model *m, struct eng_layer *L, int n) {
     const struct eng_config *c = &m->cfg;
     struct eng_scratch *s = &m->s;
@@ -119,7 +156,7 @@ static void ffn_block(struct eng_model *m, struct eng_layer *L, int n) {
     be_matmul(be, s->hb2, s->xb, &L->w_up, n);
     be_glu(be, s->hb, s->hb, s->hb2, (int64_t)n * c->ffn_dim, m->desc->act);
     be_matmul(be, s->xb2, s->hb, &L->w_down, n);
-    be_add(be, s->x, s->xb2, (int64_t)n * c->dim);
+    residual_add(m, s->xb2, L->post_ffn_norm, n);
 }
 
 /* Final norm of the requested rows, gathered into xb in logits order (one
@@ -146,6 +183,10 @@ static void output_logits(struct eng_model *m, const struct eng_batch *b, float 
         be_download(be, logits + (size_t)r * c->n_vocab, s->logits,
                     (size_t)nr * c->n_vocab * sizeof(float));
     }
+    if (c->logit_softcap > 0.0f) { /* host memory, after the download */
+        const float cap = c->logit_softcap;
+        for (size_t i = 0; i < (size_t)n_out * c->n_vocab; i++) logits[i] = cap * tanhf(logits[i] / cap);
+    }
 }
 
 int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits) {
@@ -156,6 +197,7 @@ int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits) {
     batch_prepare(m, b);
 
     be_get_rows(&m->be, m->s.x, &m->tok_embd, b->tokens, n);
+    if (m->cfg.embd_scale != 1.0f) be_scale(&m->be, m->s.x, m->cfg.embd_scale, (int64_t)n * m->cfg.dim);
     for (int il = 0; il < m->cfg.n_layers; il++) {
         attention_block(m, &m->layers[il], n, b->n_seqs);
         ffn_block(m, &m->layers[il], n);

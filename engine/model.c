@@ -12,6 +12,7 @@
 #include "engine/model_internal.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,11 +25,11 @@
 /* ---- architectures ---- */
 
 static const struct eng_arch_desc eng_archs[] = {
-    /* name      arch              features                                       neox act ready */
-    {"llama",  ENG_ARCH_LLAMA,  0,                                                0,   0,  1},
-    {"qwen2",  ENG_ARCH_QWEN2,  ENG_FEAT_QKV_BIAS,                                1,   0,  1},
-    {"gemma3", ENG_ARCH_GEMMA3, ENG_FEAT_QK_NORM | ENG_FEAT_POST_NORMS,           1,   1,  0},
-    {"subllm", ENG_ARCH_SUBLLM, 0,                                                0,   0,  0},
+    /* name      arch              features                                neox act ready emb swa */
+    {"llama",  ENG_ARCH_LLAMA,  0,                                         0,   0,  1,    0,  0},
+    {"qwen2",  ENG_ARCH_QWEN2,  ENG_FEAT_QKV_BIAS,                         1,   0,  1,    0,  0},
+    {"gemma3", ENG_ARCH_GEMMA3, ENG_FEAT_QK_NORM | ENG_FEAT_POST_NORMS,    1,   1,  1,    1,  6},
+    {"subllm", ENG_ARCH_SUBLLM, 0,                                         0,   0,  0,    0,  0},
 };
 
 const struct eng_arch_desc *eng_arch_find(const char *name, size_t len) {
@@ -65,6 +66,10 @@ static const struct tensor_spec layer_specs[] = {
     {"attn_q.bias",        TK_VEC, D_QDIM,  D_ONE,   LOFF(bq),        ENG_FEAT_QKV_BIAS},
     {"attn_k.bias",        TK_VEC, D_KVDIM, D_ONE,   LOFF(bk),        ENG_FEAT_QKV_BIAS},
     {"attn_v.bias",        TK_VEC, D_KVDIM, D_ONE,   LOFF(bv),        ENG_FEAT_QKV_BIAS},
+    {"attn_q_norm.weight", TK_VEC, D_HD,    D_ONE,   LOFF(q_norm),    ENG_FEAT_QK_NORM},
+    {"attn_k_norm.weight", TK_VEC, D_HD,    D_ONE,   LOFF(k_norm),    ENG_FEAT_QK_NORM},
+    {"post_attention_norm.weight", TK_VEC, D_DIM, D_ONE, LOFF(post_attn_norm), ENG_FEAT_POST_NORMS},
+    {"post_ffw_norm.weight", TK_VEC, D_DIM,   D_ONE,   LOFF(post_ffn_norm), ENG_FEAT_POST_NORMS},
 };
 #undef LOFF
 
@@ -137,6 +142,68 @@ static void copy_gstr(char *dst, size_t cap, struct gguf_str s) {
 
 /* ---- hyper-parameters ---- */
 
+/* Attention scale, embedding scale, final soft-capping and the sliding-window
+ * keys (neutral values for architectures without them). */
+static int read_gemma_keys(struct eng_model *m, char *err, size_t err_len) {
+    struct eng_config *c = &m->cfg;
+    const char *a = m->desc->name;
+    int rc;
+    c->attn_scale = 1.0f / sqrtf((float)c->head_dim);
+    /* NOTE: llama.cpp scales Gemma 3 27B (62 layers) queries by 1/sqrt(dim/heads)
+     * (its query_pre_attn_scalar, which no GGUF key carries); every other size
+     * uses 1/sqrt(head_dim). Follow it so the same file gives the same model. */
+    if (c->arch == ENG_ARCH_GEMMA3 && c->n_layers == 62)
+        c->attn_scale = 1.0f / sqrtf((float)c->dim / (float)c->n_heads);
+    c->embd_scale = m->desc->embd_scale_sqrt ? sqrtf((float)c->dim) : 1.0f;
+    if ((rc = key_float(m->gguf, a, "final_logit_softcapping", 0.0f, &c->logit_softcap, err,
+                        err_len)) < 0)
+        return rc;
+    c->swa_window = 0;
+    c->rope_theta_swa = c->rope_theta;
+    if (m->desc->swa_pattern <= 0) return 0;
+    if ((rc = key_int(m->gguf, a, "attention.sliding_window", 0, 0, 1 << 24, &c->swa_window, err,
+                      err_len)) < 0 ||
+        (rc = key_float(m->gguf, a, "rope.freq_base_swa", 10000.0f, &c->rope_theta_swa, err,
+                        err_len)) < 0)
+        return rc;
+    if (!(c->rope_theta_swa > 0.0f))
+        return fail(err, err_len, SS_EBADMODEL, "%s.rope.freq_base_swa must be positive", a);
+    return 0;
+}
+
+/* Marks the local layers (needs m->layers). With a window, the pattern key is
+ * either an integer P (layer l local iff P == 0 or l % P < P - 1, default
+ * desc->swa_pattern) or an array with one bool/number per layer. */
+static int mark_swa_layers(struct eng_model *m, char *err, size_t err_len) {
+    struct eng_config *c = &m->cfg;
+    c->n_swa_layers = 0;
+    if (c->swa_window <= 0) return 0;
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", m->desc->name);
+    const struct gguf_kv *kv = gguf_find(m->gguf, key);
+    int pattern = m->desc->swa_pattern;
+    if (kv && kv->type == GGUF_T_ARRAY) {
+        if (kv->arr_n < (uint64_t)c->n_layers)
+            return fail(err, err_len, SS_EBADMODEL, "%s has %llu entries for %d layers", key,
+                        (unsigned long long)kv->arr_n, c->n_layers);
+        for (int il = 0; il < c->n_layers; il++) {
+            double v;
+            if (kv->arr_type == GGUF_T_BOOL) v = kv->data[il] != 0;
+            else if (gguf_arr_num(kv, (uint64_t)il, &v) < 0)
+                return fail(err, err_len, SS_EBADMODEL, "%s is not a numeric array", key);
+            m->layers[il].swa = v != 0.0;
+        }
+    } else {
+        int rc = key_int(m->gguf, m->desc->name, "attention.sliding_window_pattern", pattern, 0,
+                         1 << 20, &pattern, err, err_len);
+        if (rc < 0) return rc;
+        for (int il = 0; il < c->n_layers; il++)
+            m->layers[il].swa = pattern == 0 || il % pattern < pattern - 1;
+    }
+    for (int il = 0; il < c->n_layers; il++) c->n_swa_layers += m->layers[il].swa;
+    return 0;
+}
+
 static int read_config(struct eng_model *m, const char *path, char *err, size_t err_len) {
     struct eng_config *c = &m->cfg;
     const struct gguf_file *f = m->gguf;
@@ -208,7 +275,7 @@ static int read_config(struct eng_model *m, const char *path, char *err, size_t 
         if (factor > 0.0f) c->rope_freq_scale = 1.0f / factor;
     }
     c->rope_neox = m->desc->rope_neox;
-    return 0;
+    return read_gemma_keys(m, err, err_len);
 }
 
 /* ---- tensors ---- */
@@ -326,6 +393,7 @@ static int bind_tensors(struct eng_model *m, char *err, size_t err_len) {
 
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers) return fail(err, err_len, SS_ENOMEM, "out of memory");
+    if ((rc = mark_swa_layers(m, err, err_len)) < 0) return rc;
     for (int il = 0; il < c->n_layers; il++)
         if ((rc = bind_layer(m, il, err, err_len)) < 0) return rc;
     return 0;

@@ -32,6 +32,11 @@ struct eng_arch_desc {
     int rope_neox;         /* 1 = rotate-half, 0 = adjacent pairs */
     int act;               /* FFN gate activation: 0 silu, 1 gelu(tanh) */
     int forward_ready;     /* 0: recognised but eng_forward does not run it yet */
+    int embd_scale_sqrt;   /* 1: token embeddings are multiplied by sqrt(dim) (gemma) */
+    int swa_pattern;       /* > 0: the architecture may have sliding-window layers; the
+                            * default <arch>.attention.sliding_window_pattern P, layer l
+                            * local iff l % P < P - 1 (llama.cpp's rule; 6 for gemma3).
+                            * 0: sliding-window keys are ignored. */
 };
 
 const struct eng_arch_desc *eng_arch_find(const char *name, size_t len); /* NULL if unknown */

@@ -112,24 +112,35 @@ struct be_ops {
     void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
     int (*weight_prepare)(void *ctx, struct be_tensor *w); /* optional */
 
-    /* y[n][w->ne[1]] = x[n][w->ne[0]] . W^T */
+    /* y[n][w->ne[1]] = x[n][w->ne[0]] . W^T
+     * DETERMINISM: y[t][r] is bitwise identical whatever n is, whatever the
+     * other rows of x are and whatever the thread count is (within one process:
+     * the CPU backend picks one instruction set at be_open). An unsupported
+     * type or a row size that is not a whole number of blocks gives y = 0. */
     void (*matmul)(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
-    /* out[n][w->ne[0]] = rows ids[] of w, dequantised */
+    /* out[n][w->ne[0]] = rows ids[] of w, dequantised (an id outside
+     * [0, ne[1]) gives a row of zeros) */
     void (*get_rows)(void *ctx, float *out, const struct be_tensor *w, const int32_t *ids, int n);
     /* out[i] = x[i] / rms(x[i]) * w (w NULL: no weight), rows of dim */
     void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps);
-    /* in place rotation of x[n][n_heads*head_dim] at positions pos[n] */
+    /* in place rotation of x[n][n_heads*head_dim] at positions pos[n]
+     * (n_rot even, <= head_dim, <= 1024; dims past n_rot are left as they are) */
     void (*rope)(void *ctx, float *x, const int32_t *pos, int n, const struct be_rope_params *p);
     /* write K/V rows of the batch into the cache: row i goes to slot slots[i]
-     * (slot = page*BE_PAGE_SLOTS + offset) */
+     * (slot = page*BE_PAGE_SLOTS + offset); slots[i] < 0: row i is skipped.
+     * F16 caches round to nearest even. */
     void (*kv_store)(void *ctx, struct be_kv_layer *kv, const float *k, const float *v,
                      const int32_t *slots, int n, int kv_dim);
     /* causal paged attention for a ragged batch. q: [n][n_heads*head_dim],
-     * out: same shape. Token j of sequence s attends KV entries
-     * [max(0, n_past+j-window+1), n_past+j] of its block table. */
+     * out: same shape (out may be q). Token j of sequence s attends KV entries
+     * [max(0, n_past+j-window+1), n_past+j] of its block table, which must
+     * already hold them (kv_store first). Rows of q not covered by any
+     * sequence are left untouched. A head's output does not depend on the rest
+     * of the batch. head_dim <= 1024. */
     void (*attention)(void *ctx, float *out, const float *q, const struct be_kv_layer *kv,
                       const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p);
-    /* out[i] = act(gate[i]) * up[i]; act 0 = silu, 1 = gelu(tanh) */
+    /* out[i] = act(gate[i]) * up[i]; act 0 = silu, 1 = gelu(tanh); element-wise
+     * (a value never depends on n or on its index) */
     void (*glu)(void *ctx, float *out, const float *gate, const float *up, int64_t n, int act);
     /* y[i] += x[i] */
     void (*add)(void *ctx, float *y, const float *x, int64_t n);
@@ -143,11 +154,15 @@ struct be {
     void *ctx;
 };
 
-/* Backend registry. name: "cpu" or "cuda". Returns 0, or a negative code
- * (-11 no device, -7 not compiled in, -1 no memory). */
+/* Backend registry. name: "cpu" (NULL means "cpu") or "cuda"; n_threads <= 0
+ * means one per core. Returns 0, or a negative SS_E* code: -11 no CUDA
+ * device/driver, -7 CUDA not compiled in or its backend not implemented yet,
+ * -9 unknown name, -1 no memory. The CPU backend honours SLIMSERVE_CPU_ISA
+ * (generic | avx2 | avx512) when the CPU supports the named set. */
 int be_open(struct be *be, const char *name, int n_threads);
 void be_close(struct be *be);
-/* 1 if a CUDA device is usable (0 where no driver/device or CUDA not built). */
+/* 1 if be_open("cuda") would succeed; 0 otherwise, with the reason (no
+ * driver, no device, not built, not implemented) written into why. */
 int be_cuda_available(char *why, size_t why_len);
 
 /* Wrappers (inline, so calls cost nothing). */

@@ -77,7 +77,7 @@ struct sched_req {
     /* immutable after submit */
     uint64_t id;
     struct req_params p;
-    void *user;                /* loop thread's connection state; engine never touches it */
+    void *user;                /* loop thread only (its connection state); the engine never reads it */
     double t_submit;           /* monotonic seconds */
 
     /* shared: protected by lock */
@@ -102,8 +102,10 @@ struct sched_options {
 };
 
 /* Creates the scheduler over a loaded model (not owned). notify is called on the
- * engine thread whenever a request has new output or finished; it must be cheap
- * and thread-safe (the server pushes onto a ready list and uv_async_send()s).
+ * engine thread whenever a request has new output or finished, without r->lock
+ * held (it may call sched_req_ref); it must be cheap and thread-safe (the
+ * server pushes onto a ready list and uv_async_send()s). It is called again
+ * only after the loop thread's sched_req_take cleared the pending wake-up.
  * Returns NULL on OOM. */
 struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sched_notify_fn notify,
                         void *ud);

@@ -61,8 +61,10 @@ static int hold_append(struct seq *q, const char *t, size_t n) {
 /* Releases hold[0, n) to the client. */
 static void hold_release(struct sched *s, struct seq *q, size_t n, int finish) {
     req_out_push(s, q->req, q->hold, n, q->n_gen, finish, 0, NULL);
-    memmove(q->hold, q->hold + n, q->n_hold - n);
-    q->n_hold -= n;
+    if (n > 0) {
+        memmove(q->hold, q->hold + n, q->n_hold - n);
+        q->n_hold -= n;
+    }
 }
 
 /* ---------- sampling ---------- */

@@ -231,7 +231,7 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
         unsigned long long n = strtoull(cl, &end, 10);
         if (errno == ERANGE || (end != cl && n > s->cfg->max_body)) {
             api_error_set_http(&e, 413, "invalid_request_error", NULL, "body_too_large",
-                               "the request body (%s bytes) exceeds the limit of %zu bytes", cl,
+                               "the request body (%.30s bytes) exceeds the limit of %zu bytes", cl,
                                s->cfg->max_body);
             return srv_respond_error(c, &e);
         }

@@ -1,4 +1,4 @@
-/* genmodel.c - deterministic synthetic llama-layout GGUF models (see genmodel.h
+/* genmodel.c - deterministic synthetic llama/qwen2/gemma3 GGUF models (see genmodel.h
  * for the exact file contents) and the `slimserve gen-model` command.
  *
  * Tensors are registered with the GGUF writer as generator callbacks, so even
@@ -86,25 +86,47 @@ static uint32_t wtype_ftype(int t) {
     return t == BE_F16 ? 1 : t == BE_Q8_0 ? 7 : t == BE_BF16 ? 32 : 0;
 }
 
+/* Architecture of the options: 0 llama, 1 qwen2, 2 gemma3, -1 unknown. */
+enum { GM_LLAMA, GM_QWEN2, GM_GEMMA3 };
+static int gm_arch(const struct genmodel_opts *o) {
+    if (!o->arch) return -1;
+    return strcmp(o->arch, "llama") == 0 ? GM_LLAMA : strcmp(o->arch, "qwen2") == 0 ? GM_QWEN2
+           : strcmp(o->arch, "gemma3") == 0 ? GM_GEMMA3 : -1;
+}
+
+/* Head dimension: opts.head_dim, or dim / n_heads when 0. */
+static int gm_head_dim(const struct genmodel_opts *o) {
+    return o->head_dim > 0 ? o->head_dim : o->n_heads > 0 ? o->dim / o->n_heads : 0;
+}
+
 static int opts_check(const struct genmodel_opts *o, char *err, size_t err_len) {
     const char *why = NULL;
-    if (!o->arch || strcmp(o->arch, "llama") != 0)
-        why = "unsupported architecture (only \"llama\")";
+    int hd = gm_head_dim(o);
+    if (gm_arch(o) < 0)
+        why = "unsupported architecture (llama, qwen2 or gemma3)";
     else if (!o->tokenizer || (strcmp(o->tokenizer, "spm") != 0 && strcmp(o->tokenizer, "bpe") != 0))
         why = "tokenizer must be \"spm\" or \"bpe\"";
     else if (o->dim <= 0 || o->dim > 65536 || o->n_layers <= 0 || o->n_layers > 1024 || o->n_heads <= 0 ||
              o->n_kv_heads <= 0 || o->ffn_dim <= 0 || o->ffn_dim > (1 << 20) || o->n_ctx <= 0 ||
              o->n_vocab <= 0 || o->n_vocab > (1 << 22))
         why = "a dimension is out of range";
-    else if (o->dim % o->n_heads != 0 || (o->dim / o->n_heads) % 2 != 0)
+    else if (o->head_dim == 0 && (o->dim % o->n_heads != 0 || (o->dim / o->n_heads) % 2 != 0))
         why = "dim must be a multiple of heads with an even head dim";
+    else if (o->head_dim < 0 || o->head_dim > 1024 || hd % 2 != 0 || o->n_heads > 4096)
+        why = "head dim must be even and at most 1024";
+    else if (gm_arch(o) != GM_GEMMA3 &&
+             (o->swa_window || o->swa_pattern > 0 || o->rope_theta_swa != 0.0f || o->logit_softcap != 0.0f))
+        why = "sliding-window and soft-capping options need arch gemma3";
+    else if (o->swa_window < 0 || o->swa_pattern < 0 || !(o->rope_theta_swa >= 0.0f) ||
+             !(o->logit_softcap >= 0.0f))
+        why = "sliding-window and soft-capping options must not be negative";
     else if (o->n_heads % o->n_kv_heads != 0)
         why = "heads must be a multiple of kv-heads";
     else if (!wtype_name(o->wtype))
         why = "type must be f32, f16, bf16 or q8_0";
     else if (o->wtype == BE_Q8_0 && (o->dim % 32 != 0 || o->ffn_dim % 32 != 0 ||
-                                     (o->dim / o->n_heads * o->n_kv_heads) % 32 != 0))
-        why = "q8_0 needs dim, ffn and kv width to be multiples of 32";
+                                     (hd * o->n_kv_heads) % 32 != 0 || (hd * o->n_heads) % 32 != 0))
+        why = "q8_0 needs dim, ffn, q and kv widths to be multiples of 32";
     else if (!(o->rope_theta > 0.0f) || !(o->norm_eps > 0.0f))
         why = "rope_theta and norm_eps must be positive";
     if (why) {
@@ -118,8 +140,13 @@ int64_t genmodel_n_params(const struct genmodel_opts *o) {
     char e[8];
     if (opts_check(o, e, sizeof e))
         return 0;
-    int64_t d = o->dim, hd = d / o->n_heads, kv = hd * o->n_kv_heads, f = o->ffn_dim, v = o->n_vocab;
-    int64_t layer = 2 * d + d * d + 2 * d * kv + d * d + 3 * d * f;
+    int64_t d = o->dim, hd = gm_head_dim(o), q = hd * o->n_heads, kv = hd * o->n_kv_heads;
+    int64_t f = o->ffn_dim, v = o->n_vocab;
+    int64_t layer = 2 * d + d * q + 2 * d * kv + q * d + 3 * d * f;
+    if (gm_arch(o) == GM_QWEN2)
+        layer += q + 2 * kv; /* q/k/v biases */
+    if (gm_arch(o) == GM_GEMMA3)
+        layer += 2 * hd + 2 * d; /* q/k norms, post-attention and post-FFN norms */
     return v * d * (o->tied ? 1 : 2) + d + layer * o->n_layers;
 }
 
@@ -211,7 +238,7 @@ struct gm_tensor {
     int type;
     int64_t ne0, rows;
     uint64_t seed;
-    float center; /* 0 for matrices, 1 for norms */
+    float center; /* 0 for matrices and biases, 1 for norms */
     float scale;  /* value = center + k * scale, k uniform in [-2^23, 2^23) */
 };
 
@@ -292,8 +319,23 @@ static void add_norm(struct gm_build *b, const char *name, int64_t dim) {
     gguf_w_tensor_gen(b->w, t->name, BE_F32, 1, &t->ne0, gm_fill, t);
 }
 
+/* An F32 bias vector, uniform in [-0.5, 0.5). */
+static void add_bias(struct gm_build *b, const char *name, int64_t n) {
+    struct gm_tensor *t = &b->t[b->n_t++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->type = BE_F32;
+    t->ne0 = n;
+    t->rows = 1;
+    t->seed = name_seed(b->seed, name);
+    t->center = 0.0f;
+    t->scale = 0.5f / 8388608.0f;
+    gguf_w_tensor_gen(b->w, t->name, BE_F32, 1, &t->ne0, gm_fill, t);
+}
+
+/* llama layout, plus q/k/v biases (qwen2) or q/k and post-sub-layer norms
+ * (gemma3) after each layer's llama tensors. */
 static void add_llama_tensors(struct gm_build *b, const struct genmodel_opts *o) {
-    int64_t d = o->dim, hd = d / o->n_heads, q = hd * o->n_heads, kv = hd * o->n_kv_heads, f = o->ffn_dim;
+    int64_t d = o->dim, hd = gm_head_dim(o), q = hd * o->n_heads, kv = hd * o->n_kv_heads, f = o->ffn_dim;
     int wt = o->wtype;
     float emb = 2.0f; /* std 2/sqrt(dim): logits with std ~2 */
     add_matrix(b, "token_embd.weight", wt, d, o->n_vocab, emb);
@@ -312,6 +354,19 @@ static void add_llama_tensors(struct gm_build *b, const struct genmodel_opts *o)
         add_matrix(b, GM_NAME("ffn_gate"), wt, d, f, 1.0f);
         add_matrix(b, GM_NAME("ffn_up"), wt, d, f, 1.0f);
         add_matrix(b, GM_NAME("ffn_down"), wt, f, d, 0.5f);
+        if (gm_arch(o) == GM_QWEN2) {
+            snprintf(n, sizeof n, "blk.%d.attn_q.bias", l);
+            add_bias(b, n, q);
+            snprintf(n, sizeof n, "blk.%d.attn_k.bias", l);
+            add_bias(b, n, kv);
+            snprintf(n, sizeof n, "blk.%d.attn_v.bias", l);
+            add_bias(b, n, kv);
+        } else if (gm_arch(o) == GM_GEMMA3) {
+            add_norm(b, GM_NAME("attn_q_norm"), hd);
+            add_norm(b, GM_NAME("attn_k_norm"), hd);
+            add_norm(b, GM_NAME("post_attention_norm"), d);
+            add_norm(b, GM_NAME("post_ffw_norm"), d);
+        }
 #undef GM_NAME
     }
 }
@@ -327,8 +382,20 @@ static void add_llama_keys(struct gguf_writer *w, const struct genmodel_opts *o,
     gguf_w_u32(w, GM_KEY("attention.head_count_kv"), (uint32_t)o->n_kv_heads);
     gguf_w_f32(w, GM_KEY("attention.layer_norm_rms_epsilon"), o->norm_eps);
     gguf_w_f32(w, GM_KEY("rope.freq_base"), o->rope_theta);
-    gguf_w_u32(w, GM_KEY("rope.dimension_count"), (uint32_t)(o->dim / o->n_heads));
+    gguf_w_u32(w, GM_KEY("rope.dimension_count"), (uint32_t)gm_head_dim(o));
     gguf_w_u32(w, GM_KEY("vocab_size"), (uint32_t)o->n_vocab);
+    if (gm_arch(o) == GM_GEMMA3 || gm_head_dim(o) * o->n_heads != o->dim) {
+        gguf_w_u32(w, GM_KEY("attention.key_length"), (uint32_t)gm_head_dim(o));
+        gguf_w_u32(w, GM_KEY("attention.value_length"), (uint32_t)gm_head_dim(o));
+    }
+    if (o->swa_window > 0)
+        gguf_w_u32(w, GM_KEY("attention.sliding_window"), (uint32_t)o->swa_window);
+    if (o->swa_pattern > 0)
+        gguf_w_u32(w, GM_KEY("attention.sliding_window_pattern"), (uint32_t)o->swa_pattern);
+    if (o->rope_theta_swa > 0.0f)
+        gguf_w_f32(w, GM_KEY("rope.freq_base_swa"), o->rope_theta_swa);
+    if (o->logit_softcap > 0.0f)
+        gguf_w_f32(w, GM_KEY("final_logit_softcapping"), o->logit_softcap);
 #undef GM_KEY
 }
 
@@ -362,7 +429,7 @@ static int write_model(const struct genmodel_opts *o, const char *path, int64_t 
     *n_learned = v.n_learned;
     struct gm_build b = {0};
     b.w = gguf_writer_new();
-    b.t = calloc((size_t)o->n_layers * 9 + 3, sizeof *b.t);
+    b.t = calloc((size_t)o->n_layers * 13 + 3, sizeof *b.t);
     b.seed = o->seed;
     if (!b.w || !b.t) {
         snprintf(err, err_len, "gen-model: out of memory");
@@ -401,7 +468,8 @@ int genmodel_write(const struct genmodel_opts *o, const char *path, char *err, s
 static void usage(FILE *fp) {
     fprintf(fp,
             "usage: slimserve gen-model --out PATH [options]\n"
-            "Writes a deterministic random-weight llama GGUF with a trained tokenizer.\n"
+            "Writes a deterministic random-weight GGUF (llama, qwen2 or gemma3 layout)\n"
+            "with a trained tokenizer.\n"
             "  --out PATH            output file (required)\n"
             "  --size 1M|10M|100M|300M  preset shape (flags below override it)\n"
             "  --tokenizer spm|bpe   tokenizer kind (default spm)\n"
@@ -409,7 +477,12 @@ static void usage(FILE *fp) {
             "  --type f32|f16|bf16|q8_0  matrix type (default f32; norms stay f32)\n"
             "  --seed N              PRNG seed (default 1)\n"
             "  --tied                no output.weight (share token_embd)\n"
-            "  --rope-theta X --norm-eps X --name NAME --arch llama\n"
+            "  --rope-theta X --norm-eps X --name NAME\n"
+            "  --arch llama|qwen2|gemma3  qwen2 adds q/k/v biases; gemma3 adds q/k norms\n"
+            "                        and post-attention/post-FFN norms\n"
+            "  --head-dim N          head dim independent of dim/heads (default dim/heads)\n"
+            "  --swa-window N --swa-pattern N --rope-theta-swa X   gemma3 sliding window\n"
+            "  --logit-softcap X     gemma3 final logit soft-capping\n"
             "  --help                this text\n");
 }
 
@@ -433,6 +506,9 @@ static int apply_flag(struct genmodel_opts *o, const char *flag, const char *val
         {"--ffn", offsetof(struct genmodel_opts, ffn_dim)},
         {"--vocab", offsetof(struct genmodel_opts, n_vocab)},
         {"--ctx", offsetof(struct genmodel_opts, n_ctx)},
+        {"--head-dim", offsetof(struct genmodel_opts, head_dim)},
+        {"--swa-window", offsetof(struct genmodel_opts, swa_window)},
+        {"--swa-pattern", offsetof(struct genmodel_opts, swa_pattern)},
     };
     long long v;
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
@@ -464,12 +540,16 @@ static int apply_flag(struct genmodel_opts *o, const char *flag, const char *val
                 o->wtype = types[i], found = 1;
         if (!found)
             return -1;
-    } else if (strcmp(flag, "--rope-theta") == 0 || strcmp(flag, "--norm-eps") == 0) {
+    } else if (strcmp(flag, "--rope-theta") == 0 || strcmp(flag, "--norm-eps") == 0 ||
+               strcmp(flag, "--rope-theta-swa") == 0 || strcmp(flag, "--logit-softcap") == 0) {
         char *end;
         float x = strtof(val, &end);
-        if (end == val || *end || !(x > 0.0f))
+        if (end == val || *end || !(x > 0.0f) || x > 1e30f)
             return -1;
-        *(flag[2] == 'r' ? &o->rope_theta : &o->norm_eps) = x;
+        *(strcmp(flag, "--rope-theta-swa") == 0  ? &o->rope_theta_swa
+          : strcmp(flag, "--logit-softcap") == 0 ? &o->logit_softcap
+          : flag[2] == 'r'                       ? &o->rope_theta
+                                                 : &o->norm_eps) = x;
     } else if (strcmp(flag, "--size") == 0) {
         return 0; /* applied before the other flags */
     } else {

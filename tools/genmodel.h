@@ -1,4 +1,5 @@
-/* genmodel.h - deterministic synthetic model generator (GGUF v3, llama layout).
+/* genmodel.h - deterministic synthetic model generator (GGUF v3; llama, qwen2
+ * and gemma3 layouts).
  *
  * Writes a small random-weight model with a real, trained tokenizer so every
  * part of the server can be tested without downloading anything. The same
@@ -22,6 +23,19 @@
  *   blk.N.attn_output.weight [n_heads*hd, dim]
  *   blk.N.ffn_gate/ffn_up.weight [dim, ffn]   blk.N.ffn_down.weight [ffn, dim]
  * Matrices use opts.wtype; norms are always F32.
+ *
+ * Other architectures ("qwen2", "gemma3") use the same keys under their own
+ * prefix and the same tensors, plus, per layer after the llama ones:
+ *   qwen2:  blk.N.attn_q.bias [n_heads*hd], attn_k.bias, attn_v.bias [n_kv_heads*hd]
+ *           (F32, uniform in [-0.5, 0.5))
+ *   gemma3: blk.N.attn_q_norm.weight, attn_k_norm.weight [hd],
+ *           blk.N.post_attention_norm.weight, post_ffw_norm.weight [dim] (F32 norms)
+ *   and keys <arch>.attention.key_length / value_length (= hd; always for gemma3,
+ *   for the others only when hd != dim/n_heads), gemma3.attention.sliding_window,
+ *   gemma3.attention.sliding_window_pattern (u32), gemma3.rope.freq_base_swa and
+ *   gemma3.final_logit_softcapping (f32) when the options set them. hd = opts.head_dim, or dim/n_heads when 0;
+ *   rope.dimension_count = hd. Norm weights are stored as llama.cpp's converter
+ *   stores Gemma's (already 1 + w), so readers multiply by them directly.
  *
  * Weights: uniform noise from splitmix64 seeded by (seed, tensor name), so a
  * tensor does not depend on the others. Standard deviations: token_embd and
@@ -69,7 +83,7 @@
 #include <stdint.h>
 
 struct genmodel_opts {
-    const char *arch;      /* "llama" (only one so far) */
+    const char *arch;      /* "llama", "qwen2" or "gemma3" */
     const char *tokenizer; /* "spm" or "bpe" */
     const char *name;      /* general.name; NULL = "genmodel" */
     int dim;
@@ -84,6 +98,13 @@ struct genmodel_opts {
     int tied;              /* 1 = no output.weight (output shares token_embd) */
     float rope_theta;
     float norm_eps;
+    /* Architecture extras; genmodel_opts_default() leaves them 0 (= absent). */
+    int head_dim;          /* 0: dim / n_heads; else any even value <= 1024 (gemma3 style) */
+    int swa_window;        /* gemma3 only: attention.sliding_window; 0 = key absent */
+    int swa_pattern;       /* gemma3 only: attention.sliding_window_pattern; 0 = key absent
+                            * (readers then use 6: every sixth layer global) */
+    float rope_theta_swa;  /* gemma3 only: rope.freq_base_swa; 0 = key absent (10000) */
+    float logit_softcap;   /* gemma3 only: final_logit_softcapping; 0 = key absent */
 };
 
 /* Tiny default: llama, spm, dim 64, 2 layers, 4 heads, 2 kv heads, ffn 192,

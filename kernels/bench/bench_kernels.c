@@ -9,6 +9,7 @@
  *     fraction of the FMA peak.
  *
  * usage: bench_kernels [threads] [isa]   (isa: avx512 | avx2 | generic)
+ *        bench_kernels gemma [threads]   (Gemma-3-270M matmul shapes)
  *        bench_kernels attn [threads [reps [f32|f16]]]
  *        bench_kernels micro TYPE N ITERS [isa [K R [threads]]]
  *            by default one thread and an L2-resident 2048x128 weight of ggml
@@ -293,7 +294,78 @@ out:
     free(o);
 }
 
+/* All matmuls of Gemma-3-270M Q4_K_M (18 layers, real shapes and types, random
+ * weights) plus the tied 262144-row output: one decode token (n=1), a decode
+ * batch of 4, and a 512-token prefill (where the output matmul is skipped:
+ * only the last token needs logits). */
+static void bench_gemma(struct be *be) {
+    enum { L = 18, NW = 7 };
+    static const struct { int64_t K, R; int type[2]; } shp[NW] = {
+        {640, 1024, {BE_Q5_0, BE_Q5_0}},  /* attn_q */
+        {640, 256, {BE_Q5_0, BE_Q8_0}},   /* attn_k (Q8_0 in every other layer) */
+        {640, 256, {BE_Q5_0, BE_Q5_0}},   /* attn_v */
+        {1024, 640, {BE_Q4_K, BE_Q4_K}},  /* attn_output */
+        {640, 2048, {BE_Q5_0, BE_Q5_0}},  /* ffn_gate */
+        {640, 2048, {BE_Q5_0, BE_Q5_0}},  /* ffn_up */
+        {2048, 640, {BE_Q4_K, BE_Q6_K}},  /* ffn_down */
+    };
+    struct be_tensor w[L][NW], out;
+    size_t bytes = 0;
+    double flop = 0;
+    for (int l = 0; l < L; l++)
+        for (int i = 0; i < NW; i++) {
+            int type = shp[i].type[l % 2];
+            size_t rb = be_row_bytes(type, shp[i].K);
+            uint8_t *p = aligned_alloc(64, (rb * shp[i].R + 63) / 64 * 64);
+            fill_weights(type, p, shp[i].R, shp[i].K);
+            w[l][i] = (struct be_tensor){.type = type, .ne = {shp[i].K, shp[i].R, 1, 1}, .nb1 = rb, .data = p};
+            bytes += rb * shp[i].R;
+            flop += 2.0 * shp[i].K * shp[i].R;
+        }
+    size_t orb = be_row_bytes(BE_Q8_0, 640);
+    uint8_t *op = aligned_alloc(64, (orb * 262144 + 63) / 64 * 64);
+    fill_weights(BE_Q8_0, op, 262144, 640);
+    out = (struct be_tensor){.type = BE_Q8_0, .ne = {640, 262144, 1, 1}, .nb1 = orb, .data = op};
+    float *x = aligned_alloc(64, sizeof(float) * 512 * 2048), *y = aligned_alloc(64, sizeof(float) * 4 * 262144);
+    for (int i = 0; i < 512 * 2048; i++)
+        x[i] = frnd();
+    double best[3] = {1e9, 1e9, 1e9};
+    const int ns[3] = {1, 4, 512};
+    for (int rep = 0; rep < 4; rep++)
+        for (int v = 0; v < 3; v++) {
+            double t0 = now();
+            for (int l = 0; l < L; l++)
+                for (int i = 0; i < NW; i++)
+                    be_matmul(be, y, x, &w[l][i], ns[v]);
+            if (ns[v] <= 4)
+                be_matmul(be, y, x, &out, ns[v]);
+            double dt = now() - t0;
+            best[v] = dt < best[v] ? dt : best[v];
+        }
+    double ob = (double)orb * 262144;
+    printf("gemma-3-270m matmuls: decode n=1 %.2f ms/token (%.1f GB/s: %.0f MB layers + %.0f MB output)\n",
+           best[0] * 1e3, (bytes + ob) / best[0] / 1e9, bytes / 1e6, ob / 1e6);
+    printf("                      decode n=4 %.2f ms/step (%.1f tokens/s of matmul)\n", best[1] * 1e3,
+           4 / best[1]);
+    printf("                      prefill 512 %.1f ms (%.1f GFLOP/s, output matmul excluded)\n", best[2] * 1e3,
+           flop * 512 / best[2] / 1e9);
+    for (int l = 0; l < L; l++)
+        for (int i = 0; i < NW; i++)
+            free((void *)w[l][i].data);
+    free(op);
+    free(x);
+    free(y);
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "gemma") == 0) {
+        struct be be;
+        if (be_open(&be, "cpu", argc > 2 ? atoi(argv[2]) : 0) != 0)
+            return 1;
+        bench_gemma(&be);
+        be_close(&be);
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "micro") == 0)
         return micro(argc, argv);
     if (argc > 1 && strcmp(argv[1], "attn") == 0) {
@@ -333,6 +405,7 @@ int main(int argc, char **argv) {
         bench_type(&be, types[i], nth, rbw, pk1 * nth);
     bench_attention(&be, BE_F32, 5);
     bench_attention(&be, BE_F16, 5);
+    bench_gemma(&be);
     be_close(&be);
     return 0;
 }
