@@ -22,6 +22,10 @@ static const struct route routes[] = {
     {"/health", API_ROUTE_HEALTH, "GET", "GET, HEAD"},
     {"/v1/models", API_ROUTE_MODELS, "GET", "GET, HEAD"},
     {"/v1/completions", API_ROUTE_COMPLETIONS, "POST", "POST"},
+    {"/v1/chat/completions", API_ROUTE_CHAT, "POST", "POST"},
+    {"/tokenize", API_ROUTE_TOKENIZE, "POST", "POST"},
+    {"/detokenize", API_ROUTE_DETOKENIZE, "POST", "POST"},
+    {"/metrics", API_ROUTE_METRICS, "GET", "GET, HEAD"},
 };
 
 int api_route_find(const char *method, const char *url, int *allowed, const char **allow_hdr) {
@@ -76,7 +80,7 @@ int api_auth_ok(const char *authorization, const char *key) {
     return diff == 0;
 }
 
-void api_completion_id(char *out, size_t cap, uint64_t seq) {
+void api_completion_id(char *out, size_t cap, uint64_t seq, int kind) {
     /* Unique within a process by seq; the clock and address-space bits make
      * collisions across restarts unlikely. Not a secret. */
     struct timespec ts;
@@ -86,7 +90,8 @@ void api_completion_id(char *out, size_t cap, uint64_t seq) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
-    snprintf(out, cap, "cmpl-%016llx%016llx", (unsigned long long)z, (unsigned long long)seq);
+    snprintf(out, cap, "%s-%016llx%016llx", kind == API_KIND_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)z, (unsigned long long)seq);
 }
 
 int api_models_json(struct api_buf *b, const struct api_model_info *mi) {

@@ -54,6 +54,48 @@ void api_error_set_http(struct api_error *e, int status, const char *type, const
 /* Appends {"error":{...}} (no trailing newline). */
 int api_error_json(struct api_buf *b, const struct api_error *e);
 
+/* ---- chat templates (template.c) ----
+ * A GGUF's tokenizer.chat_template is a Jinja program; we do not run Jinja.
+ * Instead the template text is recognised by the distinctive markers of a few
+ * families, and each family is rendered by hand in C:
+ *   gemma   <start_of_turn>      chatml  <|im_start|>      llama3  <|start_header_id|>
+ *   llama2  [INST] and <<SYS>>   mistral [INST] without <<SYS>>
+ * (checked in that order). The exact strings each family produces are written
+ * down in template.c. add_generation_prompt is always true. */
+enum api_tmpl_family {
+    API_TMPL_NONE = 0, /* no recognised template: chat requests get a 400 */
+    API_TMPL_CHATML,
+    API_TMPL_LLAMA3,
+    API_TMPL_LLAMA2,
+    API_TMPL_MISTRAL,
+    API_TMPL_GEMMA,
+};
+enum api_role { API_ROLE_SYSTEM = 0, API_ROLE_USER, API_ROLE_ASSISTANT };
+
+struct api_chat_msg {
+    int role;         /* enum api_role */
+    const char *text; /* content, len bytes (not owned, need not be NUL-terminated) */
+    size_t len;
+};
+
+/* Family of a template text (len bytes), API_TMPL_NONE if none matches.
+ * *uses_bos (may be NULL) is set to 1 if the text mentions bos_token. */
+int api_tmpl_detect(const char *src, size_t len, int *uses_bos);
+/* "chatml", "llama3", "llama2", "mistral", "gemma" -> family; -1 otherwise. */
+int api_tmpl_by_name(const char *name);
+const char *api_tmpl_name(int family); /* "none" for API_TMPL_NONE */
+/* Whether the family's reference template starts with bos_token (used when a
+ * family is chosen by name): 1 for all but chatml. */
+int api_tmpl_default_bos(int family);
+/* Renders the conversation followed by the assistant generation prompt into
+ * out. bos and eos are the tokenizer's BOS/EOS token texts ("" if none or not
+ * wanted: the caller passes "" as bos when the template does not emit it).
+ * Returns 0, SS_EINVAL with *err filled (param "messages") when the family
+ * cannot express the conversation (roles not alternating, a system message
+ * that is not first, no messages), or SS_ENOMEM. */
+int api_tmpl_render(int family, const struct api_chat_msg *msgs, int n, const char *bos,
+                    const char *eos, struct api_buf *out, struct api_error *err);
+
 /* ---- the served model ---- */
 struct api_model_info {
     const char *name;      /* served model name (not owned) */
@@ -61,6 +103,8 @@ struct api_model_info {
     int32_t n_vocab;
     const struct tok *tok; /* for string prompts; NULL -> string prompts are rejected */
     int64_t created;       /* unix time the server started */
+    int chat_family;       /* enum api_tmpl_family; NONE -> chat requests get a 400 */
+    int chat_bos;          /* 1: the rendered chat prompt starts with the BOS token text */
 };
 
 /* ---- routing ---- */
@@ -69,63 +113,136 @@ enum api_route {
     API_ROUTE_HEALTH,
     API_ROUTE_MODELS,
     API_ROUTE_COMPLETIONS,
+    API_ROUTE_CHAT,         /* POST /v1/chat/completions */
+    API_ROUTE_TOKENIZE,     /* POST /tokenize */
+    API_ROUTE_DETOKENIZE,   /* POST /detokenize */
+    API_ROUTE_METRICS,      /* GET /metrics */
 };
 /* Looks up a path (query string ignored) and method. Returns the route, and in
  * *allowed 1 if the method is allowed for it (GET routes also allow HEAD).
  * *allow_hdr receives the Allow header value for a 405 (static string). */
 int api_route_find(const char *method, const char *url, int *allowed, const char **allow_hdr);
 /* 1 if a path needs the API key when one is configured: everything under /v1/
- * (known route or not), never /health. */
+ * (known route or not), never /health, /metrics, /tokenize or /detokenize. */
 int api_path_needs_auth(const char *url);
 /* Checks an Authorization header value against key ("Bearer <key>"), in time
  * independent of where the strings differ. Returns 1 if authorised. */
 int api_auth_ok(const char *authorization, const char *key);
 
-/* ---- /v1/completions ---- */
+/* ---- generation requests: /v1/completions and /v1/chat/completions ---- */
+enum api_kind { API_KIND_COMPLETION = 0, API_KIND_CHAT = 1 };
+
+#define API_MAX_N 16 /* choices per request (n) */
+
 struct api_completion {
-    struct req_params p;  /* prompt and stop strings malloc'd; moved into a sched_req */
+    struct req_params p;  /* prompt, stop strings, logit_bias malloc'd; moved into a sched_req */
+    int kind;             /* enum api_kind */
+    int n;                /* choices, 1..API_MAX_N; choice i uses seed + i when seeded */
     int stream;
     int include_usage;    /* stream_options.include_usage */
     int max_tokens_given; /* 0: default applied */
+    int echo;             /* completions: prompt prepended to each choice's text */
+    char *echo_text;      /* malloc'd prompt text when echo (NUL-terminated), else NULL */
+    size_t echo_len;
 };
-/* Parses and validates a request body (len bytes, need not be NUL-terminated)
- * against the model. Returns 0 and fills *out (free with api_completion_free
- * unless p was moved out), or a negative SS_E* code with *err filled (nothing to
- * free). String prompts are tokenized with tok_add_bos(). */
+/* Parses and validates a /v1/completions body (len bytes, need not be
+ * NUL-terminated) against the model. Returns 0 and fills *out (free with
+ * api_completion_free unless p was moved out), or a negative SS_E* code with
+ * *err filled (nothing to free). String prompts are tokenized with
+ * tok_add_bos() and without special-token parsing. Defaults: max_tokens 16
+ * (clamped to the room left in the context). */
 int api_completion_parse(const struct api_model_info *mi, const char *body, size_t len,
                          struct api_completion *out, struct api_error *err);
+/* Same for a /v1/chat/completions body: messages are rendered with the
+ * model's chat template (mi->chat_family) and encoded with special tokens
+ * recognised and no extra BOS. max_tokens (or max_completion_tokens) defaults
+ * to the room left in the context. "logprobs": true with "top_logprobs": k
+ * sets p.logprobs = k. */
+int api_chat_parse(const struct api_model_info *mi, const char *body, size_t len,
+                   struct api_completion *out, struct api_error *err);
 void api_completion_free(struct api_completion *c);
 /* Request defaults (what the scheduler expects for "off"): max_tokens 16,
  * temperature 1, top_p 1, repetition_penalty 1, logprobs -1, the rest 0. */
 void api_req_params_init(struct req_params *p);
 /* Frees the malloc'd members of p and zeroes them (NULL-safe). */
 void api_req_params_clear(struct req_params *p);
+/* Deep copy (prompt, stop strings, logit_bias) for the extra choices of n > 1.
+ * Returns 0 or SS_ENOMEM (dst then holds nothing to free). */
+int api_req_params_copy(struct req_params *dst, const struct req_params *src);
 
 /* "stop" / "length" / NULL (still running; error/cancelled -> NULL too). */
 const char *api_finish_reason(int finish);
 
-/* Shared identity of one completion's output objects. */
+/* Shared identity of one response's output objects. */
 struct api_completion_meta {
-    const char *id;       /* "cmpl-..." */
+    const char *id;       /* "cmpl-..." or "chatcmpl-..." */
     int64_t created;
     const char *model;
+    int kind;             /* enum api_kind: object names and choice shapes */
+    const struct tok *tok; /* token texts for logprobs; NULL -> "" */
 };
-/* Writes a fresh id "cmpl-<32 hex>" into out (cap >= 40). seq makes it unique. */
-void api_completion_id(char *out, size_t cap, uint64_t seq);
+/* Writes a fresh id "cmpl-<32 hex>" (chat: "chatcmpl-<32 hex>") into out
+ * (cap >= 48). seq makes it unique. */
+void api_completion_id(char *out, size_t cap, uint64_t seq, int kind);
 
-/* Whole non-streamed response body. */
-int api_completion_json(struct api_buf *b, const struct api_completion_meta *m, const char *text,
-                        size_t len, int finish, int32_t n_prompt, int32_t n_gen);
-/* One SSE event "data: {chunk}\n\n" carrying a text delta; finish != NONE adds its
- * finish_reason. with_usage_null adds "usage":null (include_usage streams). */
-int api_sse_chunk(struct api_buf *b, const struct api_completion_meta *m, const char *text,
-                  size_t len, int finish, int with_usage_null);
+/* Running text offsets of one completions choice's logprobs (text_offset). */
+struct api_lp_state {
+    size_t prompt_off;    /* next prompt token's offset in the choice text */
+    size_t gen_off;       /* bytes of generated token pieces so far */
+    size_t echo_len;      /* generated tokens start after the echoed prompt */
+};
+
+/* One choice as a response or a chunk shows it. */
+struct api_choice_out {
+    int index;
+    const char *text;     /* completions: text (with echo); chat: content (delta) */
+    size_t len;
+    int finish;           /* enum req_finish; NONE while running */
+    int logprobs;         /* requested top-N, -1: "logprobs": null */
+    const struct req_tok *toks; /* logprob records (prompt ones first) */
+    int32_t n_toks;
+    struct api_lp_state *lps;   /* completions offsets (in/out); NULL -> from 0 */
+};
+
+/* Whole non-streamed response body: choices ch[0..n), usage with
+ * prompt_tokens counted once. JSON numbers: logprobs -inf become -9999.0,
+ * the NaN of a first prompt token null. Returns 0 or SS_ENOMEM. */
+int api_response_json(struct api_buf *b, const struct api_completion_meta *m,
+                      const struct api_choice_out *ch, int n, int32_t n_prompt, int64_t n_gen);
+/* One SSE event "data: {chunk}\n\n" for one choice: completions text delta or
+ * chat content delta, its logprobs, and finish_reason when ch->finish != NONE.
+ * with_usage_null adds "usage":null (include_usage streams). */
+int api_sse_chunk(struct api_buf *b, const struct api_completion_meta *m,
+                  const struct api_choice_out *ch, int with_usage_null);
+/* Chat only: the first chunk of a choice, delta {"role":"assistant","content":""}. */
+int api_sse_role(struct api_buf *b, const struct api_completion_meta *m, int index,
+                 int with_usage_null);
 /* The usage event of include_usage streams (choices: []). */
 int api_sse_usage(struct api_buf *b, const struct api_completion_meta *m, int32_t n_prompt,
-                  int32_t n_gen);
+                  int64_t n_gen);
 /* "data: {"error":...}\n\n" */
 int api_sse_error(struct api_buf *b, const struct api_error *e);
 int api_sse_done(struct api_buf *b); /* "data: [DONE]\n\n" */
+
+/* ---- /tokenize and /detokenize (tokenize.c) ----
+ * /tokenize: {"prompt": str, "add_special_tokens": bool = true} (the prompt
+ * encoded as /v1/completions would) or {"messages": [...],
+ * "add_special_tokens": bool = false} (rendered with the chat template);
+ * "model" optional. Answer {"count", "max_model_len", "tokens", "token_strs": null}.
+ * /detokenize: {"tokens": [ids]} -> {"prompt": text} (special tokens rendered).
+ * Both write the 200 body into b and return 0, or return a negative code with
+ * *err filled. */
+int api_tokenize(const struct api_model_info *mi, const char *body, size_t len,
+                 struct api_buf *b, struct api_error *err);
+int api_detokenize(const struct api_model_info *mi, const char *body, size_t len,
+                   struct api_buf *b, struct api_error *err);
+
+/* ---- /metrics (metrics.c) ----
+ * Prometheus text exposition format 0.0.4 from one snapshot of the scheduler's
+ * counters: vLLM's metric names with the prefix "slimserve:". Content type:
+ * API_METRICS_CTYPE. Returns 0 or SS_ENOMEM. */
+#define API_METRICS_CTYPE "text/plain; version=0.0.4; charset=utf-8"
+int api_metrics_text(struct api_buf *b, const struct sched_stats *st);
 
 /* ---- other routes ---- */
 int api_models_json(struct api_buf *b, const struct api_model_info *mi);

@@ -116,7 +116,8 @@ struct be_ops {
      * DETERMINISM: y[t][r] is bitwise identical whatever n is, whatever the
      * other rows of x are and whatever the thread count is (within one process:
      * the CPU backend picks one instruction set at be_open). An unsupported
-     * type or a row size that is not a whole number of blocks gives y = 0. */
+     * type or a row size that is not a whole number of blocks gives y = 0.
+     * y must not overlap x. */
     void (*matmul)(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
     /* out[n][w->ne[0]] = rows ids[] of w, dequantised (an id outside
      * [0, ne[1]) gives a row of zeros) */

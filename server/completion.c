@@ -1,12 +1,14 @@
-/* completion.c - one /v1/completions request on the loop thread: submission,
- * output hand-off from the engine, SSE streaming, disconnect detection.
+/* completion.c - one /v1/completions or /v1/chat/completions request on the
+ * loop thread: submission of its n choices (one sched_req each), output
+ * hand-off from the engine, SSE streaming, disconnect detection.
  *
- *   access handler (full body) -> completion_start: parse, sched_submit
- *     non-stream: suspend; each wake-up completion_pump() appends text; when
- *                 finished, resume -> MHD calls the handler -> completion_resumed
- *                 queues the JSON (or the error).
+ *   access handler (full body) -> completion_start: parse, sched_submit x n
+ *     non-stream: suspend; each wake-up completion_pump_choice() keeps text and
+ *                 logprobs; when every choice finished, resume -> MHD calls the
+ *                 handler -> completion_resumed queues the JSON (or the error).
  *     stream:     queue a callback response; the reader hands out SSE bytes that
- *                 completion_pump() formatted, or suspends when there are none.
+ *                 completion_pump_choice() formatted (chunks carry their choice
+ *                 index), or suspends when there are none.
  *   While suspended, a uv_poll on the socket notices a client that went away
  *   (MHD does not watch suspended sockets) and cancels the request.
  */
@@ -117,15 +119,19 @@ static void finish_error(const struct srv_conn *c, struct api_error *e) {
                       c->errmsg[0] ? c->errmsg : "generation failed");
 }
 
-/* Appends the closing SSE events. */
-static void stream_close(struct srv_conn *c, const char *text, size_t len) {
-    if (c->finish == REQ_FINISH_STOP || c->finish == REQ_FINISH_LENGTH) {
-        api_sse_chunk(&c->out, &c->meta, text, len, c->finish, c->include_usage);
+int64_t completion_n_gen(const struct srv_conn *c) {
+    int64_t n = 0;
+    for (int i = 0; i < c->n_ch; i++)
+        n += c->ch[i].n_gen;
+    return n;
+}
+
+/* Appends the closing SSE events (each choice already sent its final chunk). */
+static void stream_close(struct srv_conn *c) {
+    if (!c->failed) {
         if (c->include_usage)
-            api_sse_usage(&c->out, &c->meta, c->n_prompt, c->n_gen);
+            api_sse_usage(&c->out, &c->meta, c->n_prompt, completion_n_gen(c));
     } else {
-        if (len)
-            api_sse_chunk(&c->out, &c->meta, text, len, REQ_FINISH_NONE, c->include_usage);
         struct api_error e;
         finish_error(c, &e);
         api_sse_error(&c->out, &e);
@@ -134,8 +140,80 @@ static void stream_close(struct srv_conn *c, const char *text, size_t len) {
     c->stream_closed = 1;
 }
 
-void completion_pump(struct srv_conn *c) {
-    if (!c->req || c->finished)
+/* A choice ended without stop/length: the whole response becomes an error.
+ * The first error is reported (a real error beats the cancellations it
+ * causes); the other choices are cancelled, nobody will see their output. */
+static void choice_failed(struct srv_conn *c, struct srv_choice *ch, const struct req_out *o) {
+    if (!c->failed || (c->finish == REQ_FINISH_CANCELLED && o->finish == REQ_FINISH_ERROR)) {
+        c->finish = o->finish;
+        c->error = o->error;
+        memcpy(c->errmsg, o->errmsg, sizeof(c->errmsg));
+        c->errmsg[sizeof(c->errmsg) - 1] = '\0';
+    }
+    if (!c->failed) {
+        c->failed = 1;
+        for (int i = 0; i < c->n_ch; i++)
+            if (&c->ch[i] != ch && !c->ch[i].finished)
+                sched_cancel(c->srv->sched, c->ch[i].req);
+    }
+}
+
+/* Stream: SSE chunks for what one take brought (text, logprobs, the end). */
+static void stream_take(struct srv_conn *c, struct srv_choice *ch, const struct req_out *o,
+                        int done) {
+    struct api_choice_out co = {ch->index, o->text, o->len, REQ_FINISH_NONE, c->logprobs,
+                                o->toks, o->n_toks, &ch->lps};
+    struct api_buf first;
+    api_buf_init(&first);
+    int echo_now = 0;
+    if (!ch->started) {
+        ch->started = 1;
+        if (c->kind == API_KIND_CHAT)
+            api_sse_role(&c->out, &c->meta, ch->index, c->include_usage);
+        if (c->echo_text) { /* the prompt goes out with the first chunk */
+            api_buf_append(&first, c->echo_text, c->echo_len);
+            api_buf_append(&first, o->text ? o->text : "", o->len);
+            co.text = first.data;
+            co.len = first.len;
+            echo_now = 1;
+            if (first.oom)
+                c->out.oom = 1;
+        }
+    }
+    if (done && !c->failed && (o->finish == REQ_FINISH_STOP || o->finish == REQ_FINISH_LENGTH)) {
+        co.finish = o->finish;
+        api_sse_chunk(&c->out, &c->meta, &co, c->include_usage);
+    } else if (!c->failed && (co.len || co.n_toks || echo_now)) {
+        api_sse_chunk(&c->out, &c->meta, &co, c->include_usage);
+    }
+    api_buf_free(&first);
+}
+
+/* Non-stream: keeps text and logprob records for the final body. */
+static void keep_take(struct srv_choice *ch, struct req_out *o) {
+    if (o->len)
+        api_buf_append(&ch->text, o->text, o->len);
+    if (o->n_toks <= 0)
+        return;
+    if (ch->n_toks + o->n_toks > ch->cap_toks) {
+        int32_t cap = ch->cap_toks ? ch->cap_toks : 16;
+        while (cap < ch->n_toks + o->n_toks)
+            cap *= 2;
+        struct req_tok *nt = realloc(ch->toks, sizeof(*nt) * (size_t)cap);
+        if (!nt) {
+            ch->text.oom = 1;
+            return;
+        }
+        ch->toks = nt;
+        ch->cap_toks = cap;
+    }
+    memcpy(ch->toks + ch->n_toks, o->toks, sizeof(*o->toks) * (size_t)o->n_toks);
+    ch->n_toks += o->n_toks;
+}
+
+void completion_pump_choice(struct srv_choice *ch) {
+    struct srv_conn *c = ch->conn;
+    if (!ch->req || ch->finished || c->finished)
         return;
     if (c->stream && c->out_off > 65536 && c->out_off * 2 > c->out.len) {
         api_buf_consume(&c->out, c->out_off); /* compact what MHD already took */
@@ -143,28 +221,28 @@ void completion_pump(struct srv_conn *c) {
     }
     struct req_out o;
     memset(&o, 0, sizeof(o));
-    int done = sched_req_take(c->req, &o);
+    int done = sched_req_take(ch->req, &o);
     c->n_prompt = o.n_prompt;
-    c->n_gen = o.n_gen;
-    if (!c->stream) {
-        if (o.len)
-            api_buf_append(&c->out, o.text, o.len);
-    } else if (!done && o.len) {
-        api_sse_chunk(&c->out, &c->meta, o.text, o.len, REQ_FINISH_NONE, c->include_usage);
-    }
+    ch->n_gen = o.n_gen;
+    if (done && o.finish != REQ_FINISH_STOP && o.finish != REQ_FINISH_LENGTH)
+        choice_failed(c, ch, &o);
+    if (c->stream)
+        stream_take(c, ch, &o, done);
+    else
+        keep_take(ch, &o);
     if (done) {
-        c->finished = 1;
-        c->finish = o.finish;
-        c->error = o.error;
-        memcpy(c->errmsg, o.errmsg, sizeof(c->errmsg));
-        c->errmsg[sizeof(c->errmsg) - 1] = '\0';
-        inflight_remove(c);
-        if (c->stream)
-            stream_close(c, o.text, o.len);
+        ch->finished = 1;
+        ch->finish = o.finish;
+        if (++c->n_done == c->n_ch) {
+            c->finished = 1;
+            inflight_remove(c);
+            if (c->stream)
+                stream_close(c);
+        }
     }
     free(o.text);
-    free(o.toks); /* logprobs are not requested yet */
-    if (c->out.oom) {
+    free(o.toks);
+    if (c->out.oom || ch->text.oom) {
         /* cannot even buffer the answer: drop the connection */
         completion_cancel(c, CANCEL_CLIENT);
         c->client_gone = 1;
@@ -181,18 +259,42 @@ void completion_pump(struct srv_conn *c) {
         conn_resume(c);
 }
 
+void completion_pump(struct srv_conn *c) {
+    for (int i = 0; i < c->n_ch && !c->finished; i++)
+        completion_pump_choice(&c->ch[i]);
+}
+
 void completion_cancel(struct srv_conn *c, int reason) {
-    if (!c->req || c->finished)
+    if (c->n_ch == 0 || c->finished)
         return;
     if (c->cancel_reason == CANCEL_NONE) {
         c->cancel_reason = reason;
-        sched_cancel(c->srv->sched, c->req);
+        for (int i = 0; i < c->n_ch; i++)
+            if (c->ch[i].req && !c->ch[i].finished)
+                sched_cancel(c->srv->sched, c->ch[i].req);
     }
     if (reason == CANCEL_CLIENT) {
         /* nobody to send the rest to */
         c->finished = 1;
         inflight_remove(c);
     }
+}
+
+void completion_free(struct srv_conn *c) {
+    for (int i = 0; i < c->n_ch; i++) {
+        struct srv_choice *ch = &c->ch[i];
+        if (ch->req) {
+            ch->req->user = NULL; /* loop-thread field: stale ready entries see no choice */
+            sched_req_unref(ch->req);
+        }
+        api_buf_free(&ch->text);
+        free(ch->toks);
+    }
+    free(c->ch);
+    c->ch = NULL;
+    c->n_ch = 0;
+    free(c->echo_text);
+    c->echo_text = NULL;
 }
 
 /* ------------------------------------------------------------ streaming reader */
@@ -247,51 +349,137 @@ static enum MHD_Result start_stream(struct srv_conn *c) {
     return ret;
 }
 
+static void submit_error(struct api_error *e, int rc, const struct sched_req *r) {
+    if (rc == SS_EAGAIN)
+        api_error_set(e, rc, NULL, "queue_full", "%s",
+                      r->out.errmsg[0] ? r->out.errmsg : "too many requests; retry later");
+    else
+        api_error_set(e, rc, rc == SS_ETOOLONG ? "prompt" : NULL,
+                      rc == SS_ETOOLONG ? "context_length_exceeded" : NULL, "%s",
+                      r->out.errmsg[0] ? r->out.errmsg : ss_strerror(rc));
+}
+
+/* Creates and submits the n requests of comp (its params move into the last
+ * one; the others get deep copies, choice i seeded with seed + i). On failure
+ * everything submitted is cancelled and released, and *e is filled. */
+static int submit_choices(struct srv_conn *c, struct api_completion *comp, struct api_error *e) {
+    struct srv *s = c->srv;
+    int n = comp->n;
+    c->ch = calloc((size_t)n, sizeof(*c->ch));
+    if (!c->ch) {
+        api_error_set(e, SS_ENOMEM, NULL, NULL, NULL);
+        return SS_ENOMEM;
+    }
+    c->n_ch = n;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        struct srv_choice *ch = &c->ch[i];
+        ch->conn = c;
+        ch->index = i;
+        ch->lps.echo_len = comp->echo_len;
+        struct sched_req *r = sched_req_new();
+        if (!r) {
+            api_error_set(e, SS_ENOMEM, NULL, NULL, NULL);
+            rc = SS_ENOMEM;
+            break;
+        }
+        if (i == n - 1) {
+            r->p = comp->p; /* the request owns prompt, stop strings and bias from here */
+            memset(&comp->p, 0, sizeof(comp->p));
+        } else if (api_req_params_copy(&r->p, &comp->p) != 0) {
+            sched_req_unref(r);
+            api_error_set(e, SS_ENOMEM, NULL, NULL, NULL);
+            rc = SS_ENOMEM;
+            break;
+        }
+        if (r->p.smp.has_seed)
+            r->p.smp.seed += (uint64_t)i;
+        r->user = ch;
+        rc = sched_submit(s->sched, r);
+        if (rc < 0) {
+            submit_error(e, rc, r);
+            r->user = NULL;
+            sched_req_unref(r);
+            break;
+        }
+        ch->req = r;
+    }
+    if (rc < 0) {
+        for (int i = 0; i < c->n_ch; i++)
+            if (c->ch[i].req)
+                sched_cancel(s->sched, c->ch[i].req);
+        completion_free(c); /* drops our references; the engine ends the cancelled ones */
+    }
+    return rc;
+}
+
 enum MHD_Result completion_start(struct srv_conn *c) {
     struct srv *s = c->srv;
     struct api_completion comp;
     struct api_error e;
-    int rc = api_completion_parse(&s->mi, c->body.data, c->body.len, &comp, &e);
+    int rc = c->route == API_ROUTE_CHAT
+                 ? api_chat_parse(&s->mi, c->body.data, c->body.len, &comp, &e)
+                 : api_completion_parse(&s->mi, c->body.data, c->body.len, &comp, &e);
     api_buf_free(&c->body);
     if (rc < 0)
         return srv_respond_error(c, &e);
-
-    struct sched_req *r = sched_req_new();
-    if (!r) {
-        api_completion_free(&comp);
-        api_error_set(&e, SS_ENOMEM, NULL, NULL, NULL);
-        return srv_respond_error(c, &e);
-    }
-    r->p = comp.p; /* the request owns prompt and stop strings from here */
-    memset(&comp.p, 0, sizeof(comp.p));
-    r->user = c;
-    rc = sched_submit(s->sched, r);
-    if (rc < 0) {
-        if (rc == SS_EAGAIN)
-            api_error_set(&e, rc, NULL, "queue_full", "%s",
-                          r->out.errmsg[0] ? r->out.errmsg : "too many requests; retry later");
-        else
-            api_error_set(&e, rc, rc == SS_ETOOLONG ? "prompt" : NULL,
-                          rc == SS_ETOOLONG ? "context_length_exceeded" : NULL, "%s",
-                          r->out.errmsg[0] ? r->out.errmsg : ss_strerror(rc));
-        r->user = NULL;
-        sched_req_unref(r);
-        return srv_respond_error(c, &e);
-    }
-    c->req = r;
-    c->n_prompt = r->p.n_prompt;
+    c->kind = comp.kind;
+    c->logprobs = comp.p.logprobs;
+    c->n_prompt = comp.p.n_prompt;
     c->stream = comp.stream;
     c->include_usage = comp.include_usage;
-    api_completion_id(c->id, sizeof(c->id), ++s->seq);
+    rc = submit_choices(c, &comp, &e);
+    if (rc < 0) {
+        api_completion_free(&comp);
+        return srv_respond_error(c, &e);
+    }
+    c->echo_text = comp.echo_text; /* moved */
+    c->echo_len = comp.echo_len;
+    comp.echo_text = NULL;
+    api_completion_free(&comp);
+    api_completion_id(c->id, sizeof(c->id), ++s->seq, c->kind);
     c->meta.id = c->id;
     c->meta.created = (int64_t)time(NULL);
     c->meta.model = s->mi.name;
+    c->meta.kind = c->kind;
+    c->meta.tok = s->mi.tok;
     inflight_add(c);
     if (c->stream)
         return start_stream(c);
     conn_set_state(c, CS_WAIT);
     conn_suspend(c);
     return MHD_YES;
+}
+
+/* The whole non-streamed body; choices with echo get the prompt in front. */
+static int response_body(struct srv_conn *c, struct api_buf *b) {
+    struct api_choice_out *co = calloc((size_t)c->n_ch, sizeof(*co));
+    struct api_buf *joined = calloc((size_t)c->n_ch, sizeof(*joined));
+    struct api_lp_state *lps = calloc((size_t)c->n_ch, sizeof(*lps));
+    int rc = SS_ENOMEM;
+    if (co && joined && lps) {
+        for (int i = 0; i < c->n_ch; i++) {
+            struct srv_choice *ch = &c->ch[i];
+            co[i] = (struct api_choice_out){i, ch->text.data, ch->text.len, ch->finish,
+                                            c->logprobs, ch->toks, ch->n_toks, &lps[i]};
+            lps[i].echo_len = c->echo_len;
+            if (c->echo_text) {
+                api_buf_append(&joined[i], c->echo_text, c->echo_len);
+                api_buf_append(&joined[i], ch->text.data ? ch->text.data : "", ch->text.len);
+                co[i].text = joined[i].data;
+                co[i].len = joined[i].len;
+                if (joined[i].oom)
+                    b->oom = 1;
+            }
+        }
+        rc = api_response_json(b, &c->meta, co, c->n_ch, c->n_prompt, completion_n_gen(c));
+    }
+    for (int i = 0; joined && i < c->n_ch; i++)
+        api_buf_free(&joined[i]);
+    free(co);
+    free(joined);
+    free(lps);
+    return rc;
 }
 
 /* Non-stream: MHD calls the handler again after each resume. */
@@ -303,13 +491,13 @@ enum MHD_Result completion_resumed(struct srv_conn *c) {
         return MHD_YES;
     }
     struct api_error e;
-    if (c->finish == REQ_FINISH_STOP || c->finish == REQ_FINISH_LENGTH) {
+    if (!c->failed) {
         struct api_buf b;
         api_buf_init(&b);
-        api_completion_json(&b, &c->meta, c->out.data, c->out.len, c->finish, c->n_prompt,
-                            c->n_gen);
-        api_buf_free(&c->out);
-        if (b.oom) {
+        int rc = response_body(c, &b);
+        for (int i = 0; i < c->n_ch; i++)
+            api_buf_free(&c->ch[i].text);
+        if (rc < 0 || b.oom) {
             api_buf_free(&b);
             api_error_set(&e, SS_ENOMEM, NULL, NULL, NULL);
             return srv_respond_error(c, &e);

@@ -58,10 +58,7 @@ void srv_mhd_run(struct srv *s) {
 /* ------------------------------------------------------------ conns */
 
 static void conn_free(struct srv_conn *c) {
-    if (c->req) {
-        c->req->user = NULL; /* loop-thread field: stale ready entries see no conn */
-        sched_req_unref(c->req);
-    }
+    completion_free(c); /* choices: r->user cleared, references dropped */
     api_buf_free(&c->body);
     api_buf_free(&c->out);
     free(c);
@@ -219,6 +216,12 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
     case API_ROUTE_MODELS:
         api_models_json(&b, &s->mi);
         return respond_json(c, 200, &b);
+    case API_ROUTE_METRICS: {
+        struct sched_stats st;
+        sched_get_stats(s->sched, &st); /* one locked copy; no per-token work */
+        api_metrics_text(&b, &st);
+        return srv_respond(c, 200, API_METRICS_CTYPE, &b, NULL, NULL);
+    }
     default:
         break;
     }
@@ -256,6 +259,30 @@ static enum MHD_Result on_body(struct srv_conn *c, const char *data, size_t size
     return api_buf_append(&c->body, data, size) == 0 ? MHD_YES : MHD_NO;
 }
 
+/* The whole body is in: answer a POST route. */
+static enum MHD_Result body_complete(struct srv_conn *c) {
+    struct srv *s = c->srv;
+    struct api_buf b;
+    struct api_error e;
+    int rc;
+    switch (c->route) {
+    case API_ROUTE_TOKENIZE:
+    case API_ROUTE_DETOKENIZE:
+        api_buf_init(&b);
+        rc = c->route == API_ROUTE_TOKENIZE
+                 ? api_tokenize(&s->mi, c->body.data, c->body.len, &b, &e)
+                 : api_detokenize(&s->mi, c->body.data, c->body.len, &b, &e);
+        api_buf_free(&c->body);
+        if (rc < 0) {
+            api_buf_free(&b);
+            return srv_respond_error(c, &e);
+        }
+        return respond_json(c, 200, &b);
+    default:
+        return completion_start(c);
+    }
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls) {
@@ -277,7 +304,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const cha
                                c->srv->cfg->max_body);
             return srv_respond_error(c, &e);
         }
-        return completion_start(c);
+        return body_complete(c);
     case CS_WAIT:
         return completion_resumed(c);
     default:
@@ -306,7 +333,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (!c)
         return;
     *con_cls = NULL;
-    if (c->req && !c->finished)
+    if (c->n_ch && !c->finished)
         completion_cancel(c, CANCEL_CLIENT);
     fdwatch_close(c);
     c->mc = NULL;
@@ -318,10 +345,11 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     const char *why = toe_name(toe);
     if (!why && c->client_gone)
         why = "client closed";
-    if (c->req)
-        srv_log(SRV_LOG_INFO, "%s %s %d %.1fms prompt=%d completion=%d%s%s%s", c->method, c->path,
-                c->status, ms, (int)c->n_prompt, (int)c->n_gen, c->stream ? " stream" : "",
-                why ? " aborted: " : "", why ? why : "");
+    if (c->n_ch)
+        srv_log(SRV_LOG_INFO, "%s %s %d %.1fms prompt=%d completion=%lld%s%s%s%s", c->method,
+                c->path, c->status, ms, (int)c->n_prompt, (long long)completion_n_gen(c),
+                c->n_ch > 1 ? " n>1" : "", c->stream ? " stream" : "", why ? " aborted: " : "",
+                why ? why : "");
     else
         srv_log(SRV_LOG_INFO, "%s %s %d %.1fms%s%s", c->method, c->path, c->status, ms,
                 why ? " aborted: " : "", why ? why : "");
@@ -370,9 +398,9 @@ static void drain_ready(struct srv *s) {
             return;
         }
         for (size_t i = 0; i < n; i++) {
-            struct srv_conn *c = list[i]->user;
-            if (c && c->req == list[i] && c->inflight && s->phase != SRV_STOPPED)
-                completion_pump(c);
+            struct srv_choice *ch = list[i]->user;
+            if (ch && ch->req == list[i] && ch->conn->inflight && s->phase != SRV_STOPPED)
+                completion_pump_choice(ch);
             sched_req_unref(list[i]);
         }
         free(list);
@@ -541,6 +569,8 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     s->mi.tok = eng_model_tok(m);
     s->mi.n_vocab = s->mi.tok ? tok_n_vocab(s->mi.tok) : eng_model_config(m)->n_vocab;
     s->mi.created = (int64_t)time(NULL);
+    s->mi.chat_family = cfg->chat_family;
+    s->mi.chat_bos = cfg->chat_bos;
     pthread_mutex_init(&s->ready_lock, NULL);
     if (uv_loop_init(&s->loop) != 0) {
         fprintf(stderr, "slimserve: cannot create the event loop\n");
@@ -556,6 +586,7 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     so.max_num_seqs = cfg->max_num_seqs;
     so.max_batched_tokens = cfg->max_batched_tokens;
     so.max_queued = cfg->max_queued;
+    so.no_prefix_cache = cfg->no_prefix_cache;
     s->sched = sched_new(m, &so, on_notify, s);
     int port = 0, rc = 1;
     if (!s->sched || sched_start(s->sched) != 0) {

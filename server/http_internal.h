@@ -8,10 +8,11 @@
  *   +1 the MHD request (dropped in NOTIFY_COMPLETED),
  *   +1 a streaming response (dropped in the reader's free callback),
  *   +1 an initialised fd watcher (dropped in its uv_close callback).
- * A conn holds one reference on its sched_req; the engine holds another while it
- * works on it, and every ready-list entry holds one more (taken in the notify
- * callback). r->user points to the conn while it is alive; the loop thread sets
- * it to NULL before freeing the conn (the engine never reads it).
+ * A conn holds one reference on each choice's sched_req; the engine holds
+ * another while it works on it, and every ready-list entry holds one more
+ * (taken in the notify callback). r->user points to the struct srv_choice
+ * while the conn is alive; the loop thread sets it to NULL before freeing the
+ * conn (the engine never reads it).
  */
 #ifndef SS_HTTP_INTERNAL_H
 #define SS_HTTP_INTERNAL_H
@@ -43,6 +44,23 @@ enum conn_state {
 enum cancel_reason { CANCEL_NONE = 0, CANCEL_CLIENT, CANCEL_SLOW, CANCEL_SHUTDOWN };
 
 struct srv;
+struct srv_conn;
+
+/* One choice of a generation request (n > 1 gives several). r->user points
+ * here while the conn is alive. */
+struct srv_choice {
+    struct srv_conn *conn;
+    int index;
+    struct sched_req *req;     /* our reference */
+    struct api_buf text;       /* non-stream: generated text so far */
+    struct req_tok *toks;      /* non-stream: logprob records so far (malloc'd) */
+    int32_t n_toks, cap_toks;
+    struct api_lp_state lps;   /* stream: text offsets of completions logprobs */
+    int32_t n_gen;
+    int started;               /* stream: first chunk (chat role / echo text) sent */
+    int finished;              /* final output taken */
+    int finish;                /* enum req_finish */
+};
 
 struct srv_conn {
     struct srv *srv;
@@ -60,18 +78,25 @@ struct srv_conn {
     uint64_t discarded;        /* bytes dropped after the cap was hit */
     int too_large;
 
-    /* completion */
-    struct sched_req *req;     /* our reference; NULL for other routes */
+    /* generation (completions, chat); n_ch == 0 for other routes */
+    struct srv_choice *ch;     /* [n_ch] */
+    int n_ch;
+    int n_done;                /* choices whose final output was taken */
     int inflight;              /* in srv->inflight: output still expected */
     struct srv_conn *prev, *next;
+    int kind;                  /* enum api_kind */
     int stream, include_usage;
+    int logprobs;              /* requested top-N, -1 none */
+    char *echo_text;           /* completions echo: prompt text (malloc'd) or NULL */
+    size_t echo_len;
     char id[48];
     struct api_completion_meta meta;
-    struct api_buf out;        /* non-stream: text; stream: SSE bytes not yet sent */
+    struct api_buf out;        /* stream: SSE bytes not yet sent */
     size_t out_off;            /* stream: bytes of out already handed to MHD */
-    int32_t n_prompt, n_gen;
-    int finished;              /* final output taken */
-    int finish, error;         /* enum req_finish, SS_E* */
+    int32_t n_prompt;
+    int finished;              /* every choice done (or abandoned) */
+    int failed;                /* a choice ended with an error or was cancelled */
+    int finish, error;         /* of the first failed choice: enum req_finish, SS_E* */
     char errmsg[sizeof(((struct req_out *)0)->errmsg)];
     int stream_closed;         /* final SSE events appended */
     int cancel_reason;         /* enum cancel_reason */
@@ -126,7 +151,10 @@ enum MHD_Result srv_respond_error(struct srv_conn *c, const struct api_error *e)
 /* completion.c */
 enum MHD_Result completion_start(struct srv_conn *c);
 enum MHD_Result completion_resumed(struct srv_conn *c);
-void completion_pump(struct srv_conn *c);   /* take output; resume if there is news */
+void completion_pump(struct srv_conn *c);   /* take every choice's output; resume if news */
+void completion_pump_choice(struct srv_choice *ch); /* one choice's output */
+int64_t completion_n_gen(const struct srv_conn *c); /* completion tokens over choices */
+void completion_free(struct srv_conn *c);   /* drops the choices (conn_free) */
 void completion_cancel(struct srv_conn *c, int reason);
 void fdwatch_start(struct srv_conn *c);
 void fdwatch_stop(struct srv_conn *c);

@@ -3,6 +3,7 @@
  *   slimserve serve --model PATH [options]   run the OpenAI-compatible server
  *   slimserve gen-model [options]            write a synthetic test model
  *   slimserve bench [options]                load generator against a server
+ *   slimserve perplexity [options]           perplexity of a model over a text file
  *   slimserve --version | help
  *
  * Every serve flag can also come from SLIMSERVE_<FLAG> (upper case, '-' -> '_',
@@ -21,12 +22,15 @@
 #include <strings.h>
 #include <time.h>
 
+#include "api/api.h"
 #include "config.h"
 #include "engine/engine.h"
+#include "engine/gguf.h"
 #include "engine/ss_error.h"
 #include "server/srv.h"
 #include "tools/bench.h"
 #include "tools/genmodel.h"
+#include "tools/perplexity.h"
 
 int srv_log_level = SRV_LOG_INFO;
 
@@ -51,13 +55,14 @@ void srv_log(int level, const char *fmt, ...) {
 
 /* ---------------------------------------------------------------- flags */
 
-enum opt_kind { OPT_STR, OPT_INT, OPT_SIZE, OPT_DOUBLE, OPT_BACKEND, OPT_LOGLEVEL };
+enum opt_kind { OPT_STR, OPT_INT, OPT_SIZE, OPT_DOUBLE, OPT_BACKEND, OPT_LOGLEVEL, OPT_BOOL };
 
 struct serve_opts {
     struct srv_config srv;
     struct eng_options eng;
     int port, threads, ctx;
     size_t kv_bytes;
+    const char *chat_template;  /* --chat-template: family name, file or template text */
 };
 
 struct opt {
@@ -96,6 +101,11 @@ static const struct opt serve_flags[] = {
     {"max-stream-buffer", OPT_SIZE, 1024, 1LL << 32, OFF(srv.max_stream_buffer),
      "unsent bytes a stream may queue before it is cancelled as too slow (default 4MiB)"},
     {"log-level", OPT_LOGLEVEL, 0, 0, OFF(srv.log_level), "error, warn, info (default), debug"},
+    {"no-prefix-cache", OPT_BOOL, 0, 0, OFF(srv.no_prefix_cache),
+     "disable prefix caching (a flag; also --no-prefix-cache=true|false)"},
+    {"chat-template", OPT_STR, 0, 0, OFF(chat_template),
+     "chat template: chatml, llama3, llama2, mistral, gemma, or a file holding a Jinja "
+     "template of one of those families (default: the model's tokenizer.chat_template)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -104,6 +114,7 @@ static void usage(FILE *f) {
                "  slimserve serve --model PATH [options]\n"
                "  slimserve gen-model [options]      (slimserve gen-model --help)\n"
                "  slimserve bench [options]          (slimserve bench --help)\n"
+               "  slimserve perplexity [options]     (slimserve perplexity --help)\n"
                "  slimserve --version\n"
                "  slimserve help\n\nserve options (each also from SLIMSERVE_<NAME>):\n");
     for (size_t i = 0; i < N_SERVE_FLAGS; i++)
@@ -189,6 +200,19 @@ static int set_opt(struct serve_opts *o, const struct opt *f, const char *value,
         }
         *(const char **)dst = value;
         return 0;
+    case OPT_BOOL:
+        if (!strcmp(value, "1") || !strcasecmp(value, "true") || !strcasecmp(value, "yes") ||
+            !strcasecmp(value, "on")) {
+            *(int *)dst = 1;
+            return 0;
+        }
+        if (!strcmp(value, "0") || !strcasecmp(value, "false") || !strcasecmp(value, "no") ||
+            !strcasecmp(value, "off")) {
+            *(int *)dst = 0;
+            return 0;
+        }
+        fprintf(stderr, "slimserve: %s: expected true or false, got '%s'\n", src, value);
+        return -1;
     case OPT_LOGLEVEL: {
         static const char *const lv[] = {"error", "warn", "info", "debug"};
         for (int i = 0; i < 4; i++) {
@@ -256,6 +280,8 @@ static int parse_serve_args(struct serve_opts *o, int argc, char **argv) {
             return 2;
         }
         const char *v = eq ? eq + 1 : NULL;
+        if (!v && f->kind == OPT_BOOL)
+            v = "true"; /* a bare flag */
         if (!v) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "slimserve serve: flag '--%s' needs a value\n", f->name);
@@ -287,6 +313,78 @@ static char *default_served_name(const char *path) {
     if (n == 0)
         return strdup("model");
     return strndup(b, n);
+}
+
+/* Reads a whole small file (a Jinja template) into a malloc'd string; NULL if
+ * it cannot be read or is over 1 MiB. */
+static char *read_small_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc((1u << 20) + 1);
+    size_t n = buf ? fread(buf, 1, 1u << 20, f) : 0;
+    int big = buf && n == (1u << 20) && fgetc(f) != EOF;
+    fclose(f);
+    if (!buf || big) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+/* Chooses the chat template family: --chat-template (a family name, a file,
+ * or template text) or else the model's tokenizer.chat_template. Returns 0,
+ * or 2 (usage error, message printed) when an explicit template is not
+ * recognised. A model without a recognised template only logs: its chat
+ * requests get a 400. */
+static int resolve_chat_template(const char *model_path, const char *override,
+                                 struct srv_config *cfg) {
+    cfg->chat_family = API_TMPL_NONE;
+    cfg->chat_bos = 0;
+    if (override && *override) {
+        int fam = api_tmpl_by_name(override);
+        if (fam > 0) {
+            cfg->chat_family = fam;
+            cfg->chat_bos = api_tmpl_default_bos(fam);
+            return 0;
+        }
+        size_t len = 0;
+        char *text = read_small_file(override, &len);
+        const char *src = text ? text : override;
+        fam = api_tmpl_detect(src, text ? len : strlen(override), &cfg->chat_bos);
+        free(text);
+        if (fam == API_TMPL_NONE) {
+            fprintf(stderr,
+                    "slimserve: --chat-template '%.80s': not a family name (chatml, llama3, "
+                    "llama2, mistral, gemma) nor a template of one of those families\n",
+                    override);
+            return 2;
+        }
+        cfg->chat_family = fam;
+        return 0;
+    }
+    struct gguf_file *f = NULL;
+    char err[256];
+    struct gguf_str t = {0, NULL};
+    if (gguf_open(&f, model_path, err, sizeof(err)) == 0 &&
+        gguf_get_str(f, "tokenizer.chat_template", &t) == 0 && t.len > 0) {
+        cfg->chat_family = api_tmpl_detect(t.s, (size_t)t.len, &cfg->chat_bos);
+        if (cfg->chat_family == API_TMPL_NONE)
+            srv_log(SRV_LOG_WARN,
+                    "the model's chat template is not one of the known families (chatml, "
+                    "llama3, llama2, mistral, gemma): /v1/chat/completions answers 400; "
+                    "choose one with --chat-template");
+    } else {
+        srv_log(SRV_LOG_INFO, "the model has no chat template: /v1/chat/completions answers "
+                              "400 unless --chat-template is given");
+    }
+    gguf_close(f);
+    if (cfg->chat_family != API_TMPL_NONE)
+        srv_log(SRV_LOG_INFO, "chat template: %s%s", api_tmpl_name(cfg->chat_family),
+                cfg->chat_bos ? " (with BOS)" : "");
+    return 0;
 }
 
 static int cmd_serve(int argc, char **argv) {
@@ -325,6 +423,12 @@ static int cmd_serve(int argc, char **argv) {
         free(name_buf);
         return 1;
     }
+    rc = resolve_chat_template(o.srv.model_path, o.chat_template, &o.srv);
+    if (rc) {
+        eng_model_free(m);
+        free(name_buf);
+        return rc;
+    }
     const struct eng_config *cfg = eng_model_config(m);
     srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",
             o.srv.served_name, cfg->arch_name, cfg->n_layers, cfg->dim, cfg->n_vocab,
@@ -357,6 +461,8 @@ int main(int argc, char **argv) {
         return tool_genmodel_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return tool_bench_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "perplexity"))
+        return tool_perplexity_main(argc - 1, argv + 1);
     fprintf(stderr, "slimserve: unknown command '%s' (see 'slimserve help')\n", cmd);
     return 2;
 }

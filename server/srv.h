@@ -30,6 +30,9 @@ struct srv_config {
     double shutdown_grace_s;    /* SIGTERM: time in-flight requests get to finish */
     size_t max_stream_buffer;   /* per-stream unsent bytes before the request is cancelled */
     int log_level;              /* enum srv_log_level */
+    int no_prefix_cache;        /* 1: scheduler without prefix caching */
+    int chat_family;            /* enum api_tmpl_family for /v1/chat/completions (0: none) */
+    int chat_bos;               /* 1: the chat template emits the BOS token text */
 };
 
 /* Serves until SIGINT/SIGTERM. The model must stay loaded until it returns.

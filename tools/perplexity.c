@@ -93,7 +93,10 @@ static int read_text(const char *path, char **out, size_t *len, char *err, size_
                 break;
             }
             char *nb = realloc(buf, 2 * cap + 1);
-            if (!nb) break;
+            if (!nb) {
+                rc = fail(err, err_len, SS_ENOMEM, "out of memory reading %s", path);
+                break;
+            }
             buf = nb;
             cap *= 2;
         }

@@ -47,8 +47,10 @@ def _generation_tokens(srv):
     text = body.decode("utf-8", "replace")
     total, found = 0.0, False
     for line in text.splitlines():
-        m = re.match(r"^([A-Za-z_:][\w:]*generation_tokens(?:_total)?)(\{[^}]*\})?\s+(\S+)", line)
-        if m:
+        # vLLM's counter with our prefix, e.g. slimserve:generation_tokens_total
+        m = re.match(r"^((?:[A-Za-z_][\w]*[:_])?generation_tokens(?:_total)?)(\{[^}]*\})?\s+(\S+)",
+                     line)
+        if m and "request" not in m.group(1):
             total += float(m.group(3))
             found = True
     return total if found else None

@@ -1,7 +1,8 @@
 /* test_forward.c - model loading and the forward pass.
  *
  * - numerics: small generated llama models (f32, f16, bf16, q8_0; spm and bpe;
- *   grouped and full K/V heads; tied and untied output) run a prompt with
+ *   grouped and full K/V heads; tied and untied output; qwen2 with q/k/v
+ *   biases, both rewritten from llama and written by genmodel) run a prompt with
  *   all_logits and are compared with tests/ref/llama_ref.py, an independent
  *   NumPy float64 implementation reading the same GGUF file;
  * - incremental decode (prefill k tokens, then one at a time) reproduces the
@@ -35,7 +36,7 @@
 
 /* ----------------------------------------------------------------- models */
 
-enum { M_F32, M_F32_TIED_MHA, M_Q8, M_F16_TIED, M_BF16_BPE, M_QWEN2, M_ROPE_FREQS, M_COUNT };
+enum { M_F32, M_F32_TIED_MHA, M_Q8, M_F16_TIED, M_BF16_BPE, M_QWEN2, M_ROPE_FREQS, M_QWEN2_GEN, M_COUNT };
 
 struct test_model {
     const char *label;
@@ -58,6 +59,8 @@ static struct test_model models[M_COUNT] = {
     [M_QWEN2] = {"qwen2 (neox, qkv bias) f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "bpe", 6, 1e-4},
     /* generated as llama, then given a rope_freqs.weight (llama3-style) */
     [M_ROPE_FREQS] = {"llama + rope_freqs f32 gqa(4/2)", BE_F32, 0, 2, 64, 4, 192, 2, "spm", 7, 1e-4},
+    /* written by genmodel as arch qwen2 (its own q/k/v biases), q8_0, tied */
+    [M_QWEN2_GEN] = {"qwen2 genmodel q8_0 tied mqa(4/1)", BE_Q8_0, 1, 1, 128, 4, 256, 2, "bpe", 8, 1e-4},
 };
 
 static char tmp_dir[PATH_MAX - 64];
@@ -184,6 +187,7 @@ static int gen_models(void) {
         o.n_layers = t->n_layers;
         o.tokenizer = t->tok;
         o.seed = t->seed;
+        if (i == M_QWEN2_GEN) o.arch = "qwen2";
         char name[32];
         snprintf(name, sizeof name, "m%d.gguf", i);
         snprintf(t->path, sizeof t->path, "%s/test_forward_%ld_%s", tmp_dir, (long)getpid(), name);

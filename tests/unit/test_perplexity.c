@@ -329,6 +329,8 @@ START_TEST(test_errors) {
     opts_for(&o, M_SPM);
     o.text_path = "/nonexistent/text.txt";
     expect_fail(&o, SS_ENOTFOUND, "/nonexistent/text.txt");
+    o.text_path = tmp_dir; /* a directory opens but cannot be read */
+    expect_fail(&o, SS_EIO, tmp_dir);
     o.text_path = short_path;
     expect_fail(&o, SS_EINVAL, "fewer than one window of ctx 64");
     o.text_path = empty_path;

@@ -1,0 +1,55 @@
+/* api_internal.h - request-parsing helpers shared by completions.c, chat.c and
+ * tokenize.c (params.c). Not a public interface: only api/ includes it.
+ *
+ * Conventions: field accessors treat an absent field and a JSON null alike
+ * ("not given", return 0); they return 1 when a valid value was stored and a
+ * negative SS_E* code with *err filled (param = the field name) otherwise.
+ */
+#ifndef SS_API_INTERNAL_H
+#define SS_API_INTERNAL_H
+
+#include <cjson/cJSON.h>
+
+#include "api/api.h"
+
+const cJSON *api_field(const cJSON *obj, const char *name);
+int api_get_number(const cJSON *obj, const char *name, double *out, struct api_error *err);
+/* Integer in [lo, hi] (as doubles; values beyond 2^53 lose precision). */
+int api_get_integer(const cJSON *obj, const char *name, double lo, double hi, int64_t *out,
+                    struct api_error *err);
+int api_get_bool(const cJSON *obj, const char *name, int *out, struct api_error *err);
+/* Always returns SS_EINVAL: "'name' must be RANGE, got X". */
+int api_range_error(struct api_error *err, const char *name, const char *range, double got);
+
+/* Parses body as a JSON object. Returns the tree (caller cJSON_Delete()s) or
+ * NULL with *err filled (400). */
+cJSON *api_parse_object(const char *body, size_t len, struct api_error *err);
+
+/* "model": absent or the served name (else 404 model_not_found). */
+int api_parse_model(const struct api_model_info *mi, const cJSON *root, struct api_error *err);
+
+/* Fields shared by completions and chat: stream and stream_options, n,
+ * temperature/top_p/top_k/min_p/seed, presence/frequency/repetition
+ * penalties, logit_bias, ignore_eos, stop. Fills c (p must be initialised). */
+int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct api_completion *c,
+                     struct api_error *err);
+
+/* Encodes len bytes of text into *ids (malloc'd, replacing what was there)
+ * and *n. An empty result is an error (param). Returns 0 or negative. */
+int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, int add_bos,
+                    int parse_special, const char *param, int32_t **ids, int32_t *n,
+                    struct api_error *err);
+
+/* After the prompt is known: checks it against the context, applies
+ * max_tokens (read from the field named mt_name, or default_max clamped to the
+ * room left) and validates min_tokens <= max_tokens. */
+int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const char *mt_name,
+                      int default_max, struct api_completion *c, struct api_error *err);
+
+/* chat.c: renders root's "messages" with the model's chat template and
+ * encodes them (special tokens parsed, no extra BOS) into p->prompt. Shared by
+ * /v1/chat/completions and /tokenize. */
+int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, struct req_params *p,
+                    struct api_error *err);
+
+#endif

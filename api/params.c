@@ -1,0 +1,441 @@
+/* params.c - request fields shared by /v1/completions and /v1/chat/completions:
+ * type and range checks of every sampling field, n, penalties, logit_bias,
+ * stop strings, stream options, lengths against the context, and text
+ * encoding. Pure functions; any thread.
+ *
+ * Ranges (OpenAI / vLLM): temperature [0, 2], top_p (0, 1], top_k -1 or >= 0
+ * (0/-1 off), min_p [0, 1], presence/frequency_penalty [-2, 2],
+ * repetition_penalty > 0, logit_bias values [-100, 100] with keys token ids
+ * in [0, n_vocab), n [1, API_MAX_N], min_tokens [0, max_tokens].
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api_internal.h"
+#include "engine/sampler.h"
+#include "engine/ss_error.h"
+#include "engine/tokenizer.h"
+
+#define MAX_LOGIT_BIAS 1024 /* entries in one logit_bias object */
+
+/* ---- field accessors ---- */
+
+const cJSON *api_field(const cJSON *obj, const char *name) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+    return (v && !cJSON_IsNull(v)) ? v : NULL;
+}
+
+int api_get_number(const cJSON *obj, const char *name, double *out, struct api_error *err) {
+    const cJSON *v = api_field(obj, name);
+    if (!v)
+        return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
+        api_error_set(err, SS_EINVAL, name, "invalid_type", "'%s' must be a number", name);
+        return SS_EINVAL;
+    }
+    *out = v->valuedouble;
+    return 1;
+}
+
+int api_get_integer(const cJSON *obj, const char *name, double lo, double hi, int64_t *out,
+                    struct api_error *err) {
+    double d;
+    int rc = api_get_number(obj, name, &d, err);
+    if (rc <= 0)
+        return rc;
+    if (d != floor(d)) {
+        api_error_set(err, SS_EINVAL, name, "invalid_type", "'%s' must be an integer", name);
+        return SS_EINVAL;
+    }
+    if (d < lo || d > hi) {
+        api_error_set(err, SS_EINVAL, name, "invalid_value",
+                      "'%s' must be between %.0f and %.0f, got %.0f", name, lo, hi, d);
+        return SS_EINVAL;
+    }
+    *out = (int64_t)d;
+    return 1;
+}
+
+int api_get_bool(const cJSON *obj, const char *name, int *out, struct api_error *err) {
+    const cJSON *v = api_field(obj, name);
+    if (!v)
+        return 0;
+    if (!cJSON_IsBool(v)) {
+        api_error_set(err, SS_EINVAL, name, "invalid_type", "'%s' must be a boolean", name);
+        return SS_EINVAL;
+    }
+    *out = cJSON_IsTrue(v);
+    return 1;
+}
+
+int api_range_error(struct api_error *err, const char *name, const char *range, double got) {
+    api_error_set(err, SS_EINVAL, name, "invalid_value", "'%s' must be %s, got %g", name, range,
+                  got);
+    return SS_EINVAL;
+}
+
+cJSON *api_parse_object(const char *body, size_t len, struct api_error *err) {
+    if (!body || len == 0) {
+        api_error_set(err, SS_EINVAL, NULL, "invalid_json",
+                      "the request body is empty: expected a JSON object");
+        return NULL;
+    }
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    if (!root) {
+        api_error_set(err, SS_EINVAL, NULL, "invalid_json", "the request body is not valid JSON");
+        return NULL;
+    }
+    if (!cJSON_IsObject(root)) {
+        api_error_set(err, SS_EINVAL, NULL, "invalid_json",
+                      "the request body must be a JSON object");
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+int api_parse_model(const struct api_model_info *mi, const cJSON *root, struct api_error *err) {
+    const cJSON *v = api_field(root, "model");
+    if (!v)
+        return 0;
+    if (!cJSON_IsString(v)) {
+        api_error_set(err, SS_EINVAL, "model", "invalid_type", "'model' must be a string");
+        return SS_EINVAL;
+    }
+    if (!mi->name || strcmp(v->valuestring, mi->name) != 0) {
+        api_error_set(err, SS_ENOTFOUND, "model", "model_not_found",
+                      "The model '%.100s' does not exist: this server serves '%.100s'",
+                      v->valuestring, mi->name ? mi->name : "");
+        return SS_ENOTFOUND;
+    }
+    return 0;
+}
+
+/* ---- sampling ---- */
+
+static int parse_sampling(const cJSON *root, struct req_params *p, struct api_error *err) {
+    double d;
+    int64_t i;
+    int rc;
+
+    smp_params_default(&p->smp); /* OpenAI: temperature 1, everything else off */
+
+    if ((rc = api_get_number(root, "temperature", &d, err)) < 0)
+        return rc;
+    if (rc && (d < 0.0 || d > 2.0))
+        return api_range_error(err, "temperature", "between 0 and 2", d);
+    if (rc)
+        p->smp.temperature = (float)d;
+
+    if ((rc = api_get_number(root, "top_p", &d, err)) < 0)
+        return rc;
+    if (rc && (d <= 0.0 || d > 1.0))
+        return api_range_error(err, "top_p", "in (0, 1]", d);
+    if (rc)
+        p->smp.top_p = (float)d;
+
+    if ((rc = api_get_integer(root, "top_k", -1e9, 1e9, &i, err)) < 0)
+        return rc;
+    if (rc && i < -1)
+        return api_range_error(err, "top_k", "-1 (off) or at least 1", (double)i);
+    if (rc)
+        p->smp.top_k = i > 0 ? (int32_t)(i > INT32_MAX ? INT32_MAX : i) : 0; /* 0/-1: off */
+
+    if ((rc = api_get_number(root, "min_p", &d, err)) < 0)
+        return rc;
+    if (rc && (d < 0.0 || d > 1.0))
+        return api_range_error(err, "min_p", "between 0 and 1", d);
+    if (rc)
+        p->smp.min_p = (float)d;
+
+    if ((rc = api_get_number(root, "seed", &d, err)) < 0)
+        return rc;
+    if (rc) {
+        if (d != floor(d) || d < -9223372036854775808.0 || d >= 18446744073709551616.0) {
+            api_error_set(err, SS_EINVAL, "seed", "invalid_value",
+                          "'seed' must be an integer between -2^63 and 2^64-1");
+            return SS_EINVAL;
+        }
+        /* negative seeds wrap to their two's complement, as a 64-bit RNG seed */
+        p->smp.seed = d >= 0 ? (uint64_t)d : (uint64_t)(int64_t)d;
+        p->smp.has_seed = 1;
+    }
+    return 0;
+}
+
+static int parse_penalties(const cJSON *root, struct req_params *p, struct api_error *err) {
+    double d;
+    int rc;
+    if ((rc = api_get_number(root, "presence_penalty", &d, err)) < 0)
+        return rc;
+    if (rc && (d < -2.0 || d > 2.0))
+        return api_range_error(err, "presence_penalty", "between -2 and 2", d);
+    if (rc)
+        p->presence_penalty = (float)d;
+    if ((rc = api_get_number(root, "frequency_penalty", &d, err)) < 0)
+        return rc;
+    if (rc && (d < -2.0 || d > 2.0))
+        return api_range_error(err, "frequency_penalty", "between -2 and 2", d);
+    if (rc)
+        p->frequency_penalty = (float)d;
+    if ((rc = api_get_number(root, "repetition_penalty", &d, err)) < 0)
+        return rc;
+    if (rc && (d <= 0.0 || d > 1e6))
+        return api_range_error(err, "repetition_penalty", "greater than 0", d);
+    if (rc)
+        p->repetition_penalty = (float)d;
+    return 0;
+}
+
+/* A logit_bias key: a token id written in decimal ("123"), no sign or spaces. */
+static int bias_key(const char *k, int32_t n_vocab, int32_t *id) {
+    if (!k || !*k || strlen(k) > 10)
+        return -1;
+    for (const char *c = k; *c; c++)
+        if (*c < '0' || *c > '9')
+            return -1;
+    long long v = strtoll(k, NULL, 10);
+    if (v < 0 || v >= n_vocab)
+        return -1;
+    *id = (int32_t)v;
+    return 0;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100], ...} */
+static int parse_logit_bias(const struct api_model_info *mi, const cJSON *root,
+                            struct req_params *p, struct api_error *err) {
+    const cJSON *v = api_field(root, "logit_bias");
+    if (!v)
+        return 0;
+    if (!cJSON_IsObject(v)) {
+        api_error_set(err, SS_EINVAL, "logit_bias", "invalid_type",
+                      "'logit_bias' must be an object mapping token ids to biases");
+        return SS_EINVAL;
+    }
+    int n = cJSON_GetArraySize(v);
+    if (n == 0)
+        return 0;
+    if (n > MAX_LOGIT_BIAS) {
+        api_error_set(err, SS_EINVAL, "logit_bias", "invalid_value",
+                      "'logit_bias' may hold at most %d entries, got %d", MAX_LOGIT_BIAS, n);
+        return SS_EINVAL;
+    }
+    p->bias_ids = malloc(sizeof(int32_t) * (size_t)n);
+    p->bias_vals = malloc(sizeof(float) * (size_t)n);
+    if (!p->bias_ids || !p->bias_vals) {
+        api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
+        return SS_ENOMEM;
+    }
+    int k = 0;
+    for (const cJSON *e = v->child; e && k < n; e = e->next) {
+        int32_t id;
+        if (bias_key(e->string, mi->n_vocab, &id) != 0) {
+            api_error_set(err, SS_EINVAL, "logit_bias", "invalid_value",
+                          "'logit_bias' key '%.40s' is not a token id: keys must be decimal "
+                          "integers in 0..%d",
+                          e->string ? e->string : "", (int)mi->n_vocab - 1);
+            return SS_EINVAL;
+        }
+        if (!cJSON_IsNumber(e) || !isfinite(e->valuedouble) || e->valuedouble < -100.0 ||
+            e->valuedouble > 100.0) {
+            api_error_set(err, SS_EINVAL, "logit_bias", "invalid_value",
+                          "'logit_bias' value for token %d must be a number between -100 and 100",
+                          (int)id);
+            return SS_EINVAL;
+        }
+        p->bias_ids[k] = id;
+        p->bias_vals[k] = (float)e->valuedouble;
+        p->n_bias = ++k;
+    }
+    return 0;
+}
+
+/* stop: string or array of up to REQ_MAX_STOP strings; empty strings are ignored. */
+static int parse_stop(const cJSON *root, struct req_params *p, struct api_error *err) {
+    const cJSON *v = api_field(root, "stop");
+    if (!v)
+        return 0;
+    const cJSON *one = NULL;
+    int n = 0;
+    if (cJSON_IsString(v)) {
+        one = v;
+        n = 1;
+    } else if (cJSON_IsArray(v)) {
+        n = cJSON_GetArraySize(v);
+        if (n > REQ_MAX_STOP) {
+            api_error_set(err, SS_EINVAL, "stop", "invalid_value",
+                          "'stop' may hold at most %d strings, got %d", REQ_MAX_STOP, n);
+            return SS_EINVAL;
+        }
+    } else {
+        api_error_set(err, SS_EINVAL, "stop", "invalid_type",
+                      "'stop' must be a string or an array of strings");
+        return SS_EINVAL;
+    }
+    const cJSON *e = one ? one : v->child;
+    for (int k = 0; k < n && e; k++, e = one ? NULL : e->next) {
+        if (!cJSON_IsString(e)) {
+            api_error_set(err, SS_EINVAL, "stop", "invalid_type",
+                          "'stop' must be a string or an array of strings");
+            return SS_EINVAL;
+        }
+        if (e->valuestring[0] == '\0')
+            continue;
+        char *s = strdup(e->valuestring);
+        if (!s) {
+            api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
+            return SS_ENOMEM;
+        }
+        p->stop[p->n_stop++] = s;
+    }
+    return 0;
+}
+
+static int parse_stream(const cJSON *root, struct api_completion *c, struct api_error *err) {
+    int rc = api_get_bool(root, "stream", &c->stream, err);
+    if (rc < 0)
+        return rc;
+    const cJSON *so = api_field(root, "stream_options");
+    if (!so)
+        return 0;
+    if (!cJSON_IsObject(so)) {
+        api_error_set(err, SS_EINVAL, "stream_options", "invalid_type",
+                      "'stream_options' must be an object");
+        return SS_EINVAL;
+    }
+    if (!c->stream) {
+        api_error_set(err, SS_EINVAL, "stream_options", "invalid_value",
+                      "'stream_options' is only allowed when 'stream' is true");
+        return SS_EINVAL;
+    }
+    rc = api_get_bool(so, "include_usage", &c->include_usage, err);
+    if (rc < 0)
+        snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
+    return rc < 0 ? rc : 0;
+}
+
+int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct api_completion *c,
+                     struct api_error *err) {
+    struct req_params *p = &c->p;
+    int64_t i;
+    int rc;
+    if ((rc = api_parse_model(mi, root, err)) < 0)
+        return rc;
+    if ((rc = parse_stream(root, c, err)) < 0)
+        return rc;
+    c->n = 1;
+    if ((rc = api_get_integer(root, "n", -1e18, 1e18, &i, err)) < 0)
+        return rc;
+    if (rc && (i < 1 || i > API_MAX_N)) {
+        api_error_set(err, SS_EINVAL, "n", "invalid_value",
+                      "'n' must be between 1 and %d, got %lld", API_MAX_N, (long long)i);
+        return SS_EINVAL;
+    }
+    if (rc)
+        c->n = (int)i;
+    if ((rc = parse_sampling(root, p, err)) < 0)
+        return rc;
+    if ((rc = parse_penalties(root, p, err)) < 0)
+        return rc;
+    if ((rc = parse_logit_bias(mi, root, p, err)) < 0)
+        return rc;
+    if ((rc = api_get_bool(root, "ignore_eos", &p->ignore_eos, err)) < 0)
+        return rc;
+    return parse_stop(root, p, err);
+}
+
+/* ---- prompt text and lengths ---- */
+
+int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, int add_bos,
+                    int parse_special, const char *param, int32_t **ids_out, int32_t *n_out,
+                    struct api_error *err) {
+    if (!mi->tok) {
+        api_error_set(err, SS_EUNSUPPORTED, param, "unsupported",
+                      "this model has no tokenizer: send the prompt as token ids");
+        return SS_EUNSUPPORTED;
+    }
+    int64_t cap = (int64_t)len + 8;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (cap > INT32_MAX) {
+            api_error_set(err, SS_ETOOLONG, param, "context_length_exceeded",
+                          "the prompt is too long");
+            return SS_ETOOLONG;
+        }
+        int32_t *ids = realloc(*ids_out, sizeof(int32_t) * (size_t)cap);
+        if (!ids) {
+            api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
+            return SS_ENOMEM;
+        }
+        *ids_out = ids;
+        int64_t n = tok_encode(mi->tok, s, len, add_bos, parse_special, ids, cap);
+        if (n < 0) {
+            api_error_set(err, (int)n, param, NULL, "could not tokenize the prompt: %s",
+                          ss_strerror((int)n));
+            return (int)n;
+        }
+        if (n <= cap) {
+            if (n == 0) {
+                api_error_set(err, SS_EINVAL, param, "invalid_value",
+                              "'%s' must not be empty", param);
+                return SS_EINVAL;
+            }
+            *n_out = (int32_t)n;
+            return 0;
+        }
+        cap = n;
+    }
+    api_error_set(err, SS_EINTERNAL, param, NULL, "tokenizer returned inconsistent lengths");
+    return SS_EINTERNAL;
+}
+
+int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const char *mt_name,
+                      int default_max, struct api_completion *c, struct api_error *err) {
+    struct req_params *p = &c->p;
+    int64_t mt = 0, mn = 0;
+    int rc;
+    if ((rc = api_get_integer(root, mt_name, -1e18, 1e18, &mt, err)) < 0)
+        return rc;
+    if (rc && (mt < 1 || mt > mi->n_ctx)) {
+        api_error_set(err, SS_EINVAL, mt_name, "invalid_value",
+                      "'%s' must be between 1 and %d (the context size), got %lld", mt_name,
+                      mi->n_ctx, (long long)mt);
+        return SS_EINVAL;
+    }
+    c->max_tokens_given = rc;
+    if (p->n_prompt >= mi->n_ctx) {
+        api_error_set(err, SS_ETOOLONG, c->kind == API_KIND_CHAT ? "messages" : "prompt",
+                      "context_length_exceeded",
+                      "The prompt has %d tokens but this model's context is %d tokens; the "
+                      "prompt must leave room for at least one generated token",
+                      (int)p->n_prompt, mi->n_ctx);
+        return SS_ETOOLONG;
+    }
+    if (c->max_tokens_given) {
+        if ((int64_t)p->n_prompt + mt > mi->n_ctx) {
+            api_error_set(err, SS_ETOOLONG, mt_name, "context_length_exceeded",
+                          "This model's maximum context length is %d tokens, but %lld were "
+                          "requested (%d in the prompt, %lld in %s); reduce the prompt or %s",
+                          mi->n_ctx, (long long)p->n_prompt + mt, (int)p->n_prompt,
+                          (long long)mt, mt_name, mt_name);
+            return SS_ETOOLONG;
+        }
+        p->max_tokens = (int32_t)mt;
+    } else {
+        int room = mi->n_ctx - p->n_prompt;
+        p->max_tokens = default_max > 0 && room > default_max ? default_max : room;
+    }
+    if ((rc = api_get_integer(root, "min_tokens", -1e18, 1e18, &mn, err)) < 0)
+        return rc;
+    if (rc && (mn < 0 || mn > p->max_tokens)) {
+        api_error_set(err, SS_EINVAL, "min_tokens", "invalid_value",
+                      "'min_tokens' must be between 0 and max_tokens (%d), got %lld",
+                      (int)p->max_tokens, (long long)mn);
+        return SS_EINVAL;
+    }
+    if (rc)
+        p->min_tokens = (int32_t)mn;
+    return 0;
+}
