@@ -142,6 +142,8 @@ struct api_completion {
     int include_usage;    /* stream_options.include_usage */
     int max_tokens_given; /* 0: default applied */
     int echo;             /* completions: prompt prepended to each choice's text */
+    int prompt_only;      /* echo with max_tokens 0 (prompt logprobs only, as lm-eval asks):
+                           * p.max_tokens is 1 and the server drops that token */
     char *echo_text;      /* malloc'd prompt text when echo (NUL-terminated), else NULL */
     size_t echo_len;
 };

@@ -9,6 +9,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "api/api.h"
@@ -28,8 +29,15 @@ static void value(struct api_buf *b, double v) {
         api_buf_puts(b, v > 0 ? "+Inf" : "-Inf");
     else if (v == floor(v) && fabs(v) < 9007199254740992.0)
         api_buf_printf(b, "%.0f", v);
-    else
-        api_buf_printf(b, "%.17g", v);
+    else {
+        char t[40];
+        for (int prec = 6; prec <= 17; prec++) { /* shortest text that reads back as v */
+            snprintf(t, sizeof(t), "%.*g", prec, v);
+            if (strtod(t, NULL) == v)
+                break;
+        }
+        api_buf_puts(b, t);
+    }
 }
 
 static void sample(struct api_buf *b, const char *name, const char *labels, double v) {

@@ -81,12 +81,13 @@ static size_t piece(struct piece_buf *pb, const struct tok *t, int32_t id) {
 /* ---- completions logprobs ---- */
 
 struct top_entry {
-    char *text;
-    size_t len;
+    struct api_buf key; /* the token text as a JSON string literal */
     float lp;
 };
 
-/* {"text": lp, ...}: top list plus the chosen token, duplicates merged (max). */
+/* {"text": lp, ...}: top list plus the chosen token. Entries are merged by
+ * their JSON text (different byte tokens may all read as U+FFFD), keeping the
+ * larger logprob, so the object never repeats a key. */
 static void completion_top(struct api_buf *b, const struct tok *t, struct piece_buf *pb,
                            const struct req_tok *rt) {
     struct top_entry e[REQ_MAX_LOGPROBS + 1];
@@ -96,33 +97,34 @@ static void completion_top(struct api_buf *b, const struct tok *t, struct piece_
         int32_t id = i < n_top ? rt->top_ids[i] : rt->id;
         float lp = i < n_top ? rt->top_lps[i] : rt->lp;
         size_t len = piece(pb, t, id);
-        int j;
-        for (j = 0; j < n; j++)
-            if (e[j].len == len && memcmp(e[j].text, pb->s, len) == 0)
-                break;
-        if (j < n) {
-            if (lp > e[j].lp || isnan(e[j].lp))
-                e[j].lp = lp;
-            continue;
-        }
-        e[n].text = malloc(len + 1);
-        if (!e[n].text) {
+        api_buf_init(&e[n].key);
+        api_buf_json_str(&e[n].key, pb->s, len);
+        if (e[n].key.oom) {
             b->oom = 1;
+            api_buf_free(&e[n].key);
             break;
         }
-        memcpy(e[n].text, pb->s, len);
-        e[n].len = len;
-        e[n].lp = lp;
-        n++;
+        int j;
+        for (j = 0; j < n; j++)
+            if (e[j].key.len == e[n].key.len && memcmp(e[j].key.data, e[n].key.data,
+                                                       e[n].key.len) == 0)
+                break;
+        if (j < n) {
+            if (lp > e[j].lp)
+                e[j].lp = lp;
+            api_buf_free(&e[n].key);
+            continue;
+        }
+        e[n++].lp = lp;
     }
     api_buf_puts(b, "{");
     for (int j = 0; j < n; j++) {
         if (j)
             api_buf_puts(b, ",");
-        api_buf_json_str(b, e[j].text, e[j].len);
+        api_buf_append(b, e[j].key.data, e[j].key.len);
         api_buf_puts(b, ":");
         put_lp(b, e[j].lp);
-        free(e[j].text);
+        api_buf_free(&e[j].key);
     }
     api_buf_puts(b, "}");
 }

@@ -398,10 +398,16 @@ int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const 
     int rc;
     if ((rc = api_get_integer(root, mt_name, -1e18, 1e18, &mt, err)) < 0)
         return rc;
-    if (rc && (mt < 1 || mt > mi->n_ctx)) {
+    if (rc && mt == 0 && c->echo) {
+        /* vLLM: echo with max_tokens 0 scores the prompt and generates nothing;
+         * the scheduler needs one token, which the server drops */
+        c->prompt_only = 1;
+        mt = 1;
+    } else if (rc && (mt < 1 || mt > mi->n_ctx)) {
         api_error_set(err, SS_EINVAL, mt_name, "invalid_value",
-                      "'%s' must be between 1 and %d (the context size), got %lld", mt_name,
-                      mi->n_ctx, (long long)mt);
+                      "'%s' must be between 1 and %d (the context size), got %lld%s", mt_name,
+                      mi->n_ctx, (long long)mt,
+                      mt == 0 && c->kind == API_KIND_COMPLETION ? " (0 needs echo)" : "");
         return SS_EINVAL;
     }
     c->max_tokens_given = rc;
@@ -429,7 +435,7 @@ int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const 
     }
     if ((rc = api_get_integer(root, "min_tokens", -1e18, 1e18, &mn, err)) < 0)
         return rc;
-    if (rc && (mn < 0 || mn > p->max_tokens)) {
+    if (rc && (mn < 0 || mn > (c->prompt_only ? 0 : p->max_tokens))) {
         api_error_set(err, SS_EINVAL, "min_tokens", "invalid_value",
                       "'min_tokens' must be between 0 and max_tokens (%d), got %lld",
                       (int)p->max_tokens, (long long)mn);

@@ -211,6 +211,20 @@ static void keep_take(struct srv_choice *ch, struct req_out *o) {
     ch->n_toks += o->n_toks;
 }
 
+/* echo with max_tokens 0: keeps the prompt's logprob records only; the token
+ * the scheduler had to generate is not reported (usage 0, finish "length"). */
+static void drop_generated(struct req_out *o) {
+    o->len = 0;
+    o->n_gen = 0;
+    int32_t k = 0;
+    for (int32_t i = 0; i < o->n_toks; i++)
+        if (o->toks[i].prompt)
+            o->toks[k++] = o->toks[i];
+    o->n_toks = k;
+    if (o->finish == REQ_FINISH_STOP)
+        o->finish = REQ_FINISH_LENGTH;
+}
+
 void completion_pump_choice(struct srv_choice *ch) {
     struct srv_conn *c = ch->conn;
     if (!ch->req || ch->finished || c->finished)
@@ -222,6 +236,8 @@ void completion_pump_choice(struct srv_choice *ch) {
     struct req_out o;
     memset(&o, 0, sizeof(o));
     int done = sched_req_take(ch->req, &o);
+    if (c->prompt_only)
+        drop_generated(&o);
     c->n_prompt = o.n_prompt;
     ch->n_gen = o.n_gen;
     if (done && o.finish != REQ_FINISH_STOP && o.finish != REQ_FINISH_LENGTH)
@@ -425,6 +441,7 @@ enum MHD_Result completion_start(struct srv_conn *c) {
         return srv_respond_error(c, &e);
     c->kind = comp.kind;
     c->logprobs = comp.p.logprobs;
+    c->prompt_only = comp.prompt_only;
     c->n_prompt = comp.p.n_prompt;
     c->stream = comp.stream;
     c->include_usage = comp.include_usage;

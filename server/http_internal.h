@@ -87,6 +87,7 @@ struct srv_conn {
     int kind;                  /* enum api_kind */
     int stream, include_usage;
     int logprobs;              /* requested top-N, -1 none */
+    int prompt_only;           /* echo + max_tokens 0: the one generated token is dropped */
     char *echo_text;           /* completions echo: prompt text (malloc'd) or NULL */
     size_t echo_len;
     char id[48];

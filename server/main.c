@@ -348,6 +348,7 @@ static int resolve_chat_template(const char *model_path, const char *override,
         if (fam > 0) {
             cfg->chat_family = fam;
             cfg->chat_bos = api_tmpl_default_bos(fam);
+            srv_log(SRV_LOG_INFO, "chat template: %s (--chat-template)", api_tmpl_name(fam));
             return 0;
         }
         size_t len = 0;
@@ -363,13 +364,16 @@ static int resolve_chat_template(const char *model_path, const char *override,
             return 2;
         }
         cfg->chat_family = fam;
+        srv_log(SRV_LOG_INFO, "chat template: %s%s (--chat-template)", api_tmpl_name(fam),
+                cfg->chat_bos ? " with BOS" : "");
         return 0;
     }
     struct gguf_file *f = NULL;
     char err[256];
     struct gguf_str t = {0, NULL};
-    if (gguf_open(&f, model_path, err, sizeof(err)) == 0 &&
-        gguf_get_str(f, "tokenizer.chat_template", &t) == 0 && t.len > 0) {
+    if (gguf_open(&f, model_path, err, sizeof(err)) != 0)
+        return 0; /* loading the model reports the problem */
+    if (gguf_get_str(f, "tokenizer.chat_template", &t) == 0 && t.len > 0) {
         cfg->chat_family = api_tmpl_detect(t.s, (size_t)t.len, &cfg->chat_bos);
         if (cfg->chat_family == API_TMPL_NONE)
             srv_log(SRV_LOG_WARN,
@@ -382,8 +386,8 @@ static int resolve_chat_template(const char *model_path, const char *override,
     }
     gguf_close(f);
     if (cfg->chat_family != API_TMPL_NONE)
-        srv_log(SRV_LOG_INFO, "chat template: %s%s", api_tmpl_name(cfg->chat_family),
-                cfg->chat_bos ? " (with BOS)" : "");
+        srv_log(SRV_LOG_INFO, "chat template: %s%s (from the model)",
+                api_tmpl_name(cfg->chat_family), cfg->chat_bos ? " with BOS" : "");
     return 0;
 }
 
@@ -413,6 +417,11 @@ static int cmd_serve(int argc, char **argv) {
         o.srv.served_name = name_buf;
     }
 
+    rc = resolve_chat_template(o.srv.model_path, o.chat_template, &o.srv);
+    if (rc) {
+        free(name_buf);
+        return rc;
+    }
     struct eng_model *m = NULL;
     char err[512] = "";
     srv_log(SRV_LOG_INFO, "loading model %s (backend %s)", o.srv.model_path, o.eng.backend);
@@ -422,12 +431,6 @@ static int cmd_serve(int argc, char **argv) {
                 err[0] ? err : ss_strerror(rc));
         free(name_buf);
         return 1;
-    }
-    rc = resolve_chat_template(o.srv.model_path, o.chat_template, &o.srv);
-    if (rc) {
-        eng_model_free(m);
-        free(name_buf);
-        return rc;
     }
     const struct eng_config *cfg = eng_model_config(m);
     srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",

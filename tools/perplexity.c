@@ -9,7 +9,9 @@
  * One group, B windows, chunk C, N = ctx, h = N/2:
  *
  *   forward k:  [ w0 pos a..b | w1 pos a..b | ... | w(B-1) pos a..b ]
- *               chunk boundaries: 0, C, 2C, .. h, h+C, h+2C, .. N-1
+ *               chunk boundaries: 0, C, 2C, .. h, h+Cs, h+2Cs, .. N-1
+ *               (Cs <= C: scored chunks carry logits, so the logits budget
+ *               may make them shorter)
  *   window slot w writes its K/V into pages [w*P, (w+1)*P)
  *
  * Ownership: everything ppl_run allocates is freed before it returns.
@@ -167,12 +169,14 @@ struct ppl_eval {
     struct eng_model *m;
     const int32_t *text;  /* [n_windows * N] tokens of the evaluated windows */
     int32_t bos;          /* -1: keep the window's own first token */
-    int N, h, B, C, P, V, n_threads;
+    int N, h, B, P, V, n_threads;
+    int C;                /* tokens per window per forward in the context half */
+    int Cs;               /* the same in the scored half (Cs <= C: the logits budget) */
     int32_t *in;          /* [B*C] batch tokens */
     struct eng_seq *seqs; /* [B] */
     int32_t *pages;       /* [B*P]: pages[i] = i */
-    float *logits;        /* [B*C][V] */
-    double *row_nll;      /* [B*C] */
+    float *logits;        /* [B*Cs][V] */
+    double *row_nll;      /* [B*Cs] */
 };
 
 /* -log softmax(row)[target], in double with the maximum subtracted first.
@@ -228,8 +232,8 @@ static int eval_chunk(struct ppl_eval *e, int w0, int nw, int a, int len, int sc
 static int eval_group(struct ppl_eval *e, int w0, int nw, double *win_nll, char *err, size_t err_len) {
     int a = 0;
     while (a < e->N - 1) {
-        int end = a < e->h ? e->h : e->N - 1;
-        int len = end - a < e->C ? end - a : e->C;
+        int end = a < e->h ? e->h : e->N - 1, c = a < e->h ? e->C : e->Cs;
+        int len = end - a < c ? end - a : c;
         int rc = eval_chunk(e, w0, nw, a, len, a >= e->h, win_nll, err, err_len);
         if (rc < 0) return rc;
         a += len;
@@ -239,8 +243,8 @@ static int eval_group(struct ppl_eval *e, int w0, int nw, double *win_nll, char 
 
 static int run_windows(const struct ppl_opts *o, struct ppl_eval *e, int n_windows, double *win_nll,
                        struct ppl_result *res, char *err, size_t err_len) {
-    size_t rows = (size_t)e->B * e->C;
-    e->in = malloc(rows * sizeof *e->in);
+    size_t rows = (size_t)e->B * e->Cs;
+    e->in = malloc((size_t)e->B * e->C * sizeof *e->in);
     e->seqs = malloc((size_t)e->B * sizeof *e->seqs);
     e->pages = malloc((size_t)e->B * e->P * sizeof *e->pages);
     e->logits = malloc(rows * (size_t)e->V * sizeof *e->logits);
@@ -316,8 +320,10 @@ int ppl_run(const struct ppl_opts *o, struct ppl_result *res, char *err, size_t 
     }
     e.V = eng_model_config(e.m)->n_vocab;
     e.n_threads = o->eng.n_threads > 0 ? o->eng.n_threads : omp_get_max_threads();
-    size_t budget_rows = o->logits_budget / ((size_t)e.V * sizeof(float));
-    if ((size_t)e.B * e.C > budget_rows) e.C = budget_rows / (size_t)e.B > 0 ? (int)(budget_rows / e.B) : 1;
+    size_t budget = o->logits_budget ? o->logits_budget : (size_t)128 << 20;
+    size_t budget_rows = budget / ((size_t)e.V * sizeof(float));
+    e.Cs = e.C;
+    if ((size_t)e.B * e.Cs > budget_rows) e.Cs = budget_rows / (size_t)e.B > 0 ? (int)(budget_rows / e.B) : 1;
 
     double *win_nll = calloc((size_t)n_windows, sizeof *win_nll);
     if (!win_nll)
@@ -333,7 +339,9 @@ int ppl_run(const struct ppl_opts *o, struct ppl_result *res, char *err, size_t 
         res->ctx = N;
         res->batch = e.B;
         res->chunk = e.C;
+        res->logit_chunk = e.Cs;
         res->n_vocab = e.V;
+        res->n_ctx_train = eng_model_config(e.m)->n_ctx_train;
     }
     free(win_nll);
     free(e.in);
@@ -360,8 +368,8 @@ static void usage(FILE *f) {
             "  --ctx N            window length in tokens (default 512)\n"
             "  --batch B          windows evaluated together per forward (default 4)\n"
             "  --threads T        CPU threads (default 0 = all cores)\n"
-            "  --chunk C          tokens per window per forward (default 64; lowered so the\n"
-            "                     logits buffer stays under 128 MiB)\n"
+            "  --chunk C          tokens per window per forward (default 64; scored chunks\n"
+            "                     are shortened so the logits buffer stays under 128 MiB)\n"
             "  --max-windows K    evaluate only the first K windows (default all)\n"
             "  --backend NAME     cpu (default) or cuda\n"
             "  --kv-type TYPE     f16 (default) or f32\n"
@@ -479,8 +487,11 @@ int tool_perplexity_main(int argc, char **argv) {
     else
         printf("perplexity: %.4f over %lld tokens (ctx %d, %d windows), %.1f tokens/s\n", r.perplexity,
                (long long)r.n_scored, r.ctx, r.n_windows, r.tokens_per_second);
+    if (r.ctx > r.n_ctx_train)
+        fprintf(stderr, "perplexity: warning: ctx %d is beyond the model's training context %d\n", r.ctx,
+                r.n_ctx_train);
     if (!quiet)
-        fprintf(stderr, "perplexity: %lld text tokens, %d windows, batch %d, chunk %d, %.2f s\n",
-                (long long)r.n_text_tokens, r.n_windows, r.batch, r.chunk, r.seconds);
+        fprintf(stderr, "perplexity: %lld text tokens, %d windows, batch %d, chunk %d (%d with logits), %.2f s\n",
+                (long long)r.n_text_tokens, r.n_windows, r.batch, r.chunk, r.logit_chunk, r.seconds);
     return 0;
 }

@@ -20,8 +20,9 @@
  * KV pages (window slot w of a batch owns pages [w*P, (w+1)*P), P =
  * ceil(ctx/16); the tool owns the whole page pool). Chunks are cut at h, so a
  * chunk is either all context (want_logits = 0, no logits at all) or all
- * scored (all_logits = 1). The logits buffer holds batch * chunk rows of
- * n_vocab floats; chunk is lowered until that fits logits_budget bytes.
+ * scored (all_logits = 1). The logits buffer holds batch * logit_chunk rows
+ * of n_vocab floats; scored chunks are shortened (logit_chunk < chunk) until
+ * that fits logits_budget bytes.
  * The result does not depend on batch or chunk: the engine gives a sequence
  * bitwise the same logits whatever else is batched and however its prompt is
  * chunked, and the NLLs are summed in one fixed order (window, then position).
@@ -46,7 +47,8 @@ struct ppl_opts {
     int batch;                /* windows per forward, >= 1 (default 4); lowered to the window count */
     int chunk;                /* tokens per window per forward, >= 1 (default 64) */
     int max_windows;          /* 0 = all windows of the text, else at most this many (the first ones) */
-    size_t logits_budget;     /* bytes for the logits buffer (default 128 MiB); lowers chunk */
+    size_t logits_budget;     /* bytes for the logits buffer (0 or default: 128 MiB); may shorten
+                               * scored chunks, down to one token per window */
     /* Engine options, passed to eng_model_load. ppl_run overrides n_ctx (= ctx),
      * max_batch_tokens (= batch * chunk), kv_bytes (0) and kv_default_seqs
      * (= batch, so the pool is exactly batch * P pages); every other field
@@ -68,8 +70,10 @@ struct ppl_result {
     int n_windows;            /* windows evaluated */
     int ctx;
     int batch;                /* effective batch (after lowering to the window count) */
-    int chunk;                /* effective chunk (after the logits budget) */
+    int chunk;                /* effective chunk in the context half */
+    int logit_chunk;          /* effective chunk in the scored half (after the logits budget) */
     int n_vocab;
+    int n_ctx_train;          /* the model's training context (ctx beyond it is allowed) */
     double seconds;           /* wall time of the evaluation (load and tokenization excluded) */
     double tokens_per_second; /* n_windows * ctx / seconds: text tokens covered per second */
 };

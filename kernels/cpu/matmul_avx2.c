@@ -13,6 +13,10 @@
 #define AI static inline __attribute__((always_inline))
 #define MR 3 /* tile micro-kernel: rows (12 accumulators + 3 weights + 1 x = 16 ymm) */
 #define NR 4 /* tile micro-kernel: tokens */
+/* decode prefetch one row group ahead: see matmul_avx512.c */
+#define ESZ_f32 4
+#define ESZ_f16 2
+#define ESZ_bf16 2
 
 typedef __m256 vf;
 
@@ -27,12 +31,15 @@ AI float hsum8(vf v) {
 AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
 AI __m256i ld_u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 AI __m256i c32(int v) { return _mm256_set1_epi32(v); }
-/* lanes l = 0..7 set to 16 where bit l of b is set, else 0 */
-AI __m256i bits16(uint32_t b) {
-    const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)b), sel), sel);
-    return _mm256_and_si256(m, c32(16));
-}
+/* bits16_tbl[b][l] = 16 if bit l of b is set, else 0 (the fifth bit of Q5_0) */
+#define B16(b, l) ((((b) >> (l)) & 1) ? 16 : 0)
+#define BROW(b) {B16(b, 0), B16(b, 1), B16(b, 2), B16(b, 3), B16(b, 4), B16(b, 5), B16(b, 6), B16(b, 7)}
+#define BR4(b) BROW(b), BROW((b) + 1), BROW((b) + 2), BROW((b) + 3)
+#define BR16(b) BR4(b), BR4((b) + 4), BR4((b) + 8), BR4((b) + 12)
+#define BR64(b) BR16(b), BR16((b) + 16), BR16((b) + 32), BR16((b) + 48)
+static const int32_t bits16_tbl[256][8] __attribute__((aligned(32))) = {
+    BR64(0), BR64(64), BR64(128), BR64(192)};
+AI __m256i bits16(uint32_t b) { return _mm256_load_si256((const __m256i *)bits16_tbl[b & 255]); }
 AI __m256i tail_mask(int64_t r) { /* first r lanes all-ones, r in 1..7 */
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -46,27 +53,32 @@ AI vf chk_q8_0(const st_q8_0 *s, int c) {
     return _mm256_mul_ps(_mm256_cvtepi32_ps(q), s->d);
 }
 
-typedef struct { const uint8_t *q; vf d; } st_q4_0;
-AI void prep_q4_0(st_q4_0 *s, const uint8_t *b) { s->d = _mm256_set1_ps(h2f(b)); s->q = b + 2; }
+/* Q4_0 / Q5_0: w = fmsub(d, q, 8d) (resp. 16d) == d*(q-8) rounded once,
+ * since 8d and 16d are exact. */
+typedef struct { const uint8_t *q; vf d, d8; } st_q4_0;
+AI void prep_q4_0(st_q4_0 *s, const uint8_t *b) {
+    s->d = _mm256_set1_ps(h2f(b));
+    s->d8 = _mm256_mul_ps(s->d, _mm256_set1_ps(8.0f));
+    s->q = b + 2;
+}
 AI vf chk_q4_0(const st_q4_0 *s, int c) {
     __m256i q = ld_u8x8(s->q + 8 * (c & 1));
     q = c >= 2 ? _mm256_srli_epi32(q, 4) : _mm256_and_si256(q, c32(15));
-    q = _mm256_sub_epi32(q, c32(8));
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), s->d);
+    return _mm256_fmsub_ps(s->d, _mm256_cvtepi32_ps(q), s->d8);
 }
 
-typedef struct { const uint8_t *q; uint32_t qh; vf d; } st_q5_0;
+typedef struct { const uint8_t *q; uint32_t qh; vf d, d16; } st_q5_0;
 AI void prep_q5_0(st_q5_0 *s, const uint8_t *b) {
     s->d = _mm256_set1_ps(h2f(b));
+    s->d16 = _mm256_mul_ps(s->d, _mm256_set1_ps(16.0f));
     s->qh = kcpu_rd32(b + 2);
     s->q = b + 6;
 }
 AI vf chk_q5_0(const st_q5_0 *s, int c) {
     __m256i q = ld_u8x8(s->q + 8 * (c & 1));
     q = c >= 2 ? _mm256_srli_epi32(q, 4) : _mm256_and_si256(q, c32(15));
-    q = _mm256_or_si256(q, bits16((s->qh >> (8 * c)) & 255));
-    q = _mm256_sub_epi32(q, c32(16));
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), s->d);
+    q = _mm256_or_si256(q, bits16(s->qh >> (8 * c)));
+    return _mm256_fmsub_ps(s->d, _mm256_cvtepi32_ps(q), s->d16);
 }
 
 typedef struct { const uint8_t *q, *qh; float ds[8], ms[8]; } st_qk;
@@ -107,12 +119,17 @@ AI vf chk_q5_k(const st_qk *s, int c) {
     return fin_qk(s, c, q);
 }
 
-typedef struct { const uint8_t *ql, *qh; float dsc[16]; } st_q6_k;
+/* Q6_K: w = fmsub(dsc, q, 32*dsc) == dsc*(q-32) rounded once */
+typedef struct { const uint8_t *ql, *qh; float dsc[16], dsc32[16]; } st_q6_k;
 AI void prep_q6_k(st_q6_k *s, const uint8_t *b) {
-    vf d = _mm256_set1_ps(h2f(b + 208));
+    vf d = _mm256_set1_ps(h2f(b + 208)), k32 = _mm256_set1_ps(32.0f);
     __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
-    _mm256_storeu_ps(s->dsc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
-    _mm256_storeu_ps(s->dsc + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8)))));
+    vf lo = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
+    vf hi = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(sc, 8))));
+    _mm256_storeu_ps(s->dsc, lo);
+    _mm256_storeu_ps(s->dsc + 8, hi);
+    _mm256_storeu_ps(s->dsc32, _mm256_mul_ps(lo, k32));
+    _mm256_storeu_ps(s->dsc32 + 8, _mm256_mul_ps(hi, k32));
     s->ql = b;
     s->qh = b + 128;
 }
@@ -122,8 +139,9 @@ AI vf chk_q6_k(const st_q6_k *s, int c) {
     __m256i lo = k < 2 ? _mm256_and_si256(lb, c32(15)) : _mm256_srli_epi32(lb, 4);
     __m256i hb = ld_u8x8(s->qh + 32 * h + l0);
     __m256i hi = _mm256_and_si256(_mm256_srli_epi32(hb, 2 * k), c32(3));
-    __m256i q = _mm256_sub_epi32(_mm256_or_si256(lo, _mm256_slli_epi32(hi, 4)), c32(32));
-    return _mm256_mul_ps(_mm256_set1_ps(s->dsc[8 * h + (l0 >> 4) + 2 * k]), _mm256_cvtepi32_ps(q));
+    __m256i q = _mm256_or_si256(lo, _mm256_slli_epi32(hi, 4));
+    int si = 8 * h + (l0 >> 4) + 2 * k;
+    return _mm256_fmsub_ps(_mm256_set1_ps(s->dsc[si]), _mm256_cvtepi32_ps(q), _mm256_set1_ps(s->dsc32[si]));
 }
 
 /* linear types: full chunk, or tail of r (1..7) elements with zero lanes after */
@@ -160,10 +178,15 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
         const int64_t nb = mm->K / (BS);                                                    \
         const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        const size_t pf = (size_t)RG * mm->nb1;                                             \
         for (int64_t ib = 0; ib < nb; ib++) {                                               \
             st_##T st[4];                                                                   \
-            for (int i = 0; i < RG; i++)                                                    \
-                prep_##T(&st[i], wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ));             \
+            for (int i = 0; i < RG; i++) {                                                  \
+                const uint8_t *bp = wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ);           \
+                for (int o = 0; o < (SZ); o += 64) /* same block, next row group */         \
+                    _mm_prefetch((const char *)bp + pf + o, _MM_HINT_T1);                   \
+                prep_##T(&st[i], bp);                                                       \
+            }                                                                               \
             for (int c = 0; c < (BS) / V; c++) {                                            \
                 vf xv[KCPU_DECODE_MAX];                                                     \
                 for (int j = 0; j < NT; j++)                                                \
@@ -206,11 +229,14 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
         const int64_t K = mm->K;                                                            \
         int64_t k = 0;                                                                      \
+        const size_t pf = (size_t)RG * mm->nb1, esz = ESZ_##T;                              \
         for (; k + V <= K; k += V) {                                                        \
             vf xv[KCPU_DECODE_MAX];                                                         \
             for (int j = 0; j < NT; j++)                                                    \
                 xv[j] = _mm256_loadu_ps(xr + j * mm->ldx + k);                              \
             for (int i = 0; i < RG; i++) {                                                  \
+                _mm_prefetch((const char *)wr + (size_t)i * mm->nb1 + pf + (size_t)k * esz,  \
+                             _MM_HINT_T1);                                                  \
                 vf wv = ld_##T(wr + (size_t)i * mm->nb1, k);                                \
                 for (int j = 0; j < NT; j++)                                                \
                     acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);                      \

@@ -4,8 +4,17 @@
  *
  * Determinism: see kcpu.h. Every path below accumulates one (row, token) pair
  * in one __m512 with fmadd over chunks of 16 elements in increasing k, and
- * reduces it with hsum16(). Weights are produced per chunk by the chk_* inline
- * functions, shared by the fused decode (gemv) and the tile dequantiser.
+ * reduces it with hsum16() (or hsum16x4(), the same tree four at a time).
+ * Weights are produced by the grp_* inline dequantisers, shared by the fused
+ * decode (gemv) and the tile dequantiser (dequant_rows).
+ *
+ *   decode:  gv_T      4 (or 2) rows x up to 4 tokens, weights dequantised in
+ *                      registers, next row group prefetched into L2
+ *   prefill: dq_T      rows -> fp32 tile;  mk / mkb  4 rows x 6 tokens
+ *                      register tile over the whole K (or K-blocks of KCPU_KC
+ *                      with accumulators parked in scratch)
+ *   attention: sc_tile / acc_tile   up to 4 heads x 4 keys score tiles and
+ *                      4 heads x 64 dims accumulation tiles
  */
 #include <immintrin.h>
 #include <math.h>
@@ -16,6 +25,13 @@
 #define AI static inline __attribute__((always_inline))
 #define MR 4 /* tile micro-kernel: rows */
 #define NR 6 /* tile micro-kernel: tokens */
+/* Decode prefetch: while a group of rows is streamed, the same bytes of the
+ * next group (one group ahead, into L2) are prefetched. Quantised rows cost
+ * many instructions per byte, so out-of-order execution alone keeps too few
+ * cache misses in flight to reach memory bandwidth. */
+#define ESZ_f32 4
+#define ESZ_f16 2
+#define ESZ_bf16 2
 
 typedef __m512 vf;
 
@@ -216,10 +232,15 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
         const int64_t nb = mm->K / (BS);                                                    \
         const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        const size_t pf = (size_t)RG * mm->nb1;                                             \
         for (int64_t ib = 0; ib < nb; ib++) {                                               \
             st_##T st[4];                                                                   \
-            for (int i = 0; i < RG; i++)                                                    \
-                prep_##T(&st[i], wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ));             \
+            for (int i = 0; i < RG; i++) {                                                  \
+                const uint8_t *bp = wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ);           \
+                for (int o = 0; o < (SZ); o += 64) /* same block, next row group */         \
+                    _mm_prefetch((const char *)bp + pf + o, _MM_HINT_T1);                   \
+                prep_##T(&st[i], bp);                                                       \
+            }                                                                               \
             for (int g = 0; g < (BS) / (V * GC_##T); g++) {                                 \
                 const float *xg = xr + ib * (BS) + g * (V * GC_##T);                        \
                 for (int i = 0; i < RG; i++) {                                              \
@@ -267,11 +288,14 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
         const int64_t K = mm->K;                                                            \
         int64_t k = 0;                                                                      \
+        const size_t pf = (size_t)RG * mm->nb1, esz = ESZ_##T;       \
         for (; k + V <= K; k += V) {                                                        \
             vf xv[KCPU_DECODE_MAX];                                                         \
             for (int j = 0; j < NT; j++)                                                    \
                 xv[j] = _mm512_loadu_ps(xr + j * mm->ldx + k);                              \
             for (int i = 0; i < RG; i++) {                                                  \
+                _mm_prefetch((const char *)wr + (size_t)i * mm->nb1 + pf + (size_t)k * esz,  \
+                             _MM_HINT_T1);                                                  \
                 vf wv = ld_##T(wr + (size_t)i * mm->nb1, k);                                \
                 for (int j = 0; j < NT; j++)                                                \
                     acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);                      \
@@ -321,17 +345,21 @@ DEF_LINEAR(f16)
 DEF_LINEAR(bf16)
 
 /* Row groups of 4 (4*NT independent accumulators), leftover rows one by one. */
-/* Row groups of 4 for 1-2 tokens and of 2 for 3-4 tokens (<= 8 accumulators
- * next to the group's weights), leftover rows one by one. */
-#define GEMV_DRIVER(T)                                                                      \
+/* Row groups of 4, except 2 for 3-4 tokens where RG34 says so (Q6_K: its
+ * 8-chunk groups would spill registers), leftover rows one by one. */
+#define GEMV_DRIVER(T, RG34)                                                                      \
     static void gemv_##T(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                \
         for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
             int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
             int64_t r = r0;                                                                 \
-            if (nt <= 2) {                                                                  \
+            if (nt <= 2 || RG34 == 4) {                                                     \
                 for (; r + 4 <= r1; r += 4) {                                               \
-                    if (nt == 1) gv_##T(mm, r, t0, 4, 1);                                   \
-                    else gv_##T(mm, r, t0, 4, 2);                                           \
+                    switch (nt) {                                                           \
+                    case 1: gv_##T(mm, r, t0, 4, 1); break;                                 \
+                    case 2: gv_##T(mm, r, t0, 4, 2); break;                                 \
+                    case 3: gv_##T(mm, r, t0, 4, 3); break;                                 \
+                    default: gv_##T(mm, r, t0, 4, 4); break;                                \
+                    }                                                                       \
                 }                                                                           \
             } else {                                                                        \
                 for (; r + 2 <= r1; r += 2) {                                               \
@@ -350,15 +378,15 @@ DEF_LINEAR(bf16)
         }                                                                                   \
     }
 
-GEMV_DRIVER(q8_0)
-GEMV_DRIVER(q4_0)
-GEMV_DRIVER(q5_0)
-GEMV_DRIVER(q4_k)
-GEMV_DRIVER(q5_k)
-GEMV_DRIVER(q6_k)
-GEMV_DRIVER(f32)
-GEMV_DRIVER(f16)
-GEMV_DRIVER(bf16)
+GEMV_DRIVER(q8_0, 4)
+GEMV_DRIVER(q4_0, 4)
+GEMV_DRIVER(q5_0, 4)
+GEMV_DRIVER(q4_k, 4)
+GEMV_DRIVER(q5_k, 4)
+GEMV_DRIVER(q6_k, 2)
+GEMV_DRIVER(f32, 4)
+GEMV_DRIVER(f16, 4)
+GEMV_DRIVER(bf16, 4)
 
 static void gemv(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {
     switch (mm->type) {

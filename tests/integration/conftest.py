@@ -157,12 +157,12 @@ def complete(srv, timeout=HTTP_TIMEOUT, **params):
     return body
 
 
-def stream_events(srv, params, timeout=HTTP_TIMEOUT, max_events=100000):
+def stream_events(srv, params, timeout=HTTP_TIMEOUT, max_events=100000, path="/v1/completions"):
     """POST a streaming completion; returns (status, list of events). Each event is
     the parsed JSON payload, or the string "[DONE]"."""
     conn = http.client.HTTPConnection(srv.host, srv.port, timeout=timeout)
     try:
-        conn.request("POST", "/v1/completions", body=json.dumps(dict(params, stream=True)),
+        conn.request("POST", path, body=json.dumps(dict(params, stream=True)),
                      headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         if resp.status != 200:
@@ -192,6 +192,55 @@ def read_sse(resp, max_events=100000):
     return events
 
 
+def chat(srv, timeout=HTTP_TIMEOUT, **params):
+    status, body, _ = post_json(srv, "/v1/chat/completions", params, timeout=timeout)
+    assert status == 200, body
+    return body
+
+
+def get_metrics(srv):
+    """GET /metrics parsed: {(name, labels): value} plus {name: type}. Checks the
+    text format on the way: HELP then TYPE before a family's samples, histogram
+    buckets cumulative in increasing le with +Inf last and equal to _count."""
+    status, hdrs, data = request(srv, "GET", "/metrics", timeout=10)
+    assert status == 200, data
+    assert hdrs["content-type"].startswith("text/plain; version=0.0.4"), hdrs
+    text = data.decode("utf-8")
+    assert text.endswith("\n")
+    samples, types, helps = {}, {}, set()
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            helps.add(line.split()[2])
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, typ = line.split()
+            assert name in helps, f"TYPE before HELP for {name}"
+            types[name] = typ
+            continue
+        assert line and not line.startswith("#"), line
+        key, value = line.rsplit(" ", 1)
+        name, _, labels = key.partition("{")
+        labels = "{" + labels if labels else ""
+        family = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and types.get(name[: -len(suffix)]) == "histogram":
+                family = name[: -len(suffix)]
+        assert family in types, f"{name} has no TYPE line before it"
+        assert (name, labels) not in samples, f"duplicate series {name}{labels}"
+        samples[(name, labels)] = float(value)
+    for fam, typ in types.items():
+        if typ != "histogram":
+            continue
+        buckets = [(lab, v) for (n, lab), v in samples.items() if n == fam + "_bucket"]
+        les = [float(lab[5:-2]) if lab != '{le="+Inf"}' else float("inf") for lab, _ in buckets]
+        assert les == sorted(les) and les[-1] == float("inf"), (fam, les)
+        counts = [v for _, v in buckets]
+        assert counts == sorted(counts), f"{fam} buckets are not cumulative: {counts}"
+        assert samples[(fam + "_count", "")] == counts[-1], fam
+        assert (fam + "_sum", "") in samples, fam
+    return samples, types
+
+
 def assert_error(status, body, want_status, param=None):
     """The OpenAI error shape, with status and (optionally) the offending field."""
     assert status == want_status, body
@@ -218,6 +267,20 @@ def models(model_dir):
     """Small models, one per tokenizer kind (fast: ~0.2M parameters)."""
     return {kind: gen_model(model_dir / f"tiny-{kind}.gguf", kind, "--ctx", "256", "--seed", "3")
             for kind in ("spm", "bpe")}
+
+
+@pytest.fixture(scope="session")
+def chat_model(model_dir):
+    """A bpe model whose GGUF carries a ChatML tokenizer.chat_template, with two
+    padding tokens renamed to the control tokens <|im_start|> and <|im_end|>
+    (the generator writes no template: patched with the PyPI gguf package)."""
+    pytest.importorskip("gguf")
+    from gguf_patch import CHATML_TEMPLATE, patch
+    src = gen_model(model_dir / "chat-src.gguf", "bpe", "--vocab", "1024", "--ctx", "256",
+                    "--seed", "5")
+    dst = str(model_dir / "chat-chatml.gguf")
+    patch(src, dst, CHATML_TEMPLATE, {"<pad1020>": "<|im_start|>", "<pad1021>": "<|im_end|>"})
+    return dst
 
 
 @pytest.fixture(scope="session")

@@ -55,13 +55,24 @@ BAD_BODIES = [
     ('{"prompt": "hi", "stream": "yes"}', 400, "stream"),
     ('{"prompt": "hi", "stream_options": {"include_usage": true}}', 400, "stream_options"),
     ('{"prompt": "hi", "stream": true, "stream_options": 1}', 400, "stream_options"),
-    ('{"prompt": "hi", "n": 2}', 400, "n"),
+    ('{"prompt": "hi", "n": 17}', 400, "n"),
     ('{"prompt": "hi", "n": 0}', 400, "n"),
     ('{"prompt": "hi", "n": "1"}', 400, "n"),
-    ('{"prompt": "hi", "echo": true}', 400, "echo"),
     ('{"prompt": "hi", "echo": "yes"}', 400, "echo"),
-    ('{"prompt": "hi", "logprobs": 2}', 400, "logprobs"),
-    ('{"prompt": "hi", "user": 5, "n": 3}', 400, "n"),
+    ('{"prompt": "hi", "logprobs": 21}', 400, "logprobs"),
+    ('{"prompt": "hi", "logprobs": "2"}', 400, "logprobs"),
+    ('{"prompt": "hi", "user": 5, "n": 99}', 400, "n"),
+    ('{"prompt": "hi", "best_of": 2}', 400, "best_of"),
+    ('{"prompt": "hi", "presence_penalty": 2.5}', 400, "presence_penalty"),
+    ('{"prompt": "hi", "frequency_penalty": -3}', 400, "frequency_penalty"),
+    ('{"prompt": "hi", "repetition_penalty": 0}', 400, "repetition_penalty"),
+    ('{"prompt": "hi", "logit_bias": {"%d": 1}}' % VOCAB, 400, "logit_bias"),
+    ('{"prompt": "hi", "logit_bias": {"x": 1}}', 400, "logit_bias"),
+    ('{"prompt": "hi", "logit_bias": {"5": 101}}', 400, "logit_bias"),
+    ('{"prompt": "hi", "logit_bias": [5]}', 400, "logit_bias"),
+    ('{"prompt": "hi", "max_tokens": 4, "min_tokens": 5}', 400, "min_tokens"),
+    ('{"prompt": "hi", "ignore_eos": "yes"}', 400, "ignore_eos"),
+    ('{"prompt": "hi", "suffix": "end"}', 400, "suffix"),
 ]
 
 
@@ -79,10 +90,10 @@ def test_bad_bodies(srv):
 
 
 def test_messages_are_helpful(srv):
-    st, body, _ = post_json(srv, "/v1/completions", {"prompt": "hi", "n": 2})
-    assert "n > 1" in body["error"]["message"] and "not supported" in body["error"]["message"]
-    st, body, _ = post_json(srv, "/v1/completions", {"prompt": "hi", "echo": True})
-    assert "not supported yet" in body["error"]["message"]
+    st, body, _ = post_json(srv, "/v1/completions", {"prompt": "hi", "n": 17})
+    assert "16" in body["error"]["message"]
+    st, body, _ = post_json(srv, "/v1/completions", {"prompt": "hi", "logit_bias": {"9999": 1}})
+    assert "9999" in body["error"]["message"] and str(VOCAB - 1) in body["error"]["message"]
     st, body, _ = post_json(srv, "/v1/completions", {"prompt": "hi", "model": "gpt-x"})
     assert body["error"]["code"] == "model_not_found"
     st, body, _ = post_json(srv, "/v1/completions", {"prompt": [VOCAB + 5]})

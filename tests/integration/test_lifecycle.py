@@ -7,6 +7,7 @@ for 8000 tokens of a model that needs far longer than QUICK_S for them (about
 QUICK_S proves the first was cancelled.
 """
 import http.client
+import os
 import json
 import signal
 import socket
@@ -89,6 +90,31 @@ def test_many_disconnects(one_seq_server):
             resp.readline()
         conn.close()
     assert quick_request_time(srv) < QUICK_S
+    assert srv.alive()
+
+
+def test_disconnect_cancels_every_choice(one_seq_server):
+    """n = 3: one choice runs, two wait; leaving mid-stream cancels all three (the
+    quick request could not start otherwise). Same for a non-streamed n = 2."""
+    srv = one_seq_server
+    conn, resp = open_stream(srv, dict(LONG, n=3))
+    assert resp.readline().startswith(b"data: ")
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    assert quick_request_time(srv) < QUICK_S
+    # non-streamed n = 2, client gone while suspended
+    s = socket.create_connection((srv.host, srv.port), timeout=10)
+    body = json.dumps(dict(LONG, n=2)).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    time.sleep(0.5)
+    s.close()
+    assert quick_request_time(srv) < QUICK_S
+    st, _, data = request(srv, "GET", "/metrics", timeout=10)
+    assert st == 200
+    aborts = [l for l in data.decode().splitlines()
+              if l.startswith('slimserve:request_success_total{finished_reason="abort"}')]
+    assert aborts and float(aborts[0].split()[-1]) >= 2
     assert srv.alive()
 
 
@@ -197,6 +223,39 @@ def test_env_config(models, tmp_path):
         assert json.loads(data)["data"][0]["id"] == "from-env"
         st, _, data = request(srv, "POST", "/v1/completions", {"prompt": "x" * 2000})
         assert st == 413
+
+
+def _kv_pages(srv):
+    line = [l for l in srv.log().splitlines() if "KV pages" in l]
+    assert line, srv.log()
+    return int(line[0].split(" KV pages")[0].rsplit(" ", 1)[1])
+
+
+def test_engine_sizing_flags(models, tmp_path):
+    """--kv-cache-memory sizes the page pool, --max-num-batched-tokens the step
+    (scheduler budget and engine scratch alike: a long prompt is prefilled in
+    chunks that fit), --no-prefix-cache and --chat-template are accepted."""
+    with Server(models["bpe"], tmp_path, "--kv-cache-memory", "256KiB", name="a") as a:
+        small = _kv_pages(a)
+    with Server(models["bpe"], tmp_path, "--kv-cache-memory", "1MiB",
+                "--max-num-batched-tokens", "16", "--no-prefix-cache",
+                "--chat-template", "chatml", name="b") as b:
+        assert _kv_pages(b) == 4 * small
+        body = complete(b, prompt=list(range(5, 45)), max_tokens=3, temperature=0,
+                        ignore_eos=True)
+        assert body["usage"] == {"prompt_tokens": 40, "completion_tokens": 3,
+                                 "total_tokens": 43}
+        st, _, data = request(b, "GET", "/metrics")
+        text = data.decode()
+        le16 = [l for l in text.splitlines()
+                if l.startswith('slimserve:iteration_tokens_total_bucket{le="16"}')]
+        count = [l for l in text.splitlines()
+                 if l.startswith("slimserve:iteration_tokens_total_count")]
+        assert le16 and count and le16[0].split()[-1] == count[0].split()[-1]
+        assert int(count[0].split()[-1]) >= 3 + 2  # 40 prompt tokens need three steps
+    env = dict(os.environ, SLIMSERVE_NO_PREFIX_CACHE="maybe")
+    r = run("serve", "--model", models["bpe"], "--port", "0", env=env)
+    assert r.returncode == 2 and b"SLIMSERVE_NO_PREFIX_CACHE" in r.stderr
 
 
 def test_stress_mixed_clients_then_sigterm(models, tmp_path):

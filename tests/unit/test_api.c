@@ -1,8 +1,12 @@
 /* test_api.c - the OpenAI protocol layer without a network: request validation
- * (every field, every error status and shape), routing, API keys, and the JSON /
- * SSE bytes produced. Outputs are checked by parsing them back with cJSON.
+ * (every field, every error status and shape), routing, API keys, the JSON /
+ * SSE bytes produced (n > 1, logprobs, echo, chat), the chat templates of each
+ * family (expected strings written by hand from the families' documented
+ * formats), /tokenize and /detokenize, and the Prometheus text of /metrics
+ * (parsed back). Outputs are checked by parsing them back with cJSON.
  */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +22,7 @@
 
 /* A model with no tokenizer: token-id prompts only. */
 static struct api_model_info mi_ids(void) {
-    struct api_model_info mi = {"tiny", 64, 100, NULL, 1700000000};
+    struct api_model_info mi = {"tiny", 64, 100, NULL, 1700000000, API_TMPL_NONE, 0};
     return mi;
 }
 
@@ -159,11 +163,23 @@ START_TEST(test_routes) {
     ck_assert_int_eq(api_route_find("GET", "/v1/complete", &ok, &allow), API_ROUTE_NONE);
     ck_assert_int_eq(api_route_find("GET", "/", &ok, &allow), API_ROUTE_NONE);
     ck_assert_int_eq(api_route_find("GET", "/v1/completionsX", &ok, &allow), API_ROUTE_NONE);
+    ck_assert_int_eq(api_route_find("POST", "/v1/chat/completions", &ok, &allow), API_ROUTE_CHAT);
+    ck_assert_int_eq(ok, 1);
+    ck_assert_int_eq(api_route_find("POST", "/tokenize", &ok, &allow), API_ROUTE_TOKENIZE);
+    ck_assert_int_eq(api_route_find("POST", "/detokenize", &ok, &allow), API_ROUTE_DETOKENIZE);
+    ck_assert_int_eq(api_route_find("GET", "/tokenize", &ok, &allow), API_ROUTE_TOKENIZE);
+    ck_assert_int_eq(ok, 0);
+    ck_assert_int_eq(api_route_find("GET", "/metrics", &ok, &allow), API_ROUTE_METRICS);
+    ck_assert_int_eq(ok, 1);
+    ck_assert_int_eq(api_route_find("HEAD", "/metrics", &ok, &allow), API_ROUTE_METRICS);
+    ck_assert_int_eq(ok, 1);
 
     ck_assert(api_path_needs_auth("/v1/completions"));
     ck_assert(api_path_needs_auth("/v1/whatever"));
     ck_assert(!api_path_needs_auth("/health"));
     ck_assert(!api_path_needs_auth("/v10/x"));
+    ck_assert(!api_path_needs_auth("/metrics"));
+    ck_assert(!api_path_needs_auth("/tokenize"));
 }
 END_TEST
 
@@ -203,6 +219,13 @@ START_TEST(test_parse_defaults) {
     ck_assert_int_eq(c.p.n_bias, 0);
     ck_assert_int_eq(c.stream, 0);
     ck_assert_int_eq(c.include_usage, 0);
+    ck_assert_int_eq(c.n, 1);
+    ck_assert_int_eq(c.echo, 0);
+    ck_assert_ptr_null(c.echo_text);
+    ck_assert_int_eq(c.p.prompt_logprobs, 0);
+    ck_assert_int_eq(c.p.min_tokens, 0);
+    ck_assert(c.p.presence_penalty == 0.0f && c.p.frequency_penalty == 0.0f);
+    ck_assert_int_eq(c.kind, API_KIND_COMPLETION);
     api_completion_free(&c);
     api_completion_free(&c); /* idempotent */
 }
@@ -325,26 +348,40 @@ START_TEST(test_parse_bad_fields) {
     expect_err("{\"prompt\":[1],\"stream\":true,\"stream_options\":5}", 400, "stream_options");
     expect_err("{\"prompt\":[1],\"stream\":true,\"stream_options\":{\"include_usage\":1}}", 400,
                "stream_options.include_usage");
-    expect_err("{\"prompt\":[1],\"n\":2}", 400, "n");
+    expect_err("{\"prompt\":[1],\"n\":17}", 400, "n");
     expect_err("{\"prompt\":[1],\"n\":0}", 400, "n");
     expect_err("{\"prompt\":[1],\"n\":\"1\"}", 400, "n");
-    expect_err("{\"prompt\":[1],\"echo\":true}", 400, "echo");
+    expect_err("{\"prompt\":[1],\"n\":1.5}", 400, "n");
     expect_err("{\"prompt\":[1],\"echo\":1}", 400, "echo");
-    expect_err("{\"prompt\":[1],\"logprobs\":1}", 400, "logprobs");
-    expect_err("{\"prompt\":[1],\"logprobs\":0}", 400, "logprobs");
+    expect_err("{\"prompt\":[1],\"logprobs\":21}", 400, "logprobs");
+    expect_err("{\"prompt\":[1],\"logprobs\":-1}", 400, "logprobs");
     expect_err("{\"prompt\":[1],\"logprobs\":\"x\"}", 400, "logprobs");
+    expect_err("{\"prompt\":[1],\"logprobs\":1.5}", 400, "logprobs");
     expect_err("{\"prompt\":[1],\"best_of\":2}", 400, "best_of");
-    expect_err("{\"prompt\":[1],\"frequency_penalty\":0.5}", 400, "frequency_penalty");
+    expect_err("{\"prompt\":[1],\"n\":2,\"best_of\":3}", 400, "best_of");
+    expect_err("{\"prompt\":[1],\"frequency_penalty\":2.5}", 400, "frequency_penalty");
+    expect_err("{\"prompt\":[1],\"frequency_penalty\":\"a\"}", 400, "frequency_penalty");
+    expect_err("{\"prompt\":[1],\"presence_penalty\":-2.01}", 400, "presence_penalty");
+    expect_err("{\"prompt\":[1],\"repetition_penalty\":0}", 400, "repetition_penalty");
+    expect_err("{\"prompt\":[1],\"repetition_penalty\":-1}", 400, "repetition_penalty");
+    expect_err("{\"prompt\":[1],\"logit_bias\":[1]}", 400, "logit_bias");
+    expect_err("{\"prompt\":[1],\"logit_bias\":{\"x\":1}}", 400, "logit_bias");
+    expect_err("{\"prompt\":[1],\"logit_bias\":{\"100\":1}}", 400, "logit_bias");
+    expect_err("{\"prompt\":[1],\"logit_bias\":{\"-1\":1}}", 400, "logit_bias");
+    expect_err("{\"prompt\":[1],\"logit_bias\":{\" 5\":1}}", 400, "logit_bias");
+    expect_err("{\"prompt\":[1],\"logit_bias\":{\"5\":100.5}}", 400, "logit_bias");
+    expect_err("{\"prompt\":[1],\"logit_bias\":{\"5\":\"1\"}}", 400, "logit_bias");
+    expect_err("{\"prompt\":[1],\"min_tokens\":-1}", 400, "min_tokens");
+    expect_err("{\"prompt\":[1],\"min_tokens\":17}", 400, "min_tokens"); /* > default 16 */
+    expect_err("{\"prompt\":[1],\"max_tokens\":4,\"min_tokens\":5}", 400, "min_tokens");
+    expect_err("{\"prompt\":[1],\"suffix\":\"x\"}", 400, "suffix");
     expect_err("{\"prompt\":[1],\"ignore_eos\":\"no\"}", 400, "ignore_eos");
 
-    /* n > 1 says so clearly */
     struct api_model_info mi = mi_ids();
     struct api_completion c;
     struct api_error e;
-    parse(&mi, "{\"prompt\":[1],\"n\":3}", &c, &e);
-    ck_assert_msg(strstr(e.message, "not supported"), "%s", e.message);
-    parse(&mi, "{\"prompt\":[1],\"echo\":true}", &c, &e);
-    ck_assert_msg(strstr(e.message, "not supported yet"), "%s", e.message);
+    parse(&mi, "{\"prompt\":[1],\"logit_bias\":{\"250\":1}}", &c, &e);
+    ck_assert_msg(strstr(e.message, "250") && strstr(e.message, "99"), "%s", e.message);
     parse(&mi, "{\"prompt\":[1],\"model\":\"gpt\"}", &c, &e);
     ck_assert_str_eq(e.code, "model_not_found");
 }
@@ -388,24 +425,42 @@ START_TEST(test_parse_context) {
 }
 END_TEST
 
-/* String prompts through a real tokenizer (both kinds) from a generated model. */
-static void check_text_prompt(const char *kind) {
-    const char *dir = getenv("SLIMSERVE_TEST_TMP");
+/* A real tokenizer from a generated model (n_ctx 128). */
+struct gen_tok {
     char path[512];
-    snprintf(path, sizeof(path), "%s/test_api_%s_%d.gguf", dir ? dir : "/tmp", kind, (int)getpid());
+    struct gguf_file *f;
+    struct tok *t;
+};
+
+static void gen_tok_load(struct gen_tok *g, const char *kind) {
+    const char *dir = getenv("SLIMSERVE_TEST_TMP");
+    snprintf(g->path, sizeof(g->path), "%s/test_api_%s_%d.gguf", dir ? dir : "/tmp", kind,
+             (int)getpid());
     struct genmodel_opts o;
     genmodel_opts_default(&o);
     o.tokenizer = kind;
     o.n_layers = 1;
     o.n_ctx = 128;
     char err[256];
-    ck_assert_msg(genmodel_write(&o, path, err, sizeof(err)) == 0, "%s", err);
-    struct gguf_file *f = NULL;
-    ck_assert_msg(gguf_open(&f, path, err, sizeof(err)) == 0, "%s", err);
-    struct tok *t = NULL;
-    ck_assert_msg(tok_load(&t, f, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(genmodel_write(&o, g->path, err, sizeof(err)) == 0, "%s", err);
+    g->f = NULL;
+    ck_assert_msg(gguf_open(&g->f, g->path, err, sizeof(err)) == 0, "%s", err);
+    g->t = NULL;
+    ck_assert_msg(tok_load(&g->t, g->f, err, sizeof(err)) == 0, "%s", err);
+}
 
-    struct api_model_info mi = {"m", 128, tok_n_vocab(t), t, 0};
+static void gen_tok_free(struct gen_tok *g) {
+    tok_free(g->t);
+    gguf_close(g->f);
+    unlink(g->path);
+}
+
+/* String prompts through a real tokenizer (both kinds) from a generated model. */
+static void check_text_prompt(const char *kind) {
+    struct gen_tok g;
+    gen_tok_load(&g, kind);
+    struct tok *t = g.t;
+    struct api_model_info mi = {"m", 128, tok_n_vocab(t), t, 0, 0, 0};
     struct api_completion c;
     struct api_error e;
     const char *text = "The quick brown fox jumps over the lazy dog";
@@ -436,9 +491,24 @@ static void check_text_prompt(const char *kind) {
     ck_assert_int_eq(parse(&mi, big, &c, &e), SS_ETOOLONG);
     ck_assert_int_eq(e.status, 400);
 
-    tok_free(t);
-    gguf_close(f);
-    unlink(path);
+    /* echo: the prompt as sent; token-id prompts are decoded */
+    snprintf(body, sizeof(body), "{\"prompt\":\"%s\",\"echo\":true,\"logprobs\":0}", text);
+    ck_assert_msg(parse(&mi, body, &c, &e) == 0, "%s", e.message);
+    ck_assert_str_eq(c.echo_text, text);
+    ck_assert_uint_eq(c.echo_len, strlen(text));
+    ck_assert_int_eq(c.p.prompt_logprobs, 1);
+    ck_assert_int_eq(c.p.logprobs, 0);
+    api_completion_free(&c);
+    int k2 = snprintf(body, sizeof(body), "{\"echo\":true,\"prompt\":[");
+    for (int64_t i = 0; i < n; i++)
+        k2 += snprintf(body + k2, sizeof(body) - (size_t)k2, "%s%d", i ? "," : "", (int)ids[i]);
+    snprintf(body + k2, sizeof(body) - (size_t)k2, "]}");
+    ck_assert_msg(parse(&mi, body, &c, &e) == 0, "%s", e.message);
+    ck_assert_str_eq(c.echo_text, text);
+    ck_assert_int_eq(c.p.prompt_logprobs, 0); /* echo without logprobs */
+    api_completion_free(&c);
+
+    gen_tok_free(&g);
 }
 
 START_TEST(test_text_prompt_spm) {
@@ -461,11 +531,11 @@ static cJSON *sse_payload(const char *event) {
 }
 
 START_TEST(test_completion_json) {
-    struct api_completion_meta m = {"cmpl-abc", 1700000001, "tiny"};
+    struct api_completion_meta m = {"cmpl-abc", 1700000001, "tiny", API_KIND_COMPLETION, NULL};
     struct api_buf b;
     api_buf_init(&b);
-    ck_assert_int_eq(api_completion_json(&b, &m, "hi \"there\"\n", 11, REQ_FINISH_LENGTH, 5, 7),
-                     0);
+    struct api_choice_out co = {0, "hi \"there\"\n", 11, REQ_FINISH_LENGTH, -1, NULL, 0, NULL};
+    ck_assert_int_eq(api_response_json(&b, &m, &co, 1, 5, 7), 0);
     cJSON *j = cJSON_Parse(b.data);
     ck_assert_ptr_nonnull(j);
     ck_assert_str_eq(cJSON_GetObjectItem(j, "id")->valuestring, "cmpl-abc");
@@ -487,21 +557,41 @@ START_TEST(test_completion_json) {
     api_buf_free(&b);
 
     /* empty text, stop */
-    api_completion_json(&b, &m, NULL, 0, REQ_FINISH_STOP, 1, 0);
+    struct api_choice_out e0 = {0, NULL, 0, REQ_FINISH_STOP, -1, NULL, 0, NULL};
+    api_response_json(&b, &m, &e0, 1, 1, 0);
     j = cJSON_Parse(b.data);
     c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
     ck_assert_str_eq(cJSON_GetObjectItem(c0, "text")->valuestring, "");
     ck_assert_str_eq(cJSON_GetObjectItem(c0, "finish_reason")->valuestring, "stop");
     cJSON_Delete(j);
     api_buf_free(&b);
+
+    /* n = 3: choices in index order, usage counts the prompt once */
+    struct api_choice_out three[3] = {{0, "a", 1, REQ_FINISH_STOP, -1, NULL, 0, NULL},
+                                      {1, "bb", 2, REQ_FINISH_LENGTH, -1, NULL, 0, NULL},
+                                      {2, "", 0, REQ_FINISH_STOP, -1, NULL, 0, NULL}};
+    api_response_json(&b, &m, three, 3, 4, 9);
+    j = cJSON_Parse(b.data);
+    ch = cJSON_GetObjectItem(j, "choices");
+    ck_assert_int_eq(cJSON_GetArraySize(ch), 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(ch, i), "index")->valueint, i);
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(ch, 1), "text")->valuestring, "bb");
+    u = cJSON_GetObjectItem(j, "usage");
+    ck_assert_int_eq(cJSON_GetObjectItem(u, "prompt_tokens")->valueint, 4);
+    ck_assert_int_eq(cJSON_GetObjectItem(u, "completion_tokens")->valueint, 9);
+    ck_assert_int_eq(cJSON_GetObjectItem(u, "total_tokens")->valueint, 13);
+    cJSON_Delete(j);
+    api_buf_free(&b);
 }
 END_TEST
 
 START_TEST(test_sse_events) {
-    struct api_completion_meta m = {"cmpl-x", 1, "tiny"};
+    struct api_completion_meta m = {"cmpl-x", 1, "tiny", API_KIND_COMPLETION, NULL};
     struct api_buf b;
     api_buf_init(&b);
-    api_sse_chunk(&b, &m, "ab", 2, REQ_FINISH_NONE, 0);
+    struct api_choice_out co = {0, "ab", 2, REQ_FINISH_NONE, -1, NULL, 0, NULL};
+    api_sse_chunk(&b, &m, &co, 0);
     cJSON *j = sse_payload(b.data);
     ck_assert_ptr_nonnull(j);
     cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
@@ -512,9 +602,12 @@ START_TEST(test_sse_events) {
     cJSON_Delete(j);
     api_buf_free(&b);
 
-    api_sse_chunk(&b, &m, "", 0, REQ_FINISH_STOP, 1);
+    /* a later choice of n > 1 carries its index */
+    struct api_choice_out fin = {2, "", 0, REQ_FINISH_STOP, -1, NULL, 0, NULL};
+    api_sse_chunk(&b, &m, &fin, 1);
     j = sse_payload(b.data);
     c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    ck_assert_int_eq(cJSON_GetObjectItem(c0, "index")->valueint, 2);
     ck_assert_str_eq(cJSON_GetObjectItem(c0, "finish_reason")->valuestring, "stop");
     ck_assert(cJSON_IsNull(cJSON_GetObjectItem(j, "usage")));
     cJSON_Delete(j);
@@ -530,6 +623,68 @@ START_TEST(test_sse_events) {
 
     api_sse_done(&b);
     ck_assert_str_eq(b.data, "data: [DONE]\n\n");
+    api_buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_chat_shapes) {
+    struct api_completion_meta m = {"chatcmpl-x", 5, "tiny", API_KIND_CHAT, NULL};
+    struct api_buf b;
+    api_buf_init(&b);
+    struct api_choice_out co[2] = {{0, "Hello", 5, REQ_FINISH_STOP, -1, NULL, 0, NULL},
+                                   {1, "Hi", 2, REQ_FINISH_LENGTH, -1, NULL, 0, NULL}};
+    ck_assert_int_eq(api_response_json(&b, &m, co, 2, 10, 3), 0);
+    cJSON *j = cJSON_Parse(b.data);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "chat.completion");
+    cJSON *c1 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 1);
+    cJSON *msg = cJSON_GetObjectItem(c1, "message");
+    ck_assert_str_eq(cJSON_GetObjectItem(msg, "role")->valuestring, "assistant");
+    ck_assert_str_eq(cJSON_GetObjectItem(msg, "content")->valuestring, "Hi");
+    ck_assert_str_eq(cJSON_GetObjectItem(c1, "finish_reason")->valuestring, "length");
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItem(c1, "logprobs")));
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "usage"), "total_tokens")->valueint,
+                     13);
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    /* stream: role chunk, content delta, final chunk with an empty delta */
+    api_sse_role(&b, &m, 1, 1);
+    j = sse_payload(b.data);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "chat.completion.chunk");
+    cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    ck_assert_int_eq(cJSON_GetObjectItem(c0, "index")->valueint, 1);
+    cJSON *d = cJSON_GetObjectItem(c0, "delta");
+    ck_assert_str_eq(cJSON_GetObjectItem(d, "role")->valuestring, "assistant");
+    ck_assert_str_eq(cJSON_GetObjectItem(d, "content")->valuestring, "");
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItem(c0, "finish_reason")));
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItem(j, "usage")));
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    struct api_choice_out dl = {0, "wor", 3, REQ_FINISH_NONE, -1, NULL, 0, NULL};
+    api_sse_chunk(&b, &m, &dl, 0);
+    j = sse_payload(b.data);
+    d = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "delta");
+    ck_assert_str_eq(cJSON_GetObjectItem(d, "content")->valuestring, "wor");
+    ck_assert_ptr_null(cJSON_GetObjectItem(d, "role"));
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    struct api_choice_out end = {0, NULL, 0, REQ_FINISH_STOP, -1, NULL, 0, NULL};
+    api_sse_chunk(&b, &m, &end, 0);
+    j = sse_payload(b.data);
+    c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+    d = cJSON_GetObjectItem(c0, "delta");
+    ck_assert(cJSON_IsObject(d) && d->child == NULL);
+    ck_assert_str_eq(cJSON_GetObjectItem(c0, "finish_reason")->valuestring, "stop");
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    api_sse_usage(&b, &m, 2, 3);
+    j = sse_payload(b.data);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "object")->valuestring, "chat.completion.chunk");
+    cJSON_Delete(j);
     api_buf_free(&b);
 }
 END_TEST
@@ -555,11 +710,730 @@ START_TEST(test_models_health_id) {
     api_buf_free(&b);
 
     char a[48], c[48];
-    api_completion_id(a, sizeof(a), 1);
-    api_completion_id(c, sizeof(c), 2);
+    api_completion_id(a, sizeof(a), 1, API_KIND_COMPLETION);
+    api_completion_id(c, sizeof(c), 2, API_KIND_COMPLETION);
     ck_assert(strncmp(a, "cmpl-", 5) == 0);
     ck_assert_uint_eq(strlen(a), 5 + 32);
     ck_assert_str_ne(a, c);
+    api_completion_id(c, sizeof(c), 3, API_KIND_CHAT);
+    ck_assert(strncmp(c, "chatcmpl-", 9) == 0);
+    ck_assert_uint_eq(strlen(c), 9 + 32);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- new fields */
+
+START_TEST(test_parse_sampling_extras) {
+    struct api_completion c;
+    expect_ok("{\"prompt\":[1,2],\"n\":3,\"best_of\":3,\"logprobs\":5,\"echo\":true,"
+              "\"presence_penalty\":-2,\"frequency_penalty\":1.5,\"repetition_penalty\":1.3,"
+              "\"logit_bias\":{\"5\":-100,\"99\":2.5},\"ignore_eos\":true,\"min_tokens\":3,"
+              "\"max_tokens\":8,\"seed\":7}",
+              &c);
+    ck_assert_int_eq(c.n, 3);
+    ck_assert_int_eq(c.p.logprobs, 5);
+    ck_assert_int_eq(c.echo, 1);
+    ck_assert_int_eq(c.p.prompt_logprobs, 1);
+    ck_assert_ptr_nonnull(c.echo_text); /* no tokenizer: the ids cannot be decoded */
+    ck_assert_str_eq(c.echo_text, "");
+    ck_assert(c.p.presence_penalty == -2.0f);
+    ck_assert(c.p.frequency_penalty == 1.5f);
+    ck_assert(fabsf(c.p.repetition_penalty - 1.3f) < 1e-6f);
+    ck_assert_int_eq(c.p.n_bias, 2);
+    ck_assert_int_eq(c.p.bias_ids[0], 5);
+    ck_assert(c.p.bias_vals[0] == -100.0f);
+    ck_assert_int_eq(c.p.bias_ids[1], 99);
+    ck_assert(c.p.bias_vals[1] == 2.5f);
+    ck_assert_int_eq(c.p.ignore_eos, 1);
+    ck_assert_int_eq(c.p.min_tokens, 3);
+    ck_assert_int_eq(c.p.max_tokens, 8);
+
+    /* deep copy for the extra choices: same values, separate memory */
+    struct req_params q;
+    ck_assert_int_eq(api_req_params_copy(&q, &c.p), 0);
+    ck_assert_ptr_ne(q.prompt, c.p.prompt);
+    ck_assert_ptr_ne(q.bias_ids, c.p.bias_ids);
+    ck_assert_int_eq(q.n_prompt, 2);
+    ck_assert_int_eq(q.prompt[1], 2);
+    ck_assert_int_eq(q.n_bias, 2);
+    ck_assert(q.bias_vals[1] == 2.5f);
+    ck_assert_int_eq(q.logprobs, 5);
+    ck_assert(q.smp.seed == 7 && q.smp.has_seed);
+    api_req_params_clear(&q);
+    api_completion_free(&c);
+
+    /* logprobs: false and null are "none", true is 1, 0 is the chosen token only */
+    expect_ok("{\"prompt\":[1],\"logprobs\":false,\"echo\":true}", &c);
+    ck_assert_int_eq(c.p.logprobs, -1);
+    ck_assert_int_eq(c.p.prompt_logprobs, 0);
+    api_completion_free(&c);
+    expect_ok("{\"prompt\":[1],\"logprobs\":true}", &c);
+    ck_assert_int_eq(c.p.logprobs, 1);
+    api_completion_free(&c);
+    expect_ok("{\"prompt\":[1],\"logprobs\":0,\"logit_bias\":{},\"min_tokens\":16}", &c);
+    ck_assert_int_eq(c.p.logprobs, 0);
+    ck_assert_int_eq(c.p.n_bias, 0);
+    ck_assert_int_eq(c.p.min_tokens, 16);
+    api_completion_free(&c);
+    expect_ok("{\"prompt\":[1],\"n\":16,\"logprobs\":20,\"suffix\":\"\"}", &c);
+    ck_assert_int_eq(c.n, 16);
+    ck_assert_int_eq(c.prompt_only, 0);
+    api_completion_free(&c);
+    /* echo with max_tokens 0: prompt logprobs only; the scheduler still gets 1 */
+    expect_ok("{\"prompt\":[1,2],\"echo\":true,\"logprobs\":1,\"max_tokens\":0}", &c);
+    ck_assert_int_eq(c.prompt_only, 1);
+    ck_assert_int_eq(c.p.max_tokens, 1);
+    ck_assert_int_eq(c.p.prompt_logprobs, 1);
+    api_completion_free(&c);
+    expect_err("{\"prompt\":[1],\"echo\":true,\"max_tokens\":0,\"min_tokens\":1}", 400,
+               "min_tokens");
+}
+END_TEST
+
+/* ---------------------------------------------------------------- templates */
+
+static const struct api_chat_msg conv4[] = {
+    {API_ROLE_SYSTEM, "You are helpful.", 16},
+    {API_ROLE_USER, " Hi \n", 5},
+    {API_ROLE_ASSISTANT, "Hello!", 6},
+    {API_ROLE_USER, "How are you?", 12},
+};
+
+static void expect_render(int family, const struct api_chat_msg *m, int n, const char *bos,
+                          const char *eos, const char *want) {
+    struct api_buf b;
+    struct api_error e;
+    api_buf_init(&b);
+    int rc = api_tmpl_render(family, m, n, bos, eos, &b, &e);
+    ck_assert_msg(rc == 0, "%s: %s", api_tmpl_name(family), e.message);
+    ck_assert_msg(b.data && strcmp(b.data, want) == 0, "%s:\n got  [%s]\n want [%s]",
+                  api_tmpl_name(family), b.data ? b.data : "", want);
+    api_buf_free(&b);
+}
+
+static void expect_render_err(int family, const struct api_chat_msg *m, int n) {
+    struct api_buf b;
+    struct api_error e;
+    api_buf_init(&b);
+    memset(&e, 0, sizeof(e));
+    int rc = api_tmpl_render(family, m, n, "<s>", "</s>", &b, &e);
+    ck_assert_msg(rc == SS_EINVAL, "%s accepted a bad conversation", api_tmpl_name(family));
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_str_eq(e.param, "messages");
+    api_buf_free(&b);
+}
+
+START_TEST(test_templates) {
+    expect_render(API_TMPL_CHATML, conv4, 4, "", "</s>",
+                  "<|im_start|>system\nYou are helpful.<|im_end|>\n"
+                  "<|im_start|>user\n Hi \n<|im_end|>\n"
+                  "<|im_start|>assistant\nHello!<|im_end|>\n"
+                  "<|im_start|>user\nHow are you?<|im_end|>\n"
+                  "<|im_start|>assistant\n");
+    expect_render(API_TMPL_LLAMA3, conv4, 4, "<|begin_of_text|>", "<|end_of_text|>",
+                  "<|begin_of_text|>"
+                  "<|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
+                  "<|start_header_id|>user<|end_header_id|>\n\nHow are you?<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    expect_render(API_TMPL_LLAMA2, conv4, 4, "<s>", "</s>",
+                  /* strip() applies to the joined "<<SYS>>...user" text: the user
+                   * text keeps its leading blank here */
+                  "<s>[INST] <<SYS>>\nYou are helpful.\n<</SYS>>\n\n Hi [/INST] Hello! </s>"
+                  "<s>[INST] How are you? [/INST]");
+    expect_render(API_TMPL_MISTRAL, conv4, 4, "<s>", "</s>",
+                  "<s>[INST] You are helpful.\n\n Hi \n [/INST]Hello!</s>"
+                  "[INST] How are you? [/INST]");
+    expect_render(API_TMPL_GEMMA, conv4, 4, "<bos>", "<eos>",
+                  "<bos><start_of_turn>user\nYou are helpful.\n\nHi<end_of_turn>\n"
+                  "<start_of_turn>model\nHello!<end_of_turn>\n"
+                  "<start_of_turn>user\nHow are you?<end_of_turn>\n"
+                  "<start_of_turn>model\n");
+    /* without a system message; without BOS */
+    expect_render(API_TMPL_LLAMA2, conv4 + 1, 1, "<s>", "</s>", "<s>[INST] Hi [/INST]");
+    expect_render(API_TMPL_GEMMA, conv4 + 3, 1, "", "",
+                  "<start_of_turn>user\nHow are you?<end_of_turn>\n<start_of_turn>model\n");
+    expect_render(API_TMPL_MISTRAL, conv4 + 3, 1, "<s>", "</s>",
+                  "<s>[INST] How are you? [/INST]");
+    expect_render(API_TMPL_LLAMA3, conv4 + 3, 1, "", "",
+                  "<|start_header_id|>user<|end_header_id|>\n\nHow are you?<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\n");
+
+    /* shapes the alternating families reject (their templates raise) */
+    static const struct api_chat_msg uu[] = {{API_ROLE_USER, "a", 1}, {API_ROLE_USER, "b", 1}};
+    static const struct api_chat_msg au[] = {{API_ROLE_ASSISTANT, "a", 1},
+                                             {API_ROLE_USER, "b", 1}};
+    static const struct api_chat_msg usys[] = {{API_ROLE_USER, "a", 1},
+                                               {API_ROLE_SYSTEM, "s", 1}};
+    static const struct api_chat_msg sys_only[] = {{API_ROLE_SYSTEM, "s", 1}};
+    for (int f = API_TMPL_LLAMA2; f <= API_TMPL_GEMMA; f++) {
+        expect_render_err(f, uu, 2);
+        expect_render_err(f, au, 2);
+        expect_render_err(f, usys, 2);
+        expect_render_err(f, sys_only, 1);
+    }
+    /* chatml and llama3 take any order */
+    expect_render(API_TMPL_CHATML, uu, 2, "", "",
+                  "<|im_start|>user\na<|im_end|>\n<|im_start|>user\nb<|im_end|>\n"
+                  "<|im_start|>assistant\n");
+    for (int f = API_TMPL_CHATML; f <= API_TMPL_GEMMA; f++)
+        expect_render_err(f, uu, 0);
+
+    struct api_buf b;
+    struct api_error e;
+    api_buf_init(&b);
+    ck_assert_int_eq(api_tmpl_render(API_TMPL_NONE, uu, 1, "", "", &b, &e), SS_EUNSUPPORTED);
+    api_buf_free(&b);
+}
+END_TEST
+
+START_TEST(test_template_detect) {
+    int bos = -1;
+    const char *gemma = "{{ bos_token }}{%- for m in messages -%}{{ '<start_of_turn>' + role }}";
+    ck_assert_int_eq(api_tmpl_detect(gemma, strlen(gemma), &bos), API_TMPL_GEMMA);
+    ck_assert_int_eq(bos, 1);
+    const char *chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + "
+                         "'\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}";
+    ck_assert_int_eq(api_tmpl_detect(chatml, strlen(chatml), &bos), API_TMPL_CHATML);
+    ck_assert_int_eq(bos, 0);
+    const char *l3 = "{{ bos_token }}<|start_header_id|>{{ role }}<|end_header_id|>";
+    ck_assert_int_eq(api_tmpl_detect(l3, strlen(l3), NULL), API_TMPL_LLAMA3);
+    const char *l2 = "{{ bos_token + '[INST] ' + '<<SYS>>\\n' }}";
+    ck_assert_int_eq(api_tmpl_detect(l2, strlen(l2), NULL), API_TMPL_LLAMA2);
+    const char *mi = "{{ bos_token }}{{ '[INST] ' + message['content'] + ' [/INST]' }}";
+    ck_assert_int_eq(api_tmpl_detect(mi, strlen(mi), NULL), API_TMPL_MISTRAL);
+    ck_assert_int_eq(api_tmpl_detect("{{ messages }}", 14, &bos), API_TMPL_NONE);
+    ck_assert_int_eq(api_tmpl_detect(NULL, 0, &bos), API_TMPL_NONE);
+    ck_assert_int_eq(bos, 0);
+    /* length-bounded: a marker beyond len is not seen */
+    ck_assert_int_eq(api_tmpl_detect(gemma, 10, NULL), API_TMPL_NONE);
+
+    ck_assert_int_eq(api_tmpl_by_name("gemma"), API_TMPL_GEMMA);
+    ck_assert_int_eq(api_tmpl_by_name("chatml"), API_TMPL_CHATML);
+    ck_assert_int_eq(api_tmpl_by_name("none"), -1);
+    ck_assert_int_eq(api_tmpl_by_name("llama"), -1);
+    for (int f = API_TMPL_CHATML; f <= API_TMPL_GEMMA; f++)
+        ck_assert_int_eq(api_tmpl_by_name(api_tmpl_name(f)), f);
+    ck_assert_int_eq(api_tmpl_default_bos(API_TMPL_CHATML), 0);
+    ck_assert_int_eq(api_tmpl_default_bos(API_TMPL_LLAMA3), 1);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- chat requests */
+
+static int chat_parse(const struct api_model_info *mi, const char *body, struct api_completion *c,
+                      struct api_error *e) {
+    memset(e, 0, sizeof(*e));
+    return api_chat_parse(mi, body, strlen(body), c, e);
+}
+
+static void expect_chat_err(const struct api_model_info *mi, const char *body, int status,
+                            const char *param) {
+    struct api_completion c;
+    struct api_error e;
+    int rc = chat_parse(mi, body, &c, &e);
+    ck_assert_msg(rc < 0, "accepted: %s", body);
+    ck_assert_msg(e.status == status && strcmp(e.param, param) == 0,
+                  "%s: %d '%s' (%s), want %d '%s'", body, e.status, e.param, e.message, status,
+                  param);
+}
+
+START_TEST(test_chat_parse) {
+    struct gen_tok g;
+    gen_tok_load(&g, "bpe");
+    struct api_model_info mi = {"m", 128, tok_n_vocab(g.t), g.t, 0, API_TMPL_CHATML, 0};
+    struct api_completion c;
+    struct api_error e;
+    const char *body =
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"Hi\"},"
+        "{\"type\":\"text\",\"text\":\"there\"}]}],\"max_tokens\":5,\"logprobs\":true,"
+        "\"top_logprobs\":3,\"n\":2,\"stream\":true}";
+    ck_assert_msg(chat_parse(&mi, body, &c, &e) == 0, "%s", e.message);
+    const char *want = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi\nthere"
+                       "<|im_end|>\n<|im_start|>assistant\n";
+    int32_t ids[512];
+    int64_t n = tok_encode(g.t, want, strlen(want), 0, 1, ids, 512);
+    ck_assert_int_eq(c.p.n_prompt, n);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_int_eq(c.p.prompt[i], ids[i]);
+    ck_assert_int_eq(c.kind, API_KIND_CHAT);
+    ck_assert_int_eq(c.n, 2);
+    ck_assert_int_eq(c.p.logprobs, 3);
+    ck_assert_int_eq(c.p.prompt_logprobs, 0);
+    ck_assert_int_eq(c.p.max_tokens, 5);
+    ck_assert_int_eq(c.stream, 1);
+    api_completion_free(&c);
+
+    /* defaults: max_tokens fills the context; logprobs true alone = top 0 */
+    ck_assert_int_eq(chat_parse(&mi, "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],"
+                                     "\"logprobs\":true}",
+                                &c, &e),
+                     0);
+    ck_assert_int_eq(c.p.max_tokens, 128 - c.p.n_prompt);
+    ck_assert_int_eq(c.p.logprobs, 0);
+    api_completion_free(&c);
+    ck_assert_int_eq(chat_parse(&mi, "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"},"
+                                     "{\"role\":\"assistant\",\"content\":null}],"
+                                     "\"max_completion_tokens\":3,\"max_tokens\":100,"
+                                     "\"response_format\":{\"type\":\"text\"},\"tools\":[]}",
+                                &c, &e),
+                     0);
+    ck_assert_int_eq(c.p.max_tokens, 3);
+    ck_assert_int_eq(c.p.logprobs, -1);
+    api_completion_free(&c);
+
+    /* gemma with BOS: the rendered text starts with the BOS token's text */
+    struct api_model_info mg = mi;
+    mg.chat_family = API_TMPL_GEMMA;
+    mg.chat_bos = 1;
+    ck_assert_int_eq(chat_parse(&mg, "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}",
+                                &c, &e),
+                     0);
+    ck_assert_int_eq(c.p.prompt[0], tok_bos(g.t));
+    ck_assert(c.p.n_prompt > 1 && c.p.prompt[1] != tok_bos(g.t)); /* one BOS only */
+    api_completion_free(&c);
+
+    const char *u = "\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]";
+    char b2[512];
+    expect_chat_err(&mi, "{}", 400, "messages");
+    expect_chat_err(&mi, "{\"messages\":{}}", 400, "messages");
+    expect_chat_err(&mi, "{\"messages\":[]}", 400, "messages");
+    expect_chat_err(&mi, "{\"messages\":[5]}", 400, "messages");
+    expect_chat_err(&mi, "{\"messages\":[{\"content\":\"x\"}]}", 400, "messages");
+    expect_chat_err(&mi, "{\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400,
+                    "messages");
+    expect_chat_err(&mi, "{\"messages\":[{\"role\":\"user\"}]}", 400, "messages");
+    expect_chat_err(&mi, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400, "messages");
+    expect_chat_err(&mi,
+                    "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\","
+                    "\"image_url\":{\"url\":\"x\"}}]}]}",
+                    400, "messages");
+    expect_chat_err(&mi, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}",
+                    400, "messages");
+    snprintf(b2, sizeof(b2), "{%s,\"top_logprobs\":2}", u);
+    expect_chat_err(&mi, b2, 400, "top_logprobs");
+    snprintf(b2, sizeof(b2), "{%s,\"logprobs\":true,\"top_logprobs\":21}", u);
+    expect_chat_err(&mi, b2, 400, "top_logprobs");
+    snprintf(b2, sizeof(b2), "{%s,\"logprobs\":1}", u);
+    expect_chat_err(&mi, b2, 400, "logprobs");
+    snprintf(b2, sizeof(b2), "{%s,\"tools\":[{\"type\":\"function\"}]}", u);
+    expect_chat_err(&mi, b2, 400, "tools");
+    snprintf(b2, sizeof(b2), "{%s,\"response_format\":{\"type\":\"json_object\"}}", u);
+    expect_chat_err(&mi, b2, 400, "response_format");
+    snprintf(b2, sizeof(b2), "{%s,\"max_completion_tokens\":0}", u);
+    expect_chat_err(&mi, b2, 400, "max_completion_tokens");
+    snprintf(b2, sizeof(b2), "{%s,\"model\":\"other\"}", u);
+    expect_chat_err(&mi, b2, 404, "model");
+    snprintf(b2, sizeof(b2), "{%s,\"n\":0}", u);
+    expect_chat_err(&mi, b2, 400, "n");
+    /* a gemma conversation that does not alternate */
+    expect_chat_err(&mg,
+                    "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},"
+                    "{\"role\":\"user\",\"content\":\"b\"}]}",
+                    400, "messages");
+    /* no recognised template: a clear 400 */
+    struct api_model_info mn = mi;
+    mn.chat_family = API_TMPL_NONE;
+    snprintf(b2, sizeof(b2), "{%s}", u);
+    ck_assert(chat_parse(&mn, b2, &c, &e) < 0);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_msg(strstr(e.message, "chat template") && strstr(e.message, "--chat-template"), "%s",
+                  e.message);
+    gen_tok_free(&g);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- logprobs */
+
+static struct req_tok mk_tok(int32_t id, int prompt, float lp, int n_top, const int32_t *ids,
+                             const float *lps) {
+    struct req_tok t;
+    memset(&t, 0, sizeof(t));
+    t.id = id;
+    t.prompt = prompt;
+    t.lp = lp;
+    t.n_top = n_top;
+    for (int i = 0; i < n_top; i++) {
+        t.top_ids[i] = ids[i];
+        t.top_lps[i] = lps[i];
+    }
+    return t;
+}
+
+static size_t piece_len(const struct tok *t, int32_t id, char *buf) {
+    int n = tok_piece(t, id, buf, 256);
+    ck_assert(n >= 0);
+    buf[n] = '\0';
+    return (size_t)n;
+}
+
+START_TEST(test_logprobs_json) {
+    struct gen_tok g;
+    gen_tok_load(&g, "spm");
+    const struct tok *t = g.t;
+    int32_t A = 300, B = 301, C = 302, X80 = 3 + 0x80, X81 = 3 + 0x81; /* <0x80>, <0x81> */
+    char pa[256], pb[256], pc[256];
+    size_t la = piece_len(t, A, pa), lb = piece_len(t, B, pb), lc = piece_len(t, C, pc);
+    ck_assert(la > 0 && lb > 0 && lc > 0);
+
+    struct req_tok toks[4];
+    toks[0] = mk_tok(tok_bos(t), 1, NAN, 0, NULL, NULL);            /* first prompt token */
+    toks[1] = mk_tok(A, 1, -1.25f, 2, (int32_t[]){B, A}, (float[]){-0.5f, -1.25f});
+    /* greedy-style: the chosen token is the top one (merged, max kept) */
+    toks[2] = mk_tok(B, 0, -0.75f, 3, (int32_t[]){B, X80, X81}, (float[]){-0.7f, -2.0f, -3.0f});
+    toks[3] = mk_tok(C, 0, -INFINITY, 1, (int32_t[]){A}, (float[]){-0.1f});
+    struct api_lp_state st = {0, 0, 20};
+    struct api_choice_out co = {0, "x", 1, REQ_FINISH_LENGTH, 2, toks, 4, &st};
+    struct api_completion_meta m = {"cmpl-1", 1, "m", API_KIND_COMPLETION, t};
+    struct api_buf b;
+    api_buf_init(&b);
+    ck_assert_int_eq(api_response_json(&b, &m, &co, 1, 2, 2), 0);
+    cJSON *j = cJSON_Parse(b.data);
+    ck_assert_ptr_nonnull(j);
+    cJSON *lp = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0),
+                                    "logprobs");
+    cJSON *tk = cJSON_GetObjectItem(lp, "tokens"), *tl = cJSON_GetObjectItem(lp, "token_logprobs");
+    cJSON *tp = cJSON_GetObjectItem(lp, "top_logprobs"), *to = cJSON_GetObjectItem(lp, "text_offset");
+    ck_assert_int_eq(cJSON_GetArraySize(tk), 4);
+    ck_assert_int_eq(cJSON_GetArraySize(tl), 4);
+    ck_assert_int_eq(cJSON_GetArraySize(tp), 4);
+    ck_assert_int_eq(cJSON_GetArraySize(to), 4);
+    ck_assert_str_eq(cJSON_GetArrayItem(tk, 0)->valuestring, ""); /* control token */
+    ck_assert_str_eq(cJSON_GetArrayItem(tk, 1)->valuestring, pa);
+    ck_assert_str_eq(cJSON_GetArrayItem(tk, 2)->valuestring, pb);
+    ck_assert(cJSON_IsNull(cJSON_GetArrayItem(tl, 0)));
+    ck_assert(cJSON_IsNull(cJSON_GetArrayItem(tp, 0)));
+    ck_assert(fabs(cJSON_GetArrayItem(tl, 1)->valuedouble + 1.25) < 1e-6);
+    ck_assert(cJSON_GetArrayItem(tl, 3)->valuedouble == -9999.0); /* -inf */
+    /* top of token 1: {B: -0.5, A: -1.25}: the chosen A merged with its top entry */
+    cJSON *d1 = cJSON_GetArrayItem(tp, 1);
+    ck_assert_int_eq(cJSON_GetArraySize(d1), 2);
+    ck_assert(fabs(cJSON_GetObjectItem(d1, pb)->valuedouble + 0.5) < 1e-6);
+    ck_assert(fabs(cJSON_GetObjectItem(d1, pa)->valuedouble + 1.25) < 1e-6);
+    /* token 2: B merged (max of -0.7 and -0.75), two bytes that both read as U+FFFD merged */
+    cJSON *d2 = cJSON_GetArrayItem(tp, 2);
+    ck_assert_int_eq(cJSON_GetArraySize(d2), 2);
+    ck_assert(fabs(cJSON_GetObjectItem(d2, pb)->valuedouble + 0.7) < 1e-6);
+    ck_assert(fabs(cJSON_GetObjectItem(d2, "\xef\xbf\xbd")->valuedouble + 2.0) < 1e-6);
+    /* token 3: top A plus the chosen C at -inf */
+    cJSON *d3 = cJSON_GetArrayItem(tp, 3);
+    ck_assert_int_eq(cJSON_GetArraySize(d3), 2);
+    ck_assert(cJSON_GetObjectItem(d3, pc)->valuedouble == -9999.0);
+    /* offsets: prompt tokens from 0, generated ones after the echoed prompt */
+    ck_assert_int_eq(cJSON_GetArrayItem(to, 0)->valueint, 0);
+    ck_assert_int_eq(cJSON_GetArrayItem(to, 1)->valueint, 0);
+    ck_assert_int_eq(cJSON_GetArrayItem(to, 2)->valueint, 20);
+    ck_assert_int_eq(cJSON_GetArrayItem(to, 3)->valueint, 20 + (int)lb);
+    ck_assert_uint_eq(st.gen_off, lb + lc); /* the state runs on for the next chunk */
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    /* chat: generated tokens only, exactly top N, bytes of each token */
+    m.kind = API_KIND_CHAT;
+    co.logprobs = 1;
+    api_response_json(&b, &m, &co, 1, 2, 2);
+    j = cJSON_Parse(b.data);
+    ck_assert_ptr_nonnull(j);
+    lp = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs");
+    cJSON *content = cJSON_GetObjectItem(lp, "content");
+    ck_assert_int_eq(cJSON_GetArraySize(content), 2);
+    cJSON *e0 = cJSON_GetArrayItem(content, 0);
+    ck_assert_str_eq(cJSON_GetObjectItem(e0, "token")->valuestring, pb);
+    ck_assert(fabs(cJSON_GetObjectItem(e0, "logprob")->valuedouble + 0.75) < 1e-6);
+    cJSON *bytes = cJSON_GetObjectItem(e0, "bytes");
+    ck_assert_int_eq(cJSON_GetArraySize(bytes), (int)lb);
+    for (size_t i = 0; i < lb; i++)
+        ck_assert_int_eq(cJSON_GetArrayItem(bytes, (int)i)->valueint, (unsigned char)pb[i]);
+    cJSON *top = cJSON_GetObjectItem(e0, "top_logprobs");
+    ck_assert_int_eq(cJSON_GetArraySize(top), 1);
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(top, 0), "token")->valuestring, pb);
+    cJSON *e1 = cJSON_GetArrayItem(content, 1);
+    ck_assert(cJSON_GetObjectItem(e1, "logprob")->valuedouble == -9999.0);
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    /* a streamed chunk with logprobs and no tokens yet: empty lists, valid JSON */
+    m.kind = API_KIND_COMPLETION;
+    struct api_choice_out empty = {1, "", 0, REQ_FINISH_STOP, 0, NULL, 0, NULL};
+    api_sse_chunk(&b, &m, &empty, 0);
+    j = sse_payload(b.data);
+    ck_assert_ptr_nonnull(j);
+    lp = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs");
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(lp, "tokens")), 0);
+    cJSON_Delete(j);
+    api_buf_free(&b);
+    gen_tok_free(&g);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- tokenize */
+
+START_TEST(test_tokenize) {
+    struct gen_tok g;
+    gen_tok_load(&g, "bpe");
+    struct api_model_info mi = {"m", 128, tok_n_vocab(g.t), g.t, 0, API_TMPL_CHATML, 0};
+    struct api_buf b;
+    struct api_error e;
+    const char *text = "Hello world, tokens!";
+    int32_t ids[256];
+    int64_t n = tok_encode(g.t, text, strlen(text), tok_add_bos(g.t), 0, ids, 256);
+    ck_assert(n > 2);
+    api_buf_init(&b);
+    const char *body = "{\"prompt\":\"Hello world, tokens!\"}";
+    ck_assert_int_eq(api_tokenize(&mi, body, strlen(body), &b, &e), 0);
+    cJSON *j = cJSON_Parse(b.data);
+    ck_assert_ptr_nonnull(j);
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "count")->valueint, n);
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "max_model_len")->valueint, 128);
+    cJSON *tk = cJSON_GetObjectItem(j, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(tk), n);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_int_eq(cJSON_GetArrayItem(tk, (int)i)->valueint, ids[i]);
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    /* without special tokens, then back to text */
+    body = "{\"model\":\"m\",\"prompt\":\"Hello world, tokens!\",\"add_special_tokens\":false}";
+    ck_assert_int_eq(api_tokenize(&mi, body, strlen(body), &b, &e), 0);
+    j = cJSON_Parse(b.data);
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "count")->valueint, n - 1);
+    char *arr = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "tokens"));
+    cJSON_Delete(j);
+    api_buf_free(&b);
+    char dbody[2048];
+    snprintf(dbody, sizeof(dbody), "{\"tokens\":%s}", arr);
+    free(arr);
+    ck_assert_int_eq(api_detokenize(&mi, dbody, strlen(dbody), &b, &e), 0);
+    j = cJSON_Parse(b.data);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "prompt")->valuestring, text);
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    /* chat messages through the template */
+    body = "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}";
+    ck_assert_int_eq(api_tokenize(&mi, body, strlen(body), &b, &e), 0);
+    j = cJSON_Parse(b.data);
+    const char *r = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    ck_assert_int_eq(cJSON_GetObjectItem(j, "count")->valueint,
+                     tok_encode(g.t, r, strlen(r), 0, 1, ids, 256));
+    cJSON_Delete(j);
+    api_buf_free(&b);
+
+    /* errors */
+    static const struct { const char *body; int status; const char *param; int detok; } bad[] = {
+        {"{}", 400, "prompt", 0},
+        {"{\"prompt\":5}", 400, "prompt", 0},
+        {"{\"prompt\":\"x\",\"model\":\"zz\"}", 404, "model", 0},
+        {"{\"prompt\":\"x\",\"add_special_tokens\":1}", 400, "add_special_tokens", 0},
+        {"[1]", 400, "", 0},
+        {"{\"tokens\":[1,-1]}", 400, "tokens", 1},
+        {"{\"tokens\":[1,100000]}", 400, "tokens", 1},
+        {"{\"tokens\":[1.5]}", 400, "tokens", 1},
+        {"{\"tokens\":\"1\"}", 400, "tokens", 1},
+        {"{}", 400, "tokens", 1},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&e, 0, sizeof(e));
+        int rc = bad[i].detok ? api_detokenize(&mi, bad[i].body, strlen(bad[i].body), &b, &e)
+                              : api_tokenize(&mi, bad[i].body, strlen(bad[i].body), &b, &e);
+        ck_assert_msg(rc < 0 && e.status == bad[i].status && !strcmp(e.param, bad[i].param),
+                      "%s: rc %d status %d param '%s'", bad[i].body, rc, e.status, e.param);
+        api_buf_free(&b);
+    }
+    /* no tokenizer */
+    struct api_model_info mn = mi_ids();
+    ck_assert(api_tokenize(&mn, "{\"prompt\":\"x\"}", 14, &b, &e) < 0);
+    ck_assert_int_eq(e.status, 400);
+    gen_tok_free(&g);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- metrics */
+
+/* One parsed sample line of the exposition text. */
+struct prom_sample {
+    char name[96];
+    char labels[96];
+    double value;
+};
+
+/* Parses the text: every sample's family must have had HELP and TYPE lines
+ * first. Returns the number of samples written to out (cap entries). */
+static int prom_parse(const char *text, struct prom_sample *out, int cap, char types[][2][64],
+                      int *n_types) {
+    int n = 0;
+    *n_types = 0;
+    char help_for[96] = "";
+    const char *p = text;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        ck_assert_msg(nl != NULL, "the text must end with a newline");
+        char line[256];
+        size_t len = (size_t)(nl - p);
+        ck_assert(len < sizeof(line));
+        memcpy(line, p, len);
+        line[len] = '\0';
+        p = nl + 1;
+        if (strncmp(line, "# HELP ", 7) == 0) {
+            ck_assert(sscanf(line + 7, "%95s", help_for) == 1);
+            continue;
+        }
+        if (strncmp(line, "# TYPE ", 7) == 0) {
+            char name[96], type[32];
+            ck_assert(sscanf(line + 7, "%95s %31s", name, type) == 2);
+            ck_assert_msg(strcmp(name, help_for) == 0, "TYPE %s without HELP", name);
+            ck_assert(*n_types < 64);
+            snprintf(types[*n_types][0], 64, "%.63s", name);
+            snprintf(types[*n_types][1], 64, "%.31s", type);
+            (*n_types)++;
+            continue;
+        }
+        ck_assert_msg(line[0] != '#' && line[0] != '\0', "unexpected line '%s'", line);
+        ck_assert(n < cap);
+        struct prom_sample *s = &out[n++];
+        char *sp = strchr(line, ' ');
+        ck_assert(sp != NULL);
+        *sp = '\0';
+        char *brace = strchr(line, '{');
+        s->labels[0] = '\0';
+        if (brace) {
+            snprintf(s->labels, sizeof(s->labels), "%.95s", brace);
+            *brace = '\0';
+        }
+        snprintf(s->name, sizeof(s->name), "%.95s", line);
+        s->value = strcmp(sp + 1, "+Inf") == 0 ? INFINITY : strtod(sp + 1, NULL);
+        ck_assert_msg(strncmp(s->name, "slimserve:", 10) == 0, "%s", s->name);
+        /* the family was declared */
+        int found = 0;
+        for (int t = 0; t < *n_types && !found; t++) {
+            size_t fl = strlen(types[t][0]);
+            found = strncmp(s->name, types[t][0], fl) == 0 &&
+                    (s->name[fl] == '\0' || !strcmp(s->name + fl, "_bucket") ||
+                     !strcmp(s->name + fl, "_sum") || !strcmp(s->name + fl, "_count"));
+        }
+        ck_assert_msg(found, "sample %s has no TYPE line before it", s->name);
+    }
+    return n;
+}
+
+static double prom_get(const struct prom_sample *s, int n, const char *name, const char *labels) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s[i].name, name) && !strcmp(s[i].labels, labels ? labels : ""))
+            return s[i].value;
+    ck_abort_msg("no sample %s%s", name, labels ? labels : "");
+    return NAN;
+}
+
+START_TEST(test_metrics_text) {
+    struct sched_stats st;
+    memset(&st, 0, sizeof(st));
+    st.n_running = 3;
+    st.n_waiting = 2;
+    st.pages_used = 25;
+    st.pages_total = 100;
+    st.n_prompt_tokens = 1234;
+    st.n_gen_tokens = 567;
+    st.n_preemptions = 4;
+    st.n_prefix_queries = 90;
+    st.n_prefix_hits = 32;
+    st.n_finished[REQ_FINISH_STOP] = 5;
+    st.n_finished[REQ_FINISH_LENGTH] = 6;
+    st.n_finished[REQ_FINISH_CANCELLED] = 1;
+    st.n_finished[REQ_FINISH_ERROR] = 2;
+    struct sched_hist *hs[] = {&st.ttft_s, &st.itl_s, &st.e2e_s, &st.queue_s, &st.batch_tokens};
+    static const double le[] = {0.001, 0.005, 0.1, 1.0, 2.5};
+    for (int k = 0; k < 5; k++) {
+        hs[k]->n = 5;
+        memcpy(hs[k]->le, le, sizeof(le));
+    }
+    static const double obs[] = {0.0005, 0.003, 0.003, 0.05, 0.7, 2.0, 9.0};
+    for (size_t i = 0; i < sizeof(obs) / sizeof(obs[0]); i++)
+        sched_hist_observe(&st.ttft_s, obs[i]);
+    sched_hist_observe(&st.batch_tokens, 0.0008);
+
+    struct api_buf b;
+    api_buf_init(&b);
+    ck_assert_int_eq(api_metrics_text(&b, &st), 0);
+    static struct prom_sample s[256];
+    static char types[64][2][64];
+    int nt = 0;
+    int n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(n > 40);
+
+    ck_assert(prom_get(s, n, "slimserve:num_requests_running", NULL) == 3);
+    ck_assert(prom_get(s, n, "slimserve:num_requests_waiting", NULL) == 2);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", NULL) == 0.25);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.25);
+    ck_assert(prom_get(s, n, "slimserve:prompt_tokens_total", NULL) == 1234);
+    ck_assert(prom_get(s, n, "slimserve:generation_tokens_total", NULL) == 567);
+    ck_assert(prom_get(s, n, "slimserve:num_preemptions_total", NULL) == 4);
+    ck_assert(prom_get(s, n, "slimserve:prefix_cache_queries_total", NULL) == 90);
+    ck_assert(prom_get(s, n, "slimserve:prefix_cache_hits_total", NULL) == 32);
+    ck_assert(prom_get(s, n, "slimserve:request_success_total", "{finished_reason=\"stop\"}") == 5);
+    ck_assert(prom_get(s, n, "slimserve:request_success_total", "{finished_reason=\"length\"}") ==
+              6);
+    ck_assert(prom_get(s, n, "slimserve:request_success_total", "{finished_reason=\"abort\"}") ==
+              1);
+    ck_assert(prom_get(s, n, "slimserve:request_success_total", "{finished_reason=\"error\"}") ==
+              2);
+
+    /* every histogram: cumulative buckets ending at +Inf == _count, a _sum */
+    static const char *const hist[] = {
+        "slimserve:time_to_first_token_seconds", "slimserve:inter_token_latency_seconds",
+        "slimserve:e2e_request_latency_seconds", "slimserve:request_queue_time_seconds",
+        "slimserve:iteration_tokens_total"};
+    for (int h = 0; h < 5; h++) {
+        int typed = 0;
+        for (int t = 0; t < nt; t++)
+            typed |= !strcmp(types[t][0], hist[h]) && !strcmp(types[t][1], "histogram");
+        ck_assert_msg(typed, "%s is not typed histogram", hist[h]);
+        char bucket[128];
+        snprintf(bucket, sizeof(bucket), "%s_bucket", hist[h]);
+        double prev = -1, prev_le = -INFINITY, inf = -1;
+        int nb = 0;
+        for (int i = 0; i < n; i++) {
+            if (strcmp(s[i].name, bucket) != 0)
+                continue;
+            nb++;
+            ck_assert(strncmp(s[i].labels, "{le=\"", 5) == 0);
+            double lev = strcmp(s[i].labels, "{le=\"+Inf\"}") == 0 ? INFINITY
+                                                                  : strtod(s[i].labels + 5, NULL);
+            ck_assert_msg(lev > prev_le, "%s: le not increasing", hist[h]);
+            ck_assert_msg(s[i].value >= prev, "%s: buckets not cumulative", hist[h]);
+            prev = s[i].value;
+            prev_le = lev;
+            if (isinf(lev))
+                inf = s[i].value;
+        }
+        ck_assert_int_eq(nb, 6);
+        ck_assert(isinf(prev_le)); /* the last bucket is +Inf */
+        char cnt[128], sum[128];
+        snprintf(cnt, sizeof(cnt), "%s_count", hist[h]);
+        snprintf(sum, sizeof(sum), "%s_sum", hist[h]);
+        ck_assert(prom_get(s, n, cnt, NULL) == inf);
+        (void)prom_get(s, n, sum, NULL);
+    }
+    /* the ttft buckets hold the observations, cumulatively */
+    const char *tb = "slimserve:time_to_first_token_seconds_bucket";
+    ck_assert(prom_get(s, n, tb, "{le=\"0.001\"}") == 1);
+    ck_assert(prom_get(s, n, tb, "{le=\"0.005\"}") == 3);
+    ck_assert(prom_get(s, n, tb, "{le=\"0.1\"}") == 4);
+    ck_assert(prom_get(s, n, tb, "{le=\"1\"}") == 5);
+    ck_assert(prom_get(s, n, tb, "{le=\"2.5\"}") == 6);
+    ck_assert(prom_get(s, n, tb, "{le=\"+Inf\"}") == 7);
+    ck_assert(fabs(prom_get(s, n, "slimserve:time_to_first_token_seconds_sum", NULL) - 11.7565) <
+              1e-9);
+    ck_assert(prom_get(s, n, "slimserve:iteration_tokens_total_count", NULL) == 1);
+    ck_assert(prom_get(s, n, "slimserve:e2e_request_latency_seconds_count", NULL) == 0);
+    api_buf_free(&b);
+
+    /* an empty pool does not divide by zero */
+    memset(&st, 0, sizeof(st));
+    api_metrics_text(&b, &st);
+    ck_assert(strstr(b.data, "slimserve:kv_cache_usage_perc 0\n") != NULL);
+    api_buf_free(&b);
 }
 END_TEST
 
@@ -585,6 +1459,14 @@ static Suite *api_suite(void) {
         {"completion_json", test_completion_json},
         {"sse_events", test_sse_events},
         {"models_health_id", test_models_health_id},
+        {"chat_shapes", test_chat_shapes},
+        {"parse_sampling_extras", test_parse_sampling_extras},
+        {"templates", test_templates},
+        {"template_detect", test_template_detect},
+        {"chat_parse", test_chat_parse},
+        {"logprobs_json", test_logprobs_json},
+        {"tokenize", test_tokenize},
+        {"metrics_text", test_metrics_text},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         TCase *tc = tcase_create(tests[i].name);

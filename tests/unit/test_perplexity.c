@@ -256,15 +256,17 @@ START_TEST(test_chunk_invariance) {
         o.chunk = chunks[i];
         struct ppl_result r = run_ok(&o);
         ck_assert_int_eq(r.chunk, chunks[i] < CTX ? chunks[i] : CTX);
+        ck_assert_int_eq(r.logit_chunk, r.chunk);
         ck_assert_msg(rel(r.nll_mean, base.nll_mean) <= 1e-12 && r.perplexity == base.perplexity,
                       "chunk %d: %.17g vs %.17g", chunks[i], r.perplexity, base.perplexity);
     }
-    /* A logits budget of one row forces chunk 1 per window and batch-wide
-     * rows = batch: the value must not move either. */
+    /* A logits budget of one row makes scored chunks 1 token per window
+     * (context chunks stay 64): the value must not move either. */
     o.chunk = 64;
     o.logits_budget = 1;
     struct ppl_result r = run_ok(&o);
-    ck_assert_int_eq(r.chunk, 1);
+    ck_assert_int_eq(r.chunk, 64);
+    ck_assert_int_eq(r.logit_chunk, 1);
     ck_assert(r.perplexity == base.perplexity);
 }
 END_TEST
