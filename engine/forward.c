@@ -99,6 +99,7 @@ static float *norm_rope(struct eng_model *m, const struct eng_layer *L, float *o
                         const float *norm, int n, int heads) {
     const struct eng_config *c = &m->cfg;
     if (norm) {
+        /* n * heads <= max_batch_tokens * n_heads, which load bounds by INT_MAX */
         be_rmsnorm(&m->be, out, x, norm, n * heads, c->head_dim, c->norm_eps);
         x = out;
     }

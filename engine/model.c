@@ -464,7 +464,7 @@ static int load_options(struct eng_model *m, const struct eng_options *o, char *
     else if (o->kv_type == ENG_KV_F32) m->kv_type = BE_F32;
     else return fail(err, err_len, SS_EINVAL, "kv_type %d: use ENG_KV_F16 or ENG_KV_F32", o->kv_type);
     m->max_batch_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 2048;
-    if (m->max_batch_tokens > (1 << 20))
+    if (m->max_batch_tokens > (1 << 20) || (int64_t)m->max_batch_tokens * m->cfg.n_heads > INT_MAX)
         return fail(err, err_len, SS_EINVAL, "max_batch_tokens %d too large", o->max_batch_tokens);
     if (o->n_ctx < 0 || o->n_ctx > (1 << 24))
         return fail(err, err_len, SS_EINVAL, "n_ctx %d out of range", o->n_ctx);

@@ -52,6 +52,15 @@
 #define KCPU_TB 96
 #define KCPU_SCR_FLOATS(nr) ((size_t)(nr) * KCPU_TB * 16)
 
+/* Decode prefetch distance: a whole number of row groups (group = rows read
+ * side by side, contiguous in memory), at least KCPU_PF_MIN bytes so that
+ * short rows still cover the memory latency. */
+#define KCPU_PF_MIN 8192
+static inline size_t kcpu_pf_dist(size_t group_bytes) {
+    size_t k = (KCPU_PF_MIN + group_bytes - 1) / group_bytes;
+    return (k ? k : 1) * group_bytes;
+}
+
 /* Query rows (heads of one KV group) handled together by attention. */
 #define KCPU_ATT_NQ 4
 

@@ -232,7 +232,7 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
         const int64_t nb = mm->K / (BS);                                                    \
         const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
-        const size_t pf = (size_t)RG * mm->nb1;                                             \
+        const size_t pf = kcpu_pf_dist((size_t)RG * mm->nb1);                              \
         for (int64_t ib = 0; ib < nb; ib++) {                                               \
             st_##T st[4];                                                                   \
             for (int i = 0; i < RG; i++) {                                                  \
@@ -288,7 +288,7 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
         const int64_t K = mm->K;                                                            \
         int64_t k = 0;                                                                      \
-        const size_t pf = (size_t)RG * mm->nb1, esz = ESZ_##T;       \
+        const size_t pf = kcpu_pf_dist((size_t)RG * mm->nb1), esz = ESZ_##T;               \
         for (; k + V <= K; k += V) {                                                        \
             vf xv[KCPU_DECODE_MAX];                                                         \
             for (int j = 0; j < NT; j++)                                                    \

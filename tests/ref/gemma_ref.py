@@ -98,8 +98,18 @@ def rope_neox(x, pos, n_rot, base, freq_scale):
     return y
 
 
+def f16(x):
+    return x.astype(np.float16).astype(np.float64)
+
+
 class GemmaRef:
-    def __init__(self, path):
+    """gelu_f16=True rounds the GELU input and output to fp16 as ggml's CPU
+    GELU table does, so llama.cpp can be compared with the reference at the
+    1e-4 level (make_fixture.py --check-llama-cpp); the default is exact
+    float64 arithmetic."""
+
+    def __init__(self, path, gelu_f16=False):
+        self.gelu_f16 = gelu_f16
         r = GGUFReader(path)
         arch = field(r, "general.architecture")
         if arch != "gemma3":
@@ -135,6 +145,10 @@ class GemmaRef:
         self.n_vocab = self.emb.shape[0]
         self.out_w = self.W("output.weight") if "output.weight" in self.tensors else self.emb
 
+    def mm(self, x, name):
+        """x [T][K] times the weight matrix name [N][K] transposed."""
+        return x @ self.W(name).T
+
     def W(self, name):
         if name not in self._cache:
             self._cache[name] = tensor_f64(self.tensors[name])
@@ -148,9 +162,9 @@ class GemmaRef:
         for l in range(self.n_layers):
             p = "blk.%d." % l
             h = rmsnorm(x, self.W(p + "attn_norm.weight"), eps)
-            q = (h @ self.W(p + "attn_q.weight").T).reshape(T, H, D)
-            k = (h @ self.W(p + "attn_k.weight").T).reshape(T, G, D)
-            v = (h @ self.W(p + "attn_v.weight").T).reshape(T, G, D)
+            q = self.mm(h, p + "attn_q.weight").reshape(T, H, D)
+            k = self.mm(h, p + "attn_k.weight").reshape(T, G, D)
+            v = self.mm(h, p + "attn_v.weight").reshape(T, G, D)
             q = rmsnorm(q, self.W(p + "attn_q_norm.weight"), eps)
             k = rmsnorm(k, self.W(p + "attn_k_norm.weight"), eps)
             base = self.base_swa if self.swa[l] else self.base
@@ -175,17 +189,19 @@ class GemmaRef:
                 s = np.exp(s - s.max(axis=1, keepdims=True))
                 s /= s.sum(axis=1, keepdims=True)
                 a[:, hh, :] = s @ V[:, hh // grp, :]
-            o = a.reshape(T, H * D) @ self.W(p + "attn_output.weight").T
+            o = self.mm(a.reshape(T, H * D), p + "attn_output.weight")
             x = x + rmsnorm(o, self.W(p + "post_attention_norm.weight"), eps)
             h = rmsnorm(x, self.W(p + "ffn_norm.weight"), eps)
-            g = h @ self.W(p + "ffn_gate.weight").T
-            u = h @ self.W(p + "ffn_up.weight").T
-            f = (gelu_tanh(g) * u) @ self.W(p + "ffn_down.weight").T
+            g = self.mm(h, p + "ffn_gate.weight")
+            u = self.mm(h, p + "ffn_up.weight")
+            act = f16(gelu_tanh(f16(g))) if self.gelu_f16 else gelu_tanh(g)
+            f = self.mm(act * u, p + "ffn_down.weight")
             x = x + rmsnorm(f, self.W(p + "post_ffw_norm.weight"), eps)
         return x
 
     def _logits(self, x):
-        y = rmsnorm(x, self.W("output_norm.weight"), self.eps) @ self.out_w.T
+        y = self.mm(rmsnorm(x, self.W("output_norm.weight"), self.eps),
+                    "output.weight" if "output.weight" in self.tensors else "token_embd.weight")
         if self.softcap > 0:
             y = self.softcap * np.tanh(y / self.softcap)
         return y
@@ -223,11 +239,13 @@ def main():
     ap.add_argument("--out", help="write float32 logits here (no header)")
     ap.add_argument("--last", action="store_true", help="only the last position's logits")
     ap.add_argument("--greedy", type=int, default=0, help="print N greedy continuation tokens")
+    ap.add_argument("--gelu-f16", action="store_true",
+                    help="round GELU input/output to fp16 like ggml's CPU table")
     a = ap.parse_args()
     tokens = [int(t) for t in a.tokens.split(",") if t.strip()]
     if not tokens:
         ap.error("no tokens")
-    m = GemmaRef(a.model)
+    m = GemmaRef(a.model, gelu_f16=a.gelu_f16)
     if any(t < 0 or t >= m.n_vocab for t in tokens):
         ap.error("token id out of range")
     if a.greedy > 0:

@@ -25,6 +25,21 @@ Per prompt:
                   does fp32 math on
                   dequantised weights, like gemma_ref.py, so the test compares
                   against gemma_ref.py's numbers with a tight tolerance.
+
+    python3 tests/ref/make_fixture.py --check-llama-cpp FILE.gguf...
+
+checks gemma_ref.py itself against llama.cpp where llama.cpp rounds little:
+F32 gemma3 files from tools/genmodel, e.g.
+    slimserve gen-model --out g1.gguf --arch gemma3 --dim 64 --heads 4 --kv-heads 2 \
+        --head-dim 32 --layers 7 --ffn 128 --swa-window 8 --rope-theta 1e6 --norm-eps 1e-6 --tied --seed 11
+    slimserve gen-model --out g2.gguf --arch gemma3 --dim 64 --heads 4 --kv-heads 1 \
+        --head-dim 64 --layers 4 --ffn 128 --swa-window 5 --swa-pattern 3 --rope-theta-swa 5000 \
+        --logit-softcap 4 --rope-theta 1e6 --norm-eps 1e-6 --seed 12
+(F32 weights, so no activation quantisation; F32 K/V; no flash attention). It
+prints max |llama.cpp - gemma_ref| over all 40 positions of a prompt that runs
+far past the window, with exact GELU and with ggml's fp16 GELU table emulated
+(llama-cpp-python 0.3.36: 3.2e-3 and 6.8e-4 for g1, 4.2e-3 and 4.4e-4 for g2,
+logits up to 11; argmax equal at every position).
 """
 import argparse
 import datetime
@@ -117,12 +132,34 @@ def spm_tokenize(path, text, special):
     return [int(x) for x in out.strip().strip("{}").split(",") if x.strip()]
 
 
+def check_llama_cpp(paths):
+    import llama_cpp
+    for path in paths:
+        toks = [1] + [(i * 37 + 11) % 512 for i in range(1, 40)]
+        llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=64, n_threads=1, logits_all=True,
+                              verbose=False, type_k=0, type_v=0, flash_attn=False)
+        llm.eval(toks)
+        got = np.array(llm.scores[:len(toks)], dtype=np.float64)
+        for gelu16 in (False, True):
+            ref = gemma_ref.GemmaRef(path, gelu_f16=gelu16).logits(toks)
+            d = np.abs(got - ref)
+            print("%s, %s GELU: max |llama.cpp - gemma_ref| = %.3g over %d positions (max |logit| %.2f), "
+                  "argmax equal at %d" % (os.path.basename(path), "fp16-table" if gelu16 else "exact",
+                                          d.max(), len(toks), np.abs(ref).max(),
+                                          int((got.argmax(1) == ref.argmax(1)).sum())))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=os.path.join(HERE, "..", "fixtures", "gemma3_270m.json"))
     ap.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp cross-check")
+    ap.add_argument("--check-llama-cpp", nargs="+", metavar="GGUF",
+                    help="only compare gemma_ref.py with llama.cpp on these (F32) files")
     a = ap.parse_args()
+    if a.check_llama_cpp:
+        return check_llama_cpp(a.check_llama_cpp)
     path = a.model or default_model()
 
     lcpp = None
