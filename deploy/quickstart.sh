@@ -85,6 +85,9 @@ serve)
 test)
     install_apt
     install_pip "${PIP_PKGS[@]}"
+    # The real-model fixture test (tests/unit/test_gemma.c) runs on the default model.
+    SLIMSERVE_GEMMA_GGUF=$(SLIMSERVE_MODEL= default_model)
+    export SLIMSERVE_GEMMA_GGUF
     start=$(date +%s)
     rc=0
     build build

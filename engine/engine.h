@@ -94,6 +94,27 @@ const struct eng_config *eng_model_config(const struct eng_model *m);
 const struct tok *eng_model_tok(const struct eng_model *m);
 int eng_model_n_ctx(const struct eng_model *m);
 int32_t eng_model_n_pages(const struct eng_model *m);  /* pages in the KV pool */
+
+/* KV units and levels.
+ *
+ * The KV cache is a pool of units: a unit holds 16 token slots of K and V for
+ * ONE layer. n_units = n_pages * n_layers. Two ways to address it:
+ *   - plain (layer_pages == NULL): page p of a sequence is units
+ *     p*n_layers + l for layer l (one page id covers every layer);
+ *   - per layer (layer_pages != NULL): layer l's logical page i is unit
+ *     layer_pages[l][i]; the caller (scheduler) assigns units freely, so a
+ *     layer that stores fewer tokens uses fewer units.
+ * Levels: a SUBLLM model runs its layers at levels 0..n_levels-1 (level 0 sees
+ * every token; deeper levels see only the tokens their subsamplers keep). A
+ * layer at level k stores its K/V at indices level_n_past[k] + i for the i-th
+ * token of the sequence kept at level k in this step, so it needs
+ * ceil((level_n_past[k] + kept) / 16) pages; the worst case is all kept.
+ * eng_forward reports kept counts in level_kept[k] (level 0: n_tok). Dense
+ * models have one level. */
+int32_t eng_model_n_units(const struct eng_model *m);
+int eng_model_n_levels(const struct eng_model *m);
+int eng_model_layer_level(const struct eng_model *m, int layer);
+size_t eng_model_unit_bytes(const struct eng_model *m); /* K+V bytes of one unit */
 size_t eng_model_kv_bytes_per_token(const struct eng_model *m);
 size_t eng_model_weight_bytes(const struct eng_model *m); /* bytes read per token (decode) */
 
@@ -105,6 +126,8 @@ size_t eng_model_weight_bytes(const struct eng_model *m); /* bytes read per toke
  *   indices n_past.. of the sequence's block table, which must already hold
  *   pages for n_past + n_tok entries.
  */
+#define ENG_MAX_LEVELS 8
+
 struct eng_seq {
     int32_t tok0;
     int32_t n_tok;
@@ -113,6 +136,13 @@ struct eng_seq {
     int32_t n_pages;
     int want_logits;      /* 1: produce logits of this sequence's last token */
     int all_logits;       /* 1: produce logits for every token of it (perplexity, echo) */
+
+    /* ---- KV units and levels (SUBLLM). Optional: zero/NULL keeps the plain
+     * layout above. See "KV units" below. */
+    const int32_t *const *layer_pages; /* [n_layers] per-layer block tables of unit ids, or NULL */
+    int32_t layer_n_pages;             /* entries in each layer_pages[l] (>= what its level needs) */
+    int32_t level_n_past[ENG_MAX_LEVELS]; /* KV entries cached at level k (level 0: = n_past) */
+    int32_t *level_kept;               /* out, may be NULL: tokens of this step kept at level k */
 };
 
 struct eng_batch {

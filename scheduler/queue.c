@@ -115,7 +115,7 @@ int sched_submit(struct sched *s, struct sched_req *r) {
         return SS_ETOOLONG;
     }
     /* A prompt that needs more pages than the whole pool can never run. */
-    if (kv_pages_for(need) > eng_model_n_pages(s->model)) {
+    if (kv_pages_for(need) > eng_model_n_pages(s->model)) { /* worst case: every level keeps all */
         snprintf(r->out.errmsg, sizeof(r->out.errmsg),
                  "the request needs %d KV pages (n_prompt_tokens=%d plus max_tokens=%d) but the KV "
                  "cache has only %d pages of %d tokens",

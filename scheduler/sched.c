@@ -62,9 +62,16 @@ void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done,
     s->stats.n_preemptions += (uint64_t)preempt;
     s->stats.n_running = s->n_running;
     s->stats.n_waiting = s->n_waiting;
-    s->stats.pages_total = kv_pool_n_pages(s->pool);
+    s->stats.pages_total = kv_pool_n_units(s->pool);
     s->stats.pages_used = s->stats.pages_total - kv_pool_n_free(s->pool);
     s->stats.pages_cached = kv_pool_n_cached(s->pool);
+    s->stats.n_levels = s->n_levels;
+    for (int k = 0; k < s->n_levels; k++) {
+        int32_t used = 0;
+        for (int i = 0; i < s->n_running; i++) used += s->running[i]->tables[k].n_pages;
+        for (int i = 0; i < s->n_waiting; i++) used += s->waiting[i]->tables[k].n_pages;
+        s->stats.level_units[k] = used * s->level_layers[k];
+    }
     pthread_mutex_unlock(&s->stats_lock);
 }
 
@@ -108,7 +115,7 @@ static void pending_dec(struct sched *s) {
 /* Pages are returned and counters updated before the client can observe the
  * end, so stats read after a finish are exact. */
 static void seq_finish(struct sched *s, struct seq *q, int finish, int err, const char *msg) {
-    kv_table_release(s->pool, &q->table);
+    seq_release_kv(s, q);
     stats_finish(s, q, finish);
     req_out_push(s, q->req, NULL, 0, q->n_gen, finish, err, msg);
     seq_free(s, q);
@@ -118,8 +125,7 @@ static void seq_finish(struct sched *s, struct seq *q, int finish, int err, cons
 
 static void preempt(struct sched *s, int i) {
     struct seq *q = s->running[i];
-    kv_table_release(s->pool, &q->table);
-    q->n_computed = 0;
+    seq_release_kv(s, q);
     running_remove(s, i);
     if (waiting_push(s, q, 1) != 0) {
         seq_finish(s, q, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory while preempting");
@@ -173,8 +179,22 @@ static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n)
     e->tok0 = pl->n_tokens;
     e->n_tok = n;
     e->n_past = q->n_computed;
-    e->pages = q->table.pages;
-    e->n_pages = q->table.n_pages;
+    e->pages = NULL;
+    e->n_pages = 0;
+    /* Per-layer unit tables: layer l reads the table of its level. */
+    const int32_t **lp = s->b_layer_pages + (size_t)pl->n_seqs * (size_t)s->n_layers;
+    int32_t most = 0;
+    for (int l = 0; l < s->n_layers; l++) {
+        const struct kv_table *t = &q->tables[s->layer_level[l]];
+        lp[l] = t->units[s->layer_index[l]];
+    }
+    for (int k = 0; k < s->n_levels; k++) {
+        e->level_n_past[k] = q->level_n_past[k];
+        if (q->tables[k].n_pages > most) most = q->tables[k].n_pages;
+    }
+    e->layer_pages = lp;
+    e->layer_n_pages = most; /* each level's table holds what it needs (seq_reserve) */
+    e->level_kept = s->b_kept[pl->n_seqs];
     e->want_logits = (q->n_computed + n == q->n_tokens);
     e->all_logits = q->plp && q->n_computed < q->n_prompt;
     if (e->all_logits) pl->plp_used = 1;
@@ -194,7 +214,7 @@ static void schedule(struct sched *s, struct plan *pl) {
         int32_t n = chunk_for(pl, q, budget);
         if (n == 0) continue;
         int rc;
-        while ((rc = kv_table_reserve(s->pool, &q->table, (int64_t)q->n_computed + n)) == SS_EAGAIN) {
+        while ((rc = seq_reserve(s, q, n)) == SS_EAGAIN) {
             /* Preempt the most recently admitted sequence not yet in the batch. */
             int victim = s->n_running - 1;
             preempt(s, victim);
@@ -216,18 +236,16 @@ static void schedule(struct sched *s, struct plan *pl) {
         struct seq *q = s->waiting[0];
         /* Reuse cached full pages of the same prefix (prompt, plus the tokens
          * generated before a preemption). */
-        int64_t hit = q->plp ? 0 : kv_table_match_prefix(s->pool, &q->table, q->tokens, q->n_tokens);
-        q->n_computed = (int32_t)hit;
+        int64_t hit = q->plp ? 0 : kv_table_match_prefix(s->pool, &q->tables[0], q->tokens, q->n_tokens);
+        q->n_computed = q->level_n_past[0] = (int32_t)hit;
         int32_t n = chunk_for(pl, q, budget);
         if (n == 0) {
-            kv_table_release(s->pool, &q->table);
-            q->n_computed = 0;
+            seq_release_kv(s, q);
             break;
         }
-        int rc = kv_table_reserve(s->pool, &q->table, (int64_t)q->n_computed + n);
+        int rc = seq_reserve(s, q, n);
         if (rc == SS_EAGAIN) { /* wait for pages; admission never preempts */
-            kv_table_release(s->pool, &q->table);
-            q->n_computed = 0;
+            seq_release_kv(s, q);
             break;
         }
         pthread_mutex_lock(&s->stats_lock);
@@ -274,7 +292,16 @@ static void run_batch(struct sched *s, const struct plan *pl) {
         }
         int32_t pos0 = q->n_computed;
         q->n_computed += e->n_tok;
-        kv_table_commit(s->pool, &q->table, q->tokens, q->n_computed);
+        q->level_n_past[0] = q->n_computed;
+        for (int k = 1; k < s->n_levels; k++) { /* keep only what the kept tokens use */
+            q->level_n_past[k] += e->level_kept[k];
+            kv_table_trim(s->pool, &q->tables[k], q->level_n_past[k]);
+        }
+        kv_table_commit(s->pool, &q->tables[0], q->tokens, q->n_computed);
+        pthread_mutex_lock(&s->stats_lock);
+        for (int k = 0; k < s->n_levels; k++)
+            s->stats.level_tokens[k] += (uint64_t)(k ? e->level_kept[k] : e->n_tok);
+        pthread_mutex_unlock(&s->stats_lock);
         if (e->all_logits) { /* one row per token: prompt logprobs, last row samples */
             seq_prompt_logprobs(s, q, s->logits + (size_t)row * (size_t)s->n_vocab, pos0, e->n_tok);
             row += e->n_tok - 1;
@@ -380,7 +407,26 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     int ok = squeue_init(&s->q) == 0;
     ok = ok && pthread_mutex_init(&s->stats_lock, NULL) == 0;
     s->opt.no_prefix_cache = o ? o->no_prefix_cache : 0;
-    s->pool = kv_pool_new(eng_model_n_pages(m), !s->opt.no_prefix_cache);
+    s->n_layers = eng_model_config(m)->n_layers;
+    s->n_levels = eng_model_n_levels(m);
+    if (s->n_levels < 1 || s->n_levels > ENG_MAX_LEVELS) {
+        free(s);
+        return NULL;
+    }
+    s->layer_level = calloc((size_t)s->n_layers, sizeof(int));
+    s->layer_index = calloc((size_t)s->n_layers, sizeof(int));
+    int max_layers = 1;
+    for (int l = 0; s->layer_level && s->layer_index && l < s->n_layers; l++) {
+        int k = eng_model_layer_level(m, l);
+        s->layer_level[l] = k;
+        s->layer_index[l] = s->level_layers[k]++;
+        if (s->level_layers[k] > max_layers) max_layers = s->level_layers[k];
+    }
+    /* Prefix caching stays exact only for level 0 of single-level models: a
+     * deeper level's blocks do not line up with the prompt's pages. */
+    s->pool = kv_pool_new(eng_model_n_units(m), max_layers, !s->opt.no_prefix_cache && s->n_levels == 1);
+    s->b_layer_pages = calloc((size_t)s->opt.max_num_seqs * (size_t)s->n_layers, sizeof(*s->b_layer_pages));
+    s->b_kept = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_kept));
     s->running = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->running));
     s->b_tokens = malloc(sizeof(int32_t) * (size_t)s->opt.max_batched_tokens);
     s->b_seqs = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_seqs));
@@ -394,12 +440,13 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     for (int32_t i = 0; s->eog_ids && i < s->n_vocab && s->n_eog < 64; i++)
         if (tok_is_eog(s->tok, i)) s->eog_ids[s->n_eog++] = i;
     if (!ok || !s->pool || !s->running || !s->b_tokens || !s->b_seqs || !s->b_owner || !s->logits ||
-        !s->smp_work || !s->raw_row || !s->piece || !s->eog_ids) {
+        !s->smp_work || !s->raw_row || !s->piece || !s->eog_ids || !s->layer_level || !s->layer_index ||
+        !s->b_layer_pages || !s->b_kept) {
         sched_free(s);
         return NULL;
     }
     stats_init(&s->stats);
-    s->stats.pages_total = kv_pool_n_pages(s->pool);
+    s->stats.pages_total = kv_pool_n_units(s->pool);
     return s;
 }
 
@@ -442,6 +489,10 @@ void sched_free(struct sched *s) {
     free(s->raw_row);
     free(s->piece);
     free(s->eog_ids);
+    free(s->layer_level);
+    free(s->layer_index);
+    free(s->b_layer_pages);
+    free(s->b_kept);
     squeue_destroy(&s->q);
     pthread_mutex_destroy(&s->stats_lock);
     free(s);

@@ -158,9 +158,13 @@ struct sched_stats {
     double busy_s;                  /* seconds spent in forward + sampling */
     uint64_t n_prompt_tokens, n_gen_tokens, n_requests_done, n_preemptions;
     uint64_t n_prefix_queries, n_prefix_hits; /* tokens looked up / found cached */
-    int32_t pages_used;         /* referenced by a running or waiting sequence */
-    int32_t pages_cached;       /* unreferenced, kept for prefix reuse (evictable) */
-    int32_t pages_total;
+    /* KV memory in units (16 token slots of one layer; see engine.h) */
+    int32_t pages_used;         /* units referenced by running or waiting sequences */
+    int32_t pages_cached;       /* units unreferenced, kept for prefix reuse (evictable) */
+    int32_t pages_total;        /* units in the pool */
+    int n_levels;               /* 1, or SUBLLM levels */
+    int32_t level_units[8];     /* units held per level (index < n_levels) */
+    uint64_t level_tokens[8];   /* tokens that reached each level ([0]: every computed token) */
 };
 void sched_get_stats(struct sched *s, struct sched_stats *st);
 

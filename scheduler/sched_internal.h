@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "engine/engine.h"
 #include "engine/tokenizer.h"
 #include "scheduler/kv.h"
 #include "scheduler/sched.h"
@@ -17,7 +18,8 @@ struct seq {
     int32_t n_prompt;
     int32_t n_computed;    /* tokens whose K/V are in the cache */
     int32_t n_gen;
-    struct kv_table table;
+    struct kv_table tables[ENG_MAX_LEVELS]; /* per level; [0] holds every token */
+    int32_t level_n_past[ENG_MAX_LEVELS];   /* K/V entries stored at each level ([0] = n_computed) */
     struct smp_state rng;
     struct tok_stream ts;
     char *hold;            /* decoded text not yet released (stop-string lookahead) */
@@ -57,7 +59,14 @@ struct sched {
     struct seq **waiting;  /* FIFO ring, front = next to admit */
     int n_waiting, cap_waiting;
     uint64_t admit_counter;
+    int n_levels;
+    int n_layers;
+    int *layer_level;      /* [n_layers] level of each layer */
+    int *layer_index;      /* [n_layers] its index among the layers of its level */
+    int level_layers[ENG_MAX_LEVELS];
     /* step scratch */
+    const int32_t **b_layer_pages; /* [max_num_seqs][n_layers] per-layer unit tables */
+    int32_t (*b_kept)[ENG_MAX_LEVELS]; /* [max_num_seqs] tokens kept per level this step */
     int32_t *b_tokens;
     struct eng_seq *b_seqs;
     struct seq **b_owner;
@@ -89,6 +98,11 @@ void seq_free(struct sched *s, struct seq *q);
 int32_t seq_sample(struct sched *s, struct seq *q, float *logits);
 void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int32_t pos0, int32_t n);
 int seq_accept_token(struct sched *s, struct seq *q, int32_t tok);
+/* Room for n more tokens at every level (worst case: all kept). 0, SS_EAGAIN
+ * or SS_ENOMEM; on EAGAIN some levels may have grown (harmless). */
+int seq_reserve(struct sched *s, struct seq *q, int32_t n);
+/* Returns every level's blocks to the pool and forgets the cached K/V. */
+void seq_release_kv(struct sched *s, struct seq *q);
 
 /* queue.c */
 int squeue_init(struct squeue *q);

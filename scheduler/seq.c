@@ -31,13 +31,29 @@ struct seq *seq_new(struct sched *s, struct sched_req *r) {
     q->plp = r->p.prompt_logprobs && r->p.logprobs >= 0;
     smp_init(&q->rng, &r->p.smp);
     tok_stream_init(&q->ts, 0); /* a continuation keeps its leading space */
-    (void)s;
+    for (int k = 0; k < s->n_levels; k++) kv_table_init(&q->tables[k], s->level_layers[k]);
     return q;
 }
 
+int seq_reserve(struct sched *s, struct seq *q, int32_t n) {
+    for (int k = 0; k < s->n_levels; k++) {
+        int rc = kv_table_reserve(s->pool, &q->tables[k], (int64_t)q->level_n_past[k] + n);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+void seq_release_kv(struct sched *s, struct seq *q) {
+    for (int k = 0; k < s->n_levels; k++) {
+        kv_table_release(s->pool, &q->tables[k]);
+        q->level_n_past[k] = 0;
+    }
+    q->n_computed = 0;
+}
+
 void seq_free(struct sched *s, struct seq *q) {
-    kv_table_release(s->pool, &q->table);
-    kv_table_free(&q->table);
+    seq_release_kv(s, q);
+    for (int k = 0; k < s->n_levels; k++) kv_table_free(&q->tables[k]);
     free(q->tokens);
     free(q->hold);
     sched_req_unref(q->req); /* the engine's reference */
@@ -135,7 +151,7 @@ int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
     } else {
         int n = tok_stream_push(s->tok, &q->ts, tok, s->piece, s->piece_cap);
         if (n < 0 || (n > 0 && hold_append(q, s->piece, (size_t)n) != 0)) {
-            kv_table_release(s->pool, &q->table);
+            seq_release_kv(s, q);
             stats_add(s, 0, 1, 0, 0);
             stats_finish(s, q, REQ_FINISH_ERROR);
             req_out_push(s, q->req, NULL, 0, q->n_gen, REQ_FINISH_ERROR, n < 0 ? n : SS_ENOMEM,
@@ -165,7 +181,7 @@ int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
         if (n > 0 && !by_string) hold_append(q, tail, (size_t)n);
         release = q->n_hold;
         /* Pages and counters first, so whoever sees the end sees exact stats. */
-        kv_table_release(s->pool, &q->table);
+        seq_release_kv(s, q);
         stats_add(s, 0, 1, 0, 0);
         stats_finish(s, q, finish);
     } else {

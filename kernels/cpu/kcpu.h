@@ -55,10 +55,18 @@
 /* Decode prefetch distance: a whole number of row groups (group = rows read
  * side by side, contiguous in memory), at least KCPU_PF_MIN bytes so that
  * short rows still cover the memory latency. */
-#define KCPU_PF_MIN 8192
+#define KCPU_PF_MIN 16384
 static inline size_t kcpu_pf_dist(size_t group_bytes) {
     size_t k = (KCPU_PF_MIN + group_bytes - 1) / group_bytes;
     return (k ? k : 1) * group_bytes;
+}
+/* Prefetch the first bytes of a row range (the part the running prefetch,
+ * which starts one distance ahead, never covers). */
+static inline void kcpu_prefetch_head(const uint8_t *p, size_t n) {
+    if (n > KCPU_PF_MIN + 4096)
+        n = KCPU_PF_MIN + 4096;
+    for (size_t o = 0; o < n; o += 64)
+        __builtin_prefetch(p + o, 0, 2);
 }
 
 /* Query rows (heads of one KV group) handled together by attention. */
@@ -84,8 +92,9 @@ struct kcpu_isa {
     /* Fused decode for rows [r0, r1), all n tokens (processed in groups of
      * KCPU_DECODE_MAX); streams each weight row once per token group. */
     void (*gemv)(const struct kcpu_mm *mm, int64_t r0, int64_t r1);
-    /* Dequantise rows [r0, r0+nr) into dst[nr][ldd]; ldd >= K, multiple of vlen;
-     * elements [K, ldd) of each row are set to 0. */
+    /* Dequantise rows [r0, r0+nr) into dst[nr][ldd] (ldd >= K): exactly the
+     * weights the decode path uses, bit for bit; elements [K, ldd) of each row
+     * are set to 0 (nothing is written past ldd, so ldd == K is fine). */
     void (*dequant_rows)(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,
                          int64_t ldd);
     /* y for nr fp32 rows wt[nr][ldw] (weight rows r0..r0+nr) times tokens

@@ -177,8 +177,10 @@ static void run_alone(struct eng_model *m, int32_t n_prompt, int first, int32_t 
 /* ---- KV pool ---- */
 
 START_TEST(test_kv_pool) {
-    struct kv_pool *p = kv_pool_new(10, 0);
-    struct kv_table a = {0}, b = {0};
+    struct kv_pool *p = kv_pool_new(10, 1, 0);
+    struct kv_table a, b;
+    kv_table_init(&a, 1);
+    kv_table_init(&b, 1);
     ck_assert_int_eq(kv_table_reserve(p, &a, 1), 0);
     ck_assert_int_eq(a.n_pages, 1);
     ck_assert_int_eq(kv_table_reserve(p, &a, 16), 0);
@@ -192,8 +194,8 @@ START_TEST(test_kv_pool) {
     ck_assert_int_eq(kv_pool_n_free(p), 0);
     /* every page id distinct */
     int seen[10] = {0};
-    for (int i = 0; i < a.n_pages; i++) seen[a.pages[i]]++;
-    for (int i = 0; i < b.n_pages; i++) seen[b.pages[i]]++;
+    for (int i = 0; i < a.n_pages; i++) seen[a.units[0][i]]++;
+    for (int i = 0; i < b.n_pages; i++) seen[b.units[0][i]]++;
     for (int i = 0; i < 10; i++) ck_assert_int_eq(seen[i], 1);
     kv_table_release(p, &a);
     kv_table_release(p, &b);
@@ -206,20 +208,26 @@ END_TEST
 
 
 START_TEST(test_prefix_cache_pool) {
-    struct kv_pool *p = kv_pool_new(5, 1);
+    /* Blocks of 2 units (a 2-layer level): 10 units = 5 blocks. */
+    struct kv_pool *p = kv_pool_new(10, 2, 1);
     int32_t tok[80];
     for (int i = 0; i < 80; i++) tok[i] = 1000 + i;
-    struct kv_table a = {0}, b = {0}, c = {0};
+    struct kv_table a, b, c;
+    kv_table_init(&a, 2);
+    kv_table_init(&b, 2);
+    kv_table_init(&c, 2);
     ck_assert_int_eq(kv_table_reserve(p, &a, 50), 0); /* 4 pages: 3 full + 2 tokens */
     kv_table_commit(p, &a, tok, 50);
     ck_assert_int_eq(a.n_committed, 3);
-    int32_t first3[3] = {a.pages[0], a.pages[1], a.pages[2]};
+    int32_t first3[3] = {a.blocks[0], a.blocks[1], a.blocks[2]};
+    int32_t unit1 = a.units[1][2];
     kv_table_release(p, &a);
-    ck_assert_int_eq(kv_pool_n_cached(p), 3);
-    ck_assert_int_eq(kv_pool_n_free(p), 5);
+    ck_assert_int_eq(kv_pool_n_cached(p), 6);
+    ck_assert_int_eq(kv_pool_n_free(p), 10);
     /* Same 49-token prefix: the page holding the last token is never matched. */
     ck_assert_int_eq(kv_table_match_prefix(p, &b, tok, 49), 48);
-    for (int i = 0; i < 3; i++) ck_assert_int_eq(b.pages[i], first3[i]);
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(b.blocks[i], first3[i]);
+    ck_assert_int_eq(b.units[1][2], unit1); /* the same units come back with the block */
     ck_assert_int_eq(kv_pool_n_cached(p), 0);
     kv_table_release(p, &b);
     /* Exactly 48 tokens: only two pages may be matched. */
@@ -237,7 +245,14 @@ START_TEST(test_prefix_cache_pool) {
     kv_table_release(p, &c);
     ck_assert_int_eq(kv_table_match_prefix(p, &b, tok, 60), 0);
     kv_table_release(p, &b);
-    ck_assert_int_eq(kv_pool_n_free(p), 5);
+    ck_assert_int_eq(kv_pool_n_free(p), 10);
+    /* Trim returns worst-case reservations a level did not use. */
+    ck_assert_int_eq(kv_table_reserve(p, &a, 64), 0);
+    ck_assert_int_eq(kv_pool_n_free(p), 2);
+    kv_table_trim(p, &a, 17);
+    ck_assert_int_eq(a.n_pages, 2);
+    ck_assert_int_eq(kv_pool_n_free(p), 6);
+    kv_table_release(p, &a);
     kv_table_free(&a);
     kv_table_free(&b);
     kv_table_free(&c);
@@ -293,10 +308,11 @@ START_TEST(test_logprobs) {
      * row's logits, then log-softmax in double. */
     int32_t V = eng_model_config(m)->n_vocab;
     float *lg = malloc(sizeof(float) * 20 * (size_t)V);
-    struct kv_pool *pool = kv_pool_new(eng_model_n_pages(m), 0);
-    struct kv_table t = {0};
+    struct kv_pool *pool = kv_pool_new(eng_model_n_pages(m), 1, 0);
+    struct kv_table t;
+    kv_table_init(&t, 1);
     ck_assert_int_eq(kv_table_reserve(pool, &t, 20), 0);
-    struct eng_seq es = {.tok0 = 0, .n_tok = 20, .n_past = 0, .pages = t.pages, .n_pages = t.n_pages,
+    struct eng_seq es = {.tok0 = 0, .n_tok = 20, .n_past = 0, .pages = t.units[0], .n_pages = t.n_pages,
                          .want_logits = 1, .all_logits = 1};
     struct eng_batch b = {r->p.prompt, 20, &es, 1};
     ck_assert_int_eq(eng_forward(m, &b, lg), 0);
