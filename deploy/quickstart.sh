@@ -15,6 +15,7 @@ MODE=${1:-serve}
 
 APT_PKGS=(build-essential pkg-config meson ninja-build libmicrohttpd-dev libcjson-dev libuv1-dev
           check libpcre2-dev python3 python3-pip curl)
+TEST_APT_PKGS=(nginx)   # the reverse-proxy integration test runs real nginx
 PIP_PKGS=(numpy gguf pytest)
 
 log() { printf '[quickstart] %s\n' "$*" >&2; }
@@ -26,9 +27,9 @@ as_root() {
     fi
 }
 
-install_apt() {
+install_apt() { # install_apt [extra packages...]
     local missing=()
-    for p in "${APT_PKGS[@]}"; do
+    for p in "${APT_PKGS[@]}" "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -83,7 +84,10 @@ serve)
         --host "${SLIMSERVE_HOST:-127.0.0.1}" --port "${SLIMSERVE_PORT:-8080}"
     ;;
 test)
-    install_apt
+    install_apt "${TEST_APT_PKGS[@]}"
+    # Tests share the machine with whatever else runs there: let idle OpenMP
+    # workers sleep instead of spinning (see README, "Threads").
+    export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
     install_pip "${PIP_PKGS[@]}"
     # The real-model fixture test (tests/unit/test_gemma.c) runs on the default model.
     SLIMSERVE_GEMMA_GGUF=$(SLIMSERVE_MODEL= default_model)

@@ -66,7 +66,8 @@ struct eng_layer {
     const float *post_attn_norm, *post_ffn_norm; /* [dim] RMSNorm of each sub-layer's
                                           * output before the residual add; NULL if absent */
     int swa;                /* 1: local (sliding-window) layer, see eng_config.swa_window */
-    struct be_kv_layer kv;
+    int level;              /* SUBLLM level of the layer (0 for dense models) */
+    struct be_kv_layer kv;  /* the layer's view of the KV unit pool (plain addressing) */
 };
 
 struct eng_model; /* opaque: config, weights, KV pool, scratch buffers */
@@ -84,7 +85,13 @@ struct eng_options {
     int kv_default_seqs;     /* used when kv_bytes == 0; 0 -> 4 */
     int kv_type;             /* K/V element type: 0 or ENG_KV_F16 = fp16 (default), ENG_KV_F32 = fp32 */
     int max_batch_tokens;    /* scratch sizing: max tokens per forward; 0 -> 2048 */
+    /* Layer parallelism (DESIGN.md section 5, eng_model_set_layer_parallel):
+     * lp_mode ENG_LP_FILE (0) = the file's lp.range key if present, else off;
+     * ENG_LP_OFF = off whatever the file says; ENG_LP_RANGE = [lp_start, lp_end). */
+    int lp_mode;
+    int lp_start, lp_end;
 };
+enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };
 
 int eng_model_load(struct eng_model **out, const char *path, const struct eng_options *opt,
                    char *err, size_t err_len);
@@ -110,13 +117,55 @@ int32_t eng_model_n_pages(const struct eng_model *m);  /* pages in the KV pool *
  * token of the sequence kept at level k in this step, so it needs
  * ceil((level_n_past[k] + kept) / 16) pages; the worst case is all kept.
  * eng_forward reports kept counts in level_kept[k] (level 0: n_tok). Dense
- * models have one level. */
+ * models have one level.
+ * Levels of a SUBLLM structure: level k >= 1 holds the tokens kept by the
+ * k-th '(' of the string (k = i + 1 for sub.{i}); a layer's level is that of
+ * the innermost bracket around it. When brackets nest in a chain (the usual
+ * "TT(TT(TT)TT)TT") that is the bracket depth; sibling brackets ("T(T)T(T)T")
+ * keep different tokens, so each gets its own level.
+ * Batch rules for levels (checked by eng_forward):
+ *   - every sequence of a batch uses the same addressing (all plain or all per layer);
+ *   - 0 <= level_n_past[k] <= level_n_past[parent level] (level 0: n_past;
+ *     level_n_past[0] and entries k >= n_levels are ignored);
+ *   - per layer: layer_pages[l] != NULL holds at least ceil((level_n_past[k] +
+ *     n_tok) / 16) unit ids in [0, n_units), k = the layer's level, and
+ *     layer_n_pages >= that count;
+ *   - plain: pages as below (level k uses the first pages of the same table);
+ *     all the block tables of one batch hold together at most
+ *     2 * n_pages + max_batch_tokens entries (they are translated into one
+ *     buffer sized at load).
+ * level_kept, when not NULL, receives n_levels entries (only on success). */
 int32_t eng_model_n_units(const struct eng_model *m);
 int eng_model_n_levels(const struct eng_model *m);
 int eng_model_layer_level(const struct eng_model *m, int layer);
 size_t eng_model_unit_bytes(const struct eng_model *m); /* K+V bytes of one unit */
 size_t eng_model_kv_bytes_per_token(const struct eng_model *m);
 size_t eng_model_weight_bytes(const struct eng_model *m); /* bytes read per token (decode) */
+
+/* Layer parallelism (DESIGN.md section 5; engine/forward_lp.c). Layers
+ * [start, end) run as pairs (start, start+1), (start+2, start+3), ...:
+ *     h = x + Attn_a(norm_a(x)) + Attn_b(norm_b(x))
+ *     y = h + MLP_a(ffn_norm_a(h)) + MLP_b(ffn_norm_b(h))
+ * each layer with its own norms (gemma3: q/k norms and post-norms inside its
+ * branch), weights and K/V cache (both layers of a pair store K/V for every
+ * token, in the usual layout). Outputs differ from the sequential model by
+ * design. start == end == 0 turns it off (bitwise the sequential model).
+ * Returns 0, or SS_EINVAL with a message (odd length, start >= end, out of
+ * [0, n_layers], a range inside a SUBLLM bracket), SS_ENOMEM. On error the
+ * previous setting stays. Engine thread only, between forwards. The file key
+ * lp.range (string "S:E" or "off", or an integer array [S, E]) is the default
+ * that eng_options.lp_mode overrides; eng_model_apply_layer_parallel applies
+ * options and key (idempotent: eng_model_load may call it as well). */
+int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *err, size_t err_len);
+int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options *opt, char *err,
+                                   size_t err_len);
+/* The range in force: returns 1 and sets *start, *end, or 0 when off. */
+int eng_model_layer_parallel(const struct eng_model *m, int *start, int *end);
+/* Parses a --layer-parallel value, "START:END" or "off", into o->lp_*
+ * (ENG_LP_RANGE or ENG_LP_OFF). Checks what it can without the model
+ * (numbers, START < END, even length); the bounds are checked at load.
+ * Returns 0 or SS_EINVAL with a message. Any thread. */
+int eng_lp_parse_flag(const char *s, struct eng_options *o, char *err, size_t err_len);
 
 /* A ragged batch: sequences' tokens concatenated.
  *
@@ -163,8 +212,9 @@ struct eng_batch {
  * nothing, the KV cache included): 1 <= n_tokens <= max_batch_tokens; seqs tile
  * tokens in order (seqs[0].tok0 == 0, each tok0 = previous tok0 + n_tok,
  * n_tok >= 1, total == n_tokens); 0 <= n_past and n_past + n_tok <= n_ctx;
- * pages != NULL with n_pages >= ceil((n_past + n_tok) / 16) entries, each in
- * [0, eng_model_n_pages()); token ids in [0, n_vocab).
+ * plain addressing: pages != NULL with n_pages >= ceil((n_past + n_tok) / 16)
+ * entries, each in [0, eng_model_n_pages()); per-layer addressing (pages
+ * unused): the rules under "KV units and levels"; token ids in [0, n_vocab).
  * NOTE: not checked: that no page written in this step (the pages holding
  * positions n_past.. of a sequence) belongs to another sequence of the batch.
  * A sequence's logits are bitwise independent of the rest of the batch.

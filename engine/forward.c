@@ -1,4 +1,5 @@
-/* forward.c - the forward pass over a ragged batch (llama, qwen2, gemma3).
+/* forward.c - the forward pass over a ragged batch (llama, qwen2, gemma3,
+ * subllm).
  *
  * Reads like the model (llama2.c's run.c): embed (gemma3: times sqrt(dim)) ->
  * per layer {attention block, FFN block} -> final norm -> output projection of
@@ -7,8 +8,12 @@
  * optional q/k/v biases (qwen2), per-head q/k norms, post-sub-layer norms,
  * gelu-tanh gating and sliding-window layers with their own RoPE base
  * (gemma3).
- * Every operation works on all batch rows at once except attention, which the
- * backend runs per sequence over its paged KV cache. No operation reduces
+ * SUBLLM structures (subllm.c) move rows between frames at their '(' and ')':
+ * each layer runs on the rows of the current frame (every token at level 0,
+ * the kept ones deeper), with that level's K/V.
+ * Every operation works on all rows at once except attention, which the
+ * backend runs per sequence over its paged KV cache (units, see
+ * model_internal.h). No operation reduces
  * across rows, and the kernels give per-row bitwise results, so a sequence's
  * logits do not depend on what else is in the batch.
  *
@@ -19,6 +24,7 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "engine/forward_lp.h"
 #include "engine/model_internal.h"
 #include "engine/ss_error.h"
 
@@ -33,6 +39,36 @@ int32_t eng_batch_n_logits(const struct eng_batch *b) {
     return n > INT32_MAX ? INT32_MAX : (int32_t)n;
 }
 
+/* KV levels and block tables of one sequence (engine.h "KV units and
+ * levels"). *ptab_need accumulates plain table entries. */
+static int seq_validate_kv(const struct eng_model *m, const struct eng_seq *s, int per_layer, int64_t *ptab_need) {
+    const int nl = m->cfg.n_layers;
+    int32_t past[ENG_MAX_LEVELS];
+    past[0] = s->n_past;
+    for (int k = 1; k < m->n_levels; k++) {
+        past[k] = s->level_n_past[k];
+        if (past[k] < 0 || past[k] > past[m->sub.parent_level[k]]) return SS_EINVAL;
+    }
+    if (!per_layer) {
+        if (s->layer_pages) return SS_EINVAL; /* one addressing per batch */
+        int32_t need = (s->n_past + s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
+        if (!s->pages || s->n_pages < need) return SS_EINVAL;
+        for (int32_t p = 0; p < need; p++)
+            if (s->pages[p] < 0 || s->pages[p] >= m->n_pages) return SS_EINVAL;
+        *ptab_need += need;
+        return 0;
+    }
+    if (!s->layer_pages) return SS_EINVAL;
+    for (int l = 0; l < nl; l++) {
+        const int32_t *t = s->layer_pages[l];
+        int32_t need = (past[m->layers[l].level] + s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
+        if (!t || s->layer_n_pages < need) return SS_EINVAL;
+        for (int32_t p = 0; p < need; p++)
+            if (t[p] < 0 || t[p] >= m->n_units) return SS_EINVAL;
+    }
+    return 0;
+}
+
 /* Checks everything the forward pass relies on; touches nothing. */
 static int batch_validate(const struct eng_model *m, const struct eng_batch *b, const float *logits) {
     if (!b || !b->tokens || !b->seqs) return SS_EINVAL;
@@ -41,38 +77,19 @@ static int batch_validate(const struct eng_model *m, const struct eng_batch *b, 
     for (int32_t i = 0; i < b->n_tokens; i++)
         if (b->tokens[i] < 0 || b->tokens[i] >= m->cfg.n_vocab) return SS_EINVAL;
     int32_t next = 0; /* sequences must tile the token array in order */
+    const int per_layer = b->seqs[0].layer_pages != NULL;
+    int64_t ptab_need = 0;
     for (int32_t i = 0; i < b->n_seqs; i++) {
         const struct eng_seq *s = &b->seqs[i];
         if (s->tok0 != next || s->n_tok < 1 || s->n_tok > b->n_tokens - next) return SS_EINVAL;
         next += s->n_tok;
         if (s->n_past < 0 || s->n_past > m->n_ctx - s->n_tok) return SS_EINVAL;
-        int32_t need = (s->n_past + s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
-        if (!s->pages || s->n_pages < need) return SS_EINVAL;
-        for (int32_t p = 0; p < need; p++)
-            if (s->pages[p] < 0 || s->pages[p] >= m->n_pages) return SS_EINVAL;
+        int rc = seq_validate_kv(m, s, per_layer, &ptab_need);
+        if (rc < 0) return rc;
     }
-    if (next != b->n_tokens) return SS_EINVAL;
+    if (next != b->n_tokens || ptab_need > m->sub.ptab_cap) return SS_EINVAL;
     if (eng_batch_n_logits(b) > 0 && !logits) return SS_EINVAL;
     return 0;
-}
-
-/* Fills positions, KV slots and the attention view of each sequence.
- *
- *   row r = tok0 + j of sequence s:  pos = n_past + j
- *   slot  = pages[pos / 16] * 16 + pos % 16      (page-major, 16 slots a page)
- */
-static void batch_prepare(struct eng_model *m, const struct eng_batch *b) {
-    struct eng_scratch *s = &m->s;
-    for (int32_t i = 0; i < b->n_seqs; i++) {
-        const struct eng_seq *q = &b->seqs[i];
-        for (int32_t j = 0; j < q->n_tok; j++) {
-            int32_t r = q->tok0 + j, p = q->n_past + j;
-            s->pos[r] = p;
-            s->slots[r] = q->pages[p / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + p % BE_PAGE_SLOTS;
-        }
-        s->aseq[i] = (struct be_attn_seq){
-            .tok0 = q->tok0, .n_tok = q->n_tok, .n_past = q->n_past, .pages = q->pages};
-    }
 }
 
 /* x += y, or x += rmsnorm(y) * post_norm when the layer has one (gemma3).
@@ -118,7 +135,7 @@ static float *norm_rope(struct eng_model *m, const struct eng_layer *L, float *o
  *   post_norm: rmsnorm * post_attention_norm (gemma3), else identity
  * Buffers: xb = xn; q, k, v; att takes the normed k (stored into the cache at
  * once), then the normed q, then the attention output (out may be q). */
-static void attention_block(struct eng_model *m, struct eng_layer *L, int n, int n_seqs) {
+static void attention_block(struct eng_model *m, struct eng_layer *L, const struct eng_kv_view *kv, int n) {
     const struct eng_config *c = &m->cfg;
     struct eng_scratch *s = &m->s;
     struct be *be = &m->be;
@@ -133,12 +150,12 @@ static void attention_block(struct eng_model *m, struct eng_layer *L, int n, int
     add_bias(be, s->v, L->bv, n, kvdim);
 
     const float *k = norm_rope(m, L, s->att, s->k, L->k_norm, n, c->n_kv_heads);
-    be_kv_store(be, &L->kv, k, s->v, s->slots, n, kvdim);
+    be_kv_store(be, kv->kv, k, s->v, kv->slots, n, kvdim);
     const float *q = norm_rope(m, L, s->att, s->q, L->q_norm, n, c->n_heads);
     struct be_attn_params ap = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
                                 .head_dim = c->head_dim, .scale = c->attn_scale,
                                 .window = L->swa ? c->swa_window : 0, .softcap = 0.0f};
-    be_attention(be, s->att, q, &L->kv, s->aseq, n_seqs, &ap);
+    be_attention(be, s->att, q, kv->kv, kv->aseq, kv->n_seqs, &ap);
 
     be_matmul(be, s->xb2, s->att, &L->wo, n);
     residual_add(m, s->xb2, L->post_attn_norm, n);
@@ -195,14 +212,22 @@ int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits) {
     int rc = batch_validate(m, b, logits);
     if (rc < 0) return rc;
     const int n = b->n_tokens;
-    batch_prepare(m, b);
+    eng_frames_begin(m, b);
 
     be_get_rows(&m->be, m->s.x, &m->tok_embd, b->tokens, n);
     if (m->cfg.embd_scale != 1.0f) be_scale(&m->be, m->s.x, m->cfg.embd_scale, (int64_t)n * m->cfg.dim);
     for (int il = 0; il < m->cfg.n_layers; il++) {
-        attention_block(m, &m->layers[il], n, b->n_seqs);
-        ffn_block(m, &m->layers[il], n);
+        eng_sub_steps(m, b, il); /* SUBLLM '(' / ')' before layer il: changes the current frame */
+        struct eng_kv_view kv;
+        eng_layer_view(m, il, 0, &kv);
+        if (kv.n == 0) continue; /* every token was dropped before this level */
+        m->s.slots = kv.slots;   /* layer il's view, for the layer-parallel hook */
+        m->s.aseq = kv.aseq;
+        if (m->lp && eng_lp_pair(m, il, kv.n, kv.n_seqs)) { il++; continue; } /* ran il, il+1 as a pair */
+        attention_block(m, &m->layers[il], &kv, kv.n);
+        ffn_block(m, &m->layers[il], kv.n);
     }
+    eng_sub_steps(m, b, m->cfg.n_layers);
     output_logits(m, b, logits);
     return 0;
 }

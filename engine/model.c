@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/forward_lp.h"
 #include "engine/gguf.h"
 #include "engine/ss_error.h"
 #include "engine/tokenizer.h"
@@ -29,7 +30,7 @@ static const struct eng_arch_desc eng_archs[] = {
     {"llama",  ENG_ARCH_LLAMA,  0,                                         0,   0,  1,    0,  0},
     {"qwen2",  ENG_ARCH_QWEN2,  ENG_FEAT_QKV_BIAS,                         1,   0,  1,    0,  0},
     {"gemma3", ENG_ARCH_GEMMA3, ENG_FEAT_QK_NORM | ENG_FEAT_POST_NORMS,    1,   1,  1,    1,  6},
-    {"subllm", ENG_ARCH_SUBLLM, 0,                                         0,   0,  0,    0,  0},
+    {"subllm", ENG_ARCH_SUBLLM, 0,                                         0,   0,  1,    0,  0},
 };
 
 const struct eng_arch_desc *eng_arch_find(const char *name, size_t len) {
@@ -347,6 +348,15 @@ static int bind_vector(struct eng_model *m, const float **out, const char *name,
     return 0;
 }
 
+int eng_host_vector(struct eng_model *m, const char *name, int64_t n, float *out, char *err,
+                    size_t err_len) {
+    const struct gguf_tensor_info *t;
+    int rc = find_checked(m, name, 1, n, 1, &t, err, err_len);
+    if (rc < 0) return rc;
+    kref_dequant_row(t->type, t->data, out, n);
+    return 0;
+}
+
 static int bind_layer(struct eng_model *m, int il, char *err, size_t err_len) {
     struct eng_layer *L = &m->layers[il];
     char name[96];
@@ -407,6 +417,13 @@ size_t eng_model_kv_bytes_per_token(const struct eng_model *m) {
     return (size_t)m->cfg.n_layers * 2 * (size_t)eng_kvdim(&m->cfg) * kv_elem_bytes(m->kv_type);
 }
 
+size_t eng_model_unit_bytes(const struct eng_model *m) {
+    return (size_t)BE_PAGE_SLOTS * 2 * (size_t)eng_kvdim(&m->cfg) * kv_elem_bytes(m->kv_type);
+}
+
+/* The unit pool: n_pages pages' worth of units (n_pages * n_layers), one
+ * allocation for K and one for V; every layer's plain view starts il units in
+ * (see model_internal.h). */
 static int alloc_kv(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len) {
     size_t per_page = eng_model_kv_bytes_per_token(m) * BE_PAGE_SLOTS;
     int64_t n_pages;
@@ -419,19 +436,23 @@ static int alloc_kv(struct eng_model *m, const struct eng_options *o, char *err,
     if (n_pages < 1)
         return fail(err, err_len, SS_EINVAL, "KV cache of %zu bytes holds no page (one page = %zu bytes)",
                     o->kv_bytes, per_page);
-    if (n_pages > INT32_MAX / BE_PAGE_SLOTS)
-        return fail(err, err_len, SS_EINVAL, "KV cache too large (%lld pages)", (long long)n_pages);
+    const int L = m->cfg.n_layers;
+    if (n_pages > INT32_MAX / BE_PAGE_SLOTS / L)
+        return fail(err, err_len, SS_EINVAL, "KV cache too large (%lld pages of %d layers)", (long long)n_pages, L);
     m->n_pages = (int32_t)n_pages;
-    size_t layer_bytes = (size_t)n_pages * BE_PAGE_SLOTS * (size_t)eng_kvdim(&m->cfg) * kv_elem_bytes(m->kv_type);
-    for (int il = 0; il < m->cfg.n_layers; il++) {
-        struct be_kv_layer *kv = &m->layers[il].kv;
-        kv->kv_type = m->kv_type;
-        kv->k = be_alloc(&m->be, layer_bytes);
-        kv->v = be_alloc(&m->be, layer_bytes);
-        if (!kv->k || !kv->v)
-            return fail(err, err_len, SS_ENOMEM, "out of memory for the KV cache (%lld pages, %zu bytes per layer)",
-                        (long long)n_pages, 2 * layer_bytes);
-    }
+    m->n_units = (int32_t)(n_pages * L);
+    const size_t unit_half = eng_model_unit_bytes(m) / 2; /* K (or V) bytes of one unit */
+    const size_t bytes = (size_t)m->n_units * unit_half;
+    m->kv_k = be_alloc(&m->be, bytes);
+    m->kv_v = be_alloc(&m->be, bytes);
+    if (!m->kv_k || !m->kv_v)
+        return fail(err, err_len, SS_ENOMEM, "out of memory for the KV cache (%lld pages, %zu bytes)",
+                    (long long)n_pages, 2 * bytes);
+    m->kv_pool = (struct be_kv_layer){.k = m->kv_k, .v = m->kv_v, .kv_type = m->kv_type};
+    for (int il = 0; il < L; il++)
+        m->layers[il].kv = (struct be_kv_layer){.k = (char *)m->kv_k + (size_t)il * unit_half,
+                                                .v = (char *)m->kv_v + (size_t)il * unit_half,
+                                                .kv_type = m->kv_type};
     return 0;
 }
 
@@ -450,10 +471,6 @@ static int alloc_scratch(struct eng_model *m, char *err, size_t err_len) {
         if (!*bufs[i].p)
             return fail(err, err_len, SS_ENOMEM, "out of memory for activations (%zu bytes)", bufs[i].n * f);
     }
-    s->pos = malloc(T * sizeof *s->pos);
-    s->slots = malloc(T * sizeof *s->slots);
-    s->aseq = malloc(T * sizeof *s->aseq);
-    if (!s->pos || !s->slots || !s->aseq) return fail(err, err_len, SS_ENOMEM, "out of memory");
     return 0;
 }
 
@@ -484,6 +501,7 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
 
     if ((rc = gguf_open(&m->gguf, path, err, err_len)) < 0) goto fail;
     if ((rc = read_config(m, path, err, err_len)) < 0) goto fail;
+    if ((rc = eng_subllm_parse(m, err, err_len)) < 0) goto fail;
     if ((rc = load_options(m, o, err, err_len)) < 0) goto fail;
     if ((rc = tok_load(&m->tok, m->gguf, err, err_len)) < 0) goto fail;
 
@@ -494,6 +512,7 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
     }
     m->be_open = 1;
     if ((rc = bind_tensors(m, err, err_len)) < 0) goto fail;
+    if ((rc = eng_subllm_bind(m, err, err_len)) < 0) goto fail;
     if (tok_n_vocab(m->tok) > m->cfg.n_vocab) {
         rc = fail(err, err_len, SS_EBADMODEL, "tokenizer has %d tokens but token_embd.weight only %d rows",
                   (int)tok_n_vocab(m->tok), m->cfg.n_vocab);
@@ -501,6 +520,8 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
     }
     if ((rc = alloc_kv(m, o, err, err_len)) < 0) goto fail;
     if ((rc = alloc_scratch(m, err, err_len)) < 0) goto fail;
+    if ((rc = eng_frames_alloc(m, err, err_len)) < 0) goto fail;
+    if ((rc = eng_model_apply_layer_parallel(m, o, err, err_len)) < 0) goto fail;
     *out = m;
     return 0;
 fail:
@@ -514,13 +535,14 @@ static void free_layer(struct eng_model *m, struct eng_layer *L) {
         const float **p = (const float **)((char *)L + layer_specs[i].off);
         be_dealloc(&m->be, (void *)*p);
     }
-    be_dealloc(&m->be, L->kv.k);
-    be_dealloc(&m->be, L->kv.v);
 }
 
 void eng_model_free(struct eng_model *m) {
     if (!m) return;
+    eng_lp_free(m);
     if (m->be_open) {
+        be_dealloc(&m->be, m->kv_k);
+        be_dealloc(&m->be, m->kv_v);
         if (m->layers)
             for (int il = 0; il < m->cfg.n_layers; il++) free_layer(m, &m->layers[il]);
         be_dealloc(&m->be, (void *)m->output_norm);
@@ -531,9 +553,7 @@ void eng_model_free(struct eng_model *m) {
         /* NOTE: weights prepared by be_weight_prepare are released by be_close. */
         be_close(&m->be);
     }
-    free(m->s.pos);
-    free(m->s.slots);
-    free(m->s.aseq);
+    eng_subllm_free(m);
     free(m->layers);
     tok_free(m->tok);
     gguf_close(m->gguf);
@@ -544,4 +564,9 @@ const struct eng_config *eng_model_config(const struct eng_model *m) { return &m
 const struct tok *eng_model_tok(const struct eng_model *m) { return m->tok; }
 int eng_model_n_ctx(const struct eng_model *m) { return m->n_ctx; }
 int32_t eng_model_n_pages(const struct eng_model *m) { return m->n_pages; }
+int32_t eng_model_n_units(const struct eng_model *m) { return m->n_units; }
+int eng_model_n_levels(const struct eng_model *m) { return m->n_levels; }
+int eng_model_layer_level(const struct eng_model *m, int layer) {
+    return layer >= 0 && layer < m->cfg.n_layers ? m->layers[layer].level : -1;
+}
 size_t eng_model_weight_bytes(const struct eng_model *m) { return m->weight_bytes; }

@@ -57,10 +57,96 @@ struct eng_scratch {
     float *hb;    /* [T][ffn_dim] gate, then glu output */
     float *hb2;   /* [T][ffn_dim] up */
     float *logits; /* [ENG_LOGIT_CHUNK][n_vocab] */
-    /* host memory (index arrays are passed to the backend as host pointers) */
-    int32_t *pos;              /* [T] absolute position of each batch row */
-    int32_t *slots;            /* [T] KV slot of each batch row */
-    struct be_attn_seq *aseq;  /* [T] per-sequence attention view */
+    /* host memory (index arrays are passed to the backend as host pointers).
+     * NOT owned: views of the layer about to run, set by eng_forward (they
+     * point into the current frame, or into view[0] with per-layer
+     * addressing); eng_layer_view() gives the same for any layer. */
+    const int32_t *pos;        /* [n] absolute position of each row of the current frame */
+    const int32_t *slots;      /* [n] KV slot (unit*16 + offset) of each row, -1 = not stored */
+    const struct be_attn_seq *aseq; /* [n_seqs] per-sequence attention view */
+};
+
+/* ---- KV units, frames and SUBLLM ----
+ *
+ * KV pool: kv_k / kv_v hold n_units = n_pages * n_layers units of
+ * BE_PAGE_SLOTS slots of one layer (unit u = slots [u*16, u*16+16)). Two
+ * backend views of it:
+ *   m->kv_pool          base of the pool: slots are absolute (per-layer addressing)
+ *   m->layers[l].kv     base + l units: a plain page id p becomes the relative
+ *                       unit p*n_layers, so slots and block tables of plain
+ *                       addressing are the same for every layer
+ *       plain page p, layer l -> unit p*n_layers + l   (engine.h "KV units")
+ *
+ * Frames: the rows a layer runs on. Frame 0 is the whole batch; each '(' of a
+ * SUBLLM structure pushes a frame holding the rows its subsampler kept (a
+ * smaller ragged batch, compacted, sequence order kept), each ')' pops it.
+ *
+ *   frame 0  rows: s0t0 s0t1 s0t2 s0t3 | s1t0 s1t1      (level 0)
+ *   '(' keeps s0t1, s0t3, s1t1
+ *   frame 1  rows: s0t1 s0t3 | s1t1                      (level 1)
+ *            src:  1    3      5     (row in frame 0)
+ *            kvi:  lnp0+0 lnp0+1 | lnp1+0   (lnp = that sequence's level_n_past[1])
+ */
+struct eng_fseq {          /* one sequence's rows in a frame */
+    int32_t seq;           /* index in the batch */
+    int32_t row0;          /* first row in the frame */
+    int32_t n_tok;         /* rows (>= 1) */
+    int32_t n_past;        /* KV entries of the frame's level cached before this step */
+};
+
+struct eng_frame {
+    int level;             /* KV level of its rows */
+    int sub;               /* subsampler that made it; -1 for frame 0 */
+    int32_t n;             /* rows; 0 = every token was dropped (inner layers skip) */
+    int32_t n_seqs;        /* sequences with at least one row */
+    struct eng_fseq *seqs; /* [T] */
+    int32_t *pos;          /* [T] absolute positions */
+    int32_t *kvi;          /* [T] KV index of each row at this level */
+    int32_t *slots;        /* [T] plain addressing: relative slots (same for every layer) */
+    struct be_attn_seq *aseq; /* [T] plain addressing: attention views */
+    /* frames made by a subsampler */
+    int32_t *src;          /* [T] row in the parent frame */
+    float *w;              /* [T] w_t = clamp(s_t, 0, 1) of each kept row */
+    float *xp;             /* host [T][dim]: the parent's residual rows at the '(' */
+};
+
+/* K/V addressing of one layer for the rows of the current frame. */
+struct eng_kv_view {
+    struct be_kv_layer *kv;         /* cache view the slots and tables refer to */
+    const int32_t *slots;           /* [n] */
+    const struct be_attn_seq *aseq; /* [n_seqs] */
+    int32_t n, n_seqs;
+};
+
+/* One step of a structure string other than T. */
+enum { ENG_SUB_DOWN = 1, ENG_SUB_UP = 2 };
+struct eng_sub_step {
+    int op;                /* ENG_SUB_DOWN '(' or ENG_SUB_UP ')' */
+    int sub;               /* subsampler index i (the i-th '(' and its matching ')') */
+};
+
+struct eng_subllm {
+    int n_sub;             /* subsamplers ('(' count); 0 for dense models */
+    int max_depth;         /* deepest bracket nesting */
+    char *structure;       /* the structure string (NUL-terminated), NULL for dense */
+    float *score;          /* host [n_sub][dim]  sub.{i}.score.weight */
+    float *bypass;         /* host [n_sub][dim]  sub.{i}.bypass.weight */
+    int parent_level[ENG_MAX_LEVELS]; /* level k > 0: level of the rows its subsampler scores */
+    int *layer_level;      /* [n_layers] from the string (copied into eng_layer.level) */
+    struct eng_sub_step *steps; /* [n_sub*2] in string order */
+    int32_t *step0;        /* [n_layers + 2]: steps [step0[l], step0[l+1]) run before layer l
+                            * (l == n_layers: after the last layer) */
+    /* forward state */
+    struct eng_frame *frames; /* [max_depth + 1]; frames[0] is the whole batch */
+    int depth;             /* current frame: frames[depth] */
+    float *stage;          /* host [T][dim] gather/scatter staging */
+    int32_t *ptab;         /* host [ptab_cap]: plain block tables as relative units (page*n_layers) */
+    int32_t ptab_cap;
+    int32_t *ptab_off;     /* [T] offset of each batch sequence's table in ptab */
+    int32_t *vslots[2];    /* [T] per-layer addressing: slots of a layer (view buffers 0, 1) */
+    struct be_attn_seq *vaseq[2]; /* [T] */
+    int per_layer;         /* the running batch uses per-layer addressing */
+    const struct eng_batch *batch; /* the running batch (valid during eng_forward) */
 };
 
 struct eng_model {
@@ -78,16 +164,51 @@ struct eng_model {
                                  * (rope_freqs.weight, llama3-style scaling); NULL if absent */
     struct eng_layer *layers;   /* [n_layers] */
 
-    /* KV page pool: per layer, k and v of n_pages*BE_PAGE_SLOTS*kv_dim elements,
-     * so a page id addresses the same page in every layer. */
+    /* KV unit pool (see "KV units" above): n_pages * n_layers units */
     int32_t n_pages;
+    int32_t n_units;
+    void *kv_k, *kv_v;        /* backend memory, [n_units][16][kv_dim] of kv_type */
+    struct be_kv_layer kv_pool; /* view at the pool base (per-layer addressing) */
+    int n_levels;             /* 1 + subsamplers */
     int kv_type;              /* BE_F16 or BE_F32 */
     int n_ctx;
     int max_batch_tokens;     /* T */
     size_t weight_bytes;      /* matrix bytes read per decoded token */
 
     struct eng_scratch s;
+    struct eng_subllm sub;    /* structure and frames (every model has frame 0) */
+    struct eng_lp *lp;        /* layer parallelism (forward_lp.c), NULL = off */
 };
+
+/* model.c: a 1-D tensor [n] checked and converted to fp32 into host memory
+ * out (SS_EBADMODEL with a message naming it when absent or mis-shaped). */
+int eng_host_vector(struct eng_model *m, const char *name, int64_t n, float *out, char *err,
+                    size_t err_len);
+
+/* subllm.c. Load: eng_subllm_parse after the hyper-parameters (reads
+ * subllm.structure, sets layer levels; dense models: one level),
+ * eng_subllm_bind after the tensors, eng_frames_alloc after the options;
+ * eng_subllm_free releases everything (safe on a partly loaded model). */
+int eng_subllm_parse(struct eng_model *m, char *err, size_t err_len);
+int eng_subllm_bind(struct eng_model *m, char *err, size_t err_len);
+int eng_frames_alloc(struct eng_model *m, char *err, size_t err_len);
+void eng_subllm_free(struct eng_model *m);
+
+/* Forward (subllm.c), engine thread, after the batch was validated:
+ * eng_frames_begin makes frame 0 of the batch (and, for plain addressing, the
+ * block tables); eng_sub_steps runs the '(' / ')' steps placed before layer il
+ * (il == n_layers: the ones after the last layer), moving rows between frames
+ * and the residual stream m->s.x, and writes level_kept. */
+void eng_frames_begin(struct eng_model *m, const struct eng_batch *b);
+void eng_sub_steps(struct eng_model *m, const struct eng_batch *b, int il);
+static inline struct eng_frame *eng_frame_cur(struct eng_model *m) {
+    return &m->sub.frames[m->sub.depth];
+}
+/* The K/V addressing of layer il for the current frame's rows. With plain
+ * addressing it is the frame's own (layer independent) view; with per-layer
+ * addressing it is built into view buffer `buf` (0 or 1: two layers may be
+ * viewed at once, e.g. by layer parallelism's two branches). */
+void eng_layer_view(struct eng_model *m, int il, int buf, struct eng_kv_view *v);
 
 /* Convenience dimensions. */
 static inline int eng_qdim(const struct eng_config *c) { return c->n_heads * c->head_dim; }

@@ -63,6 +63,7 @@ struct serve_opts {
     int port, threads, ctx;
     size_t kv_bytes;
     const char *chat_template;  /* --chat-template: family name, file or template text */
+    const char *layer_parallel; /* --layer-parallel START:END or off (eng_lp_parse_flag) */
 };
 
 struct opt {
@@ -106,6 +107,9 @@ static const struct opt serve_flags[] = {
     {"chat-template", OPT_STR, 0, 0, OFF(chat_template),
      "chat template: chatml, llama3, llama2, mistral, gemma, or a file holding a Jinja "
      "template of one of those families (default: the model's tokenizer.chat_template)"},
+    {"layer-parallel", OPT_STR, 0, 0, OFF(layer_parallel),
+     "START:END runs layers [START, END) as pairs (layer parallelism), or off "
+     "(default: the model file's lp.range key, else off)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -406,6 +410,13 @@ static int cmd_serve(int argc, char **argv) {
     o.eng.n_ctx = o.ctx;
     o.eng.kv_bytes = o.kv_bytes;
     o.eng.max_batch_tokens = o.srv.max_batched_tokens;
+    if (o.layer_parallel) {
+        char lperr[200];
+        if (eng_lp_parse_flag(o.layer_parallel, &o.eng, lperr, sizeof lperr) < 0) {
+            fprintf(stderr, "slimserve serve: --layer-parallel: %s\n", lperr);
+            return 2;
+        }
+    }
 
     char *name_buf = NULL;
     if (!o.srv.served_name || !*o.srv.served_name) {
@@ -430,8 +441,12 @@ static int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "slimserve: cannot load model '%s': %s\n", o.srv.model_path,
                 err[0] ? err : ss_strerror(rc));
         free(name_buf);
-        return 1;
+        /* a --layer-parallel range the model cannot take is a usage error */
+        return rc == SS_EINVAL && o.eng.lp_mode == ENG_LP_RANGE && strstr(err, "layer parallelism") ? 2 : 1;
     }
+    int lp_s, lp_e;
+    if (eng_model_layer_parallel(m, &lp_s, &lp_e))
+        srv_log(SRV_LOG_INFO, "layer parallelism: layers %d..%d run as %d pairs", lp_s, lp_e - 1, (lp_e - lp_s) / 2);
     const struct eng_config *cfg = eng_model_config(m);
     srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",
             o.srv.served_name, cfg->arch_name, cfg->n_layers, cfg->dim, cfg->n_vocab,

@@ -1,4 +1,4 @@
-/* genmodel.c - deterministic synthetic llama/qwen2/gemma3 GGUF models (see genmodel.h
+/* genmodel.c - deterministic synthetic llama/qwen2/gemma3/subllm GGUF models (see genmodel.h
  * for the exact file contents) and the `slimserve gen-model` command.
  *
  * Tensors are registered with the GGUF writer as generator callbacks, so even
@@ -39,6 +39,8 @@ void genmodel_opts_default(struct genmodel_opts *o) {
     o->tied = 0;
     o->rope_theta = 10000.0f;
     o->norm_eps = 1e-5f;
+    o->keep = 0.5f;
+    o->keep_noise = 0.1f;
 }
 
 struct gm_preset {
@@ -86,12 +88,74 @@ static uint32_t wtype_ftype(int t) {
     return t == BE_F16 ? 1 : t == BE_Q8_0 ? 7 : t == BE_BF16 ? 32 : 0;
 }
 
-/* Architecture of the options: 0 llama, 1 qwen2, 2 gemma3, -1 unknown. */
-enum { GM_LLAMA, GM_QWEN2, GM_GEMMA3 };
+/* Architecture of the options: 0 llama, 1 qwen2, 2 gemma3, 3 subllm, -1 unknown. */
+enum { GM_LLAMA, GM_QWEN2, GM_GEMMA3, GM_SUBLLM };
 static int gm_arch(const struct genmodel_opts *o) {
     if (!o->arch) return -1;
     return strcmp(o->arch, "llama") == 0 ? GM_LLAMA : strcmp(o->arch, "qwen2") == 0 ? GM_QWEN2
-           : strcmp(o->arch, "gemma3") == 0 ? GM_GEMMA3 : -1;
+           : strcmp(o->arch, "gemma3") == 0 ? GM_GEMMA3 : strcmp(o->arch, "subllm") == 0 ? GM_SUBLLM : -1;
+}
+
+#define GM_MAX_SUB 7          /* subsamplers the engine accepts (ENG_MAX_LEVELS - 1) */
+#define GM_MAX_STRUCTURE 4096
+
+/* The subllm structure string of the options into buf (cap bytes): opts.structure,
+ * or the default for n_layers. Returns its subsampler count, or -1 with *why
+ * set when it is malformed or does not match n_layers. */
+static int gm_structure(const struct genmodel_opts *o, char *buf, size_t cap, const char **why) {
+    const char *st = o->structure;
+    if (!st) {
+        int n = o->n_layers, k = n / 4 > 1 ? n / 4 : 1;
+        if (n < 3 || (size_t)n + 3 > cap) {
+            *why = "the default subllm structure needs 3 or more layers (or give --structure)";
+            return -1;
+        }
+        size_t j = 0;
+        for (int i = 0; i < n; i++) {
+            if (i == k) buf[j++] = '(';
+            buf[j++] = 'T';
+            if (i == n - k - 1) buf[j++] = ')';
+        }
+        buf[j] = 0;
+        st = buf;
+    } else if (strlen(st) + 1 > cap) {
+        *why = "structure string too long";
+        return -1;
+    } else {
+        memcpy(buf, st, strlen(st) + 1);
+    }
+    int depth = 0, n_sub = 0, n_t = 0, own[GM_MAX_SUB + 1] = {0}, stack[GM_MAX_SUB];
+    for (const char *p = buf; *p; p++) {
+        int level = depth ? stack[depth - 1] + 1 : 0;
+        if (*p == 'T') {
+            n_t++;
+            own[level]++;
+        } else if (*p == '(') {
+            if (n_sub == GM_MAX_SUB) {
+                *why = "structure has more than 7 subsamplers";
+                return -1;
+            }
+            stack[depth++] = n_sub++;
+        } else if (*p == ')') {
+            if (!depth || !own[stack[depth - 1] + 1]) {
+                *why = "structure has an unmatched ')' or a bracket without a block of its own";
+                return -1;
+            }
+            depth--;
+        } else {
+            *why = "structure may hold only T, ( and )";
+            return -1;
+        }
+    }
+    if (depth) {
+        *why = "structure has an unclosed '('";
+        return -1;
+    }
+    if (n_t != o->n_layers) {
+        *why = "structure's T count differs from the layer count";
+        return -1;
+    }
+    return n_sub;
 }
 
 /* Head dimension: opts.head_dim, or dim / n_heads when 0. */
@@ -102,8 +166,9 @@ static int gm_head_dim(const struct genmodel_opts *o) {
 static int opts_check(const struct genmodel_opts *o, char *err, size_t err_len) {
     const char *why = NULL;
     int hd = gm_head_dim(o);
+    char st[GM_MAX_STRUCTURE];
     if (gm_arch(o) < 0)
-        why = "unsupported architecture (llama, qwen2 or gemma3)";
+        why = "unsupported architecture (llama, qwen2, gemma3 or subllm)";
     else if (!o->tokenizer || (strcmp(o->tokenizer, "spm") != 0 && strcmp(o->tokenizer, "bpe") != 0))
         why = "tokenizer must be \"spm\" or \"bpe\"";
     else if (o->dim <= 0 || o->dim > 65536 || o->n_layers <= 0 || o->n_layers > 1024 || o->n_heads <= 0 ||
@@ -129,6 +194,17 @@ static int opts_check(const struct genmodel_opts *o, char *err, size_t err_len) 
         why = "q8_0 needs dim, ffn, q and kv widths to be multiples of 32";
     else if (!(o->rope_theta > 0.0f) || !(o->norm_eps > 0.0f))
         why = "rope_theta and norm_eps must be positive";
+    else if (gm_arch(o) != GM_SUBLLM && o->structure)
+        why = "a structure string needs arch subllm";
+    else if (gm_arch(o) == GM_SUBLLM) {
+        int n_sub = gm_structure(o, st, sizeof st, &why);
+        if (n_sub >= 0 && !(o->keep >= 0.0f && o->keep <= 1.0f))
+            why = "keep must be in [0, 1]";
+        else if (n_sub >= 0 && !(o->keep_noise >= 0.0f && o->keep_noise <= 1e6f))
+            why = "keep noise must be >= 0";
+        else if (n_sub >= 0 && o->dim < 4 * (n_sub + 1))
+            why = "subllm needs dim >= 4 * (subsamplers + 1) (reserved channels)";
+    }
     if (why) {
         snprintf(err, err_len, "gen-model: %s", why);
         return SS_EINVAL;
@@ -147,7 +223,13 @@ int64_t genmodel_n_params(const struct genmodel_opts *o) {
         layer += q + 2 * kv; /* q/k/v biases */
     if (gm_arch(o) == GM_GEMMA3)
         layer += 2 * hd + 2 * d; /* q/k norms, post-attention and post-FFN norms */
-    return v * d * (o->tied ? 1 : 2) + d + layer * o->n_layers;
+    int64_t extra = 0;
+    if (gm_arch(o) == GM_SUBLLM) {
+        char st[GM_MAX_STRUCTURE];
+        const char *why;
+        extra = 2 * d * gm_structure(o, st, sizeof st, &why); /* score + bypass vectors */
+    }
+    return v * d * (o->tied ? 1 : 2) + d + layer * o->n_layers + extra;
 }
 
 /* ---------------------------------------------------------------- numbers */
@@ -240,6 +322,13 @@ struct gm_tensor {
     uint64_t seed;
     float center; /* 0 for matrices and biases, 1 for norms */
     float scale;  /* value = center + k * scale, k uniform in [-2^23, 2^23) */
+    /* subllm extras (0 = none) */
+    int64_t zero_from;  /* rows >= zero_from are zero (0: none) */
+    int n_res;          /* reserved channels A = ne0-1, B_i = ne0-2-i (token_embd, scores) */
+    float res_r;        /* token_embd: their amplitude r */
+    uint64_t res_seed;  /* token_embd: u_i(token) stream seed */
+    int score_sub;      /* 1 + i for the score vector of subsampler i, else 0 */
+    float score_a, score_b; /* its weights on B_i and on A (alpha/r, beta/r) */
 };
 
 static uint64_t name_seed(uint64_t seed, const char *name) {
@@ -250,6 +339,27 @@ static uint64_t name_seed(uint64_t seed, const char *name) {
     }
     uint64_t s = seed ^ h;
     return splitmix64(&s);
+}
+
+/* u_i(token) uniform in [-1, 1): 24 bits of splitmix64 seeded by (seed, token, i). */
+static float gm_keep_u(uint64_t seed, int64_t token, int i) {
+    uint64_t s = seed ^ ((uint64_t)token * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)(i + 1) << 56);
+    int32_t k = (int32_t)(splitmix64(&s) >> 40) - (1 << 23);
+    return (float)k / 8388608.0f;
+}
+
+/* The subllm rewrites of generated row r (see genmodel.h). */
+static void gm_subllm_row(const struct gm_tensor *t, int64_t r, float *row) {
+    if (t->zero_from > 0 && r >= t->zero_from)
+        for (int64_t i = 0; i < t->ne0; i++) row[i] = 0.0f;
+    if (t->score_sub > 0) { /* score vector: only A, B_i and the noise channels */
+        for (int i = 1; i < t->n_res; i++) row[t->ne0 - 1 - i] = 0.0f;
+        row[t->ne0 - 1] = t->score_b;
+        row[t->ne0 - 1 - t->score_sub] = t->score_a;
+    } else if (t->n_res > 0) { /* token embedding row r = token r */
+        row[t->ne0 - 1] = t->res_r;
+        for (int i = 1; i < t->n_res; i++) row[t->ne0 - 1 - i] = t->res_r * gm_keep_u(t->res_seed, r, i - 1);
+    }
 }
 
 static int gm_fill(void *ctx, void *dst, size_t nbytes) {
@@ -266,6 +376,8 @@ static int gm_fill(void *ctx, void *dst, size_t nbytes) {
             float v = (float)k * t->scale;
             row[i] = t->center + v;
         }
+        if (t->zero_from > 0 || t->n_res > 0 || t->score_sub > 0)
+            gm_subllm_row(t, r, row);
         uint8_t *o = out + (size_t)r * rb;
         if (t->type == BE_F32) {
             memcpy(o, row, rb);
@@ -294,7 +406,8 @@ struct gm_build {
 
 static const float SQRT3_OVER_2P23 = 1.7320508f / 8388608.0f;
 
-static void add_matrix(struct gm_build *b, const char *name, int type, int64_t ne0, int64_t ne1, float gain) {
+static struct gm_tensor *add_matrix(struct gm_build *b, const char *name, int type, int64_t ne0, int64_t ne1,
+                                    float gain) {
     struct gm_tensor *t = &b->t[b->n_t++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->type = type;
@@ -305,6 +418,7 @@ static void add_matrix(struct gm_build *b, const char *name, int type, int64_t n
     t->scale = gain / sqrtf((float)ne0) * SQRT3_OVER_2P23; /* std = gain/sqrt(fan_in) */
     int64_t ne[2] = {ne0, ne1};
     gguf_w_tensor_gen(b->w, t->name, type, ne1 > 1 ? 2 : 1, ne, gm_fill, t);
+    return t; /* the callback runs at the save: fields may still be adjusted */
 }
 
 static void add_norm(struct gm_build *b, const char *name, int64_t dim) {
@@ -332,13 +446,22 @@ static void add_bias(struct gm_build *b, const char *name, int64_t n) {
     gguf_w_tensor_gen(b->w, t->name, BE_F32, 1, &t->ne0, gm_fill, t);
 }
 
+/* subllm: the amplitude r of the reserved embedding channels (genmodel.h). */
+static float gm_res_r(int64_t d) { return 1.7320508f * 2.0f / sqrtf((float)d); }
+
 /* llama layout, plus q/k/v biases (qwen2) or q/k and post-sub-layer norms
- * (gemma3) after each layer's llama tensors. */
-static void add_llama_tensors(struct gm_build *b, const struct genmodel_opts *o) {
+ * (gemma3) after each layer's llama tensors; subllm (n_sub >= 0): reserved
+ * embedding channels and zero output rows for them (genmodel.h). */
+static void add_llama_tensors(struct gm_build *b, const struct genmodel_opts *o, int n_sub) {
     int64_t d = o->dim, hd = gm_head_dim(o), q = hd * o->n_heads, kv = hd * o->n_kv_heads, f = o->ffn_dim;
-    int wt = o->wtype;
+    int wt = o->wtype, n_res = n_sub >= 0 ? n_sub + 1 : 0;
     float emb = 2.0f; /* std 2/sqrt(dim): logits with std ~2 */
-    add_matrix(b, "token_embd.weight", wt, d, o->n_vocab, emb);
+    struct gm_tensor *te = add_matrix(b, "token_embd.weight", wt, d, o->n_vocab, emb);
+    if (n_res) {
+        te->n_res = n_res;
+        te->res_r = gm_res_r(d);
+        te->res_seed = name_seed(b->seed, "subllm.keep");
+    }
     add_norm(b, "output_norm.weight", d);
     if (!o->tied)
         add_matrix(b, "output.weight", wt, d, o->n_vocab, emb);
@@ -349,11 +472,13 @@ static void add_llama_tensors(struct gm_build *b, const struct genmodel_opts *o)
         add_matrix(b, GM_NAME("attn_q"), wt, d, q, 1.0f);
         add_matrix(b, GM_NAME("attn_k"), wt, d, kv, 1.0f);
         add_matrix(b, GM_NAME("attn_v"), wt, d, kv, 1.0f);
-        add_matrix(b, GM_NAME("attn_output"), wt, q, d, 0.5f);
+        if (n_res) add_matrix(b, GM_NAME("attn_output"), wt, q, d, 0.5f)->zero_from = d - n_res;
+        else add_matrix(b, GM_NAME("attn_output"), wt, q, d, 0.5f);
         add_norm(b, GM_NAME("ffn_norm"), d);
         add_matrix(b, GM_NAME("ffn_gate"), wt, d, f, 1.0f);
         add_matrix(b, GM_NAME("ffn_up"), wt, d, f, 1.0f);
-        add_matrix(b, GM_NAME("ffn_down"), wt, f, d, 0.5f);
+        if (n_res) add_matrix(b, GM_NAME("ffn_down"), wt, f, d, 0.5f)->zero_from = d - n_res;
+        else add_matrix(b, GM_NAME("ffn_down"), wt, f, d, 0.5f);
         if (gm_arch(o) == GM_QWEN2) {
             snprintf(n, sizeof n, "blk.%d.attn_q.bias", l);
             add_bias(b, n, q);
@@ -368,6 +493,40 @@ static void add_llama_tensors(struct gm_build *b, const struct genmodel_opts *o)
             add_norm(b, GM_NAME("post_ffw_norm"), d);
         }
 #undef GM_NAME
+    }
+}
+
+/* subllm: sub.{i}.score.weight and sub.{i}.bypass.weight (F32 [dim]). */
+static void add_sub_tensors(struct gm_build *b, const struct genmodel_opts *o, int n_sub) {
+    const int64_t d = o->dim;
+    const float alpha = 2.0f, r = gm_res_r(d);
+    float beta = alpha * (2.0f * o->keep - 1.0f);
+    int exact = o->keep == 0.0f || o->keep == 1.0f;
+    if (o->keep == 0.0f) beta -= 0.05f;
+    if (o->keep == 1.0f) beta += 0.05f;
+    for (int i = 0; i < n_sub; i++) {
+        struct gm_tensor *t = &b->t[b->n_t++];
+        snprintf(t->name, sizeof t->name, "sub.%d.score.weight", i);
+        t->type = BE_F32;
+        t->ne0 = d;
+        t->rows = 1;
+        t->seed = name_seed(b->seed, t->name);
+        t->scale = exact ? 0.0f : o->keep_noise * 0.5f * SQRT3_OVER_2P23; /* std keep_noise / 2 */
+        t->n_res = n_sub + 1;
+        t->score_sub = i + 1;
+        t->score_a = alpha / r;
+        t->score_b = beta / r;
+        gguf_w_tensor_gen(b->w, t->name, BE_F32, 1, &t->ne0, gm_fill, t);
+
+        t = &b->t[b->n_t++];
+        snprintf(t->name, sizeof t->name, "sub.%d.bypass.weight", i);
+        t->type = BE_F32;
+        t->ne0 = d;
+        t->rows = 1;
+        t->seed = name_seed(b->seed, t->name);
+        t->center = 0.75f;
+        t->scale = 0.25f / 8388608.0f; /* uniform in [0.5, 1.0) */
+        gguf_w_tensor_gen(b->w, t->name, BE_F32, 1, &t->ne0, gm_fill, t);
     }
 }
 
@@ -427,9 +586,12 @@ static int write_model(const struct genmodel_opts *o, const char *path, int64_t 
     if (rc)
         return rc;
     *n_learned = v.n_learned;
+    char st[GM_MAX_STRUCTURE];
+    const char *why = NULL;
+    int n_sub = gm_arch(o) == GM_SUBLLM ? gm_structure(o, st, sizeof st, &why) : -1; /* checked */
     struct gm_build b = {0};
     b.w = gguf_writer_new();
-    b.t = calloc((size_t)o->n_layers * 13 + 3, sizeof *b.t);
+    b.t = calloc((size_t)o->n_layers * 13 + 3 + 2 * (size_t)(n_sub > 0 ? n_sub : 0), sizeof *b.t);
     b.seed = o->seed;
     if (!b.w || !b.t) {
         snprintf(err, err_len, "gen-model: out of memory");
@@ -439,8 +601,12 @@ static int write_model(const struct genmodel_opts *o, const char *path, int64_t 
         gguf_w_str(b.w, "general.name", o->name ? o->name : "genmodel");
         gguf_w_u32(b.w, "general.file_type", wtype_ftype(o->wtype));
         add_llama_keys(b.w, o, o->arch);
+        if (n_sub >= 0)
+            gguf_w_str(b.w, "subllm.structure", st);
         add_tokenizer_keys(b.w, &v, spm);
-        add_llama_tensors(&b, o);
+        add_llama_tensors(&b, o, n_sub);
+        if (n_sub > 0)
+            add_sub_tensors(&b, o, n_sub);
         rc = gguf_writer_save(b.w, path, err, err_len);
     }
     gguf_writer_free(b.w);
@@ -478,8 +644,13 @@ static void usage(FILE *fp) {
             "  --seed N              PRNG seed (default 1)\n"
             "  --tied                no output.weight (share token_embd)\n"
             "  --rope-theta X --norm-eps X --name NAME\n"
-            "  --arch llama|qwen2|gemma3  qwen2 adds q/k/v biases; gemma3 adds q/k norms\n"
-            "                        and post-attention/post-FFN norms\n"
+            "  --arch llama|qwen2|gemma3|subllm  qwen2 adds q/k/v biases; gemma3 adds q/k\n"
+            "                        norms and post-attention/post-FFN norms\n"
+            "  --structure S         subllm: blocks and brackets, e.g. 'TT(TT(T)TT)TT' (sets\n"
+            "                        --layers to its T count; default T*k ( T.. ) T*k)\n"
+            "  --keep FRAC           subllm: fraction kept at each subsampler (default 0.5;\n"
+            "                        0 and 1 are exact)\n"
+            "  --keep-noise X        subllm: context-dependent part of the score (default 0.1)\n"
             "  --head-dim N          head dim independent of dim/heads (default dim/heads)\n"
             "  --swa-window N --swa-pattern N --rope-theta-swa X   gemma3 sliding window\n"
             "  --logit-softcap X     gemma3 final logit soft-capping\n"
@@ -550,6 +721,19 @@ static int apply_flag(struct genmodel_opts *o, const char *flag, const char *val
           : strcmp(flag, "--logit-softcap") == 0 ? &o->logit_softcap
           : flag[2] == 'r'                       ? &o->rope_theta
                                                  : &o->norm_eps) = x;
+    } else if (strcmp(flag, "--structure") == 0) {
+        int n_t = 0;
+        for (const char *p = val; *p; p++)
+            n_t += *p == 'T';
+        o->structure = val;
+        if (n_t > 0)
+            o->n_layers = n_t; /* a later --layers that disagrees is reported by the check */
+    } else if (strcmp(flag, "--keep") == 0 || strcmp(flag, "--keep-noise") == 0) {
+        char *end;
+        float x = strtof(val, &end);
+        if (end == val || *end || !(x >= 0.0f) || x > 1e6f)
+            return -1;
+        *(flag[6] == 0 ? &o->keep : &o->keep_noise) = x;
     } else if (strcmp(flag, "--size") == 0) {
         return 0; /* applied before the other flags */
     } else {
@@ -619,9 +803,16 @@ int tool_genmodel_main(int argc, char **argv) {
     long long bytes = stat(out, &st) == 0 ? (long long)st.st_size : -1;
     int64_t np = genmodel_n_params(&o);
     printf("gen-model: wrote %s: %s, %.3fM parameters, %lld bytes (%.1f MiB), %s vocab %d (%lld merges), "
-           "dim %d, layers %d, heads %d/%d, ffn %d, ctx %d, %s%s, seed %llu\n",
+           "dim %d, layers %d, heads %d/%d, ffn %d, ctx %d, %s%s, seed %llu",
            out, o.arch, (double)np / 1e6, bytes, (double)bytes / 1048576.0, o.tokenizer, o.n_vocab,
            (long long)learned, o.dim, o.n_layers, o.n_heads, o.n_kv_heads, o.ffn_dim, o.n_ctx,
            wtype_name(o.wtype), o.tied ? ", tied" : "", (unsigned long long)o.seed);
+    if (gm_arch(&o) == GM_SUBLLM) {
+        char st[GM_MAX_STRUCTURE];
+        const char *why;
+        gm_structure(&o, st, sizeof st, &why);
+        printf(", structure %s, keep %g, keep noise %g", st, (double)o.keep, (double)o.keep_noise);
+    }
+    printf("\n");
     return 0;
 }

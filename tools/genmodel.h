@@ -1,5 +1,5 @@
-/* genmodel.h - deterministic synthetic model generator (GGUF v3; llama, qwen2
- * and gemma3 layouts).
+/* genmodel.h - deterministic synthetic model generator (GGUF v3; llama, qwen2,
+ * gemma3 and subllm layouts).
  *
  * Writes a small random-weight model with a real, trained tokenizer so every
  * part of the server can be tested without downloading anything. The same
@@ -36,6 +36,30 @@
  *   gemma3.final_logit_softcapping (f32) when the options set them. hd = opts.head_dim, or dim/n_heads when 0;
  *   rope.dimension_count = hd. Norm weights are stored as llama.cpp's converter
  *   stores Gemma's (already 1 + w), so readers multiply by them directly.
+ *
+ * subllm (DESIGN.md section 4): the llama keys under "subllm.*", plus
+ *   subllm.structure (string; opts.structure, or when NULL "T"*k "(" "T"*(n-2k)
+ *   ")" "T"*k with k = max(1, n_layers/4), which needs n_layers >= 3; the
+ *   number of T must equal n_layers), the llama tensors, and per subsampler i
+ *   (the i-th '(') sub.{i}.score.weight [dim] and sub.{i}.bypass.weight [dim]
+ *   (F32). Keep control ("bias along a direction of the residual with a
+ *   consistent mean"): R = 1 + n_sub channels are reserved at the top of the
+ *   residual stream, A = dim-1 and B_i = dim-2-i. Every token embedding has
+ *   x[A] = r and x[B_i] = r * u_i(token), r = sqrt(3) * 2 / sqrt(dim) (the
+ *   amplitude of the other embedding channels), u_i(token) uniform in [-1, 1)
+ *   from splitmix64 seeded by (seed, token, i); the rows of attn_output and
+ *   ffn_down writing channels A and B_* are zero in every layer, so these
+ *   channels reach every subsampler unchanged (up to the bypass's rounding).
+ *   The score of subsampler i is
+ *       s = (alpha/r) x[B_i] + (beta/r) x[A] + sum_{c not reserved} g_c x[c]
+ *         = alpha * (u_i + 2*keep - 1) + noise,        alpha = 2
+ *   (beta = alpha * (2*keep - 1)), so with no noise a token is kept iff
+ *   u_i > 1 - 2*keep: a fraction `keep` at each subsampler, independently.
+ *   g_c is uniform with std keep_noise / 2 (noise std ~ keep_noise at the
+ *   embedding, growing with the residual deeper in), which makes the decision
+ *   depend on context too. keep 0 and keep 1 are exact: no noise, and beta
+ *   moves by 0.05 more so that s <= -0.05 (nothing kept) or s >= 0.05 (all).
+ *   Bypass weights are uniform in [0.5, 1.0).
  *
  * Weights: uniform noise from splitmix64 seeded by (seed, tensor name), so a
  * tensor does not depend on the others. Standard deviations: token_embd and
@@ -83,7 +107,7 @@
 #include <stdint.h>
 
 struct genmodel_opts {
-    const char *arch;      /* "llama", "qwen2" or "gemma3" */
+    const char *arch;      /* "llama", "qwen2", "gemma3" or "subllm" */
     const char *tokenizer; /* "spm" or "bpe" */
     const char *name;      /* general.name; NULL = "genmodel" */
     int dim;
@@ -105,6 +129,10 @@ struct genmodel_opts {
                             * (readers then use 6: every sixth layer global) */
     float rope_theta_swa;  /* gemma3 only: rope.freq_base_swa; 0 = key absent (10000) */
     float logit_softcap;   /* gemma3 only: final_logit_softcapping; 0 = key absent */
+    /* subllm only (see above); genmodel_opts_default sets keep 0.5, keep_noise 0.1 */
+    const char *structure; /* NULL: the default string for n_layers */
+    float keep;            /* fraction of tokens each subsampler keeps, in [0, 1] */
+    float keep_noise;      /* std of the context-dependent part of the score (>= 0) */
 };
 
 /* Tiny default: llama, spm, dim 64, 2 layers, 4 heads, 2 kv heads, ffn 192,

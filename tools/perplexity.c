@@ -13,6 +13,9 @@
  *               (Cs <= C: scored chunks carry logits, so the logits budget
  *               may make them shorter)
  *   window slot w writes its K/V into pages [w*P, (w+1)*P)
+ *   SUBLLM models: each slot tracks its KV entries per level (level_n_past),
+ *   advanced by what each forward reports kept (level_kept); deeper levels
+ *   use the first pages of the same table
  *
  * Ownership: everything ppl_run allocates is freed before it returns.
  */
@@ -176,6 +179,8 @@ struct ppl_eval {
     int32_t *in;          /* [B*C] batch tokens */
     struct eng_seq *seqs; /* [B] */
     int32_t *pages;       /* [B*P]: pages[i] = i */
+    int32_t (*lnp)[ENG_MAX_LEVELS];  /* [B] KV entries cached per level (SUBLLM) */
+    int32_t (*kept)[ENG_MAX_LEVELS]; /* [B] tokens kept per level by the last forward */
     float *logits;        /* [B*Cs][V] */
     double *row_nll;      /* [B*Cs] */
 };
@@ -257,15 +262,21 @@ static int eval_chunk(struct ppl_eval *e, int w0, int nw, int a, int len, int sc
             int p = a + j;
             e->in[w * len + j] = (p == 0 && e->bos >= 0) ? e->bos : src[p];
         }
+        if (a == 0) memset(e->lnp[w], 0, sizeof e->lnp[w]);
         e->seqs[w] = (struct eng_seq){.tok0 = w * len, .n_tok = len, .n_past = a,
                                       .pages = e->pages + (size_t)w * e->P, .n_pages = e->P,
-                                      .want_logits = scored, .all_logits = scored};
+                                      .want_logits = scored, .all_logits = scored,
+                                      .level_kept = e->kept[w]};
+        e->lnp[w][0] = a;
+        memcpy(e->seqs[w].level_n_past, e->lnp[w], sizeof e->lnp[w]);
     }
     struct eng_batch b = {.tokens = e->in, .n_tokens = nw * len, .seqs = e->seqs, .n_seqs = nw};
     int rc = eng_forward(e->m, &b, scored ? e->logits : NULL);
     if (rc < 0)
         return fail(err, err_len, SS_EINTERNAL, "forward failed at window %d, positions %d..%d: %s", w0,
                     a, a + len - 1, ss_strerror(rc));
+    for (int w = 0; w < nw; w++)
+        for (int k = 1; k < eng_model_n_levels(e->m); k++) e->lnp[w][k] += e->kept[w][k];
     if (!scored) return 0;
     const int rows = nw * len, V = e->V;
 #pragma omp parallel for schedule(static) num_threads(e->n_threads)
@@ -303,9 +314,11 @@ static int run_windows(const struct ppl_opts *o, struct ppl_eval *e, int n_windo
     e->in = malloc((size_t)e->B * e->C * sizeof *e->in);
     e->seqs = malloc((size_t)e->B * sizeof *e->seqs);
     e->pages = malloc((size_t)e->B * e->P * sizeof *e->pages);
+    e->lnp = calloc((size_t)e->B, sizeof *e->lnp);
+    e->kept = calloc((size_t)e->B, sizeof *e->kept);
     e->logits = malloc(rows * (size_t)e->V * sizeof *e->logits);
     e->row_nll = malloc(rows * sizeof *e->row_nll);
-    if (!e->in || !e->seqs || !e->pages || !e->logits || !e->row_nll)
+    if (!e->in || !e->seqs || !e->pages || !e->lnp || !e->kept || !e->logits || !e->row_nll)
         return fail(err, err_len, SS_ENOMEM, "out of memory for %zu rows of %d logits", rows, e->V);
     for (int i = 0; i < e->B * e->P; i++) e->pages[i] = i;
 
@@ -403,6 +416,8 @@ int ppl_run(const struct ppl_opts *o, struct ppl_result *res, char *err, size_t 
     free(e.in);
     free(e.seqs);
     free(e.pages);
+    free(e.lnp);
+    free(e.kept);
     free(e.logits);
     free(e.row_nll);
     eng_model_free(e.m);
@@ -429,6 +444,8 @@ static void usage(FILE *f) {
             "  --max-windows K    evaluate only the first K windows (default all)\n"
             "  --backend NAME     cpu (default) or cuda\n"
             "  --kv-type TYPE     f16 (default) or f32\n"
+            "  --layer-parallel S:E  run layers [S, E) as pairs (layer parallelism), or off;\n"
+            "                     default: the model file's lp.range key, else off\n"
             "  --json             print one JSON object instead of the text line\n"
             "  --quiet            no running estimates on stderr\n");
 }
@@ -466,6 +483,12 @@ static int apply_flag(struct ppl_opts *o, const char *flag, const char *val) {
         if (!strcmp(val, "f16")) o->eng.kv_type = ENG_KV_F16;
         else if (!strcmp(val, "f32")) o->eng.kv_type = ENG_KV_F32;
         else return -1;
+    } else if (!strcmp(flag, "layer-parallel")) {
+        char e[200];
+        if (eng_lp_parse_flag(val, &o->eng, e, sizeof e) < 0) {
+            fprintf(stderr, "perplexity: %s\n", e);
+            return -1;
+        }
     } else return -2;
     return 0;
 }
@@ -533,7 +556,8 @@ int tool_perplexity_main(int argc, char **argv) {
     int rc = ppl_run(&o, &r, err, sizeof err);
     if (rc < 0) {
         fprintf(stderr, "perplexity: %s\n", err[0] ? err : ss_strerror(rc));
-        return 1;
+        /* a --layer-parallel range the model cannot take is a usage error */
+        return rc == SS_EINVAL && o.eng.lp_mode == ENG_LP_RANGE && strstr(err, "layer parallelism") ? 2 : 1;
     }
     if (json)
         printf("{\"perplexity\":%.17g,\"nll_mean\":%.17g,\"tokens\":%lld,\"ctx\":%d,\"windows\":%d,"

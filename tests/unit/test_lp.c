@@ -1,0 +1,500 @@
+/* test_lp.c - layer parallelism (engine/forward_lp.c, DESIGN.md section 5).
+ *
+ * Generated models (llama with grouped K/V heads, qwen2 with biases, gemma3
+ * with q/k norms, post-norms, gelu-tanh and a sliding window of 8 with every
+ * sixth layer global) run 40-token prompts with paired ranges and are
+ * compared at every position with tests/ref/lp_ref.py, an independent NumPy
+ * float64 implementation of the paired arithmetic (tolerance 1e-4, F32 K/V).
+ * Then, bitwise:
+ * - an off range (never set, set then 0:0, or ENG_LP_OFF) gives exactly the
+ *   sequential model;
+ * - with pairs on, incremental decode reproduces the full-prompt logits, and
+ *   the two-core execution equals the one-after-the-other execution;
+ * - with pairs on, a sequence's logits are the same alone and inside a ragged
+ *   batch on scattered pages;
+ * - every layer still writes its own K/V in the usual paged layout: for a
+ *   range starting at s, layers 0..s (whose inputs are unchanged) hold
+ *   exactly the sequential model's K/V, and no layer touches a slot outside
+ *   the sequence's pages.
+ * Invalid ranges (odd length, start >= end, out of bounds) and malformed
+ * lp.range file keys fail with SS_EINVAL and a message; the file key is the
+ * default that eng_options overrides.
+ *
+ * White box: the K/V check reads the unit pool through engine/model_internal.h.
+ */
+#include <check.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "engine/gguf.h"
+#include "engine/model_internal.h"
+#include "engine/ss_error.h"
+#include "tools/genmodel.h"
+
+static char tmp_dir[PATH_MAX - 64];
+static char ref_script[PATH_MAX];
+static int have_ref;
+
+/* ---------------------------------------------------------------- models */
+
+enum { M_LLAMA, M_GEMMA, M_QWEN2, M_COUNT };
+static char paths[M_COUNT][PATH_MAX];
+
+static void gen_opts(int which, struct genmodel_opts *o) {
+    genmodel_opts_default(o);
+    o->dim = 64, o->n_heads = 4, o->n_kv_heads = 2, o->ffn_dim = 128;
+    switch (which) {
+    case M_LLAMA:
+        o->n_layers = 6, o->seed = 21;
+        break;
+    case M_GEMMA: /* head_dim 32 != dim/heads; window 8, default pattern: layer 5 global */
+        o->arch = "gemma3", o->n_layers = 7, o->head_dim = 32, o->swa_window = 8;
+        o->rope_theta = 1e6f, o->norm_eps = 1e-6f, o->seed = 22;
+        break;
+    default:
+        o->arch = "qwen2", o->n_layers = 4, o->tokenizer = "bpe", o->seed = 23;
+        break;
+    }
+}
+
+static int gen_models(void) {
+    char err[256];
+    for (int i = 0; i < M_COUNT; i++) {
+        struct genmodel_opts o;
+        gen_opts(i, &o);
+        snprintf(paths[i], sizeof paths[i], "%s/test_lp_%ld_m%d.gguf", tmp_dir, (long)getpid(), i);
+        int rc = genmodel_write(&o, paths[i], err, sizeof err);
+        if (rc < 0) {
+            fprintf(stderr, "genmodel %d: %s\n", i, err);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static void find_ref(void) {
+    const char *src = getenv("SLIMSERVE_SRC_DIR");
+    if (src && src[0]) {
+        snprintf(ref_script, sizeof ref_script, "%s/tests/ref/lp_ref.py", src);
+    } else {
+        char here[PATH_MAX];
+        snprintf(here, sizeof here, "%s", __FILE__);
+        char *dir = dirname(here); /* .../tests/unit */
+        if (dir[0] == '/') {
+            snprintf(ref_script, sizeof ref_script, "%s/../ref/lp_ref.py", dir);
+        } else {
+            char exe[PATH_MAX];
+            ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+            exe[n > 0 ? n : 0] = 0;
+            char *root = dirname(dirname(exe)); /* <build>/tests/test_lp */
+            snprintf(ref_script, sizeof ref_script, "%s/%s/../ref/lp_ref.py", root, dir);
+        }
+    }
+    if (access(ref_script, R_OK) != 0) {
+        fprintf(stderr, "NOTE: reference script not found at %s\n", ref_script);
+        return;
+    }
+    have_ref = system("python3 -c 'import numpy, gguf' >/dev/null 2>&1") == 0;
+    if (!have_ref) fprintf(stderr, "NOTE: python3 with numpy and gguf is not available\n");
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+/* eng_model_load applies the lp options (and the file's lp.range). */
+static struct eng_model *load_opts(const char *path, const struct eng_options *o) {
+    char err[256] = "";
+    struct eng_model *m = NULL;
+    int rc = eng_model_load(&m, path, o, err, sizeof err);
+    ck_assert_msg(rc == 0, "load %s: %d %s", path, rc, err);
+    return m;
+}
+
+static struct eng_model *load(int which, int start, int end) {
+    struct eng_options o = {.kv_type = ENG_KV_F32, .max_batch_tokens = 64, .n_ctx = 128,
+                            .lp_mode = start == end ? ENG_LP_OFF : ENG_LP_RANGE,
+                            .lp_start = start, .lp_end = end};
+    return load_opts(paths[which], &o);
+}
+
+static void unload(struct eng_model *m) { eng_model_free(m); }
+
+static void prompt(int32_t *toks, int n, int n_vocab, int salt) {
+    for (int i = 0; i < n; i++) toks[i] = (int32_t)((i * 37 + 11 + salt * 101) % n_vocab);
+}
+
+static int run1(struct eng_model *m, const int32_t *toks, int n, int n_past, const int32_t *pages,
+                int n_pages, int all, float *logits) {
+    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = n_past, .pages = pages, .n_pages = n_pages,
+                        .want_logits = 1, .all_logits = all};
+    struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
+    return eng_forward(m, &b, logits);
+}
+
+static double max_diff(const float *a, const float *b, size_t n) {
+    double d = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs((double)a[i] - b[i]) > d) d = fabs((double)a[i] - b[i]);
+    return d;
+}
+
+/* ------------------------------------------------------ reference numerics */
+
+struct ref_case {
+    int model, start, end;
+};
+static const struct ref_case ref_cases[] = {
+    {M_LLAMA, 2, 6}, {M_LLAMA, 0, 6}, {M_GEMMA, 4, 6}, {M_GEMMA, 0, 6}, {M_GEMMA, 1, 7}, {M_QWEN2, 0, 4},
+};
+
+START_TEST(test_ref) {
+    const struct ref_case *rc = &ref_cases[_i];
+    if (!have_ref) {
+        ck_assert_msg(!getenv("SLIMSERVE_REQUIRE_REF") || strcmp(getenv("SLIMSERVE_REQUIRE_REF"), "1"),
+                      "reference not available");
+        printf("SKIP lp reference comparison (python3/numpy/gguf missing)\n");
+        return;
+    }
+    struct eng_model *m = load(rc->model, rc->start, rc->end);
+    struct eng_model *plain = load(rc->model, 0, 0);
+    const int n = 40, V = eng_model_config(m)->n_vocab;
+    int32_t toks[40], pages[3] = {5, 0, 2};
+    prompt(toks, n, V, rc->model + 1);
+    float *got = malloc((size_t)n * V * sizeof *got), *seq = malloc((size_t)n * V * sizeof *seq);
+    ck_assert(got && seq);
+    ck_assert_int_eq(run1(m, toks, n, 0, pages, 3, 1, got), 0);
+    ck_assert_int_eq(run1(plain, toks, n, 0, pages, 3, 1, seq), 0);
+
+    char list[40 * 8] = "", out[PATH_MAX], cmd[3 * PATH_MAX];
+    for (int i = 0; i < n; i++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? "," : "", toks[i]);
+    snprintf(out, sizeof out, "%s/test_lp_%ld_ref.f32", tmp_dir, (long)getpid());
+    snprintf(cmd, sizeof cmd, "python3 '%s' '%s' --tokens %s --range %d:%d --out '%s'", ref_script,
+             paths[rc->model], list, rc->start, rc->end, out);
+    ck_assert_msg(system(cmd) == 0, "reference failed: %s", cmd);
+    FILE *fp = fopen(out, "rb");
+    ck_assert(fp != NULL);
+    float *want = malloc((size_t)n * V * sizeof *want);
+    ck_assert(want && fread(want, sizeof *want, (size_t)n * V, fp) == (size_t)n * V);
+    fclose(fp);
+    unlink(out);
+    double d = max_diff(got, want, (size_t)n * V), dseq = max_diff(got, seq, (size_t)n * V);
+    printf("lp ref model %d range %d:%d: max |logit - ref| = %.3g over %d positions; differs from the "
+           "sequential model by %.3g\n", rc->model, rc->start, rc->end, d, n, dseq);
+    ck_assert_msg(d <= 1e-4, "model %d range %d:%d: max diff %g", rc->model, rc->start, rc->end, d);
+    ck_assert_msg(dseq > 1e-2, "pairing changed nothing (%g): did the hook run?", dseq);
+    free(got);
+    free(seq);
+    free(want);
+    unload(m);
+    unload(plain);
+}
+END_TEST
+
+/* ----------------------------------------------------------- off = plain */
+
+START_TEST(test_off_is_bitwise_plain) {
+    const int which = _i;
+    struct eng_options o = {.kv_type = ENG_KV_F32, .max_batch_tokens = 64, .n_ctx = 128};
+    char err[256];
+    struct eng_model *fresh = NULL;
+    ck_assert_int_eq(eng_model_load(&fresh, paths[which], &o, err, sizeof err), 0); /* never touched */
+    struct eng_model *reset = load(which, 0, 4);
+    ck_assert_int_eq(eng_model_set_layer_parallel(reset, 0, 0, err, sizeof err), 0);
+    ck_assert_int_eq(eng_model_layer_parallel(reset, NULL, NULL), 0);
+    struct eng_model *off = load(which, 0, 0);
+    const int n = 30, V = eng_model_config(fresh)->n_vocab;
+    int32_t toks[30], pages[2] = {3, 1};
+    prompt(toks, n, V, 9);
+    float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4), *c = malloc((size_t)n * V * 4);
+    ck_assert(a && b && c);
+    ck_assert_int_eq(run1(fresh, toks, n, 0, pages, 2, 1, a), 0);
+    ck_assert_int_eq(run1(reset, toks, n, 0, pages, 2, 1, b), 0);
+    ck_assert_int_eq(run1(off, toks, n, 0, pages, 2, 1, c), 0);
+    ck_assert_msg(memcmp(a, b, (size_t)n * V * 4) == 0, "range set then turned off differs from the plain model");
+    ck_assert_msg(memcmp(a, c, (size_t)n * V * 4) == 0, "ENG_LP_OFF differs from the plain model");
+    free(a);
+    free(b);
+    free(c);
+    eng_model_free(fresh);
+    unload(reset);
+    unload(off);
+}
+END_TEST
+
+/* ------------------------------------------- incremental decode, two modes */
+
+/* Full prompt, then prefill k + one token at a time on other pages: bitwise. */
+static void incremental(struct eng_model *m, float *full) {
+    const int n = 37, k = 20, V = eng_model_config(m)->n_vocab;
+    int32_t toks[37], pages[3] = {4, 0, 6}, pages2[3] = {2, 7, 5};
+    prompt(toks, n, V, 7);
+    float *step = malloc((size_t)V * sizeof *step);
+    ck_assert(step);
+    ck_assert_int_eq(run1(m, toks, n, 0, pages, 3, 1, full), 0);
+    ck_assert_int_eq(run1(m, toks, k, 0, pages2, 3, 0, step), 0);
+    ck_assert_msg(memcmp(step, full + (size_t)(k - 1) * V, (size_t)V * 4) == 0, "prefill of %d differs", k);
+    for (int i = k; i < n; i++) {
+        ck_assert_int_eq(run1(m, toks + i, 1, i, pages2, 3, 0, step), 0);
+        double d = max_diff(step, full + (size_t)i * V, (size_t)V);
+        ck_assert_msg(d == 0, "LP decode step %d differs from the full prompt by %g", i, d);
+    }
+    free(step);
+}
+
+START_TEST(test_incremental_and_exec_modes) {
+    const int which = _i, V = 512, n = 37;
+    const int start = which == M_GEMMA ? 2 : 0, end = which == M_GEMMA ? 6 : 4;
+    float *full[2] = {malloc((size_t)n * V * 4), malloc((size_t)n * V * 4)};
+    ck_assert(full[0] && full[1]);
+    const char *modes[2] = {"seq", "split"};
+    for (int i = 0; i < 2; i++) {
+        setenv("SLIMSERVE_LP_EXEC", modes[i], 1); /* read when the range is first set */
+        struct eng_model *m = load(which, start, end);
+        ck_assert_int_eq(eng_model_config(m)->n_vocab, V);
+        incremental(m, full[i]);
+        unload(m);
+    }
+    unsetenv("SLIMSERVE_LP_EXEC");
+    ck_assert_msg(memcmp(full[0], full[1], (size_t)n * V * 4) == 0,
+                  "two-core execution differs from sequential execution of the pairs");
+    free(full[0]);
+    free(full[1]);
+}
+END_TEST
+
+/* ------------------------------------------------------------ ragged batch */
+
+START_TEST(test_batch_invariance) {
+    struct eng_model *m = load(_i, 0, 4);
+    const int V = eng_model_config(m)->n_vocab;
+    int32_t a[20], b[33], c[3];
+    prompt(a, 20, V, 1);
+    prompt(b, 33, V, 2);
+    prompt(c, 3, V, 3);
+    float *alone = malloc((size_t)21 * V * 4), *batched = malloc((size_t)64 * V * 4);
+    ck_assert(alone && batched);
+    int32_t pa[2] = {1, 6};
+    ck_assert_int_eq(run1(m, a, 19, 0, pa, 2, 1, alone), 0);
+    ck_assert_int_eq(run1(m, a + 19, 1, 19, pa, 2, 0, alone + (size_t)19 * V), 0);
+
+    int32_t pa2[2] = {7, 3}, pb[3] = {2, 5, 0}, pc[1] = {4};
+    int32_t toks[64];
+    memcpy(toks, c, 3 * sizeof *toks);
+    memcpy(toks + 3, a, 19 * sizeof *toks);
+    memcpy(toks + 22, b, 33 * sizeof *toks);
+    struct eng_seq s1[3] = {
+        {.tok0 = 0, .n_tok = 3, .n_past = 0, .pages = pc, .n_pages = 1, .want_logits = 1},
+        {.tok0 = 3, .n_tok = 19, .n_past = 0, .pages = pa2, .n_pages = 2, .all_logits = 1},
+        {.tok0 = 22, .n_tok = 33, .n_past = 0, .pages = pb, .n_pages = 3},
+    };
+    struct eng_batch b1 = {.tokens = toks, .n_tokens = 55, .seqs = s1, .n_seqs = 3};
+    ck_assert_int_eq(eng_forward(m, &b1, batched), 0);
+    ck_assert_msg(memcmp(batched + V, alone, (size_t)19 * V * 4) == 0, "LP prefill differs inside a batch");
+
+    int32_t t2[3] = {5, a[19], 9}; /* C, A, B decode one token each */
+    struct eng_seq s2[3] = {
+        {.tok0 = 0, .n_tok = 1, .n_past = 3, .pages = pc, .n_pages = 1, .want_logits = 1},
+        {.tok0 = 1, .n_tok = 1, .n_past = 19, .pages = pa2, .n_pages = 2, .want_logits = 1},
+        {.tok0 = 2, .n_tok = 1, .n_past = 33, .pages = pb, .n_pages = 3, .want_logits = 1},
+    };
+    struct eng_batch b2 = {.tokens = t2, .n_tokens = 3, .seqs = s2, .n_seqs = 3};
+    ck_assert_int_eq(eng_forward(m, &b2, batched), 0);
+    ck_assert_msg(memcmp(batched + V, alone + (size_t)19 * V, (size_t)V * 4) == 0,
+                  "LP decode differs inside a batch");
+    free(alone);
+    free(batched);
+    unload(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------- K/V per layer */
+
+START_TEST(test_kv_layout) {
+    const int which = _i, start = 2, end = which == M_GEMMA ? 6 : 4;
+    struct eng_model *plain = load(which, 0, 0), *lp = load(which, start, end);
+    const int V = eng_model_config(lp)->n_vocab, n = 21;
+    int32_t toks[21], pages[2] = {6, 1};
+    prompt(toks, n, V, 5);
+    float *lg = malloc((size_t)V * 4);
+    ck_assert(lg);
+    ck_assert_int_eq(run1(plain, toks, n, 0, pages, 2, 0, lg), 0);
+    ck_assert_int_eq(run1(lp, toks, n, 0, pages, 2, 0, lg), 0);
+    /* unit pool (model_internal.h): plain page p of layer l is unit p*L + l */
+    const int L = lp->cfg.n_layers;
+    const size_t kvdim = (size_t)eng_kvdim(&lp->cfg), unit = (size_t)BE_PAGE_SLOTS * kvdim;
+    ck_assert(lp->kv_type == BE_F32 && lp->n_units == plain->n_units && lp->n_units == lp->n_pages * L);
+    for (int l = 0; l < L; l++) {
+        int same = 1;
+        for (int32_t u = l; u < lp->n_units; u += L) {
+            const float *kp = (const float *)plain->kv_k + u * unit, *kl = (const float *)lp->kv_k + u * unit;
+            const float *vp = (const float *)plain->kv_v + u * unit, *vl = (const float *)lp->kv_v + u * unit;
+            same &= memcmp(kp, kl, unit * 4) == 0 && memcmp(vp, vl, unit * 4) == 0;
+            /* every slot of the sequence written (in its page's unit of layer l), nothing else */
+            int page = u / L;
+            for (int off = 0; off < BE_PAGE_SLOTS; off++) {
+                int pos = page == pages[0] ? off : page == pages[1] ? BE_PAGE_SLOTS + off : -1;
+                int used = pos >= 0 && pos < n, nz = 0;
+                for (size_t e = 0; e < kvdim; e++) nz |= kl[off * kvdim + e] != 0.0f || vl[off * kvdim + e] != 0.0f;
+                ck_assert_msg(nz == used, "layer %d page %d slot %d: %s", l, page, off,
+                              used ? "K/V not written" : "stray write");
+            }
+        }
+        if (l <= start) ck_assert_msg(same, "layer %d: K/V differ from the sequential model's", l);
+        if (l == start + 1) ck_assert_msg(!same, "layer %d: K/V unchanged though its input changed", l);
+    }
+    free(lg);
+    unload(plain);
+    unload(lp);
+}
+END_TEST
+
+/* ------------------------------------------------------------ bad ranges */
+
+START_TEST(test_invalid_ranges) {
+    struct eng_model *m = load(M_LLAMA, 2, 6);
+    char err[256];
+    const int bad[][2] = {{0, 3}, {1, 4}, {4, 4}, {5, 3}, {-2, 2}, {2, 8}, {0, 7}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        int rc = eng_model_set_layer_parallel(m, bad[i][0], bad[i][1], err, sizeof err);
+        ck_assert_msg(rc == SS_EINVAL, "range %d:%d accepted (%d)", bad[i][0], bad[i][1], rc);
+        ck_assert_msg(strlen(err) > 10, "range %d:%d: no message", bad[i][0], bad[i][1]);
+        int s, e;
+        ck_assert(eng_model_layer_parallel(m, &s, &e) == 1 && s == 2 && e == 6); /* unchanged */
+    }
+    ck_assert_int_eq(eng_model_set_layer_parallel(m, 0, 6, err, sizeof err), 0);
+    struct eng_options o = {.lp_mode = ENG_LP_RANGE, .lp_start = 0, .lp_end = 0};
+    ck_assert_int_eq(eng_model_apply_layer_parallel(m, &o, err, sizeof err), SS_EINVAL);
+    o.lp_mode = 7;
+    ck_assert_int_eq(eng_model_apply_layer_parallel(m, &o, err, sizeof err), SS_EINVAL);
+    unload(m);
+}
+END_TEST
+
+/* ---------------------------------------------------------- lp.range key */
+
+/* Copies the llama model adding the key lp.range (string or [a, b] array). */
+static void with_key(const char *dst, const char *str, int a, int b) {
+    char err[256];
+    struct gguf_file *f;
+    ck_assert_int_eq(gguf_open(&f, paths[M_LLAMA], err, sizeof err), 0);
+    struct gguf_writer *w = gguf_writer_new();
+    for (int64_t i = 0; i < gguf_n_kv(f); i++) {
+        const struct gguf_kv *kv = gguf_kv_at(f, i);
+        char key[256];
+        snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.s);
+        if (kv->type == GGUF_T_ARRAY && kv->arr_type == GGUF_T_STRING) {
+            char **v = calloc(kv->arr_n ? kv->arr_n : 1, sizeof *v);
+            for (uint64_t j = 0; j < kv->arr_n; j++) {
+                struct gguf_str gs;
+                gguf_arr_str(kv, j, &gs);
+                v[j] = strndup(gs.s, gs.len);
+            }
+            gguf_w_arr_str(w, key, (const char *const *)v, kv->arr_n);
+            for (uint64_t j = 0; j < kv->arr_n; j++) free(v[j]);
+            free(v);
+        } else if (kv->type == GGUF_T_ARRAY) {
+            gguf_w_arr(w, key, kv->arr_type, kv->data, kv->arr_n);
+        } else if (kv->type == GGUF_T_STRING) {
+            uint64_t len;
+            memcpy(&len, kv->data, 8);
+            char *v = strndup((const char *)kv->data + 8, len);
+            gguf_w_str(w, key, v);
+            free(v);
+        } else {
+            gguf_w_val(w, key, kv->type, kv->data);
+        }
+    }
+    if (str) {
+        gguf_w_str(w, "lp.range", str);
+    } else {
+        uint32_t v[2] = {(uint32_t)a, (uint32_t)b};
+        gguf_w_arr(w, "lp.range", GGUF_T_UINT32, v, 2);
+    }
+    for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
+        const struct gguf_tensor_info *t = gguf_tensor_at(f, i);
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.s);
+        gguf_w_tensor(w, name, t->type, (int)t->n_dims, t->ne, t->data, t->nbytes);
+    }
+    ck_assert_int_eq(gguf_writer_save(w, dst, err, sizeof err), 0);
+    gguf_writer_free(w);
+    gguf_close(f);
+}
+
+START_TEST(test_file_key) {
+    char p[PATH_MAX + 32], err[256];
+    snprintf(p, sizeof p, "%s/test_lp_%ld_key.gguf", tmp_dir, (long)getpid());
+    struct eng_options o = {.kv_type = ENG_KV_F32, .max_batch_tokens = 16, .n_ctx = 64};
+    struct eng_model *m = NULL;
+    int s = -1, e = -1;
+
+    with_key(p, "2:6", 0, 0);
+    m = load_opts(p, &o); /* ENG_LP_FILE: the key */
+    ck_assert(eng_model_layer_parallel(m, &s, &e) == 1 && s == 2 && e == 6);
+    unload(m);
+    o.lp_mode = ENG_LP_RANGE, o.lp_start = 0, o.lp_end = 2; /* the option overrides the key */
+    m = load_opts(p, &o);
+    ck_assert(eng_model_layer_parallel(m, &s, &e) == 1 && s == 0 && e == 2);
+    unload(m);
+    o.lp_mode = ENG_LP_OFF;
+    m = load_opts(p, &o);
+    ck_assert_int_eq(eng_model_layer_parallel(m, &s, &e), 0);
+    unload(m);
+
+    o.lp_mode = ENG_LP_FILE;
+    with_key(p, NULL, 0, 4); /* u32 array form */
+    m = load_opts(p, &o);
+    ck_assert(eng_model_layer_parallel(m, &s, &e) == 1 && s == 0 && e == 4);
+    unload(m);
+
+    const char *bad[] = {"1:4", "2:x", "banana", "3:3"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        with_key(p, bad[i], 0, 0);
+        err[0] = 0;
+        ck_assert_int_eq(eng_model_load(&m, p, &o, err, sizeof err), SS_EINVAL);
+        ck_assert_msg(strstr(err, "lp.range") != NULL, "key '%s': message '%s'", bad[i], err);
+        o.lp_mode = ENG_LP_OFF; /* the option overrides even a bad key */
+        m = load_opts(p, &o);
+        unload(m);
+        o.lp_mode = ENG_LP_FILE;
+    }
+    unlink(p);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- runner */
+
+static Suite *lp_suite(void) {
+    Suite *s = suite_create("lp");
+    TCase *t = tcase_create("lp");
+    tcase_set_timeout(t, 120);
+    tcase_add_loop_test(t, test_ref, 0, (int)(sizeof ref_cases / sizeof ref_cases[0]));
+    tcase_add_loop_test(t, test_off_is_bitwise_plain, 0, M_COUNT);
+    tcase_add_loop_test(t, test_incremental_and_exec_modes, 0, 2);
+    tcase_add_loop_test(t, test_batch_invariance, 0, 2);
+    tcase_add_loop_test(t, test_kv_layout, 0, 2);
+    tcase_add_test(t, test_invalid_ranges);
+    tcase_add_test(t, test_file_key);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void) {
+    const char *tmp = getenv("SLIMSERVE_TEST_TMP");
+    snprintf(tmp_dir, sizeof tmp_dir, "%s", tmp && tmp[0] ? tmp : "/tmp");
+    if (gen_models() < 0) return 1;
+    find_ref();
+    SRunner *sr = srunner_create(lp_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    for (int i = 0; i < M_COUNT; i++) unlink(paths[i]);
+    return failed != 0;
+}
