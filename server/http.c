@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -157,6 +158,45 @@ static enum MHD_Result respond_json(struct srv_conn *c, int status, struct api_b
 /* ------------------------------------------------------------ access handler */
 
 /* First call for a request: everything decidable from the headers. */
+/* Answers an error decided on the headers alone. A client that sent a body
+ * without "Expect: 100-continue" is still writing it: answering and closing now
+ * would reset the connection under its feet (it sees EPIPE, a proxy answers
+ * 502). So its body is read and dropped first (bounded, see on_body) and the
+ * answer goes out when it is complete. */
+static enum MHD_Result early_error(struct srv_conn *c, const struct api_error *e, const char *allow) {
+    struct MHD_Connection *mc = c->mc;
+    const char *expect = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Expect");
+    const char *cl = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Content-Length");
+    const char *te = MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Transfer-Encoding");
+    int has_body = (cl && strcmp(cl, "0") != 0) || te;
+    if (has_body && !(expect && strcasecmp(expect, "100-continue") == 0)) {
+        c->deferred = 1;
+        c->deferred_err = *e;
+        c->deferred_allow = allow;
+        c->too_large = 1; /* on_body drops what arrives */
+        return MHD_YES;
+    }
+    if (allow) {
+        struct api_buf b;
+        api_buf_init(&b);
+        api_error_json(&b, e);
+        return srv_respond(c, e->status, "application/json", &b, MHD_HTTP_HEADER_ALLOW, allow);
+    }
+    return srv_respond_error(c, e);
+}
+
+/* The deferred answer, once the body has been drained. */
+static enum MHD_Result early_error_now(struct srv_conn *c, const struct api_error *e) {
+    if (c->deferred_allow) {
+        struct api_buf b;
+        api_buf_init(&b);
+        api_error_json(&b, e);
+        return srv_respond(c, e->status, "application/json", &b, MHD_HTTP_HEADER_ALLOW,
+                           c->deferred_allow);
+    }
+    return srv_respond_error(c, e);
+}
+
 static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, const char *url,
                                      const char *method, void **con_cls) {
     struct srv_conn *c = calloc(1, sizeof(*c));
@@ -185,7 +225,7 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
                      s->cfg->api_key)) {
         api_error_set_http(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
                            "missing or invalid API key: send 'Authorization: Bearer <key>'");
-        return srv_respond_error(c, &e);
+        return early_error(c, &e, NULL);
     }
     int allowed;
     const char *allow;
@@ -193,19 +233,16 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
     if (c->route == API_ROUTE_NONE) {
         api_error_set_http(&e, 404, "invalid_request_error", NULL, "not_found",
                            "no route for %.20s %.200s", method, url);
-        return srv_respond_error(c, &e);
+        return early_error(c, &e, NULL);
     }
     if (!allowed) {
         api_error_set_http(&e, 405, "invalid_request_error", NULL, "method_not_allowed",
                            "method %.20s is not allowed on %.200s (allowed: %s)", method, url, allow);
-        struct api_buf b;
-        api_buf_init(&b);
-        api_error_json(&b, &e);
-        return srv_respond(c, 405, "application/json", &b, MHD_HTTP_HEADER_ALLOW, allow);
+        return early_error(c, &e, allow);
     }
     if (s->phase != SRV_RUNNING) {
         api_error_set(&e, SS_EAGAIN, NULL, "server_shutting_down", "the server is shutting down");
-        return srv_respond_error(c, &e);
+        return early_error(c, &e, NULL);
     }
     struct api_buf b;
     api_buf_init(&b);
@@ -236,7 +273,7 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
             api_error_set_http(&e, 413, "invalid_request_error", NULL, "body_too_large",
                                "the request body (%.30s bytes) exceeds the limit of %zu bytes", cl,
                                s->cfg->max_body);
-            return srv_respond_error(c, &e);
+            return early_error(c, &e, NULL);
         }
     }
     return MHD_YES; /* stays in CS_HEADERS until the body is complete */
@@ -297,6 +334,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const cha
     }
     switch (c->state) {
     case CS_HEADERS:
+        if (c->deferred) {
+            struct api_error e = c->deferred_err;
+            return early_error_now(c, &e);
+        }
         if (c->too_large) {
             struct api_error e;
             api_error_set_http(&e, 413, "invalid_request_error", NULL, "body_too_large",

@@ -77,6 +77,9 @@ struct srv_conn {
     struct api_buf body;
     uint64_t discarded;        /* bytes dropped after the cap was hit */
     int too_large;
+    int deferred;              /* an error answer waits until the body is drained */
+    struct api_error deferred_err;
+    const char *deferred_allow; /* Allow header of a deferred 405 (static string) */
 
     /* generation (completions, chat); n_ch == 0 for other routes */
     struct srv_choice *ch;     /* [n_ch] */

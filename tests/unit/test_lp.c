@@ -354,6 +354,35 @@ START_TEST(test_kv_layout) {
 }
 END_TEST
 
+/* ------------------------------------------------- per-layer addressing */
+
+/* The same sequence with per-layer block tables (unit ids) that name the
+ * units plain page ids would: bitwise the same logits, so the pair's second
+ * layer uses its own view (eng_layer_view buffer 1). */
+START_TEST(test_per_layer_tables) {
+    struct eng_model *m = load(M_GEMMA, 0, 6);
+    const int V = eng_model_config(m)->n_vocab, L = eng_model_config(m)->n_layers, n = 25;
+    int32_t toks[25], pages[2] = {3, 6}, units[7][2];
+    const int32_t *tabs[7];
+    for (int l = 0; l < L; l++) {
+        for (int i = 0; i < 2; i++) units[l][i] = pages[i] * L + l;
+        tabs[l] = units[l];
+    }
+    prompt(toks, n, V, 4);
+    float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4);
+    ck_assert(a && b);
+    ck_assert_int_eq(run1(m, toks, n, 0, pages, 2, 1, a), 0);
+    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = 0, .all_logits = 1, .want_logits = 1,
+                        .layer_pages = tabs, .layer_n_pages = 2};
+    struct eng_batch bt = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
+    ck_assert_int_eq(eng_forward(m, &bt, b), 0);
+    ck_assert_msg(memcmp(a, b, (size_t)n * V * 4) == 0, "per-layer tables differ from plain pages with LP on");
+    free(a);
+    free(b);
+    unload(m);
+}
+END_TEST
+
 /* ------------------------------------------------------------ bad ranges */
 
 START_TEST(test_invalid_ranges) {
@@ -480,6 +509,7 @@ static Suite *lp_suite(void) {
     tcase_add_loop_test(t, test_incremental_and_exec_modes, 0, 2);
     tcase_add_loop_test(t, test_batch_invariance, 0, 2);
     tcase_add_loop_test(t, test_kv_layout, 0, 2);
+    tcase_add_test(t, test_per_layer_tables);
     tcase_add_test(t, test_invalid_ranges);
     tcase_add_test(t, test_file_key);
     suite_add_tcase(s, t);
