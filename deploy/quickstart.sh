@@ -56,12 +56,13 @@ install_pip() {
     fi
 }
 
-build() { # build DIR [meson options...]
+build() { # build DIR [meson options...]; quiet unless something fails
     local dir=$1; shift
+    local out
     if [ ! -f "$dir/build.ninja" ]; then
-        meson setup "$dir" "$@" >/dev/null
+        out=$(meson setup "$dir" "$@" 2>&1) || { printf '%s\n' "$out" >&2; log "meson setup $dir failed"; exit 1; }
     fi
-    ninja -C "$dir" >/dev/null
+    out=$(ninja -C "$dir" 2>&1) || { printf '%s\n' "$out" >&2; log "build in $dir failed"; exit 1; }
 }
 
 default_model() {

@@ -1,10 +1,11 @@
 /* engine.h - models and the forward pass over a ragged batch.
  *
- * eng_model_load() reads a GGUF file (architectures llama, qwen2 and gemma3;
- * the description is data-driven so subllm slots in), prepares the
- * weights on a backend and allocates the KV cache as a page pool of
- * BE_PAGE_SLOTS-token pages. The engine never allocates pages: the caller (the
- * scheduler) owns the block tables and passes page ids in each batch.
+ * eng_model_load() reads a GGUF file (architectures llama, qwen2, gemma3 and
+ * subllm; the description is data-driven), prepares the
+ * weights on a backend and allocates the KV cache as a pool of units
+ * (BE_PAGE_SLOTS token slots of one layer; see "KV units and levels"). The
+ * engine never allocates pages: the caller (the scheduler) owns the block
+ * tables and passes page or unit ids in each batch.
  *
  * Threading: a model and its state belong to one thread (the engine thread);
  * the backend parallelises inside each call.

@@ -71,6 +71,7 @@ struct eng_lp {
     struct be core[2];   /* single-threaded CPU backends of branch a and b (split only) */
     int core_open[2];
     int split_min_rows;  /* split only when n >= this (0: always) */
+    int n_threads;       /* eng_options.n_threads at load (0 = one per core) */
 };
 
 static int lp_fail(char *err, size_t len, int code, const char *fmt, ...)
@@ -232,12 +233,14 @@ static int lp_alloc_bufs(struct eng_model *m, struct lp_bufs *b) {
 }
 
 /* Execution mode: SLIMSERVE_LP_EXEC = "seq" or "split" forces one (for
- * measurements); by default split iff the backend is the CPU one and the
- * process has exactly two OpenMP threads to give (one branch per core). */
+ * measurements); by default split iff the backend is the CPU one running two
+ * threads (one branch per core; with more cores the branches would need
+ * nested teams, not done yet). */
 static void lp_choose_exec(struct eng_model *m, struct eng_lp *lp) {
     const char *env = getenv("SLIMSERVE_LP_EXEC");
     int cpu = m->be.ops && m->be.ops->name && strcmp(m->be.ops->name, "cpu") == 0;
-    int want = cpu && omp_get_max_threads() == 2;
+    int threads = lp->n_threads > 0 ? lp->n_threads : omp_get_num_procs();
+    int want = cpu && threads == 2;
     if (env && !strcmp(env, "seq")) want = 0;
     else if (env && !strcmp(env, "split")) want = cpu;
     const char *rows = getenv("SLIMSERVE_LP_SPLIT_MIN_ROWS");
@@ -299,8 +302,8 @@ int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *
             eng_lp_free(m);
             return lp_fail(err, err_len, SS_ENOMEM, "out of memory for layer-parallel activations");
         }
-        lp_choose_exec(m, lp);
     }
+    lp_choose_exec(m, m->lp); /* the environment may have changed (measurements) */
     m->lp->start = start;
     m->lp->end = end;
     return 0;
@@ -396,7 +399,9 @@ int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options
     rc = eng_model_set_layer_parallel(m, start, end, sub, sizeof sub);
     if (rc < 0)
         return lp_fail(err, err_len, rc, "%s%s", mode == ENG_LP_FILE ? "file key lp.range: " : "", sub);
-    if (m->lp && opt && opt->n_threads > 0 && opt->n_threads != 2)
-        m->lp->split = 0; /* one branch per core needs exactly the two threads asked for */
+    if (m->lp && opt && m->lp->n_threads != opt->n_threads) {
+        m->lp->n_threads = opt->n_threads; /* split needs exactly two threads */
+        lp_choose_exec(m, m->lp);
+    }
     return 0;
 }

@@ -276,6 +276,13 @@ static void run_batch(struct sched *s, const struct plan *pl) {
     struct eng_batch b = {s->b_tokens, pl->n_tokens, s->b_seqs, pl->n_seqs};
     double t0 = sched_now();
     int rc = eng_forward(s->model, &b, s->logits);
+    /* Step counters before any output is pushed: whoever sees a request end
+     * also sees the step that ended it. */
+    pthread_mutex_lock(&s->stats_lock);
+    sched_hist_observe(&s->stats.batch_tokens, pl->n_tokens);
+    s->stats.n_steps++;
+    s->stats.busy_s += sched_now() - t0;
+    pthread_mutex_unlock(&s->stats_lock);
     uint64_t gen_tok = 0;
     int row = 0;
     for (int i = 0; i < pl->n_seqs; i++) {
@@ -334,11 +341,6 @@ static void run_batch(struct sched *s, const struct plan *pl) {
             gen_tok++;
         }
     }
-    pthread_mutex_lock(&s->stats_lock);
-    sched_hist_observe(&s->stats.batch_tokens, pl->n_tokens);
-    s->stats.n_steps++;
-    s->stats.busy_s += sched_now() - t0;
-    pthread_mutex_unlock(&s->stats_lock);
     stats_add(s, 0, gen_tok, 0, 0);
 }
 

@@ -155,7 +155,7 @@ struct sched_stats {
     struct sched_hist batch_tokens; /* tokens per engine step */
     uint64_t n_finished[5];         /* by enum req_finish */
     uint64_t n_steps;
-    double busy_s;                  /* seconds spent in forward + sampling */
+    double busy_s;                  /* seconds spent in forward passes */
     uint64_t n_prompt_tokens, n_gen_tokens, n_requests_done, n_preemptions;
     uint64_t n_prefix_queries, n_prefix_hits; /* tokens looked up / found cached */
     /* KV memory in units (16 token slots of one layer; see engine.h) */

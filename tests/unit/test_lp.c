@@ -18,7 +18,9 @@
  *   the sequence's pages.
  * Invalid ranges (odd length, start >= end, out of bounds) and malformed
  * lp.range file keys fail with SS_EINVAL and a message; the file key is the
- * default that eng_options overrides.
+ * default that eng_options overrides. A SUBLLM model refuses ranges that
+ * reach into a bracket and runs level-0 pairs; per-layer block tables give
+ * the same logits as plain pages.
  *
  * White box: the K/V check reads the unit pool through engine/model_internal.h.
  */
@@ -406,6 +408,43 @@ START_TEST(test_invalid_ranges) {
 }
 END_TEST
 
+/* ------------------------------------------------------------- SUBLLM */
+
+/* "TT(TT)TT": layers 2 and 3 run at level 1. Pairs must stay at level 0. */
+START_TEST(test_subllm_brackets) {
+    char p[PATH_MAX + 32], err[256];
+    snprintf(p, sizeof p, "%s/test_lp_%ld_sub.gguf", tmp_dir, (long)getpid());
+    struct genmodel_opts g;
+    genmodel_opts_default(&g);
+    g.arch = "subllm", g.n_layers = 6, g.structure = "TT(TT)TT", g.seed = 24;
+    ck_assert_int_eq(genmodel_write(&g, p, err, sizeof err), 0);
+    struct eng_options o = {.kv_type = ENG_KV_F32, .max_batch_tokens = 32, .n_ctx = 64};
+    struct eng_model *m = load_opts(p, &o);
+    ck_assert_int_eq(eng_model_n_levels(m), 2);
+    const int bad[][2] = {{2, 4}, {0, 4}, {1, 3}, {0, 6}, {2, 6}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        ck_assert_int_eq(eng_model_set_layer_parallel(m, bad[i][0], bad[i][1], err, sizeof err), SS_EINVAL);
+        ck_assert_msg(strstr(err, "SUBLLM") != NULL, "range %d:%d: message '%s'", bad[i][0], bad[i][1], err);
+    }
+    const int V = eng_model_config(m)->n_vocab, n = 20;
+    int32_t toks[20], pages[2] = {0, 1};
+    prompt(toks, n, V, 6);
+    float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4);
+    ck_assert(a && b);
+    ck_assert_int_eq(run1(m, toks, n, 0, pages, 2, 1, a), 0);
+    ck_assert_int_eq(eng_model_set_layer_parallel(m, 0, 2, err, sizeof err), 0);
+    ck_assert_int_eq(eng_model_set_layer_parallel(m, 4, 6, err, sizeof err), 0);
+    ck_assert_int_eq(run1(m, toks, n, 0, pages, 2, 1, b), 0);
+    double d = max_diff(a, b, (size_t)n * V);
+    ck_assert_msg(d > 1e-3 && isfinite(d), "pairing 4:6 of a SUBLLM model changed nothing (%g)", d);
+    free(a);
+    free(b);
+    unload(m);
+    unlink(p);
+}
+END_TEST
+
 /* ---------------------------------------------------------- lp.range key */
 
 /* Copies the llama model adding the key lp.range (string or [a, b] array). */
@@ -511,6 +550,7 @@ static Suite *lp_suite(void) {
     tcase_add_loop_test(t, test_kv_layout, 0, 2);
     tcase_add_test(t, test_per_layer_tables);
     tcase_add_test(t, test_invalid_ranges);
+    tcase_add_test(t, test_subllm_brackets);
     tcase_add_test(t, test_file_key);
     suite_add_tcase(s, t);
     return s;

@@ -766,6 +766,48 @@ START_TEST(test_levels_and_units) {
 }
 END_TEST
 
+/* genmodel's subllm options: bad ones refused, the default structure. */
+START_TEST(test_genmodel_options) {
+    char path[PATH_MAX], err[256];
+    tmp_file(path, sizeof path, "gen.gguf");
+    struct genmodel_opts o;
+    genmodel_opts_default(&o);
+    o.arch = "subllm";
+    o.n_layers = 6;
+    static const struct { const char *st; int layers; float keep, noise; const char *arch; } bad[] = {
+        {"TT(T", 3, 0.5f, 0.1f, "subllm"},   {"T)T(T", 3, 0.5f, 0.1f, "subllm"},
+        {"TT(T)T", 5, 0.5f, 0.1f, "subllm"}, {"TT(T)T", 4, 1.5f, 0.1f, "subllm"},
+        {"TT(T)T", 4, 0.5f, -1.0f, "subllm"}, {"TT(T)T", 4, 0.5f, 0.1f, "llama"},
+        {"T()TT", 3, 0.5f, 0.1f, "subllm"},  {"TTxT", 3, 0.5f, 0.1f, "subllm"},
+        {"T(T(T(T(T(T(T(T(T))))))))", 9, 0.5f, 0.1f, "subllm"},
+        {NULL, 2, 0.5f, 0.1f, "subllm"}, /* the default string needs 3 layers */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct genmodel_opts b = o;
+        b.structure = bad[i].st;
+        b.n_layers = bad[i].layers;
+        b.keep = bad[i].keep;
+        b.keep_noise = bad[i].noise;
+        b.arch = bad[i].arch;
+        ck_assert_msg(genmodel_write(&b, path, err, sizeof err) == SS_EINVAL, "case %zu accepted", i);
+        ck_assert(err[0] != 0);
+    }
+    o.structure = NULL; /* 6 layers: "T(TTTT)T" */
+    ck_assert_int_eq(genmodel_write(&o, path, err, sizeof err), 0);
+    struct eng_model *m = load(path, ENG_KV_F16, 16);
+    ck_assert_int_eq(eng_model_n_levels(m), 2);
+    for (int l = 0; l < 6; l++) ck_assert_int_eq(eng_model_layer_level(m, l), l >= 1 && l <= 4);
+    eng_model_free(m);
+    o.n_layers = 12; /* "TTT(TTTTTT)TTT" */
+    ck_assert_int_eq(genmodel_write(&o, path, err, sizeof err), 0);
+    m = load(path, ENG_KV_F16, 16);
+    for (int l = 0; l < 12; l++) ck_assert_int_eq(eng_model_layer_level(m, l), l >= 3 && l <= 8);
+    eng_model_free(m);
+    ck_assert_int_gt(genmodel_n_params(&o), 0);
+    unlink(path);
+}
+END_TEST
+
 /* ------------------------------------------------------------ bad files */
 
 /* Copies src to dst: the structure key replaced (NULL: dropped; "#u32": an
@@ -1063,6 +1105,7 @@ static Suite *suite(void) {
         {"keep01", test_keep_zero_and_all, 0, 1},
         {"invalid", test_invalid_batches, 0, 1},
         {"badfiles", test_bad_files, 0, 1},
+        {"genmodel", test_genmodel_options, 0, 1},
         {"perplexity", test_perplexity, 0, 1},
         {"convert", test_convert, 0, 1},
     };
