@@ -272,43 +272,64 @@ static void schedule(struct sched *s, struct plan *pl) {
     }
 }
 
+static void running_drop(struct sched *s, struct seq *q) {
+    for (int j = 0; j < s->n_running; j++)
+        if (s->running[j] == q) {
+            running_remove(s, j);
+            return;
+        }
+}
+
+/* After a forward: the sequences' cache state advances (level 0 by the chunk,
+ * deeper levels by what the engine kept; unused worst-case blocks go back),
+ * full level-0 blocks join the prefix cache. */
+static void advance_kv(struct sched *s, const struct plan *pl) {
+    uint64_t lt[ENG_MAX_LEVELS] = {0};
+    for (int i = 0; i < pl->n_seqs; i++) {
+        struct seq *q = s->b_owner[i];
+        const struct eng_seq *e = &s->b_seqs[i];
+        q->n_computed += e->n_tok;
+        q->level_n_past[0] = q->n_computed;
+        lt[0] += (uint64_t)e->n_tok;
+        for (int k = 1; k < s->n_levels; k++) {
+            q->level_n_past[k] += e->level_kept[k];
+            kv_table_trim(s->pool, &q->tables[k], q->level_n_past[k]);
+            lt[k] += (uint64_t)e->level_kept[k];
+        }
+        kv_table_commit(s->pool, &q->tables[0], q->tokens, q->n_computed);
+    }
+    pthread_mutex_lock(&s->stats_lock);
+    for (int k = 0; k < s->n_levels; k++) s->stats.level_tokens[k] += lt[k];
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
 static void run_batch(struct sched *s, const struct plan *pl) {
     struct eng_batch b = {s->b_tokens, pl->n_tokens, s->b_seqs, pl->n_seqs};
     double t0 = sched_now();
     int rc = eng_forward(s->model, &b, s->logits);
-    /* Step counters before any output is pushed: whoever sees a request end
-     * also sees the step that ended it. */
+    if (rc != 0) {
+        for (int i = 0; i < pl->n_seqs; i++) {
+            running_drop(s, s->b_owner[i]);
+            seq_finish(s, s->b_owner[i], REQ_FINISH_ERROR, rc, "the forward pass failed");
+        }
+        return;
+    }
+    /* Step counters and cache state before any output is pushed: whoever sees
+     * a request end (or a token arrive) also sees the step that produced it. */
+    advance_kv(s, pl);
     pthread_mutex_lock(&s->stats_lock);
     sched_hist_observe(&s->stats.batch_tokens, pl->n_tokens);
     s->stats.n_steps++;
     s->stats.busy_s += sched_now() - t0;
     pthread_mutex_unlock(&s->stats_lock);
+    stats_add(s, 0, 0, 0, 0);
+
     uint64_t gen_tok = 0;
     int row = 0;
     for (int i = 0; i < pl->n_seqs; i++) {
         struct seq *q = s->b_owner[i];
         const struct eng_seq *e = &s->b_seqs[i];
-        if (rc != 0) {
-            for (int j = 0; j < s->n_running; j++)
-                if (s->running[j] == q) {
-                    running_remove(s, j);
-                    break;
-                }
-            seq_finish(s, q, REQ_FINISH_ERROR, rc, "the forward pass failed");
-            continue;
-        }
-        int32_t pos0 = q->n_computed;
-        q->n_computed += e->n_tok;
-        q->level_n_past[0] = q->n_computed;
-        for (int k = 1; k < s->n_levels; k++) { /* keep only what the kept tokens use */
-            q->level_n_past[k] += e->level_kept[k];
-            kv_table_trim(s->pool, &q->tables[k], q->level_n_past[k]);
-        }
-        kv_table_commit(s->pool, &q->tables[0], q->tokens, q->n_computed);
-        pthread_mutex_lock(&s->stats_lock);
-        for (int k = 0; k < s->n_levels; k++)
-            s->stats.level_tokens[k] += (uint64_t)(k ? e->level_kept[k] : e->n_tok);
-        pthread_mutex_unlock(&s->stats_lock);
+        int32_t pos0 = q->n_computed - e->n_tok;
         if (e->all_logits) { /* one row per token: prompt logprobs, last row samples */
             seq_prompt_logprobs(s, q, s->logits + (size_t)row * (size_t)s->n_vocab, pos0, e->n_tok);
             row += e->n_tok - 1;
@@ -331,11 +352,7 @@ static void run_batch(struct sched *s, const struct plan *pl) {
         pthread_mutex_unlock(&s->stats_lock);
         q->t_last = now;
         if (seq_accept_token(s, q, tok)) {
-            for (int j = 0; j < s->n_running; j++)
-                if (s->running[j] == q) {
-                    running_remove(s, j);
-                    break;
-                }
+            running_drop(s, q);
             seq_free(s, q);
         } else {
             gen_tok++;
