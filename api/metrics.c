@@ -16,6 +16,8 @@
 #include "engine/ss_error.h"
 
 #define P "slimserve:"
+/* entries of sched_stats.level_units / level_tokens */
+#define API_STAT_LEVELS ((int)(sizeof(((struct sched_stats *)0)->level_units) / sizeof(int32_t)))
 
 static void family(struct api_buf *b, const char *name, const char *type, const char *help) {
     api_buf_printf(b, "# HELP " P "%s %s\n# TYPE " P "%s %s\n", name, help, name, type);
@@ -69,17 +71,70 @@ static void histogram(struct api_buf *b, const char *name, const char *help,
     api_buf_printf(b, "\n" P "%s_count %llu\n", name, (unsigned long long)cum);
 }
 
+/* The KV cache by SUBLLM level (DESIGN.md section 5; one level for dense
+ * models). Units are 16 token slots of one layer (engine.h), so the usage of
+ * level k is the share of the whole pool that level k's block tables hold:
+ * the per-level usages add up to the unlabelled total (minus units not in
+ * any table). level_kept_fraction{level="k"} is level_tokens[k] /
+ * level_tokens[k-1], k >= 1: for nested brackets ("TT(TT(T)TT)TT") level k-1
+ * is the parent level, so it is the fraction the k-th subsampler kept.
+ * NOTE: sibling brackets ("T(T)T(T)T") have level 0 as every level's parent;
+ * sched_stats does not say which level is whose parent, so the ratio stays
+ * to the previous level there. A snapshot with n_levels < 1 (taken before the
+ * scheduler's first update) is shown as one level holding pages_used. */
+static void kv_levels(struct api_buf *b, const struct sched_stats *st) {
+    int n = st->n_levels > API_STAT_LEVELS ? API_STAT_LEVELS : st->n_levels;
+    int32_t units[API_STAT_LEVELS];
+    if (n < 1) {
+        n = 1;
+        units[0] = st->pages_used;
+    } else {
+        for (int k = 0; k < n; k++) units[k] = st->level_units[k];
+    }
+    double total = st->pages_total > 0 ? (double)st->pages_total : 0.0;
+    char lab[32];
+
+    family(b, "kv_cache_usage_perc", "gauge",
+           "KV-cache usage: fraction of the KV unit pool in use by requests (1 = full); "
+           "with a level label, the fraction held by that SUBLLM level's block tables.");
+    sample(b, "kv_cache_usage_perc", NULL, total > 0 ? (double)st->pages_used / total : 0.0);
+    for (int k = 0; k < n; k++) {
+        snprintf(lab, sizeof(lab), "{level=\"%d\"}", k);
+        sample(b, "kv_cache_usage_perc", lab, total > 0 ? (double)units[k] / total : 0.0);
+    }
+
+    family(b, "kv_cache_level_units", "gauge",
+           "KV units (16 token slots of one layer) held by requests at each SUBLLM level.");
+    for (int k = 0; k < n; k++) {
+        snprintf(lab, sizeof(lab), "{level=\"%d\"}", k);
+        sample(b, "kv_cache_level_units", lab, (double)units[k]);
+    }
+
+    family(b, "level_tokens_total", "counter",
+           "Tokens computed at each SUBLLM level (level 0: every computed token).");
+    for (int k = 0; k < n; k++) {
+        snprintf(lab, sizeof(lab), "{level=\"%d\"}", k);
+        sample(b, "level_tokens_total", lab, (double)st->level_tokens[k]);
+    }
+
+    family(b, "level_kept_fraction", "gauge",
+           "Fraction of the tokens reaching level k-1 that were kept at level k "
+           "(cumulative; 0 before any token).");
+    for (int k = 1; k < n; k++) {
+        snprintf(lab, sizeof(lab), "{level=\"%d\"}", k);
+        uint64_t den = st->level_tokens[k - 1];
+        sample(b, "level_kept_fraction", lab,
+               den > 0 ? (double)st->level_tokens[k] / (double)den : 0.0);
+    }
+}
+
 int api_metrics_text(struct api_buf *b, const struct sched_stats *st) {
     family(b, "num_requests_running", "gauge", "Number of requests in the running batch.");
     sample(b, "num_requests_running", NULL, st->n_running);
     family(b, "num_requests_waiting", "gauge", "Number of requests waiting to be scheduled.");
     sample(b, "num_requests_waiting", NULL, st->n_waiting);
 
-    double usage = st->pages_total > 0 ? (double)st->pages_used / (double)st->pages_total : 0.0;
-    family(b, "kv_cache_usage_perc", "gauge",
-           "KV-cache usage: fraction of KV pages in use by requests (1 = full).");
-    sample(b, "kv_cache_usage_perc", NULL, usage);
-    sample(b, "kv_cache_usage_perc", "{level=\"0\"}", usage);
+    kv_levels(b, st);
 
     counter(b, "num_preemptions_total", "Cumulative number of preemptions.", st->n_preemptions);
     counter(b, "prompt_tokens_total", "Number of prefill tokens processed.", st->n_prompt_tokens);

@@ -22,6 +22,8 @@
 #include "tools/genmodel.h"
 
 static char g_model_path[512];
+static char g_sub_path[512];
+static int g_use_sub; /* load_model() loads the SUBLLM model */
 
 /* Generates the model once per run (tests fork; the path is set in main). */
 static void make_model(void) {
@@ -44,8 +46,34 @@ static void make_model(void) {
     ck_assert_msg(genmodel_write(&o, g_model_path, err, sizeof(err)) == 0, "genmodel: %s", err);
 }
 
+/* A SUBLLM model with two nested levels, keeping about 60% at each. */
+static void make_sub_model(void) {
+    FILE *f = fopen(g_sub_path, "rb");
+    if (f) {
+        fclose(f);
+        return;
+    }
+    struct genmodel_opts o;
+    genmodel_opts_default(&o);
+    o.arch = "subllm";
+    o.structure = "TT(TT(T)TT)TT";
+    o.keep = 0.6f;
+    o.dim = 64;
+    o.n_layers = 9;
+    o.n_heads = 4;
+    o.n_kv_heads = 2;
+    o.ffn_dim = 128;
+    o.n_vocab = 300;
+    o.n_ctx = 256;
+    o.seed = 11;
+    char err[256];
+    ck_assert_msg(genmodel_write(&o, g_sub_path, err, sizeof(err)) == 0, "genmodel: %s", err);
+}
+
 static struct eng_model *load_model(size_t kv_pages) {
     make_model();
+    make_sub_model();
+    const char *path = g_use_sub ? g_sub_path : g_model_path;
     struct eng_options eo = {0};
     eo.n_threads = 1;
     eo.kv_type = ENG_KV_F32;
@@ -59,12 +87,12 @@ static struct eng_model *load_model(size_t kv_pages) {
     if (kv_pages) {
         struct eng_options probe = eo;
         probe.kv_bytes = 0;
-        ck_assert_msg(eng_model_load(&m, g_model_path, &probe, err, sizeof(err)) == 0, "%s", err);
+        ck_assert_msg(eng_model_load(&m, path, &probe, err, sizeof(err)) == 0, "%s", err);
         size_t per_tok = eng_model_kv_bytes_per_token(m);
         eng_model_free(m);
         eo.kv_bytes = per_tok * 16 * kv_pages;
     }
-    ck_assert_msg(eng_model_load(&m, g_model_path, &eo, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(eng_model_load(&m, path, &eo, err, sizeof(err)) == 0, "%s", err);
     if (kv_pages) ck_assert_int_eq(eng_model_n_pages(m), (int)kv_pages);
     return m;
 }
@@ -400,6 +428,82 @@ START_TEST(test_min_tokens_delays_stop) {
 }
 END_TEST
 
+
+/* ---- SUBLLM levels ---- */
+
+/* Level tables hold exactly the kept tokens: at the first token of a request
+ * (seen from the engine thread, in notify), each level k holds
+ * ceil(kept_k / 16) blocks of L_k units. */
+static struct sched *g_lvl_sched;
+static struct sched_stats g_lvl_first;
+static int g_lvl_seen;
+
+static void on_notify_levels(void *ud, struct sched_req *r) {
+    if (!g_lvl_seen) {
+        sched_get_stats(g_lvl_sched, &g_lvl_first);
+        g_lvl_seen = 1;
+    }
+    on_notify(ud, r);
+}
+
+START_TEST(test_subllm_level_pages) {
+    g_use_sub = 1;
+    struct eng_model *m = load_model(0);
+    int L = eng_model_config(m)->n_layers, nl = eng_model_n_levels(m);
+    ck_assert_int_eq(nl, 3);
+    int layers[ENG_MAX_LEVELS] = {0};
+    for (int l = 0; l < L; l++) layers[eng_model_layer_level(m, l)]++;
+    struct sched *s = sched_new(m, NULL, on_notify_levels, NULL);
+    g_lvl_sched = s;
+    g_lvl_seen = 0;
+    ck_assert_int_eq(sched_start(s), 0);
+    struct client c;
+    client_submit(s, &c, make_req(150, 3, 4));
+    wait_all(&c, 1, 60);
+    ck_assert(g_lvl_seen);
+    /* one request, prefill only so far: level_tokens are its kept counts */
+    ck_assert_uint_eq(g_lvl_first.level_tokens[0], 150);
+    for (int k = 0; k < nl; k++) {
+        uint64_t kept = g_lvl_first.level_tokens[k];
+        if (k > 0) ck_assert_uint_lt(kept, g_lvl_first.level_tokens[k - 1]);
+        ck_assert_int_eq(g_lvl_first.level_units[k], kv_pages_for((int64_t)kept) * layers[k]);
+    }
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_int_eq(st.pages_used, 0);
+    for (int k = 0; k < nl; k++) ck_assert_int_eq(st.level_units[k], 0);
+    clients_free(&c, 1);
+    sched_free(s);
+    eng_model_free(m);
+    g_use_sub = 0;
+}
+END_TEST
+
+START_TEST(test_subllm_alone_concurrent_preempt) {
+    g_use_sub = 1;
+    /* 8 pages' worth of units: three 40+24-token requests cannot all fit. */
+    struct eng_model *m = load_model(8);
+    enum { N = 6 };
+    char alone[N][4096];
+    for (int i = 0; i < N; i++) run_alone(m, 40, 30 + i, 24, alone[i], sizeof(alone[i]), NULL);
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    ck_assert_int_eq(sched_start(s), 0);
+    struct client cs[N];
+    for (int i = 0; i < N; i++) client_submit(s, &cs[i], make_req(40, 30 + i, 24));
+    wait_all(cs, N, 120);
+    for (int i = 0; i < N; i++) ck_assert_str_eq(cs[i].text, alone[i]);
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_int_eq(st.pages_used, 0);
+    ck_assert_uint_eq(st.n_prefix_hits, 0); /* prefix caching is off with levels */
+    ck_assert_uint_gt(st.n_preemptions, 0);
+    clients_free(cs, N);
+    sched_free(s);
+    eng_model_free(m);
+    g_use_sub = 0;
+}
+END_TEST
+
 /* ---- batching ---- */
 
 START_TEST(test_alone_equals_concurrent) {
@@ -577,6 +681,7 @@ END_TEST
 int main(void) {
     const char *tmp = getenv("SLIMSERVE_TEST_TMP");
     snprintf(g_model_path, sizeof(g_model_path), "%s/sched_model_%d.gguf", tmp ? tmp : "/tmp", (int)getpid());
+    snprintf(g_sub_path, sizeof(g_sub_path), "%s/sched_subllm_%d.gguf", tmp ? tmp : "/tmp", (int)getpid());
     Suite *su = suite_create("sched");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 300);
@@ -585,6 +690,8 @@ int main(void) {
     tcase_add_test(tc, test_prefix_cache_reuse);
     tcase_add_test(tc, test_alone_equals_concurrent);
     tcase_add_test(tc, test_logprobs);
+    tcase_add_test(tc, test_subllm_level_pages);
+    tcase_add_test(tc, test_subllm_alone_concurrent_preempt);
     tcase_add_test(tc, test_bias_and_penalties);
     tcase_add_test(tc, test_min_tokens_delays_stop);
     tcase_add_test(tc, test_chunked_prefill);
@@ -598,5 +705,6 @@ int main(void) {
     int nf = srunner_ntests_failed(sr);
     srunner_free(sr);
     remove(g_model_path);
+    remove(g_sub_path);
     return nf != 0;
 }
