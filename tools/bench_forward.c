@@ -1,12 +1,27 @@
-/* bench_forward.c - single-stream decode (and prefill) speed of eng_forward.
+/* bench_forward.c - single-stream prefill and decode speed of eng_forward.
  *
- *   bench_forward MODEL [-n N_DECODE] [-p N_PREFILL] [-t THREADS] [-kv f16|f32] [-r REPEATS]
+ *   bench_forward MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]
+ *                       [-kv f16|f32] [-r REPEATS]
  *
- * Prefills N_PREFILL tokens in one batch, then decodes N_DECODE tokens one at a
- * time (greedy on the logits, so the work is real). Prints prefill tokens/s,
- * decode tokens/s and the decode memory traffic implied by the weights:
- * GB/s = eng_model_weight_bytes() * tokens/s (decode reads every matrix once).
- * Reports the best of REPEATS runs. Not a test: no pass/fail.
+ * One sequence: prefills a context of synthetic token ids, then decodes
+ * N_DECODE tokens one at a time (greedy on the logits, so the work is real).
+ *   -p N  (default 32): the context is prefilled in one forward of N tokens;
+ *   -c N: a long context, prefilled in chunks of up to CHUNK tokens (-b,
+ *         default 512; the engine's max_batch_tokens is set to it) the way
+ *         the scheduler prefills long prompts; decode then runs at context N.
+ * Prints prefill tokens/s, decode tokens/s with the memory traffic implied by
+ * the weights (GB/s = eng_model_weight_bytes() * tokens/s: decode reads every
+ * matrix once; a SUBLLM token dropped by a subsampler reads less), and the
+ * KV cache bytes per token actually stored at the end of the prefill:
+ *     sum over levels k of kept_k * layers_k * unit_bytes / 16, / context
+ * (kept_0 = context; dense models have one level, so this is
+ * eng_model_kv_bytes_per_token()). Times are the median of REPEATS runs
+ * (each from an empty cache; the runs are identical). Not a test: no
+ * pass/fail.
+ *
+ * Levels (engine.h "KV units and levels"): plain addressing, one block table
+ * whose first pages every level uses; the bench keeps level_n_past[k] itself,
+ * advancing it by eng_seq.level_kept[k] after every forward.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +34,7 @@
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 static int32_t argmax(const float *x, int n) {
@@ -29,27 +44,95 @@ static int32_t argmax(const float *x, int n) {
     return best;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median of v[0..n) (sorts v). */
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* One sequence's cache state over a model. */
+struct bench {
+    struct eng_model *m;
+    int n_vocab;
+    int n_levels;
+    int level_layers[ENG_MAX_LEVELS]; /* layers at level k */
+    int32_t *pages;                   /* plain block table, n_pages entries */
+    int32_t n_pages;
+    int32_t past[ENG_MAX_LEVELS];     /* KV entries cached per level ([0] = n_past) */
+    float *logits;                    /* [n_vocab] */
+};
+
+/* Forwards n tokens after the cached ones and advances every level by what
+ * the engine kept. Logits of the last token land in B->logits. Returns 0 or
+ * a negative SS_E* code (the state is unchanged then). */
+static int bench_step(struct bench *B, const int32_t *toks, int32_t n) {
+    int32_t kept[ENG_MAX_LEVELS] = {0};
+    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = B->past[0], .pages = B->pages,
+                        .n_pages = B->n_pages, .want_logits = 1, .level_kept = kept};
+    for (int k = 1; k < B->n_levels; k++) s.level_n_past[k] = B->past[k];
+    struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
+    int rc = eng_forward(B->m, &b, B->logits);
+    if (rc < 0) return rc;
+    B->past[0] += n;
+    for (int k = 1; k < B->n_levels; k++) B->past[k] += kept[k];
+    return 0;
+}
+
+/* Bytes of K/V the sequence stores now, per the formula in the file comment. */
+static double bench_kv_bytes(const struct bench *B) {
+    double unit = (double)eng_model_unit_bytes(B->m);
+    double sum = 0;
+    for (int k = 0; k < B->n_levels; k++)
+        sum += (double)B->past[k] * B->level_layers[k] * unit / 16.0;
+    return sum;
+}
+
+static void usage(const char *argv0) {
+    fprintf(stderr,
+            "usage: %s MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]\n"
+            "          [-kv f16|f32] [-r REPEATS]\n",
+            argv0);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL [-n N_DECODE] [-p N_PREFILL] [-t THREADS] [-kv f16|f32] [-r REPEATS]\n",
-                argv[0]);
+    if (argc < 2 || argv[1][0] == '-') {
+        usage(argv[0]);
         return 2;
     }
-    int n_decode = 64, n_prefill = 32, repeats = 3;
+    int n_decode = 64, n_ctx_arg = 0, n_prefill = 32, chunk = 0, repeats = 3;
     struct eng_options opt = {0};
-    for (int i = 2; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "-n")) n_decode = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-p")) n_prefill = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-t")) opt.n_threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-r")) repeats = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-kv")) opt.kv_type = !strcmp(argv[i + 1], "f32") ? ENG_KV_F32 : ENG_KV_F16;
+    for (int i = 2; i < argc; i += 2) {
+        if (i + 1 >= argc) {
+            usage(argv[0]);
+            return 2;
+        }
+        const char *v = argv[i + 1];
+        if (!strcmp(argv[i], "-n")) n_decode = atoi(v);
+        else if (!strcmp(argv[i], "-p")) n_prefill = atoi(v);
+        else if (!strcmp(argv[i], "-c")) n_ctx_arg = atoi(v);
+        else if (!strcmp(argv[i], "-b")) chunk = atoi(v);
+        else if (!strcmp(argv[i], "-t")) opt.n_threads = atoi(v);
+        else if (!strcmp(argv[i], "-r")) repeats = atoi(v);
+        else if (!strcmp(argv[i], "-kv")) opt.kv_type = !strcmp(v, "f32") ? ENG_KV_F32 : ENG_KV_F16;
+        else {
+            usage(argv[0]);
+            return 2;
+        }
     }
-    if (n_prefill < 1) n_prefill = 1;
+    const int long_ctx = n_ctx_arg > 0;
+    int ctx = long_ctx ? n_ctx_arg : (n_prefill < 1 ? 1 : n_prefill);
     if (n_decode < 1) n_decode = 1;
     if (repeats < 1) repeats = 1;
-    opt.n_ctx = n_prefill + n_decode;
+    if (chunk < 1) chunk = long_ctx ? 512 : ctx;
+    if (chunk > ctx) chunk = ctx;
+    opt.n_ctx = ctx + n_decode;
     opt.kv_default_seqs = 1;
-    opt.max_batch_tokens = n_prefill;
+    opt.max_batch_tokens = chunk;
 
     char err[256];
     struct eng_model *m;
@@ -59,50 +142,86 @@ int main(int argc, char **argv) {
         return 1;
     }
     const struct eng_config *c = eng_model_config(m);
-    int32_t n_pages = eng_model_n_pages(m);
-    int32_t *pages = malloc(n_pages * sizeof *pages);
-    int32_t *toks = malloc(n_prefill * sizeof *toks);
-    float *logits = malloc((size_t)c->n_vocab * sizeof *logits);
-    if (!pages || !toks || !logits) return 1;
-    for (int32_t i = 0; i < n_pages; i++) pages[i] = n_pages - 1 - i;
-    for (int i = 0; i < n_prefill; i++) toks[i] = (int32_t)((i * 7919 + 13) % c->n_vocab);
-
-    double best_pre = 1e30, best_dec = 1e30;
-    for (int rep = 0; rep < repeats; rep++) {
-        struct eng_seq s = {.tok0 = 0, .n_tok = n_prefill, .n_past = 0, .pages = pages,
-                            .n_pages = n_pages, .want_logits = 1};
-        struct eng_batch b = {.tokens = toks, .n_tokens = n_prefill, .seqs = &s, .n_seqs = 1};
-        double t0 = now_s();
-        if ((rc = eng_forward(m, &b, logits)) < 0) {
-            fprintf(stderr, "forward: %s\n", ss_strerror(rc));
-            return 1;
-        }
-        double t1 = now_s();
-        int32_t tok = argmax(logits, c->n_vocab);
-        for (int i = 0; i < n_decode; i++) {
-            s = (struct eng_seq){.tok0 = 0, .n_tok = 1, .n_past = n_prefill + i, .pages = pages,
-                                 .n_pages = n_pages, .want_logits = 1};
-            b = (struct eng_batch){.tokens = &tok, .n_tokens = 1, .seqs = &s, .n_seqs = 1};
-            if ((rc = eng_forward(m, &b, logits)) < 0) {
-                fprintf(stderr, "forward: %s\n", ss_strerror(rc));
-                return 1;
-            }
-            tok = argmax(logits, c->n_vocab);
-        }
-        double t2 = now_s();
-        if (t1 - t0 < best_pre) best_pre = t1 - t0;
-        if (t2 - t1 < best_dec) best_dec = t2 - t1;
+    if (eng_model_n_ctx(m) < ctx + n_decode) {
+        fprintf(stderr, "context %d + %d decode tokens exceeds the model's %d\n", ctx, n_decode,
+                eng_model_n_ctx(m));
+        eng_model_free(m);
+        return 1;
     }
+    struct bench B = {.m = m, .n_vocab = c->n_vocab, .n_levels = eng_model_n_levels(m),
+                      .n_pages = eng_model_n_pages(m)};
+    if (B.n_levels < 1 || B.n_levels > ENG_MAX_LEVELS) B.n_levels = 1;
+    for (int l = 0; l < c->n_layers; l++) {
+        int k = eng_model_layer_level(m, l);
+        if (k >= 0 && k < B.n_levels) B.level_layers[k]++;
+    }
+    B.pages = malloc((size_t)B.n_pages * sizeof *B.pages);
+    B.logits = malloc((size_t)c->n_vocab * sizeof *B.logits);
+    int32_t *toks = malloc((size_t)ctx * sizeof *toks);
+    double *t_pre = malloc((size_t)repeats * sizeof *t_pre);
+    double *t_dec = malloc((size_t)repeats * sizeof *t_dec);
+    if (!B.pages || !B.logits || !toks || !t_pre || !t_dec) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    for (int32_t i = 0; i < B.n_pages; i++) B.pages[i] = B.n_pages - 1 - i;
+    for (int i = 0; i < ctx; i++) toks[i] = (int32_t)(((int64_t)i * 7919 + 13) % c->n_vocab);
+
+    int32_t kept_ctx[ENG_MAX_LEVELS] = {0}, kept_end[ENG_MAX_LEVELS] = {0};
+    double kv_bytes = 0;
+    for (int rep = 0; rep < repeats && rc == 0; rep++) {
+        memset(B.past, 0, sizeof B.past);
+        double t0 = now_s();
+        for (int i = 0; i < ctx && rc == 0; i += chunk)
+            rc = bench_step(&B, toks + i, ctx - i < chunk ? ctx - i : chunk);
+        double t1 = now_s();
+        memcpy(kept_ctx, B.past, sizeof kept_ctx);
+        kv_bytes = bench_kv_bytes(&B);
+        int32_t tok = argmax(B.logits, c->n_vocab);
+        for (int i = 0; i < n_decode && rc == 0; i++) {
+            rc = bench_step(&B, &tok, 1);
+            tok = argmax(B.logits, c->n_vocab);
+        }
+        t_pre[rep] = t1 - t0;
+        t_dec[rep] = now_s() - t1;
+        memcpy(kept_end, B.past, sizeof kept_end);
+    }
+    if (rc < 0) {
+        fprintf(stderr, "forward: %s\n", ss_strerror(rc));
+        return 1;
+    }
+
     double wb = (double)eng_model_weight_bytes(m);
-    double dec_tps = n_decode / best_dec;
-    printf("model %s: %d layers, dim %d, ffn %d, vocab %d, weights read per token %.1f MB\n", c->name,
-           c->n_layers, c->dim, c->ffn_dim, c->n_vocab, wb / 1e6);
-    printf("prefill %d tokens: %.1f tokens/s\n", n_prefill, n_prefill / best_pre);
-    printf("decode %d tokens: %.2f tokens/s, %.2f ms/token, %.2f GB/s of weights\n", n_decode, dec_tps,
-           1e3 / dec_tps, wb * dec_tps / 1e9);
-    free(pages);
+    double pre_s = median(t_pre, repeats), dec_s = median(t_dec, repeats);
+    double dec_tps = n_decode / dec_s;
+    printf("model %s (%s): %d layers, dim %d, ffn %d, vocab %d, weights read per token %.1f MB\n",
+           c->name, c->arch_name, c->n_layers, c->dim, c->ffn_dim, c->n_vocab, wb / 1e6);
+    if (long_ctx)
+        printf("prefill %d tokens in chunks of %d: %.1f tokens/s (median of %d)\n", ctx, chunk,
+               ctx / pre_s, repeats);
+    else
+        printf("prefill %d tokens: %.1f tokens/s (median of %d)\n", ctx, ctx / pre_s, repeats);
+    printf("decode %d tokens at context %d: %.2f tokens/s, %.2f ms/token, %.2f GB/s of weights\n",
+           n_decode, ctx, dec_tps, 1e3 / dec_tps, wb * dec_tps / 1e9);
+    if (B.n_levels > 1) {
+        double layer_steps = 0; /* layers a decode token ran through, summed */
+        printf("levels (layers, tokens kept at context %d, kept during decode):", ctx);
+        for (int k = 0; k < B.n_levels; k++) {
+            printf(" %d: %d layers, %d (%.3f), %d/%d", k, B.level_layers[k], kept_ctx[k],
+                   (double)kept_ctx[k] / ctx, kept_end[k] - kept_ctx[k], n_decode);
+            layer_steps += (double)(kept_end[k] - kept_ctx[k]) * B.level_layers[k];
+        }
+        printf("\ndecode tokens ran through %.2f of %d layers on average\n", layer_steps / n_decode,
+               c->n_layers);
+    }
+    double dense = (double)eng_model_kv_bytes_per_token(m);
+    printf("KV stored at context %d: %.0f bytes/token (all layers storing every token: %.0f, ratio %.3f)\n",
+           ctx, kv_bytes / ctx, dense, kv_bytes / ctx / dense);
+    free(B.pages);
+    free(B.logits);
     free(toks);
-    free(logits);
+    free(t_pre);
+    free(t_dec);
     eng_model_free(m);
     return 0;
 }

@@ -1437,6 +1437,128 @@ START_TEST(test_metrics_text) {
 }
 END_TEST
 
+/* The type the text declares for a family, or "" if none. */
+static const char *prom_type(char types[][2][64], int nt, const char *name) {
+    for (int t = 0; t < nt; t++)
+        if (!strcmp(types[t][0], name)) return types[t][1];
+    return "";
+}
+
+static int prom_has(const struct prom_sample *s, int n, const char *name, const char *labels) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s[i].name, name) && !strcmp(s[i].labels, labels)) return 1;
+    return 0;
+}
+
+/* Per-level KV series of a SUBLLM model (3 levels), of a dense model, and of
+ * degenerate snapshots (no tokens yet, n_levels out of range). */
+START_TEST(test_metrics_levels) {
+    struct sched_stats st;
+    memset(&st, 0, sizeof(st));
+    st.pages_total = 200;
+    st.pages_used = 54;
+    st.n_levels = 3;
+    st.level_units[0] = 30;
+    st.level_units[1] = 18;
+    st.level_units[2] = 6;
+    st.level_units[3] = 999; /* beyond n_levels: never shown */
+    st.level_tokens[0] = 1000;
+    st.level_tokens[1] = 640;
+    st.level_tokens[2] = 400;
+    st.level_tokens[3] = 7;
+
+    struct api_buf b;
+    api_buf_init(&b);
+    ck_assert_int_eq(api_metrics_text(&b, &st), 0);
+    static struct prom_sample s[256];
+    static char types[64][2][64];
+    int nt = 0;
+    int n = prom_parse(b.data, s, 256, types, &nt);
+
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:kv_cache_usage_perc"), "gauge");
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:kv_cache_level_units"), "gauge");
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:level_tokens_total"), "counter");
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:level_kept_fraction"), "gauge");
+    /* the unlabelled total stays: pages_used / pages_total */
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", NULL) == 0.27);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.15);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"1\"}") == 0.09);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"2\"}") == 0.03);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"0\"}") == 30);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"1\"}") == 18);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"2\"}") == 6);
+    ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"0\"}") == 1000);
+    ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"1\"}") == 640);
+    ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"2\"}") == 400);
+    ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"1\"}") == 0.64);
+    ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"2\"}") == 0.625);
+    /* no fraction for level 0, nothing at or past n_levels */
+    ck_assert(!prom_has(s, n, "slimserve:level_kept_fraction", "{level=\"0\"}"));
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_usage_perc", "{level=\"3\"}"));
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_level_units", "{level=\"3\"}"));
+    ck_assert(!prom_has(s, n, "slimserve:level_tokens_total", "{level=\"3\"}"));
+    ck_assert(!prom_has(s, n, "slimserve:level_kept_fraction", "{level=\"3\"}"));
+    /* the exact text of a few lines */
+    ck_assert(strstr(b.data, "\nslimserve:kv_cache_usage_perc{level=\"1\"} 0.09\n") != NULL);
+    ck_assert(strstr(b.data, "\nslimserve:kv_cache_level_units{level=\"2\"} 6\n") != NULL);
+    ck_assert(strstr(b.data, "\nslimserve:level_tokens_total{level=\"0\"} 1000\n") != NULL);
+    ck_assert(strstr(b.data, "\nslimserve:level_kept_fraction{level=\"2\"} 0.625\n") != NULL);
+    ck_assert(strstr(b.data, "# TYPE slimserve:level_kept_fraction gauge\n") != NULL);
+    ck_assert(strstr(b.data, "# TYPE slimserve:level_tokens_total counter\n") != NULL);
+    api_buf_free(&b);
+
+    /* a zero denominator gives 0, not NaN: no token reached level 1 yet */
+    st.level_tokens[0] = 50;
+    st.level_tokens[1] = 0;
+    st.level_tokens[2] = 0;
+    api_metrics_text(&b, &st);
+    n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"1\"}") == 0);
+    ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"2\"}") == 0);
+    api_buf_free(&b);
+    memset(st.level_tokens, 0, sizeof(st.level_tokens));
+    api_metrics_text(&b, &st);
+    ck_assert(strstr(b.data, "slimserve:level_kept_fraction{level=\"1\"} 0\n") != NULL);
+    ck_assert(strstr(b.data, "NaN") == NULL);
+    api_buf_free(&b);
+
+    /* a dense model: one level, no kept fraction samples (the family is declared) */
+    memset(&st, 0, sizeof(st));
+    st.pages_total = 64;
+    st.pages_used = 16;
+    st.n_levels = 1;
+    st.level_units[0] = 16;
+    st.level_tokens[0] = 77;
+    api_metrics_text(&b, &st);
+    n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.25);
+    ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"0\"}") == 77);
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_usage_perc", "{level=\"1\"}"));
+    for (int i = 0; i < n; i++) ck_assert(strcmp(s[i].name, "slimserve:level_kept_fraction") != 0);
+    api_buf_free(&b);
+
+    /* n_levels beyond the arrays is clamped to them; an empty pool divides by nothing */
+    memset(&st, 0, sizeof(st));
+    st.n_levels = 1000;
+    for (int k = 0; k < 8; k++) st.level_units[k] = k;
+    api_metrics_text(&b, &st);
+    n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"7\"}") == 7);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"7\"}") == 0);
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_level_units", "{level=\"8\"}"));
+    api_buf_free(&b);
+    st.n_levels = -5; /* a snapshot before the first update: one level, = pages_used */
+    st.pages_total = 10;
+    st.pages_used = 5;
+    api_metrics_text(&b, &st);
+    n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.5);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"0\"}") == 5);
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_level_units", "{level=\"1\"}"));
+    api_buf_free(&b);
+}
+END_TEST
+
 static Suite *api_suite(void) {
     Suite *s = suite_create("api");
     struct {
@@ -1467,6 +1589,7 @@ static Suite *api_suite(void) {
         {"logprobs_json", test_logprobs_json},
         {"tokenize", test_tokenize},
         {"metrics_text", test_metrics_text},
+        {"metrics_levels", test_metrics_levels},
     };
     for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
         TCase *tc = tcase_create(tests[i].name);
