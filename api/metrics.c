@@ -74,8 +74,9 @@ static void histogram(struct api_buf *b, const char *name, const char *help,
 /* The KV cache by SUBLLM level (DESIGN.md section 5; one level for dense
  * models). Units are 16 token slots of one layer (engine.h), so the usage of
  * level k is the share of the whole pool that level k's block tables hold:
- * the per-level usages add up to the unlabelled total (minus units not in
- * any table). level_kept_fraction{level="k"} is level_tokens[k] /
+ * the per-level usages add up to the unlabelled total, except that a prefix
+ * block shared by several tables (dense models only) counts once per table.
+ * level_kept_fraction{level="k"} is level_tokens[k] /
  * level_tokens[k-1], k >= 1: for nested brackets ("TT(TT(T)TT)TT") level k-1
  * is the parent level, so it is the fraction the k-th subsampler kept.
  * NOTE: sibling brackets ("T(T)T(T)T") have level 0 as every level's parent;

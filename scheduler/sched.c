@@ -466,6 +466,7 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     }
     stats_init(&s->stats);
     s->stats.pages_total = kv_pool_n_units(s->pool);
+    s->stats.n_levels = s->n_levels;
     return s;
 }
 
