@@ -20,7 +20,6 @@
  * the build root, two levels above this executable).
  */
 #include <check.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -33,6 +32,7 @@
 #include "engine/gguf.h"
 #include "engine/ss_error.h"
 #include "tools/genmodel.h"
+#include "testutil.h"
 
 /* ----------------------------------------------------------------- models */
 
@@ -63,13 +63,8 @@ static struct test_model models[M_COUNT] = {
     [M_QWEN2_GEN] = {"qwen2 genmodel q8_0 tied mqa(4/1)", BE_Q8_0, 1, 1, 128, 4, 256, 2, "bpe", 8, 1e-4},
 };
 
-static char tmp_dir[PATH_MAX - 64];
 static char ref_script[PATH_MAX];
 static int have_ref; /* python3 + numpy + gguf importable and the script found */
-
-static void tmp_file(char *out, size_t cap, const char *name) {
-    snprintf(out, cap, "%s/test_forward_%ld_%s", tmp_dir, (long)getpid(), name);
-}
 
 static float lcg_uniform(uint64_t *st) { /* [0, 1) */
     *st = *st * 6364136223846793005ull + 1442695040888963407ull;
@@ -86,7 +81,7 @@ static int make_variant(const char *src, const char *dst, int qwen2, char *err, 
     if (rc < 0) return rc;
     struct gguf_writer *w = gguf_writer_new();
     char key[256];
-    for (int64_t i = 0; i < gguf_n_kv(f) && rc == 0; i++) {
+    for (int64_t i = 0; i < gguf_n_kv(f); i++) {
         const struct gguf_kv *kv = gguf_kv_at(f, i);
         int n = kv->key.len < 200 ? (int)kv->key.len : 200;
         if (qwen2 && n > 6 && memcmp(kv->key.s, "llama.", 6) == 0)
@@ -97,45 +92,7 @@ static int make_variant(const char *src, const char *dst, int qwen2, char *err, 
             gguf_w_str(w, key, "qwen2");
             continue;
         }
-        switch (kv->type) {
-        case GGUF_T_UINT32: { uint32_t v; memcpy(&v, kv->data, 4); gguf_w_u32(w, key, v); break; }
-        case GGUF_T_INT32: { int32_t v; memcpy(&v, kv->data, 4); gguf_w_i32(w, key, v); break; }
-        case GGUF_T_FLOAT32: { float v; memcpy(&v, kv->data, 4); gguf_w_f32(w, key, v); break; }
-        case GGUF_T_BOOL: gguf_w_bool(w, key, kv->data[0] != 0); break;
-        case GGUF_T_STRING: {
-            uint64_t len;
-            memcpy(&len, kv->data, 8);
-            char *v = strndup((const char *)kv->data + 8, len);
-            gguf_w_str(w, key, v);
-            free(v);
-            break;
-        }
-        case GGUF_T_ARRAY: {
-            uint64_t an = kv->arr_n;
-            if (kv->arr_type == GGUF_T_STRING) {
-                char **v = calloc(an ? an : 1, sizeof *v);
-                for (uint64_t j = 0; j < an; j++) {
-                    struct gguf_str gs;
-                    gguf_arr_str(kv, j, &gs);
-                    v[j] = strndup(gs.s, gs.len);
-                }
-                gguf_w_arr_str(w, key, (const char *const *)v, an);
-                for (uint64_t j = 0; j < an; j++) free(v[j]);
-                free(v);
-            } else if (kv->arr_type == GGUF_T_FLOAT32 || kv->arr_type == GGUF_T_INT32) {
-                void *v = malloc(an ? an * 4 : 4);
-                memcpy(v, kv->data, an * 4);
-                if (kv->arr_type == GGUF_T_FLOAT32) gguf_w_arr_f32(w, key, v, an);
-                else gguf_w_arr_i32(w, key, v, an);
-                free(v);
-            } else {
-                rc = SS_EUNSUPPORTED;
-            }
-            break;
-        }
-        default: rc = SS_EUNSUPPORTED;
-        }
-        if (rc) snprintf(err, err_len, "make_variant: cannot copy key %.100s", key);
+        tu_copy_kv(w, key, kv);
     }
     int n_layers = 0, qdim = 0, kvdim = 0;
     for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
@@ -190,7 +147,7 @@ static int gen_models(void) {
         if (i == M_QWEN2_GEN) o.arch = "qwen2";
         char name[32];
         snprintf(name, sizeof name, "m%d.gguf", i);
-        snprintf(t->path, sizeof t->path, "%s/test_forward_%ld_%s", tmp_dir, (long)getpid(), name);
+        tu_tmp_file(t->path, sizeof t->path, name);
         int rc = genmodel_write(&o, t->path, err, sizeof err);
         if (rc == 0 && (i == M_QWEN2 || i == M_ROPE_FREQS)) {
             char tmp[PATH_MAX + 16];
@@ -206,106 +163,32 @@ static int gen_models(void) {
     return 0;
 }
 
-static void find_ref(void) {
-    const char *src = getenv("SLIMSERVE_SRC_DIR");
-    if (src && src[0]) {
-        snprintf(ref_script, sizeof ref_script, "%s/tests/ref/llama_ref.py", src);
-    } else {
-        char here[PATH_MAX];
-        snprintf(here, sizeof here, "%s", __FILE__);
-        char *dir = dirname(here); /* .../tests/unit */
-        if (dir[0] == '/') {
-            snprintf(ref_script, sizeof ref_script, "%s/../ref/llama_ref.py", dir);
-        } else {
-            char exe[PATH_MAX];
-            ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-            exe[n > 0 ? n : 0] = 0;
-            char *root = dirname(dirname(exe)); /* build root: <root>/tests/test_forward */
-            snprintf(ref_script, sizeof ref_script, "%s/%s/../ref/llama_ref.py", root, dir);
-        }
-    }
-    if (access(ref_script, R_OK) != 0) {
-        fprintf(stderr, "NOTE: reference script not found at %s\n", ref_script);
-        return;
-    }
-    have_ref = system("python3 -c 'import numpy, gguf' >/dev/null 2>&1") == 0;
-    if (!have_ref) fprintf(stderr, "NOTE: python3 with numpy and gguf is not available\n");
-}
-
 /* ---------------------------------------------------------------- helpers */
 
 static struct eng_model *load(const char *path, int kv_type, int max_batch) {
     struct eng_options o = {.kv_type = kv_type, .max_batch_tokens = max_batch, .n_ctx = 256};
-    char err[256] = "";
-    struct eng_model *m = NULL;
-    int rc = eng_model_load(&m, path, &o, err, sizeof err);
-    ck_assert_msg(rc == 0, "load %s: %d %s", path, rc, err);
-    return m;
-}
-
-static void prompt(int32_t *toks, int n, int n_vocab, int salt) {
-    for (int i = 0; i < n; i++) toks[i] = (int32_t)((i * 37 + 11 + salt * 101) % n_vocab);
-}
-
-/* One sequence: n tokens at n_past on the given block table. */
-static int run1(struct eng_model *m, const int32_t *toks, int n, int n_past, const int32_t *pages,
-                int n_pages, int all, float *logits) {
-    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = n_past, .pages = pages, .n_pages = n_pages,
-                        .want_logits = 1, .all_logits = all};
-    struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
-    return eng_forward(m, &b, logits);
-}
-
-static float *read_f32(const char *path, size_t n) {
-    FILE *fp = fopen(path, "rb");
-    ck_assert_msg(fp != NULL, "cannot open %s", path);
-    float *v = malloc(n * sizeof *v);
-    ck_assert(v != NULL);
-    ck_assert_msg(fread(v, sizeof *v, n, fp) == n, "short reference output %s", path);
-    fclose(fp);
-    return v;
+    return tu_load(path, &o);
 }
 
 /* ------------------------------------------------------ reference numerics */
 
 static void compare_with_ref(int which, int kv_type, double tol) {
     struct test_model *t = &models[which];
-    if (!have_ref) {
-        ck_assert_msg(!getenv("SLIMSERVE_REQUIRE_REF") || strcmp(getenv("SLIMSERVE_REQUIRE_REF"), "1"),
-                      "reference not available");
-        printf("SKIP reference comparison for %s (python3/numpy/gguf missing)\n", t->label);
-        return;
-    }
+    char what[128];
+    snprintf(what, sizeof what, "reference comparison for %s", t->label);
+    if (!tu_ref_available(have_ref, what)) return;
     struct eng_model *m = load(t->path, kv_type, 64);
     const int n = 40, V = eng_model_config(m)->n_vocab;
     int32_t toks[40], pages[3] = {9, 3, 17};
-    prompt(toks, n, V, which);
+    tu_prompt(toks, n, V, which);
     float *got = malloc((size_t)n * V * sizeof *got);
     ck_assert(got != NULL);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 3, 1, got), 0);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 3, 1, got), 0);
 
-    char out[PATH_MAX], cmd[4 * PATH_MAX], list[512];
-    tmp_file(out, sizeof out, "ref.f32");
-    size_t o = 0;
-    for (int i = 0; i < n; i++) o += snprintf(list + o, sizeof list - o, "%s%d", i ? "," : "", toks[i]);
-    snprintf(cmd, sizeof cmd, "python3 '%s' '%s' --tokens %s --out '%s'", ref_script, t->path, list, out);
-    ck_assert_msg(system(cmd) == 0, "reference failed: %s", cmd);
-    float *want = read_f32(out, (size_t)n * V);
-    unlink(out);
-
-    double maxd = 0, maxref = 0;
-    int argmax_same = 0;
-    for (int i = 0; i < n; i++) {
-        int ag = 0, aw = 0;
-        for (int j = 0; j < V; j++) {
-            double d = fabs((double)got[(size_t)i * V + j] - want[(size_t)i * V + j]);
-            if (!(d <= maxd)) maxd = d; /* catches NaN too */
-            if (fabs(want[(size_t)i * V + j]) > maxref) maxref = fabs(want[(size_t)i * V + j]);
-            if (got[(size_t)i * V + j] > got[(size_t)i * V + ag]) ag = j;
-            if (want[(size_t)i * V + j] > want[(size_t)i * V + aw]) aw = j;
-        }
-        argmax_same += ag == aw;
-    }
+    float *want = tu_run_ref(ref_script, t->path, toks, n, "", (size_t)n * V);
+    double maxref;
+    int argmax_same;
+    double maxd = tu_compare_logits(got, want, n, V, &maxref, &argmax_same);
     printf("ref %-34s kv %s: max |logit - ref| = %.3g (max |ref| %.2f, argmax agrees %d/%d)\n", t->label,
            kv_type == ENG_KV_F32 ? "f32" : "f16", maxd, maxref, argmax_same, n);
     fflush(stdout);
@@ -332,18 +215,18 @@ static void check_incremental(int kv_type) {
     struct eng_model *m = load(models[M_F32].path, kv_type, 64);
     const int n = 37, k = 20, V = eng_model_config(m)->n_vocab;
     int32_t toks[37], pages[3] = {4, 0, 11};
-    prompt(toks, n, V, 7);
+    tu_prompt(toks, n, V, 7);
     float *full = malloc((size_t)n * V * sizeof *full), *step = malloc((size_t)V * sizeof *step);
     ck_assert(full && step);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 3, 1, full), 0);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 3, 1, full), 0);
 
     /* fresh pages for the incremental run */
     int32_t pages2[3] = {2, 7, 5};
-    ck_assert_int_eq(run1(m, toks, k, 0, pages2, 3, 0, step), 0);
+    ck_assert_int_eq(tu_run1(m, toks, k, 0, pages2, 3, 0, step), 0);
     ck_assert_msg(memcmp(step, full + (size_t)(k - 1) * V, (size_t)V * sizeof *step) == 0,
                   "prefill of %d tokens differs from the full prompt's row %d", k, k - 1);
     for (int i = k; i < n; i++) {
-        ck_assert_int_eq(run1(m, toks + i, 1, i, pages2, 3, 0, step), 0);
+        ck_assert_int_eq(tu_run1(m, toks + i, 1, i, pages2, 3, 0, step), 0);
         double maxd = 0;
         for (int j = 0; j < V; j++) {
             double d = fabs((double)step[j] - full[(size_t)i * V + j]);
@@ -368,15 +251,15 @@ START_TEST(test_ragged_batch_bitwise) {
     const int V = eng_model_config(m)->n_vocab;
     /* A: 19-token prompt then one decode token; alone on pages {1,6}. */
     int32_t a[20], b[33], c[3], d[1];
-    prompt(a, 20, V, 1);
-    prompt(b, 33, V, 2);
-    prompt(c, 3, V, 3);
-    prompt(d, 1, V, 4);
+    tu_prompt(a, 20, V, 1);
+    tu_prompt(b, 33, V, 2);
+    tu_prompt(c, 3, V, 3);
+    tu_prompt(d, 1, V, 4);
     float *alone = malloc((size_t)21 * V * sizeof(float)), *batched = malloc((size_t)64 * V * sizeof(float));
     ck_assert(alone && batched);
     int32_t pa[2] = {1, 6};
-    ck_assert_int_eq(run1(m, a, 19, 0, pa, 2, 1, alone), 0);
-    ck_assert_int_eq(run1(m, a + 19, 1, 19, pa, 2, 0, alone + (size_t)19 * V), 0);
+    ck_assert_int_eq(tu_run1(m, a, 19, 0, pa, 2, 1, alone), 0);
+    ck_assert_int_eq(tu_run1(m, a + 19, 1, 19, pa, 2, 0, alone + (size_t)19 * V), 0);
 
     /* Batch 1: C (3, fresh), A prefill (19), B (33, fresh) on scattered pages. */
     int32_t pa2[2] = {30, 12}, pb[3] = {20, 2, 25}, pc[1] = {8}, pd[2] = {40, 41};
@@ -420,44 +303,44 @@ START_TEST(test_invalid_batches) {
     const int32_t np = eng_model_n_pages(m);
     ck_assert_int_eq(n_ctx, 256);
     int32_t toks[40], pages[16];
-    prompt(toks, 40, V, 9);
+    tu_prompt(toks, 40, V, 9);
     for (int i = 0; i < 16; i++) pages[i] = i;
     float *lg = malloc((size_t)40 * V * sizeof *lg), *ref = malloc((size_t)V * sizeof *ref);
     ck_assert(lg && ref);
 
     /* A reference: 10 tokens then decode token 10, on pages {0}. */
-    ck_assert_int_eq(run1(m, toks, 10, 0, pages, 1, 0, lg), 0);
-    ck_assert_int_eq(run1(m, toks + 10, 1, 10, pages, 1, 0, ref), 0);
+    ck_assert_int_eq(tu_run1(m, toks, 10, 0, pages, 1, 0, lg), 0);
+    ck_assert_int_eq(tu_run1(m, toks + 10, 1, 10, pages, 1, 0, ref), 0);
     /* Re-prefill the same pages (same content) for the tamper check below. */
-    ck_assert_int_eq(run1(m, toks, 10, 0, pages, 1, 0, lg), 0);
+    ck_assert_int_eq(tu_run1(m, toks, 10, 0, pages, 1, 0, lg), 0);
 
     int32_t bad_tok[2] = {toks[0], V};
     int32_t neg_tok[1] = {-1};
     int32_t big_page[1] = {np}, neg_page[1] = {-1};
-    ck_assert_int_eq(run1(m, bad_tok, 2, 0, pages, 1, 0, lg), SS_EINVAL);
-    ck_assert_int_eq(run1(m, neg_tok, 1, 0, pages, 1, 0, lg), SS_EINVAL);
-    ck_assert_int_eq(run1(m, toks, 1, n_ctx, pages, 16, 0, lg), SS_EINVAL);     /* beyond n_ctx */
-    ck_assert_int_eq(run1(m, toks, 2, n_ctx - 1, pages, 16, 0, lg), SS_EINVAL); /* crosses n_ctx */
-    ck_assert_int_eq(run1(m, toks, 1, -1, pages, 1, 0, lg), SS_EINVAL);
-    ck_assert_int_eq(run1(m, toks, 17, 0, pages, 1, 0, lg), SS_EINVAL);         /* needs 2 pages */
-    ck_assert_int_eq(run1(m, toks, 1, 0, big_page, 1, 0, lg), SS_EINVAL);
-    ck_assert_int_eq(run1(m, toks, 1, 0, neg_page, 1, 0, lg), SS_EINVAL);
-    ck_assert_int_eq(run1(m, toks, 1, 0, NULL, 1, 0, lg), SS_EINVAL);
-    ck_assert_int_eq(run1(m, toks, 33, 0, pages, 16, 0, lg), SS_EINVAL);        /* > max_batch_tokens */
-    ck_assert_int_eq(run1(m, toks, 1, 0, pages, 1, 0, NULL), SS_EINVAL);        /* logits wanted */
+    ck_assert_int_eq(tu_run1(m, bad_tok, 2, 0, pages, 1, 0, lg), SS_EINVAL);
+    ck_assert_int_eq(tu_run1(m, neg_tok, 1, 0, pages, 1, 0, lg), SS_EINVAL);
+    ck_assert_int_eq(tu_run1(m, toks, 1, n_ctx, pages, 16, 0, lg), SS_EINVAL);     /* beyond n_ctx */
+    ck_assert_int_eq(tu_run1(m, toks, 2, n_ctx - 1, pages, 16, 0, lg), SS_EINVAL); /* crosses n_ctx */
+    ck_assert_int_eq(tu_run1(m, toks, 1, -1, pages, 1, 0, lg), SS_EINVAL);
+    ck_assert_int_eq(tu_run1(m, toks, 17, 0, pages, 1, 0, lg), SS_EINVAL);         /* needs 2 pages */
+    ck_assert_int_eq(tu_run1(m, toks, 1, 0, big_page, 1, 0, lg), SS_EINVAL);
+    ck_assert_int_eq(tu_run1(m, toks, 1, 0, neg_page, 1, 0, lg), SS_EINVAL);
+    ck_assert_int_eq(tu_run1(m, toks, 1, 0, NULL, 1, 0, lg), SS_EINVAL);
+    ck_assert_int_eq(tu_run1(m, toks, 33, 0, pages, 16, 0, lg), SS_EINVAL);        /* > max_batch_tokens */
+    ck_assert_int_eq(tu_run1(m, toks, 1, 0, pages, 1, 0, NULL), SS_EINVAL);        /* logits wanted */
     ck_assert_int_eq(eng_forward(m, NULL, lg), SS_EINVAL);
 
     /* Ragged inconsistencies. The first sequence would overwrite slots 0..3
      * of page 0 with other tokens if anything ran before validation. */
     int32_t t2[8];
-    prompt(t2, 8, V, 3);
+    tu_prompt(t2, 8, V, 3);
     struct eng_seq s[2] = {
         {.tok0 = 0, .n_tok = 4, .n_past = 0, .pages = pages, .n_pages = 1, .want_logits = 1},
         {.tok0 = 4, .n_tok = 4, .n_past = 0, .pages = pages + 1, .n_pages = 1, .want_logits = 1},
     };
     struct eng_batch b = {.tokens = t2, .n_tokens = 8, .seqs = s, .n_seqs = 2};
     ck_assert_int_eq(eng_forward(m, &b, lg), 0); /* valid as is (pages 0 and 1 are scratch here) */
-    ck_assert_int_eq(run1(m, toks, 10, 0, pages, 1, 0, lg), 0); /* restore page 0 */
+    ck_assert_int_eq(tu_run1(m, toks, 10, 0, pages, 1, 0, lg), 0); /* restore page 0 */
 
     s[1].tok0 = 5;
     ck_assert_int_eq(eng_forward(m, &b, lg), SS_EINVAL); /* gap */
@@ -481,7 +364,7 @@ START_TEST(test_invalid_batches) {
     ck_assert_int_eq(eng_forward(m, &b, lg), SS_EINVAL);
 
     /* Nothing above touched page 0: decoding token 10 gives the reference. */
-    ck_assert_int_eq(run1(m, toks + 10, 1, 10, pages, 1, 0, lg), 0);
+    ck_assert_int_eq(tu_run1(m, toks + 10, 1, 10, pages, 1, 0, lg), 0);
     ck_assert_msg(memcmp(lg, ref, (size_t)V * sizeof *lg) == 0, "a rejected batch modified the KV cache");
     free(lg);
     free(ref);
@@ -490,19 +373,6 @@ START_TEST(test_invalid_batches) {
 END_TEST
 
 /* ------------------------------------------------------------- load errors */
-
-static uint8_t *slurp(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    ck_assert(fp != NULL);
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)n);
-    ck_assert(b && fread(b, 1, (size_t)n, fp) == (size_t)n);
-    fclose(fp);
-    *len = (size_t)n;
-    return b;
-}
 
 static void spit(const char *path, const uint8_t *b, size_t n) {
     FILE *fp = fopen(path, "wb");
@@ -524,29 +394,18 @@ static size_t find_gstr(const uint8_t *b, size_t n, const char *s) {
     return 0;
 }
 
-static void expect_load_error(const char *path, int code, const char *needle) {
-    char err[256] = "";
-    struct eng_model *m = (struct eng_model *)0x1;
-    int rc = eng_model_load(&m, path, NULL, err, sizeof err);
-    ck_assert_msg(rc == code, "load returned %d (%s), expected %d", rc, err, code);
-    ck_assert_msg(m == NULL, "model pointer not cleared on failure");
-    ck_assert_msg(strstr(err, needle) != NULL, "message '%s' does not name '%s'", err, needle);
-    printf("load error as expected: %s\n", err);
-    fflush(stdout);
-}
-
 START_TEST(test_bad_model_files) {
     size_t n;
-    uint8_t *orig = slurp(models[M_F32].path, &n), *b = malloc(n);
+    uint8_t *orig = tu_slurp(models[M_F32].path, &n), *b = malloc(n);
     ck_assert(b != NULL);
     char path[PATH_MAX];
-    tmp_file(path, sizeof path, "bad.gguf");
+    tu_tmp_file(path, sizeof path, "bad.gguf");
 
     /* missing tensor: rename blk.1.ffn_up.weight */
     memcpy(b, orig, n);
     b[find_gstr(b, n, "blk.1.ffn_up.weight") - 1] = 'x';
     spit(path, b, n);
-    expect_load_error(path, SS_EBADMODEL, "blk.1.ffn_up.weight");
+    tu_expect_load_error(path, SS_EBADMODEL, "blk.1.ffn_up.weight");
 
     /* wrong shape: swap ne[0] and ne[1] of blk.0.attn_k.weight ([64,32] -> [32,64],
      * same byte count, so only the shape check can catch it) */
@@ -559,7 +418,7 @@ START_TEST(test_bad_model_files) {
     memcpy(b + off + 4, &ne1, 8);
     memcpy(b + off + 12, &ne0, 8);
     spit(path, b, n);
-    expect_load_error(path, SS_EBADMODEL, "blk.0.attn_k.weight");
+    tu_expect_load_error(path, SS_EBADMODEL, "blk.0.attn_k.weight");
 
     /* wrong length of a norm vector: output_norm.weight [64] -> [32] */
     memcpy(b, orig, n);
@@ -571,7 +430,7 @@ START_TEST(test_bad_model_files) {
     ne0 = 32;
     memcpy(b + off + 4, &ne0, 8);
     spit(path, b, n);
-    expect_load_error(path, SS_EBADMODEL, "output_norm.weight");
+    tu_expect_load_error(path, SS_EBADMODEL, "output_norm.weight");
 
     /* unknown architecture */
     memcpy(b, orig, n);
@@ -579,22 +438,22 @@ START_TEST(test_bad_model_files) {
     size_t val = find_gstr(b + off, n - off, "llama") + off;
     b[val - 1] = 'x';
     spit(path, b, n);
-    expect_load_error(path, SS_EUNSUPPORTED, "llamx");
+    tu_expect_load_error(path, SS_EUNSUPPORTED, "llamx");
 
     /* missing hyper-parameter: rename llama.block_count */
     memcpy(b, orig, n);
     b[find_gstr(b, n, "llama.block_count") - 1] = 'x';
     spit(path, b, n);
-    expect_load_error(path, SS_EBADMODEL, "llama.block_count");
+    tu_expect_load_error(path, SS_EBADMODEL, "llama.block_count");
 
     /* not a file */
-    tmp_file(path, sizeof path, "does-not-exist.gguf");
+    tu_tmp_file(path, sizeof path, "does-not-exist.gguf");
     char err[256] = "";
     struct eng_model *m;
     ck_assert_int_lt(eng_model_load(&m, path, NULL, err, sizeof err), 0);
     ck_assert(err[0] != 0);
 
-    tmp_file(path, sizeof path, "bad.gguf");
+    tu_tmp_file(path, sizeof path, "bad.gguf");
     unlink(path);
     free(b);
     free(orig);
@@ -605,10 +464,10 @@ END_TEST
  * succeed or fail cleanly (never crash), and a model that loads must run. */
 START_TEST(test_load_fuzz) {
     size_t n;
-    uint8_t *orig = slurp(models[M_F32].path, &n), *b = malloc(n);
+    uint8_t *orig = tu_slurp(models[M_F32].path, &n), *b = malloc(n);
     ck_assert(b != NULL);
     char path[PATH_MAX];
-    tmp_file(path, sizeof path, "fuzz.gguf");
+    tu_tmp_file(path, sizeof path, "fuzz.gguf");
     size_t tinfo = find_gstr(orig, n, "token_embd.weight") - 17 - 8; /* first tensor info */
     uint64_t st = 99;
     int loaded = 0, failed = 0;
@@ -633,7 +492,7 @@ START_TEST(test_load_fuzz) {
             int32_t toks[3] = {1, 2 % V, 3 % V}, pages[1] = {0};
             float *lg = malloc((size_t)V * sizeof *lg);
             ck_assert(lg != NULL);
-            ck_assert_int_eq(run1(m, toks, 3, 0, pages, 1, 0, lg), 0);
+            ck_assert_int_eq(tu_run1(m, toks, 3, 0, pages, 1, 0, lg), 0);
             free(lg);
             eng_model_free(m);
         } else {
@@ -719,10 +578,9 @@ static Suite *forward_suite(void) {
 }
 
 int main(void) {
-    const char *d = getenv("SLIMSERVE_TEST_TMP");
-    snprintf(tmp_dir, sizeof tmp_dir, "%s", d && d[0] ? d : "/tmp");
+    tu_init("test_forward");
     if (gen_models() < 0) return 1;
-    find_ref();
+    have_ref = tu_find_ref("llama_ref.py", ref_script, sizeof ref_script);
     SRunner *sr = srunner_create(forward_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

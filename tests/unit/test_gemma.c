@@ -33,7 +33,6 @@
  */
 #include <check.h>
 #include <cjson/cJSON.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -47,9 +46,9 @@
 #include "engine/ss_error.h"
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
+#include "testutil.h"
 
-static char tmp_dir[PATH_MAX - 64];
-static char src_dir[PATH_MAX - 64];
+static char ref_script[PATH_MAX];
 static int have_ref;
 
 /* ---------------------------------------------------------- generated models */
@@ -100,40 +99,15 @@ static int add_pattern_array(const char *src, const char *dst, char *err, size_t
     int rc = gguf_open(&f, src, err, err_len);
     if (rc < 0) return rc;
     struct gguf_writer *w = gguf_writer_new();
-    for (int64_t i = 0; i < gguf_n_kv(f) && rc == 0; i++) {
+    for (int64_t i = 0; i < gguf_n_kv(f); i++) {
         const struct gguf_kv *kv = gguf_kv_at(f, i);
         char key[256];
         snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.s);
-        if (kv->type == GGUF_T_ARRAY && kv->arr_type == GGUF_T_STRING) {
-            char **v = calloc(kv->arr_n ? kv->arr_n : 1, sizeof *v);
-            for (uint64_t j = 0; j < kv->arr_n; j++) {
-                struct gguf_str gs;
-                gguf_arr_str(kv, j, &gs);
-                v[j] = strndup(gs.s, gs.len);
-            }
-            gguf_w_arr_str(w, key, (const char *const *)v, kv->arr_n);
-            for (uint64_t j = 0; j < kv->arr_n; j++) free(v[j]);
-            free(v);
-        } else if (kv->type == GGUF_T_ARRAY) {
-            gguf_w_arr(w, key, kv->arr_type, kv->data, kv->arr_n);
-        } else if (kv->type == GGUF_T_STRING) {
-            uint64_t len;
-            memcpy(&len, kv->data, 8);
-            char *v = strndup((const char *)kv->data + 8, len);
-            gguf_w_str(w, key, v);
-            free(v);
-        } else {
-            gguf_w_val(w, key, kv->type, kv->data);
-        }
+        tu_copy_kv(w, key, kv);
     }
     static const uint8_t pattern[6] = {1, 0, 1, 1, 0, 1};
     gguf_w_arr(w, "gemma3.attention.sliding_window_pattern", GGUF_T_BOOL, pattern, 6);
-    for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
-        const struct gguf_tensor_info *t = gguf_tensor_at(f, i);
-        char name[128];
-        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.s);
-        gguf_w_tensor(w, name, t->type, (int)t->n_dims, t->ne, t->data, t->nbytes);
-    }
+    tu_copy_tensors(w, f);
     rc = gguf_writer_save(w, dst, err, err_len);
     gguf_writer_free(w);
     gguf_close(f);
@@ -145,7 +119,9 @@ static int gen_models(void) {
     for (int i = 0; i < G_COUNT; i++) {
         struct genmodel_opts o;
         gen_opts(i, &o);
-        snprintf(gms[i].path, sizeof gms[i].path, "%s/test_gemma_%ld_g%d.gguf", tmp_dir, (long)getpid(), i);
+        char name[32];
+        snprintf(name, sizeof name, "g%d.gguf", i);
+        tu_tmp_file(gms[i].path, sizeof gms[i].path, name);
         int rc = genmodel_write(&o, gms[i].path, err, sizeof err);
         if (rc == 0 && i == G_F32_ARRAY) {
             char tmp[PATH_MAX + 16];
@@ -161,106 +137,32 @@ static int gen_models(void) {
     return 0;
 }
 
-static void find_src(void) {
-    const char *src = getenv("SLIMSERVE_SRC_DIR");
-    if (src && src[0]) {
-        snprintf(src_dir, sizeof src_dir, "%s", src);
-    } else {
-        char here[PATH_MAX];
-        snprintf(here, sizeof here, "%s", __FILE__);
-        char *dir = dirname(here); /* .../tests/unit */
-        if (dir[0] == '/') {
-            snprintf(src_dir, sizeof src_dir, "%s/../..", dir);
-        } else {
-            char exe[PATH_MAX];
-            ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-            exe[n > 0 ? n : 0] = 0;
-            char *root = dirname(dirname(exe)); /* <build>/tests/test_gemma */
-            snprintf(src_dir, sizeof src_dir, "%s/%s/../..", root, dir);
-        }
-    }
-    char script[PATH_MAX];
-    snprintf(script, sizeof script, "%s/tests/ref/gemma_ref.py", src_dir);
-    if (access(script, R_OK) != 0) {
-        fprintf(stderr, "NOTE: reference script not found at %s\n", script);
-        return;
-    }
-    have_ref = system("python3 -c 'import numpy, gguf' >/dev/null 2>&1") == 0;
-    if (!have_ref) fprintf(stderr, "NOTE: python3 with numpy and gguf is not available\n");
-}
-
 /* ---------------------------------------------------------------- helpers */
 
 static struct eng_model *load(const char *path, int kv_type, int max_batch, int n_ctx) {
     struct eng_options o = {.kv_type = kv_type, .max_batch_tokens = max_batch, .n_ctx = n_ctx};
-    char err[256] = "";
-    struct eng_model *m = NULL;
-    int rc = eng_model_load(&m, path, &o, err, sizeof err);
-    ck_assert_msg(rc == 0, "load %s: %d %s", path, rc, err);
-    return m;
-}
-
-static int run1(struct eng_model *m, const int32_t *toks, int n, int n_past, const int32_t *pages,
-                int n_pages, int all, float *logits) {
-    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = n_past, .pages = pages, .n_pages = n_pages,
-                        .want_logits = 1, .all_logits = all};
-    struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
-    return eng_forward(m, &b, logits);
-}
-
-static void prompt(int32_t *toks, int n, int n_vocab, int salt) {
-    for (int i = 0; i < n; i++) toks[i] = (int32_t)((i * 37 + 11 + salt * 101) % n_vocab);
-}
-
-static int argmax(const float *v, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (v[i] > v[best]) best = i;
-    return best;
+    return tu_load(path, &o);
 }
 
 /* ------------------------------------------------- generated: vs reference */
 
 static void compare_with_ref(int which, int kv_type, double tol) {
     struct gen_model *g = &gms[which];
-    if (!have_ref) {
-        const char *req = getenv("SLIMSERVE_REQUIRE_REF");
-        ck_assert_msg(!req || strcmp(req, "1"), "reference not available");
-        printf("SKIP reference comparison for %s (python3/numpy/gguf missing)\n", g->label);
-        return;
-    }
+    char what[128];
+    snprintf(what, sizeof what, "reference comparison for %s", g->label);
+    if (!tu_ref_available(have_ref, what)) return;
     struct eng_model *m = load(g->path, kv_type, 64, 256);
     const int n = 40, V = eng_model_config(m)->n_vocab;
     int32_t toks[40], pages[3] = {5, 2, 9};
-    prompt(toks, n, V, which);
-    float *got = malloc((size_t)n * V * sizeof *got), *want = malloc((size_t)n * V * sizeof *want);
-    ck_assert(got && want);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 3, 1, got), 0);
+    tu_prompt(toks, n, V, which);
+    float *got = malloc((size_t)n * V * sizeof *got);
+    ck_assert(got != NULL);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 3, 1, got), 0);
 
-    char out[PATH_MAX], cmd[4 * PATH_MAX], list[512];
-    snprintf(out, sizeof out, "%s/test_gemma_%ld_ref.f32", tmp_dir, (long)getpid());
-    size_t o = 0;
-    for (int i = 0; i < n; i++) o += snprintf(list + o, sizeof list - o, "%s%d", i ? "," : "", toks[i]);
-    snprintf(cmd, sizeof cmd, "python3 '%s/tests/ref/gemma_ref.py' '%s' --tokens %s --out '%s'", src_dir,
-             g->path, list, out);
-    ck_assert_msg(system(cmd) == 0, "reference failed: %s", cmd);
-    FILE *fp = fopen(out, "rb");
-    ck_assert(fp != NULL);
-    ck_assert(fread(want, sizeof *want, (size_t)n * V, fp) == (size_t)n * V);
-    fclose(fp);
-    unlink(out);
-
-    double maxd = 0, maxref = 0;
-    int same = 0;
-    for (int i = 0; i < n; i++) {
-        const float *a = got + (size_t)i * V, *b = want + (size_t)i * V;
-        for (int j = 0; j < V; j++) {
-            double d = fabs((double)a[j] - b[j]);
-            if (!(d <= maxd)) maxd = d;
-            if (fabs(b[j]) > maxref) maxref = fabs(b[j]);
-        }
-        same += argmax(a, V) == argmax(b, V);
-    }
+    float *want = tu_run_ref(ref_script, g->path, toks, n, "", (size_t)n * V);
+    double maxref;
+    int same;
+    double maxd = tu_compare_logits(got, want, n, V, &maxref, &same);
     printf("ref %-56s kv %s: max |logit - ref| = %.3g (max |ref| %.2f, argmax agrees %d/%d)\n", g->label,
            kv_type == ENG_KV_F32 ? "f32" : "f16", maxd, maxref, same, n);
     fflush(stdout);
@@ -306,15 +208,15 @@ START_TEST(test_gen_incremental) {
     struct eng_model *m = load(gms[which].path, ENG_KV_F16, 64, 256);
     const int n = 45, V = eng_model_config(m)->n_vocab;
     int32_t toks[45], pages[3] = {7, 1, 4}, pages2[3] = {0, 8, 3};
-    prompt(toks, n, V, 5 + _i);
+    tu_prompt(toks, n, V, 5 + _i);
     float *full = malloc((size_t)n * V * sizeof *full), *step = malloc((size_t)16 * V * sizeof *step);
     ck_assert(full && step);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 3, 1, full), 0);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 3, 1, full), 0);
     static const int chunks[] = {3, 1, 7, 1, 1, 12, 1, 2, 1, 1, 15};
     int pos = 0;
     for (size_t c = 0; c < sizeof chunks / sizeof chunks[0] && pos < n; c++) {
         int k = chunks[c] < n - pos ? chunks[c] : n - pos;
-        ck_assert_int_eq(run1(m, toks + pos, k, pos, pages2, 3, 1, step), 0);
+        ck_assert_int_eq(tu_run1(m, toks + pos, k, pos, pages2, 3, 1, step), 0);
         ck_assert_msg(memcmp(step, full + (size_t)pos * V, (size_t)k * V * sizeof *step) == 0,
                       "chunk at %d (%d tokens) differs from the full prompt", pos, k);
         pos += k;
@@ -328,22 +230,9 @@ END_TEST
 
 /* ---------------------------------------------------- generated: bad files */
 
-static uint8_t *slurp(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    ck_assert(fp != NULL);
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)n);
-    ck_assert(b && fread(b, 1, (size_t)n, fp) == (size_t)n);
-    fclose(fp);
-    *len = (size_t)n;
-    return b;
-}
-
 static void expect_error_after_flip(const char *name, const char *needle) {
     size_t n;
-    uint8_t *b = slurp(gms[G_F32].path, &n);
+    uint8_t *b = tu_slurp(gms[G_F32].path, &n);
     size_t l = strlen(name), hit = 0;
     for (size_t i = 8; i + l <= n && !hit; i++) {
         uint64_t len;
@@ -353,7 +242,7 @@ static void expect_error_after_flip(const char *name, const char *needle) {
     ck_assert_msg(hit, "%s not found", name);
     b[hit - 1] = 'x';
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/test_gemma_%ld_bad.gguf", tmp_dir, (long)getpid());
+    tu_tmp_file(path, sizeof path, "bad.gguf");
     FILE *fp = fopen(path, "wb");
     ck_assert(fp && fwrite(b, 1, n, fp) == n);
     fclose(fp);
@@ -394,8 +283,8 @@ static int64_t file_params(const char *path, int *n_tensors) {
  * options; parameter counts match the files; bad combinations are refused. */
 START_TEST(test_genmodel_cli) {
     char a[PATH_MAX], b[PATH_MAX], err[256];
-    snprintf(a, sizeof a, "%s/test_gemma_%ld_cli_a.gguf", tmp_dir, (long)getpid());
-    snprintf(b, sizeof b, "%s/test_gemma_%ld_cli_b.gguf", tmp_dir, (long)getpid());
+    tu_tmp_file(a, sizeof a, "cli_a.gguf");
+    tu_tmp_file(b, sizeof b, "cli_b.gguf");
     struct genmodel_opts o;
     gen_opts(G_Q8, &o);
     ck_assert(genmodel_write(&o, a, err, sizeof err) == 0);
@@ -406,7 +295,7 @@ START_TEST(test_genmodel_cli) {
                      NULL};
     ck_assert_int_eq(tool_genmodel_main((int)(sizeof argv1 / sizeof argv1[0]) - 1, argv1), 0);
     size_t na, nb;
-    uint8_t *fa = slurp(a, &na), *fb = slurp(b, &nb);
+    uint8_t *fa = tu_slurp(a, &na), *fb = tu_slurp(b, &nb);
     ck_assert_msg(na == nb && memcmp(fa, fb, na) == 0, "CLI and genmodel_write differ");
     free(fa);
     free(fb);
@@ -452,7 +341,7 @@ static void find_real_model(void) {
     if (real_path[0] && access(real_path, R_OK) != 0) real_path[0] = 0;
 
     char fx[PATH_MAX];
-    snprintf(fx, sizeof fx, "%s/tests/fixtures/gemma3_270m.json", src_dir);
+    snprintf(fx, sizeof fx, "%s/tests/fixtures/gemma3_270m.json", tu_src_dir);
     FILE *fp = fopen(fx, "rb");
     if (fp) {
         fseek(fp, 0, SEEK_END);
@@ -509,11 +398,11 @@ static void check_real_prompt(struct eng_model *m, const cJSON *p, int32_t *page
     ck_assert(lg != NULL);
     for (int pos = 0; pos < n; pos += REAL_CHUNK) {
         int k = n - pos < REAL_CHUNK ? n - pos : REAL_CHUNK;
-        ck_assert_int_eq(run1(m, toks + pos, k, pos, pages, n_pages, 0, lg), 0);
+        ck_assert_int_eq(tu_run1(m, toks + pos, k, pos, pages, n_pages, 0, lg), 0);
     }
     /* top-5: same ids (order may swap only within the tolerance), close logits */
     double maxd = 0;
-    int top1 = argmax(lg, V);
+    int top1 = tu_argmax(lg, V);
     for (int i = 0; i < 5; i++) {
         double want = cJSON_GetArrayItem(top_logits, i)->valuedouble;
         double d = fabs((double)lg[top_ids[i]] - want);
@@ -534,7 +423,7 @@ static void check_real_prompt(struct eng_model *m, const cJSON *p, int32_t *page
     /* greedy continuation */
     int pos = n, matched = 0;
     for (int i = 0; i < n_greedy; i++) {
-        int t = argmax(lg, V);
+        int t = tu_argmax(lg, V);
         double margin = cJSON_GetArrayItem(margins, i)->valuedouble;
         if (t != greedy[i]) {
             ck_assert_msg(margin < REAL_MARGIN,
@@ -546,7 +435,7 @@ static void check_real_prompt(struct eng_model *m, const cJSON *p, int32_t *page
         }
         matched++;
         int32_t tok = greedy[i];
-        ck_assert_int_eq(run1(m, &tok, 1, pos++, pages, n_pages, 0, lg), 0);
+        ck_assert_int_eq(tu_run1(m, &tok, 1, pos++, pages, n_pages, 0, lg), 0);
     }
     ck_assert_msg(matched >= 32, "%s: only %d greedy tokens compared", name, matched);
     printf("real %-12s %4d prompt tokens: top-5 max |logit - ref| %.2e, greedy %d/%d tokens match\n", name,
@@ -653,10 +542,9 @@ static Suite *gemma_suite(void) {
 }
 
 int main(void) {
-    const char *d = getenv("SLIMSERVE_TEST_TMP");
-    snprintf(tmp_dir, sizeof tmp_dir, "%s", d && d[0] ? d : "/tmp");
+    tu_init("test_gemma");
     if (gen_models() < 0) return 1;
-    find_src();
+    have_ref = tu_find_ref("gemma_ref.py", ref_script, sizeof ref_script);
     find_real_model();
     SRunner *sr = srunner_create(gemma_suite());
     srunner_run_all(sr, CK_NORMAL);

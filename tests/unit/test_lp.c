@@ -25,7 +25,6 @@
  * White box: the K/V check reads the unit pool through engine/model_internal.h.
  */
 #include <check.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -39,8 +38,8 @@
 #include "engine/model_internal.h"
 #include "engine/ss_error.h"
 #include "tools/genmodel.h"
+#include "testutil.h"
 
-static char tmp_dir[PATH_MAX - 64];
 static char ref_script[PATH_MAX];
 static int have_ref;
 
@@ -71,7 +70,9 @@ static int gen_models(void) {
     for (int i = 0; i < M_COUNT; i++) {
         struct genmodel_opts o;
         gen_opts(i, &o);
-        snprintf(paths[i], sizeof paths[i], "%s/test_lp_%ld_m%d.gguf", tmp_dir, (long)getpid(), i);
+        char name[32];
+        snprintf(name, sizeof name, "m%d.gguf", i);
+        tu_tmp_file(paths[i], sizeof paths[i], name);
         int rc = genmodel_write(&o, paths[i], err, sizeof err);
         if (rc < 0) {
             fprintf(stderr, "genmodel %d: %s\n", i, err);
@@ -81,70 +82,17 @@ static int gen_models(void) {
     return 0;
 }
 
-static void find_ref(void) {
-    const char *src = getenv("SLIMSERVE_SRC_DIR");
-    if (src && src[0]) {
-        snprintf(ref_script, sizeof ref_script, "%s/tests/ref/lp_ref.py", src);
-    } else {
-        char here[PATH_MAX];
-        snprintf(here, sizeof here, "%s", __FILE__);
-        char *dir = dirname(here); /* .../tests/unit */
-        if (dir[0] == '/') {
-            snprintf(ref_script, sizeof ref_script, "%s/../ref/lp_ref.py", dir);
-        } else {
-            char exe[PATH_MAX];
-            ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-            exe[n > 0 ? n : 0] = 0;
-            char *root = dirname(dirname(exe)); /* <build>/tests/test_lp */
-            snprintf(ref_script, sizeof ref_script, "%s/%s/../ref/lp_ref.py", root, dir);
-        }
-    }
-    if (access(ref_script, R_OK) != 0) {
-        fprintf(stderr, "NOTE: reference script not found at %s\n", ref_script);
-        return;
-    }
-    have_ref = system("python3 -c 'import numpy, gguf' >/dev/null 2>&1") == 0;
-    if (!have_ref) fprintf(stderr, "NOTE: python3 with numpy and gguf is not available\n");
-}
-
 /* ---------------------------------------------------------------- helpers */
 
 /* eng_model_load applies the lp options (and the file's lp.range). */
-static struct eng_model *load_opts(const char *path, const struct eng_options *o) {
-    char err[256] = "";
-    struct eng_model *m = NULL;
-    int rc = eng_model_load(&m, path, o, err, sizeof err);
-    ck_assert_msg(rc == 0, "load %s: %d %s", path, rc, err);
-    return m;
-}
-
 static struct eng_model *load(int which, int start, int end) {
     struct eng_options o = {.kv_type = ENG_KV_F32, .max_batch_tokens = 64, .n_ctx = 128,
                             .lp_mode = start == end ? ENG_LP_OFF : ENG_LP_RANGE,
                             .lp_start = start, .lp_end = end};
-    return load_opts(paths[which], &o);
+    return tu_load(paths[which], &o);
 }
 
 static void unload(struct eng_model *m) { eng_model_free(m); }
-
-static void prompt(int32_t *toks, int n, int n_vocab, int salt) {
-    for (int i = 0; i < n; i++) toks[i] = (int32_t)((i * 37 + 11 + salt * 101) % n_vocab);
-}
-
-static int run1(struct eng_model *m, const int32_t *toks, int n, int n_past, const int32_t *pages,
-                int n_pages, int all, float *logits) {
-    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = n_past, .pages = pages, .n_pages = n_pages,
-                        .want_logits = 1, .all_logits = all};
-    struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
-    return eng_forward(m, &b, logits);
-}
-
-static double max_diff(const float *a, const float *b, size_t n) {
-    double d = 0;
-    for (size_t i = 0; i < n; i++)
-        if (fabs((double)a[i] - b[i]) > d) d = fabs((double)a[i] - b[i]);
-    return d;
-}
 
 /* ------------------------------------------------------ reference numerics */
 
@@ -157,35 +105,21 @@ static const struct ref_case ref_cases[] = {
 
 START_TEST(test_ref) {
     const struct ref_case *rc = &ref_cases[_i];
-    if (!have_ref) {
-        ck_assert_msg(!getenv("SLIMSERVE_REQUIRE_REF") || strcmp(getenv("SLIMSERVE_REQUIRE_REF"), "1"),
-                      "reference not available");
-        printf("SKIP lp reference comparison (python3/numpy/gguf missing)\n");
-        return;
-    }
+    if (!tu_ref_available(have_ref, "lp reference comparison")) return;
     struct eng_model *m = load(rc->model, rc->start, rc->end);
     struct eng_model *plain = load(rc->model, 0, 0);
     const int n = 40, V = eng_model_config(m)->n_vocab;
     int32_t toks[40], pages[3] = {5, 0, 2};
-    prompt(toks, n, V, rc->model + 1);
+    tu_prompt(toks, n, V, rc->model + 1);
     float *got = malloc((size_t)n * V * sizeof *got), *seq = malloc((size_t)n * V * sizeof *seq);
     ck_assert(got && seq);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 3, 1, got), 0);
-    ck_assert_int_eq(run1(plain, toks, n, 0, pages, 3, 1, seq), 0);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 3, 1, got), 0);
+    ck_assert_int_eq(tu_run1(plain, toks, n, 0, pages, 3, 1, seq), 0);
 
-    char list[40 * 8] = "", out[PATH_MAX], cmd[3 * PATH_MAX];
-    for (int i = 0; i < n; i++) snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? "," : "", toks[i]);
-    snprintf(out, sizeof out, "%s/test_lp_%ld_ref.f32", tmp_dir, (long)getpid());
-    snprintf(cmd, sizeof cmd, "python3 '%s' '%s' --tokens %s --range %d:%d --out '%s'", ref_script,
-             paths[rc->model], list, rc->start, rc->end, out);
-    ck_assert_msg(system(cmd) == 0, "reference failed: %s", cmd);
-    FILE *fp = fopen(out, "rb");
-    ck_assert(fp != NULL);
-    float *want = malloc((size_t)n * V * sizeof *want);
-    ck_assert(want && fread(want, sizeof *want, (size_t)n * V, fp) == (size_t)n * V);
-    fclose(fp);
-    unlink(out);
-    double d = max_diff(got, want, (size_t)n * V), dseq = max_diff(got, seq, (size_t)n * V);
+    char range[32];
+    snprintf(range, sizeof range, "--range %d:%d", rc->start, rc->end);
+    float *want = tu_run_ref(ref_script, paths[rc->model], toks, n, range, (size_t)n * V);
+    double d = tu_max_abs_diff(got, want, (size_t)n * V), dseq = tu_max_abs_diff(got, seq, (size_t)n * V);
     printf("lp ref model %d range %d:%d: max |logit - ref| = %.3g over %d positions; differs from the "
            "sequential model by %.3g\n", rc->model, rc->start, rc->end, d, n, dseq);
     ck_assert_msg(d <= 1e-4, "model %d range %d:%d: max diff %g", rc->model, rc->start, rc->end, d);
@@ -212,12 +146,12 @@ START_TEST(test_off_is_bitwise_plain) {
     struct eng_model *off = load(which, 0, 0);
     const int n = 30, V = eng_model_config(fresh)->n_vocab;
     int32_t toks[30], pages[2] = {3, 1};
-    prompt(toks, n, V, 9);
+    tu_prompt(toks, n, V, 9);
     float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4), *c = malloc((size_t)n * V * 4);
     ck_assert(a && b && c);
-    ck_assert_int_eq(run1(fresh, toks, n, 0, pages, 2, 1, a), 0);
-    ck_assert_int_eq(run1(reset, toks, n, 0, pages, 2, 1, b), 0);
-    ck_assert_int_eq(run1(off, toks, n, 0, pages, 2, 1, c), 0);
+    ck_assert_int_eq(tu_run1(fresh, toks, n, 0, pages, 2, 1, a), 0);
+    ck_assert_int_eq(tu_run1(reset, toks, n, 0, pages, 2, 1, b), 0);
+    ck_assert_int_eq(tu_run1(off, toks, n, 0, pages, 2, 1, c), 0);
     ck_assert_msg(memcmp(a, b, (size_t)n * V * 4) == 0, "range set then turned off differs from the plain model");
     ck_assert_msg(memcmp(a, c, (size_t)n * V * 4) == 0, "ENG_LP_OFF differs from the plain model");
     free(a);
@@ -235,15 +169,15 @@ END_TEST
 static void incremental(struct eng_model *m, float *full) {
     const int n = 37, k = 20, V = eng_model_config(m)->n_vocab;
     int32_t toks[37], pages[3] = {4, 0, 6}, pages2[3] = {2, 7, 5};
-    prompt(toks, n, V, 7);
+    tu_prompt(toks, n, V, 7);
     float *step = malloc((size_t)V * sizeof *step);
     ck_assert(step);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 3, 1, full), 0);
-    ck_assert_int_eq(run1(m, toks, k, 0, pages2, 3, 0, step), 0);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 3, 1, full), 0);
+    ck_assert_int_eq(tu_run1(m, toks, k, 0, pages2, 3, 0, step), 0);
     ck_assert_msg(memcmp(step, full + (size_t)(k - 1) * V, (size_t)V * 4) == 0, "prefill of %d differs", k);
     for (int i = k; i < n; i++) {
-        ck_assert_int_eq(run1(m, toks + i, 1, i, pages2, 3, 0, step), 0);
-        double d = max_diff(step, full + (size_t)i * V, (size_t)V);
+        ck_assert_int_eq(tu_run1(m, toks + i, 1, i, pages2, 3, 0, step), 0);
+        double d = tu_max_abs_diff(step, full + (size_t)i * V, (size_t)V);
         ck_assert_msg(d == 0, "LP decode step %d differs from the full prompt by %g", i, d);
     }
     free(step);
@@ -276,14 +210,14 @@ START_TEST(test_batch_invariance) {
     struct eng_model *m = load(_i, 0, 4);
     const int V = eng_model_config(m)->n_vocab;
     int32_t a[20], b[33], c[3];
-    prompt(a, 20, V, 1);
-    prompt(b, 33, V, 2);
-    prompt(c, 3, V, 3);
+    tu_prompt(a, 20, V, 1);
+    tu_prompt(b, 33, V, 2);
+    tu_prompt(c, 3, V, 3);
     float *alone = malloc((size_t)21 * V * 4), *batched = malloc((size_t)64 * V * 4);
     ck_assert(alone && batched);
     int32_t pa[2] = {1, 6};
-    ck_assert_int_eq(run1(m, a, 19, 0, pa, 2, 1, alone), 0);
-    ck_assert_int_eq(run1(m, a + 19, 1, 19, pa, 2, 0, alone + (size_t)19 * V), 0);
+    ck_assert_int_eq(tu_run1(m, a, 19, 0, pa, 2, 1, alone), 0);
+    ck_assert_int_eq(tu_run1(m, a + 19, 1, 19, pa, 2, 0, alone + (size_t)19 * V), 0);
 
     int32_t pa2[2] = {7, 3}, pb[3] = {2, 5, 0}, pc[1] = {4};
     int32_t toks[64];
@@ -322,11 +256,11 @@ START_TEST(test_kv_layout) {
     struct eng_model *plain = load(which, 0, 0), *lp = load(which, start, end);
     const int V = eng_model_config(lp)->n_vocab, n = 21;
     int32_t toks[21], pages[2] = {6, 1};
-    prompt(toks, n, V, 5);
+    tu_prompt(toks, n, V, 5);
     float *lg = malloc((size_t)V * 4);
     ck_assert(lg);
-    ck_assert_int_eq(run1(plain, toks, n, 0, pages, 2, 0, lg), 0);
-    ck_assert_int_eq(run1(lp, toks, n, 0, pages, 2, 0, lg), 0);
+    ck_assert_int_eq(tu_run1(plain, toks, n, 0, pages, 2, 0, lg), 0);
+    ck_assert_int_eq(tu_run1(lp, toks, n, 0, pages, 2, 0, lg), 0);
     /* unit pool (model_internal.h): plain page p of layer l is unit p*L + l */
     const int L = lp->cfg.n_layers;
     const size_t kvdim = (size_t)eng_kvdim(&lp->cfg), unit = (size_t)BE_PAGE_SLOTS * kvdim;
@@ -370,10 +304,10 @@ START_TEST(test_per_layer_tables) {
         for (int i = 0; i < 2; i++) units[l][i] = pages[i] * L + l;
         tabs[l] = units[l];
     }
-    prompt(toks, n, V, 4);
+    tu_prompt(toks, n, V, 4);
     float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4);
     ck_assert(a && b);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 2, 1, a), 0);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 2, 1, a), 0);
     struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = 0, .all_logits = 1, .want_logits = 1,
                         .layer_pages = tabs, .layer_n_pages = 2};
     struct eng_batch bt = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
@@ -413,13 +347,13 @@ END_TEST
 /* "TT(TT)TT": layers 2 and 3 run at level 1. Pairs must stay at level 0. */
 START_TEST(test_subllm_brackets) {
     char p[PATH_MAX + 32], err[256];
-    snprintf(p, sizeof p, "%s/test_lp_%ld_sub.gguf", tmp_dir, (long)getpid());
+    tu_tmp_file(p, sizeof p, "sub.gguf");
     struct genmodel_opts g;
     genmodel_opts_default(&g);
     g.arch = "subllm", g.n_layers = 6, g.structure = "TT(TT)TT", g.seed = 24;
     ck_assert_int_eq(genmodel_write(&g, p, err, sizeof err), 0);
     struct eng_options o = {.kv_type = ENG_KV_F32, .max_batch_tokens = 32, .n_ctx = 64};
-    struct eng_model *m = load_opts(p, &o);
+    struct eng_model *m = tu_load(p, &o);
     ck_assert_int_eq(eng_model_n_levels(m), 2);
     const int bad[][2] = {{2, 4}, {0, 4}, {1, 3}, {0, 6}, {2, 6}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -429,14 +363,14 @@ START_TEST(test_subllm_brackets) {
     }
     const int V = eng_model_config(m)->n_vocab, n = 20;
     int32_t toks[20], pages[2] = {0, 1};
-    prompt(toks, n, V, 6);
+    tu_prompt(toks, n, V, 6);
     float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4);
     ck_assert(a && b);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 2, 1, a), 0);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 2, 1, a), 0);
     ck_assert_int_eq(eng_model_set_layer_parallel(m, 0, 2, err, sizeof err), 0);
     ck_assert_int_eq(eng_model_set_layer_parallel(m, 4, 6, err, sizeof err), 0);
-    ck_assert_int_eq(run1(m, toks, n, 0, pages, 2, 1, b), 0);
-    double d = max_diff(a, b, (size_t)n * V);
+    ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 2, 1, b), 0);
+    double d = tu_max_abs_diff(a, b, (size_t)n * V);
     ck_assert_msg(d > 1e-3 && isfinite(d), "pairing 4:6 of a SUBLLM model changed nothing (%g)", d);
     free(a);
     free(b);
@@ -457,27 +391,7 @@ static void with_key(const char *dst, const char *str, int a, int b) {
         const struct gguf_kv *kv = gguf_kv_at(f, i);
         char key[256];
         snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.s);
-        if (kv->type == GGUF_T_ARRAY && kv->arr_type == GGUF_T_STRING) {
-            char **v = calloc(kv->arr_n ? kv->arr_n : 1, sizeof *v);
-            for (uint64_t j = 0; j < kv->arr_n; j++) {
-                struct gguf_str gs;
-                gguf_arr_str(kv, j, &gs);
-                v[j] = strndup(gs.s, gs.len);
-            }
-            gguf_w_arr_str(w, key, (const char *const *)v, kv->arr_n);
-            for (uint64_t j = 0; j < kv->arr_n; j++) free(v[j]);
-            free(v);
-        } else if (kv->type == GGUF_T_ARRAY) {
-            gguf_w_arr(w, key, kv->arr_type, kv->data, kv->arr_n);
-        } else if (kv->type == GGUF_T_STRING) {
-            uint64_t len;
-            memcpy(&len, kv->data, 8);
-            char *v = strndup((const char *)kv->data + 8, len);
-            gguf_w_str(w, key, v);
-            free(v);
-        } else {
-            gguf_w_val(w, key, kv->type, kv->data);
-        }
+        tu_copy_kv(w, key, kv);
     }
     if (str) {
         gguf_w_str(w, "lp.range", str);
@@ -485,12 +399,7 @@ static void with_key(const char *dst, const char *str, int a, int b) {
         uint32_t v[2] = {(uint32_t)a, (uint32_t)b};
         gguf_w_arr(w, "lp.range", GGUF_T_UINT32, v, 2);
     }
-    for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
-        const struct gguf_tensor_info *t = gguf_tensor_at(f, i);
-        char name[128];
-        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.s);
-        gguf_w_tensor(w, name, t->type, (int)t->n_dims, t->ne, t->data, t->nbytes);
-    }
+    tu_copy_tensors(w, f);
     ck_assert_int_eq(gguf_writer_save(w, dst, err, sizeof err), 0);
     gguf_writer_free(w);
     gguf_close(f);
@@ -498,27 +407,27 @@ static void with_key(const char *dst, const char *str, int a, int b) {
 
 START_TEST(test_file_key) {
     char p[PATH_MAX + 32], err[256];
-    snprintf(p, sizeof p, "%s/test_lp_%ld_key.gguf", tmp_dir, (long)getpid());
+    tu_tmp_file(p, sizeof p, "key.gguf");
     struct eng_options o = {.kv_type = ENG_KV_F32, .max_batch_tokens = 16, .n_ctx = 64};
     struct eng_model *m = NULL;
     int s = -1, e = -1;
 
     with_key(p, "2:6", 0, 0);
-    m = load_opts(p, &o); /* ENG_LP_FILE: the key */
+    m = tu_load(p, &o); /* ENG_LP_FILE: the key */
     ck_assert(eng_model_layer_parallel(m, &s, &e) == 1 && s == 2 && e == 6);
     unload(m);
     o.lp_mode = ENG_LP_RANGE, o.lp_start = 0, o.lp_end = 2; /* the option overrides the key */
-    m = load_opts(p, &o);
+    m = tu_load(p, &o);
     ck_assert(eng_model_layer_parallel(m, &s, &e) == 1 && s == 0 && e == 2);
     unload(m);
     o.lp_mode = ENG_LP_OFF;
-    m = load_opts(p, &o);
+    m = tu_load(p, &o);
     ck_assert_int_eq(eng_model_layer_parallel(m, &s, &e), 0);
     unload(m);
 
     o.lp_mode = ENG_LP_FILE;
     with_key(p, NULL, 0, 4); /* u32 array form */
-    m = load_opts(p, &o);
+    m = tu_load(p, &o);
     ck_assert(eng_model_layer_parallel(m, &s, &e) == 1 && s == 0 && e == 4);
     unload(m);
 
@@ -529,7 +438,7 @@ START_TEST(test_file_key) {
         ck_assert_int_eq(eng_model_load(&m, p, &o, err, sizeof err), SS_EINVAL);
         ck_assert_msg(strstr(err, "lp.range") != NULL, "key '%s': message '%s'", bad[i], err);
         o.lp_mode = ENG_LP_OFF; /* the option overrides even a bad key */
-        m = load_opts(p, &o);
+        m = tu_load(p, &o);
         unload(m);
         o.lp_mode = ENG_LP_FILE;
     }
@@ -557,10 +466,9 @@ static Suite *lp_suite(void) {
 }
 
 int main(void) {
-    const char *tmp = getenv("SLIMSERVE_TEST_TMP");
-    snprintf(tmp_dir, sizeof tmp_dir, "%s", tmp && tmp[0] ? tmp : "/tmp");
+    tu_init("test_lp");
     if (gen_models() < 0) return 1;
-    find_ref();
+    have_ref = tu_find_ref("lp_ref.py", ref_script, sizeof ref_script);
     SRunner *sr = srunner_create(lp_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

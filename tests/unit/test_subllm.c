@@ -24,7 +24,6 @@
  * SLIMSERVE_REQUIRE_REF=1 makes that a failure.
  */
 #include <check.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -39,6 +38,7 @@
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
 #include "tools/perplexity.h"
+#include "testutil.h"
 
 #define MAXT 64          /* tokens per prompt in these tests */
 #define NCTX 256
@@ -71,13 +71,9 @@ static struct test_model models[M_COUNT] = {
     [M_CONV] = {"converter source", "subllm", "T(T(T)T)T(T)T", 0.6f, 0.25f, BE_F32, 0, 64, 4, 4, 192, "spm", 18},
 };
 
-static char tmp_dir[PATH_MAX - 64];
-static char ref_dir[PATH_MAX];
+static char ref_dir[PATH_MAX];   /* <src>/tests/ref */
+static char ref_script[PATH_MAX]; /* <ref_dir>/subllm_ref.py */
 static int have_ref;
-
-static void tmp_file(char *out, size_t cap, const char *name) {
-    snprintf(out, cap, "%s/test_subllm_%ld_%s", tmp_dir, (long)getpid(), name);
-}
 
 static int gen_models(void) {
     char err[256];
@@ -101,49 +97,13 @@ static int gen_models(void) {
         for (const char *p = t->structure ? t->structure : "TT"; *p; p++) o.n_layers += *p == 'T';
         char name[32];
         snprintf(name, sizeof name, "m%d.gguf", i);
-        tmp_file(t->path, sizeof t->path, name);
+        tu_tmp_file(t->path, sizeof t->path, name);
         int rc = genmodel_write(&o, t->path, err, sizeof err);
         if (rc < 0) {
             fprintf(stderr, "genmodel %s: %s\n", t->label, err);
             return rc;
         }
     }
-    return 0;
-}
-
-static void find_ref(void) {
-    const char *src = getenv("SLIMSERVE_SRC_DIR");
-    if (src && src[0]) {
-        snprintf(ref_dir, sizeof ref_dir, "%s/tests/ref", src);
-    } else {
-        char here[PATH_MAX];
-        snprintf(here, sizeof here, "%s", __FILE__);
-        char *dir = dirname(here);
-        if (dir[0] == '/') {
-            snprintf(ref_dir, sizeof ref_dir, "%s/../ref", dir);
-        } else {
-            char exe[PATH_MAX];
-            ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-            exe[n > 0 ? n : 0] = 0;
-            char *root = dirname(dirname(exe));
-            snprintf(ref_dir, sizeof ref_dir, "%s/%s/../ref", root, dir);
-        }
-    }
-    char script[PATH_MAX + 32];
-    snprintf(script, sizeof script, "%s/subllm_ref.py", ref_dir);
-    if (access(script, R_OK) != 0) {
-        fprintf(stderr, "NOTE: reference script not found at %s\n", script);
-        return;
-    }
-    have_ref = system("python3 -c 'import numpy, gguf' >/dev/null 2>&1") == 0;
-    if (!have_ref) fprintf(stderr, "NOTE: python3 with numpy and gguf is not available\n");
-}
-
-static int ref_available(const char *what) {
-    if (have_ref) return 1;
-    const char *req = getenv("SLIMSERVE_REQUIRE_REF");
-    ck_assert_msg(!req || strcmp(req, "1"), "reference not available");
-    printf("SKIP %s (python3/numpy/gguf missing)\n", what);
     return 0;
 }
 
@@ -156,15 +116,7 @@ static int n_threads = 1;
 static struct eng_model *load(const char *path, int kv_type, int max_batch) {
     struct eng_options o = {.kv_type = kv_type, .max_batch_tokens = max_batch, .n_ctx = NCTX,
                             .n_threads = n_threads};
-    char err[256] = "";
-    struct eng_model *m = NULL;
-    int rc = eng_model_load(&m, path, &o, err, sizeof err);
-    ck_assert_msg(rc == 0, "load %s: %d %s", path, rc, err);
-    return m;
-}
-
-static void prompt(int32_t *toks, int n, int n_vocab, int salt) {
-    for (int i = 0; i < n; i++) toks[i] = (int32_t)((i * 37 + 11 + salt * 101) % n_vocab);
+    return tu_load(path, &o);
 }
 
 /* Per-layer block tables of one sequence: PAGES_PER_SEQ units per layer,
@@ -238,55 +190,6 @@ static int run1(struct eng_model *m, struct sq *q, const int32_t *toks, int n, i
     return rc;
 }
 
-static float *read_f32(const char *path, size_t n) {
-    FILE *fp = fopen(path, "rb");
-    ck_assert_msg(fp != NULL, "cannot open %s", path);
-    float *v = malloc(n * sizeof *v);
-    ck_assert(v != NULL);
-    ck_assert_msg(fread(v, sizeof *v, n, fp) == n, "short reference output %s", path);
-    fclose(fp);
-    return v;
-}
-
-static double max_abs_diff(const float *a, const float *b, size_t n) {
-    double mx = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (!(d <= mx)) mx = d; /* NaN too */
-    }
-    return mx;
-}
-
-/* Runs the reference on toks; returns logits [n][V] (malloc) and fills
- * ref_kept[sub] (kept count at each '(') and *margin (min |score|). */
-static float *run_ref(const char *model, const int32_t *toks, int n, int V, int *ref_kept, int n_sub,
-                      double *margin) {
-    char out[PATH_MAX], kept[PATH_MAX], cmd[6 * PATH_MAX], list[1024];
-    tmp_file(out, sizeof out, "ref.f32");
-    tmp_file(kept, sizeof kept, "ref.kept");
-    size_t o = 0;
-    for (int i = 0; i < n; i++) o += snprintf(list + o, sizeof list - o, "%s%d", i ? "," : "", toks[i]);
-    snprintf(cmd, sizeof cmd, "python3 '%s/subllm_ref.py' '%s' --tokens %s --out '%s' --kept '%s'", ref_dir,
-             model, list, out, kept);
-    ck_assert_msg(system(cmd) == 0, "reference failed: %s", cmd);
-    float *want = read_f32(out, (size_t)n * V);
-    FILE *fp = fopen(kept, "r");
-    ck_assert(fp != NULL);
-    *margin = INFINITY;
-    for (int i = 0; i < n_sub; i++) {
-        int idx, cnt;
-        double mn;
-        ck_assert_int_eq(fscanf(fp, "%d %d %lf", &idx, &cnt, &mn), 3);
-        ck_assert_int_eq(idx, i);
-        ref_kept[i] = cnt;
-        if (mn < *margin) *margin = mn;
-    }
-    fclose(fp);
-    unlink(out);
-    unlink(kept);
-    return want;
-}
-
 static int n_subs(int which) {
     int n = 0;
     for (const char *p = models[which].structure ? models[which].structure : ""; *p; p++) n += *p == '(';
@@ -305,8 +208,8 @@ static double compare_prompt(int which, struct eng_model *m, const int32_t *toks
     ck_assert_int_eq(run1(m, &q, toks, n, 0, 1, got), 0);
     int ref_kept[ENG_MAX_LEVELS];
     double margin;
-    float *want = run_ref(models[which].path, toks, n, V, ref_kept, ns, &margin);
-    double d = max_abs_diff(got, want, (size_t)n * V);
+    float *want = tu_subllm_ref(ref_script, models[which].path, toks, n, V, ref_kept, ns, &margin);
+    double d = tu_max_abs_diff(got, want, (size_t)n * V);
     printf("ref %-26s n=%2d kept", models[which].label, n);
     for (int k = 0; k <= ns; k++) printf(" %d", q.kept[k]);
     printf(": max |logit - ref| = %.3g (min |score| %.3g)\n", d, margin);
@@ -324,14 +227,14 @@ static double compare_prompt(int which, struct eng_model *m, const int32_t *toks
 
 START_TEST(test_ref_models) {
     const int which = _i;
-    if (!ref_available("reference comparison")) return;
+    if (!tu_ref_available(have_ref, "reference comparison")) return;
     struct eng_model *m = load(models[which].path, ENG_KV_F32, MAXT);
     const int V = eng_model_config(m)->n_vocab;
     int compared = 0;
     for (int salt = 0; salt < 4 && compared < 2; salt++) {
         int32_t toks[MAXT];
         int n = salt % 2 ? 17 : 40;
-        prompt(toks, n, V, salt + which);
+        tu_prompt(toks, n, V, salt + which);
         double d = compare_prompt(which, m, toks, n);
         if (d < 0) continue;
         ck_assert_msg(d <= 1e-4, "%s: max abs diff %g", models[which].label, d);
@@ -344,10 +247,10 @@ END_TEST
 
 /* F16 K/V: values rounded to 11 bits before attention. */
 START_TEST(test_ref_f16_kv) {
-    if (!ref_available("reference comparison")) return;
+    if (!tu_ref_available(have_ref, "reference comparison")) return;
     struct eng_model *m = load(models[M_NEST2].path, ENG_KV_F16, MAXT);
     int32_t toks[MAXT];
-    prompt(toks, 40, eng_model_config(m)->n_vocab, 5);
+    tu_prompt(toks, 40, eng_model_config(m)->n_vocab, 5);
     double d = compare_prompt(M_NEST2, m, toks, 40);
     ck_assert_msg(d >= 0 && d <= 2e-2, "f16 KV: max abs diff %g", d);
     eng_model_free(m);
@@ -366,7 +269,7 @@ START_TEST(test_incremental_and_chunked) {
     struct eng_model *m = load(models[which].path, ENG_KV_F32, MAXT);
     const int V = eng_model_config(m)->n_vocab, n = 45, k = 19, levels = eng_model_n_levels(m);
     int32_t toks[MAXT], next = 0;
-    prompt(toks, n, V, 3 + which);
+    tu_prompt(toks, n, V, 3 + which);
     int32_t pa[PAGES_PER_SEQ], pb[PAGES_PER_SEQ], pc[PAGES_PER_SEQ];
     for (int i = 0; i < PAGES_PER_SEQ; i++) pa[i] = i, pb[i] = PAGES_PER_SEQ + i, pc[i] = 2 * PAGES_PER_SEQ + i;
     struct ltab ta, tb, tc;
@@ -387,7 +290,7 @@ START_TEST(test_incremental_and_chunked) {
     for (int i = k; i < n; i++) {
         ck_assert_int_eq(run1(m, &qb, toks + i, 1, i, 0, step), 0);
         dropped_decode += levels > 1 && qb.kept[1] == 0;
-        double d = max_abs_diff(step, full + (size_t)i * V, V);
+        double d = tu_max_abs_diff(step, full + (size_t)i * V, V);
         ck_assert_msg(d == 0, "%s: decode step %d differs from the full prompt by %g", models[which].label, i, d);
     }
     for (int l = 0; l < levels; l++)
@@ -425,9 +328,9 @@ START_TEST(test_batch_invariance) {
     n_threads = 1;
     const int V = eng_model_config(m)->n_vocab;
     int32_t a[24], bt[33], c[5], next = 0;
-    prompt(a, 24, V, 1);
-    prompt(bt, 33, V, 2);
-    prompt(c, 5, V, 3);
+    tu_prompt(a, 24, V, 1);
+    tu_prompt(bt, 33, V, 2);
+    tu_prompt(c, 5, V, 3);
     float *alone = malloc((size_t)24 * V * sizeof(float)), *plain = malloc((size_t)24 * V * sizeof(float));
     float *batched = malloc((size_t)64 * V * sizeof(float));
     ck_assert(alone && plain && batched);
@@ -501,7 +404,7 @@ START_TEST(test_plain_unit_mapping) {
     const int V = c->n_vocab, L = c->n_layers;
     ck_assert_int_eq(eng_model_n_units(m), eng_model_n_pages(m) * L);
     int32_t toks[MAXT], pages[PAGES_PER_SEQ];
-    prompt(toks, 30, V, 9);
+    tu_prompt(toks, 30, V, 9);
     for (int i = 0; i < PAGES_PER_SEQ; i++) pages[i] = (5 + 3 * i) % eng_model_n_pages(m);
     float *ref = malloc((size_t)V * sizeof *ref), *got = malloc((size_t)V * sizeof *got);
     ck_assert(ref && got);
@@ -619,8 +522,8 @@ START_TEST(test_keep_corner_cases) {
         if (have_ref) {
             int ref_kept[2];
             double margin;
-            float *want = run_ref(models[M_EXACT].path, toks, 12, V, ref_kept, 2, &margin);
-            double d = max_abs_diff(lg, want, (size_t)12 * V);
+            float *want = tu_subllm_ref(ref_script, models[M_EXACT].path, toks, 12, V, ref_kept, 2, &margin);
+            double d = tu_max_abs_diff(lg, want, (size_t)12 * V);
             printf("corner case %zu: kept %d/%d/%d, max |logit - ref| = %.3g (min |score| %.3g)\n", c, q.kept[0],
                    q.kept[1], q.kept[2], d, margin);
             fflush(stdout);
@@ -630,7 +533,7 @@ START_TEST(test_keep_corner_cases) {
             ck_assert_msg(d <= 1e-4, "case %zu: max abs diff %g", c, d);
             free(want);
         } else {
-            ref_available("corner-case reference comparison");
+            tu_ref_available(have_ref, "corner-case reference comparison");
         }
         free(lg);
         free(step);
@@ -649,7 +552,7 @@ START_TEST(test_keep_zero_and_all) {
         for (int salt = 0; salt < 5; salt++) {
             int32_t toks[MAXT], pages[PAGES_PER_SEQ];
             for (int i = 0; i < PAGES_PER_SEQ; i++) pages[i] = i;
-            prompt(toks, 50, V, salt * 7);
+            tu_prompt(toks, 50, V, salt * 7);
             struct sq q = {.pages = pages};
             float *lg = malloc((size_t)V * sizeof *lg);
             ck_assert_int_eq(run1(m, &q, toks, 50, 0, 0, lg), 0);
@@ -668,7 +571,7 @@ START_TEST(test_invalid_batches) {
     struct eng_model *m = load(models[M_NEST2].path, ENG_KV_F32, 64);
     const int V = eng_model_config(m)->n_vocab;
     int32_t toks[MAXT], next = 0;
-    prompt(toks, 40, V, 4);
+    tu_prompt(toks, 40, V, 4);
     struct ltab t;
     ltab_make(&t, m, &next);
     float *lg = malloc((size_t)40 * V * sizeof *lg), *ref = malloc((size_t)V * sizeof *ref);
@@ -769,7 +672,7 @@ END_TEST
 /* genmodel's subllm options: bad ones refused, the default structure. */
 START_TEST(test_genmodel_options) {
     char path[PATH_MAX], err[256];
-    tmp_file(path, sizeof path, "gen.gguf");
+    tu_tmp_file(path, sizeof path, "gen.gguf");
     struct genmodel_opts o;
     genmodel_opts_default(&o);
     o.arch = "subllm";
@@ -827,40 +730,7 @@ static void rewrite(const char *src, const char *dst, const char *structure, con
             else if (structure) gguf_w_str(w, key, structure);
             continue;
         }
-        switch (kv->type) {
-        case GGUF_T_UINT32: { uint32_t v; memcpy(&v, kv->data, 4); gguf_w_u32(w, key, v); break; }
-        case GGUF_T_INT32: { int32_t v; memcpy(&v, kv->data, 4); gguf_w_i32(w, key, v); break; }
-        case GGUF_T_FLOAT32: { float v; memcpy(&v, kv->data, 4); gguf_w_f32(w, key, v); break; }
-        case GGUF_T_BOOL: gguf_w_bool(w, key, kv->data[0] != 0); break;
-        case GGUF_T_STRING: {
-            struct gguf_str s;
-            ck_assert_int_eq(gguf_get_str(f, key, &s), 0);
-            char *v = strndup(s.s, s.len);
-            gguf_w_str(w, key, v);
-            free(v);
-            break;
-        }
-        case GGUF_T_ARRAY: {
-            uint64_t an = kv->arr_n;
-            if (kv->arr_type == GGUF_T_STRING) {
-                char **v = calloc(an ? an : 1, sizeof *v);
-                for (uint64_t j = 0; j < an; j++) {
-                    struct gguf_str gs;
-                    gguf_arr_str(kv, j, &gs);
-                    v[j] = strndup(gs.s, gs.len);
-                }
-                gguf_w_arr_str(w, key, (const char *const *)v, an);
-                for (uint64_t j = 0; j < an; j++) free(v[j]);
-                free(v);
-            } else {
-                ck_assert(kv->arr_type == GGUF_T_FLOAT32 || kv->arr_type == GGUF_T_INT32);
-                if (kv->arr_type == GGUF_T_FLOAT32) gguf_w_arr_f32(w, key, (const float *)kv->data, an);
-                else gguf_w_arr_i32(w, key, (const int32_t *)kv->data, an);
-            }
-            break;
-        }
-        default: ck_abort_msg("unexpected key type %d", kv->type);
-        }
+        tu_copy_kv(w, key, kv);
     }
     for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
         const struct gguf_tensor_info *t = gguf_tensor_at(f, i);
@@ -879,21 +749,10 @@ static void rewrite(const char *src, const char *dst, const char *structure, con
     gguf_close(f);
 }
 
-static void expect_load_error(const char *path, int code, const char *needle) {
-    char err[256] = "";
-    struct eng_model *m = (struct eng_model *)0x1;
-    int rc = eng_model_load(&m, path, NULL, err, sizeof err);
-    ck_assert_msg(rc == code, "load returned %d (%s), expected %d", rc, err, code);
-    ck_assert_msg(m == NULL, "model pointer not cleared on failure");
-    ck_assert_msg(strstr(err, needle) != NULL, "message '%s' does not name '%s'", err, needle);
-    printf("load error as expected: %s\n", err);
-    fflush(stdout);
-}
-
 START_TEST(test_bad_files) {
     const char *src = models[M_NEST2].path; /* 9 layers, "TT(TT(T)TT)TT" */
     char path[PATH_MAX];
-    tmp_file(path, sizeof path, "bad.gguf");
+    tu_tmp_file(path, sizeof path, "bad.gguf");
     static const struct { const char *s; int code; const char *needle; } bad[] = {
         {"TT(TT(T)TT)T", SS_EBADMODEL, "block_count"},           /* 8 T for 9 layers */
         {"TT(TT(T)TT)TTT", SS_EBADMODEL, "block_count"},         /* 10 T */
@@ -910,22 +769,22 @@ START_TEST(test_bad_files) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         rewrite(src, path, bad[i].s, NULL, NULL);
-        expect_load_error(path, bad[i].code, bad[i].needle);
+        tu_expect_load_error(path, bad[i].code, bad[i].needle);
     }
     rewrite(src, path, NULL, NULL, NULL);
-    expect_load_error(path, SS_EBADMODEL, "missing key subllm.structure");
+    tu_expect_load_error(path, SS_EBADMODEL, "missing key subllm.structure");
     /* missing or mis-shaped sub tensors */
     rewrite(src, path, "TT(TT(T)TT)TT", "sub.1.bypass.weight", NULL);
-    expect_load_error(path, SS_EBADMODEL, "sub.1.bypass.weight");
+    tu_expect_load_error(path, SS_EBADMODEL, "sub.1.bypass.weight");
     rewrite(src, path, "TT(TT(T)TT)TT", "sub.0.score.weight", NULL);
-    expect_load_error(path, SS_EBADMODEL, "sub.0.score.weight");
+    tu_expect_load_error(path, SS_EBADMODEL, "sub.0.score.weight");
     rewrite(src, path, "TT(TT(T)TT)TT", NULL, "sub.1.score.weight");
-    expect_load_error(path, SS_EBADMODEL, "sub.1.score.weight");
+    tu_expect_load_error(path, SS_EBADMODEL, "sub.1.score.weight");
     rewrite(src, path, "TT(TT(T)TT)TT", NULL, "sub.0.bypass.weight");
-    expect_load_error(path, SS_EBADMODEL, "sub.0.bypass.weight");
+    tu_expect_load_error(path, SS_EBADMODEL, "sub.0.bypass.weight");
     /* three subsamplers named by the string, the file has two */
     rewrite(src, path, "T(T(TT(T)TT)T)T", NULL, NULL);
-    expect_load_error(path, SS_EBADMODEL, "sub.2.score.weight");
+    tu_expect_load_error(path, SS_EBADMODEL, "sub.2.score.weight");
     /* the same tensors under another valid structure load fine (sibling levels) */
     rewrite(src, path, "T(TTT)T(TTT)T", NULL, NULL);
     char err[256];
@@ -964,7 +823,7 @@ START_TEST(test_perplexity) {
     double a = run_ppl(model, 64, 3), b = run_ppl(model, 5, 2), c = run_ppl(model, 13, 1);
     printf("perplexity nll_mean: chunk 64 %.12f, chunk 5 %.12f, chunk 13 %.12f\n", a, b, c);
     ck_assert_msg(a == b && a == c, "perplexity depends on the chunking: %.15g %.15g %.15g", a, b, c);
-    if (!ref_available("perplexity reference")) return;
+    if (!tu_ref_available(have_ref, "perplexity reference")) return;
     /* the reference on the same token ids (ppl_run tokenizes without BOS and
      * puts BOS in each window's first slot; the reference does the same) */
     struct eng_model *m = load(model, ENG_KV_F32, 16);
@@ -975,7 +834,7 @@ START_TEST(test_perplexity) {
     int64_t n = tok_encode(eng_model_tok(m), text, strlen(text), 0, 0, ids, cap);
     ck_assert_int_gt(n, 3 * 64);
     char path[PATH_MAX], cmd[4 * PATH_MAX];
-    tmp_file(path, sizeof path, "ids.txt");
+    tu_tmp_file(path, sizeof path, "ids.txt");
     FILE *fp = fopen(path, "w");
     for (int64_t i = 0; i < 3 * 64; i++) fprintf(fp, "%d ", ids[i]);
     fclose(fp);
@@ -997,99 +856,6 @@ START_TEST(test_perplexity) {
 }
 END_TEST
 
-/* ------------------------------------------------------------ converter */
-
-/* M_CONV exported as the authors' state dict (.npz and .safetensors, their
- * names, rotate-half q/k rows, packed w12, bypasses in closing order),
- * converted back by tools/convert_subllm.py, then: the engine on the
- * converted file gives bitwise the logits of the original file, and agrees
- * with subllm_ref.py on the converted file and with the separate float64
- * forward written in the authors' conventions on the exported arrays. */
-START_TEST(test_convert) {
-    if (!ref_available("converter test")) return;
-    const char *src = models[M_CONV].path;
-    char ckpt[PATH_MAX], cfg[PATH_MAX], out[PATH_MAX], cmd[8 * PATH_MAX], bad[PATH_MAX];
-    tmp_file(cfg, sizeof cfg, "conv.json");
-    tmp_file(out, sizeof out, "conv.gguf");
-    tmp_file(bad, sizeof bad, "conv-bad.npz");
-    struct eng_model *m0 = load(src, ENG_KV_F32, MAXT);
-    const int V = eng_model_config(m0)->n_vocab, n = 33;
-    int32_t toks[MAXT], pages[PAGES_PER_SEQ];
-    for (int i = 0; i < PAGES_PER_SEQ; i++) pages[i] = i;
-    prompt(toks, n, V, 21);
-    float *orig = malloc((size_t)n * V * sizeof(float)), *got = malloc((size_t)n * V * sizeof(float));
-    ck_assert(orig && got);
-    struct sq q0 = {.pages = pages};
-    ck_assert_int_eq(run1(m0, &q0, toks, n, 0, 1, orig), 0);
-    eng_model_free(m0);
-    static const char *const exts[] = {"npz", "safetensors"};
-    for (int e = 0; e < 2; e++) {
-        char name[32];
-        snprintf(name, sizeof name, "conv.%s", exts[e]);
-        tmp_file(ckpt, sizeof ckpt, name);
-        snprintf(cmd, sizeof cmd, "python3 '%s/subllm_ref.py' '%s' --export-theirs '%s' --export-config '%s'", ref_dir,
-                 src, ckpt, cfg);
-        ck_assert_msg(system(cmd) == 0, "%s", cmd);
-        snprintf(cmd, sizeof cmd,
-                 "python3 '%s/../../tools/convert_subllm.py' '%s' --config '%s' --tokenizer-gguf '%s' --out '%s' >/dev/null",
-                 ref_dir, ckpt, cfg, src, out);
-        ck_assert_msg(system(cmd) == 0, "%s", cmd);
-        struct eng_model *m = load(out, ENG_KV_F32, MAXT);
-        ck_assert_int_eq(eng_model_n_levels(m), 4);
-        struct sq q = {.pages = pages};
-        ck_assert_int_eq(run1(m, &q, toks, n, 0, 1, got), 0);
-        eng_model_free(m);
-        ck_assert_msg(memcmp(got, orig, (size_t)n * V * sizeof(float)) == 0,
-                      "converted %s: logits differ from the original file's", exts[e]);
-        int ref_kept[3];
-        double margin;
-        float *want = run_ref(out, toks, n, V, ref_kept, 3, &margin);
-        double d1 = max_abs_diff(got, want, (size_t)n * V);
-        free(want);
-        char lo[PATH_MAX], list[1024];
-        tmp_file(lo, sizeof lo, "theirs.f32");
-        size_t o = 0;
-        for (int i = 0; i < n; i++) o += snprintf(list + o, sizeof list - o, "%s%d", i ? "," : "", toks[i]);
-        snprintf(cmd, sizeof cmd, "python3 '%s/subllm_ref.py' --theirs '%s' --config '%s' --tokens %s --out '%s'",
-                 ref_dir, ckpt, cfg, list, lo);
-        ck_assert_msg(system(cmd) == 0, "%s", cmd);
-        want = read_f32(lo, (size_t)n * V);
-        double d2 = max_abs_diff(got, want, (size_t)n * V);
-        free(want);
-        unlink(lo);
-        printf("converter (%s): kept %d/%d/%d/%d, max |logit - ref| %.3g, vs their-convention forward %.3g "
-               "(min |score| %.3g)\n", exts[e], q.kept[0], q.kept[1], q.kept[2], q.kept[3], d1, d2, margin);
-        fflush(stdout);
-        ck_assert(margin > 1e-5);
-        ck_assert_msg(d1 <= 1e-4 && d2 <= 1e-4, "converter: %g / %g", d1, d2);
-    }
-    /* a checkpoint missing a bypass, and one with a nonzero projection bias, are refused */
-    static const char *const breaks[] = {"del z['decoder.bypasses.1.bypass_scale']",
-                                         "z['decoder.layers.2.self_attn.q_proj.bias'] = np.ones(64, np.float32)"};
-    tmp_file(ckpt, sizeof ckpt, "conv.npz");
-    for (int i = 0; i < 2; i++) {
-        snprintf(cmd, sizeof cmd, "python3 -c \"import numpy as np; z = dict(np.load('%s')); %s; np.savez('%s', **z)\"",
-                 ckpt, breaks[i], bad);
-        ck_assert_msg(system(cmd) == 0, "%s", cmd);
-        snprintf(cmd, sizeof cmd,
-                 "python3 '%s/../../tools/convert_subllm.py' '%s' --config '%s' --tokenizer-gguf '%s' --out '%s' 2>/dev/null",
-                 ref_dir, bad, cfg, src, out);
-        ck_assert_msg(system(cmd) != 0, "converter accepted a broken checkpoint (%s)", breaks[i]);
-    }
-    for (int e = 0; e < 2; e++) {
-        char name[32];
-        snprintf(name, sizeof name, "conv.%s", exts[e]);
-        tmp_file(ckpt, sizeof ckpt, name);
-        unlink(ckpt);
-    }
-    unlink(cfg);
-    unlink(out);
-    unlink(bad);
-    free(orig);
-    free(got);
-}
-END_TEST
-
 /* ------------------------------------------------------------------ main */
 
 static Suite *suite(void) {
@@ -1107,7 +873,6 @@ static Suite *suite(void) {
         {"badfiles", test_bad_files, 0, 1},
         {"genmodel", test_genmodel_options, 0, 1},
         {"perplexity", test_perplexity, 0, 1},
-        {"convert", test_convert, 0, 1},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         TCase *tc = tcase_create(tests[i].name);
@@ -1119,9 +884,9 @@ static Suite *suite(void) {
 }
 
 int main(void) {
-    const char *t = getenv("SLIMSERVE_TEST_TMP");
-    snprintf(tmp_dir, sizeof tmp_dir, "%s", t && t[0] ? t : "/tmp");
-    find_ref();
+    tu_init("test_subllm");
+    have_ref = tu_find_ref("subllm_ref.py", ref_script, sizeof ref_script);
+    snprintf(ref_dir, sizeof ref_dir, "%s/tests/ref", tu_src_dir);
     if (gen_models() < 0) return 1;
     SRunner *sr = srunner_create(suite());
     srunner_set_fork_status(sr, CK_NOFORK);
