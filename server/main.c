@@ -338,6 +338,33 @@ static char *read_small_file(const char *path, size_t *len) {
     return buf;
 }
 
+/* A family whose turn markers are all single tokens of the vocabulary, or
+ * API_TMPL_NONE. Used only when the file has no tokenizer.chat_template. */
+static int infer_chat_family(const struct gguf_file *f) {
+    static const struct {
+        int fam;
+        const char *a, *b;
+    } marks[] = {
+        {API_TMPL_GEMMA, "<start_of_turn>", "<end_of_turn>"},
+        {API_TMPL_CHATML, "<|im_start|>", "<|im_end|>"},
+        {API_TMPL_LLAMA3, "<|start_header_id|>", "<|eot_id|>"},
+    };
+    const struct gguf_kv *kv = gguf_find(f, "tokenizer.ggml.tokens");
+    if (!kv || kv->type != GGUF_T_ARRAY || kv->arr_type != GGUF_T_STRING) return API_TMPL_NONE;
+    int found[3][2] = {{0}};
+    for (uint64_t i = 0; i < kv->arr_n; i++) {
+        struct gguf_str t;
+        if (gguf_arr_str(kv, i, &t) != 0 || t.len < 8 || t.s[0] != '<') continue;
+        for (int m = 0; m < 3; m++) {
+            if (gguf_str_eq(t, marks[m].a)) found[m][0] = 1;
+            if (gguf_str_eq(t, marks[m].b)) found[m][1] = 1;
+        }
+    }
+    for (int m = 0; m < 3; m++)
+        if (found[m][0] && found[m][1]) return marks[m].fam;
+    return API_TMPL_NONE;
+}
+
 /* Chooses the chat template family: --chat-template (a family name, a file,
  * or template text) or else the model's tokenizer.chat_template. Returns 0,
  * or 2 (usage error, message printed) when an explicit template is not
@@ -384,6 +411,13 @@ static int resolve_chat_template(const char *model_path, const char *override,
                     "the model's chat template is not one of the known families (chatml, "
                     "llama3, llama2, mistral, gemma): /v1/chat/completions answers 400; "
                     "choose one with --chat-template");
+    } else if ((cfg->chat_family = infer_chat_family(f)) != API_TMPL_NONE) {
+        /* No template in the file (the Gemma 3 270M GGUF has none), but its
+         * vocabulary carries one family's turn markers as single tokens. */
+        cfg->chat_bos = api_tmpl_default_bos(cfg->chat_family);
+        srv_log(SRV_LOG_INFO, "the model has no chat template; its vocabulary has the %s turn "
+                              "markers, so chat requests use that family",
+                api_tmpl_name(cfg->chat_family));
     } else {
         srv_log(SRV_LOG_INFO, "the model has no chat template: /v1/chat/completions answers "
                               "400 unless --chat-template is given");

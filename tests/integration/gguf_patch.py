@@ -23,8 +23,9 @@ CHATML_TEMPLATE = (
 
 
 def patch(src, dst, template, rename=None):
-    """Copies src to dst with tokenizer.chat_template = template; rename maps
-    token texts to new texts (the renamed tokens become control tokens)."""
+    """Copies src to dst with tokenizer.chat_template = template (None: no
+    template key at all); rename maps token texts to new texts (the renamed
+    tokens become control tokens)."""
     import gguf  # imported here so that conftest can import this module without it
 
     rename = dict(rename or {})
@@ -49,7 +50,8 @@ def patch(src, dst, template, rename=None):
             val = [CONTROL if i in renamed else t for i, t in enumerate(val)]
         sub = f.types[1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
         w.add_key_value(name, val, f.types[0], sub_type=sub)
-    w.add_key_value("tokenizer.chat_template", template, gguf.GGUFValueType.STRING)
+    if template is not None:
+        w.add_key_value("tokenizer.chat_template", template, gguf.GGUFValueType.STRING)
     for t in r.tensors:
         w.add_tensor(t.name, t.data, raw_shape=list(reversed([int(x) for x in t.shape])),
                      raw_dtype=t.tensor_type)

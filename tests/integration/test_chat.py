@@ -141,3 +141,25 @@ def test_chat_template_flag(models, tmp_path):
                         "--chat-template", "nonsense"], capture_output=True, text=True,
                        timeout=30)
     assert p.returncode == 2 and "chat-template" in p.stderr
+
+
+def test_chat_family_from_vocabulary(model_dir, tmp_path):
+    """A model without tokenizer.chat_template whose vocabulary has Gemma's turn
+    markers (like the Gemma 3 270M GGUF) is served with the gemma family."""
+    pytest.importorskip("gguf")
+    from conftest import gen_model
+    from gguf_patch import patch
+    src = gen_model(model_dir / "gemma-vocab-src.gguf", "bpe", "--vocab", "1024", "--ctx", "256",
+                    "--seed", "6")
+    dst = str(tmp_path / "gemma-vocab.gguf")
+    patch(src, dst, None, {"<pad1020>": "<start_of_turn>", "<pad1021>": "<end_of_turn>"})
+    with Server(dst, tmp_path, name="gv") as s:
+        st, tk, _ = post_json(s, "/tokenize", {"messages": [{"role": "user", "content": "Hi"}]})
+        assert st == 200
+        ids = tk["tokens"]
+        assert ids[0] == 1022  # BOS (<|begin_of_text|> in the generated bpe vocab)
+        assert ids[1] == 1020 and ids.count(1020) == 2 and ids.count(1021) == 1
+        st, body, _ = post_json(s, "/detokenize", {"tokens": ids})
+        assert body["prompt"].endswith("<start_of_turn>model\n")
+        body = chat(s, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0)
+        assert body["choices"][0]["finish_reason"] in ("stop", "length")
