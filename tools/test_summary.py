@@ -20,7 +20,9 @@ for path in sys.argv[1:]:
         c, f, e = map(int, m.groups())
         passed += c - f - e
         failed += f + e
-    for m in re.finditer(r"^=+ (.*) in [\d.]+s", text, re.M):
+    # pytest's closing line, decorated ("=== 3 passed in 1.2s ===") or not (-q)
+    for m in re.finditer(r"^(?:=+ )?(\d+ (?:passed|failed|skipped|errors?|xfailed|xpassed)\b.*) in [\d.]+s",
+                         text, re.M):
         line = m.group(1)
         for n, what in re.findall(r"(\d+) (passed|failed|skipped|error|errors)", line):
             if what == "passed":
