@@ -100,6 +100,9 @@ void eng_model_free(struct eng_model *m);
 
 const struct eng_config *eng_model_config(const struct eng_model *m);
 const struct tok *eng_model_tok(const struct eng_model *m);
+/* The model's GGUF file (metadata such as tokenizer.chat_template); valid until
+ * eng_model_free. */
+const struct gguf_file *eng_model_gguf(const struct eng_model *m);
 int eng_model_n_ctx(const struct eng_model *m);
 int32_t eng_model_n_pages(const struct eng_model *m);  /* pages in the KV pool */
 

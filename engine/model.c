@@ -569,4 +569,6 @@ int eng_model_n_levels(const struct eng_model *m) { return m->n_levels; }
 int eng_model_layer_level(const struct eng_model *m, int layer) {
     return layer >= 0 && layer < m->cfg.n_layers ? m->layers[layer].level : -1;
 }
+
+const struct gguf_file *eng_model_gguf(const struct eng_model *m) { return m->gguf; }
 size_t eng_model_weight_bytes(const struct eng_model *m) { return m->weight_bytes; }

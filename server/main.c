@@ -27,6 +27,7 @@
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "engine/ss_error.h"
+#include "engine/tokenizer.h"
 #include "server/srv.h"
 #include "tools/bench.h"
 #include "tools/genmodel.h"
@@ -340,7 +341,7 @@ static char *read_small_file(const char *path, size_t *len) {
 
 /* A family whose turn markers are all single tokens of the vocabulary, or
  * API_TMPL_NONE. Used only when the file has no tokenizer.chat_template. */
-static int infer_chat_family(const struct gguf_file *f) {
+static int infer_chat_family(const struct tok *t) {
     static const struct {
         int fam;
         const char *a, *b;
@@ -349,84 +350,71 @@ static int infer_chat_family(const struct gguf_file *f) {
         {API_TMPL_CHATML, "<|im_start|>", "<|im_end|>"},
         {API_TMPL_LLAMA3, "<|start_header_id|>", "<|eot_id|>"},
     };
-    const struct gguf_kv *kv = gguf_find(f, "tokenizer.ggml.tokens");
-    if (!kv || kv->type != GGUF_T_ARRAY || kv->arr_type != GGUF_T_STRING) return API_TMPL_NONE;
-    int found[3][2] = {{0}};
-    for (uint64_t i = 0; i < kv->arr_n; i++) {
-        struct gguf_str t;
-        if (gguf_arr_str(kv, i, &t) != 0 || t.len < 8 || t.s[0] != '<') continue;
-        for (int m = 0; m < 3; m++) {
-            if (gguf_str_eq(t, marks[m].a)) found[m][0] = 1;
-            if (gguf_str_eq(t, marks[m].b)) found[m][1] = 1;
-        }
-    }
-    for (int m = 0; m < 3; m++)
-        if (found[m][0] && found[m][1]) return marks[m].fam;
+    for (size_t m = 0; m < sizeof(marks) / sizeof(marks[0]); m++)
+        if (tok_find(t, marks[m].a) >= 0 && tok_find(t, marks[m].b) >= 0) return marks[m].fam;
     return API_TMPL_NONE;
 }
 
-/* Chooses the chat template family: --chat-template (a family name, a file,
- * or template text) or else the model's tokenizer.chat_template. Returns 0,
- * or 2 (usage error, message printed) when an explicit template is not
- * recognised. A model without a recognised template only logs: its chat
- * requests get a 400. */
-static int resolve_chat_template(const char *model_path, const char *override,
-                                 struct srv_config *cfg) {
+/* --chat-template (a family name, a file, or template text), checked before
+ * the model loads. Returns 0 (cfg->chat_family stays NONE without an
+ * override), or 2 (usage error, message printed) when it is not recognised. */
+static int chat_template_override(const char *override, struct srv_config *cfg) {
     cfg->chat_family = API_TMPL_NONE;
     cfg->chat_bos = 0;
-    if (override && *override) {
-        int fam = api_tmpl_by_name(override);
-        if (fam > 0) {
-            cfg->chat_family = fam;
-            cfg->chat_bos = api_tmpl_default_bos(fam);
-            srv_log(SRV_LOG_INFO, "chat template: %s (--chat-template)", api_tmpl_name(fam));
-            return 0;
-        }
-        size_t len = 0;
-        char *text = read_small_file(override, &len);
-        const char *src = text ? text : override;
-        fam = api_tmpl_detect(src, text ? len : strlen(override), &cfg->chat_bos);
-        free(text);
-        if (fam == API_TMPL_NONE) {
-            fprintf(stderr,
-                    "slimserve: --chat-template '%.80s': not a family name (chatml, llama3, "
-                    "llama2, mistral, gemma) nor a template of one of those families\n",
-                    override);
-            return 2;
-        }
+    if (!override || !*override)
+        return 0;
+    int fam = api_tmpl_by_name(override);
+    if (fam > 0) {
         cfg->chat_family = fam;
-        srv_log(SRV_LOG_INFO, "chat template: %s%s (--chat-template)", api_tmpl_name(fam),
-                cfg->chat_bos ? " with BOS" : "");
+        cfg->chat_bos = api_tmpl_default_bos(fam);
+        srv_log(SRV_LOG_INFO, "chat template: %s (--chat-template)", api_tmpl_name(fam));
         return 0;
     }
-    struct gguf_file *f = NULL;
-    char err[256];
+    size_t len = 0;
+    char *text = read_small_file(override, &len);
+    const char *src = text ? text : override;
+    fam = api_tmpl_detect(src, text ? len : strlen(override), &cfg->chat_bos);
+    free(text);
+    if (fam == API_TMPL_NONE) {
+        fprintf(stderr,
+                "slimserve: --chat-template '%.80s': not a family name (chatml, llama3, "
+                "llama2, mistral, gemma) nor a template of one of those families\n",
+                override);
+        return 2;
+    }
+    cfg->chat_family = fam;
+    srv_log(SRV_LOG_INFO, "chat template: %s%s (--chat-template)", api_tmpl_name(fam),
+            cfg->chat_bos ? " with BOS" : "");
+    return 0;
+}
+
+/* Without an override: the loaded model's tokenizer.chat_template, or else
+ * the family whose turn markers its vocabulary holds. A model with neither
+ * only logs: its chat requests get a 400. */
+static void chat_template_from_model(const struct eng_model *m, struct srv_config *cfg) {
     struct gguf_str t = {0, NULL};
-    if (gguf_open(&f, model_path, err, sizeof(err)) != 0)
-        return 0; /* loading the model reports the problem */
-    if (gguf_get_str(f, "tokenizer.chat_template", &t) == 0 && t.len > 0) {
+    if (gguf_get_str(eng_model_gguf(m), "tokenizer.chat_template", &t) == 0 && t.len > 0) {
         cfg->chat_family = api_tmpl_detect(t.s, (size_t)t.len, &cfg->chat_bos);
         if (cfg->chat_family == API_TMPL_NONE)
             srv_log(SRV_LOG_WARN,
                     "the model's chat template is not one of the known families (chatml, "
                     "llama3, llama2, mistral, gemma): /v1/chat/completions answers 400; "
                     "choose one with --chat-template");
-    } else if ((cfg->chat_family = infer_chat_family(f)) != API_TMPL_NONE) {
+    } else if ((cfg->chat_family = infer_chat_family(eng_model_tok(m))) != API_TMPL_NONE) {
         /* No template in the file (the Gemma 3 270M GGUF has none), but its
          * vocabulary carries one family's turn markers as single tokens. */
         cfg->chat_bos = api_tmpl_default_bos(cfg->chat_family);
         srv_log(SRV_LOG_INFO, "the model has no chat template; its vocabulary has the %s turn "
                               "markers, so chat requests use that family",
                 api_tmpl_name(cfg->chat_family));
+        return;
     } else {
         srv_log(SRV_LOG_INFO, "the model has no chat template: /v1/chat/completions answers "
                               "400 unless --chat-template is given");
     }
-    gguf_close(f);
     if (cfg->chat_family != API_TMPL_NONE)
         srv_log(SRV_LOG_INFO, "chat template: %s%s (from the model)",
                 api_tmpl_name(cfg->chat_family), cfg->chat_bos ? " with BOS" : "");
-    return 0;
 }
 
 static int cmd_serve(int argc, char **argv) {
@@ -462,7 +450,7 @@ static int cmd_serve(int argc, char **argv) {
         o.srv.served_name = name_buf;
     }
 
-    rc = resolve_chat_template(o.srv.model_path, o.chat_template, &o.srv);
+    rc = chat_template_override(o.chat_template, &o.srv);
     if (rc) {
         free(name_buf);
         return rc;
@@ -478,6 +466,8 @@ static int cmd_serve(int argc, char **argv) {
         /* a --layer-parallel range the model cannot take is a usage error */
         return rc == SS_EINVAL && o.eng.lp_mode == ENG_LP_RANGE && strstr(err, "layer parallelism") ? 2 : 1;
     }
+    if (o.srv.chat_family == API_TMPL_NONE)
+        chat_template_from_model(m, &o.srv);
     int lp_s, lp_e;
     if (eng_model_layer_parallel(m, &lp_s, &lp_e))
         srv_log(SRV_LOG_INFO, "layer parallelism: layers %d..%d run as %d pairs", lp_s, lp_e - 1, (lp_e - lp_s) / 2);
