@@ -24,6 +24,12 @@ int api_range_error(struct api_error *err, const char *name, const char *range, 
 /* Parses body as a JSON object. Returns the tree (caller cJSON_Delete()s) or
  * NULL with *err filled (400). */
 cJSON *api_parse_object(const char *body, size_t len, struct api_error *err);
+/* Shared frame of api_completion_parse / api_chat_parse: defaults, the JSON
+ * object, the kind's own field parser, cleanup on error. */
+typedef int (*api_fields_fn)(const struct api_model_info *mi, const cJSON *root,
+                             struct api_completion *out, struct api_error *err);
+int api_request_parse(const struct api_model_info *mi, const char *body, size_t len, int kind,
+                      api_fields_fn fields, struct api_completion *out, struct api_error *err);
 
 /* "model": absent or the served name (else 404 model_not_found). */
 int api_parse_model(const struct api_model_info *mi, const cJSON *root, struct api_error *err);

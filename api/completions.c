@@ -180,20 +180,25 @@ static int parse_fields(const struct api_model_info *mi, const cJSON *root,
     return 0;
 }
 
-int api_completion_parse(const struct api_model_info *mi, const char *body, size_t len,
-                         struct api_completion *out, struct api_error *err) {
+int api_request_parse(const struct api_model_info *mi, const char *body, size_t len, int kind,
+                      api_fields_fn fields, struct api_completion *out, struct api_error *err) {
     memset(out, 0, sizeof(*out));
     api_req_params_init(&out->p);
-    out->kind = API_KIND_COMPLETION;
+    out->kind = kind;
     out->n = 1;
     cJSON *root = api_parse_object(body, len, err);
     if (!root)
         return SS_EINVAL;
-    int rc = parse_fields(mi, root, out, err);
+    int rc = fields(mi, root, out, err);
     cJSON_Delete(root);
     if (rc < 0)
         api_completion_free(out);
     return rc;
+}
+
+int api_completion_parse(const struct api_model_info *mi, const char *body, size_t len,
+                         struct api_completion *out, struct api_error *err) {
+    return api_request_parse(mi, body, len, API_KIND_COMPLETION, parse_fields, out, err);
 }
 
 /* ---- request parameters ---- */

@@ -60,18 +60,7 @@ class Server:
             raise
 
     def _wait_ready(self):
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                status, _, _ = request(self, "GET", "/health", timeout=2)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server not ready after {START_TIMEOUT}s:\n{self.log()}")
+        wait_health(self, "server")
 
     def log(self):
         if not self._log.closed:
@@ -122,6 +111,23 @@ class Server:
 
 
 # ---------------------------------------------------------------- HTTP helpers
+
+def wait_health(obj, what):
+    """Polls GET /health on obj (host, port, proc, log()) until 200, for at most
+    START_TIMEOUT seconds; raises with obj's log if its process exits first."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if obj.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {obj.proc.returncode}:\n{obj.log()}")
+        try:
+            status, _, _ = request(obj, "GET", "/health", timeout=2)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {START_TIMEOUT}s:\n{obj.log()}")
+
 
 def request(srv, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT):
     """Returns (status, headers dict with lower-case names, body bytes)."""

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HTTP_TIMEOUT, START_TIMEOUT, Server, assert_error, free_port, get_metrics, \
+from conftest import HTTP_TIMEOUT, Server, wait_health, assert_error, free_port, get_metrics, \
     request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,18 +136,7 @@ http {{
             raise
 
     def _wait_ready(self):
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                status, _, _ = request(self, "GET", "/health", timeout=2)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"nginx not ready after {START_TIMEOUT}s:\n{self.log()}")
+        wait_health(self, "nginx")
 
     def log(self):
         parts = []
