@@ -3,7 +3,7 @@ import json
 import threading
 import time
 
-from conftest import complete, post_json, request, stream_events
+from conftest import complete, request, stream_events
 
 PROMPT = "The quick brown fox jumps over the lazy dog"
 

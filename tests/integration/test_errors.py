@@ -5,8 +5,6 @@ import json
 import socket
 import time
 
-import pytest
-
 from conftest import Server, assert_error, complete, post_json, request
 
 CTX = 256  # the fixture models' context
