@@ -241,3 +241,16 @@ void tu_gen_tok_free(struct tu_gen_tok *g) {
     gguf_close(g->f);
     unlink(g->path);
 }
+
+float tu_half(uint16_t h) {
+    int e = (h >> 10) & 31, m = h & 1023;
+    float v = e == 0 ? (float)m / 1024.0f / 16384.0f : (1.0f + (float)m / 1024.0f) * ldexpf(1.0f, e - 15);
+    return (h & 0x8000) ? -v : v;
+}
+
+float tu_bf16(uint16_t h) {
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}

@@ -74,6 +74,10 @@ float *tu_subllm_ref(const char *script, const char *model, const int32_t *toks,
                      int n_sub, double *margin);
 
 /* max |a[i] - b[i]|; NaN anywhere gives NaN. */
+/* Independent fp16 / bf16 decoders (not the kernels' conversions). */
+float tu_half(uint16_t h);
+float tu_bf16(uint16_t h);
+
 double tu_max_abs_diff(const float *a, const float *b, size_t n);
 
 /* Index of the first largest value. */
