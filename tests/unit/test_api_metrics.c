@@ -1,0 +1,338 @@
+/* test_api_metrics.c - the Prometheus text of GET /metrics (api/metrics.c),
+ * parsed back: HELP/TYPE lines, counters and gauges from a scheduler
+ * snapshot, cumulative histogram buckets with _sum/_count, per-level series.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "scheduler/sched.h"
+
+/* ---------------------------------------------------------------- metrics */
+
+/* One parsed sample line of the exposition text. */
+struct prom_sample {
+    char name[96];
+    char labels[96];
+    double value;
+};
+
+/* Parses the text: every sample's family must have had HELP and TYPE lines
+ * first. Returns the number of samples written to out (cap entries). */
+static int prom_parse(const char *text, struct prom_sample *out, int cap, char types[][2][64],
+                      int *n_types) {
+    int n = 0;
+    *n_types = 0;
+    char help_for[96] = "";
+    const char *p = text;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        ck_assert_msg(nl != NULL, "the text must end with a newline");
+        char line[256];
+        size_t len = (size_t)(nl - p);
+        ck_assert(len < sizeof(line));
+        memcpy(line, p, len);
+        line[len] = '\0';
+        p = nl + 1;
+        if (strncmp(line, "# HELP ", 7) == 0) {
+            ck_assert(sscanf(line + 7, "%95s", help_for) == 1);
+            continue;
+        }
+        if (strncmp(line, "# TYPE ", 7) == 0) {
+            char name[96], type[32];
+            ck_assert(sscanf(line + 7, "%95s %31s", name, type) == 2);
+            ck_assert_msg(strcmp(name, help_for) == 0, "TYPE %s without HELP", name);
+            ck_assert(*n_types < 64);
+            snprintf(types[*n_types][0], 64, "%.63s", name);
+            snprintf(types[*n_types][1], 64, "%.31s", type);
+            (*n_types)++;
+            continue;
+        }
+        ck_assert_msg(line[0] != '#' && line[0] != '\0', "unexpected line '%s'", line);
+        ck_assert(n < cap);
+        struct prom_sample *s = &out[n++];
+        char *sp = strchr(line, ' ');
+        ck_assert(sp != NULL);
+        *sp = '\0';
+        char *brace = strchr(line, '{');
+        s->labels[0] = '\0';
+        if (brace) {
+            snprintf(s->labels, sizeof(s->labels), "%.95s", brace);
+            *brace = '\0';
+        }
+        snprintf(s->name, sizeof(s->name), "%.95s", line);
+        s->value = strcmp(sp + 1, "+Inf") == 0 ? INFINITY : strtod(sp + 1, NULL);
+        ck_assert_msg(strncmp(s->name, "slimserve:", 10) == 0, "%s", s->name);
+        /* the family was declared */
+        int found = 0;
+        for (int t = 0; t < *n_types && !found; t++) {
+            size_t fl = strlen(types[t][0]);
+            found = strncmp(s->name, types[t][0], fl) == 0 &&
+                    (s->name[fl] == '\0' || !strcmp(s->name + fl, "_bucket") ||
+                     !strcmp(s->name + fl, "_sum") || !strcmp(s->name + fl, "_count"));
+        }
+        ck_assert_msg(found, "sample %s has no TYPE line before it", s->name);
+    }
+    return n;
+}
+
+static double prom_get(const struct prom_sample *s, int n, const char *name, const char *labels) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s[i].name, name) && !strcmp(s[i].labels, labels ? labels : ""))
+            return s[i].value;
+    ck_abort_msg("no sample %s%s", name, labels ? labels : "");
+    return NAN;
+}
+
+START_TEST(test_metrics_text) {
+    struct sched_stats st;
+    memset(&st, 0, sizeof(st));
+    st.n_running = 3;
+    st.n_waiting = 2;
+    st.pages_used = 25;
+    st.pages_total = 100;
+    st.n_prompt_tokens = 1234;
+    st.n_gen_tokens = 567;
+    st.n_preemptions = 4;
+    st.n_prefix_queries = 90;
+    st.n_prefix_hits = 32;
+    st.n_finished[REQ_FINISH_STOP] = 5;
+    st.n_finished[REQ_FINISH_LENGTH] = 6;
+    st.n_finished[REQ_FINISH_CANCELLED] = 1;
+    st.n_finished[REQ_FINISH_ERROR] = 2;
+    struct sched_hist *hs[] = {&st.ttft_s, &st.itl_s, &st.e2e_s, &st.queue_s, &st.batch_tokens};
+    static const double le[] = {0.001, 0.005, 0.1, 1.0, 2.5};
+    for (int k = 0; k < 5; k++) {
+        hs[k]->n = 5;
+        memcpy(hs[k]->le, le, sizeof(le));
+    }
+    static const double obs[] = {0.0005, 0.003, 0.003, 0.05, 0.7, 2.0, 9.0};
+    for (size_t i = 0; i < sizeof(obs) / sizeof(obs[0]); i++)
+        sched_hist_observe(&st.ttft_s, obs[i]);
+    sched_hist_observe(&st.batch_tokens, 0.0008);
+
+    struct api_buf b;
+    api_buf_init(&b);
+    ck_assert_int_eq(api_metrics_text(&b, &st), 0);
+    static struct prom_sample s[256];
+    static char types[64][2][64];
+    int nt = 0;
+    int n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(n > 40);
+
+    ck_assert(prom_get(s, n, "slimserve:num_requests_running", NULL) == 3);
+    ck_assert(prom_get(s, n, "slimserve:num_requests_waiting", NULL) == 2);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", NULL) == 0.25);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.25);
+    ck_assert(prom_get(s, n, "slimserve:prompt_tokens_total", NULL) == 1234);
+    ck_assert(prom_get(s, n, "slimserve:generation_tokens_total", NULL) == 567);
+    ck_assert(prom_get(s, n, "slimserve:num_preemptions_total", NULL) == 4);
+    ck_assert(prom_get(s, n, "slimserve:prefix_cache_queries_total", NULL) == 90);
+    ck_assert(prom_get(s, n, "slimserve:prefix_cache_hits_total", NULL) == 32);
+    ck_assert(prom_get(s, n, "slimserve:request_success_total", "{finished_reason=\"stop\"}") == 5);
+    ck_assert(prom_get(s, n, "slimserve:request_success_total", "{finished_reason=\"length\"}") ==
+              6);
+    ck_assert(prom_get(s, n, "slimserve:request_success_total", "{finished_reason=\"abort\"}") ==
+              1);
+    ck_assert(prom_get(s, n, "slimserve:request_success_total", "{finished_reason=\"error\"}") ==
+              2);
+
+    /* every histogram: cumulative buckets ending at +Inf == _count, a _sum */
+    static const char *const hist[] = {
+        "slimserve:time_to_first_token_seconds", "slimserve:inter_token_latency_seconds",
+        "slimserve:e2e_request_latency_seconds", "slimserve:request_queue_time_seconds",
+        "slimserve:iteration_tokens_total"};
+    for (int h = 0; h < 5; h++) {
+        int typed = 0;
+        for (int t = 0; t < nt; t++)
+            typed |= !strcmp(types[t][0], hist[h]) && !strcmp(types[t][1], "histogram");
+        ck_assert_msg(typed, "%s is not typed histogram", hist[h]);
+        char bucket[128];
+        snprintf(bucket, sizeof(bucket), "%s_bucket", hist[h]);
+        double prev = -1, prev_le = -INFINITY, inf = -1;
+        int nb = 0;
+        for (int i = 0; i < n; i++) {
+            if (strcmp(s[i].name, bucket) != 0)
+                continue;
+            nb++;
+            ck_assert(strncmp(s[i].labels, "{le=\"", 5) == 0);
+            double lev = strcmp(s[i].labels, "{le=\"+Inf\"}") == 0 ? INFINITY
+                                                                  : strtod(s[i].labels + 5, NULL);
+            ck_assert_msg(lev > prev_le, "%s: le not increasing", hist[h]);
+            ck_assert_msg(s[i].value >= prev, "%s: buckets not cumulative", hist[h]);
+            prev = s[i].value;
+            prev_le = lev;
+            if (isinf(lev))
+                inf = s[i].value;
+        }
+        ck_assert_int_eq(nb, 6);
+        ck_assert(isinf(prev_le)); /* the last bucket is +Inf */
+        char cnt[128], sum[128];
+        snprintf(cnt, sizeof(cnt), "%s_count", hist[h]);
+        snprintf(sum, sizeof(sum), "%s_sum", hist[h]);
+        ck_assert(prom_get(s, n, cnt, NULL) == inf);
+        (void)prom_get(s, n, sum, NULL);
+    }
+    /* the ttft buckets hold the observations, cumulatively */
+    const char *tb = "slimserve:time_to_first_token_seconds_bucket";
+    ck_assert(prom_get(s, n, tb, "{le=\"0.001\"}") == 1);
+    ck_assert(prom_get(s, n, tb, "{le=\"0.005\"}") == 3);
+    ck_assert(prom_get(s, n, tb, "{le=\"0.1\"}") == 4);
+    ck_assert(prom_get(s, n, tb, "{le=\"1\"}") == 5);
+    ck_assert(prom_get(s, n, tb, "{le=\"2.5\"}") == 6);
+    ck_assert(prom_get(s, n, tb, "{le=\"+Inf\"}") == 7);
+    ck_assert(fabs(prom_get(s, n, "slimserve:time_to_first_token_seconds_sum", NULL) - 11.7565) <
+              1e-9);
+    ck_assert(prom_get(s, n, "slimserve:iteration_tokens_total_count", NULL) == 1);
+    ck_assert(prom_get(s, n, "slimserve:e2e_request_latency_seconds_count", NULL) == 0);
+    api_buf_free(&b);
+
+    /* an empty pool does not divide by zero */
+    memset(&st, 0, sizeof(st));
+    api_metrics_text(&b, &st);
+    ck_assert(strstr(b.data, "slimserve:kv_cache_usage_perc 0\n") != NULL);
+    api_buf_free(&b);
+}
+END_TEST
+
+/* The type the text declares for a family, or "" if none. */
+static const char *prom_type(char types[][2][64], int nt, const char *name) {
+    for (int t = 0; t < nt; t++)
+        if (!strcmp(types[t][0], name)) return types[t][1];
+    return "";
+}
+
+static int prom_has(const struct prom_sample *s, int n, const char *name, const char *labels) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s[i].name, name) && !strcmp(s[i].labels, labels)) return 1;
+    return 0;
+}
+
+/* Per-level KV series of a SUBLLM model (3 levels), of a dense model, and of
+ * degenerate snapshots (no tokens yet, n_levels out of range). */
+START_TEST(test_metrics_levels) {
+    struct sched_stats st;
+    memset(&st, 0, sizeof(st));
+    st.pages_total = 200;
+    st.pages_used = 54;
+    st.n_levels = 3;
+    st.level_units[0] = 30;
+    st.level_units[1] = 18;
+    st.level_units[2] = 6;
+    st.level_units[3] = 999; /* beyond n_levels: never shown */
+    st.level_tokens[0] = 1000;
+    st.level_tokens[1] = 640;
+    st.level_tokens[2] = 400;
+    st.level_tokens[3] = 7;
+
+    struct api_buf b;
+    api_buf_init(&b);
+    ck_assert_int_eq(api_metrics_text(&b, &st), 0);
+    static struct prom_sample s[256];
+    static char types[64][2][64];
+    int nt = 0;
+    int n = prom_parse(b.data, s, 256, types, &nt);
+
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:kv_cache_usage_perc"), "gauge");
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:kv_cache_level_units"), "gauge");
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:level_tokens_total"), "counter");
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:level_kept_fraction"), "gauge");
+    /* the unlabelled total stays: pages_used / pages_total */
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", NULL) == 0.27);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.15);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"1\"}") == 0.09);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"2\"}") == 0.03);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"0\"}") == 30);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"1\"}") == 18);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"2\"}") == 6);
+    ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"0\"}") == 1000);
+    ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"1\"}") == 640);
+    ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"2\"}") == 400);
+    ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"1\"}") == 0.64);
+    ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"2\"}") == 0.625);
+    /* no fraction for level 0, nothing at or past n_levels */
+    ck_assert(!prom_has(s, n, "slimserve:level_kept_fraction", "{level=\"0\"}"));
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_usage_perc", "{level=\"3\"}"));
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_level_units", "{level=\"3\"}"));
+    ck_assert(!prom_has(s, n, "slimserve:level_tokens_total", "{level=\"3\"}"));
+    ck_assert(!prom_has(s, n, "slimserve:level_kept_fraction", "{level=\"3\"}"));
+    /* the exact text of a few lines */
+    ck_assert(strstr(b.data, "\nslimserve:kv_cache_usage_perc{level=\"1\"} 0.09\n") != NULL);
+    ck_assert(strstr(b.data, "\nslimserve:kv_cache_level_units{level=\"2\"} 6\n") != NULL);
+    ck_assert(strstr(b.data, "\nslimserve:level_tokens_total{level=\"0\"} 1000\n") != NULL);
+    ck_assert(strstr(b.data, "\nslimserve:level_kept_fraction{level=\"2\"} 0.625\n") != NULL);
+    ck_assert(strstr(b.data, "# TYPE slimserve:level_kept_fraction gauge\n") != NULL);
+    ck_assert(strstr(b.data, "# TYPE slimserve:level_tokens_total counter\n") != NULL);
+    api_buf_free(&b);
+
+    /* a zero denominator gives 0, not NaN: no token reached level 1 yet */
+    st.level_tokens[0] = 50;
+    st.level_tokens[1] = 0;
+    st.level_tokens[2] = 0;
+    api_metrics_text(&b, &st);
+    n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"1\"}") == 0);
+    ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"2\"}") == 0);
+    api_buf_free(&b);
+    memset(st.level_tokens, 0, sizeof(st.level_tokens));
+    api_metrics_text(&b, &st);
+    ck_assert(strstr(b.data, "slimserve:level_kept_fraction{level=\"1\"} 0\n") != NULL);
+    ck_assert(strstr(b.data, "NaN") == NULL);
+    api_buf_free(&b);
+
+    /* a dense model: one level, no kept fraction samples (the family is declared) */
+    memset(&st, 0, sizeof(st));
+    st.pages_total = 64;
+    st.pages_used = 16;
+    st.n_levels = 1;
+    st.level_units[0] = 16;
+    st.level_tokens[0] = 77;
+    api_metrics_text(&b, &st);
+    n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.25);
+    ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"0\"}") == 77);
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_usage_perc", "{level=\"1\"}"));
+    for (int i = 0; i < n; i++) ck_assert(strcmp(s[i].name, "slimserve:level_kept_fraction") != 0);
+    api_buf_free(&b);
+
+    /* n_levels beyond the arrays is clamped to them; an empty pool divides by nothing */
+    memset(&st, 0, sizeof(st));
+    st.n_levels = 1000;
+    for (int k = 0; k < 8; k++) st.level_units[k] = k;
+    api_metrics_text(&b, &st);
+    n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"7\"}") == 7);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"7\"}") == 0);
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_level_units", "{level=\"8\"}"));
+    api_buf_free(&b);
+    st.n_levels = -5; /* a snapshot before the first update: one level, = pages_used */
+    st.pages_total = 10;
+    st.pages_used = 5;
+    api_metrics_text(&b, &st);
+    n = prom_parse(b.data, s, 256, types, &nt);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.5);
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"0\"}") == 5);
+    ck_assert(!prom_has(s, n, "slimserve:kv_cache_level_units", "{level=\"1\"}"));
+    api_buf_free(&b);
+}
+END_TEST
+
+static Suite *metrics_suite(void) {
+    Suite *s = suite_create("api_metrics");
+    TCase *tc = tcase_create("metrics");
+    tcase_add_test(tc, test_metrics_text);
+    tcase_add_test(tc, test_metrics_levels);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(metrics_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed != 0;
+}
