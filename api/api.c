@@ -9,7 +9,7 @@
 #include <time.h>
 
 #include "api/api.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 struct route {
     const char *path;

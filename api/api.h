@@ -6,7 +6,8 @@
  * in the server only the loop thread calls it.
  *
  * Errors are OpenAI-shaped: {"error":{"message","type","param","code"}} with the
- * HTTP status taken from the SS_E* table (engine/ss_error.h) where one applies.
+ * HTTP status of the SS_E* code (kernels/ss_error.h) where one applies; the
+ * mapping of codes to statuses lives here (api/errors.c).
  */
 #ifndef SS_API_H
 #define SS_API_H
@@ -45,6 +46,8 @@ struct api_error {
 };
 /* Fills e from an SS_E* code (status and type from the table), param (NULL ok),
  * code (static string or NULL) and a printf message (NULL -> ss_strerror(ss)). */
+/* HTTP status of an SS_E* code (500 for codes that are internal failures). */
+int api_err_http_status(int ss);
 void api_error_set(struct api_error *e, int ss, const char *param, const char *code,
                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* Same, with an explicit HTTP status and type (401, 404 route, 405, 413). */

@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "api/api_internal.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
 #define MAX_MESSAGES 4096

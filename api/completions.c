@@ -14,7 +14,7 @@
 
 #include "api/api_internal.h"
 #include "engine/sampler.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
 #define DEFAULT_MAX_TOKENS 16

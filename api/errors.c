@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 void api_buf_init(struct api_buf *b) {
     memset(b, 0, sizeof(*b));
@@ -181,10 +181,37 @@ static void error_fill(struct api_error *e, const char *param, const char *code,
         snprintf(e->message, sizeof(e->message), "%s", fallback);
 }
 
+/* What each SS_E* code means on the wire: HTTP status and OpenAI error type.
+ * Codes not listed are internal failures (500, server_error). */
+static const struct {
+    int code, http;
+    const char *type;
+} ss_http[] = {
+    {SS_OK, 200, "ok"},
+    {SS_EINVAL, 400, "invalid_request_error"},
+    {SS_ETOOLONG, 400, "invalid_request_error"},
+    {SS_EUNSUPPORTED, 400, "invalid_request_error"},
+    {SS_ENOTFOUND, 404, "invalid_request_error"},
+    {SS_ECANCELLED, 499, "server_error"},
+    {SS_EAGAIN, 503, "server_error"},
+};
+
+int api_err_http_status(int ss) {
+    for (size_t i = 0; i < sizeof ss_http / sizeof ss_http[0]; i++)
+        if (ss_http[i].code == ss) return ss_http[i].http;
+    return 500;
+}
+
+static const char *err_type(int ss) {
+    for (size_t i = 0; i < sizeof ss_http / sizeof ss_http[0]; i++)
+        if (ss_http[i].code == ss) return ss_http[i].type;
+    return "server_error";
+}
+
 void api_error_set(struct api_error *e, int ss, const char *param, const char *code,
                    const char *fmt, ...) {
-    e->status = ss_err_http_status(ss);
-    e->type = ss_err_type(ss);
+    e->status = api_err_http_status(ss);
+    e->type = err_type(ss);
     va_list ap;
     va_start(ap, fmt);
     error_fill(e, param, code, fmt, ap, ss_strerror(ss));

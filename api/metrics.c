@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 #define P "slimserve:"
 /* entries of sched_stats.level_units / level_tokens */

@@ -21,7 +21,7 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
 #define LP_FLOOR (-9999.0)

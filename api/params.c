@@ -16,7 +16,7 @@
 
 #include "api/api_internal.h"
 #include "engine/sampler.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
 #define MAX_LOGIT_BIAS 1024 /* entries in one logit_bias object */

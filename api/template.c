@@ -32,7 +32,7 @@
 #include <string.h>
 
 #include "api/api.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 static const char *const family_names[] = {"none", "chatml", "llama3", "llama2", "mistral",
                                            "gemma"};

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "api/api_internal.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
 static int need_tokenizer(const struct api_model_info *mi, struct api_error *err) {

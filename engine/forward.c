@@ -26,7 +26,7 @@
 
 #include "engine/forward_lp.h"
 #include "engine/model_internal.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 int32_t eng_batch_n_logits(const struct eng_batch *b) {
     if (!b || !b->seqs || b->n_seqs <= 0) return 0;

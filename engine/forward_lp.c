@@ -58,7 +58,7 @@
 #include "engine/forward_lp.h"
 #include "engine/gguf.h"
 #include "engine/model_internal.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 /* One branch's activations; shapes in rows of the batch (T = max_batch_tokens). */
 struct lp_bufs {

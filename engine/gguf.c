@@ -31,7 +31,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "kernels/backend.h"
 
 #define GGUF_HEADER_BYTES 24

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "kernels/backend.h"
 
 struct gw_tensor {

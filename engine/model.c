@@ -20,7 +20,7 @@
 
 #include "engine/forward_lp.h"
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
 /* ---- architectures ---- */

@@ -37,7 +37,7 @@
 
 #include "engine/gguf.h"
 #include "engine/model_internal.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 #define SUB_MAX_STRUCTURE 65536 /* characters of subllm.structure */
 

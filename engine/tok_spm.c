@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tok_internal.h"
 
 static const char MARK[3] = { (char)0xE2, (char)0x96, (char)0x81 }; /* U+2581 */

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tok_internal.h"
 
 #define ERRF(...) do { if (err && err_len) snprintf(err, err_len, __VA_ARGS__); } while (0)

@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/kcpu.h"
 #if HAVE_CUDA

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 struct kv_block {
     int32_t refs;

@@ -12,7 +12,7 @@
 #include <time.h>
 
 #include "engine/engine.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "scheduler/sched_internal.h"
 
 double sched_now(void) {

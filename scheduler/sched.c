@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "scheduler/sched_internal.h"
 
 void sched_hist_observe(struct sched_hist *h, double v) {

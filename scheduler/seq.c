@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "scheduler/sched_internal.h"
 
 struct seq *seq_new(struct sched *s, struct sched_req *r) {

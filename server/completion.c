@@ -19,7 +19,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "server/http_internal.h"
 
 #define STREAM_BLOCK (16 * 1024)

@@ -22,7 +22,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 #include "server/http_internal.h"
 

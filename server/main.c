@@ -26,7 +26,7 @@
 #include "config.h"
 #include "engine/engine.h"
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 #include "server/srv.h"
 #include "tools/bench.h"

@@ -39,7 +39,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 /* ================= 1. helpers ================= */
 

@@ -29,7 +29,7 @@
 #include <time.h>
 
 #include "engine/engine.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 static double now_s(void) {
     struct timespec ts;

@@ -24,7 +24,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 
 /* ================= 1. growable string ================= */
 

@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "kernels/backend.h"
 #include "tools/genmodel.h"
 

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "tools/genmodel.h"
 
 /* Original prose written for this project (public domain). Single spaces only,

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "kernels/cpu/kcpu.h"
 
 /* ---------------------------------------------------------------- lifecycle */

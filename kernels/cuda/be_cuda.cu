@@ -11,7 +11,7 @@
 
 #include "kernels/cuda/kcu.h"
 
-#define KCU_ENODEVICE (-11) /* SS_ENODEVICE (engine/ss_error.h is C only) */
+#define KCU_ENODEVICE (-11) /* SS_ENODEVICE (kernels/ss_error.h is C only) */
 
 extern "C" int kcu_probe(int *n_dev, char *why, size_t why_len) {
     int n = 0;

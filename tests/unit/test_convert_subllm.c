@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "tools/genmodel.h"
 #include "testutil.h"
 

@@ -30,7 +30,7 @@
 
 #include "engine/engine.h"
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "tools/genmodel.h"
 #include "testutil.h"
 

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "kernels/backend.h"
 #include "tests/unit/testutil.h"
 #include "tools/genmodel.h"

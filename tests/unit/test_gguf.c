@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "kernels/backend.h"
 #include "tools/genmodel.h"
 #include "tests/unit/testutil.h"

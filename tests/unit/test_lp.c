@@ -36,7 +36,7 @@
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "engine/model_internal.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "tools/genmodel.h"
 #include "testutil.h"
 

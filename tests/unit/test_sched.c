@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 #include "scheduler/kv.h"
 #include "scheduler/sched.h"

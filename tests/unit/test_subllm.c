@@ -34,7 +34,7 @@
 
 #include "engine/engine.h"
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
 #include "tools/perplexity.h"

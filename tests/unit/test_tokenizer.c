@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "engine/gguf.h"
-#include "engine/ss_error.h"
+#include "kernels/ss_error.h"
 #include "engine/tok_internal.h"
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
