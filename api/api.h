@@ -108,6 +108,8 @@ struct api_model_info {
     int64_t created;       /* unix time the server started */
     int chat_family;       /* enum api_tmpl_family; NONE -> chat requests get a 400 */
     int chat_bos;          /* 1: the rendered chat prompt starts with the BOS token text */
+    int kv_block_size;     /* token slots per KV page (/metrics cache_config_info) */
+    int32_t kv_num_blocks; /* pages in the KV pool, all layers (cache_config_info) */
 };
 
 /* ---- routing ---- */
@@ -244,10 +246,14 @@ int api_detokenize(const struct api_model_info *mi, const char *body, size_t len
 
 /* ---- /metrics (metrics.c) ----
  * Prometheus text exposition format 0.0.4 from one snapshot of the scheduler's
- * counters: vLLM's metric names with the prefix "slimserve:". Content type:
- * API_METRICS_CTYPE. Returns 0 or SS_ENOMEM. */
+ * counters: vLLM's metric names twice, with the prefix "slimserve:" and with
+ * vLLM's own "vllm:" (plus its model_name label, mi->name), so routers and
+ * dashboards made for vLLM read it unchanged; cache_config_info from mi's KV
+ * geometry (mi may be NULL: zeros and an empty model_name). Content type:
+ * API_METRICS_CTYPE. Returns 0 or SS_ENOMEM. Any thread (pure function). */
 #define API_METRICS_CTYPE "text/plain; version=0.0.4; charset=utf-8"
-int api_metrics_text(struct api_buf *b, const struct sched_stats *st);
+int api_metrics_text(struct api_buf *b, const struct sched_stats *st,
+                     const struct api_model_info *mi);
 
 /* ---- other routes ---- */
 int api_models_json(struct api_buf *b, const struct api_model_info *mi);

@@ -256,7 +256,7 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
     case API_ROUTE_METRICS: {
         struct sched_stats st;
         sched_get_stats(s->sched, &st); /* one locked copy; no per-token work */
-        api_metrics_text(&b, &st);
+        api_metrics_text(&b, &st, &s->mi);
         return srv_respond(c, 200, API_METRICS_CTYPE, &b, NULL, NULL);
     }
     default:
@@ -612,6 +612,8 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     s->mi.created = (int64_t)time(NULL);
     s->mi.chat_family = cfg->chat_family;
     s->mi.chat_bos = cfg->chat_bos;
+    s->mi.kv_block_size = BE_PAGE_SLOTS;
+    s->mi.kv_num_blocks = eng_model_n_pages(m);
     pthread_mutex_init(&s->ready_lock, NULL);
     if (uv_loop_init(&s->loop) != 0) {
         fprintf(stderr, "slimserve: cannot create the event loop\n");

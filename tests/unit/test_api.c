@@ -22,7 +22,7 @@
 
 /* A model with no tokenizer: token-id prompts only. */
 static struct api_model_info mi_ids(void) {
-    struct api_model_info mi = {"tiny", 64, 100, NULL, 1700000000, API_TMPL_NONE, 0};
+    struct api_model_info mi = {"tiny", 64, 100, NULL, 1700000000, API_TMPL_NONE, 0, 0, 0};
     return mi;
 }
 
@@ -430,7 +430,7 @@ static void check_text_prompt(const char *kind) {
     struct tu_gen_tok g;
     tu_gen_tok_load(&g, "test_api", kind);
     struct tok *t = g.t;
-    struct api_model_info mi = {"m", 128, tok_n_vocab(t), t, 0, 0, 0};
+    struct api_model_info mi = {"m", 128, tok_n_vocab(t), t, 0, 0, 0, 0, 0};
     struct api_completion c;
     struct api_error e;
     const char *text = "The quick brown fox jumps over the lazy dog";
