@@ -63,9 +63,18 @@ install_pip() { # install_pip PIPNAME[:IMPORTNAME]...: installs those that do no
     fi
 }
 
+runtime_names() { # APT_RUNTIME with each library's name on this release (Ubuntu 24.04: ...t64)
+    local p
+    command -v apt-cache >/dev/null 2>&1 && [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ] ||
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    for p in "${APT_RUNTIME[@]}"; do
+        if apt-cache show "${p}t64" >/dev/null 2>&1; then echo "${p}t64"; else echo "$p"; fi
+    done
+}
+
 install_deps() { # install_deps runtime|build|test
     case "${1:-build}" in
-    runtime) install_apt "${APT_RUNTIME[@]}" ;;
+    runtime) install_apt $(runtime_names) ;;
     build) install_apt "${APT_BUILD[@]}" ;;
     test) install_apt "${APT_BUILD[@]}" "${APT_TEST[@]}"; install_pip "${PIP_TEST[@]}" ;;
     *) log "deps: unknown kind '$1' (runtime, build or test)"; exit 2 ;;
