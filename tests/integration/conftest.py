@@ -42,8 +42,8 @@ def gen_model(out, tokenizer, *extra):
 class Server:
     """One `slimserve serve` process. Use as a context manager, or call stop()."""
 
-    def __init__(self, model, workdir, *args, env=None, name="srv"):
-        self.port = free_port()
+    def __init__(self, model, workdir, *args, env=None, name="srv", port=None):
+        self.port = port or free_port()  # port: e.g. a restart on the same address
         self.host = "127.0.0.1"
         self.log_path = os.path.join(str(workdir), f"{name}-{self.port}.log")
         self.out_path = os.path.join(str(workdir), f"{name}-{self.port}.out")
