@@ -21,6 +21,9 @@
 struct gguf_file;
 struct tok;
 
+/* Token slots of one KV page (unit): what block tables count in. */
+#define ENG_PAGE_SLOTS BE_PAGE_SLOTS
+
 enum eng_arch { ENG_ARCH_LLAMA = 1, ENG_ARCH_QWEN2, ENG_ARCH_GEMMA3, ENG_ARCH_SUBLLM };
 
 /* Hyper-parameters, read from <arch>.* keys. */
