@@ -1,5 +1,9 @@
 /* api.h - the OpenAI HTTP protocol as pure functions (no sockets, no threads).
  *
+ * Module api/: owns request parsing and validation, JSON/SSE output, error
+ * objects and their HTTP statuses, chat templates, the Prometheus text. May
+ * include scheduler/ (request types) and engine/ (tokenizer) only.
+ *
  * The server (server/) owns connections; this module turns request bytes into a
  * validated struct req_params (or an error object), and engine output into JSON
  * and SSE bytes. Everything here is reentrant and may be called from any thread;
