@@ -1,5 +1,9 @@
 /* engine.h - models and the forward pass over a ragged batch.
  *
+ * Module engine/: owns GGUF loading, tokenizers, model descriptions, the
+ * forward pass and the sampler. Knows nothing of CPUs or GPUs: every
+ * computation goes through the backend table. May include kernels/ only.
+ *
  * eng_model_load() reads a GGUF file (architectures llama, qwen2, gemma3 and
  * subllm; the description is data-driven), prepares the
  * weights on a backend and allocates the KV cache as a pool of units
@@ -20,6 +24,9 @@
 
 struct gguf_file;
 struct tok;
+
+/* Token slots of one KV page (unit): what block tables count in. */
+#define ENG_PAGE_SLOTS BE_PAGE_SLOTS
 
 enum eng_arch { ENG_ARCH_LLAMA = 1, ENG_ARCH_QWEN2, ENG_ARCH_GEMMA3, ENG_ARCH_SUBLLM };
 

@@ -1,5 +1,9 @@
 /* backend.h - the compute backend interface (ggml-backend style).
  *
+ * Module kernels/ (bottom of the layer order): owns the backend table, the
+ * CPU (cpu/) and CUDA (cuda/) implementations with their scalar references,
+ * and the shared error codes (ss_error.h). Includes nothing above it.
+ *
  * A backend is a const table of function pointers plus an opaque context. The
  * engine calls only the be_* wrappers below; it never touches device memory or
  * an AVX/CUDA function directly. Activation buffers are float arrays allocated by

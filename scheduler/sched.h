@@ -1,5 +1,9 @@
 /* sched.h - request lifecycle, the engine thread and its batching loop.
  *
+ * Module scheduler/: owns requests from submission to finish, the waiting and
+ * running queues, the batching policy, the KV unit pool and block tables
+ * (kv.h), the prefix cache and preemption. May include engine/ only.
+ *
  * Threads:
  *   - the loop thread (server) creates requests, submits and cancels them, and
  *     takes their output;

@@ -1,12 +1,18 @@
 /* http.c - libmicrohttpd driven from a libuv loop: routing, simple routes,
  * engine wake-ups and graceful shutdown.
  *
- * Pattern (see /work/shared/notes/mhd-libuv.md): MHD runs with no thread of its
- * own in epoll mode; a uv_poll_t watches MHD's epoll fd and a uv_timer_t follows
- * MHD_get_timeout(). Every MHD call happens on the loop thread. The engine
- * thread's notify callback only appends to a ready list and uv_async_send()s;
- * the async callback drains it, resumes connections that have news, then calls
- * MHD_run() once (MHD_resume_connection wakes nothing by itself in this mode).
+ * Pattern: MHD runs with no thread of its own in epoll mode; a uv_poll_t
+ * watches MHD's epoll fd and a uv_timer_t follows MHD_get_timeout(). Every MHD
+ * call happens on the loop thread. The engine thread's notify callback only
+ * appends to a ready list and uv_async_send()s; the async callback drains it,
+ * resumes connections that have news, then calls MHD_run() once.
+ * NOTE: libmicrohttpd 0.9.75 facts this relies on, each seen as a failure when
+ * ignored: MHD_resume_connection wakes nothing in external mode (MHD_run must
+ * follow); a content reader returning 0 without suspending spins; a suspended
+ * connection's disconnect is invisible to MHD (its fd is watched here);
+ * MHD_stop_daemon aborts while a connection is suspended (resume all first);
+ * returning MHD_NO mid-upload resets the connection after "100 Continue" (413
+ * is answered at the first call instead).
  */
 #include <arpa/inet.h>
 #include <errno.h>

@@ -339,22 +339,6 @@ static char *read_small_file(const char *path, size_t *len) {
     return buf;
 }
 
-/* A family whose turn markers are all single tokens of the vocabulary, or
- * API_TMPL_NONE. Used only when the file has no tokenizer.chat_template. */
-static int infer_chat_family(const struct tok *t) {
-    static const struct {
-        int fam;
-        const char *a, *b;
-    } marks[] = {
-        {API_TMPL_GEMMA, "<start_of_turn>", "<end_of_turn>"},
-        {API_TMPL_CHATML, "<|im_start|>", "<|im_end|>"},
-        {API_TMPL_LLAMA3, "<|start_header_id|>", "<|eot_id|>"},
-    };
-    for (size_t m = 0; m < sizeof(marks) / sizeof(marks[0]); m++)
-        if (tok_find(t, marks[m].a) >= 0 && tok_find(t, marks[m].b) >= 0) return marks[m].fam;
-    return API_TMPL_NONE;
-}
-
 /* --chat-template (a family name, a file, or template text), checked before
  * the model loads. Returns 0 (cfg->chat_family stays NONE without an
  * override), or 2 (usage error, message printed) when it is not recognised. */
@@ -393,28 +377,27 @@ static int chat_template_override(const char *override, struct srv_config *cfg) 
  * only logs: its chat requests get a 400. */
 static void chat_template_from_model(const struct eng_model *m, struct srv_config *cfg) {
     struct gguf_str t = {0, NULL};
-    if (gguf_get_str(eng_model_gguf(m), "tokenizer.chat_template", &t) == 0 && t.len > 0) {
-        cfg->chat_family = api_tmpl_detect(t.s, (size_t)t.len, &cfg->chat_bos);
-        if (cfg->chat_family == API_TMPL_NONE)
-            srv_log(SRV_LOG_WARN,
-                    "the model's chat template is not one of the known families (chatml, "
-                    "llama3, llama2, mistral, gemma): /v1/chat/completions answers 400; "
-                    "choose one with --chat-template");
-    } else if ((cfg->chat_family = infer_chat_family(eng_model_tok(m))) != API_TMPL_NONE) {
-        /* No template in the file (the Gemma 3 270M GGUF has none), but its
-         * vocabulary carries one family's turn markers as single tokens. */
-        cfg->chat_bos = api_tmpl_default_bos(cfg->chat_family);
+    if (gguf_get_str(eng_model_gguf(m), "tokenizer.chat_template", &t) < 0) t.len = 0;
+    switch (api_tmpl_for_model(t.s, (size_t)t.len, eng_model_tok(m), &cfg->chat_family, &cfg->chat_bos)) {
+    case API_TMPL_SRC_UNKNOWN:
+        srv_log(SRV_LOG_WARN,
+                "the model's chat template is not one of the known families (chatml, "
+                "llama3, llama2, mistral, gemma): /v1/chat/completions answers 400; "
+                "choose one with --chat-template");
+        return;
+    case API_TMPL_SRC_VOCAB:
         srv_log(SRV_LOG_INFO, "the model has no chat template; its vocabulary has the %s turn "
                               "markers, so chat requests use that family",
                 api_tmpl_name(cfg->chat_family));
         return;
-    } else {
+    case API_TMPL_SRC_NONE:
         srv_log(SRV_LOG_INFO, "the model has no chat template: /v1/chat/completions answers "
                               "400 unless --chat-template is given");
-    }
-    if (cfg->chat_family != API_TMPL_NONE)
+        return;
+    default:
         srv_log(SRV_LOG_INFO, "chat template: %s%s (from the model)",
                 api_tmpl_name(cfg->chat_family), cfg->chat_bos ? " with BOS" : "");
+    }
 }
 
 static int cmd_serve(int argc, char **argv) {
@@ -458,13 +441,23 @@ static int cmd_serve(int argc, char **argv) {
     struct eng_model *m = NULL;
     char err[512] = "";
     srv_log(SRV_LOG_INFO, "loading model %s (backend %s)", o.srv.model_path, o.eng.backend);
-    rc = eng_model_load(&m, o.srv.model_path, &o.eng, err, sizeof(err));
+    /* A --layer-parallel range is applied after the load, so that a range the
+     * model cannot take is told apart (a usage error) from a bad file. */
+    struct eng_options load_opts = o.eng;
+    if (load_opts.lp_mode == ENG_LP_RANGE) load_opts.lp_mode = ENG_LP_OFF;
+    rc = eng_model_load(&m, o.srv.model_path, &load_opts, err, sizeof(err));
     if (rc < 0 || !m) {
         fprintf(stderr, "slimserve: cannot load model '%s': %s\n", o.srv.model_path,
                 err[0] ? err : ss_strerror(rc));
         free(name_buf);
-        /* a --layer-parallel range the model cannot take is a usage error */
-        return rc == SS_EINVAL && o.eng.lp_mode == ENG_LP_RANGE && strstr(err, "layer parallelism") ? 2 : 1;
+        return 1;
+    }
+    if (o.eng.lp_mode == ENG_LP_RANGE &&
+        (rc = eng_model_apply_layer_parallel(m, &o.eng, err, sizeof(err))) < 0) {
+        fprintf(stderr, "slimserve serve: --layer-parallel: %s\n", err[0] ? err : ss_strerror(rc));
+        eng_model_free(m);
+        free(name_buf);
+        return 2;
     }
     if (o.srv.chat_family == API_TMPL_NONE)
         chat_template_from_model(m, &o.srv);

@@ -1,5 +1,9 @@
 /* srv.h - the server module's internal interface (main.c <-> http.c).
  *
+ * Module server/ (top of the layer order): owns main, flags, the libuv loop
+ * driving libmicrohttpd, routing, logging and signals. May include api/,
+ * scheduler/, engine/ and tools/ (the subcommands); tools/check_layers.sh checks.
+ *
  * main.c turns flags and environment variables into a struct srv_config, loads
  * the model and calls srv_run(), which owns everything else: the libuv loop,
  * the libmicrohttpd daemon (driven from the loop), the scheduler and its engine

