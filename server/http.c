@@ -618,7 +618,7 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     s->mi.created = (int64_t)time(NULL);
     s->mi.chat_family = cfg->chat_family;
     s->mi.chat_bos = cfg->chat_bos;
-    s->mi.kv_block_size = BE_PAGE_SLOTS;
+    s->mi.kv_block_size = ENG_PAGE_SLOTS;
     s->mi.kv_num_blocks = eng_model_n_pages(m);
     pthread_mutex_init(&s->ready_lock, NULL);
     if (uv_loop_init(&s->loop) != 0) {
