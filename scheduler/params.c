@@ -14,11 +14,9 @@
 #include "scheduler/kv.h"
 #include "scheduler/sched.h"
 
-#define DEFAULT_MAX_TOKENS 16
-
 void req_params_init(struct req_params *p) {
     memset(p, 0, sizeof(*p));
-    p->max_tokens = DEFAULT_MAX_TOKENS;
+    p->max_tokens = REQ_DEFAULT_MAX_TOKENS;
     smp_params_default(&p->smp);
     p->repetition_penalty = 1.0f; /* off */
     p->logprobs = -1;             /* none */

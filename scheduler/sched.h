@@ -33,6 +33,7 @@ enum req_finish { REQ_FINISH_NONE = 0, REQ_FINISH_STOP, REQ_FINISH_LENGTH, REQ_F
                   REQ_FINISH_CANCELLED };
 
 #define REQ_MAX_STOP 8
+#define REQ_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
 /* What the client asked for. Filled by api/ before submission; read-only after.
  * Its lifecycle (defaults, deep copy, free) and its validation against the

@@ -125,11 +125,7 @@ struct srv {
     uv_timer_t shutdown_timer;
     int handles_closed;
 
-    /* engine thread -> loop thread */
-    pthread_mutex_t ready_lock;
-    struct sched_req **ready;  /* each entry holds a reference */
-    size_t n_ready, cap_ready;
-    int ready_overflow;        /* an entry could not be stored: pump everything */
+    struct sched_ready ready;  /* engine thread -> loop thread (scheduler/queue.c) */
 
     struct srv_conn *inflight; /* conns expecting output (doubly linked) */
     int n_inflight;
