@@ -88,6 +88,18 @@ void squeue_destroy(struct squeue *q) {
     pthread_mutex_destroy(&q->lock);
 }
 
+/* Appends r to the list head..tail, linked through r->next (submission
+ * queue) or r->ready_next (ready list). Caller holds the list's lock. */
+static void req_append(struct sched_req **head, struct sched_req **tail, struct sched_req *r, int ready) {
+    struct sched_req **link = ready ? &r->ready_next : &r->next;
+    *link = NULL;
+    if (*tail)
+        *(ready ? &(*tail)->ready_next : &(*tail)->next) = r;
+    else
+        *head = r;
+    *tail = r;
+}
+
 /* Loop thread. The engine-side queue length (n_pending) bounds admission. */
 int sched_submit(struct sched *s, struct sched_req *r) {
     struct squeue *q = &s->q;
@@ -113,12 +125,7 @@ int sched_submit(struct sched *s, struct sched_req *r) {
         return SS_EAGAIN;
     }
     sched_req_ref(r); /* the engine's reference */
-    r->next = NULL;
-    if (q->tail)
-        q->tail->next = r;
-    else
-        q->head = r;
-    q->tail = r;
+    req_append(&q->head, &q->tail, r, 0);
     q->n_pending++;
     q->wake = 1;
     pthread_cond_signal(&q->cond);
@@ -140,18 +147,21 @@ int req_is_cancelled(struct sched_req *r) {
     return c;
 }
 
-void squeue_wake(struct squeue *q) {
+/* Wakes the engine's squeue_take, for news (a cancel) or to stop. */
+static void squeue_signal(struct squeue *q, int stop) {
     pthread_mutex_lock(&q->lock);
     q->wake = 1;
+    if (stop) q->stop = 1;
     pthread_cond_signal(&q->cond);
     pthread_mutex_unlock(&q->lock);
 }
 
+void squeue_wake(struct squeue *q) {
+    squeue_signal(q, 0);
+}
+
 void squeue_stop(struct squeue *q) {
-    pthread_mutex_lock(&q->lock);
-    q->stop = 1;
-    pthread_cond_signal(&q->cond);
-    pthread_mutex_unlock(&q->lock);
+    squeue_signal(q, 1);
 }
 
 void squeue_left(struct squeue *q) {
@@ -269,12 +279,7 @@ void sched_ready_push(struct sched_ready *rl, struct sched_req *r) {
     if (!r->ready_listed) {
         r->ready_listed = 1;
         sched_req_ref(r);
-        r->ready_next = NULL;
-        if (rl->tail)
-            rl->tail->ready_next = r;
-        else
-            rl->head = r;
-        rl->tail = r;
+        req_append(&rl->head, &rl->tail, r, 1);
     }
     pthread_mutex_unlock(&rl->lock);
 }
