@@ -155,8 +155,9 @@ int sched_check_params(const struct sched_limits *lim, const struct req_params *
 
 /* Loop thread. Creates the scheduler over a loaded model (not owned). notify
  * is called on the engine thread whenever a request has new output or
- * finished, without r->lock held (it may call sched_req_ref); it must be cheap
- * and thread-safe (the server pushes onto a struct sched_ready and
+ * finished (for a scheduler stopped before it started: on the thread calling
+ * sched_stop), without r->lock held (it may call sched_req_ref); it must be
+ * cheap and thread-safe (the server pushes onto a struct sched_ready and
  * uv_async_send()s). It is called again only after the loop thread's
  * sched_req_take cleared the pending wake-up. Returns NULL on OOM. */
 struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sched_notify_fn notify,

@@ -156,6 +156,8 @@ void stats_publish(struct sched *s);
 /* ---- queue.c ---- */
 
 double sched_now(void); /* monotonic seconds; any thread */
+/* The thread that creates / frees the scheduler (no other thread uses q then).
+ * squeue_init returns 0 or SS_EINTERNAL. */
 int squeue_init(struct squeue *q);
 void squeue_destroy(struct squeue *q);
 /* Engine thread: takes every newly submitted request (a list linked by ->next).

@@ -1,8 +1,9 @@
 /* http_internal.h - state shared by http.c (daemon, loop, routing, shutdown)
  * and completion.c (one completion request's lifecycle).
  *
- * Threads: everything here belongs to the loop thread, except srv.ready* which
- * the engine thread's notify callback appends to under ready_lock.
+ * Threads: everything here belongs to the loop thread, except srv.ready, which
+ * the engine thread's notify callback pushes onto (its lock is the scheduler's:
+ * scheduler/queue.c, sched_ready_*).
  *
  * Lifetime of a struct srv_conn (one HTTP request) - loop-thread reference count:
  *   +1 the MHD request (dropped in NOTIFY_COMPLETED),
@@ -17,7 +18,6 @@
 #ifndef SS_HTTP_INTERNAL_H
 #define SS_HTTP_INTERNAL_H
 
-#include <pthread.h>
 #include <stdint.h>
 
 #include <microhttpd.h>
