@@ -126,8 +126,7 @@ struct api_model_info {
     int64_t created;       /* unix time the server started */
     int chat_family;       /* enum api_tmpl_family; NONE -> chat requests get a 400 */
     int chat_bos;          /* 1: the rendered chat prompt starts with the BOS token text */
-    int kv_block_size;     /* token slots per KV page (/metrics cache_config_info) */
-    int32_t kv_num_blocks; /* pages in the KV pool, all layers (cache_config_info) */
+    int32_t kv_pages;      /* KV pages in the scheduler's pool (sched_get_limits); 0: not checked */
 };
 
 /* ---- routing ---- */
@@ -186,14 +185,6 @@ int api_completion_parse(const struct api_model_info *mi, const char *body, size
 int api_chat_parse(const struct api_model_info *mi, const char *body, size_t len,
                    struct api_completion *out, struct api_error *err);
 void api_completion_free(struct api_completion *c);
-/* Request defaults (what the scheduler expects for "off"): max_tokens 16,
- * temperature 1, top_p 1, repetition_penalty 1, logprobs -1, the rest 0. */
-void api_req_params_init(struct req_params *p);
-/* Frees the malloc'd members of p and zeroes them (NULL-safe). */
-void api_req_params_clear(struct req_params *p);
-/* Deep copy (prompt, stop strings, logit_bias) for the extra choices of n > 1.
- * Returns 0 or SS_ENOMEM (dst then holds nothing to free). */
-int api_req_params_copy(struct req_params *dst, const struct req_params *src);
 
 /* "stop" / "length" / NULL (still running; error/cancelled -> NULL too). */
 const char *api_finish_reason(int finish);
@@ -266,9 +257,10 @@ int api_detokenize(const struct api_model_info *mi, const char *body, size_t len
  * Prometheus text exposition format 0.0.4 from one snapshot of the scheduler's
  * counters: vLLM's metric names twice, with the prefix "slimserve:" and with
  * vLLM's own "vllm:" (plus its model_name label, mi->name), so routers and
- * dashboards made for vLLM read it unchanged; cache_config_info from mi's KV
- * geometry (mi may be NULL: zeros and an empty model_name). Content type:
- * API_METRICS_CTYPE. Returns 0 or SS_ENOMEM. Any thread (pure function). */
+ * dashboards made for vLLM read it unchanged; cache_config_info gives the KV
+ * pool's geometry (ENG_PAGE_SLOTS slots per page, mi->kv_pages pages; mi may
+ * be NULL: 0 pages and an empty model_name). Content type: API_METRICS_CTYPE.
+ * Returns 0 or SS_ENOMEM. Any thread (pure function). */
 #define API_METRICS_CTYPE "text/plain; version=0.0.4; charset=utf-8"
 int api_metrics_text(struct api_buf *b, const struct sched_stats *st,
                      const struct api_model_info *mi);

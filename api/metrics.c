@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "engine/engine.h"
 #include "kernels/ss_error.h"
 
 /* entries of sched_stats.level_units / level_tokens */
@@ -188,8 +189,8 @@ static void cache_config(const struct emit *e, const struct api_model_info *mi) 
     struct emit bare = *e;
     bare.base = "";
     char lab[96];
-    snprintf(lab, sizeof(lab), "block_size=\"%d\",num_gpu_blocks=\"%ld\"",
-             mi ? mi->kv_block_size : 0, mi ? (long)mi->kv_num_blocks : 0L);
+    snprintf(lab, sizeof(lab), "block_size=\"%d\",num_gpu_blocks=\"%ld\"", ENG_PAGE_SLOTS,
+             mi ? (long)mi->kv_pages : 0L);
     sample(&bare, "cache_config_info", lab, 1.0);
 }
 

@@ -345,8 +345,7 @@ START_TEST(test_metrics_vllm_names) {
     struct api_model_info mi;
     memset(&mi, 0, sizeof(mi));
     mi.name = "m\"x\\y";
-    mi.kv_block_size = 16;
-    mi.kv_num_blocks = 40;
+    mi.kv_pages = 40;
 
     struct api_buf b;
     api_buf_init(&b);
