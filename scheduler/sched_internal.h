@@ -180,6 +180,9 @@ void squeue_stats_read(struct squeue *q, struct sched_stats *st);
  * when the loop thread has no pending wake-up for this request. */
 void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t n, int32_t n_gen,
                   int finish, int error, const char *errmsg);
+/* Engine thread: r was admitted for the first time; sets r->out.admitted and
+ * wakes the loop thread (a stream answers its headers then, not before). */
+void req_out_admitted(struct sched *s, struct sched_req *r);
 /* Engine thread: 1 once sched_cancel was called on r. */
 int req_is_cancelled(struct sched_req *r);
 /* Engine thread: appends one token record (logprobs); 0 or SS_ENOMEM. */
