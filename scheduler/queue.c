@@ -243,7 +243,7 @@ void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t
 void req_out_admitted(struct sched *s, struct sched_req *r) {
     pthread_mutex_lock(&r->lock);
     r->out.admitted = 1;
-    int call = mark_notified(r);
+    int call = s->opt.notify_admitted && mark_notified(r);
     pthread_mutex_unlock(&r->lock);
     if (call && s->notify) s->notify(s->notify_ud, r);
 }

@@ -35,7 +35,7 @@
  * Within one priority, a preempted sequence (admitted before) goes back to the
  * front: it has waited already and holds a running request's sampler state;
  * new arrivals queue in submission order. */
-static int waiting_goes_before(const struct seq *q, const struct seq *w) {
+int sched_waiting_before(const struct seq *q, const struct seq *w) {
     int32_t pq = q->req->p.priority, pw = w->req->p.priority;
     if (pq != pw) return pq < pw;
     return q->admit_order != 0;
@@ -44,14 +44,14 @@ static int waiting_goes_before(const struct seq *q, const struct seq *w) {
 /* The running sequence to preempt when a step runs out of pages, among
  * running[from..n_running) (those not yet in this step's batch): the
  * largest priority value, and among equals the most recently admitted. */
-static int preempt_victim(const struct sched *s, int from) {
+int sched_preempt_victim(const struct sched *s, int from) {
     int v = s->n_running - 1;
     for (int i = s->n_running - 2; i >= from; i--)
         if (s->running[i]->req->p.priority > s->running[v]->req->p.priority) v = i;
     return v;
 }
 
-/* Queues q at its place (waiting_goes_before). 0 or SS_ENOMEM. */
+/* Queues q at its place (sched_waiting_before). 0 or SS_ENOMEM. */
 static int waiting_insert(struct sched *s, struct seq *q) {
     if (s->n_waiting == s->cap_waiting) {
         int cap = s->cap_waiting ? s->cap_waiting * 2 : 64;
@@ -61,7 +61,7 @@ static int waiting_insert(struct sched *s, struct seq *q) {
         s->cap_waiting = cap;
     }
     int at = 0;
-    while (at < s->n_waiting && !waiting_goes_before(q, s->waiting[at])) at++;
+    while (at < s->n_waiting && !sched_waiting_before(q, s->waiting[at])) at++;
     memmove(s->waiting + at + 1, s->waiting + at, sizeof(*s->waiting) * (size_t)(s->n_waiting - at));
     s->waiting[at] = q;
     s->n_waiting++;
@@ -211,8 +211,8 @@ static int32_t schedule_running(struct sched *s, struct plan *pl, int32_t budget
         if (n == 0) continue;
         int rc;
         while ((rc = seq_reserve(s, q, n)) == SS_EAGAIN) {
-            /* Preempt a sequence not yet in the batch (preempt_victim). */
-            int victim = preempt_victim(s, i);
+            /* Preempt a sequence not yet in the batch (sched_preempt_victim). */
+            int victim = sched_preempt_victim(s, i);
             preempt(s, victim);
             if (victim == i) break;
         }
@@ -433,6 +433,7 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->opt.max_queued = o && o->max_queued > 0 ? o->max_queued : 256;
     s->opt.no_prefix_cache = o ? o->no_prefix_cache : 0;
     s->opt.max_queue_time = o && o->max_queue_time > 0 ? o->max_queue_time : 0;
+    s->opt.notify_admitted = o ? o->notify_admitted : 0;
     s->n_ctx = eng_model_n_ctx(m);
     s->n_vocab = eng_model_config(m)->n_vocab;
     s->lim.n_ctx = s->n_ctx;

@@ -122,6 +122,8 @@ struct sched_options {
     int no_prefix_cache;        /* 1 disables prefix caching */
     double max_queue_time;      /* seconds a request may wait before its first admission;
                                  * then it ends with finish ERROR, error SS_EAGAIN. 0: no limit */
+    int notify_admitted;        /* 1: notify also when a request is first admitted (out.admitted
+                                 * set, no output yet): a server answers a stream's headers then */
 };
 
 /* ---- request parameters (params.c; any thread, pure) ---- */
