@@ -61,15 +61,15 @@ def test_request_ids_and_json_log(models, tmp_path):
         # generated when absent, and different each time
         ids = set()
         for _ in range(3):
-            st, _, hdrs = request(srv, "GET", "/health")
+            st, hdrs, _ = request(srv, "GET", "/health")
             assert st == 200 and RID.fullmatch(hdrs["x-request-id"]), hdrs
             ids.add(hdrs["x-request-id"])
         assert len(ids) == 3
         # malformed ones are replaced, errors carry one too
         for bad in ("has space", "x" * 200, "semi;colon"):
-            st, _, hdrs = request(srv, "GET", "/nope", headers={"X-Request-Id": bad})
+            st, hdrs, _ = request(srv, "GET", "/nope", headers={"X-Request-Id": bad})
             assert st == 404 and RID.fullmatch(hdrs["x-request-id"]), (bad, hdrs)
-        st, _, hdrs = request(srv, "POST", "/v1/completions", {"prompt": "a"},
+        st, hdrs, _ = request(srv, "POST", "/v1/completions", {"prompt": "a"},
                               headers={"X-Request-Id": "no-key"})
         assert st == 401 and hdrs["x-request-id"] == "no-key"
         # a stream echoes it too
@@ -166,13 +166,13 @@ def test_cors(models, tmp_path):
 # ---------------------------------------------------------------- SSE keep-alive
 
 def test_sse_keepalive_during_prefill(slow_model, tmp_path):
-    """A 6000-token prompt prefilled 64 tokens per step on one thread: the
+    """A 600-token prompt prefilled 16 tokens per step on one thread: the
     stream is open (admitted) long before its first token, and quiet periods
     of --sse-keepalive get a comment."""
-    with Server(slow_model, tmp_path, "--sse-keepalive", "0.05", "--threads", "1",
-                "--max-num-batched-tokens", "64", "--kv-cache-memory", "64MiB",
+    with Server(slow_model, tmp_path, "--sse-keepalive", "0.01", "--threads", "1",
+                "--max-num-batched-tokens", "16", "--kv-cache-memory", "64MiB",
                 name="keepalive") as srv:
-        c = open_stream(srv, {"prompt": list(range(10, 6010)), "max_tokens": 2,
+        c = open_stream(srv, {"prompt": [10 + i % 200 for i in range(600)], "max_tokens": 2,
                               "ignore_eos": True})
         try:
             resp = c.getresponse()
