@@ -208,6 +208,18 @@ def test_load_spreads(farm):
     assert all(n >= 3 for n in spread), spread
 
 
+def test_request_id_passes_through(farm):
+    """nginx hands the client's X-Request-Id to the replica (which echoes it),
+    or its own $request_id when the client sent none."""
+    st, hdrs, _ = post(farm.proxy, {"model": "tiny", "prompt": "a", "max_tokens": 1},
+                       headers={"X-Request-Id": "trace-123"})
+    assert st == 200 and hdrs["x-request-id"] == "trace-123", hdrs
+    st, hdrs, _ = post(farm.proxy, {"model": "tiny", "prompt": "a", "max_tokens": 1})
+    assert st == 200 and re.fullmatch(r"[0-9a-f]{32}", hdrs["x-request-id"]), hdrs
+    logs = "".join(r.log() for r in farm.replicas)
+    assert "[trace-123] POST /v1/completions 200" in logs
+
+
 def test_session_affinity(farm):
     """One X-Session-ID -> one replica, for several sessions."""
     homes = set()
