@@ -1,7 +1,8 @@
 """The operator's files against the real /metrics: deploy/grafana-dashboard.json
 and deploy/prometheus.yml.
 
-Every series a dashboard panel queries must exist in /metrics (a family with a
+Every query parses as PromQL (PyPI promql-parser, Grafana's $variables
+substituted first). Every series a dashboard panel queries must exist in /metrics (a family with a
 TYPE line, or a histogram's _bucket/_sum/_count), and every label a query
 selects or groups by (other than the job/instance labels Prometheus adds) must
 occur on that family's samples. The server runs a SUBLLM model so the
@@ -92,6 +93,26 @@ def test_dashboard_is_grafana_json():
                    "inter_token_latency_seconds_bucket", "num_requests_waiting",
                    "kv_cache_usage_perc", "num_preemptions_total"):
         assert needle in exprs, needle
+
+
+def grafana_to_promql(expr):
+    """Grafana's template variables replaced by what they expand to."""
+    expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "1m")
+    return re.sub(r"\$\{?(job|instance)\}?", ".*", expr)
+
+
+def test_every_query_parses():
+    promql = pytest.importorskip("promql_parser")
+    for title, expr in dashboard_exprs():
+        if expr.startswith("label_values("):  # a Grafana variable query, not PromQL
+            inner = re.fullmatch(r"label_values\((.*),\s*\w+\)", expr).group(1)
+            expr = inner
+        try:
+            promql.parse(grafana_to_promql(expr))
+        except ValueError as e:
+            pytest.fail(f"{title}: {expr}: {e}")
+    with pytest.raises(ValueError):  # the parser does reject mistakes
+        promql.parse("sum(rate(slimserve:prompt_tokens_total[1m])")
 
 
 def test_every_queried_series_exists(exposition):
