@@ -2,8 +2,8 @@
 and deploy/prometheus.yml.
 
 Every query parses as PromQL (PyPI promql-parser, Grafana's $variables
-substituted first). Every series a dashboard panel queries must exist in /metrics (a family with a
-TYPE line, or a histogram's _bucket/_sum/_count), and every label a query
+substituted first). Every series a panel queries must exist in /metrics (a
+family with a TYPE line, or a histogram's _bucket/_sum/_count), and every label a query
 selects or groups by (other than the job/instance labels Prometheus adds) must
 occur on that family's samples. The server runs a SUBLLM model so the
 per-level series have samples, after a few requests so the counters moved.
