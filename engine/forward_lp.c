@@ -10,7 +10,9 @@
  *         ├─ ffn_norm_b ─ MLP_b ─ post_ffw_b ─┤
  *         └───────────────────────────────────+──> y
  *
- * A branch is exactly the sequential layer's sub-layer (forward.c): pre-norm,
+ * A branch is the sequential layer's sub-layer itself: the same
+ * eng_attention_block / eng_ffn_block of forward.c, on its own buffer set:
+ * pre-norm,
  * projections (+ qwen2 biases), gemma3 per-head q/k norms, RoPE with the
  * layer's own base, K/V stored into the layer's own cache at the batch's
  * slots, paged attention with the layer's window, output projection, and the
