@@ -190,7 +190,7 @@ START_TEST(test_incremental_and_exec_modes) {
     ck_assert(full[0] && full[1]);
     const char *modes[2] = {"seq", "split"};
     for (int i = 0; i < 2; i++) {
-        setenv("SLIMSERVE_LP_EXEC", modes[i], 1); /* read when the range is first set */
+        setenv("SLIMSERVE_LP_EXEC", modes[i], 1); /* read by the CPU backend at be_open (load) */
         struct eng_model *m = load(which, start, end);
         ck_assert_int_eq(eng_model_config(m)->n_vocab, V);
         incremental(m, full[i]);
