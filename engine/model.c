@@ -301,7 +301,7 @@ static int find_checked(struct eng_model *m, const char *name, int vec, int64_t 
                     (long long)t->ne[3], t->n_dims, want);
     }
     const struct be_type_info *ti = be_type_get(t->type);
-    if (!ti || !be_type_supported(t->type) || be_row_bytes(t->type, ne0) == 0)
+    if (!ti || !be_type_supported(&m->be, t->type) || be_row_bytes(t->type, ne0) == 0)
         return fail(err, err_len, SS_EBADMODEL, "tensor %s has unsupported type %d (%s) for row length %lld",
                     name, t->type, ti && ti->name ? ti->name : "unknown", (long long)ne0);
     size_t need = be_row_bytes(t->type, ne0) * (size_t)ne1;
