@@ -123,7 +123,9 @@ struct be_ops {
      * y must not overlap x. */
     void (*matmul)(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
     /* out[n][w->ne[0]] = rows ids[] of w, dequantised (an id outside
-     * [0, ne[1]) gives a row of zeros) */
+     * [0, ne[1]) gives a row of zeros). w may also be a view never passed to
+     * weight_prepare (be_data NULL, data in host memory): the engine's load
+     * path turns 1-D tensors into fp32 this way. */
     void (*get_rows)(void *ctx, float *out, const struct be_tensor *w, const int32_t *ids, int n);
     /* out[i] = x[i] / rms(x[i]) * w (w NULL: no weight), rows of dim */
     void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps);
