@@ -57,18 +57,6 @@ static float gauss(void) {
     return (float)(sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v));
 }
 
-static struct smp_params params(float t, int32_t k, float top_p, float min_p, uint64_t seed) {
-    struct smp_params p;
-    smp_params_default(&p);
-    p.temperature = t;
-    p.top_k = k;
-    p.top_p = top_p;
-    p.min_p = min_p;
-    p.seed = seed;
-    p.has_seed = 1;
-    return p;
-}
-
 struct cfg {
     const char *name;
     struct smp_params p;
@@ -116,14 +104,17 @@ int main(int argc, char **argv) {
     }
     for (int32_t i = 0; i < V; i++)
         base[i] = 2.5f * gauss();
+#define P(T, K, TOP_P, MIN_P) \
+    {.temperature = T, .top_k = K, .top_p = TOP_P, .min_p = MIN_P, .seed = seed, .has_seed = 1}
     const struct cfg cfg[] = {
-        {"greedy + logprob", params(0.0f, 0, 1.0f, 0.0f, seed), 1},
-        {"T=1 (full softmax)", params(1.0f, 0, 1.0f, 0.0f, seed), 0},
-        {"T=1 top_p=0.95", params(1.0f, 0, 0.95f, 0.0f, seed), 0},
-        {"T=0.7 top_p=0.95 + logprob", params(0.7f, 0, 0.95f, 0.0f, seed), 1},
-        {"top_k=40 top_p=0.9 + logprob", params(0.8f, 40, 0.9f, 0.0f, seed), 1},
-        {"T=1 min_p=0.05", params(1.0f, 0, 1.0f, 0.05f, seed), 0},
+        {"greedy + logprob", P(0.0f, 0, 1.0f, 0.0f), 1},
+        {"T=1 (full softmax)", P(1.0f, 0, 1.0f, 0.0f), 0},
+        {"T=1 top_p=0.95", P(1.0f, 0, 0.95f, 0.0f), 0},
+        {"T=0.7 top_p=0.95 + logprob", P(0.7f, 0, 0.95f, 0.0f), 1},
+        {"top_k=40 top_p=0.9 + logprob", P(0.8f, 40, 0.9f, 0.0f), 1},
+        {"T=1 min_p=0.05", P(1.0f, 0, 1.0f, 0.05f), 0},
     };
+#undef P
     const int n_cfg = (int)(sizeof cfg / sizeof cfg[0]);
     uint64_t h = 0xcbf29ce484222325ull;
     printf("sampler, %d logits, %d calls per set\n", V, R);
