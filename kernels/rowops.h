@@ -51,7 +51,8 @@ extern const struct kcpu_rowops kcpu_rowops_generic;
 
 /* The table for this CPU: AVX2 where the CPU has AVX2 and FMA (and the build is
  * for x86-64), else the generic one. Never NULL; the same pointer for the
- * whole process. */
+ * whole process. NOTE: SLIMSERVE_CPU_ISA (the CPU backend's override) does not
+ * change it, so a seed samples the same tokens whatever the backend runs. */
 const struct kcpu_rowops *kcpu_rowops_best(void);
 /* The named table ("generic", "avx2") if compiled in and usable on this CPU,
  * else NULL. For tests and benchmarks. */
