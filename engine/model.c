@@ -301,7 +301,7 @@ static int find_checked(struct eng_model *m, const char *name, int vec, int64_t 
                     (long long)t->ne[3], t->n_dims, want);
     }
     const struct be_type_info *ti = be_type_get(t->type);
-    if (!ti || !be_type_supported(t->type) || be_row_bytes(t->type, ne0) == 0)
+    if (!ti || !be_type_supported(&m->be, t->type) || be_row_bytes(t->type, ne0) == 0)
         return fail(err, err_len, SS_EBADMODEL, "tensor %s has unsupported type %d (%s) for row length %lld",
                     name, t->type, ti && ti->name ? ti->name : "unknown", (long long)ne0);
     size_t need = be_row_bytes(t->type, ne0) * (size_t)ne1;
@@ -328,22 +328,26 @@ static int bind_matrix(struct eng_model *m, struct be_tensor *w, const char *nam
     return 0;
 }
 
-/* Converts a 1-D tensor to fp32 and uploads it to backend memory. */
+/* Dequantises the 1-D tensor t (n elements, already checked by find_checked)
+ * into dev, backend memory of n floats: the backend's get_rows on a one-row
+ * view, so the load path computes with the backend's own kernels. */
+static void vector_to_f32(struct eng_model *m, const struct gguf_tensor_info *t, int64_t n,
+                          float *dev) {
+    const struct be_tensor view = {.type = t->type, .ne = {n, 1, 1, 1},
+                                   .nb1 = be_row_bytes(t->type, n), .data = t->data};
+    const int32_t row0 = 0;
+    be_get_rows(&m->be, dev, &view, &row0, 1);
+}
+
+/* Converts a 1-D tensor to fp32 in backend memory. */
 static int bind_vector(struct eng_model *m, const float **out, const char *name, int64_t n,
                        char *err, size_t err_len) {
     const struct gguf_tensor_info *t;
     int rc = find_checked(m, name, 1, n, 1, &t, err, err_len);
     if (rc < 0) return rc;
-    float *host = malloc((size_t)n * sizeof *host);
     float *dev = be_alloc(&m->be, (size_t)n * sizeof *dev);
-    if (!host || !dev) {
-        free(host);
-        be_dealloc(&m->be, dev);
-        return fail(err, err_len, SS_ENOMEM, "out of memory loading %s", name);
-    }
-    kref_dequant_row(t->type, t->data, host, n);
-    be_upload(&m->be, dev, host, (size_t)n * sizeof *dev);
-    free(host);
+    if (!dev) return fail(err, err_len, SS_ENOMEM, "out of memory loading %s", name);
+    vector_to_f32(m, t, n, dev);
     *out = dev;
     return 0;
 }
@@ -353,7 +357,11 @@ int eng_host_vector(struct eng_model *m, const char *name, int64_t n, float *out
     const struct gguf_tensor_info *t;
     int rc = find_checked(m, name, 1, n, 1, &t, err, err_len);
     if (rc < 0) return rc;
-    kref_dequant_row(t->type, t->data, out, n);
+    float *dev = be_alloc(&m->be, (size_t)n * sizeof *dev);
+    if (!dev) return fail(err, err_len, SS_ENOMEM, "out of memory loading %s", name);
+    vector_to_f32(m, t, n, dev);
+    be_download(&m->be, out, dev, (size_t)n * sizeof *out);
+    be_dealloc(&m->be, dev);
     return 0;
 }
 

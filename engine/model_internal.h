@@ -174,8 +174,9 @@ struct eng_model {
     struct eng_lp *lp;        /* layer parallelism (forward_lp.c), NULL = off */
 };
 
-/* model.c: a 1-D tensor [n] checked and converted to fp32 into host memory
- * out (SS_EBADMODEL with a message naming it when absent or mis-shaped). */
+/* model.c: a 1-D tensor [n] checked and converted to fp32 (by the backend's
+ * get_rows) into host memory out (SS_EBADMODEL with a message naming it when
+ * absent or mis-shaped, SS_ENOMEM when the backend has no room for it). */
 int eng_host_vector(struct eng_model *m, const char *name, int64_t n, float *out, char *err,
                     size_t err_len);
 

@@ -54,8 +54,8 @@ const struct be_type_info *be_type_get(int type); /* NULL if unknown */
 /* Bytes of one row of n elements; 0 if n is not a multiple of the block size or
  * the type is unknown. */
 size_t be_row_bytes(int type, int64_t n);
-/* 1 if the CPU kernels can compute with this weight type. */
-int be_type_supported(int type);
+/* Which types a backend computes with is a fact of that backend: see the
+ * type_supported entry and be_type_supported() below. */
 
 /* A weight matrix: ne[1] rows of ne[0] elements, rows contiguous, nb1 = bytes
  * per row. data points into the mmapped file or into backend memory. */
@@ -120,6 +120,9 @@ struct be_ops {
     void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
     void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
     int (*weight_prepare)(void *ctx, struct be_tensor *w); /* optional */
+    /* 1 if matmul, get_rows and weight_prepare compute with weights of this
+     * type (any int: unknown types give 0), else 0. Any thread. */
+    int (*type_supported)(void *ctx, int type);
 
     /* y[n][w->ne[1]] = x[n][w->ne[0]] . W^T
      * DETERMINISM: y[t][r] is bitwise identical whatever n is, whatever the
@@ -129,7 +132,9 @@ struct be_ops {
      * y must not overlap x. */
     void (*matmul)(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
     /* out[n][w->ne[0]] = rows ids[] of w, dequantised (an id outside
-     * [0, ne[1]) gives a row of zeros) */
+     * [0, ne[1]) gives a row of zeros). w may also be a view never passed to
+     * weight_prepare (be_data NULL, data in host memory): the engine's load
+     * path turns 1-D tensors into fp32 this way. */
     void (*get_rows)(void *ctx, float *out, const struct be_tensor *w, const int32_t *ids, int n);
     /* out[i] = x[i] / rms(x[i]) * w (w NULL: no weight), rows of dim */
     void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps);
@@ -193,6 +198,9 @@ static inline void be_upload(struct be *b, void *d, const void *s, size_t n) { b
 static inline void be_download(struct be *b, void *d, const void *s, size_t n) { b->ops->download(b->ctx, d, s, n); }
 static inline int be_weight_prepare(struct be *b, struct be_tensor *w) {
     return b->ops->weight_prepare ? b->ops->weight_prepare(b->ctx, w) : 0;
+}
+static inline int be_type_supported(const struct be *b, int type) {
+    return b->ops->type_supported(b->ctx, type);
 }
 static inline void be_matmul(struct be *b, float *y, const float *x, const struct be_tensor *w, int n) {
     b->ops->matmul(b->ctx, y, x, w, n);

@@ -97,12 +97,17 @@ static void cpu_copy(void *ctx, void *dst, const void *src, size_t bytes) {
 
 static int cpu_weight_prepare(void *ctx, struct be_tensor *w) {
     (void)ctx;
-    if (!be_type_supported(w->type))
+    if (!kcpu_type_supported(w->type))
         return SS_EUNSUPPORTED;
     size_t rb = be_row_bytes(w->type, w->ne[0]);
     if (w->ne[0] <= 0 || w->ne[1] <= 0 || rb == 0 || (w->nb1 && w->nb1 < rb) || !w->data)
         return SS_EINVAL;
     return 0; /* weights are used in place (mmapped) */
+}
+
+static int cpu_type_supported(void *ctx, int type) {
+    (void)ctx;
+    return kcpu_type_supported(type);
 }
 
 /* ---------------------------------------------------------------- small ops */
@@ -238,6 +243,7 @@ const struct be_ops kcpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .weight_prepare = cpu_weight_prepare,
+    .type_supported = cpu_type_supported,
     .matmul = kcpu_matmul,
     .get_rows = kcpu_get_rows,
     .rmsnorm = cpu_rmsnorm,

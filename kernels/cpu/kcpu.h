@@ -135,6 +135,10 @@ const struct kcpu_isa *kcpu_isa_best(void);
 /* The named ISA if compiled in and supported by this CPU, else NULL. */
 const struct kcpu_isa *kcpu_isa_find(const char *name);
 
+/* 1 if the CPU kernels compute with this type (the CPU backend's
+ * type_supported entry; also their own guard); 0 otherwise. types.c. */
+int kcpu_type_supported(int type);
+
 /* The CPU ops table (be_cpu.c). */
 extern const struct be_ops kcpu_ops;
 

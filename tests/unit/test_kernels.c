@@ -92,11 +92,13 @@ START_TEST(test_type_geometry) {
     ck_assert_uint_eq(be_row_bytes(BE_F32, 7), 28);
     ck_assert_uint_eq(be_row_bytes(BE_Q8_0, 64), 68);
     ck_assert_uint_eq(be_row_bytes(99, 64), 0);
+    struct be be = open_cpu(1);
     for (int i = 0; i < N_TYPES; i++)
-        ck_assert(be_type_supported(all_types[i]));
-    ck_assert(!be_type_supported(BE_Q4_1));
-    ck_assert(!be_type_supported(BE_Q2_K));
-    ck_assert(!be_type_supported(-3));
+        ck_assert(be_type_supported(&be, all_types[i]));
+    ck_assert(!be_type_supported(&be, BE_Q4_1));
+    ck_assert(!be_type_supported(&be, BE_Q2_K));
+    ck_assert(!be_type_supported(&be, -3));
+    be_close(&be);
 }
 END_TEST
 
