@@ -255,10 +255,15 @@ int api_detokenize(const struct api_model_info *mi, const char *body, size_t len
 
 /* ---- /metrics (metrics.c) ----
  * Prometheus text exposition format 0.0.4 from one snapshot of the scheduler's
- * counters: vLLM's metric names with the prefix "slimserve:". Content type:
- * API_METRICS_CTYPE. Returns 0 or SS_ENOMEM. */
+ * counters: vLLM's metric names twice, with the prefix "slimserve:" and with
+ * vLLM's own "vllm:" (plus its model_name label, mi->name), so routers and
+ * dashboards made for vLLM read it unchanged; cache_config_info gives the KV
+ * pool's geometry (ENG_PAGE_SLOTS slots per page, mi->kv_pages pages; mi may
+ * be NULL: 0 pages and an empty model_name). Content type: API_METRICS_CTYPE.
+ * Returns 0 or SS_ENOMEM. Any thread (pure function). */
 #define API_METRICS_CTYPE "text/plain; version=0.0.4; charset=utf-8"
-int api_metrics_text(struct api_buf *b, const struct sched_stats *st);
+int api_metrics_text(struct api_buf *b, const struct sched_stats *st,
+                     const struct api_model_info *mi);
 
 /* ---- other routes ---- */
 int api_models_json(struct api_buf *b, const struct api_model_info *mi);

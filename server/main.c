@@ -35,23 +35,11 @@
 
 int srv_log_level = SRV_LOG_INFO;
 
-void srv_log(int level, const char *fmt, ...) {
-    if (level > srv_log_level)
-        return;
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    char line[1024];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    localtime_r(&ts.tv_sec, &tm);
-    int n = (int)strftime(line, sizeof(line), "%Y-%m-%d %H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld %-5s ", ts.tv_nsec / 1000000L,
-                  names[level < 0 ? 0 : level > 3 ? 3 : level]);
+void srv_log(int level, const char *fmt, ...) { /* the line's format: server/ops.c */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    srv_log_v(level, NULL, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s\n", line); /* one call: lines from different threads do not interleave */
 }
 
 /* ---------------------------------------------------------------- flags */
@@ -111,6 +99,17 @@ static const struct opt serve_flags[] = {
     {"layer-parallel", OPT_STR, 0, 0, OFF(layer_parallel),
      "START:END runs layers [START, END) as pairs (layer parallelism), or off "
      "(default: the model file's lp.range key, else off)"},
+    /* operations and scale-out (server/ops.c; the scheduler's queue timeout) */
+    {"api-key-file", OPT_STR, 0, 0, OFF(srv.api_key_file),
+     "file of API keys, one per line (# comments); any of them (or --api-key) opens /v1/*"},
+    {"cors-allow-origins", OPT_STR, 0, 0, OFF(srv.cors_origins),
+     "CORS: '*' or comma-separated origins allowed to call the API from a browser (default: none)"},
+    {"log-format", OPT_STR, 0, 0, OFF(srv.log_format),
+     "text (default) or json: one JSON object per log line, with request_id"},
+    {"max-queue-time", OPT_DOUBLE, 0, 86400, OFF(srv.max_queue_time),
+     "seconds a request may wait for its first seat before 503 + Retry-After (default 0 = no limit)"},
+    {"sse-keepalive", OPT_DOUBLE, 0, 3600, OFF(srv.sse_keepalive_s),
+     "seconds of silence on a stream before an SSE ': keep-alive' comment (default 15; 0 = off)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -248,6 +247,7 @@ static void opts_default(struct serve_opts *o) {
     o->srv.shutdown_grace_s = 5.0;
     o->srv.max_stream_buffer = 4u << 20;
     o->srv.log_level = SRV_LOG_INFO;
+    o->srv.sse_keepalive_s = 15.0;
 }
 
 /* Environment first, then argv. Returns 0, or 2 on a usage error (message
@@ -410,6 +410,11 @@ static int cmd_serve(int argc, char **argv) {
     if (rc)
         return rc;
     srv_log_level = o.srv.log_level;
+    char ops_err[300];
+    if (srv_ops_setup(&o.srv, ops_err, sizeof ops_err) != 0) {
+        fprintf(stderr, "slimserve serve: %s\n", ops_err);
+        return 2; /* what it gathered is freed at exit */
+    }
     o.srv.port = o.port;
     o.eng.n_threads = o.threads;
     o.eng.n_ctx = o.ctx;
