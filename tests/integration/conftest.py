@@ -54,14 +54,7 @@ class Server:
         self._log = open(self.log_path, "wb")
         self._out = open(self.out_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=self._log, env=full_env)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self):
-        wait_health(self, "server")
+        ready_or_stop(self, "server")
 
     def log(self):
         if not self._log.closed:
@@ -112,6 +105,15 @@ class Server:
 
 
 # ---------------------------------------------------------------- HTTP helpers
+
+def ready_or_stop(obj, what):
+    """wait_health(obj, what); if it fails, obj.stop() before the error goes on."""
+    try:
+        wait_health(obj, what)
+    except BaseException:
+        obj.stop()
+        raise
+
 
 def wait_health(obj, what):
     """Polls GET /health on obj (host, port, proc, log()) until 200, for at most

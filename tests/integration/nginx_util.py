@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_health
+from conftest import free_port, ready_or_stop
 
 
 def nginx_bin():
@@ -84,14 +84,7 @@ http {{
         # Own session: stop() can reach the workers even if the master is killed.
         self.proc = subprocess.Popen(base + ["-g", globals_], stdout=self._out,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self):
-        wait_health(self, "nginx")
+        ready_or_stop(self, "nginx")
 
     def log(self):
         parts = []
