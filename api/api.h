@@ -108,6 +108,7 @@ struct api_model_info {
     int64_t created;       /* unix time the server started */
     int chat_family;       /* enum api_tmpl_family; NONE -> chat requests get a 400 */
     int chat_bos;          /* 1: the rendered chat prompt starts with the BOS token text */
+    int32_t kv_pages;      /* KV pages in the scheduler's pool (sched_get_limits); 0: not checked */
 };
 
 /* ---- routing ---- */
@@ -166,14 +167,6 @@ int api_completion_parse(const struct api_model_info *mi, const char *body, size
 int api_chat_parse(const struct api_model_info *mi, const char *body, size_t len,
                    struct api_completion *out, struct api_error *err);
 void api_completion_free(struct api_completion *c);
-/* Request defaults (what the scheduler expects for "off"): max_tokens 16,
- * temperature 1, top_p 1, repetition_penalty 1, logprobs -1, the rest 0. */
-void api_req_params_init(struct req_params *p);
-/* Frees the malloc'd members of p and zeroes them (NULL-safe). */
-void api_req_params_clear(struct req_params *p);
-/* Deep copy (prompt, stop strings, logit_bias) for the extra choices of n > 1.
- * Returns 0 or SS_ENOMEM (dst then holds nothing to free). */
-int api_req_params_copy(struct req_params *dst, const struct req_params *src);
 
 /* "stop" / "length" / NULL (still running; error/cancelled -> NULL too). */
 const char *api_finish_reason(int finish);

@@ -46,9 +46,16 @@ int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, 
                     int parse_special, const char *param, int32_t **ids, int32_t *n,
                     struct api_error *err);
 
-/* After the prompt is known: checks it against the context, applies
- * max_tokens (read from the field named mt_name, or default_max clamped to the
- * room left) and validates min_tokens <= max_tokens. */
+/* The scheduler's limits for this model (its checks: scheduler/params.c). */
+struct sched_limits api_limits(const struct api_model_info *mi);
+/* Turns a scheduler check's answer rc (0, SS_EINVAL, SS_ETOOLONG; msg set
+ * when negative) into *err naming param. Returns rc. */
+int api_check_error(struct api_error *err, int rc, const char *param, const char *msg);
+
+/* After the prompt is known: applies max_tokens (read from the field named
+ * mt_name, or default_max clamped to the room left), has the scheduler check
+ * prompt and max_tokens against the context and the KV pool
+ * (sched_check_lengths), and validates min_tokens <= max_tokens. */
 int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const char *mt_name,
                       int default_max, struct api_completion *c, struct api_error *err);
 

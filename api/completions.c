@@ -17,14 +17,13 @@
 #include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
-#define DEFAULT_MAX_TOKENS 16
-
 static int empty_prompt(struct api_error *err) {
     api_error_set(err, SS_EINVAL, "prompt", "invalid_value", "'prompt' must not be empty");
     return SS_EINVAL;
 }
 
-/* Token ids used verbatim: integers in [0, n_vocab). */
+/* Token ids used verbatim: integers; the vocabulary range is the
+ * scheduler's check (sched_check_prompt). */
 static int prompt_from_ids(const struct api_model_info *mi, const cJSON *arr, struct req_params *p,
                            struct api_error *err) {
     int n = cJSON_GetArraySize(arr);
@@ -43,17 +42,17 @@ static int prompt_from_ids(const struct api_model_info *mi, const cJSON *arr, st
             return SS_EINVAL;
         }
         double d = e->valuedouble;
-        if (d < 0 || d >= (double)mi->n_vocab) {
+        if (d < INT32_MIN || d > INT32_MAX) {
             api_error_set(err, SS_EINVAL, "prompt", "invalid_value",
-                          "token id %.0f at index %d is out of range: the vocabulary has %d "
-                          "tokens (ids 0..%d)",
-                          d, k, (int)mi->n_vocab, (int)mi->n_vocab - 1);
+                          "'prompt' element %d (%.0f) is not a 32-bit token id", k, d);
             return SS_EINVAL;
         }
         p->prompt[k] = (int32_t)d;
     }
     p->n_prompt = n;
-    return 0;
+    struct sched_limits lim = api_limits(mi);
+    char msg[sizeof(err->message)];
+    return api_check_error(err, sched_check_prompt(&lim, p->prompt, n, msg, sizeof(msg)), "prompt", msg);
 }
 
 static int prompt_from_text(const struct api_model_info *mi, const char *s, struct req_params *p,
@@ -173,7 +172,7 @@ static int parse_fields(const struct api_model_info *mi, const cJSON *root,
     const char *text;
     if ((rc = parse_prompt(mi, root, &c->p, &text, err)) < 0)
         return rc;
-    if ((rc = api_parse_lengths(mi, root, "max_tokens", DEFAULT_MAX_TOKENS, c, err)) < 0)
+    if ((rc = api_parse_lengths(mi, root, "max_tokens", REQ_DEFAULT_MAX_TOKENS, c, err)) < 0)
         return rc;
     if (c->echo && (rc = make_echo(mi, text, c, err)) < 0)
         return rc;
@@ -183,7 +182,7 @@ static int parse_fields(const struct api_model_info *mi, const cJSON *root,
 int api_request_parse(const struct api_model_info *mi, const char *body, size_t len, int kind,
                       api_fields_fn fields, struct api_completion *out, struct api_error *err) {
     memset(out, 0, sizeof(*out));
-    api_req_params_init(&out->p);
+    req_params_init(&out->p);
     out->kind = kind;
     out->n = 1;
     cJSON *root = api_parse_object(body, len, err);
@@ -201,73 +200,10 @@ int api_completion_parse(const struct api_model_info *mi, const char *body, size
     return api_request_parse(mi, body, len, API_KIND_COMPLETION, parse_fields, out, err);
 }
 
-/* ---- request parameters ---- */
-
-void api_req_params_init(struct req_params *p) {
-    memset(p, 0, sizeof(*p));
-    p->max_tokens = DEFAULT_MAX_TOKENS;
-    smp_params_default(&p->smp);
-    p->repetition_penalty = 1.0f; /* off */
-    p->logprobs = -1;             /* none */
-}
-
-void api_req_params_clear(struct req_params *p) {
-    if (!p)
-        return;
-    free(p->prompt);
-    p->prompt = NULL;
-    p->n_prompt = 0;
-    for (int i = 0; i < p->n_stop && i < REQ_MAX_STOP; i++) {
-        free(p->stop[i]);
-        p->stop[i] = NULL;
-    }
-    p->n_stop = 0;
-    free(p->bias_ids);
-    free(p->bias_vals);
-    p->bias_ids = NULL;
-    p->bias_vals = NULL;
-    p->n_bias = 0;
-}
-
-int api_req_params_copy(struct req_params *dst, const struct req_params *src) {
-    *dst = *src;
-    dst->prompt = NULL;
-    dst->bias_ids = NULL;
-    dst->bias_vals = NULL;
-    for (int i = 0; i < REQ_MAX_STOP; i++)
-        dst->stop[i] = NULL;
-    dst->n_stop = 0;
-    dst->n_bias = 0;
-    if (src->n_prompt > 0) {
-        dst->prompt = malloc(sizeof(int32_t) * (size_t)src->n_prompt);
-        if (!dst->prompt)
-            goto oom;
-        memcpy(dst->prompt, src->prompt, sizeof(int32_t) * (size_t)src->n_prompt);
-    }
-    for (int i = 0; i < src->n_stop && i < REQ_MAX_STOP; i++) {
-        if (!(dst->stop[i] = strdup(src->stop[i])))
-            goto oom;
-        dst->n_stop = i + 1;
-    }
-    if (src->n_bias > 0) {
-        dst->bias_ids = malloc(sizeof(int32_t) * (size_t)src->n_bias);
-        dst->bias_vals = malloc(sizeof(float) * (size_t)src->n_bias);
-        if (!dst->bias_ids || !dst->bias_vals)
-            goto oom;
-        memcpy(dst->bias_ids, src->bias_ids, sizeof(int32_t) * (size_t)src->n_bias);
-        memcpy(dst->bias_vals, src->bias_vals, sizeof(float) * (size_t)src->n_bias);
-        dst->n_bias = src->n_bias;
-    }
-    return 0;
-oom:
-    api_req_params_clear(dst);
-    return SS_ENOMEM;
-}
-
 void api_completion_free(struct api_completion *c) {
     if (!c)
         return;
-    api_req_params_clear(&c->p);
+    req_params_free(&c->p);
     free(c->echo_text);
     c->echo_text = NULL;
     c->echo_len = 0;

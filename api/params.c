@@ -1,7 +1,7 @@
 /* params.c - request fields shared by /v1/completions and /v1/chat/completions:
  * type and range checks of every sampling field, n, penalties, logit_bias,
- * stop strings, stream options, lengths against the context, and text
- * encoding. Pure functions; any thread.
+ * stop strings, stream options, lengths (checked against the model by the
+ * scheduler: sched_check_lengths) and text encoding. Pure functions; any thread.
  *
  * Ranges (OpenAI / vLLM): temperature [0, 2], top_p (0, 1], top_k -1 or >= 0
  * (0/-1 off), min_p [0, 1], presence/frequency_penalty [-2, 2],
@@ -391,6 +391,18 @@ int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, 
     return SS_EINTERNAL;
 }
 
+struct sched_limits api_limits(const struct api_model_info *mi) {
+    struct sched_limits lim = {mi->n_ctx, mi->n_vocab, mi->kv_pages};
+    return lim;
+}
+
+int api_check_error(struct api_error *err, int rc, const char *param, const char *msg) {
+    if (rc < 0)
+        api_error_set(err, rc, param,
+                      rc == SS_ETOOLONG ? "context_length_exceeded" : "invalid_value", "%s", msg);
+    return rc;
+}
+
 int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const char *mt_name,
                       int default_max, struct api_completion *c, struct api_error *err) {
     struct req_params *p = &c->p;
@@ -411,28 +423,22 @@ int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const 
         return SS_EINVAL;
     }
     c->max_tokens_given = rc;
-    if (p->n_prompt >= mi->n_ctx) {
-        api_error_set(err, SS_ETOOLONG, c->kind == API_KIND_CHAT ? "messages" : "prompt",
-                      "context_length_exceeded",
-                      "The prompt has %d tokens but this model's context is %d tokens; the "
-                      "prompt must leave room for at least one generated token",
-                      (int)p->n_prompt, mi->n_ctx);
-        return SS_ETOOLONG;
-    }
-    if (c->max_tokens_given) {
-        if ((int64_t)p->n_prompt + mt > mi->n_ctx) {
-            api_error_set(err, SS_ETOOLONG, mt_name, "context_length_exceeded",
-                          "This model's maximum context length is %d tokens, but %lld were "
-                          "requested (%d in the prompt, %lld in %s); reduce the prompt or %s",
-                          mi->n_ctx, (long long)p->n_prompt + mt, (int)p->n_prompt,
-                          (long long)mt, mt_name, mt_name);
-            return SS_ETOOLONG;
-        }
+    int room = mi->n_ctx - p->n_prompt;
+    if (c->max_tokens_given)
         p->max_tokens = (int32_t)mt;
-    } else {
-        int room = mi->n_ctx - p->n_prompt;
-        p->max_tokens = default_max > 0 && room > default_max ? default_max : room;
-    }
+    else /* the room left, at most default_max (a prompt with no room fails below) */
+        p->max_tokens = room < 1 ? 1 : default_max > 0 && room > default_max ? default_max : room;
+    /* The context and the KV pool: the scheduler's check. */
+    struct sched_limits lim = api_limits(mi);
+    char msg[sizeof(err->message)];
+    int field;
+    rc = sched_check_lengths(&lim, p->n_prompt, p->max_tokens, msg, sizeof(msg), &field);
+    if (rc < 0)
+        return api_check_error(err, rc,
+                               field == SCHED_FIELD_MAX_TOKENS ? mt_name
+                               : c->kind == API_KIND_CHAT      ? "messages"
+                                                               : "prompt",
+                               msg);
     if ((rc = api_get_integer(root, "min_tokens", -1e18, 1e18, &mn, err)) < 0)
         return rc;
     if (rc && (mn < 0 || mn > (c->prompt_only ? 0 : p->max_tokens))) {

@@ -71,7 +71,7 @@ int api_tokenize(const struct api_model_info *mi, const char *body, size_t len,
     if (!root)
         return SS_EINVAL;
     struct req_params p;
-    api_req_params_init(&p);
+    req_params_init(&p);
     int rc = tokenize_fields(mi, root, &p, err);
     cJSON_Delete(root);
     if (rc == 0) {
@@ -85,7 +85,7 @@ int api_tokenize(const struct api_model_info *mi, const char *body, size_t len,
             rc = SS_ENOMEM;
         }
     }
-    api_req_params_clear(&p);
+    req_params_free(&p);
     return rc;
 }
 

@@ -1,10 +1,18 @@
-/* queue.c - every piece of cross-thread code of the scheduler lives here:
- * request reference counting, the submission queue and output hand-off.
+/* queue.c - every lock and atomic shared by the loop and engine threads
+ * lives here: request reference counting, the submission queue, the
+ * statistics snapshot, output hand-off and the server's ready list. The rest
+ * of the scheduler is engine-thread code without locks.
  *
- *   loop thread                         engine thread
- *   sched_submit ──> squeue (mutex) ──> squeue_take
- *   sched_cancel ──> r->cancelled  ───> req_is_cancelled
- *   sched_req_take <── r->out (r->lock) <── req_out_push ──> notify()
+ *   loop thread                              engine thread
+ *   sched_submit ──> squeue (q->lock) ──────> squeue_take / squeue_left
+ *   sched_stop ───> q->stop (q->lock) ──────> squeue_take (stop = 1)
+ *   sched_cancel ──> r->cancelled (r->lock) ─> req_is_cancelled
+ *   sched_req_take <── r->out (r->lock) <──── req_out_push ──> notify()
+ *   sched_ready_pop <── sched_ready (rl->lock) <── sched_ready_push (in notify)
+ *   sched_get_stats <── q->stats (q->stats_lock) <── squeue_stats_write
+ *
+ * Lock order: a ready list's lock, then a request's lock; no other lock is
+ * ever held while another is taken.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,10 +39,7 @@ struct sched_req *sched_req_new(void) {
     }
     r->refs = 1;
     r->id = __atomic_fetch_add(&next_id, 1, __ATOMIC_RELAXED);
-    smp_params_default(&r->p.smp);
-    r->p.max_tokens = 16;
-    r->p.repetition_penalty = 1.0f;
-    r->p.logprobs = -1;
+    req_params_init(&r->p);
     return r;
 }
 
@@ -50,11 +55,8 @@ void sched_req_unref(struct sched_req *r) {
     int left = --r->refs;
     pthread_mutex_unlock(&r->lock);
     if (left > 0) return;
-    free(r->p.prompt);
-    free(r->p.bias_ids);
-    free(r->p.bias_vals);
+    req_params_free(&r->p);
     free(r->out.toks);
-    for (int i = 0; i < r->p.n_stop; i++) free(r->p.stop[i]);
     free(r->out.text);
     pthread_mutex_destroy(&r->lock);
     free(r);
@@ -63,12 +65,17 @@ void sched_req_unref(struct sched_req *r) {
 int squeue_init(struct squeue *q) {
     memset(q, 0, sizeof(*q));
     if (pthread_mutex_init(&q->lock, NULL) != 0) return SS_EINTERNAL;
+    if (pthread_mutex_init(&q->stats_lock, NULL) != 0) {
+        pthread_mutex_destroy(&q->lock);
+        return SS_EINTERNAL;
+    }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     int rc = pthread_cond_init(&q->cond, &ca);
     pthread_condattr_destroy(&ca);
     if (rc != 0) {
+        pthread_mutex_destroy(&q->stats_lock);
         pthread_mutex_destroy(&q->lock);
         return SS_EINTERNAL;
     }
@@ -77,52 +84,31 @@ int squeue_init(struct squeue *q) {
 
 void squeue_destroy(struct squeue *q) {
     pthread_cond_destroy(&q->cond);
+    pthread_mutex_destroy(&q->stats_lock);
     pthread_mutex_destroy(&q->lock);
+}
+
+/* Appends r to the list head..tail, linked through r->next (submission
+ * queue) or r->ready_next (ready list). Caller holds the list's lock. */
+static void req_append(struct sched_req **head, struct sched_req **tail, struct sched_req *r, int ready) {
+    struct sched_req **link = ready ? &r->ready_next : &r->next;
+    *link = NULL;
+    if (*tail)
+        *(ready ? &(*tail)->ready_next : &(*tail)->next) = r;
+    else
+        *head = r;
+    *tail = r;
 }
 
 /* Loop thread. The engine-side queue length (n_pending) bounds admission. */
 int sched_submit(struct sched *s, struct sched_req *r) {
     struct squeue *q = &s->q;
-    /* Validation that needs only immutable model facts happens here, on the
-     * loop thread, so a bad request never reaches the engine. */
-    if (r->p.n_prompt < 1) {
-        snprintf(r->out.errmsg, sizeof(r->out.errmsg), "the prompt is empty");
-        return SS_EINVAL;
-    }
-    for (int32_t i = 0; i < r->p.n_prompt; i++) {
-        if (r->p.prompt[i] < 0 || r->p.prompt[i] >= s->n_vocab) {
-            snprintf(r->out.errmsg, sizeof(r->out.errmsg),
-                     "token id %d at position %d is outside the vocabulary [0, %d)", r->p.prompt[i], i,
-                     s->n_vocab);
-            return SS_EINVAL;
-        }
-    }
-    if (r->p.max_tokens < 1) {
-        snprintf(r->out.errmsg, sizeof(r->out.errmsg), "max_tokens must be at least 1");
-        return SS_EINVAL;
-    }
-    if (r->p.logprobs > REQ_MAX_LOGPROBS) {
-        snprintf(r->out.errmsg, sizeof(r->out.errmsg), "logprobs must be at most %d", REQ_MAX_LOGPROBS);
-        return SS_EINVAL;
-    }
+    /* Checks need only immutable model facts: they run here, on the loop
+     * thread, so a bad request never reaches the engine. */
+    int field;
+    int rc = sched_check_params(&s->lim, &r->p, r->out.errmsg, sizeof(r->out.errmsg), &field);
+    if (rc != 0) return rc;
     if (!(r->p.repetition_penalty > 0)) r->p.repetition_penalty = 1.0f;
-    int64_t need = (int64_t)r->p.n_prompt + r->p.max_tokens;
-    if (r->p.n_prompt >= s->n_ctx || need > s->n_ctx) {
-        snprintf(r->out.errmsg, sizeof(r->out.errmsg),
-                 "this model's maximum context length is %d tokens; the request has %d prompt tokens "
-                 "and asks for %d completion tokens (n_prompt_tokens=%d)",
-                 s->n_ctx, r->p.n_prompt, r->p.max_tokens, r->p.n_prompt);
-        return SS_ETOOLONG;
-    }
-    /* A prompt that needs more pages than the whole pool can never run. */
-    if (kv_pages_for(need) > eng_model_n_pages(s->model)) { /* worst case: every level keeps all */
-        snprintf(r->out.errmsg, sizeof(r->out.errmsg),
-                 "the request needs %d KV pages (n_prompt_tokens=%d plus max_tokens=%d) but the KV "
-                 "cache has only %d pages of %d tokens",
-                 kv_pages_for(need), r->p.n_prompt, r->p.max_tokens, eng_model_n_pages(s->model),
-                 KV_PAGE_SLOTS);
-        return SS_ETOOLONG;
-    }
     r->out.n_prompt = r->p.n_prompt;
     r->t_submit = sched_now();
 
@@ -139,12 +125,7 @@ int sched_submit(struct sched *s, struct sched_req *r) {
         return SS_EAGAIN;
     }
     sched_req_ref(r); /* the engine's reference */
-    r->next = NULL;
-    if (q->tail)
-        q->tail->next = r;
-    else
-        q->head = r;
-    q->tail = r;
+    req_append(&q->head, &q->tail, r, 0);
     q->n_pending++;
     q->wake = 1;
     pthread_cond_signal(&q->cond);
@@ -166,11 +147,39 @@ int req_is_cancelled(struct sched_req *r) {
     return c;
 }
 
-void squeue_wake(struct squeue *q) {
+/* Wakes the engine's squeue_take, for news (a cancel) or to stop. */
+static void squeue_signal(struct squeue *q, int stop) {
     pthread_mutex_lock(&q->lock);
     q->wake = 1;
+    if (stop) q->stop = 1;
     pthread_cond_signal(&q->cond);
     pthread_mutex_unlock(&q->lock);
+}
+
+void squeue_wake(struct squeue *q) {
+    squeue_signal(q, 0);
+}
+
+void squeue_stop(struct squeue *q) {
+    squeue_signal(q, 1);
+}
+
+void squeue_left(struct squeue *q) {
+    pthread_mutex_lock(&q->lock);
+    q->n_pending--;
+    pthread_mutex_unlock(&q->lock);
+}
+
+void squeue_stats_write(struct squeue *q, const struct sched_stats *st) {
+    pthread_mutex_lock(&q->stats_lock);
+    q->stats = *st;
+    pthread_mutex_unlock(&q->stats_lock);
+}
+
+void squeue_stats_read(struct squeue *q, struct sched_stats *st) {
+    pthread_mutex_lock(&q->stats_lock);
+    *st = q->stats;
+    pthread_mutex_unlock(&q->stats_lock);
 }
 
 struct sched_req *squeue_take(struct squeue *q, int block, int *stop) {
@@ -256,4 +265,44 @@ int sched_req_take(struct sched_req *r, struct req_out *dst) {
     int done = r->out.finish != REQ_FINISH_NONE;
     pthread_mutex_unlock(&r->lock);
     return done;
+}
+
+/* ---------- the ready list ---------- */
+
+int sched_ready_init(struct sched_ready *rl) {
+    memset(rl, 0, sizeof(*rl));
+    return pthread_mutex_init(&rl->lock, NULL) == 0 ? 0 : SS_EINTERNAL;
+}
+
+void sched_ready_push(struct sched_ready *rl, struct sched_req *r) {
+    pthread_mutex_lock(&rl->lock);
+    if (!r->ready_listed) {
+        r->ready_listed = 1;
+        sched_req_ref(r);
+        req_append(&rl->head, &rl->tail, r, 1);
+    }
+    pthread_mutex_unlock(&rl->lock);
+}
+
+size_t sched_ready_pop(struct sched_ready *rl, struct sched_req **out, size_t cap) {
+    size_t n = 0;
+    pthread_mutex_lock(&rl->lock);
+    while (n < cap && rl->head) {
+        struct sched_req *r = rl->head;
+        rl->head = r->ready_next;
+        r->ready_next = NULL;
+        r->ready_listed = 0;
+        out[n++] = r;
+    }
+    if (!rl->head) rl->tail = NULL;
+    pthread_mutex_unlock(&rl->lock);
+    return n;
+}
+
+void sched_ready_destroy(struct sched_ready *rl) {
+    struct sched_req *batch[64];
+    size_t n;
+    while ((n = sched_ready_pop(rl, batch, 64)) > 0)
+        for (size_t i = 0; i < n; i++) sched_req_unref(batch[i]);
+    pthread_mutex_destroy(&rl->lock);
 }

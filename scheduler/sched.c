@@ -1,16 +1,24 @@
-/* sched.c - the engine thread: admission, batching policy, preemption and
- * turning logits into output.
+/* sched.c - the engine thread: each step decides, runs, then applies.
  *
- * Each step (vLLM V1 style) builds one ragged batch under a token budget:
- *   1. running sequences in admission order: a decode token, or the next chunk
- *      of an unfinished prefill (also after preemption, when a sequence
- *      recomputes its prompt and the tokens it had generated);
- *   2. waiting sequences in arrival order, while seats and budget remain.
- * A sequence gets logits only when its chunk reaches the end of its tokens.
- * When the page pool runs dry for a running sequence, the most recently
- * admitted running sequence is preempted: its pages are freed and it goes back
- * to the front of the waiting queue, to be recomputed later. Its sampler state
- * is kept, so a fixed seed gives the same output as if it had never stopped.
+ * The step (vLLM V1's shape):
+ *   schedule()            decides the batch under a token budget: which
+ *                         sequences, how many tokens each, which running
+ *                         sequence to preempt, which waiting one to admit;
+ *   eng_forward()         runs it;
+ *   update_from_output()  applies the output: the KV state advances, each
+ *                         sequence with logits samples and accepts one token.
+ * Every request ends in sched_finish (stop, length, abort, error, cancel,
+ * shutdown), the only code that frees a sequence.
+ *
+ * Batch policy: running sequences in admission order get a decode token or
+ * the next chunk of an unfinished prefill (also after preemption, when a
+ * sequence recomputes its prompt and the tokens it had generated); then
+ * waiting sequences, in the waiting queue's order, while seats and budget
+ * remain. A sequence gets logits only when its chunk reaches the end of its
+ * tokens. When the page pool runs dry for a running sequence, the most
+ * recently admitted running sequence is preempted: its pages are freed and it
+ * goes back to the waiting queue, to be recomputed later. Its sampler state is
+ * kept, so a fixed seed gives the same output as if it had never stopped.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -19,65 +27,20 @@
 #include "kernels/ss_error.h"
 #include "scheduler/sched_internal.h"
 
-void sched_hist_observe(struct sched_hist *h, double v) {
-    int i = 0;
-    while (i < h->n && v > h->le[i]) i++;
-    h->count[i]++;
-    h->total++;
-    h->sum += v;
-}
-
-static void hist_init(struct sched_hist *h, const double *le, int n) {
-    memset(h, 0, sizeof(*h));
-    h->n = n;
-    memcpy(h->le, le, sizeof(double) * (size_t)n);
-}
-
-static void stats_init(struct sched_stats *st) {
-    static const double lat[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
-                                 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0};
-    static const double itl[] = {0.001, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
-                                 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0};
-    static const double bt[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192};
-    hist_init(&st->ttft_s, lat, 20);
-    hist_init(&st->itl_s, itl, 20);
-    hist_init(&st->e2e_s, lat, 20);
-    hist_init(&st->queue_s, lat, 20);
-    hist_init(&st->batch_tokens, bt, 14);
-}
-
-void stats_finish(struct sched *s, struct seq *q, int finish) {
-    pthread_mutex_lock(&s->stats_lock);
-    sched_hist_observe(&s->stats.e2e_s, sched_now() - q->req->t_submit);
-    if (finish >= 0 && finish < 5) s->stats.n_finished[finish]++;
-    pthread_mutex_unlock(&s->stats_lock);
-    stats_add(s, 0, 0, 1, 0);
-}
-
-void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done, int preempt) {
-    pthread_mutex_lock(&s->stats_lock);
-    s->stats.n_prompt_tokens += prompt_tok;
-    s->stats.n_gen_tokens += gen_tok;
-    s->stats.n_requests_done += (uint64_t)done;
-    s->stats.n_preemptions += (uint64_t)preempt;
-    s->stats.n_running = s->n_running;
-    s->stats.n_waiting = s->n_waiting;
-    s->stats.pages_total = kv_pool_n_units(s->pool);
-    s->stats.pages_used = s->stats.pages_total - kv_pool_n_free(s->pool);
-    s->stats.pages_cached = kv_pool_n_cached(s->pool);
-    s->stats.n_levels = s->n_levels;
-    for (int k = 0; k < s->n_levels; k++) {
-        int32_t used = 0;
-        for (int i = 0; i < s->n_running; i++) used += s->running[i]->tables[k].n_pages;
-        for (int i = 0; i < s->n_waiting; i++) used += s->waiting[i]->tables[k].n_pages;
-        s->stats.level_units[k] = used * s->level_layers[k];
-    }
-    pthread_mutex_unlock(&s->stats_lock);
-}
-
 /* ---------- queues (engine thread) ---------- */
 
-static int waiting_push(struct sched *s, struct seq *q, int front) {
+/* The waiting queue's order, in one place: 1 if q (being queued) goes before
+ * w (already waiting). A preempted sequence (admitted before) goes back to
+ * the front: it has waited already and holds a running request's sampler
+ * state. New arrivals queue in submission order. A priority or a deadline
+ * belongs here. */
+static int waiting_goes_before(const struct seq *q, const struct seq *w) {
+    (void)w;
+    return q->admit_order != 0;
+}
+
+/* Queues q at its place (waiting_goes_before). 0 or SS_ENOMEM. */
+static int waiting_insert(struct sched *s, struct seq *q) {
     if (s->n_waiting == s->cap_waiting) {
         int cap = s->cap_waiting ? s->cap_waiting * 2 : 64;
         struct seq **nw = realloc(s->waiting, sizeof(*nw) * (size_t)cap);
@@ -85,82 +48,87 @@ static int waiting_push(struct sched *s, struct seq *q, int front) {
         s->waiting = nw;
         s->cap_waiting = cap;
     }
-    if (front) {
-        memmove(s->waiting + 1, s->waiting, sizeof(*s->waiting) * (size_t)s->n_waiting);
-        s->waiting[0] = q;
-    } else {
-        s->waiting[s->n_waiting] = q;
-    }
+    int at = 0;
+    while (at < s->n_waiting && !waiting_goes_before(q, s->waiting[at])) at++;
+    memmove(s->waiting + at + 1, s->waiting + at, sizeof(*s->waiting) * (size_t)(s->n_waiting - at));
+    s->waiting[at] = q;
     s->n_waiting++;
     return 0;
 }
 
-static void waiting_remove(struct sched *s, int i) {
-    memmove(s->waiting + i, s->waiting + i + 1, sizeof(*s->waiting) * (size_t)(s->n_waiting - i - 1));
-    s->n_waiting--;
+/* Removes q from list[*n] if it is there. Returns 1 if it was. */
+static int list_remove(struct seq **list, int *n, const struct seq *q) {
+    for (int i = 0; i < *n; i++) {
+        if (list[i] == q) {
+            memmove(list + i, list + i + 1, sizeof(*list) * (size_t)(*n - i - 1));
+            (*n)--;
+            return 1;
+        }
+    }
+    return 0;
 }
 
-static void running_remove(struct sched *s, int i) {
-    memmove(s->running + i, s->running + i + 1, sizeof(*s->running) * (size_t)(s->n_running - i - 1));
-    s->n_running--;
+/* ---------- the finish path ---------- */
+
+/* NOTE: KV pages are returned and the statistics published before the client
+ * can observe the end, so stats read after a finish are exact. */
+void sched_finish(struct sched *s, struct sched_req *r, int finish, int err, const char *msg) {
+    struct seq *q = r->eng;
+    if (!q || q->admit_order == 0) squeue_left(&s->q); /* never admitted: still counted as queued */
+    const char *text = NULL;
+    size_t n_text = 0;
+    int32_t n_gen = 0;
+    if (q) {
+        if (!list_remove(s->running, &s->n_running, q)) list_remove(s->waiting, &s->n_waiting, q);
+        seq_release_kv(s, q);
+        n_gen = q->n_gen;
+        if (finish == REQ_FINISH_STOP || finish == REQ_FINISH_LENGTH) {
+            text = q->hold; /* the rest of the text; errors and cancels drop it */
+            n_text = q->n_hold;
+        }
+    }
+    stats_on_finish(s, r, finish);
+    stats_publish(s);
+    req_out_push(s, r, text, n_text, n_gen, finish, err, msg);
+    if (q) seq_free(s, q);
+    sched_req_unref(r); /* the engine's reference */
 }
 
-static void pending_dec(struct sched *s) {
-    pthread_mutex_lock(&s->q.lock);
-    s->q.n_pending--;
-    pthread_mutex_unlock(&s->q.lock);
+/* Ends every request still here (shutdown). */
+static void finish_all(struct sched *s, int err, const char *msg) {
+    while (s->n_running > 0) sched_finish(s, s->running[s->n_running - 1]->req, REQ_FINISH_ERROR, err, msg);
+    while (s->n_waiting > 0) sched_finish(s, s->waiting[s->n_waiting - 1]->req, REQ_FINISH_ERROR, err, msg);
 }
 
-/* Ends a sequence that is in neither queue any more. */
-/* Pages are returned and counters updated before the client can observe the
- * end, so stats read after a finish are exact. */
-static void seq_finish(struct sched *s, struct seq *q, int finish, int err, const char *msg) {
-    seq_release_kv(s, q);
-    stats_finish(s, q, finish);
-    req_out_push(s, q->req, NULL, 0, q->n_gen, finish, err, msg);
-    seq_free(s, q);
-}
-
-/* ---------- one step ---------- */
+/* ---------- schedule: decide the step ---------- */
 
 static void preempt(struct sched *s, int i) {
     struct seq *q = s->running[i];
     seq_release_kv(s, q);
-    running_remove(s, i);
-    if (waiting_push(s, q, 1) != 0) {
-        seq_finish(s, q, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory while preempting");
+    list_remove(s->running, &s->n_running, q);
+    if (waiting_insert(s, q) != 0) {
+        sched_finish(s, q->req, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory while preempting");
         return;
     }
-    stats_add(s, 0, 0, 0, 1);
+    stats_on_preempt(s);
 }
 
 static void drop_cancelled(struct sched *s) {
     for (int i = 0; i < s->n_running;) {
-        struct seq *q = s->running[i];
-        if (req_is_cancelled(q->req)) {
-            running_remove(s, i);
-            seq_finish(s, q, REQ_FINISH_CANCELLED, SS_ECANCELLED, "cancelled");
-        } else {
+        struct sched_req *r = s->running[i]->req;
+        if (req_is_cancelled(r))
+            sched_finish(s, r, REQ_FINISH_CANCELLED, SS_ECANCELLED, "cancelled");
+        else
             i++;
-        }
     }
     for (int i = 0; i < s->n_waiting;) {
-        struct seq *q = s->waiting[i];
-        if (req_is_cancelled(q->req)) {
-            waiting_remove(s, i);
-            if (q->admit_order == 0) pending_dec(s); /* never admitted */
-            seq_finish(s, q, REQ_FINISH_CANCELLED, SS_ECANCELLED, "cancelled");
-        } else {
+        struct sched_req *r = s->waiting[i]->req;
+        if (req_is_cancelled(r))
+            sched_finish(s, r, REQ_FINISH_CANCELLED, SS_ECANCELLED, "cancelled");
+        else
             i++;
-        }
     }
 }
-
-struct plan {
-    int n_seqs;
-    int32_t n_tokens;
-    int plp_used; /* one prompt-logprobs sequence per step (logits buffer room) */
-};
 
 /* Tokens a sequence may take this step: the rest of its tokens, within the
  * budget; prompt-logprob prefill goes in SCHED_PLP_CHUNK pieces, one sequence
@@ -204,11 +172,9 @@ static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n)
     pl->n_tokens += n;
 }
 
-static void schedule(struct sched *s, struct plan *pl) {
-    int32_t budget = s->opt.max_batched_tokens;
-    pl->n_seqs = 0;
-    pl->n_tokens = 0;
-    pl->plp_used = 0;
+/* Running sequences, in admission order: the next chunk of each, preempting
+ * the most recently admitted ones when pages run out. Returns the budget left. */
+static int32_t schedule_running(struct sched *s, struct plan *pl, int32_t budget) {
     for (int i = 0; i < s->n_running && budget > 0; i++) {
         struct seq *q = s->running[i];
         int32_t n = chunk_for(pl, q, budget);
@@ -222,8 +188,7 @@ static void schedule(struct sched *s, struct plan *pl) {
         }
         if (rc != 0) {
             if (rc != SS_EAGAIN) { /* ENOMEM: end this sequence */
-                running_remove(s, i);
-                seq_finish(s, q, REQ_FINISH_ERROR, rc, "out of memory");
+                sched_finish(s, q->req, REQ_FINISH_ERROR, rc, "out of memory");
                 i--;
             }
             /* else: q itself was preempted; the loop ends because i == n_running */
@@ -232,6 +197,12 @@ static void schedule(struct sched *s, struct plan *pl) {
         plan_add(s, pl, q, n);
         budget -= n;
     }
+    return budget;
+}
+
+/* Waiting sequences, front first, while seats, budget and pages remain;
+ * admission never preempts. */
+static void schedule_waiting(struct sched *s, struct plan *pl, int32_t budget) {
     while (s->n_waiting > 0 && s->n_running < s->opt.max_num_seqs && budget > 0) {
         struct seq *q = s->waiting[0];
         /* Reuse cached full pages of the same prefix (prompt, plus the tokens
@@ -239,32 +210,18 @@ static void schedule(struct sched *s, struct plan *pl) {
         int64_t hit = q->plp ? 0 : kv_table_match_prefix(s->pool, &q->tables[0], q->tokens, q->n_tokens);
         q->n_computed = q->level_n_past[0] = (int32_t)hit;
         int32_t n = chunk_for(pl, q, budget);
-        if (n == 0) {
+        int rc = n == 0 ? SS_EAGAIN : seq_reserve(s, q, n);
+        if (rc == SS_EAGAIN) { /* no room this step: wait */
             seq_release_kv(s, q);
             break;
         }
-        int rc = seq_reserve(s, q, n);
-        if (rc == SS_EAGAIN) { /* wait for pages; admission never preempts */
-            seq_release_kv(s, q);
-            break;
-        }
-        pthread_mutex_lock(&s->stats_lock);
-        s->stats.n_prefix_queries += (uint64_t)q->n_tokens;
-        s->stats.n_prefix_hits += (uint64_t)hit;
-        pthread_mutex_unlock(&s->stats_lock);
-        waiting_remove(s, 0);
         if (rc != 0) {
-            if (q->admit_order == 0) pending_dec(s);
-            seq_finish(s, q, REQ_FINISH_ERROR, rc, "out of memory");
+            sched_finish(s, q->req, REQ_FINISH_ERROR, rc, "out of memory");
             continue;
         }
-        if (q->admit_order == 0) { /* first admission leaves the queue */
-            pending_dec(s);
-            pthread_mutex_lock(&s->stats_lock);
-            sched_hist_observe(&s->stats.queue_s, sched_now() - q->req->t_submit);
-            s->stats.n_prompt_tokens += (uint64_t)q->n_prompt;
-            pthread_mutex_unlock(&s->stats_lock);
-        }
+        if (q->admit_order == 0) squeue_left(&s->q); /* first admission leaves the queue */
+        stats_on_admit(s, q, hit);
+        list_remove(s->waiting, &s->n_waiting, q);
         q->admit_order = ++s->admit_counter;
         s->running[s->n_running++] = q;
         plan_add(s, pl, q, n);
@@ -272,111 +229,103 @@ static void schedule(struct sched *s, struct plan *pl) {
     }
 }
 
-static void running_drop(struct sched *s, struct seq *q) {
-    for (int j = 0; j < s->n_running; j++)
-        if (s->running[j] == q) {
-            running_remove(s, j);
-            return;
-        }
+/* Decides this step's batch into pl (and s->b_*): pure policy plus the page
+ * reservations and preemptions it implies; no output is produced here except
+ * the end of a request that ran out of memory. */
+static void schedule(struct sched *s, struct plan *pl) {
+    pl->n_seqs = 0;
+    pl->n_tokens = 0;
+    pl->plp_used = 0;
+    int32_t budget = schedule_running(s, pl, s->opt.max_batched_tokens);
+    schedule_waiting(s, pl, budget);
 }
 
-/* After a forward: the sequences' cache state advances (level 0 by the chunk,
- * deeper levels by what the engine kept; unused worst-case blocks go back),
- * full level-0 blocks join the prefix cache. */
-static void advance_kv(struct sched *s, const struct plan *pl) {
-    uint64_t lt[ENG_MAX_LEVELS] = {0};
+/* ---------- update: apply the engine's output ---------- */
+
+/* The sequences' cache state advances (level 0 by the chunk, deeper levels by
+ * what the engine kept; unused worst-case blocks go back), full level-0
+ * blocks join the prefix cache. level_tokens[k] receives the tokens stored
+ * at level k. */
+static void advance_kv(struct sched *s, const struct plan *pl, uint64_t *level_tokens) {
     for (int i = 0; i < pl->n_seqs; i++) {
         struct seq *q = s->b_owner[i];
         const struct eng_seq *e = &s->b_seqs[i];
         q->n_computed += e->n_tok;
         q->level_n_past[0] = q->n_computed;
-        lt[0] += (uint64_t)e->n_tok;
+        level_tokens[0] += (uint64_t)e->n_tok;
         for (int k = 1; k < s->n_levels; k++) {
             q->level_n_past[k] += e->level_kept[k];
             kv_table_trim(s->pool, &q->tables[k], q->level_n_past[k]);
-            lt[k] += (uint64_t)e->level_kept[k];
+            level_tokens[k] += (uint64_t)e->level_kept[k];
         }
         kv_table_commit(s->pool, &q->tables[0], q->tokens, q->n_computed);
     }
-    pthread_mutex_lock(&s->stats_lock);
-    for (int k = 0; k < s->n_levels; k++) s->stats.level_tokens[k] += lt[k];
-    pthread_mutex_unlock(&s->stats_lock);
 }
+
+/* The logits row of batch entry i, or NULL when it produces no token this
+ * step. Reports prompt logprobs on the way; *row advances past its rows. */
+static float *entry_logits(struct sched *s, int i, int *row) {
+    struct seq *q = s->b_owner[i];
+    const struct eng_seq *e = &s->b_seqs[i];
+    if (e->all_logits) { /* one row per token: prompt logprobs, last row samples */
+        int32_t pos0 = q->n_computed - e->n_tok;
+        seq_prompt_logprobs(s, q, s->logits + (size_t)*row * (size_t)s->n_vocab, pos0, e->n_tok);
+        *row += e->n_tok - 1;
+        if (!e->want_logits) {
+            (*row)++;
+            return NULL;
+        }
+    } else if (!e->want_logits) {
+        return NULL;
+    }
+    return s->logits + (size_t)(*row)++ * (size_t)s->n_vocab;
+}
+
+/* Applies one forward pass: KV state, step counters (published before any
+ * output, so whoever sees a token also sees the step that produced it), then
+ * one sampled and accepted token per sequence with logits. */
+static void update_from_output(struct sched *s, const struct plan *pl, double busy_s) {
+    uint64_t lt[ENG_MAX_LEVELS] = {0};
+    advance_kv(s, pl, lt);
+    stats_on_step(s, pl->n_tokens, busy_s, lt);
+    stats_publish(s);
+    int row = 0;
+    for (int i = 0; i < pl->n_seqs; i++) {
+        float *lg = entry_logits(s, i, &row);
+        if (!lg) continue;
+        struct seq *q = s->b_owner[i];
+        int32_t tok = seq_sample(s, q, lg);
+        stats_on_token(s, q, sched_now());
+        int err = 0;
+        const char *msg = NULL;
+        int finish = seq_accept_token(s, q, tok, &err, &msg);
+        if (finish != REQ_FINISH_NONE) sched_finish(s, q->req, finish, err, msg);
+    }
+}
+
+/* ---------- the engine thread ---------- */
 
 static void run_batch(struct sched *s, const struct plan *pl) {
     struct eng_batch b = {s->b_tokens, pl->n_tokens, s->b_seqs, pl->n_seqs};
     double t0 = sched_now();
     int rc = eng_forward(s->model, &b, s->logits);
     if (rc != 0) {
-        for (int i = 0; i < pl->n_seqs; i++) {
-            running_drop(s, s->b_owner[i]);
-            seq_finish(s, s->b_owner[i], REQ_FINISH_ERROR, rc, "the forward pass failed");
-        }
+        for (int i = 0; i < pl->n_seqs; i++)
+            sched_finish(s, s->b_owner[i]->req, REQ_FINISH_ERROR, rc, "the forward pass failed");
         return;
     }
-    /* Step counters and cache state before any output is pushed: whoever sees
-     * a request end (or a token arrive) also sees the step that produced it. */
-    advance_kv(s, pl);
-    pthread_mutex_lock(&s->stats_lock);
-    sched_hist_observe(&s->stats.batch_tokens, pl->n_tokens);
-    s->stats.n_steps++;
-    s->stats.busy_s += sched_now() - t0;
-    pthread_mutex_unlock(&s->stats_lock);
-    stats_add(s, 0, 0, 0, 0);
-
-    uint64_t gen_tok = 0;
-    int row = 0;
-    for (int i = 0; i < pl->n_seqs; i++) {
-        struct seq *q = s->b_owner[i];
-        const struct eng_seq *e = &s->b_seqs[i];
-        int32_t pos0 = q->n_computed - e->n_tok;
-        if (e->all_logits) { /* one row per token: prompt logprobs, last row samples */
-            seq_prompt_logprobs(s, q, s->logits + (size_t)row * (size_t)s->n_vocab, pos0, e->n_tok);
-            row += e->n_tok - 1;
-            if (!e->want_logits) {
-                row++;
-                continue;
-            }
-        } else if (!e->want_logits) {
-            continue;
-        }
-        float *lg = s->logits + (size_t)row * (size_t)s->n_vocab;
-        row++;
-        int32_t tok = seq_sample(s, q, lg);
-        double now = sched_now();
-        pthread_mutex_lock(&s->stats_lock);
-        if (q->n_gen == 0)
-            sched_hist_observe(&s->stats.ttft_s, now - q->req->t_submit);
-        else
-            sched_hist_observe(&s->stats.itl_s, now - q->t_last);
-        pthread_mutex_unlock(&s->stats_lock);
-        q->t_last = now;
-        if (seq_accept_token(s, q, tok)) {
-            running_drop(s, q);
-            seq_free(s, q);
-        } else {
-            gen_tok++;
-        }
-    }
-    stats_add(s, 0, gen_tok, 0, 0);
+    update_from_output(s, pl, sched_now() - t0);
 }
 
+/* Newly submitted requests join the waiting queue. */
 static void accept_new(struct sched *s, struct sched_req *list) {
     while (list) {
         struct sched_req *r = list;
         list = r->next;
         r->next = NULL;
         struct seq *q = seq_new(s, r);
-        if (!q || waiting_push(s, q, 0) != 0) {
-            pending_dec(s);
-            req_out_push(s, r, NULL, 0, 0, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory");
-            if (q) {
-                q->req = NULL;
-                free(q->tokens);
-                free(q);
-            }
-            sched_req_unref(r);
-        }
+        if (!q || waiting_insert(s, q) != 0)
+            sched_finish(s, r, REQ_FINISH_ERROR, SS_ENOMEM, "out of memory");
     }
 }
 
@@ -387,117 +336,21 @@ static void *engine_main(void *arg) {
         int idle = s->n_running == 0 && s->n_waiting == 0;
         struct sched_req *list = squeue_take(&s->q, idle, &stop);
         accept_new(s, list);
-        if (stop) break;
+        if (stop) break; /* the take with stop = 1 returned the last submissions */
         drop_cancelled(s);
         struct plan pl;
         schedule(s, &pl);
         if (pl.n_seqs > 0) run_batch(s, &pl);
-        stats_add(s, 0, 0, 0, 0);
+        stats_publish(s);
     }
-    /* Shutdown: end everything still here. */
-    while (s->n_running > 0) {
-        struct seq *q = s->running[s->n_running - 1];
-        s->n_running--;
-        seq_finish(s, q, REQ_FINISH_ERROR, SS_ECANCELLED, "the server is shutting down");
-    }
-    while (s->n_waiting > 0) {
-        struct seq *q = s->waiting[s->n_waiting - 1];
-        s->n_waiting--;
-        seq_finish(s, q, REQ_FINISH_ERROR, SS_ECANCELLED, "the server is shutting down");
-    }
+    finish_all(s, SS_ECANCELLED, "the server is shutting down");
     return NULL;
 }
 
 /* ---------- lifecycle ---------- */
 
-struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sched_notify_fn notify,
-                        void *ud) {
-    struct sched *s = calloc(1, sizeof(*s));
-    if (!s) return NULL;
-    s->model = m;
-    s->tok = eng_model_tok(m);
-    s->notify = notify;
-    s->notify_ud = ud;
-    s->opt.max_num_seqs = o && o->max_num_seqs > 0 ? o->max_num_seqs : 64;
-    s->opt.max_batched_tokens = o && o->max_batched_tokens > 0 ? o->max_batched_tokens : 2048;
-    s->opt.max_queued = o && o->max_queued > 0 ? o->max_queued : 256;
-    s->n_ctx = eng_model_n_ctx(m);
-    s->n_vocab = eng_model_config(m)->n_vocab;
-    int ok = squeue_init(&s->q) == 0;
-    ok = ok && pthread_mutex_init(&s->stats_lock, NULL) == 0;
-    s->opt.no_prefix_cache = o ? o->no_prefix_cache : 0;
-    s->n_layers = eng_model_config(m)->n_layers;
-    s->n_levels = eng_model_n_levels(m);
-    if (s->n_levels < 1 || s->n_levels > ENG_MAX_LEVELS) {
-        free(s);
-        return NULL;
-    }
-    s->layer_level = calloc((size_t)s->n_layers, sizeof(int));
-    s->layer_index = calloc((size_t)s->n_layers, sizeof(int));
-    int max_layers = 1;
-    for (int l = 0; s->layer_level && s->layer_index && l < s->n_layers; l++) {
-        int k = eng_model_layer_level(m, l);
-        s->layer_level[l] = k;
-        s->layer_index[l] = s->level_layers[k]++;
-        if (s->level_layers[k] > max_layers) max_layers = s->level_layers[k];
-    }
-    /* Prefix caching stays exact only for level 0 of single-level models: a
-     * deeper level's blocks do not line up with the prompt's pages. */
-    s->pool = kv_pool_new(eng_model_n_units(m), max_layers, !s->opt.no_prefix_cache && s->n_levels == 1);
-    s->b_layer_pages = calloc((size_t)s->opt.max_num_seqs * (size_t)s->n_layers, sizeof(*s->b_layer_pages));
-    s->b_kept = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_kept));
-    s->running = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->running));
-    s->b_tokens = malloc(sizeof(int32_t) * (size_t)s->opt.max_batched_tokens);
-    s->b_seqs = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_seqs));
-    s->b_owner = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_owner));
-    s->logits = malloc(sizeof(float) * (size_t)(s->opt.max_num_seqs + SCHED_PLP_CHUNK) * (size_t)s->n_vocab);
-    s->smp_work = malloc((size_t)s->n_vocab * (sizeof(float) + sizeof(int32_t)));
-    s->raw_row = malloc(sizeof(float) * (size_t)s->n_vocab);
-    s->piece_cap = 3 * ((size_t)tok_max_piece_len(s->tok) + 4);
-    s->piece = malloc(s->piece_cap);
-    s->eog_ids = malloc(sizeof(int32_t) * 64);
-    for (int32_t i = 0; s->eog_ids && i < s->n_vocab && s->n_eog < 64; i++)
-        if (tok_is_eog(s->tok, i)) s->eog_ids[s->n_eog++] = i;
-    if (!ok || !s->pool || !s->running || !s->b_tokens || !s->b_seqs || !s->b_owner || !s->logits ||
-        !s->smp_work || !s->raw_row || !s->piece || !s->eog_ids || !s->layer_level || !s->layer_index ||
-        !s->b_layer_pages || !s->b_kept) {
-        sched_free(s);
-        return NULL;
-    }
-    stats_init(&s->stats);
-    s->stats.pages_total = kv_pool_n_units(s->pool);
-    s->stats.n_levels = s->n_levels;
-    return s;
-}
-
-int sched_start(struct sched *s) {
-    if (pthread_create(&s->thread, NULL, engine_main, s) != 0) return SS_EINTERNAL;
-    s->started = 1;
-    return 0;
-}
-
-void sched_stop(struct sched *s) {
-    if (!s || !s->started) return;
-    pthread_mutex_lock(&s->q.lock);
-    s->q.stop = 1;
-    pthread_cond_signal(&s->q.cond);
-    pthread_mutex_unlock(&s->q.lock);
-    pthread_join(s->thread, NULL);
-    s->started = 0;
-    /* Requests submitted after the engine's last take. */
-    int stop;
-    struct sched_req *list = squeue_take(&s->q, 0, &stop);
-    while (list) {
-        struct sched_req *r = list;
-        list = r->next;
-        req_out_push(s, r, NULL, 0, 0, REQ_FINISH_ERROR, SS_ECANCELLED, "the server is shutting down");
-        sched_req_unref(r);
-    }
-}
-
-void sched_free(struct sched *s) {
-    if (!s) return;
-    sched_stop(s);
+/* Frees what sched_new allocated; the engine thread is not running. */
+static void sched_release(struct sched *s, int queue_ok) {
     kv_pool_free(s->pool);
     free(s->running);
     free(s->waiting);
@@ -513,13 +366,105 @@ void sched_free(struct sched *s) {
     free(s->layer_index);
     free(s->b_layer_pages);
     free(s->b_kept);
-    squeue_destroy(&s->q);
-    pthread_mutex_destroy(&s->stats_lock);
+    if (queue_ok) squeue_destroy(&s->q);
     free(s);
 }
 
-void sched_get_stats(struct sched *s, struct sched_stats *st) {
-    pthread_mutex_lock(&s->stats_lock);
-    *st = s->stats;
-    pthread_mutex_unlock(&s->stats_lock);
+/* Levels and layers: which level each layer belongs to, its index there.
+ * Returns the most layers of any level, or 0 on OOM. */
+static int map_layers(struct sched *s) {
+    s->layer_level = calloc((size_t)s->n_layers, sizeof(int));
+    s->layer_index = calloc((size_t)s->n_layers, sizeof(int));
+    if (!s->layer_level || !s->layer_index) return 0;
+    int max_layers = 1;
+    for (int l = 0; l < s->n_layers; l++) {
+        int k = eng_model_layer_level(s->model, l);
+        s->layer_level[l] = k;
+        s->layer_index[l] = s->level_layers[k]++;
+        if (s->level_layers[k] > max_layers) max_layers = s->level_layers[k];
+    }
+    return max_layers;
+}
+
+struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sched_notify_fn notify,
+                        void *ud) {
+    struct sched *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->model = m;
+    s->tok = eng_model_tok(m);
+    s->notify = notify;
+    s->notify_ud = ud;
+    s->opt.max_num_seqs = o && o->max_num_seqs > 0 ? o->max_num_seqs : 64;
+    s->opt.max_batched_tokens = o && o->max_batched_tokens > 0 ? o->max_batched_tokens : 2048;
+    s->opt.max_queued = o && o->max_queued > 0 ? o->max_queued : 256;
+    s->opt.no_prefix_cache = o ? o->no_prefix_cache : 0;
+    s->n_ctx = eng_model_n_ctx(m);
+    s->n_vocab = eng_model_config(m)->n_vocab;
+    s->lim.n_ctx = s->n_ctx;
+    s->lim.n_vocab = s->n_vocab;
+    s->lim.n_pages = eng_model_n_pages(m);
+    s->n_layers = eng_model_config(m)->n_layers;
+    s->n_levels = eng_model_n_levels(m);
+    if (squeue_init(&s->q) != 0) {
+        sched_release(s, 0);
+        return NULL;
+    }
+    int max_layers = s->n_levels >= 1 && s->n_levels <= ENG_MAX_LEVELS ? map_layers(s) : 0;
+    /* Prefix caching stays exact only for level 0 of single-level models: a
+     * deeper level's blocks do not line up with the prompt's pages. */
+    if (max_layers > 0)
+        s->pool = kv_pool_new(eng_model_n_units(m), max_layers, !s->opt.no_prefix_cache && s->n_levels == 1);
+    s->b_layer_pages = calloc((size_t)s->opt.max_num_seqs * (size_t)s->n_layers, sizeof(*s->b_layer_pages));
+    s->b_kept = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_kept));
+    s->running = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->running));
+    s->b_tokens = malloc(sizeof(int32_t) * (size_t)s->opt.max_batched_tokens);
+    s->b_seqs = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_seqs));
+    s->b_owner = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_owner));
+    s->logits = malloc(sizeof(float) * (size_t)(s->opt.max_num_seqs + SCHED_PLP_CHUNK) * (size_t)s->n_vocab);
+    s->smp_work = malloc((size_t)s->n_vocab * (sizeof(float) + sizeof(int32_t)));
+    s->raw_row = malloc(sizeof(float) * (size_t)s->n_vocab);
+    s->piece_cap = 3 * ((size_t)tok_max_piece_len(s->tok) + 4);
+    s->piece = malloc(s->piece_cap);
+    s->eog_ids = malloc(sizeof(int32_t) * 64);
+    for (int32_t i = 0; s->eog_ids && i < s->n_vocab && s->n_eog < 64; i++)
+        if (tok_is_eog(s->tok, i)) s->eog_ids[s->n_eog++] = i;
+    if (!s->pool || !s->running || !s->b_tokens || !s->b_seqs || !s->b_owner || !s->logits ||
+        !s->smp_work || !s->raw_row || !s->piece || !s->eog_ids || !s->b_layer_pages || !s->b_kept) {
+        sched_release(s, 1);
+        return NULL;
+    }
+    stats_init(&s->st);
+    stats_publish(s);
+    return s;
+}
+
+void sched_get_limits(const struct sched *s, struct sched_limits *lim) {
+    *lim = s->lim;
+}
+
+int sched_start(struct sched *s) {
+    if (pthread_create(&s->thread, NULL, engine_main, s) != 0) return SS_EINTERNAL;
+    s->started = 1;
+    return 0;
+}
+
+void sched_stop(struct sched *s) {
+    if (!s || s->stopped) return;
+    s->stopped = 1;
+    squeue_stop(&s->q);
+    if (s->started) {
+        pthread_join(s->thread, NULL); /* its last take saw stop and ended everything */
+        s->started = 0;
+        return;
+    }
+    /* Never started: no engine thread will take what was submitted; end it here. */
+    int stop;
+    accept_new(s, squeue_take(&s->q, 0, &stop));
+    finish_all(s, SS_ECANCELLED, "the server is shutting down");
+}
+
+void sched_free(struct sched *s) {
+    if (!s) return;
+    sched_stop(s);
+    sched_release(s, 1);
 }

@@ -4,11 +4,18 @@
  *   - the loop thread (server) creates requests, submits and cancels them, and
  *     takes their output;
  *   - the engine thread (started by sched_start) owns the model, the KV page
- *     pool and every queue of the scheduler; it runs sched_step() in a loop.
- * The two share only the submission queue and each request's output buffer,
- * both behind mutexes in scheduler/queue.c. Requests are reference counted:
- * one reference for the creator (connection), one taken by sched_submit for the
- * engine; the last sched_req_unref frees it.
+ *     pool and every queue of the scheduler; it runs one step at a time:
+ *     schedule() decides the batch, the engine runs it, one update step applies
+ *     the output (advance the KV, accept each token), and every request ends
+ *     through one finish path (scheduler/sched.c).
+ * The two share only the submission queue, the statistics snapshot, each
+ * request's output buffer and the server's ready list, all behind mutexes in
+ * scheduler/queue.c. Requests are reference counted: one reference for the
+ * creator (connection), one taken by sched_submit for the engine; the last
+ * sched_req_unref frees it.
+ *
+ * Each function below names the threads that may call it. "Any thread" ones
+ * are pure or lock what they touch.
  */
 #ifndef SS_SCHED_H
 #define SS_SCHED_H
@@ -26,8 +33,11 @@ enum req_finish { REQ_FINISH_NONE = 0, REQ_FINISH_STOP, REQ_FINISH_LENGTH, REQ_F
                   REQ_FINISH_CANCELLED };
 
 #define REQ_MAX_STOP 8
+#define REQ_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
-/* What the client asked for. Filled by api/ before submission; read-only after. */
+/* What the client asked for. Filled by api/ before submission; read-only after.
+ * Its lifecycle (defaults, deep copy, free) and its validation against the
+ * model are in scheduler/params.c, below. */
 struct req_params {
     int32_t *prompt;        /* malloc'd token ids, owned by the request */
     int32_t n_prompt;
@@ -89,7 +99,11 @@ struct sched_req {
 
     /* engine thread only */
     struct sched_req *next;    /* queue link */
-    void *eng;                 /* engine-side sequence state (sched.c) */
+    void *eng;                 /* engine-side sequence state (struct seq), NULL before admission */
+
+    /* the ready list that holds it (struct sched_ready), under that list's lock */
+    struct sched_req *ready_next;
+    int ready_listed;
 };
 
 typedef void (*sched_notify_fn)(void *ud, struct sched_req *r);
@@ -101,28 +115,79 @@ struct sched_options {
     int no_prefix_cache;        /* 1 disables prefix caching */
 };
 
-/* Creates the scheduler over a loaded model (not owned). notify is called on the
- * engine thread whenever a request has new output or finished, without r->lock
- * held (it may call sched_req_ref); it must be cheap and thread-safe (the
- * server pushes onto a ready list and uv_async_send()s). It is called again
- * only after the loop thread's sched_req_take cleared the pending wake-up.
- * Returns NULL on OOM. */
+/* ---- request parameters (params.c; any thread, pure) ---- */
+
+/* Defaults, what the engine reads as "off": max_tokens 16, temperature 1,
+ * top_p 1, repetition_penalty 1, logprobs -1, the rest 0 or NULL. */
+void req_params_init(struct req_params *p);
+/* Deep copy of src into dst (dst is overwritten, not freed first). 0 or
+ * SS_ENOMEM (dst then owns nothing). */
+int req_params_copy(struct req_params *dst, const struct req_params *src);
+/* Frees what p owns (prompt, stop strings, logit bias) and empties those
+ * fields; the scalar fields are kept. p may be NULL. */
+void req_params_free(struct req_params *p);
+
+/* What a request is checked against: immutable facts of the loaded model. */
+struct sched_limits {
+    int32_t n_ctx;   /* tokens per sequence, prompt and completion */
+    int32_t n_vocab; /* valid token ids: [0, n_vocab) */
+    int32_t n_pages; /* KV pages of KV_PAGE_SLOTS tokens in the pool; 0: not checked */
+};
+/* The field a failed check names (the api's "param"). */
+enum sched_field { SCHED_FIELD_NONE = 0, SCHED_FIELD_PROMPT, SCHED_FIELD_MAX_TOKENS };
+
+/* Prompt token ids inside the vocabulary. 0 or SS_EINVAL with msg (cap bytes)
+ * naming the id, its index and the vocabulary size. */
+int sched_check_prompt(const struct sched_limits *lim, const int32_t *ids, int32_t n, char *msg,
+                       size_t cap);
+/* Can n_prompt tokens plus max_tokens generated ones ever run: the prompt
+ * leaves room in the context, the total fits the context, and the worst case
+ * fits the KV pool. 0 or SS_ETOOLONG with msg and *field (PROMPT or MAX_TOKENS). */
+int sched_check_lengths(const struct sched_limits *lim, int32_t n_prompt, int32_t max_tokens,
+                        char *msg, size_t cap, int *field);
+/* Everything sched_submit checks: a non-empty prompt, max_tokens >= 1,
+ * logprobs <= REQ_MAX_LOGPROBS, then both checks above. 0, SS_EINVAL or
+ * SS_ETOOLONG with msg and *field. */
+int sched_check_params(const struct sched_limits *lim, const struct req_params *p, char *msg,
+                       size_t cap, int *field);
+
+/* ---- scheduler lifecycle (sched.c) ---- */
+
+/* Loop thread. Creates the scheduler over a loaded model (not owned). notify
+ * is called on the engine thread whenever a request has new output or
+ * finished (for a scheduler stopped before it started: on the thread calling
+ * sched_stop), without r->lock held (it may call sched_req_ref); it must be
+ * cheap and thread-safe (the server pushes onto a struct sched_ready and
+ * uv_async_send()s). It is called again only after the loop thread's
+ * sched_req_take cleared the pending wake-up. Returns NULL on OOM. */
 struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sched_notify_fn notify,
                         void *ud);
-int sched_start(struct sched *s);          /* spawns the engine thread */
-void sched_stop(struct sched *s);          /* cancels everything, joins the thread */
+/* Loop thread: spawns the engine thread. 0 or SS_EINTERNAL. */
+int sched_start(struct sched *s);
+/* Loop thread: refuses new submissions, ends every request (finish ERROR,
+ * "the server is shutting down"), joins the engine thread. No notify after it
+ * returns. Idempotent; also ends what was submitted to a scheduler never started. */
+void sched_stop(struct sched *s);
+/* Loop thread: sched_stop, then frees. s may be NULL. */
 void sched_free(struct sched *s);
+/* Any thread: the limits sched_submit checks against. */
+void sched_get_limits(const struct sched *s, struct sched_limits *lim);
 
-/* Loop thread. Allocates a request with one reference (the caller's). */
+/* ---- requests (queue.c) ---- */
+
+/* Loop thread. Allocates a request with one reference (the caller's) and
+ * default parameters (req_params_init). NULL on OOM. */
 struct sched_req *sched_req_new(void);
-void sched_req_ref(struct sched_req *r);
-void sched_req_unref(struct sched_req *r);  /* frees at zero (any thread) */
+void sched_req_ref(struct sched_req *r);    /* any thread */
+void sched_req_unref(struct sched_req *r);  /* any thread; frees (with its params) at zero */
 
-/* Loop thread. Validates against the model (prompt length vs context, token ids)
- * and queues. Returns 0, SS_ETOOLONG / SS_EINVAL (with r->out.errmsg set), or
- * SS_EAGAIN if the waiting queue is full. Takes its own reference on success. */
+/* Loop thread. Validates against the model (sched_check_params) and queues.
+ * Returns 0, SS_ETOOLONG / SS_EINVAL (with r->out.errmsg set), or SS_EAGAIN
+ * if the waiting queue is full or the scheduler stopping. Takes its own
+ * reference on success. */
 int sched_submit(struct sched *s, struct sched_req *r);
-/* Any thread. Marks the request cancelled; the engine frees it at its next step. */
+/* Any thread. Marks the request cancelled; the engine ends it (finish
+ * CANCELLED) at its next step. */
 void sched_cancel(struct sched *s, struct sched_req *r);
 
 /* Loop thread: copies the output state into *dst and moves the pending text
@@ -133,7 +198,23 @@ void sched_cancel(struct sched *s, struct sched_req *r);
  * (then all of its output has been taken). */
 int sched_req_take(struct sched_req *r, struct req_out *dst);
 
-/* Counters for /metrics and /health (any thread, approximate). */
+/* ---- the ready list: requests with news for the loop thread (queue.c) ----
+ * The server's notify callback pushes (engine thread) and wakes its loop; the
+ * loop thread pops. Intrusive (sched_req.ready_next): a push never allocates. */
+struct sched_ready {
+    pthread_mutex_t lock;
+    struct sched_req *head, *tail;
+};
+int sched_ready_init(struct sched_ready *rl);   /* loop thread; 0 or SS_EINTERNAL */
+/* Loop thread, once the engine thread has stopped: drops every listed request. */
+void sched_ready_destroy(struct sched_ready *rl);
+/* Any thread: lists r (taking a reference) unless it is listed already. */
+void sched_ready_push(struct sched_ready *rl, struct sched_req *r);
+/* Loop thread: unlists up to cap requests, oldest first, into out; each keeps
+ * the reference its push took (the caller drops it). Returns how many. */
+size_t sched_ready_pop(struct sched_ready *rl, struct sched_req **out, size_t cap);
+
+/* ---- statistics (stats.c): counters for /metrics and /health ---- */
 /* A Prometheus-style histogram: count[i] observations <= le[i] (not cumulative;
  * the exporter accumulates), count[n] above the last bound. */
 #define SCHED_HIST_MAX 20
@@ -144,6 +225,7 @@ struct sched_hist {
     uint64_t total;
     double sum;
 };
+/* Any thread, on a histogram it owns: counts one observation. */
 void sched_hist_observe(struct sched_hist *h, double v);
 
 struct sched_stats {
@@ -166,6 +248,9 @@ struct sched_stats {
     int32_t level_units[8];     /* units held per level (index < n_levels) */
     uint64_t level_tokens[8];   /* tokens that reached each level ([0]: every computed token) */
 };
+/* Any thread: the snapshot the engine published last. Counters, pages and
+ * queue lengths are exact for everything a caller has already seen finish:
+ * the engine publishes before it pushes a request's end. */
 void sched_get_stats(struct sched *s, struct sched_stats *st);
 
 #endif

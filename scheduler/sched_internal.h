@@ -1,4 +1,14 @@
-/* sched_internal.h - scheduler-private structures shared by sched.c and queue.c. */
+/* sched_internal.h - scheduler-private structures and the contracts between
+ * its files (not a public interface: only scheduler/ and its tests include it).
+ *
+ *   sched.c   engine thread: the step (schedule -> forward -> update), the one
+ *             finish path, admission, preemption, scheduler lifecycle
+ *   seq.c     engine thread: one sequence (sampling, accepting a token)
+ *   stats.c   engine thread: histograms and counters (published by queue.c)
+ *   queue.c   every lock and atomic shared by the loop and engine threads
+ *   params.c  request parameters: lifecycle and validation (pure, any thread)
+ *   kv.c      engine thread: KV unit pool, block tables, prefix cache
+ */
 #ifndef SS_SCHED_INTERNAL_H
 #define SS_SCHED_INTERNAL_H
 
@@ -24,39 +34,50 @@ struct seq {
     struct tok_stream ts;
     char *hold;            /* decoded text not yet released (stop-string lookahead) */
     size_t n_hold, cap_hold;
-    uint64_t admit_order;  /* increases with each admission (preemption victim choice) */
+    uint64_t admit_order;  /* increases with each admission (preemption victim choice); 0 = never admitted */
     int plp;               /* prompt logprobs wanted: prefill in small chunks with all logits */
-    int32_t plp_next;
-    double t_last;         /* time of the previous token (inter-token latency) */      /* next prompt position to report (recompute after preemption skips) */
+    int32_t plp_next;      /* next prompt position to report (recompute after preemption skips) */
+    double t_last;         /* time of the previous token (inter-token latency) */
 };
 
-/* Cross-thread submission queue (queue.c). */
+/* Everything the loop and engine threads share besides each request's own
+ * lock (queue.c). */
 struct squeue {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     struct sched_req *head, *tail; /* submitted, not yet taken by the engine */
-    int n_pending;                 /* submitted + waiting on the engine side */
+    int n_pending;                 /* submitted and never admitted (bounds the queue) */
     int wake;                      /* a cancel or submit happened */
     int stop;
+    pthread_mutex_t stats_lock;
+    struct sched_stats stats;      /* last published snapshot (sched_get_stats) */
+};
+
+/* One step's batch, as schedule() decided it (engine thread). */
+struct plan {
+    int n_seqs;
+    int32_t n_tokens;
+    int plp_used; /* one prompt-logprobs sequence per step (logits buffer room) */
 };
 
 struct sched {
     struct eng_model *model;
     const struct tok *tok;
     struct sched_options opt;
+    struct sched_limits lim;
     sched_notify_fn notify;
     void *notify_ud;
     int32_t n_ctx, n_vocab;
 
     struct squeue q;
     pthread_t thread;
-    int started;
+    int started, stopped;
 
     /* engine thread only */
     struct kv_pool *pool;
     struct seq **running;  /* [max_num_seqs] in admission order */
     int n_running;
-    struct seq **waiting;  /* FIFO ring, front = next to admit */
+    struct seq **waiting;  /* front = next to admit (order: waiting_goes_before) */
     int n_waiting, cap_waiting;
     uint64_t admit_counter;
     int n_levels;
@@ -64,6 +85,7 @@ struct sched {
     int *layer_level;      /* [n_layers] level of each layer */
     int *layer_index;      /* [n_layers] its index among the layers of its level */
     int level_layers[ENG_MAX_LEVELS];
+    struct sched_stats st; /* recorded here (stats.c), published to q.stats */
     /* step scratch */
     const int32_t **b_layer_pages; /* [max_num_seqs][n_layers] per-layer unit tables */
     int32_t (*b_kept)[ENG_MAX_LEVELS]; /* [max_num_seqs] tokens kept per level this step */
@@ -77,44 +99,88 @@ struct sched {
     int32_t n_eog;
     char *piece;           /* detokenizer output for one token */
     size_t piece_cap;
-
-    /* stats, under stats_lock */
-    pthread_mutex_t stats_lock;
-    struct sched_stats stats;
 };
 
 /* Prompt tokens per step of a sequence that wants prompt logprobs (every row's
  * logits are kept for it, so its chunks are small). */
 #define SCHED_PLP_CHUNK 32
 
-double sched_now(void);
-void stats_add(struct sched *s, uint64_t prompt_tok, uint64_t gen_tok, int done, int preempt);
-/* A request ends: end-to-end latency, finish reason, done counter. */
-void stats_finish(struct sched *s, struct seq *q, int finish);
+/* ---- sched.c (engine thread) ---- */
 
-/* seq.c (engine thread) */
+/* THE finish path: every end of a request (stop, length, error, cancel,
+ * shutdown, out of memory) goes through here. It takes the sequence out of
+ * whichever queue holds it, returns its KV, records the statistics and
+ * publishes them, pushes what remains of its text with the final state (held
+ * text only for STOP and LENGTH), and drops the engine's reference. r->eng
+ * (the sequence) may be NULL for a request that never got one. Engine thread,
+ * or the thread that stops a scheduler whose engine thread is not running. */
+void sched_finish(struct sched *s, struct sched_req *r, int finish, int err, const char *msg);
+
+/* ---- seq.c (engine thread) ---- */
+
+/* A new sequence for r (r->eng points to it). NULL on OOM. */
 struct seq *seq_new(struct sched *s, struct sched_req *r);
+/* Frees the sequence (KV returned); r->eng is cleared, r itself is untouched. */
 void seq_free(struct sched *s, struct seq *q);
 int32_t seq_sample(struct sched *s, struct seq *q, float *logits);
 void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int32_t pos0, int32_t n);
-int seq_accept_token(struct sched *s, struct seq *q, int32_t tok);
+/* Accepts one sampled token: appends it, decodes it into held text, checks
+ * EOS, stop strings and the length limits. Returns REQ_FINISH_NONE after
+ * releasing the text that can no longer be part of a stop string, or the
+ * finish reason (held text trimmed to what the client gets; the caller then
+ * calls sched_finish). On a decoding failure returns REQ_FINISH_ERROR with
+ * *err and *msg set. Per-token state (a grammar matcher, say) advances here. */
+int seq_accept_token(struct sched *s, struct seq *q, int32_t tok, int *err, const char **msg);
 /* Room for n more tokens at every level (worst case: all kept). 0, SS_EAGAIN
  * or SS_ENOMEM; on EAGAIN some levels may have grown (harmless). */
 int seq_reserve(struct sched *s, struct seq *q, int32_t n);
 /* Returns every level's blocks to the pool and forgets the cached K/V. */
 void seq_release_kv(struct sched *s, struct seq *q);
 
-/* queue.c */
+/* ---- stats.c (engine thread; s->st has no lock) ---- */
+
+void stats_init(struct sched_stats *st);
+/* A sequence is admitted; hit = prompt tokens found in the prefix cache. */
+void stats_on_admit(struct sched *s, const struct seq *q, int64_t hit);
+void stats_on_preempt(struct sched *s);
+/* One forward pass: tokens in the batch, seconds it took, tokens per level. */
+void stats_on_step(struct sched *s, int32_t n_tokens, double busy_s, const uint64_t *level_tokens);
+/* One generated token of q, sampled at now (time to first token or between tokens). */
+void stats_on_token(struct sched *s, struct seq *q, double now);
+/* A request ends with finish (enum req_finish). */
+void stats_on_finish(struct sched *s, const struct sched_req *r, int finish);
+/* Updates the gauges (queues, KV units) and publishes a copy for readers:
+ * whoever reads the stats after seeing an output sees the state before it. */
+void stats_publish(struct sched *s);
+
+/* ---- queue.c ---- */
+
+double sched_now(void); /* monotonic seconds; any thread */
+/* The thread that creates / frees the scheduler (no other thread uses q then).
+ * squeue_init returns 0 or SS_EINTERNAL. */
 int squeue_init(struct squeue *q);
 void squeue_destroy(struct squeue *q);
 /* Engine thread: takes every newly submitted request (a list linked by ->next).
  * If block and nothing to do, waits until a submission, cancel or stop. */
 struct sched_req *squeue_take(struct squeue *q, int block, int *stop);
+/* Any thread: wakes a blocked squeue_take. */
 void squeue_wake(struct squeue *q);
+/* Thread that stops the scheduler: refuses new submissions from now on and
+ * wakes the engine; the engine's next take returns stop = 1 together with
+ * every request that was ever accepted. */
+void squeue_stop(struct squeue *q);
+/* Engine thread: a submitted request leaves the bounded queue (its first
+ * admission, or its end before that). */
+void squeue_left(struct squeue *q);
+/* Engine thread: replaces the snapshot sched_get_stats returns. */
+void squeue_stats_write(struct squeue *q, const struct sched_stats *st);
+/* Any thread: copies the last snapshot. */
+void squeue_stats_read(struct squeue *q, struct sched_stats *st);
 /* Engine thread: append output bytes/tokens and optionally finish; calls notify
  * when the loop thread has no pending wake-up for this request. */
 void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t n, int32_t n_gen,
                   int finish, int error, const char *errmsg);
+/* Engine thread: 1 once sched_cancel was called on r. */
 int req_is_cancelled(struct sched_req *r);
 /* Engine thread: appends one token record (logprobs); 0 or SS_ENOMEM. */
 int req_out_push_tok(struct sched_req *r, const struct req_tok *t);

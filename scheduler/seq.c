@@ -1,6 +1,7 @@
 /* seq.c - one sequence on the engine thread: sampling (penalties, bias,
- * min_tokens, logprobs) and turning tokens into released text (EOS, stop
- * strings, length limits).
+ * min_tokens, logprobs) and accepting a token: released text, EOS, stop
+ * strings, length limits. It never ends a request itself: it answers with a
+ * finish reason and sched.c's sched_finish does the rest.
  *
  * Text release rule: decoded text goes into q->hold first; all but the last
  * (longest stop string - 1) bytes are released at each token, cut back to a
@@ -28,6 +29,7 @@ struct seq *seq_new(struct sched *s, struct sched_req *r) {
     memcpy(q->tokens, r->p.prompt, sizeof(int32_t) * (size_t)r->p.n_prompt);
     q->n_tokens = q->n_prompt = r->p.n_prompt;
     q->req = r;
+    r->eng = q;
     q->plp = r->p.prompt_logprobs && r->p.logprobs >= 0;
     smp_init(&q->rng, &r->p.smp);
     tok_stream_init(&q->ts, 0); /* a continuation keeps its leading space */
@@ -56,7 +58,7 @@ void seq_free(struct sched *s, struct seq *q) {
     for (int k = 0; k < s->n_levels; k++) kv_table_free(&q->tables[k]);
     free(q->tokens);
     free(q->hold);
-    sched_req_unref(q->req); /* the engine's reference */
+    if (q->req) q->req->eng = NULL;
     free(q);
 }
 
@@ -74,9 +76,9 @@ static int hold_append(struct seq *q, const char *t, size_t n) {
     return 0;
 }
 
-/* Releases hold[0, n) to the client. */
-static void hold_release(struct sched *s, struct seq *q, size_t n, int finish) {
-    req_out_push(s, q->req, q->hold, n, q->n_gen, finish, 0, NULL);
+/* Releases hold[0, n) to the client (also publishes n_gen). */
+static void hold_release(struct sched *s, struct seq *q, size_t n) {
+    req_out_push(s, q->req, q->hold, n, q->n_gen, REQ_FINISH_NONE, 0, NULL);
     if (n > 0) {
         memmove(q->hold, q->hold + n, q->n_hold - n);
         q->n_hold -= n;
@@ -139,8 +141,34 @@ int32_t seq_sample(struct sched *s, struct seq *q, float *logits) {
 
 /* ---------- accepting a token ---------- */
 
-/* Returns 1 if the sequence finished (pages already returned, output pushed). */
-int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
+/* Decodes tok into the held text. 0, or the decoder's error / SS_ENOMEM. */
+static int hold_decode(struct sched *s, struct seq *q, int32_t tok) {
+    int n = tok_stream_push(s->tok, &q->ts, tok, s->piece, s->piece_cap);
+    if (n < 0) return n;
+    return n > 0 ? hold_append(q, s->piece, (size_t)n) : 0;
+}
+
+/* The first stop string found in the held text: the hold is cut where the
+ * match starts. Returns 1 on a match. *max_stop receives the longest stop
+ * string's length (the lookahead to keep). */
+static int hold_find_stop(struct seq *q, int search, size_t *max_stop) {
+    const struct req_params *p = &q->req->p;
+    int found = 0;
+    *max_stop = 0;
+    for (int i = 0; i < p->n_stop; i++) {
+        size_t L = strlen(p->stop[i]);
+        if (L > *max_stop) *max_stop = L;
+        if (!search || found || L == 0 || L > q->n_hold) continue;
+        const char *m = memmem(q->hold, q->n_hold, p->stop[i], L);
+        if (m) {
+            q->n_hold = (size_t)(m - q->hold); /* drop the match and what follows */
+            found = 1;
+        }
+    }
+    return found;
+}
+
+int seq_accept_token(struct sched *s, struct seq *q, int32_t tok, int *err, const char **msg) {
     const struct req_params *p = &q->req->p;
     q->tokens[q->n_tokens++] = tok;
     q->n_gen++;
@@ -149,47 +177,29 @@ int seq_accept_token(struct sched *s, struct seq *q, int32_t tok) {
     if (!p->ignore_eos && !early && tok_is_eog(s->tok, tok)) {
         finish = REQ_FINISH_STOP;
     } else {
-        int n = tok_stream_push(s->tok, &q->ts, tok, s->piece, s->piece_cap);
-        if (n < 0 || (n > 0 && hold_append(q, s->piece, (size_t)n) != 0)) {
-            seq_release_kv(s, q);
-            stats_add(s, 0, 1, 0, 0);
-            stats_finish(s, q, REQ_FINISH_ERROR);
-            req_out_push(s, q->req, NULL, 0, q->n_gen, REQ_FINISH_ERROR, n < 0 ? n : SS_ENOMEM,
-                         "failed to decode the generated text");
-            return 1;
+        int rc = hold_decode(s, q, tok);
+        if (rc != 0) {
+            *err = rc;
+            *msg = "failed to decode the generated text";
+            return REQ_FINISH_ERROR;
         }
     }
-    size_t max_stop = 0;
-    int by_string = 0;
-    for (int i = 0; i < p->n_stop; i++) {
-        size_t L = strlen(p->stop[i]);
-        if (L > max_stop) max_stop = L;
-        if (early || finish != REQ_FINISH_NONE || L == 0 || L > q->n_hold) continue;
-        const char *m = memmem(q->hold, q->n_hold, p->stop[i], L);
-        if (m) {
-            q->n_hold = (size_t)(m - q->hold); /* drop the match and what follows */
-            finish = REQ_FINISH_STOP;
-            by_string = 1;
-        }
-    }
+    size_t max_stop;
+    int by_string = hold_find_stop(q, !early && finish == REQ_FINISH_NONE, &max_stop);
+    if (by_string) finish = REQ_FINISH_STOP;
     if (finish == REQ_FINISH_NONE && q->n_gen >= p->max_tokens) finish = REQ_FINISH_LENGTH;
     if (finish == REQ_FINISH_NONE && q->n_tokens >= s->n_ctx) finish = REQ_FINISH_LENGTH;
-    size_t release;
     if (finish != REQ_FINISH_NONE) {
+        /* What the decoder still holds ends the text, unless a stop string cut it. */
         char tail[16];
         int n = tok_stream_flush(&q->ts, tail, sizeof(tail));
         if (n > 0 && !by_string) hold_append(q, tail, (size_t)n);
-        release = q->n_hold;
-        /* Pages and counters first, so whoever sees the end sees exact stats. */
-        seq_release_kv(s, q);
-        stats_add(s, 0, 1, 0, 0);
-        stats_finish(s, q, finish);
-    } else {
-        size_t keep = max_stop ? max_stop - 1 : 0;
-        release = q->n_hold > keep ? q->n_hold - keep : 0;
-        while (release > 0 && release < q->n_hold && ((unsigned char)q->hold[release] & 0xC0) == 0x80)
-            release--;
+        return finish;
     }
-    hold_release(s, q, release, finish); /* also publishes n_gen */
-    return finish != REQ_FINISH_NONE;
+    size_t keep = max_stop ? max_stop - 1 : 0;
+    size_t release = q->n_hold > keep ? q->n_hold - keep : 0;
+    while (release > 0 && release < q->n_hold && ((unsigned char)q->hold[release] & 0xC0) == 0x80)
+        release--;
+    hold_release(s, q, release);
+    return REQ_FINISH_NONE;
 }

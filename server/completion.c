@@ -402,7 +402,7 @@ static int submit_choices(struct srv_conn *c, struct api_completion *comp, struc
         if (i == n - 1) {
             r->p = comp->p; /* the request owns prompt, stop strings and bias from here */
             memset(&comp->p, 0, sizeof(comp->p));
-        } else if (api_req_params_copy(&r->p, &comp->p) != 0) {
+        } else if (req_params_copy(&r->p, &comp->p) != 0) {
             sched_req_unref(r);
             api_error_set(e, SS_ENOMEM, NULL, NULL, NULL);
             rc = SS_ENOMEM;

@@ -399,59 +399,30 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
 
 /* ------------------------------------------------------------ engine wake-ups */
 
-/* Engine thread (sched notify): never touches MHD or the conn. The reference
- * keeps r alive until the loop thread has looked at it. */
+/* Engine thread (sched notify): never touches MHD or the conn. The ready
+ * list's reference keeps r alive until the loop thread has looked at it. */
 static void on_notify(void *ud, struct sched_req *r) {
     struct srv *s = ud;
-    sched_req_ref(r);
-    pthread_mutex_lock(&s->ready_lock);
-    if (s->n_ready == s->cap_ready) {
-        size_t cap = s->cap_ready ? s->cap_ready * 2 : 64;
-        struct sched_req **nr = realloc(s->ready, cap * sizeof(*nr));
-        if (!nr) {
-            s->ready_overflow = 1;
-            pthread_mutex_unlock(&s->ready_lock);
-            sched_req_unref(r);
-            uv_async_send(&s->wake);
-            return;
-        }
-        s->ready = nr;
-        s->cap_ready = cap;
-    }
-    s->ready[s->n_ready++] = r;
-    pthread_mutex_unlock(&s->ready_lock);
+    sched_ready_push(&s->ready, r);
     uv_async_send(&s->wake);
 }
 
-/* Loop thread: handles every pending wake-up, then runs MHD once. */
+/* Loop thread: handles the pending wake-ups (a bounded number; more wake the
+ * loop again), then the caller runs MHD once. */
 static void drain_ready(struct srv *s) {
-    for (int round = 0; round < 4; round++) {
-        pthread_mutex_lock(&s->ready_lock);
-        struct sched_req **list = s->ready;
-        size_t n = s->n_ready;
-        int overflow = s->ready_overflow;
-        s->ready = NULL;
-        s->n_ready = s->cap_ready = 0;
-        s->ready_overflow = 0;
-        pthread_mutex_unlock(&s->ready_lock);
-        if (n == 0 && !overflow) {
-            free(list);
+    struct sched_req *batch[64];
+    for (int round = 0; round < 16; round++) {
+        size_t n = sched_ready_pop(&s->ready, batch, 64);
+        if (n == 0)
             return;
-        }
         for (size_t i = 0; i < n; i++) {
-            struct srv_choice *ch = list[i]->user;
-            if (ch && ch->req == list[i] && ch->conn->inflight && s->phase != SRV_STOPPED)
+            struct srv_choice *ch = batch[i]->user;
+            if (ch && ch->req == batch[i] && ch->conn->inflight && s->phase != SRV_STOPPED)
                 completion_pump_choice(ch);
-            sched_req_unref(list[i]);
-        }
-        free(list);
-        if (overflow) {
-            for (struct srv_conn *c = s->inflight, *next; c; c = next) {
-                next = c->next;
-                completion_pump(c);
-            }
+            sched_req_unref(batch[i]);
         }
     }
+    uv_async_send(&s->wake);
 }
 
 static void on_wake(uv_async_t *a) {
@@ -612,9 +583,14 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     s->mi.created = (int64_t)time(NULL);
     s->mi.chat_family = cfg->chat_family;
     s->mi.chat_bos = cfg->chat_bos;
-    pthread_mutex_init(&s->ready_lock, NULL);
+    if (sched_ready_init(&s->ready) != 0) {
+        fprintf(stderr, "slimserve: cannot create the event loop\n");
+        free(s);
+        return 1;
+    }
     if (uv_loop_init(&s->loop) != 0) {
         fprintf(stderr, "slimserve: cannot create the event loop\n");
+        sched_ready_destroy(&s->ready);
         free(s);
         return 1;
     }
@@ -634,6 +610,9 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
         fprintf(stderr, "slimserve: cannot start the scheduler\n");
         goto out;
     }
+    struct sched_limits lim;
+    sched_get_limits(s->sched, &lim);
+    s->mi.kv_pages = lim.n_pages; /* the api checks requests against the pool too */
     s->d = start_daemon(s, &port);
     if (!s->d)
         goto out;
@@ -668,8 +647,7 @@ out:
         if (rc == 0)
             rc = 1;
     }
-    free(s->ready);
-    pthread_mutex_destroy(&s->ready_lock);
+    sched_ready_destroy(&s->ready);
     free(s);
     return rc;
 }

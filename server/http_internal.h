@@ -1,8 +1,9 @@
 /* http_internal.h - state shared by http.c (daemon, loop, routing, shutdown)
  * and completion.c (one completion request's lifecycle).
  *
- * Threads: everything here belongs to the loop thread, except srv.ready* which
- * the engine thread's notify callback appends to under ready_lock.
+ * Threads: everything here belongs to the loop thread, except srv.ready, which
+ * the engine thread's notify callback pushes onto (its lock is the scheduler's:
+ * scheduler/queue.c, sched_ready_*).
  *
  * Lifetime of a struct srv_conn (one HTTP request) - loop-thread reference count:
  *   +1 the MHD request (dropped in NOTIFY_COMPLETED),
@@ -17,7 +18,6 @@
 #ifndef SS_HTTP_INTERNAL_H
 #define SS_HTTP_INTERNAL_H
 
-#include <pthread.h>
 #include <stdint.h>
 
 #include <microhttpd.h>
@@ -125,11 +125,7 @@ struct srv {
     uv_timer_t shutdown_timer;
     int handles_closed;
 
-    /* engine thread -> loop thread */
-    pthread_mutex_t ready_lock;
-    struct sched_req **ready;  /* each entry holds a reference */
-    size_t n_ready, cap_ready;
-    int ready_overflow;        /* an entry could not be stored: pump everything */
+    struct sched_ready ready;  /* engine thread -> loop thread (scheduler/queue.c) */
 
     struct srv_conn *inflight; /* conns expecting output (doubly linked) */
     int n_inflight;

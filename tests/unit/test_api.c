@@ -22,7 +22,7 @@
 
 /* A model with no tokenizer: token-id prompts only. */
 static struct api_model_info mi_ids(void) {
-    struct api_model_info mi = {"tiny", 64, 100, NULL, 1700000000, API_TMPL_NONE, 0};
+    struct api_model_info mi = {"tiny", 64, 100, NULL, 1700000000, API_TMPL_NONE, 0, 0};
     return mi;
 }
 
@@ -430,7 +430,7 @@ static void check_text_prompt(const char *kind) {
     struct tu_gen_tok g;
     tu_gen_tok_load(&g, "test_api", kind);
     struct tok *t = g.t;
-    struct api_model_info mi = {"m", 128, tok_n_vocab(t), t, 0, 0, 0};
+    struct api_model_info mi = {"m", 128, tok_n_vocab(t), t, 0, 0, 0, 0};
     struct api_completion c;
     struct api_error e;
     const char *text = "The quick brown fox jumps over the lazy dog";
@@ -720,7 +720,7 @@ START_TEST(test_parse_sampling_extras) {
 
     /* deep copy for the extra choices: same values, separate memory */
     struct req_params q;
-    ck_assert_int_eq(api_req_params_copy(&q, &c.p), 0);
+    ck_assert_int_eq(req_params_copy(&q, &c.p), 0);
     ck_assert_ptr_ne(q.prompt, c.p.prompt);
     ck_assert_ptr_ne(q.bias_ids, c.p.bias_ids);
     ck_assert_int_eq(q.n_prompt, 2);
@@ -729,7 +729,7 @@ START_TEST(test_parse_sampling_extras) {
     ck_assert(q.bias_vals[1] == 2.5f);
     ck_assert_int_eq(q.logprobs, 5);
     ck_assert(q.smp.seed == 7 && q.smp.has_seed);
-    api_req_params_clear(&q);
+    req_params_free(&q);
     api_completion_free(&c);
 
     /* logprobs: false and null are "none", true is 1, 0 is the chosen token only */

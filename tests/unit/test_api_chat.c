@@ -22,7 +22,7 @@
 
 /* A model with no tokenizer: token-id prompts only. */
 static struct api_model_info mi_ids(void) {
-    struct api_model_info mi = {"tiny", 64, 100, NULL, 1700000000, API_TMPL_NONE, 0};
+    struct api_model_info mi = {"tiny", 64, 100, NULL, 1700000000, API_TMPL_NONE, 0, 0};
     return mi;
 }
 
@@ -178,7 +178,7 @@ static void expect_chat_err(const struct api_model_info *mi, const char *body, i
 START_TEST(test_chat_parse) {
     struct tu_gen_tok g;
     tu_gen_tok_load(&g, "test_api", "bpe");
-    struct api_model_info mi = {"m", 128, tok_n_vocab(g.t), g.t, 0, API_TMPL_CHATML, 0};
+    struct api_model_info mi = {"m", 128, tok_n_vocab(g.t), g.t, 0, API_TMPL_CHATML, 0, 0};
     struct api_completion c;
     struct api_error e;
     const char *body =
@@ -286,7 +286,7 @@ END_TEST
 START_TEST(test_tokenize) {
     struct tu_gen_tok g;
     tu_gen_tok_load(&g, "test_api", "bpe");
-    struct api_model_info mi = {"m", 128, tok_n_vocab(g.t), g.t, 0, API_TMPL_CHATML, 0};
+    struct api_model_info mi = {"m", 128, tok_n_vocab(g.t), g.t, 0, API_TMPL_CHATML, 0, 0};
     struct api_buf b;
     struct api_error e;
     const char *text = "Hello world, tokens!";

@@ -647,6 +647,114 @@ START_TEST(test_cancel_and_limits) {
 }
 END_TEST
 
+/* Every end goes through one finish path: whether the engine thread runs or
+ * was never started, sched_stop ends each request once (finish ERROR, the
+ * shutdown message), drops the engine's reference, frees its pages and counts
+ * it; later submissions are refused. */
+static void check_stopped(struct sched *s, struct client *cs, int n, int n_more) {
+    for (int i = 0; i < n; i++) {
+        client_poll(&cs[i]);
+        ck_assert_int_eq(cs[i].done, 1);
+        ck_assert_int_eq(cs[i].last.finish, REQ_FINISH_ERROR);
+        ck_assert_int_eq(cs[i].last.error, SS_ECANCELLED);
+        ck_assert_str_eq(cs[i].last.errmsg, "the server is shutting down");
+        pthread_mutex_lock(&cs[i].r->lock);
+        ck_assert_int_eq(cs[i].r->refs, 1); /* only the client's */
+        pthread_mutex_unlock(&cs[i].r->lock);
+    }
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_uint_eq(st.n_requests_done, (uint64_t)(n + n_more));
+    ck_assert_uint_eq(st.n_finished[REQ_FINISH_ERROR], (uint64_t)(n + n_more));
+    ck_assert_int_eq(st.pages_used, 0);
+    ck_assert_int_eq(st.n_running + st.n_waiting, 0);
+    struct sched_req *late = make_req(4, 1, 2);
+    ck_assert_int_eq(sched_submit(s, late), SS_EAGAIN);
+    sched_req_unref(late);
+}
+
+/* Pauses the engine thread in its first notify until released (state 2). */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int state; /* 0 running, 1 paused, 2 released */
+} g_pause = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+
+static void on_notify_pause(void *ud, struct sched_req *r) {
+    pthread_mutex_lock(&g_pause.lock);
+    if (g_pause.state == 0) {
+        g_pause.state = 1;
+        pthread_cond_broadcast(&g_pause.cond);
+        while (g_pause.state != 2) pthread_cond_wait(&g_pause.cond, &g_pause.lock);
+    }
+    pthread_mutex_unlock(&g_pause.lock);
+    on_notify(ud, r);
+}
+
+static void *stop_thread(void *arg) {
+    sched_stop(arg);
+    return NULL;
+}
+
+START_TEST(test_stop_ends_everything) {
+    struct eng_model *m = load_model(0);
+    /* never started: the requests wait in the submission queue */
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    struct client cs[2];
+    client_submit(s, &cs[0], make_req(10, 1, 50));
+    client_submit(s, &cs[1], make_req(10, 2, 50));
+    sched_stop(s);
+    check_stopped(s, cs, 2, 0);
+    sched_stop(s); /* idempotent */
+    clients_free(cs, 2);
+    sched_free(s);
+
+    /* running: one generating (it holds pages), one waiting for the only seat.
+     * The engine pauses in its first notify until the stop is requested, so the
+     * first request is mid-generation when the engine sees it. */
+    struct sched_options so = {.max_num_seqs = 1};
+    s = sched_new(m, &so, on_notify_pause, NULL);
+    g_pause.state = 0;
+    client_submit(s, &cs[0], make_req(10, 3, 200));
+    client_submit(s, &cs[1], make_req(10, 4, 200));
+    ck_assert_int_eq(sched_start(s), 0);
+    pthread_mutex_lock(&g_pause.lock);
+    while (g_pause.state != 1) pthread_cond_wait(&g_pause.cond, &g_pause.lock);
+    pthread_mutex_unlock(&g_pause.lock);
+    pthread_t stopper;
+    ck_assert_int_eq(pthread_create(&stopper, NULL, stop_thread, s), 0);
+    /* The stop is requested once submissions are refused with its message;
+     * probes accepted before that are ended by the shutdown too. */
+    struct sched_req *probes[256]; /* the queue holds at most 256 (max_queued) */
+    int n_probes = 0, refused = 0;
+    for (int tries = 0; !refused && tries < 5000; tries++) { /* bounded: 5 s at most */
+        struct sched_req *pr = make_req(4, 5, 2);
+        if (sched_submit(s, pr) == 0) {
+            probes[n_probes++] = pr;
+        } else {
+            refused = strcmp(pr->out.errmsg, "the server is shutting down") == 0;
+            sched_req_unref(pr);
+        }
+        usleep(1000);
+    }
+    ck_assert(refused);
+    pthread_mutex_lock(&g_pause.lock);
+    g_pause.state = 2;
+    pthread_cond_broadcast(&g_pause.cond);
+    pthread_mutex_unlock(&g_pause.lock);
+    pthread_join(stopper, NULL);
+    ck_assert_int_lt(cs[0].r->out.n_gen, 200);
+    for (int i = 0; i < n_probes; i++) {
+        ck_assert_int_eq(probes[i]->out.finish, REQ_FINISH_ERROR);
+        sched_req_unref(probes[i]);
+    }
+    check_stopped(s, cs, 2, n_probes);
+    clients_free(cs, 2);
+    sched_free(s);
+    eng_model_free(m);
+}
+END_TEST
+
 START_TEST(test_seeded_sampling_batch_invariant) {
     struct eng_model *m = load_model(0);
     char alone[4096];
@@ -699,6 +807,7 @@ int main(void) {
     tcase_add_test(tc, test_stop_string);
     tcase_add_test(tc, test_cancel_and_limits);
     tcase_add_test(tc, test_seeded_sampling_batch_invariant);
+    tcase_add_test(tc, test_stop_ends_everything);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

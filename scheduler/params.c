@@ -1,0 +1,140 @@
+/* params.c - request parameters: their lifecycle (defaults, deep copy, free)
+ * and every check of a request against the model (token ids, context, KV
+ * pool). The api calls the checks while it parses, to answer with a 400
+ * naming the field; sched_submit calls them for every request it queues, so
+ * the engine never sees one that cannot run. Each check is written here only.
+ *
+ * Pure functions; any thread.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/ss_error.h"
+#include "scheduler/kv.h"
+#include "scheduler/sched.h"
+
+void req_params_init(struct req_params *p) {
+    memset(p, 0, sizeof(*p));
+    p->max_tokens = REQ_DEFAULT_MAX_TOKENS;
+    smp_params_default(&p->smp);
+    p->repetition_penalty = 1.0f; /* off */
+    p->logprobs = -1;             /* none */
+}
+
+void req_params_free(struct req_params *p) {
+    if (!p) return;
+    free(p->prompt);
+    p->prompt = NULL;
+    p->n_prompt = 0;
+    for (int i = 0; i < p->n_stop && i < REQ_MAX_STOP; i++) {
+        free(p->stop[i]);
+        p->stop[i] = NULL;
+    }
+    p->n_stop = 0;
+    free(p->bias_ids);
+    free(p->bias_vals);
+    p->bias_ids = NULL;
+    p->bias_vals = NULL;
+    p->n_bias = 0;
+}
+
+int req_params_copy(struct req_params *dst, const struct req_params *src) {
+    *dst = *src;
+    dst->prompt = NULL;
+    dst->bias_ids = NULL;
+    dst->bias_vals = NULL;
+    for (int i = 0; i < REQ_MAX_STOP; i++) dst->stop[i] = NULL;
+    dst->n_stop = 0;
+    dst->n_bias = 0;
+    if (src->n_prompt > 0) {
+        dst->prompt = malloc(sizeof(int32_t) * (size_t)src->n_prompt);
+        if (!dst->prompt) goto oom;
+        memcpy(dst->prompt, src->prompt, sizeof(int32_t) * (size_t)src->n_prompt);
+    }
+    for (int i = 0; i < src->n_stop && i < REQ_MAX_STOP; i++) {
+        if (!(dst->stop[i] = strdup(src->stop[i]))) goto oom;
+        dst->n_stop = i + 1;
+    }
+    if (src->n_bias > 0) {
+        dst->bias_ids = malloc(sizeof(int32_t) * (size_t)src->n_bias);
+        dst->bias_vals = malloc(sizeof(float) * (size_t)src->n_bias);
+        if (!dst->bias_ids || !dst->bias_vals) goto oom;
+        memcpy(dst->bias_ids, src->bias_ids, sizeof(int32_t) * (size_t)src->n_bias);
+        memcpy(dst->bias_vals, src->bias_vals, sizeof(float) * (size_t)src->n_bias);
+        dst->n_bias = src->n_bias;
+    }
+    return 0;
+oom:
+    req_params_free(dst);
+    return SS_ENOMEM;
+}
+
+/* ---------- checks against the model ---------- */
+
+int sched_check_prompt(const struct sched_limits *lim, const int32_t *ids, int32_t n, char *msg,
+                       size_t cap) {
+    for (int32_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= lim->n_vocab) {
+            snprintf(msg, cap,
+                     "token id %d at index %d is out of range: the vocabulary has %d tokens (ids 0..%d)",
+                     ids[i], i, lim->n_vocab, lim->n_vocab - 1);
+            return SS_EINVAL;
+        }
+    }
+    return 0;
+}
+
+int sched_check_lengths(const struct sched_limits *lim, int32_t n_prompt, int32_t max_tokens,
+                        char *msg, size_t cap, int *field) {
+    int64_t need = (int64_t)n_prompt + max_tokens;
+    *field = SCHED_FIELD_PROMPT;
+    if (n_prompt >= lim->n_ctx) {
+        snprintf(msg, cap,
+                 "The prompt has %d tokens but this model's context is %d tokens; the prompt must "
+                 "leave room for at least one generated token",
+                 n_prompt, lim->n_ctx);
+        return SS_ETOOLONG;
+    }
+    if (need > lim->n_ctx) {
+        *field = SCHED_FIELD_MAX_TOKENS;
+        snprintf(msg, cap,
+                 "This model's maximum context length is %d tokens, but %lld were requested "
+                 "(n_prompt_tokens=%d plus %d completion tokens); reduce the prompt or the "
+                 "completion length",
+                 lim->n_ctx, (long long)need, n_prompt, max_tokens);
+        return SS_ETOOLONG;
+    }
+    /* Worst case: every level keeps every token. */
+    if (lim->n_pages > 0 && kv_pages_for(need) > lim->n_pages) {
+        snprintf(msg, cap,
+                 "the request needs %d KV pages (n_prompt_tokens=%d plus max_tokens=%d) but the KV "
+                 "cache has only %d pages of %d tokens",
+                 kv_pages_for(need), n_prompt, max_tokens, lim->n_pages, KV_PAGE_SLOTS);
+        return SS_ETOOLONG;
+    }
+    *field = SCHED_FIELD_NONE;
+    return 0;
+}
+
+int sched_check_params(const struct sched_limits *lim, const struct req_params *p, char *msg,
+                       size_t cap, int *field) {
+    *field = SCHED_FIELD_PROMPT;
+    if (p->n_prompt < 1) {
+        snprintf(msg, cap, "the prompt is empty");
+        return SS_EINVAL;
+    }
+    int rc = sched_check_prompt(lim, p->prompt, p->n_prompt, msg, cap);
+    if (rc != 0) return rc;
+    *field = SCHED_FIELD_MAX_TOKENS;
+    if (p->max_tokens < 1) {
+        snprintf(msg, cap, "max_tokens must be at least 1");
+        return SS_EINVAL;
+    }
+    *field = SCHED_FIELD_NONE;
+    if (p->logprobs > REQ_MAX_LOGPROBS) {
+        snprintf(msg, cap, "logprobs must be at most %d", REQ_MAX_LOGPROBS);
+        return SS_EINVAL;
+    }
+    return sched_check_lengths(lim, p->n_prompt, p->max_tokens, msg, cap, field);
+}
