@@ -104,6 +104,9 @@ int gram_matcher_is_complete(const struct gram_matcher *m);
  * input a prefix of some sentence. Owned by the matcher, valid until its next
  * call. NULL on error (*err set: SS_ETOOLONG / SS_ENOMEM). */
 const uint32_t *gram_matcher_mask(struct gram_matcher *m, int *err);
+/* 1 if some token may follow the bytes so far, 0 if none (the sentence can
+ * only end), or a negative code as gram_matcher_mask. */
+int gram_matcher_can_continue(struct gram_matcher *m);
 /* Counters for benchmarks and tests: masks computed by a trie walk, and masks
  * served from the cache. */
 void gram_matcher_counters(const struct gram_matcher *m, uint64_t *walks, uint64_t *hits);

@@ -611,6 +611,15 @@ const uint32_t *gram_matcher_mask(struct gram_matcher *m, int *err) {
     return mask;
 }
 
+int gram_matcher_can_continue(struct gram_matcher *m) {
+    int err;
+    const uint32_t *mask = gram_matcher_mask(m, &err);
+    if (!mask) return err;
+    for (int32_t w = 0; w < (m->v->n_vocab + 31) / 32; w++)
+        if (mask[w]) return 1;
+    return 0;
+}
+
 void gram_matcher_counters(const struct gram_matcher *m, uint64_t *walks, uint64_t *hits) {
     *walks = m->n_walks;
     *hits = m->n_hits;

@@ -27,6 +27,7 @@
 #include "engine/sampler.h"
 
 struct eng_model;
+struct gram;
 struct sched;
 
 enum req_finish { REQ_FINISH_NONE = 0, REQ_FINISH_STOP, REQ_FINISH_LENGTH, REQ_FINISH_ERROR,
@@ -54,6 +55,8 @@ struct req_params {
     int n_bias;
     int logprobs;           /* -1: none; N >= 0: chosen token's logprob + top N (N <= REQ_MAX_LOGPROBS) */
     int prompt_logprobs;    /* 1: also report logprobs of the prompt tokens (echo) */
+    struct gram *grammar;   /* constrained decoding (engine/grammar.h): one reference owned by
+                             * the params (req_params_free drops it, req_params_copy takes one); NULL = free */
 };
 
 #define REQ_MAX_LOGPROBS 20

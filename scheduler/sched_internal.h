@@ -38,6 +38,11 @@ struct seq {
     int plp;               /* prompt logprobs wanted: prefill in small chunks with all logits */
     int32_t plp_next;      /* next prompt position to report (recompute after preemption skips) */
     double t_last;         /* time of the previous token (inter-token latency) */
+    /* Constrained decoding: the matcher follows the generated tokens (created at
+     * the first sample). A preempted sequence keeps its generated tokens and is
+     * recomputed from them, so its matcher state stays valid as it is. */
+    struct gram_matcher *gm;
+    const char *gram_msg;  /* why seq_sample failed (static text) */
 };
 
 /* Everything the loop and engine threads share besides each request's own
@@ -97,6 +102,8 @@ struct sched {
     float *raw_row;        /* [n_vocab] unmodified logits, for logprobs */
     int32_t *eog_ids;      /* end-of-generation ids (min_tokens bans them) */
     int32_t n_eog;
+    struct gram_vocab *gvocab; /* byte trie of the vocabulary, built at the first constrained request */
+    float *eog_saved;      /* [64] end-of-generation logits around the grammar mask */
     char *piece;           /* detokenizer output for one token */
     size_t piece_cap;
 };
@@ -122,6 +129,11 @@ void sched_finish(struct sched *s, struct sched_req *r, int finish, int err, con
 struct seq *seq_new(struct sched *s, struct sched_req *r);
 /* Frees the sequence (KV returned); r->eng is cleared, r itself is untouched. */
 void seq_free(struct sched *s, struct seq *q);
+/* The next token (>= 0), or a negative SS_E* code when constrained decoding
+ * fails (q->gram_msg says why; the caller finishes the request with an error).
+ * Constrained: tokens the grammar rejects get -inf after bias, penalties and
+ * min_tokens; end-of-generation tokens stay allowed only when the grammar is
+ * complete. Logprobs stay those of the raw distribution. */
 int32_t seq_sample(struct sched *s, struct seq *q, float *logits);
 void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int32_t pos0, int32_t n);
 /* Accepts one sampled token: appends it, decodes it into held text, checks
