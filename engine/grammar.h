@@ -33,8 +33,9 @@
  * Matcher (engine thread; one per sequence, never shared): its state is the
  * set of parse stacks after the bytes accepted so far (a lazily built DFA over
  * interned stack sets). gram_matcher_mask walks the vocabulary's byte trie
- * from the current state and caches the resulting bitset per state, so a
- * state seen before costs one lookup.
+ * from the current state and caches the resulting bitset in a store shared
+ * by matchers of equal grammars (grammar_store.c), so a state seen before, by
+ * this request or another with the same schema, costs one lookup.
  */
 #ifndef SS_GRAMMAR_H
 #define SS_GRAMMAR_H
@@ -89,9 +90,19 @@ int gram_vocab_new(struct gram_vocab **out, const struct tok *t);
 void gram_vocab_free(struct gram_vocab *v);
 int32_t gram_vocab_size(const struct gram_vocab *v);
 
+/* ---- mask store: masks shared by the matchers of equal grammars ---- */
+struct gram_store; /* one thread at a time (the engine's) */
+/* Room for max_masks masks of n_vocab bits (evicted round robin). 0 or SS_ENOMEM. */
+int gram_store_new(struct gram_store **out, int32_t n_vocab, int max_masks);
+void gram_store_free(struct gram_store *s);
+
 /* ---- matcher ---- */
-/* g and v must outlive the matcher (the matcher does not take a reference). */
-int gram_matcher_new(struct gram_matcher **out, const struct gram *g, const struct gram_vocab *v);
+/* g, v and store must outlive the matcher (the matcher does not take a
+ * reference to g; the store does, for as long as it keeps g's masks).
+ * store NULL: a private store of GRAM_MASK_CACHE masks. v NULL: no masks
+ * (accept and is_complete only). */
+int gram_matcher_new(struct gram_matcher **out, const struct gram *g, const struct gram_vocab *v,
+                     struct gram_store *store);
 void gram_matcher_free(struct gram_matcher *m);
 /* Advances by the bytes of token id (its tok_piece). 0 on success; SS_EINVAL
  * if the grammar rejects them (state unchanged); SS_ETOOLONG / SS_ENOMEM when

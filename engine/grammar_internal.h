@@ -38,7 +38,18 @@ struct gram {
     int32_t *alts;         /* element index of each alternative's first element */
     uint32_t (*sets)[8];   /* [n_sets] 256-bit byte sets */
     int32_t n_sets;
+    uint32_t hash;         /* of the content (grammar_store.c compares equal grammars) */
 };
+
+/* grammar_store.c: masks by (grammar class, canonical state). */
+int gram_store_class(struct gram_store *s, const struct gram *g, uint32_t *gen);
+int gram_store_class_valid(const struct gram_store *s, int cls, uint32_t gen);
+const uint32_t *gram_store_find(struct gram_store *s, int cls, uint32_t cls_gen, const int32_t *key, int32_t n,
+                                uint32_t h, int32_t *slot, uint32_t *gen);
+const uint32_t *gram_store_get(const struct gram_store *s, int32_t slot, uint32_t gen);
+/* A slot to fill with the mask of key (evicting the oldest); NULL on OOM. */
+uint32_t *gram_store_insert(struct gram_store *s, int cls, uint32_t cls_gen, const int32_t *key, int32_t n,
+                            uint32_t h, int32_t *slot, uint32_t *gen);
 
 static inline int gram_set_has(const uint32_t *set, unsigned b) { return (set[b >> 5] >> (b & 31)) & 1u; }
 static inline int gram_alt_done(const struct gram *g, int32_t p) {

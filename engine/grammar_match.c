@@ -207,7 +207,8 @@ struct gstate {
     int64_t off;  /* ready nodes: list[off .. off + n) */
     int32_t n;
     int32_t accept;
-    int32_t mask_slot; /* -1: no cached mask */
+    int32_t store_slot; /* its mask in the store (valid while the slot's gen matches), -1 none */
+    uint32_t store_gen;
     uint32_t hash;
 };
 
@@ -235,9 +236,13 @@ struct gram_matcher {
     int32_t *work, *out; /* closure scratch [GRAM_MAX_STACKS * 4] */
     int32_t n_work, n_out, cap_work;
 
-    uint32_t *masks;  /* [GRAM_MASK_CACHE][words] */
-    int32_t mask_owner[GRAM_MASK_CACHE];
-    int next_slot;
+    struct gram_store *store;
+    int own_store;
+    int cls;          /* grammar class in the store, -1 until known */
+    uint32_t cls_gen;
+    uint32_t *scratch; /* [words] mask being computed */
+    int32_t *key;     /* canonical state: [cap_key] */
+    int64_t cap_key;
     int32_t *walk_state; /* [max_depth + 1] */
     uint64_t n_walks, n_hits;
 };
@@ -386,7 +391,8 @@ static int32_t state_intern(struct gram_matcher *m) {
     st->off = m->n_list;
     st->n = m->n_out;
     st->accept = m->out[0] == NIL;
-    st->mask_slot = -1;
+    st->store_slot = -1;
+    st->store_gen = 0;
     st->hash = h;
     memcpy(m->list + m->n_list, m->out, sizeof(int32_t) * (size_t)m->n_out);
     m->n_list += m->n_out;
@@ -424,11 +430,10 @@ static int tables_reset(struct gram_matcher *m) {
     m->stamp[0] = 0;
     memset(m->node_ht, -1, sizeof(int32_t) * m->node_ht_cap);
     m->n_states = 1; /* DEAD */
-    m->states[0] = (struct gstate){0, 0, 0, -1, 0};
+    m->states[0] = (struct gstate){0, 0, 0, -1, 0, 0};
     memset(m->trans, 0, sizeof(int32_t) * 256); /* DEAD stays DEAD */
     memset(m->state_ht, -1, sizeof(int32_t) * m->state_ht_cap);
     m->n_list = 0;
-    for (int i = 0; i < GRAM_MASK_CACHE; i++) m->mask_owner[i] = -1;
     return 0;
 }
 
@@ -479,12 +484,22 @@ static int compact(struct gram_matcher *m) {
     return 0;
 }
 
-int gram_matcher_new(struct gram_matcher **out, const struct gram *g, const struct gram_vocab *v) {
+int gram_matcher_new(struct gram_matcher **out, const struct gram *g, const struct gram_vocab *v,
+                     struct gram_store *store) {
     *out = NULL;
     struct gram_matcher *m = calloc(1, sizeof(*m));
     if (!m) return SS_ENOMEM;
     m->g = g;
     m->v = v;
+    m->cls = -1;
+    m->store = store;
+    if (v && !store) {
+        if (gram_store_new(&m->store, v->n_vocab, GRAM_MASK_CACHE) != 0) {
+            free(m);
+            return SS_ENOMEM;
+        }
+        m->own_store = 1;
+    }
     m->cap_nodes = 1024;
     m->nodes = malloc(sizeof(*m->nodes) * (size_t)m->cap_nodes);
     m->stamp = malloc(sizeof(*m->stamp) * (size_t)m->cap_nodes);
@@ -499,10 +514,10 @@ int gram_matcher_new(struct gram_matcher **out, const struct gram *g, const stru
     m->work = malloc(sizeof(int32_t) * (size_t)m->cap_work);
     m->out = malloc(sizeof(int32_t) * (GRAM_MAX_STACKS + 1));
     int words = (gram_vocab_size(v) + 31) / 32;
-    m->masks = v ? malloc(sizeof(uint32_t) * (size_t)words * GRAM_MASK_CACHE) : NULL;
+    m->scratch = v ? malloc(sizeof(uint32_t) * (size_t)words) : NULL;
     m->walk_state = v ? malloc(sizeof(int32_t) * ((size_t)v->max_depth + 2)) : NULL;
     int rc = (!m->nodes || !m->stamp || !m->states || !m->trans || !m->state_ht || !m->list || !m->work ||
-              !m->out || (v && (!m->masks || !m->walk_state)))
+              !m->out || (v && (!m->scratch || !m->walk_state)))
                  ? SS_ENOMEM
                  : node_ht_grow(m);
     if (!rc) {
@@ -529,7 +544,9 @@ void gram_matcher_free(struct gram_matcher *m) {
     free(m->list);
     free(m->work);
     free(m->out);
-    free(m->masks);
+    free(m->scratch);
+    free(m->key);
+    if (m->own_store) gram_store_free(m->store);
     free(m->walk_state);
     free(m);
 }
@@ -579,13 +596,60 @@ static int walk(struct gram_matcher *m, uint32_t *mask) {
     return 0;
 }
 
+/* qsort_r comparator: stacks (top-down positions, -1 terminated) in key. */
+static int cmp_chain(const void *a, const void *b, void *ctx) {
+    const int32_t *key = ctx;
+    const int32_t *x = key + *(const int32_t *)a, *y = key + *(const int32_t *)b;
+    for (;; x++, y++) {
+        if (*x != *y) return *x < *y ? -1 : 1;
+        if (*x < 0) return 0;
+    }
+}
+
+/* The canonical form of state s in m->key[0..*n) (stacks as top-down
+ * element positions, each ended by -1, stacks sorted) and its hash. Node ids
+ * differ between matchers; positions do not. 0 or SS_ENOMEM. */
+static int state_key(struct gram_matcher *m, int32_t s, int32_t *n, uint32_t *h) {
+    const struct gstate *st = &m->states[s];
+    int64_t total = 0;
+    for (int32_t i = 0; i < st->n; i++) total += m->nodes[m->list[st->off + i]].depth + 1;
+    int64_t need = 2 * total + st->n + 1;
+    if (need > m->cap_key) {
+        int32_t *k = realloc(m->key, sizeof(int32_t) * (size_t)need);
+        if (!k) return SS_ENOMEM;
+        m->key = k;
+        m->cap_key = need;
+    }
+    int32_t *chains = m->key + total, *starts = m->key + 2 * total, w = 0;
+    for (int32_t i = 0; i < st->n; i++) {
+        starts[i] = w;
+        for (int32_t x = m->list[st->off + i]; x != NIL; x = m->nodes[x].parent) chains[w++] = m->nodes[x].pos;
+        chains[w++] = -1;
+    }
+    for (int32_t i = 0; i < st->n; i++) starts[i] += (int32_t)total; /* offsets from m->key */
+    qsort_r(starts, (size_t)st->n, sizeof(int32_t), cmp_chain, m->key);
+    uint32_t hh = 2166136261u;
+    int32_t o = 0;
+    for (int32_t i = 0; i < st->n; i++)
+        for (const int32_t *c = m->key + starts[i];; c++) {
+            /* output [0, total) and chains [total, 2 total) do not overlap */
+            int32_t v = *c;
+            m->key[o++] = v;
+            hh = hash2(hh, (uint32_t)v);
+            if (v < 0) break;
+        }
+    *n = o;
+    *h = hh;
+    return 0;
+}
+
 const uint32_t *gram_matcher_mask(struct gram_matcher *m, int *err) {
     *err = 0;
-    size_t words = (size_t)((m->v->n_vocab + 31) / 32);
     struct gstate *st = &m->states[m->cur];
-    if (st->mask_slot >= 0) {
+    const uint32_t *mask = st->store_slot >= 0 ? gram_store_get(m->store, st->store_slot, st->store_gen) : NULL;
+    if (mask) {
         m->n_hits++;
-        return m->masks + words * (size_t)st->mask_slot;
+        return mask;
     }
     if (m->n_nodes > SOFT_NODES || m->n_states > SOFT_STATES) {
         int rc = compact(m);
@@ -594,20 +658,33 @@ const uint32_t *gram_matcher_mask(struct gram_matcher *m, int *err) {
             return NULL;
         }
     }
-    m->err = 0;
-    int slot = m->next_slot;
-    m->next_slot = (m->next_slot + 1) % GRAM_MASK_CACHE;
-    if (m->mask_owner[slot] >= 0) m->states[m->mask_owner[slot]].mask_slot = -1;
-    m->mask_owner[slot] = -1;
-    uint32_t *mask = m->masks + words * (size_t)slot;
-    int rc = walk(m, mask);
-    if (rc) {
-        *err = rc;
+    if (!gram_store_class_valid(m->store, m->cls, m->cls_gen)) m->cls = gram_store_class(m->store, m->g, &m->cls_gen);
+    int32_t n;
+    uint32_t h;
+    int32_t slot;
+    uint32_t gen;
+    if (state_key(m, m->cur, &n, &h) != 0) {
+        *err = SS_ENOMEM;
         return NULL;
     }
-    m->states[m->cur].mask_slot = slot;
-    m->mask_owner[slot] = m->cur;
-    m->n_walks++;
+    mask = gram_store_find(m->store, m->cls, m->cls_gen, m->key, n, h, &slot, &gen);
+    if (!mask) {
+        m->err = 0;
+        int rc = walk(m, m->scratch);
+        uint32_t *dst = rc ? NULL : gram_store_insert(m->store, m->cls, m->cls_gen, m->key, n, h, &slot, &gen);
+        if (!dst) {
+            *err = rc ? rc : SS_ENOMEM;
+            return NULL;
+        }
+        memcpy(dst, m->scratch, sizeof(uint32_t) * (size_t)((m->v->n_vocab + 31) / 32));
+        mask = dst;
+        m->n_walks++;
+    } else {
+        m->n_hits++;
+    }
+    st = &m->states[m->cur];
+    st->store_slot = slot;
+    st->store_gen = gen;
     return mask;
 }
 
@@ -625,12 +702,22 @@ void gram_matcher_counters(const struct gram_matcher *m, uint64_t *walks, uint64
     *hits = m->n_hits;
 }
 
+/* NOTE: masks are mostly all-zero or all-one words; a zero word is 32
+ * straight stores (vectorised), only mixed words go bit by bit. */
 void gram_apply_mask(float *logits, int32_t n_vocab, const uint32_t *mask) {
-    for (int32_t w = 0; w * 32 < n_vocab; w++) {
+    const float ninf = -__builtin_inff();
+    int32_t full = n_vocab / 32;
+    for (int32_t w = 0; w < full; w++) {
         uint32_t bits = mask[w];
+        float *x = logits + (size_t)w * 32;
         if (bits == 0xFFFFFFFFu) continue;
-        int32_t end = w * 32 + 32 < n_vocab ? w * 32 + 32 : n_vocab;
-        for (int32_t i = w * 32; i < end; i++)
-            if (!((bits >> (i & 31)) & 1u)) logits[i] = -__builtin_inff();
+        if (bits == 0) {
+            for (int i = 0; i < 32; i++) x[i] = ninf;
+            continue;
+        }
+        for (int i = 0; i < 32; i++)
+            if (!((bits >> i) & 1u)) x[i] = ninf;
     }
+    for (int32_t i = full * 32; i < n_vocab; i++)
+        if (!((mask[i >> 5] >> (i & 31)) & 1u)) logits[i] = ninf;
 }

@@ -757,6 +757,14 @@ int gram_compile_gbnf(struct gram **out, const char *text, size_t len, char *err
         g->sets = P.sets;
         g->n_sets = P.n_sets;
         P.sets = NULL;
+        uint32_t h = 2166136261u; /* FNV-1a over the content */
+        const unsigned char *parts[4] = {(const void *)g->el, (const void *)g->alts, (const void *)g->alt_off,
+                                         (const void *)g->sets};
+        size_t lens[4] = {sizeof(*g->el) * (size_t)g->n_el, sizeof(int32_t) * (size_t)g->alt_off[g->n_rules],
+                          sizeof(int32_t) * (size_t)(g->n_rules + 1), sizeof(g->sets[0]) * (size_t)g->n_sets};
+        for (int k = 0; k < 4; k++)
+            for (size_t i = 0; i < lens[k]; i++) h = (h ^ parts[k][i]) * 16777619u;
+        g->hash = h ^ (uint32_t)root;
         P.rc = gram_check(g, err, err_len);
     }
     int rc = P.rc;

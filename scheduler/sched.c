@@ -369,6 +369,7 @@ static void sched_release(struct sched *s, int queue_ok) {
     free(s->eog_ids);
     free(s->eog_saved);
     gram_vocab_free(s->gvocab);
+    gram_store_free(s->gstore);
     free(s->layer_level);
     free(s->layer_index);
     free(s->b_layer_pages);

@@ -103,6 +103,7 @@ struct sched {
     int32_t *eog_ids;      /* end-of-generation ids (min_tokens bans them) */
     int32_t n_eog;
     struct gram_vocab *gvocab; /* byte trie of the vocabulary, built at the first constrained request */
+    struct gram_store *gstore; /* token masks shared by the matchers of equal grammars */
     float *eog_saved;      /* [64] end-of-generation logits around the grammar mask */
     char *piece;           /* detokenizer output for one token */
     size_t piece_cap;
@@ -111,6 +112,9 @@ struct sched {
 /* Prompt tokens per step of a sequence that wants prompt logprobs (every row's
  * logits are kept for it, so its chunks are small). */
 #define SCHED_PLP_CHUNK 32
+/* Masks kept for constrained decoding: 512 x n_vocab bits (16 MiB for a
+ * 262,144-token vocabulary). */
+#define SCHED_GRAM_MASKS 512
 
 /* ---- sched.c (engine thread) ---- */
 

@@ -125,12 +125,15 @@ void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int3
 static int seq_apply_grammar(struct sched *s, struct seq *q, float *logits, int eog_ok) {
     const struct req_params *p = &q->req->p;
     int rc = 0;
-    if (!s->gvocab && (rc = gram_vocab_new(&s->gvocab, s->tok)) != 0) {
+    if (!s->gvocab && ((rc = gram_vocab_new(&s->gvocab, s->tok)) != 0 ||
+                       (rc = gram_store_new(&s->gstore, s->n_vocab, SCHED_GRAM_MASKS)) != 0)) {
+        gram_vocab_free(s->gvocab);
+        s->gvocab = NULL;
         q->gram_msg = "constrained decoding: could not index the vocabulary";
         return rc;
     }
     if (!q->gm) {
-        rc = gram_matcher_new(&q->gm, p->grammar, s->gvocab);
+        rc = gram_matcher_new(&q->gm, p->grammar, s->gvocab, s->gstore);
         for (int32_t i = q->n_prompt; rc == 0 && i < q->n_tokens; i++) /* never needed today: defensive */
             rc = gram_matcher_accept_token(q->gm, q->tokens[i]);
         if (rc) {

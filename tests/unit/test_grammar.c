@@ -27,7 +27,7 @@
 /* 1 complete, 0 a live prefix, -1 rejected. */
 static int run(const struct gram *g, const char *s) {
     struct gram_matcher *m;
-    ck_assert_int_eq(gram_matcher_new(&m, g, NULL), 0);
+    ck_assert_int_eq(gram_matcher_new(&m, g, NULL, NULL), 0);
     int rc = gram_matcher_accept_bytes(m, s, strlen(s));
     int res = rc == SS_EINVAL ? -1 : gram_matcher_is_complete(m);
     ck_assert_msg(rc == 0 || rc == SS_EINVAL, "accept '%s': %d", s, rc);
@@ -152,7 +152,7 @@ START_TEST(gbnf_hostile) {
     /* an ambiguous grammar whose stack count explodes ends with an error, not a hang */
     g = gbnf("root ::= x*\nx ::= \"a\" | \"a\" \"a\" | \"a\" \"a\" \"a\" | y\ny ::= \"a\" x \"b\"\n");
     struct gram_matcher *m;
-    ck_assert_int_eq(gram_matcher_new(&m, g, NULL), 0);
+    ck_assert_int_eq(gram_matcher_new(&m, g, NULL, NULL), 0);
     int rc = 0;
     for (int i = 0; i < 3000 && rc == 0; i++) rc = gram_matcher_accept_bytes(m, "a", 1);
     ck_assert_msg(rc == SS_ETOOLONG || rc == 0, "rc %d", rc);
@@ -396,14 +396,14 @@ static void check_masks(const struct tok *t, const struct gram_vocab *v, const s
     int64_t n = greedy_split(t, text, ids, 512);
     ck_assert(n > 0 && n <= 512);
     struct gram_matcher *m, *probe;
-    ck_assert_int_eq(gram_matcher_new(&m, g, v), 0);
+    ck_assert_int_eq(gram_matcher_new(&m, g, v, NULL), 0);
     int32_t V = gram_vocab_size(v);
     for (int64_t k = 0; k <= n; k++) {
         int err;
         const uint32_t *mask = gram_matcher_mask(m, &err);
         ck_assert_msg(mask != NULL, "mask error %d", err);
         for (int32_t i = (int32_t)(k % stride); i < V; i += stride) {
-            ck_assert_int_eq(gram_matcher_new(&probe, g, v), 0);
+            ck_assert_int_eq(gram_matcher_new(&probe, g, v, NULL), 0);
             for (int64_t j = 0; j < k; j++) ck_assert_int_eq(gram_matcher_accept_token(probe, ids[j]), 0);
             int ok = gram_matcher_accept_token(probe, i) == 0;
             gram_matcher_free(probe);
@@ -436,7 +436,7 @@ START_TEST(mask_oracle_gen) {
     /* cache: a second pass over the same text serves masks from the cache */
     g = schema(SCHEMA_PERSON);
     struct gram_matcher *m;
-    ck_assert_int_eq(gram_matcher_new(&m, g, v), 0);
+    ck_assert_int_eq(gram_matcher_new(&m, g, v, NULL), 0);
     int err;
     for (int i = 0; i < 3; i++) ck_assert(gram_matcher_mask(m, &err) != NULL);
     uint64_t walks, hits;
