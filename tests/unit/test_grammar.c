@@ -459,6 +459,55 @@ START_TEST(mask_oracle_gen) {
 }
 END_TEST
 
+/* Equal grammars compiled separately share masks through one store; a
+ * different grammar does not; the shared masks equal private ones. */
+START_TEST(store_sharing) {
+    struct tok *t = gen_tok();
+    struct gram_vocab *v;
+    ck_assert_int_eq(gram_vocab_new(&v, t), 0);
+    struct gram_store *st;
+    ck_assert_int_eq(gram_store_new(&st, gram_vocab_size(v), 64), 0);
+    struct gram *a = schema(SCHEMA_PERSON), *b = schema(SCHEMA_PERSON), *c = regex("[a-z]+");
+    struct gram_matcher *ma, *mb, *mc, *mp;
+    ck_assert_int_eq(gram_matcher_new(&ma, a, v, st), 0);
+    ck_assert_int_eq(gram_matcher_new(&mb, b, v, st), 0);
+    ck_assert_int_eq(gram_matcher_new(&mc, c, v, st), 0);
+    ck_assert_int_eq(gram_matcher_new(&mp, b, v, NULL), 0);
+    const char *doc = "{\"name\":\"x\",\"age\":1,\"pets\":[]}";
+    size_t words = (size_t)(gram_vocab_size(v) + 31) / 32;
+    uint32_t *copy = malloc(words * 4);
+    for (size_t i = 0; i < strlen(doc); i++) {
+        int err;
+        memcpy(copy, gram_matcher_mask(ma, &err), words * 4);
+        const uint32_t *mb_mask = gram_matcher_mask(mb, &err);
+        ck_assert(memcmp(copy, mb_mask, words * 4) == 0);
+        ck_assert(memcmp(copy, gram_matcher_mask(mp, &err), words * 4) == 0);
+        ck_assert(gram_matcher_mask(mc, &err) != NULL);
+        ck_assert_int_eq(gram_matcher_accept_bytes(ma, doc + i, 1), 0);
+        ck_assert_int_eq(gram_matcher_accept_bytes(mb, doc + i, 1), 0);
+        ck_assert_int_eq(gram_matcher_accept_bytes(mp, doc + i, 1), 0);
+    }
+    uint64_t wa, ha, wb, hb, wc, hc;
+    gram_matcher_counters(ma, &wa, &ha);
+    gram_matcher_counters(mb, &wb, &hb);
+    gram_matcher_counters(mc, &wc, &hc);
+    ck_assert_msg(wa > 0 && wb == 0, "a walked %llu, b walked %llu", (unsigned long long)wa, (unsigned long long)wb);
+    ck_assert_int_eq(wc, 1);
+    ck_assert_int_eq(hc, strlen(doc) - 1);
+    free(copy);
+    gram_matcher_free(ma);
+    gram_matcher_free(mb);
+    gram_matcher_free(mc);
+    gram_matcher_free(mp);
+    gram_unref(a);
+    gram_unref(c);
+    gram_store_free(st); /* drops its references: b last */
+    gram_unref(b);
+    gram_vocab_free(v);
+    tok_free(t);
+}
+END_TEST
+
 START_TEST(mask_oracle_gemma) {
     if (access(GEMMA_PATH, R_OK) != 0) {
         fprintf(stderr, "SKIP mask_oracle_gemma (no %s)\n", GEMMA_PATH);
@@ -497,7 +546,7 @@ int main(void) {
         {"gbnf_basics", gbnf_basics},       {"gbnf_utf8", gbnf_utf8},         {"gbnf_errors", gbnf_errors},
         {"gbnf_hostile", gbnf_hostile},     {"regex_basics", regex_basics},   {"choice_basics", choice_basics},
         {"schema_object", schema_object},   {"schema_refs", schema_refs},     {"schema_errors", schema_errors},
-        {"mask_oracle_gen", mask_oracle_gen}, {"mask_oracle_gemma", mask_oracle_gemma}, {"apply_mask", apply_mask},
+        {"mask_oracle_gen", mask_oracle_gen}, {"store_sharing", store_sharing}, {"mask_oracle_gemma", mask_oracle_gemma}, {"apply_mask", apply_mask},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         TCase *tc = tcase_create(tests[i].name);
