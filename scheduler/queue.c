@@ -193,6 +193,12 @@ struct sched_req *squeue_take(struct squeue *q, int block, int *stop) {
     return list;
 }
 
+void req_out_set_cached(struct sched_req *r, int32_t n) {
+    pthread_mutex_lock(&r->lock);
+    r->out.n_cached = n;
+    pthread_mutex_unlock(&r->lock);
+}
+
 void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t n, int32_t n_gen,
                   int finish, int error, const char *errmsg) {
     int call = 0;

@@ -220,7 +220,10 @@ static void schedule_waiting(struct sched *s, struct plan *pl, int32_t budget) {
             sched_finish(s, q->req, REQ_FINISH_ERROR, rc, "out of memory");
             continue;
         }
-        if (q->admit_order == 0) squeue_left(&s->q); /* first admission leaves the queue */
+        if (q->admit_order == 0) { /* first admission leaves the queue */
+            squeue_left(&s->q);
+            req_out_set_cached(q->req, (int32_t)(hit < q->n_prompt ? hit : q->n_prompt));
+        }
         stats_on_admit(s, q, hit);
         list_remove(s->waiting, &s->n_waiting, q);
         q->admit_order = ++s->admit_counter;

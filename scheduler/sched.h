@@ -77,6 +77,7 @@ struct req_out {
     char *text;             /* bytes produced since the last take (valid UTF-8) */
     size_t len, cap;
     int32_t n_prompt;       /* usage.prompt_tokens */
+    int32_t n_cached;       /* prompt tokens found in the prefix cache at first admission */
     int32_t n_gen;          /* tokens generated so far (usage.completion_tokens) */
     int finish;             /* enum req_finish, NONE while running */
     int error;              /* SS_E* when finish == ERROR */

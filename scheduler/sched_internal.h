@@ -198,6 +198,8 @@ void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t
                   int finish, int error, const char *errmsg);
 /* Engine thread: 1 once sched_cancel was called on r. */
 int req_is_cancelled(struct sched_req *r);
+/* Engine thread: records the prompt tokens served by the prefix cache. */
+void req_out_set_cached(struct sched_req *r, int32_t n);
 /* Engine thread: appends one token record (logprobs); 0 or SS_ENOMEM. */
 int req_out_push_tok(struct sched_req *r, const struct req_tok *t);
 
