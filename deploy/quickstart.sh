@@ -16,7 +16,7 @@ MODE=${1:-serve}
 APT_PKGS=(build-essential pkg-config meson ninja-build libmicrohttpd-dev libcjson-dev libuv1-dev
           check libpcre2-dev python3 python3-pip curl)
 TEST_APT_PKGS=(nginx)   # the reverse-proxy integration test runs real nginx
-PIP_PKGS=(numpy gguf pytest)
+PIP_PKGS=(numpy gguf pytest openai jsonschema pydantic)
 
 log() { printf '[quickstart] %s\n' "$*" >&2; }
 
