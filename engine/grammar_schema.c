@@ -163,11 +163,22 @@ static void digits_range(struct gbuf *o, const char *lo, const char *hi, int n) 
     gbuf_puts(o, ")");
 }
 
-/* Non-negative integers in [a, b] without leading zeros; b < 0: unbounded. */
+/* Non-negative integers in [a, b] without leading zeros; b < 0: unbounded
+ * (up to 19 digits). */
 static void uint_range(struct gbuf *o, long long a, long long b) {
     char sa[24], sb[24];
     int la = snprintf(sa, sizeof(sa), "%lld", a);
-    int lb = b < 0 ? 19 : snprintf(sb, sizeof(sb), "%lld", b);
+    if (b < 0) { /* a's length from a up, then any longer number */
+        char nines[24];
+        memset(nines, '9', (size_t)la);
+        nines[la] = 0;
+        gbuf_puts(o, "((");
+        if (la == 1) gbuf_printf(o, "[%c-9]", sa[0]);
+        else digits_range(o, sa, nines, la);
+        gbuf_printf(o, ") | [1-9] [0-9]{%d,18})", la);
+        return;
+    }
+    int lb = snprintf(sb, sizeof(sb), "%lld", b);
     gbuf_puts(o, "(");
     for (int L = la; L <= lb; L++) {
         char lo[24], hi[24];

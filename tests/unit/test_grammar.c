@@ -302,6 +302,17 @@ START_TEST(schema_refs) {
     ck_assert_int_eq(run(g, "12345678"), 1);
     ck_assert_int_eq(run(g, "-991"), -1);
     gram_unref(g);
+    /* one-sided bounds (long generated grammars: found by test_structured.py) */
+    g = schema("{\"type\":\"integer\",\"maximum\":1934}");
+    const char *yes_max[] = {"1934", "0", "-5", "-9223372036854775", "999", NULL};
+    const char *no_max[] = {"1935", "2000", "19340", "-0", NULL};
+    expect(g, yes_max, NULL, no_max, "maximum only");
+    gram_unref(g);
+    g = schema("{\"type\":\"integer\",\"minimum\":-345}");
+    const char *yes_min[] = {"-345", "-1", "0", "7", "1234567890123", NULL};
+    const char *no_min[] = {"-346", "-1000", "-3450", NULL};
+    expect(g, yes_min, NULL, no_min, "minimum only");
+    gram_unref(g);
 }
 END_TEST
 
