@@ -148,7 +148,9 @@ static int seq_apply_grammar(struct sched *s, struct seq *q, float *logits, int 
                                         : "constrained decoding: out of memory";
         return rc;
     }
-    int keep_eog = eog_ok && gram_matcher_is_complete(q->gm);
+    /* ignore_eos: an end token would not end the text, and the grammar cannot
+     * take it as text either, so it stays banned */
+    int keep_eog = eog_ok && !p->ignore_eos && gram_matcher_is_complete(q->gm);
     for (int32_t i = 0; i < s->n_eog; i++) s->eog_saved[i] = keep_eog ? logits[s->eog_ids[i]] : -INFINITY;
     gram_apply_mask(logits, s->n_vocab, mask);
     for (int32_t i = 0; i < s->n_eog; i++) logits[s->eog_ids[i]] = s->eog_saved[i];
