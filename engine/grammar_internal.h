@@ -84,6 +84,10 @@ int gram_ranges_normalise(struct cprange *r, int n, int neg);
 int gram_regex_expr(struct gbuf *out, const char *re, size_t len, int json_string, char *err,
                     size_t err_len);
 
+/* Decodes one UTF-8 sequence at s (left bytes available): its length (1-4)
+ * and *cp, or 0 if the bytes are not a well-formed start. */
+int gram_utf8_decode(const unsigned char *s, size_t left, uint32_t *cp);
+
 void gram_errf(char *err, size_t err_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -250,23 +250,27 @@ static int at_definition(const struct parser *P) {
     return i + 3 <= P->len && memcmp(P->src + i, "::=", 3) == 0;
 }
 
-/* Decodes one UTF-8 code point at P->pos (advances); invalid bytes are an error. */
-static int32_t next_cp(struct parser *P) {
-    const unsigned char *s = (const unsigned char *)P->src + P->pos;
-    size_t left = P->len - P->pos;
+int gram_utf8_decode(const unsigned char *s, size_t left, uint32_t *cp) {
+    if (left == 0) return 0;
     unsigned c = s[0];
     int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || (size_t)n > left) {
+    if (n == 0 || (size_t)n > left) return 0;
+    uint32_t v = n == 1 ? c : c & (0x7Fu >> n);
+    for (int i = 1; i < n; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (s[i] & 0x3F);
+    }
+    *cp = v;
+    return n;
+}
+
+/* Decodes one UTF-8 code point at P->pos (advances); invalid bytes are an error. */
+static int32_t next_cp(struct parser *P) {
+    uint32_t cp;
+    int n = gram_utf8_decode((const unsigned char *)P->src + P->pos, P->len - P->pos, &cp);
+    if (n == 0) {
         fail(P, SS_EINVAL, P->pos, "invalid UTF-8");
         return -1;
-    }
-    uint32_t cp = n == 1 ? c : c & (0x7Fu >> n);
-    for (int i = 1; i < n; i++) {
-        if ((s[i] & 0xC0) != 0x80) {
-            fail(P, SS_EINVAL, P->pos, "invalid UTF-8");
-            return -1;
-        }
-        cp = (cp << 6) | (s[i] & 0x3F);
     }
     P->pos += (size_t)n;
     return (int32_t)cp;

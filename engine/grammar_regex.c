@@ -41,16 +41,12 @@ static int rx_peek(const struct rx *R) { return R->pos < R->len ? (unsigned char
 
 /* Decodes one UTF-8 code point (invalid bytes are an error). */
 static int32_t rx_cp(struct rx *R) {
-    const unsigned char *s = (const unsigned char *)R->s + R->pos;
-    size_t left = R->len - R->pos;
-    unsigned c = s[0];
-    int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || (size_t)n > left) {
+    uint32_t cp;
+    int n = gram_utf8_decode((const unsigned char *)R->s + R->pos, R->len - R->pos, &cp);
+    if (n == 0) {
         rx_fail(R, R->pos, "invalid UTF-8");
         return -1;
     }
-    uint32_t cp = n == 1 ? c : c & (0x7Fu >> n);
-    for (int i = 1; i < n; i++) cp = (cp << 6) | (s[i] & 0x3F);
     R->pos += (size_t)n;
     return (int32_t)cp;
 }

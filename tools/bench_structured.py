@@ -16,13 +16,13 @@ Traffic stays on 127.0.0.1; every request is bounded by --timeout-s.
 import argparse
 import http.client
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
+
+from bench_serving import free_port, wait_health  # same folder
 
 SCHEMA = {"type": "array", "minItems": 1000, "items": {
     "type": "object", "additionalProperties": False, "required": ["name", "age", "tags"],
@@ -30,26 +30,6 @@ SCHEMA = {"type": "array", "minItems": 1000, "items": {
                    "age": {"type": "integer", "minimum": 0, "maximum": 120},
                    "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}}}}
 PROMPT = "Here is a JSON list of people with their name, age and tags:\n"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_health(port, proc, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("server did not become healthy")
 
 
 def one(port, body, timeout, out, i):
