@@ -1,5 +1,9 @@
 /* api.h - the OpenAI HTTP protocol as pure functions (no sockets, no threads).
  *
+ * Module api/: owns request parsing and validation, JSON/SSE output, error
+ * objects and their HTTP statuses, chat templates, the Prometheus text. May
+ * include scheduler/ (request types) and engine/ (tokenizer) only.
+ *
  * The server (server/) owns connections; this module turns request bytes into a
  * validated struct req_params (or an error object), and engine output into JSON
  * and SSE bytes. Everything here is reentrant and may be called from any thread;
@@ -84,6 +88,20 @@ struct api_chat_msg {
 /* Family of a template text (len bytes), API_TMPL_NONE if none matches.
  * *uses_bos (may be NULL) is set to 1 if the text mentions bos_token. */
 int api_tmpl_detect(const char *src, size_t len, int *uses_bos);
+/* How api_tmpl_for_model found a model's family. */
+enum api_tmpl_source {
+    API_TMPL_SRC_NONE = 0,  /* no template in the file, no family's markers in the vocabulary */
+    API_TMPL_SRC_TEMPLATE,  /* the file's tokenizer.chat_template */
+    API_TMPL_SRC_UNKNOWN,   /* the file has a template of no known family */
+    API_TMPL_SRC_VOCAB,     /* no template; the vocabulary holds one family's turn markers */
+};
+/* The chat family of a loaded model: its tokenizer.chat_template (tmpl, len
+ * bytes; NULL or 0 when the file has none) recognised by api_tmpl_detect, or,
+ * without a template, the first family (gemma, chatml, llama3) whose turn
+ * markers are all single tokens of t's vocabulary (the Gemma 3 270M GGUF has
+ * no template). Sets *family (API_TMPL_NONE when none) and *bos; returns the
+ * enum api_tmpl_source. Any thread. */
+int api_tmpl_for_model(const char *tmpl, size_t len, const struct tok *t, int *family, int *bos);
 /* "chatml", "llama3", "llama2", "mistral", "gemma" -> family; -1 otherwise. */
 int api_tmpl_by_name(const char *name);
 const char *api_tmpl_name(int family); /* "none" for API_TMPL_NONE */
@@ -238,10 +256,15 @@ int api_detokenize(const struct api_model_info *mi, const char *body, size_t len
 
 /* ---- /metrics (metrics.c) ----
  * Prometheus text exposition format 0.0.4 from one snapshot of the scheduler's
- * counters: vLLM's metric names with the prefix "slimserve:". Content type:
- * API_METRICS_CTYPE. Returns 0 or SS_ENOMEM. */
+ * counters: vLLM's metric names twice, with the prefix "slimserve:" and with
+ * vLLM's own "vllm:" (plus its model_name label, mi->name), so routers and
+ * dashboards made for vLLM read it unchanged; cache_config_info gives the KV
+ * pool's geometry (ENG_PAGE_SLOTS slots per page, mi->kv_pages pages; mi may
+ * be NULL: 0 pages and an empty model_name). Content type: API_METRICS_CTYPE.
+ * Returns 0 or SS_ENOMEM. Any thread (pure function). */
 #define API_METRICS_CTYPE "text/plain; version=0.0.4; charset=utf-8"
-int api_metrics_text(struct api_buf *b, const struct sched_stats *st);
+int api_metrics_text(struct api_buf *b, const struct sched_stats *st,
+                     const struct api_model_info *mi);
 
 /* ---- other routes ---- */
 int api_models_json(struct api_buf *b, const struct api_model_info *mi);

@@ -2,10 +2,22 @@
  *
  * Pure function of one struct sched_stats snapshot (sched_get_stats copies it
  * under the scheduler's stats lock), so /metrics costs O(number of series) on
- * the loop thread and nothing per token. Names are vLLM's with the prefix
- * "slimserve:" instead of "vllm:". Every family has HELP and TYPE lines;
+ * the loop thread and nothing per token. Every family has HELP and TYPE lines;
  * histograms write cumulative _bucket{le=...} series ending with le="+Inf"
  * (= _count), then _sum and _count.
+ *
+ * Two name sets, always both (the text is a few KiB; nothing to configure):
+ *   - "slimserve:" + vLLM's names, without labels except level/finished_reason/
+ *     le, plus the SUBLLM per-level families;
+ *   - "vllm:" + the same names, with vLLM's model_name label on each series
+ *     and without the per-level families (vLLM has none), so that a router or
+ *     dashboard written for vLLM reads slimserve unchanged: the Gateway API
+ *     Inference Extension's endpoint picker reads vllm:num_requests_waiting,
+ *     vllm:num_requests_running, vllm:kv_cache_usage_perc and
+ *     vllm:cache_config_info with no configuration.
+ * cache_config_info is an info-style gauge (value 1) whose labels carry the
+ * pool's geometry as strings, as vLLM does: block_size (token slots per page)
+ * and num_gpu_blocks (pages of the pool across all layers, whatever the device).
  */
 #include <math.h>
 #include <stdio.h>
@@ -13,69 +25,112 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "engine/engine.h"
 #include "kernels/ss_error.h"
 
-#define P "slimserve:"
 /* entries of sched_stats.level_units / level_tokens */
 #define API_STAT_LEVELS ((int)(sizeof(((struct sched_stats *)0)->level_units) / sizeof(int32_t)))
 
-static void family(struct api_buf *b, const char *name, const char *type, const char *help) {
-    api_buf_printf(b, "# HELP " P "%s %s\n# TYPE " P "%s %s\n", name, help, name, type);
+/* Where a name set is written: its prefix and the labels every one of its
+ * series carries ("" or 'model_name="x"', already escaped). */
+struct emit {
+    struct api_buf *b;
+    const char *prefix;
+    const char *base; /* labels of every series, without braces; "" for none */
+};
+
+/* Writes "{base,extra}" (or nothing when both are empty). */
+static void labels(const struct emit *e, const char *extra) {
+    int has_base = e->base[0] != '\0', has_extra = extra && extra[0];
+    if (!has_base && !has_extra)
+        return;
+    api_buf_printf(e->b, "{%s%s%s}", e->base, has_base && has_extra ? "," : "",
+                   has_extra ? extra : "");
 }
 
-/* A sample value: integers exactly, others with enough digits to round-trip. */
-static void value(struct api_buf *b, double v) {
-    if (isnan(v))
-        api_buf_puts(b, "NaN");
-    else if (isinf(v))
-        api_buf_puts(b, v > 0 ? "+Inf" : "-Inf");
-    else if (v == floor(v) && fabs(v) < 9007199254740992.0)
-        api_buf_printf(b, "%.0f", v);
-    else {
-        char t[40];
-        for (int prec = 6; prec <= 17; prec++) { /* shortest text that reads back as v */
-            snprintf(t, sizeof(t), "%.*g", prec, v);
-            if (strtod(t, NULL) == v)
-                break;
-        }
-        api_buf_puts(b, t);
+/* A label value with \\, " and newline escaped (text format 0.0.4). */
+static void escape_label(char *dst, size_t cap, const char *v) {
+    size_t n = 0;
+    for (; v && *v && n + 3 < cap; v++) {
+        if (*v == '\\' || *v == '"')
+            dst[n++] = '\\', dst[n++] = *v;
+        else if (*v == '\n')
+            dst[n++] = '\\', dst[n++] = 'n';
+        else
+            dst[n++] = *v;
     }
+    dst[n] = '\0';
 }
 
-static void sample(struct api_buf *b, const char *name, const char *labels, double v) {
-    api_buf_printf(b, P "%s%s ", name, labels ? labels : "");
-    value(b, v);
-    api_buf_puts(b, "\n");
+static void family(const struct emit *e, const char *name, const char *type, const char *help) {
+    api_buf_printf(e->b, "# HELP %s%s %s\n# TYPE %s%s %s\n", e->prefix, name, help, e->prefix,
+                   name, type);
 }
 
-static void counter(struct api_buf *b, const char *name, const char *help, uint64_t v) {
-    family(b, name, "counter", help);
-    sample(b, name, NULL, (double)v);
+/* A sample value into t: integers exactly, others with enough digits to
+ * round-trip. */
+static const char *fmt_value(char t[40], double v) {
+    if (isnan(v))
+        return "NaN";
+    if (isinf(v))
+        return v > 0 ? "+Inf" : "-Inf";
+    if (v == floor(v) && fabs(v) < 9007199254740992.0) {
+        snprintf(t, 40, "%.0f", v);
+        return t;
+    }
+    for (int prec = 6; prec <= 17; prec++) { /* shortest text that reads back as v */
+        snprintf(t, 40, "%.*g", prec, v);
+        if (strtod(t, NULL) == v)
+            break;
+    }
+    return t;
 }
 
-static void histogram(struct api_buf *b, const char *name, const char *help,
+/* One series: prefix + name + suffix, labels (base and extra), value. */
+static void sample_sfx(const struct emit *e, const char *name, const char *suffix,
+                       const char *extra, double v) {
+    api_buf_printf(e->b, "%s%s%s", e->prefix, name, suffix);
+    labels(e, extra);
+    char t[40];
+    api_buf_printf(e->b, " %s\n", fmt_value(t, v));
+}
+
+static void sample(const struct emit *e, const char *name, const char *extra, double v) {
+    sample_sfx(e, name, "", extra, v);
+}
+
+static void gauge(const struct emit *e, const char *name, const char *help, double v) {
+    family(e, name, "gauge", help);
+    sample(e, name, NULL, v);
+}
+
+static void counter(const struct emit *e, const char *name, const char *help, uint64_t v) {
+    family(e, name, "counter", help);
+    sample(e, name, NULL, (double)v);
+}
+
+static void histogram(const struct emit *e, const char *name, const char *help,
                       const struct sched_hist *h) {
-    family(b, name, "histogram", help);
+    family(e, name, "histogram", help);
     uint64_t cum = 0;
     int n = h->n < 0 ? 0 : h->n > SCHED_HIST_MAX ? SCHED_HIST_MAX : h->n;
-    for (int i = 0; i < n; i++) {
+    char le[64];
+    for (int i = 0; i <= n; i++) {
         cum += h->count[i];
-        api_buf_printf(b, P "%s_bucket{le=\"", name);
-        value(b, h->le[i]);
-        api_buf_printf(b, "\"} %llu\n", (unsigned long long)cum);
+        char t[40];
+        snprintf(le, sizeof(le), "le=\"%s\"", i < n ? fmt_value(t, h->le[i]) : "+Inf");
+        sample_sfx(e, name, "_bucket", le, (double)cum);
     }
-    cum += h->count[n];
-    api_buf_printf(b, P "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
-    api_buf_printf(b, P "%s_sum ", name);
-    value(b, h->sum);
-    api_buf_printf(b, "\n" P "%s_count %llu\n", name, (unsigned long long)cum);
+    sample_sfx(e, name, "_sum", NULL, h->sum);
+    sample_sfx(e, name, "_count", NULL, (double)cum);
 }
 
 /* The KV cache by SUBLLM level (DESIGN.md section 5; one level for dense
- * models). Units are 16 token slots of one layer (engine.h), so the usage of
- * level k is the share of the whole pool that level k's block tables hold:
- * the per-level usages add up to the unlabelled total, except that a prefix
- * block shared by several tables (dense models only) counts once per table.
+ * models), slimserve: names only. Units are 16 token slots of one layer
+ * (engine.h), so the usage of level k is the share of the whole pool that
+ * level k's block tables hold: the per-level usages add up to the unlabelled
+ * total, except that a prefix block shared by several tables (dense models
+ * only) counts once per table.
  * level_kept_fraction{level="k"} is level_tokens[k] /
  * level_tokens[k-1], k >= 1: for nested brackets ("TT(TT(T)TT)TT") level k-1
  * is the parent level, so it is the fraction the k-th subsampler kept.
@@ -83,7 +138,7 @@ static void histogram(struct api_buf *b, const char *name, const char *help,
  * sched_stats does not say which level is whose parent, so the ratio stays
  * to the previous level there. A snapshot with n_levels < 1 (taken before the
  * scheduler's first update) is shown as one level holding pages_used. */
-static void kv_levels(struct api_buf *b, const struct sched_stats *st) {
+static void kv_levels(const struct emit *e, const struct sched_stats *st) {
     int n = st->n_levels > API_STAT_LEVELS ? API_STAT_LEVELS : st->n_levels;
     int32_t units[API_STAT_LEVELS];
     if (n < 1) {
@@ -95,59 +150,77 @@ static void kv_levels(struct api_buf *b, const struct sched_stats *st) {
     double total = st->pages_total > 0 ? (double)st->pages_total : 0.0;
     char lab[32];
 
-    family(b, "kv_cache_usage_perc", "gauge",
-           "KV-cache usage: fraction of the KV unit pool in use by requests (1 = full); "
-           "with a level label, the fraction held by that SUBLLM level's block tables.");
-    sample(b, "kv_cache_usage_perc", NULL, total > 0 ? (double)st->pages_used / total : 0.0);
-    for (int k = 0; k < n; k++) {
-        snprintf(lab, sizeof(lab), "{level=\"%d\"}", k);
-        sample(b, "kv_cache_usage_perc", lab, total > 0 ? (double)units[k] / total : 0.0);
+    for (int k = 0; k < n; k++) { /* continues the unlabelled kv_cache_usage_perc family */
+        snprintf(lab, sizeof(lab), "level=\"%d\"", k);
+        sample(e, "kv_cache_usage_perc", lab, total > 0 ? (double)units[k] / total : 0.0);
     }
 
-    family(b, "kv_cache_level_units", "gauge",
+    family(e, "kv_cache_level_units", "gauge",
            "KV units (16 token slots of one layer) held by requests at each SUBLLM level.");
     for (int k = 0; k < n; k++) {
-        snprintf(lab, sizeof(lab), "{level=\"%d\"}", k);
-        sample(b, "kv_cache_level_units", lab, (double)units[k]);
+        snprintf(lab, sizeof(lab), "level=\"%d\"", k);
+        sample(e, "kv_cache_level_units", lab, (double)units[k]);
     }
 
-    family(b, "level_tokens_total", "counter",
+    family(e, "level_tokens_total", "counter",
            "Tokens computed at each SUBLLM level (level 0: every computed token).");
     for (int k = 0; k < n; k++) {
-        snprintf(lab, sizeof(lab), "{level=\"%d\"}", k);
-        sample(b, "level_tokens_total", lab, (double)st->level_tokens[k]);
+        snprintf(lab, sizeof(lab), "level=\"%d\"", k);
+        sample(e, "level_tokens_total", lab, (double)st->level_tokens[k]);
     }
 
-    family(b, "level_kept_fraction", "gauge",
+    family(e, "level_kept_fraction", "gauge",
            "Fraction of the tokens reaching level k-1 that were kept at level k "
            "(cumulative; 0 before any token).");
     for (int k = 1; k < n; k++) {
-        snprintf(lab, sizeof(lab), "{level=\"%d\"}", k);
+        snprintf(lab, sizeof(lab), "level=\"%d\"", k);
         uint64_t den = st->level_tokens[k - 1];
-        sample(b, "level_kept_fraction", lab,
+        sample(e, "level_kept_fraction", lab,
                den > 0 ? (double)st->level_tokens[k] / (double)den : 0.0);
     }
 }
 
-int api_metrics_text(struct api_buf *b, const struct sched_stats *st) {
-    family(b, "num_requests_running", "gauge", "Number of requests in the running batch.");
-    sample(b, "num_requests_running", NULL, st->n_running);
-    family(b, "num_requests_waiting", "gauge", "Number of requests waiting to be scheduled.");
-    sample(b, "num_requests_waiting", NULL, st->n_waiting);
+/* The KV pool's geometry as an info gauge (vLLM's cache_config_info). Written
+ * without the base labels: vLLM's carries only the cache config. */
+static void cache_config(const struct emit *e, const struct api_model_info *mi) {
+    family(e, "cache_config_info", "gauge",
+           "Information of the KV cache configuration (value 1; the labels carry it): "
+           "block_size token slots per page, num_gpu_blocks pages in the pool.");
+    struct emit bare = *e;
+    bare.base = "";
+    char lab[96];
+    snprintf(lab, sizeof(lab), "block_size=\"%d\",num_gpu_blocks=\"%ld\"", ENG_PAGE_SLOTS,
+             mi ? (long)mi->kv_pages : 0L);
+    sample(&bare, "cache_config_info", lab, 1.0);
+}
 
-    kv_levels(b, st);
+/* One name set. per_level: also the SUBLLM per-level series (slimserve: only). */
+static void name_set(const struct emit *e, const struct sched_stats *st,
+                     const struct api_model_info *mi, int per_level) {
+    gauge(e, "num_requests_running", "Number of requests in the running batch.", st->n_running);
+    gauge(e, "num_requests_waiting", "Number of requests waiting to be scheduled.",
+          st->n_waiting);
 
-    counter(b, "num_preemptions_total", "Cumulative number of preemptions.", st->n_preemptions);
-    counter(b, "prompt_tokens_total", "Number of prefill tokens processed.", st->n_prompt_tokens);
-    counter(b, "generation_tokens_total", "Number of generation tokens processed.",
+    double total = st->pages_total > 0 ? (double)st->pages_total : 0.0;
+    gauge(e, "kv_cache_usage_perc",
+          per_level ? "KV-cache usage: fraction of the KV unit pool in use by requests (1 = full); "
+                      "with a level label, the fraction held by that SUBLLM level's block tables."
+                    : "KV-cache usage: fraction of the KV unit pool in use by requests (1 = full).",
+          total > 0 ? (double)st->pages_used / total : 0.0);
+    if (per_level)
+        kv_levels(e, st);
+    cache_config(e, mi);
+
+    counter(e, "num_preemptions_total", "Cumulative number of preemptions.", st->n_preemptions);
+    counter(e, "prompt_tokens_total", "Number of prefill tokens processed.", st->n_prompt_tokens);
+    counter(e, "generation_tokens_total", "Number of generation tokens processed.",
             st->n_gen_tokens);
-    counter(b, "prefix_cache_queries_total",
+    counter(e, "prefix_cache_queries_total",
             "Prefix-cache queries, in tokens looked up at admission.", st->n_prefix_queries);
-    counter(b, "prefix_cache_hits_total", "Prefix-cache hits, in tokens found cached.",
+    counter(e, "prefix_cache_hits_total", "Prefix-cache hits, in tokens found cached.",
             st->n_prefix_hits);
 
-    family(b, "request_success_total", "counter",
-           "Count of finished requests by finish reason.");
+    family(e, "request_success_total", "counter", "Count of finished requests by finish reason.");
     static const struct { int finish; const char *label; } reasons[] = {
         {REQ_FINISH_STOP, "stop"},
         {REQ_FINISH_LENGTH, "length"},
@@ -156,19 +229,31 @@ int api_metrics_text(struct api_buf *b, const struct sched_stats *st) {
     };
     for (size_t i = 0; i < sizeof(reasons) / sizeof(reasons[0]); i++) {
         char lab[48];
-        snprintf(lab, sizeof(lab), "{finished_reason=\"%s\"}", reasons[i].label);
-        sample(b, "request_success_total", lab, (double)st->n_finished[reasons[i].finish]);
+        snprintf(lab, sizeof(lab), "finished_reason=\"%s\"", reasons[i].label);
+        sample(e, "request_success_total", lab, (double)st->n_finished[reasons[i].finish]);
     }
 
-    histogram(b, "time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+    histogram(e, "time_to_first_token_seconds", "Histogram of time to first token in seconds.",
               &st->ttft_s);
-    histogram(b, "inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+    histogram(e, "inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
               &st->itl_s);
-    histogram(b, "e2e_request_latency_seconds",
+    histogram(e, "e2e_request_latency_seconds",
               "Histogram of end-to-end request latency in seconds.", &st->e2e_s);
-    histogram(b, "request_queue_time_seconds",
+    histogram(e, "request_queue_time_seconds",
               "Histogram of time spent waiting in the queue in seconds.", &st->queue_s);
-    histogram(b, "iteration_tokens_total", "Histogram of tokens per engine step.",
+    histogram(e, "iteration_tokens_total", "Histogram of tokens per engine step.",
               &st->batch_tokens);
+}
+
+int api_metrics_text(struct api_buf *b, const struct sched_stats *st,
+                     const struct api_model_info *mi) {
+    struct emit own = {b, "slimserve:", ""};
+    name_set(&own, st, mi, 1);
+
+    char name[200], base[240];
+    escape_label(name, sizeof(name), mi && mi->name ? mi->name : "");
+    snprintf(base, sizeof(base), "model_name=\"%s\"", name);
+    struct emit vllm = {b, "vllm:", base};
+    name_set(&vllm, st, mi, 0);
     return b->oom ? SS_ENOMEM : 0;
 }

@@ -344,6 +344,11 @@ int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct 
         return rc;
     if ((rc = api_get_bool(root, "ignore_eos", &p->ignore_eos, err)) < 0)
         return rc;
+    /* vLLM's scheduling priority: lower first among waiting requests */
+    if ((rc = api_get_integer(root, "priority", -2147483648.0, 2147483647.0, &i, err)) < 0)
+        return rc;
+    if (rc)
+        p->priority = (int32_t)i;
     if ((rc = parse_stop(root, p, err)) < 0)
         return rc;
     return api_parse_structured(root, p, err);

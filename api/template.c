@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "api/api.h"
+#include "engine/tokenizer.h"
 #include "kernels/ss_error.h"
 
 static const char *const family_names[] = {"none", "chatml", "llama3", "llama2", "mistral",
@@ -77,6 +78,34 @@ int api_tmpl_detect(const char *src, size_t len, int *uses_bos) {
 }
 
 /* ---- rendering helpers ---- */
+
+/* A family whose turn markers are all single tokens of the vocabulary, or
+ * API_TMPL_NONE. */
+static int family_from_vocab(const struct tok *t) {
+    static const struct {
+        int fam;
+        const char *a, *b;
+    } marks[] = {
+        {API_TMPL_GEMMA, "<start_of_turn>", "<end_of_turn>"},
+        {API_TMPL_CHATML, "<|im_start|>", "<|im_end|>"},
+        {API_TMPL_LLAMA3, "<|start_header_id|>", "<|eot_id|>"},
+    };
+    for (size_t m = 0; t && m < sizeof(marks) / sizeof(marks[0]); m++)
+        if (tok_find(t, marks[m].a) >= 0 && tok_find(t, marks[m].b) >= 0) return marks[m].fam;
+    return API_TMPL_NONE;
+}
+
+int api_tmpl_for_model(const char *tmpl, size_t len, const struct tok *t, int *family, int *bos) {
+    *bos = 0;
+    if (tmpl && len > 0) {
+        *family = api_tmpl_detect(tmpl, len, bos);
+        return *family == API_TMPL_NONE ? API_TMPL_SRC_UNKNOWN : API_TMPL_SRC_TEMPLATE;
+    }
+    *family = family_from_vocab(t);
+    if (*family == API_TMPL_NONE) return API_TMPL_SRC_NONE;
+    *bos = api_tmpl_default_bos(*family);
+    return API_TMPL_SRC_VOCAB;
+}
 
 static int is_ws(char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';

@@ -2,7 +2,8 @@
  * penalties, logit bias and top-N logprobs. Contracts are in sampler.h.
  *
  * NOTE: nothing here sorts the vocabulary. A 262144-entry row costs a handful
- * of linear passes, the hot ones in AVX2 with scalar references beside them:
+ * of linear passes; the hot ones are kernels/rowops.h's (SIMD where the CPU
+ * has it, scalar references beside them):
  * - max/argmax, then exp((l - max) / T) with a double sum (one fused pass);
  * - top_k: a strided sample gives a threshold, one vectorised pass keeps the
  *   ~2k+512 entries above it, and rank_select (a three-level radix selection
@@ -16,6 +17,7 @@
  * keeps draws reproducible.
  */
 #include "engine/sampler.h"
+#include "engine/sampler_internal.h"
 
 #include <float.h>
 #include <math.h>
@@ -24,10 +26,12 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "kernels/rowops.h"
+
 /* ------------------------------------------------------------------------ */
 /* RNG: xoshiro256** seeded through splitmix64.                              */
 
-static uint64_t splitmix64_next(uint64_t *x) {
+uint64_t smp_splitmix64_next(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -76,9 +80,9 @@ static uint64_t system_seed(const void *salt) {
     clock_gettime(CLOCK_MONOTONIC, &b);
     uint64_t c = __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED);
     uint64_t x = (uint64_t)a.tv_sec * 1000000007ull ^ (uint64_t)a.tv_nsec;
-    seed = splitmix64_next(&x);
+    seed = smp_splitmix64_next(&x);
     x ^= (uint64_t)b.tv_nsec + ((uint64_t)(uintptr_t)salt << 16) + c * 0x9e3779b97f4a7c15ull;
-    return seed ^ splitmix64_next(&x);
+    return seed ^ smp_splitmix64_next(&x);
 }
 
 void smp_init(struct smp_state *st, const struct smp_params *p) {
@@ -86,268 +90,29 @@ void smp_init(struct smp_state *st, const struct smp_params *p) {
         return;
     uint64_t x = (p && p->has_seed) ? p->seed : system_seed(st);
     for (int i = 0; i < 4; i++)
-        st->s[i] = splitmix64_next(&x);
+        st->s[i] = smp_splitmix64_next(&x);
     if ((st->s[0] | st->s[1] | st->s[2] | st->s[3]) == 0)
         st->s[0] = 1; /* the one state xoshiro cannot leave */
 }
 
 /* ------------------------------------------------------------------------ */
-/* exp and sums                                                              */
+/* exp and sums: the row passes of kernels/rowops.h (contracts there), in  */
+/* the table chosen once for this CPU.                                       */
 
-#define EXP_LO (-87.0f) /* below this the result is flushed to 0 */
-
-/* dst[i] = exp((src[i] - max) * inv_t) for max >= every finite src[i] and
- * 0 <= inv_t < inf; returns the sum of the dst[i] accumulated in double.
- * NaN, -inf and anything under EXP_LO give 0; +inf gives 1. dst may equal src.
- * Method: z = k ln2 + r with k the nearest integer to z / ln 2 (adding
- * 1.5 * 2^23 rounds it and leaves k in the low mantissa bits), a two-part
- * ln 2 so that k * LN2_HI is exact, exp(r) by its degree-7 Taylor polynomial
- * on |r| <= ln2/2 (truncation error under 6e-9 relative), and 2^k written
- * into the exponent bits. This scalar version is the reference; exp_block_avx2
- * computes the same thing eight lanes at a time. */
-static const float EXP_LOG2E = 1.44269504f;
-static const float EXP_LN2_HI = 0.693145751953125f; /* 0x1.62e4p-1: few mantissa bits */
-static const float EXP_LN2_LO = 1.42860677e-06f;    /* ln 2 - EXP_LN2_HI */
-static const float EXP_SHIFTER = 12582912.0f;       /* 1.5 * 2^23 */
-#define EXP_SHIFTER_BITS 0x4B400000
-
-static double exp_block_ref(float *dst, const float *src, int32_t n, float max, float inv_t) {
-    double a0 = 0, a1 = 0;
-    for (int32_t i = 0; i < n; i++) {
-        float z = (src[i] - max) * inv_t;
-        if (!(z > EXP_LO)) { /* NaN, -inf, underflow */
-            dst[i] = 0.0f;
-            continue;
-        }
-        if (z > 0.0f)
-            z = 0.0f;
-        float t = z * EXP_LOG2E + EXP_SHIFTER;
-        float kf = t - EXP_SHIFTER;
-        int32_t tb;
-        memcpy(&tb, &t, sizeof(tb));
-        float r = (z - kf * EXP_LN2_HI) - kf * EXP_LN2_LO;
-        float poly = 1.0f / 5040.0f;
-        poly = poly * r + 1.0f / 720.0f;
-        poly = poly * r + 1.0f / 120.0f;
-        poly = poly * r + 1.0f / 24.0f;
-        poly = poly * r + 1.0f / 6.0f;
-        poly = poly * r + 0.5f;
-        poly = poly * r + 1.0f;
-        poly = poly * r + 1.0f;
-        int32_t bits = (tb - EXP_SHIFTER_BITS + 127) << 23;
-        float scale;
-        memcpy(&scale, &bits, sizeof(scale));
-        dst[i] = poly * scale;
-        if (i & 1)
-            a1 += dst[i];
-        else
-            a0 += dst[i];
-    }
-    return a0 + a1;
-}
-
-/* Largest non-NaN value of x[n] (-inf if none); sets *dirty if any entry is
- * NaN or +inf. */
-static float row_max_ref(const float *x, int32_t n, int *dirty) {
-    float m = -INFINITY;
-    for (int32_t i = 0; i < n; i++) {
-        float v = x[i];
-        if (!(v <= FLT_MAX))
-            *dirty = 1;
-        if (v > m)
-            m = v;
-    }
-    return m;
-}
-
-/* Sum (double) of p[i] over the entries i < n that are "allowed":
- *   p[i] >= thr  and  (p[i], base + i) ranks before (pp, pj),
- * where ranking is by value descending, then index ascending. pp = -1 (below
- * any mass) allows everything >= thr. p holds non-negative masses. */
-static double masked_sum_ref(const float *p, int32_t n, int32_t base, float thr, float pp,
-                             int32_t pj) {
-    double a0 = 0, a1 = 0;
-    for (int32_t i = 0; i < n; i++) {
-        float v = p[i];
-        if (v >= thr && (v > pp || (v == pp && base + i < pj))) {
-            if (i & 1)
-                a1 += v;
-            else
-                a0 += v;
-        }
-    }
-    return a0 + a1;
-}
-
-/* Copies the entries of x[n] that are >= thr, with their indices, to
- * dst_v/dst_id in order; returns how many. */
-static int32_t compact_ge_ref(const float *x, int32_t n, int32_t base, float thr, float *dst_v,
-                              int32_t *dst_id) {
-    int32_t w = 0;
-    for (int32_t i = 0; i < n; i++) {
-        if (x[i] >= thr) {
-            dst_v[w] = x[i];
-            dst_id[w] = base + i;
-            w++;
-        }
-    }
-    return w;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define SMP_HAVE_AVX2 1
-
-__attribute__((target("avx2,fma"))) static double exp_block_avx2(float *dst, const float *src,
-                                                                  int32_t n, float max,
-                                                                  float inv_t) {
-    const __m256 vmax = _mm256_set1_ps(max), vit = _mm256_set1_ps(inv_t);
-    const __m256 lo = _mm256_set1_ps(EXP_LO), zero = _mm256_setzero_ps();
-    const __m256 log2e = _mm256_set1_ps(EXP_LOG2E), shifter = _mm256_set1_ps(EXP_SHIFTER);
-    const __m256 ln2hi = _mm256_set1_ps(EXP_LN2_HI), ln2lo = _mm256_set1_ps(EXP_LN2_LO);
-    const __m256i bias = _mm256_set1_epi32(127 - EXP_SHIFTER_BITS);
-    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
-    int32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 z = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(src + i), vmax), vit);
-        __m256 ok = _mm256_cmp_ps(z, lo, _CMP_GT_OQ); /* false for NaN */
-        __m256 zc = _mm256_blendv_ps(lo, _mm256_min_ps(z, zero), ok);
-        __m256 t = _mm256_fmadd_ps(zc, log2e, shifter);
-        __m256 kf = _mm256_sub_ps(t, shifter);
-        __m256 r = _mm256_fnmadd_ps(kf, ln2hi, zc);
-        r = _mm256_fnmadd_ps(kf, ln2lo, r);
-        __m256 poly = _mm256_set1_ps(1.0f / 5040.0f);
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 720.0f));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 120.0f));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 24.0f));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f / 6.0f));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(0.5f));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0f));
-        __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), bias), 23);
-        __m256 e = _mm256_and_ps(_mm256_mul_ps(poly, _mm256_castsi256_ps(bits)), ok);
-        _mm256_storeu_ps(dst + i, e);
-        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-    }
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(acc0, acc1));
-    double s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    return s + exp_block_ref(dst + i, src + i, n - i, max, inv_t);
-}
-
-/* Largest non-NaN value; *dirty |= any NaN or +inf seen. See row_max_ref. */
-__attribute__((target("avx2"))) static float row_max_avx2(const float *x, int32_t n, int *dirty) {
-    __m256 vmax = _mm256_set1_ps(-INFINITY), bad = _mm256_setzero_ps();
-    const __m256 big = _mm256_set1_ps(FLT_MAX);
-    int32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_loadu_ps(x + i);
-        vmax = _mm256_max_ps(v, vmax); /* NaN in v: keeps vmax */
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps(v, big, _CMP_NLE_UQ)); /* NaN or > FLT_MAX */
-    }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, vmax);
-    float m = -INFINITY;
-    for (int l = 0; l < 8; l++)
-        m = lanes[l] > m ? lanes[l] : m;
-    if (_mm256_movemask_ps(bad))
-        *dirty = 1;
-    float mt = row_max_ref(x + i, n - i, dirty);
-    return mt > m ? mt : m;
-}
-
-/* See masked_sum_ref. */
-__attribute__((target("avx2"))) static double masked_sum_avx2(const float *p, int32_t n,
-                                                              int32_t base, float thr, float pp,
-                                                              int32_t pj) {
-    const __m256 vthr = _mm256_set1_ps(thr), vpp = _mm256_set1_ps(pp);
-    const __m256i vpj = _mm256_set1_epi32(pj), step = _mm256_set1_epi32(8);
-    __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
-    int32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 v = _mm256_loadu_ps(p + i);
-        __m256 before = _mm256_or_ps(
-            _mm256_cmp_ps(v, vpp, _CMP_GT_OQ),
-            _mm256_and_ps(_mm256_cmp_ps(v, vpp, _CMP_EQ_OQ),
-                          _mm256_castsi256_ps(_mm256_cmpgt_epi32(vpj, idx))));
-        __m256 m = _mm256_and_ps(before, _mm256_cmp_ps(v, vthr, _CMP_GE_OQ));
-        __m256 e = _mm256_and_ps(v, m);
-        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
-        idx = _mm256_add_epi32(idx, step);
-    }
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(acc0, acc1));
-    double s = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-    return s + masked_sum_ref(p + i, n - i, base + i, thr, pp, pj);
-}
-
-/* See compact_ge_ref; fast when few entries pass. */
-__attribute__((target("avx2"))) static int32_t compact_ge_avx2(const float *x, int32_t n,
-                                                              float thr, float *dst_v,
-                                                              int32_t *dst_id) {
-    const __m256 vthr = _mm256_set1_ps(thr);
-    int32_t w = 0, i = 0;
-    for (; i + 8 <= n; i += 8) {
-        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vthr, _CMP_GE_OQ));
-        while (mask) {
-            int l = __builtin_ctz((unsigned)mask);
-            dst_v[w] = x[i + l];
-            dst_id[w] = i + l;
-            w++;
-            mask &= mask - 1;
-        }
-    }
-    return w + compact_ge_ref(x + i, n - i, i, thr, dst_v + w, dst_id + w);
-}
-
-static int cpu_has_avx2_fma(void) {
-    static int cached = -1; /* benign race: every thread computes the same value */
-    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (c < 0) {
-        __builtin_cpu_init();
-        c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-        __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
-    }
-    return c;
-}
-#endif
-
-/* The exp kernel in use. NOTE: the AVX2 version fuses multiply-adds, so its
- * results may differ from the reference in the last bit: a seed reproduces
- * its tokens on the same kind of CPU. */
 static double exp_block(float *dst, const float *src, int32_t n, float max, float inv_t) {
-#ifdef SMP_HAVE_AVX2
-    if (cpu_has_avx2_fma())
-        return exp_block_avx2(dst, src, n, max, inv_t);
-#endif
-    return exp_block_ref(dst, src, n, max, inv_t);
+    return kcpu_rowops_best()->exp_block(dst, src, n, max, inv_t);
 }
 
 static float row_max(const float *x, int32_t n, int *dirty) {
-#ifdef SMP_HAVE_AVX2
-    if (cpu_has_avx2_fma())
-        return row_max_avx2(x, n, dirty);
-#endif
-    return row_max_ref(x, n, dirty);
+    return kcpu_rowops_best()->row_max(x, n, dirty);
 }
 
 static double masked_sum(const float *p, int32_t n, int32_t base, float thr, float pp, int32_t pj) {
-#ifdef SMP_HAVE_AVX2
-    if (cpu_has_avx2_fma())
-        return masked_sum_avx2(p, n, base, thr, pp, pj);
-#endif
-    return masked_sum_ref(p, n, base, thr, pp, pj);
+    return kcpu_rowops_best()->masked_sum(p, n, base, thr, pp, pj);
 }
 
 static int32_t compact_ge(const float *x, int32_t n, float thr, float *dst_v, int32_t *dst_id) {
-#ifdef SMP_HAVE_AVX2
-    if (cpu_has_avx2_fma())
-        return compact_ge_avx2(x, n, thr, dst_v, dst_id);
-#endif
-    return compact_ge_ref(x, n, 0, thr, dst_v, dst_id);
+    return kcpu_rowops_best()->compact_ge(x, n, 0, thr, dst_v, dst_id);
 }
 
 #define EXP_CHUNK 1024
@@ -412,14 +177,7 @@ static const int RS_SHIFT[3] = {21, 10, 0};
 static const int RS_BITS[3] = {11, 11, 10};
 #define RS_MAXB 2048
 
-/* Candidates src_v[n] with ids src_id[n] (src_id NULL: id = index) given in
- * increasing id order. Keeps, in dst (which may alias src: writes never
- * overtake reads), still in id order:
- *   weighted == 0: the min(k, n) best entries;
- *   weighted != 0: the shortest best-first prefix whose values sum to at
- *                  least target (values are non-negative masses), at least
- *                  one entry, all of them if rounding leaves the sum short.
- * Returns the number kept.
+/* Contract: smp_rank_select in sampler_internal.h.
  *
  *   level L:   [ certain (prefix > fixed) | group (prefix == fixed) ]
  *   histogram the group on the next field, walk buckets from the top until
@@ -566,6 +324,16 @@ static int32_t select_top_k(const float *logits, int32_t n, int32_t k, float *wv
     return rank_select(logits, NULL, n, wv, wid, 0, k, 0);
 }
 
+/* The two selections, for their unit test (sampler_internal.h). */
+int32_t smp_rank_select(const float *src_v, const int32_t *src_id, int32_t n, float *dst_v,
+                        int32_t *dst_id, int weighted, int32_t k, double target) {
+    return rank_select(src_v, src_id, n, dst_v, dst_id, weighted, k, target);
+}
+
+int32_t smp_select_top_k(const float *logits, int32_t n, int32_t k, float *wv, int32_t *wid) {
+    return select_top_k(logits, n, k, wv, wid);
+}
+
 /* Stable filter: keeps entries with v >= thr (src_id NULL: id = index). */
 static int32_t filter_min(const float *src_v, const int32_t *src_id, int32_t n, float *dst_v,
                           int32_t *dst_id, float thr) {
@@ -581,9 +349,8 @@ static int32_t filter_min(const float *src_v, const int32_t *src_id, int32_t n, 
 }
 
 #define DRAW_CHUNK 1024
-#define NO_PIVOT (-1.0f) /* pp below every mass: nothing excluded by rank */
 
-/* One draw among the allowed entries of p[n] (see masked_sum_ref), whose
+/* One draw among the allowed entries of p[n] (see kcpu_rowops.masked_sum), whose
  * total mass is about `total`. Returns a position in [0, n). Chunk sums
  * locate the chunk, then one chunk is walked entry by entry. */
 static int32_t draw_masked(struct smp_state *st, const float *p, int32_t n, float thr, float pp,
@@ -643,9 +410,9 @@ static int32_t draw_masked(struct smp_state *st, const float *p, int32_t n, floa
 static int32_t draw_top_p(struct smp_state *st, float *p, const int32_t *ids, int32_t n,
                           double target, float min_p, int32_t *wid) {
     if (n > TOPP_EXACT_MAX) {
-        float pp = NO_PIVOT;
+        float pp = SMP_NO_PIVOT;
         int32_t pj = 0;
-        double allowed = masked_sum(p, n, 0, min_p, NO_PIVOT, 0);
+        double allowed = masked_sum(p, n, 0, min_p, SMP_NO_PIVOT, 0);
         for (int it = 0; it < TOPP_MAX_REJECT; it++) {
             int32_t j = draw_masked(st, p, n, min_p, pp, pj, allowed);
             double before = masked_sum(p, n, 0, 0.0f, p[j], j);
@@ -660,7 +427,8 @@ static int32_t draw_top_p(struct smp_state *st, float *p, const int32_t *ids, in
     int32_t m = rank_select(p, ids, n, p, wid, 1, 0, target);
     if (min_p > 0)
         m = filter_min(p, wid, m, p, wid, min_p);
-    int32_t j = draw_masked(st, p, m, 0.0f, NO_PIVOT, 0, masked_sum(p, m, 0, 0.0f, NO_PIVOT, 0));
+    double all = masked_sum(p, m, 0, 0.0f, SMP_NO_PIVOT, 0);
+    int32_t j = draw_masked(st, p, m, 0.0f, SMP_NO_PIVOT, 0, all);
     return wid[j];
 }
 
@@ -746,8 +514,8 @@ int32_t smp_sample(struct smp_state *st, const struct smp_params *p, float *logi
     if (use_top_p) {
         tok = draw_top_p(st, wv, ids, n, (double)p->top_p * mass, min_p, wid);
     } else {
-        double allowed = min_p > 0 ? masked_sum(wv, n, 0, min_p, NO_PIVOT, 0) : mass;
-        int32_t j = draw_masked(st, wv, n, min_p, NO_PIVOT, 0, allowed);
+        double allowed = min_p > 0 ? masked_sum(wv, n, 0, min_p, SMP_NO_PIVOT, 0) : mass;
+        int32_t j = draw_masked(st, wv, n, min_p, SMP_NO_PIVOT, 0, allowed);
         tok = ids ? ids[j] : j;
     }
     if (tok < 0 || tok >= n_vocab)

@@ -1,5 +1,9 @@
 /* backend.h - the compute backend interface (ggml-backend style).
  *
+ * Module kernels/ (bottom of the layer order): owns the backend table, the
+ * CPU (cpu/) and CUDA (cuda/) implementations with their scalar references,
+ * and the shared error codes (ss_error.h). Includes nothing above it.
+ *
  * A backend is a const table of function pointers plus an opaque context. The
  * engine calls only the be_* wrappers below; it never touches device memory or
  * an AVX/CUDA function directly. Activation buffers are float arrays allocated by
@@ -50,8 +54,8 @@ const struct be_type_info *be_type_get(int type); /* NULL if unknown */
 /* Bytes of one row of n elements; 0 if n is not a multiple of the block size or
  * the type is unknown. */
 size_t be_row_bytes(int type, int64_t n);
-/* 1 if the CPU kernels can compute with this weight type. */
-int be_type_supported(int type);
+/* Which types a backend computes with is a fact of that backend: see the
+ * type_supported entry and be_type_supported() below. */
 
 /* A weight matrix: ne[1] rows of ne[0] elements, rows contiguous, nb1 = bytes
  * per row. data points into the mmapped file or into backend memory. */
@@ -100,6 +104,11 @@ struct be_rope_params {
     const float *freq_factors; /* per-pair divisors (llama3 rope scaling), NULL = none */
 };
 
+struct be;
+/* A task for be_fork2: makes its backend calls on `be`, the handle it is
+ * given (a share of the forking backend, valid during the call only). */
+typedef void (*be_task_fn)(struct be *be, void *arg);
+
 struct be_ops {
     const char *name;
     int (*init)(void **ctx, int n_threads);
@@ -111,6 +120,9 @@ struct be_ops {
     void (*upload)(void *ctx, void *dst, const void *src, size_t bytes);
     void (*download)(void *ctx, void *dst, const void *src, size_t bytes);
     int (*weight_prepare)(void *ctx, struct be_tensor *w); /* optional */
+    /* 1 if matmul, get_rows and weight_prepare compute with weights of this
+     * type (any int: unknown types give 0), else 0. Any thread. */
+    int (*type_supported)(void *ctx, int type);
 
     /* y[n][w->ne[1]] = x[n][w->ne[0]] . W^T
      * DETERMINISM: y[t][r] is bitwise identical whatever n is, whatever the
@@ -120,7 +132,9 @@ struct be_ops {
      * y must not overlap x. */
     void (*matmul)(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
     /* out[n][w->ne[0]] = rows ids[] of w, dequantised (an id outside
-     * [0, ne[1]) gives a row of zeros) */
+     * [0, ne[1]) gives a row of zeros). w may also be a view never passed to
+     * weight_prepare (be_data NULL, data in host memory): the engine's load
+     * path turns 1-D tensors into fp32 this way. */
     void (*get_rows)(void *ctx, float *out, const struct be_tensor *w, const int32_t *ids, int n);
     /* out[i] = x[i] / rms(x[i]) * w (w NULL: no weight), rows of dim */
     void (*rmsnorm)(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps);
@@ -147,6 +161,16 @@ struct be_ops {
     void (*add)(void *ctx, float *y, const float *x, int64_t n);
     /* y[i] *= s */
     void (*scale)(void *ctx, float *y, float s, int64_t n);
+
+    /* optional: fork/join of two independent tasks (layer parallelism's
+     * pair). Runs fn(h0, a0) and fn(h1, a1), at once if the backend can split
+     * itself (the CPU backend: one core each), and returns when both have
+     * finished. h0, h1 are shares of this backend: memory allocated on it is
+     * valid through them; they are valid during the call only. The tasks
+     * must not write memory the other reads or writes. By the determinism
+     * contract the results are bitwise those of running them one after the
+     * other. NULL: the wrapper runs fn(be, a0) then fn(be, a1). */
+    void (*fork2)(void *ctx, be_task_fn fn, void *a0, void *a1);
 };
 
 /* A live backend: ops table plus its context. */
@@ -159,7 +183,8 @@ struct be {
  * means one per core. Returns 0, or a negative SS_E* code: -11 no CUDA
  * device/driver, -7 CUDA not compiled in or its backend not implemented yet,
  * -9 unknown name, -1 no memory. The CPU backend honours SLIMSERVE_CPU_ISA
- * (generic | avx2 | avx512) when the CPU supports the named set. */
+ * (generic | avx2 | avx512) when the CPU supports the named set, and
+ * SLIMSERVE_LP_EXEC (seq | split) for how fork2 runs (kernels/cpu/fork.c). */
 int be_open(struct be *be, const char *name, int n_threads);
 void be_close(struct be *be);
 /* 1 if be_open("cuda") would succeed; 0 otherwise, with the reason (no
@@ -173,6 +198,9 @@ static inline void be_upload(struct be *b, void *d, const void *s, size_t n) { b
 static inline void be_download(struct be *b, void *d, const void *s, size_t n) { b->ops->download(b->ctx, d, s, n); }
 static inline int be_weight_prepare(struct be *b, struct be_tensor *w) {
     return b->ops->weight_prepare ? b->ops->weight_prepare(b->ctx, w) : 0;
+}
+static inline int be_type_supported(const struct be *b, int type) {
+    return b->ops->type_supported(b->ctx, type);
 }
 static inline void be_matmul(struct be *b, float *y, const float *x, const struct be_tensor *w, int n) {
     b->ops->matmul(b->ctx, y, x, w, n);
@@ -199,6 +227,14 @@ static inline void be_glu(struct be *b, float *o, const float *g, const float *u
 }
 static inline void be_add(struct be *b, float *y, const float *x, int64_t n) { b->ops->add(b->ctx, y, x, n); }
 static inline void be_scale(struct be *b, float *y, float s, int64_t n) { b->ops->scale(b->ctx, y, s, n); }
+static inline void be_fork2(struct be *b, be_task_fn fn, void *a0, void *a1) {
+    if (b->ops->fork2) {
+        b->ops->fork2(b->ctx, fn, a0, a1);
+        return;
+    }
+    fn(b, a0);
+    fn(b, a1);
+}
 
 /* Scalar reference routines (kernels/cpu/ref.c): plain C, no SIMD, no threads.
  * Optimised kernels are tested against these. */

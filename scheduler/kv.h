@@ -30,9 +30,9 @@
 
 #include <stdint.h>
 
-#include "kernels/backend.h" /* BE_PAGE_SLOTS */
+#include "engine/engine.h" /* ENG_PAGE_SLOTS */
 
-#define KV_PAGE_SLOTS BE_PAGE_SLOTS
+#define KV_PAGE_SLOTS ENG_PAGE_SLOTS
 #define KV_NONE (-1)
 
 struct kv_pool;

@@ -199,9 +199,17 @@ void req_out_set_cached(struct sched_req *r, int32_t n) {
     pthread_mutex_unlock(&r->lock);
 }
 
+/* r->lock held: 1 if the loop thread has no wake-up pending for r yet (the
+ * caller then notifies, after unlocking). */
+static int mark_notified(struct sched_req *r) {
+    if (r->notified) return 0;
+    r->notified = 1;
+    return 1;
+}
+
 void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t n, int32_t n_gen,
                   int finish, int error, const char *errmsg) {
-    int call = 0;
+    int call;
     pthread_mutex_lock(&r->lock);
     struct req_out *o = &r->out;
     if (n > 0) {
@@ -233,10 +241,15 @@ void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t
         o->error = error;
         if (errmsg) snprintf(o->errmsg, sizeof(o->errmsg), "%s", errmsg);
     }
-    if (!r->notified) {
-        r->notified = 1;
-        call = 1;
-    }
+    call = mark_notified(r);
+    pthread_mutex_unlock(&r->lock);
+    if (call && s->notify) s->notify(s->notify_ud, r);
+}
+
+void req_out_admitted(struct sched *s, struct sched_req *r) {
+    pthread_mutex_lock(&r->lock);
+    r->out.admitted = 1;
+    int call = s->opt.notify_admitted && mark_notified(r);
     pthread_mutex_unlock(&r->lock);
     if (call && s->notify) s->notify(s->notify_ud, r);
 }

@@ -20,6 +20,7 @@
  * goes back to the waiting queue, to be recomputed later. Its sampler state is
  * kept, so a fixed seed gives the same output as if it had never stopped.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,16 +32,27 @@
 /* ---------- queues (engine thread) ---------- */
 
 /* The waiting queue's order, in one place: 1 if q (being queued) goes before
- * w (already waiting). A preempted sequence (admitted before) goes back to
- * the front: it has waited already and holds a running request's sampler
- * state. New arrivals queue in submission order. A priority or a deadline
- * belongs here. */
-static int waiting_goes_before(const struct seq *q, const struct seq *w) {
-    (void)w;
+ * w (already waiting). A lower priority value goes first (vLLM's "priority").
+ * Within one priority, a preempted sequence (admitted before) goes back to the
+ * front: it has waited already and holds a running request's sampler state;
+ * new arrivals queue in submission order. */
+int sched_waiting_before(const struct seq *q, const struct seq *w) {
+    int32_t pq = q->req->p.priority, pw = w->req->p.priority;
+    if (pq != pw) return pq < pw;
     return q->admit_order != 0;
 }
 
-/* Queues q at its place (waiting_goes_before). 0 or SS_ENOMEM. */
+/* The running sequence to preempt when a step runs out of pages, among
+ * running[from..n_running) (those not yet in this step's batch): the
+ * largest priority value, and among equals the most recently admitted. */
+int sched_preempt_victim(const struct sched *s, int from) {
+    int v = s->n_running - 1;
+    for (int i = s->n_running - 2; i >= from; i--)
+        if (s->running[i]->req->p.priority > s->running[v]->req->p.priority) v = i;
+    return v;
+}
+
+/* Queues q at its place (sched_waiting_before). 0 or SS_ENOMEM. */
 static int waiting_insert(struct sched *s, struct seq *q) {
     if (s->n_waiting == s->cap_waiting) {
         int cap = s->cap_waiting ? s->cap_waiting * 2 : 64;
@@ -50,7 +62,7 @@ static int waiting_insert(struct sched *s, struct seq *q) {
         s->cap_waiting = cap;
     }
     int at = 0;
-    while (at < s->n_waiting && !waiting_goes_before(q, s->waiting[at])) at++;
+    while (at < s->n_waiting && !sched_waiting_before(q, s->waiting[at])) at++;
     memmove(s->waiting + at + 1, s->waiting + at, sizeof(*s->waiting) * (size_t)(s->n_waiting - at));
     s->waiting[at] = q;
     s->n_waiting++;
@@ -114,6 +126,24 @@ static void preempt(struct sched *s, int i) {
     stats_on_preempt(s);
 }
 
+/* Requests that waited longer than --max-queue-time without ever being
+ * admitted end with SS_EAGAIN (the server answers 503 + Retry-After).
+ * Preempted sequences (admitted before) are not waiting for a first seat. */
+static void drop_expired(struct sched *s, double now) {
+    if (s->opt.max_queue_time <= 0) return;
+    for (int i = 0; i < s->n_waiting;) {
+        struct seq *q = s->waiting[i];
+        if (q->admit_order == 0 && now - q->req->t_submit > s->opt.max_queue_time) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "the request waited more than %g s in the queue; retry later",
+                     s->opt.max_queue_time);
+            sched_finish(s, q->req, REQ_FINISH_ERROR, SS_EAGAIN, msg);
+        } else {
+            i++;
+        }
+    }
+}
+
 static void drop_cancelled(struct sched *s) {
     for (int i = 0; i < s->n_running;) {
         struct sched_req *r = s->running[i]->req;
@@ -148,8 +178,6 @@ static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n)
     e->tok0 = pl->n_tokens;
     e->n_tok = n;
     e->n_past = q->n_computed;
-    e->pages = NULL;
-    e->n_pages = 0;
     /* Per-layer unit tables: layer l reads the table of its level. */
     const int32_t **lp = s->b_layer_pages + (size_t)pl->n_seqs * (size_t)s->n_layers;
     int32_t most = 0;
@@ -182,8 +210,8 @@ static int32_t schedule_running(struct sched *s, struct plan *pl, int32_t budget
         if (n == 0) continue;
         int rc;
         while ((rc = seq_reserve(s, q, n)) == SS_EAGAIN) {
-            /* Preempt the most recently admitted sequence not yet in the batch. */
-            int victim = s->n_running - 1;
+            /* Preempt a sequence not yet in the batch (sched_preempt_victim). */
+            int victim = sched_preempt_victim(s, i);
             preempt(s, victim);
             if (victim == i) break;
         }
@@ -223,6 +251,7 @@ static void schedule_waiting(struct sched *s, struct plan *pl, int32_t budget) {
         if (q->admit_order == 0) { /* first admission leaves the queue */
             squeue_left(&s->q);
             req_out_set_cached(q->req, (int32_t)(hit < q->n_prompt ? hit : q->n_prompt));
+            req_out_admitted(s, q->req);
         }
         stats_on_admit(s, q, hit);
         list_remove(s->waiting, &s->n_waiting, q);
@@ -346,6 +375,7 @@ static void *engine_main(void *arg) {
         accept_new(s, list);
         if (stop) break; /* the take with stop = 1 returned the last submissions */
         drop_cancelled(s);
+        drop_expired(s, sched_now());
         struct plan pl;
         schedule(s, &pl);
         if (pl.n_seqs > 0) run_batch(s, &pl);
@@ -409,6 +439,8 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->opt.max_batched_tokens = o && o->max_batched_tokens > 0 ? o->max_batched_tokens : 2048;
     s->opt.max_queued = o && o->max_queued > 0 ? o->max_queued : 256;
     s->opt.no_prefix_cache = o ? o->no_prefix_cache : 0;
+    s->opt.max_queue_time = o && o->max_queue_time > 0 ? o->max_queue_time : 0;
+    s->opt.notify_admitted = o ? o->notify_admitted : 0;
     s->n_ctx = eng_model_n_ctx(m);
     s->n_vocab = eng_model_config(m)->n_vocab;
     s->lim.n_ctx = s->n_ctx;

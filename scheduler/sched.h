@@ -1,5 +1,9 @@
 /* sched.h - request lifecycle, the engine thread and its batching loop.
  *
+ * Module scheduler/: owns requests from submission to finish, the waiting and
+ * running queues, the batching policy, the KV unit pool and block tables
+ * (kv.h), the prefix cache and preemption. May include engine/ only.
+ *
  * Threads:
  *   - the loop thread (server) creates requests, submits and cancels them, and
  *     takes their output;
@@ -57,6 +61,8 @@ struct req_params {
     int prompt_logprobs;    /* 1: also report logprobs of the prompt tokens (echo) */
     struct gram *grammar;   /* constrained decoding (engine/grammar.h): one reference owned by
                              * the params (req_params_free drops it, req_params_copy takes one); NULL = free */
+    int32_t priority;       /* vLLM's "priority": lower runs first among waiting requests and is
+                             * preempted last; 0 by default */
 };
 
 #define REQ_MAX_LOGPROBS 20
@@ -83,6 +89,7 @@ struct req_out {
     int error;              /* SS_E* when finish == ERROR */
     char errmsg[320];
     double t_first_token;   /* seconds since submission, 0 until known */
+    int admitted;           /* 1 once the request left the waiting queue for the batch */
     struct req_tok *toks;   /* tokens since the last take, when logprobs >= 0 (caller frees) */
     int32_t n_toks, cap_toks;
 };
@@ -117,6 +124,10 @@ struct sched_options {
     int max_batched_tokens;     /* tokens per step (default 2048) */
     int max_queued;             /* waiting requests before 503 (default 256) */
     int no_prefix_cache;        /* 1 disables prefix caching */
+    double max_queue_time;      /* seconds a request may wait before its first admission;
+                                 * then it ends with finish ERROR, error SS_EAGAIN. 0: no limit */
+    int notify_admitted;        /* 1: notify also when a request is first admitted (out.admitted
+                                 * set, no output yet): a server answers a stream's headers then */
 };
 
 /* ---- request parameters (params.c; any thread, pure) ---- */

@@ -118,6 +118,17 @@ struct sched {
 
 /* ---- sched.c (engine thread) ---- */
 
+/* The policy, pure (tests call them on hand-made queues):
+ * sched_waiting_before: 1 if q, being queued, goes before w, already waiting
+ * (lower priority value first; within one priority a preempted sequence goes
+ * to the front, new arrivals in submission order).
+ * sched_preempt_victim: the index of the running sequence to preempt when a
+ * step runs out of pages, among running[from..n_running) (not yet in this
+ * step's batch; from < n_running): the largest priority value, the most
+ * recently admitted among equals. */
+int sched_waiting_before(const struct seq *q, const struct seq *w);
+int sched_preempt_victim(const struct sched *s, int from);
+
 /* THE finish path: every end of a request (stop, length, error, cancel,
  * shutdown, out of memory) goes through here. It takes the sequence out of
  * whichever queue holds it, returns its KV, records the statistics and
@@ -196,6 +207,9 @@ void squeue_stats_read(struct squeue *q, struct sched_stats *st);
  * when the loop thread has no pending wake-up for this request. */
 void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t n, int32_t n_gen,
                   int finish, int error, const char *errmsg);
+/* Engine thread: r was admitted for the first time; sets r->out.admitted and,
+ * with opt.notify_admitted, wakes the loop thread (a stream's headers go out then). */
+void req_out_admitted(struct sched *s, struct sched_req *r);
 /* Engine thread: 1 once sched_cancel was called on r. */
 int req_is_cancelled(struct sched_req *r);
 /* Engine thread: records the prompt tokens served by the prefix cache. */

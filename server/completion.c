@@ -57,7 +57,7 @@ static void on_fd_event(uv_poll_t *h, int status, int events) {
             fdwatch_stop(c);
         return;
     }
-    srv_log(SRV_LOG_DEBUG, "%s %s: client went away while waiting", c->method, c->path);
+    srv_log_req(SRV_LOG_DEBUG, c->rid, "%s %s: client went away while waiting", c->method, c->path);
     c->client_gone = 1;
     completion_cancel(c, CANCEL_CLIENT);
     conn_resume(c);
@@ -114,6 +114,9 @@ static void finish_error(const struct srv_conn *c, struct api_error *e) {
     else if (c->cancel_reason == CANCEL_SHUTDOWN || c->error == SS_ECANCELLED ||
              c->finish == REQ_FINISH_CANCELLED)
         shutdown_error(e);
+    else if (c->error == SS_EAGAIN && !c->admitted) /* the scheduler's --max-queue-time */
+        api_error_set(e, SS_EAGAIN, NULL, "queue_timeout", "%s",
+                      c->errmsg[0] ? c->errmsg : "the request waited too long in the queue");
     else
         api_error_set(e, c->error < 0 ? c->error : SS_EINTERNAL, NULL, NULL, "%s",
                       c->errmsg[0] ? c->errmsg : "generation failed");
@@ -236,6 +239,8 @@ void completion_pump_choice(struct srv_choice *ch) {
     struct req_out o;
     memset(&o, 0, sizeof(o));
     int done = sched_req_take(ch->req, &o);
+    if (o.admitted)
+        c->admitted = 1;
     if (c->prompt_only)
         drop_generated(&o);
     c->n_prompt = o.n_prompt;
@@ -269,11 +274,12 @@ void completion_pump_choice(struct srv_choice *ch) {
     }
     if (c->stream && !c->finished && c->cancel_reason == CANCEL_NONE &&
         pending(c) > c->srv->cfg->max_stream_buffer) {
-        srv_log(SRV_LOG_WARN, "stream %s: %zu bytes unsent, client too slow: cancelling", c->id,
+        srv_log_req(SRV_LOG_WARN, c->rid, "stream %s: %zu bytes unsent, client too slow: cancelling", c->id,
                 pending(c));
         completion_cancel(c, CANCEL_SLOW);
     }
-    if (c->suspended && (c->finished || (c->stream && pending(c) > 0)))
+    /* a stream waiting for its first admission (CS_WAIT) starts once admitted */
+    if (c->suspended && (c->finished || (c->stream && (pending(c) > 0 || c->admitted))))
         conn_resume(c);
 }
 
@@ -330,6 +336,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             n = max;
         memcpy(buf, c->out.data + c->out_off, n);
         c->out_off += n;
+        c->t_sent = uv_now(&c->srv->loop);
         if (c->out_off == c->out.len)
             c->out.len = c->out_off = 0;
         return (ssize_t)n;
@@ -360,6 +367,8 @@ static enum MHD_Result start_stream(struct srv_conn *c) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    srv_ops_headers(c, resp);
+    c->t_sent = uv_now(&c->srv->loop);
     enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp);
     c->status = 200;
@@ -463,8 +472,10 @@ enum MHD_Result completion_start(struct srv_conn *c) {
     c->meta.kind = c->kind;
     c->meta.tok = s->mi.tok;
     inflight_add(c);
-    if (c->stream)
-        return start_stream(c);
+    /* A stream too waits (suspended) until it is admitted: a request that
+     * times out in the queue (--max-queue-time), or is refused before its
+     * first seat, still gets a status code (503 + Retry-After) instead of a
+     * 200 stream carrying an error event. See completion_resumed. */
     conn_set_state(c, CS_WAIT);
     conn_suspend(c);
     return MHD_YES;
@@ -501,10 +512,15 @@ static int response_body(struct srv_conn *c, struct api_buf *b) {
     return rc;
 }
 
-/* Non-stream: MHD calls the handler again after each resume. */
+/* MHD calls the handler again after each resume while the request waits
+ * (CS_WAIT): a non-stream until it is finished, a stream until it is
+ * admitted (then its SSE response starts, with what is pending) or ended
+ * before that (then the error's status: queue timeout, shutdown). */
 enum MHD_Result completion_resumed(struct srv_conn *c) {
     if (c->client_gone)
         return MHD_NO; /* closes the connection */
+    if (c->stream && (c->admitted || pending(c) > 0) && !(c->failed && !c->admitted))
+        return start_stream(c);
     if (!c->finished) {
         conn_suspend(c);
         return MHD_YES;

@@ -1,12 +1,18 @@
 /* http.c - libmicrohttpd driven from a libuv loop: routing, simple routes,
  * engine wake-ups and graceful shutdown.
  *
- * Pattern (see /work/shared/notes/mhd-libuv.md): MHD runs with no thread of its
- * own in epoll mode; a uv_poll_t watches MHD's epoll fd and a uv_timer_t follows
- * MHD_get_timeout(). Every MHD call happens on the loop thread. The engine
- * thread's notify callback only appends to a ready list and uv_async_send()s;
- * the async callback drains it, resumes connections that have news, then calls
- * MHD_run() once (MHD_resume_connection wakes nothing by itself in this mode).
+ * Pattern: MHD runs with no thread of its own in epoll mode; a uv_poll_t
+ * watches MHD's epoll fd and a uv_timer_t follows MHD_get_timeout(). Every MHD
+ * call happens on the loop thread. The engine thread's notify callback only
+ * appends to a ready list and uv_async_send()s; the async callback drains it,
+ * resumes connections that have news, then calls MHD_run() once.
+ * NOTE: libmicrohttpd 0.9.75 facts this relies on, each seen as a failure when
+ * ignored: MHD_resume_connection wakes nothing in external mode (MHD_run must
+ * follow); a content reader returning 0 without suspending spins; a suspended
+ * connection's disconnect is invisible to MHD (its fd is watched here);
+ * MHD_stop_daemon aborts while a connection is suspended (resume all first);
+ * returning MHD_NO mid-upload resets the connection after "100 Continue" (413
+ * is answered at the first call instead).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -127,6 +133,7 @@ enum MHD_Result srv_respond(struct srv_conn *c, int status, const char *ctype, s
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (hdr_name && hdr_value)
         MHD_add_response_header(resp, hdr_name, hdr_value);
+    srv_ops_headers(c, resp);
     if (c->srv->phase != SRV_RUNNING)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ret = MHD_queue_response(c->mc, (unsigned)status, resp);
@@ -219,10 +226,14 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
     s->n_conns++;
     s->n_receiving++; /* calloc: state CS_HEADERS */
 
+    srv_request_id(MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "X-Request-Id"), c->rid,
+                   sizeof(c->rid));
+    int pre = srv_cors_preflight(c, method); /* before auth: preflights carry no key */
+    if (pre != 0)
+        return pre > 0 ? MHD_YES : MHD_NO;
     struct api_error e;
-    if (s->cfg->api_key && api_path_needs_auth(url) &&
-        !api_auth_ok(MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Authorization"),
-                     s->cfg->api_key)) {
+    if (s->cfg->n_api_keys > 0 && api_path_needs_auth(url) &&
+        !srv_auth_ok(s->cfg, MHD_lookup_connection_value(mc, MHD_HEADER_KIND, "Authorization"))) {
         api_error_set_http(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
                            "missing or invalid API key: send 'Authorization: Bearer <key>'");
         return early_error(c, &e, NULL);
@@ -256,7 +267,7 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
     case API_ROUTE_METRICS: {
         struct sched_stats st;
         sched_get_stats(s->sched, &st); /* one locked copy; no per-token work */
-        api_metrics_text(&b, &st);
+        api_metrics_text(&b, &st, &s->mi);
         return srv_respond(c, 200, API_METRICS_CTYPE, &b, NULL, NULL);
     }
     default:
@@ -387,12 +398,12 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     if (!why && c->client_gone)
         why = "client closed";
     if (c->n_ch)
-        srv_log(SRV_LOG_INFO, "%s %s %d %.1fms prompt=%d completion=%lld%s%s%s%s", c->method,
-                c->path, c->status, ms, (int)c->n_prompt, (long long)completion_n_gen(c),
+        srv_log_req(SRV_LOG_INFO, c->rid, "%s %s %d %.1fms prompt=%d completion=%lld%s%s%s%s",
+                c->method, c->path, c->status, ms, (int)c->n_prompt, (long long)completion_n_gen(c),
                 c->n_ch > 1 ? " n>1" : "", c->stream ? " stream" : "", why ? " aborted: " : "",
                 why ? why : "");
     else
-        srv_log(SRV_LOG_INFO, "%s %s %d %.1fms%s%s", c->method, c->path, c->status, ms,
+        srv_log_req(SRV_LOG_INFO, c->rid, "%s %s %d %.1fms%s%s", c->method, c->path, c->status, ms,
                 why ? " aborted: " : "", why ? why : "");
     conn_unref(c);
 }
@@ -464,6 +475,7 @@ static void final_stop(struct srv *s) {
     uv_close((uv_handle_t *)&s->sig_int, on_handle_closed);
     uv_close((uv_handle_t *)&s->sig_term, on_handle_closed);
     uv_close((uv_handle_t *)&s->shutdown_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&s->keepalive_timer, on_handle_closed);
     srv_log(SRV_LOG_INFO, "server stopped");
 }
 
@@ -560,6 +572,7 @@ static int start_loop(struct srv *s) {
     s->mhd_timer.data = s;
     uv_timer_init(&s->loop, &s->shutdown_timer);
     s->shutdown_timer.data = s;
+    srv_keepalive_init(s);
     uv_signal_init(&s->loop, &s->sig_int);
     uv_signal_init(&s->loop, &s->sig_term);
     s->sig_int.data = s->sig_term.data = s;
@@ -604,6 +617,8 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     so.max_batched_tokens = cfg->max_batched_tokens;
     so.max_queued = cfg->max_queued;
     so.no_prefix_cache = cfg->no_prefix_cache;
+    so.max_queue_time = cfg->max_queue_time;
+    so.notify_admitted = 1; /* streams answer their headers when admitted (completion.c) */
     s->sched = sched_new(m, &so, on_notify, s);
     int port = 0, rc = 1;
     if (!s->sched || sched_start(s->sched) != 0) {

@@ -106,6 +106,10 @@ struct srv_conn {
     int cancel_reason;         /* enum cancel_reason */
     int client_gone;           /* peer closed while suspended */
 
+    char rid[136];             /* request id: X-Request-Id or generated (ops.c) */
+    uint64_t t_sent;           /* stream: uv_now() when bytes last went to MHD (keep-alive) */
+    int admitted;              /* a choice left the waiting queue (a stream starts then) */
+
     int suspended;
     uv_poll_t fdw;             /* watches the socket while suspended */
     int fdw_init, fdw_active, fdw_events;
@@ -123,6 +127,7 @@ struct srv {
     uv_async_t wake;
     uv_signal_t sig_int, sig_term;
     uv_timer_t shutdown_timer;
+    uv_timer_t keepalive_timer; /* SSE keep-alive comments (ops.c) */
     int handles_closed;
 
     struct sched_ready ready;  /* engine thread -> loop thread (scheduler/queue.c) */
@@ -159,5 +164,21 @@ void completion_cancel(struct srv_conn *c, int reason);
 void fdwatch_start(struct srv_conn *c);
 void fdwatch_stop(struct srv_conn *c);
 void fdwatch_close(struct srv_conn *c);
+
+/* ops.c (loop thread) */
+#define SRV_RID_MAX_IN 128 /* longest X-Request-Id taken from a client */
+/* 1 if authorization carries one of cfg's keys. */
+int srv_auth_ok(const struct srv_config *cfg, const char *authorization);
+/* out[cap] (cap > SRV_RID_MAX_IN): incoming if it is 1..128 characters of
+ * [A-Za-z0-9-_.:@/+=], else a generated 32-hex-digit id. */
+void srv_request_id(const char *incoming, char *out, size_t cap);
+/* X-Request-Id and, when the Origin is allowed, the CORS headers. */
+void srv_ops_headers(struct srv_conn *c, struct MHD_Response *resp);
+/* An allowed CORS preflight (OPTIONS with Origin and
+ * Access-Control-Request-Method): queues the 204 and returns 1; 0 if the
+ * request is no such preflight; -1 if MHD failed. */
+int srv_cors_preflight(struct srv_conn *c, const char *method);
+/* Initialises the keep-alive timer (started when --sse-keepalive > 0). */
+void srv_keepalive_init(struct srv *s);
 
 #endif

@@ -35,23 +35,11 @@
 
 int srv_log_level = SRV_LOG_INFO;
 
-void srv_log(int level, const char *fmt, ...) {
-    if (level > srv_log_level)
-        return;
-    static const char *const names[] = {"error", "warn", "info", "debug"};
-    char line[1024];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    localtime_r(&ts.tv_sec, &tm);
-    int n = (int)strftime(line, sizeof(line), "%Y-%m-%d %H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof(line) - (size_t)n, ".%03ld %-5s ", ts.tv_nsec / 1000000L,
-                  names[level < 0 ? 0 : level > 3 ? 3 : level]);
+void srv_log(int level, const char *fmt, ...) { /* the line's format: server/ops.c */
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+    srv_log_v(level, NULL, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s\n", line); /* one call: lines from different threads do not interleave */
 }
 
 /* ---------------------------------------------------------------- flags */
@@ -111,6 +99,17 @@ static const struct opt serve_flags[] = {
     {"layer-parallel", OPT_STR, 0, 0, OFF(layer_parallel),
      "START:END runs layers [START, END) as pairs (layer parallelism), or off "
      "(default: the model file's lp.range key, else off)"},
+    /* operations and scale-out (server/ops.c; the scheduler's queue timeout) */
+    {"api-key-file", OPT_STR, 0, 0, OFF(srv.api_key_file),
+     "file of API keys, one per line (# comments); any of them (or --api-key) opens /v1/*"},
+    {"cors-allow-origins", OPT_STR, 0, 0, OFF(srv.cors_origins),
+     "CORS: '*' or comma-separated origins allowed to call the API from a browser (default: none)"},
+    {"log-format", OPT_STR, 0, 0, OFF(srv.log_format),
+     "text (default) or json: one JSON object per log line, with request_id"},
+    {"max-queue-time", OPT_DOUBLE, 0, 86400, OFF(srv.max_queue_time),
+     "seconds a request may wait for its first seat before 503 + Retry-After (default 0 = no limit)"},
+    {"sse-keepalive", OPT_DOUBLE, 0, 3600, OFF(srv.sse_keepalive_s),
+     "seconds of silence on a stream before an SSE ': keep-alive' comment (default 15; 0 = off)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -248,6 +247,7 @@ static void opts_default(struct serve_opts *o) {
     o->srv.shutdown_grace_s = 5.0;
     o->srv.max_stream_buffer = 4u << 20;
     o->srv.log_level = SRV_LOG_INFO;
+    o->srv.sse_keepalive_s = 15.0;
 }
 
 /* Environment first, then argv. Returns 0, or 2 on a usage error (message
@@ -339,22 +339,6 @@ static char *read_small_file(const char *path, size_t *len) {
     return buf;
 }
 
-/* A family whose turn markers are all single tokens of the vocabulary, or
- * API_TMPL_NONE. Used only when the file has no tokenizer.chat_template. */
-static int infer_chat_family(const struct tok *t) {
-    static const struct {
-        int fam;
-        const char *a, *b;
-    } marks[] = {
-        {API_TMPL_GEMMA, "<start_of_turn>", "<end_of_turn>"},
-        {API_TMPL_CHATML, "<|im_start|>", "<|im_end|>"},
-        {API_TMPL_LLAMA3, "<|start_header_id|>", "<|eot_id|>"},
-    };
-    for (size_t m = 0; m < sizeof(marks) / sizeof(marks[0]); m++)
-        if (tok_find(t, marks[m].a) >= 0 && tok_find(t, marks[m].b) >= 0) return marks[m].fam;
-    return API_TMPL_NONE;
-}
-
 /* --chat-template (a family name, a file, or template text), checked before
  * the model loads. Returns 0 (cfg->chat_family stays NONE without an
  * override), or 2 (usage error, message printed) when it is not recognised. */
@@ -393,28 +377,27 @@ static int chat_template_override(const char *override, struct srv_config *cfg) 
  * only logs: its chat requests get a 400. */
 static void chat_template_from_model(const struct eng_model *m, struct srv_config *cfg) {
     struct gguf_str t = {0, NULL};
-    if (gguf_get_str(eng_model_gguf(m), "tokenizer.chat_template", &t) == 0 && t.len > 0) {
-        cfg->chat_family = api_tmpl_detect(t.s, (size_t)t.len, &cfg->chat_bos);
-        if (cfg->chat_family == API_TMPL_NONE)
-            srv_log(SRV_LOG_WARN,
-                    "the model's chat template is not one of the known families (chatml, "
-                    "llama3, llama2, mistral, gemma): /v1/chat/completions answers 400; "
-                    "choose one with --chat-template");
-    } else if ((cfg->chat_family = infer_chat_family(eng_model_tok(m))) != API_TMPL_NONE) {
-        /* No template in the file (the Gemma 3 270M GGUF has none), but its
-         * vocabulary carries one family's turn markers as single tokens. */
-        cfg->chat_bos = api_tmpl_default_bos(cfg->chat_family);
+    if (gguf_get_str(eng_model_gguf(m), "tokenizer.chat_template", &t) < 0) t.len = 0;
+    switch (api_tmpl_for_model(t.s, (size_t)t.len, eng_model_tok(m), &cfg->chat_family, &cfg->chat_bos)) {
+    case API_TMPL_SRC_UNKNOWN:
+        srv_log(SRV_LOG_WARN,
+                "the model's chat template is not one of the known families (chatml, "
+                "llama3, llama2, mistral, gemma): /v1/chat/completions answers 400; "
+                "choose one with --chat-template");
+        return;
+    case API_TMPL_SRC_VOCAB:
         srv_log(SRV_LOG_INFO, "the model has no chat template; its vocabulary has the %s turn "
                               "markers, so chat requests use that family",
                 api_tmpl_name(cfg->chat_family));
         return;
-    } else {
+    case API_TMPL_SRC_NONE:
         srv_log(SRV_LOG_INFO, "the model has no chat template: /v1/chat/completions answers "
                               "400 unless --chat-template is given");
-    }
-    if (cfg->chat_family != API_TMPL_NONE)
+        return;
+    default:
         srv_log(SRV_LOG_INFO, "chat template: %s%s (from the model)",
                 api_tmpl_name(cfg->chat_family), cfg->chat_bos ? " with BOS" : "");
+    }
 }
 
 static int cmd_serve(int argc, char **argv) {
@@ -427,6 +410,11 @@ static int cmd_serve(int argc, char **argv) {
     if (rc)
         return rc;
     srv_log_level = o.srv.log_level;
+    char ops_err[300];
+    if (srv_ops_setup(&o.srv, ops_err, sizeof ops_err) != 0) {
+        fprintf(stderr, "slimserve serve: %s\n", ops_err);
+        return 2; /* what it gathered is freed at exit */
+    }
     o.srv.port = o.port;
     o.eng.n_threads = o.threads;
     o.eng.n_ctx = o.ctx;
@@ -458,13 +446,23 @@ static int cmd_serve(int argc, char **argv) {
     struct eng_model *m = NULL;
     char err[512] = "";
     srv_log(SRV_LOG_INFO, "loading model %s (backend %s)", o.srv.model_path, o.eng.backend);
-    rc = eng_model_load(&m, o.srv.model_path, &o.eng, err, sizeof(err));
+    /* A --layer-parallel range is applied after the load, so that a range the
+     * model cannot take is told apart (a usage error) from a bad file. */
+    struct eng_options load_opts = o.eng;
+    if (load_opts.lp_mode == ENG_LP_RANGE) load_opts.lp_mode = ENG_LP_OFF;
+    rc = eng_model_load(&m, o.srv.model_path, &load_opts, err, sizeof(err));
     if (rc < 0 || !m) {
         fprintf(stderr, "slimserve: cannot load model '%s': %s\n", o.srv.model_path,
                 err[0] ? err : ss_strerror(rc));
         free(name_buf);
-        /* a --layer-parallel range the model cannot take is a usage error */
-        return rc == SS_EINVAL && o.eng.lp_mode == ENG_LP_RANGE && strstr(err, "layer parallelism") ? 2 : 1;
+        return 1;
+    }
+    if (o.eng.lp_mode == ENG_LP_RANGE &&
+        (rc = eng_model_apply_layer_parallel(m, &o.eng, err, sizeof(err))) < 0) {
+        fprintf(stderr, "slimserve serve: --layer-parallel: %s\n", err[0] ? err : ss_strerror(rc));
+        eng_model_free(m);
+        free(name_buf);
+        return 2;
     }
     if (o.srv.chat_family == API_TMPL_NONE)
         chat_template_from_model(m, &o.srv);

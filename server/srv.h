@@ -1,5 +1,9 @@
 /* srv.h - the server module's internal interface (main.c <-> http.c).
  *
+ * Module server/ (top of the layer order): owns main, flags, the libuv loop
+ * driving libmicrohttpd, routing, logging and signals. May include api/,
+ * scheduler/, engine/ and tools/ (the subcommands); tools/check_layers.sh checks.
+ *
  * main.c turns flags and environment variables into a struct srv_config, loads
  * the model and calls srv_run(), which owns everything else: the libuv loop,
  * the libmicrohttpd daemon (driven from the loop), the scheduler and its engine
@@ -8,6 +12,7 @@
 #ifndef SS_SRV_H
 #define SS_SRV_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +38,15 @@ struct srv_config {
     int no_prefix_cache;        /* 1: scheduler without prefix caching */
     int chat_family;            /* enum api_tmpl_family for /v1/chat/completions (0: none) */
     int chat_bos;               /* 1: the chat template emits the BOS token text */
+
+    /* operations (server/ops.c; issue 13) */
+    const char *api_key_file;   /* --api-key-file: more keys, one per line */
+    char **api_keys;            /* --api-key plus the file's keys (srv_ops_setup); none: open */
+    int n_api_keys;
+    const char *cors_origins;   /* --cors-allow-origins: "*" or comma-separated origins; NULL off */
+    const char *log_format;     /* --log-format: text (default) or json */
+    double sse_keepalive_s;     /* SSE comment after this many quiet seconds on a stream; 0 off */
+    double max_queue_time;      /* seconds before a never-admitted request gets 503; 0 off */
 };
 
 /* Serves until SIGINT/SIGTERM. The model must stay loaded until it returns.
@@ -40,8 +54,22 @@ struct srv_config {
  * could not start (message already printed). Loop thread = the calling thread. */
 int srv_run(const struct srv_config *cfg, struct eng_model *m);
 
-/* stderr logging with a level filter; thread-safe (one fprintf per line). */
+/* stderr logging with a level filter; thread-safe (one fprintf per line).
+ * --log-format json writes one JSON object per line ({"time", "level",
+ * "request_id" when known, "msg"}). srv_log_req tags the line with a request
+ * id (rid NULL or "": none). Any thread. */
 void srv_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void srv_log_req(int level, const char *rid, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void srv_log_v(int level, const char *rid, const char *fmt, va_list ap);
 extern int srv_log_level;
+extern int srv_log_json; /* 1: --log-format json */
+
+/* Main thread, after the flags and before srv_run: checks --log-format and
+ * --cors-allow-origins, gathers the API keys (--api-key, --api-key-file) into
+ * cfg->api_keys. 0, or -1 with a message in err. The keys are freed (and
+ * cleared) at exit; srv_ops_free frees those of a config at once. */
+int srv_ops_setup(struct srv_config *cfg, char *err, size_t cap);
+void srv_ops_free(struct srv_config *cfg);
 
 #endif

@@ -14,7 +14,7 @@ decoder_embed_dim, decoder_ffn_embed_dim, decoder_layers,
 decoder_attention_heads, structure, tie_weights, qk_bias, tokens_per_sample /
 n_positions); --structure overrides its structure string.
 
-What changes on the way (docs: /work/shared/notes/subllm-reference.md):
+What changes on the way (checked numerically against the authors' code):
   - q_proj / k_proj rows: their RoPE is rotate-half over the whole head, ours
     (llama.cpp's "llama" convention) rotates adjacent pairs, so in every head
     their row i goes to our row 2i and their row i + hd/2 to our row 2i + 1;

@@ -237,8 +237,12 @@ static int micro(int argc, char **argv) {
     struct be be;
     int64_t K = argc > 7 ? atol(argv[6]) : 2048, R = argc > 7 ? atol(argv[7]) : 128;
     int nth = argc > 8 ? atoi(argv[8]) : 1;
-    if (!be_type_supported(type) || n < 1 || n > 512 || K < 256 || R < 1 || be_open(&be, "cpu", nth) != 0)
+    if (n < 1 || n > 512 || K < 256 || R < 1 || be_open(&be, "cpu", nth) != 0)
         return 2;
+    if (!be_type_supported(&be, type)) {
+        be_close(&be);
+        return 2;
+    }
     if (argc > 5 && kcpu_ctx_set_isa(&be, argv[5]) != 0)
         return 2;
     size_t rb = be_row_bytes(type, K);

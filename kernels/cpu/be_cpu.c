@@ -1,6 +1,7 @@
 /* be_cpu.c - the CPU backend: ops table, memory, and the small ops (rmsnorm,
  * rope, kv_store, glu, add, scale). matmul/get_rows live in matmul.c, attention
- * in attention.c, the SIMD kernels in matmul_avx2.c / matmul_avx512.c.
+ * in attention.c, fork2 in fork.c, the SIMD kernels in matmul_avx2.c /
+ * matmul_avx512.c.
  *
  * Memory is host memory: alloc is 64-byte aligned and zeroed, upload/download
  * are memcpy. Threads: OpenMP teams of ctx->n_threads inside each call; the
@@ -53,6 +54,7 @@ static int cpu_init(void **out, int n_threads) {
         return SS_ENOMEM;
     }
     c->isa = kcpu_isa_best();
+    c->fork_mode = kcpu_fork_mode_env();
     *out = c;
     return 0;
 }
@@ -61,6 +63,7 @@ static void cpu_free(void *ctx) {
     struct kcpu_ctx *c = ctx;
     if (!c)
         return;
+    kcpu_fork_free(c);
     free_bufs(c);
     free(c);
 }
@@ -94,12 +97,17 @@ static void cpu_copy(void *ctx, void *dst, const void *src, size_t bytes) {
 
 static int cpu_weight_prepare(void *ctx, struct be_tensor *w) {
     (void)ctx;
-    if (!be_type_supported(w->type))
+    if (!kcpu_type_supported(w->type))
         return SS_EUNSUPPORTED;
     size_t rb = be_row_bytes(w->type, w->ne[0]);
     if (w->ne[0] <= 0 || w->ne[1] <= 0 || rb == 0 || (w->nb1 && w->nb1 < rb) || !w->data)
         return SS_EINVAL;
     return 0; /* weights are used in place (mmapped) */
+}
+
+static int cpu_type_supported(void *ctx, int type) {
+    (void)ctx;
+    return kcpu_type_supported(type);
 }
 
 /* ---------------------------------------------------------------- small ops */
@@ -235,6 +243,7 @@ const struct be_ops kcpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .weight_prepare = cpu_weight_prepare,
+    .type_supported = cpu_type_supported,
     .matmul = kcpu_matmul,
     .get_rows = kcpu_get_rows,
     .rmsnorm = cpu_rmsnorm,
@@ -244,6 +253,7 @@ const struct be_ops kcpu_ops = {
     .glu = cpu_glu,
     .add = cpu_add,
     .scale = cpu_scale,
+    .fork2 = kcpu_fork2,
 };
 
 /* ---------------------------------------------------------------- test hooks */

@@ -135,6 +135,10 @@ const struct kcpu_isa *kcpu_isa_best(void);
 /* The named ISA if compiled in and supported by this CPU, else NULL. */
 const struct kcpu_isa *kcpu_isa_find(const char *name);
 
+/* 1 if the CPU kernels compute with this type (the CPU backend's
+ * type_supported entry; also their own guard); 0 otherwise. types.c. */
+int kcpu_type_supported(int type);
+
 /* The CPU ops table (be_cpu.c). */
 extern const struct be_ops kcpu_ops;
 
@@ -145,7 +149,15 @@ struct kcpu_ctx {
     /* per-thread scratch for dequantised weight tiles, grown on demand */
     float **tbuf;
     size_t *tbuf_len; /* floats */
+    int fork_mode;    /* KCPU_FORK_*: when fork2 splits (fork.c) */
+    struct kcpu_ctx *half[2]; /* fork2's one-thread halves, made on the first split */
 };
+
+/* fork.c: be_ops.fork2 of the CPU backend. */
+enum { KCPU_FORK_AUTO = 0, KCPU_FORK_SEQ, KCPU_FORK_SPLIT };
+int kcpu_fork_mode_env(void); /* from SLIMSERVE_LP_EXEC: "seq", "split", else auto */
+void kcpu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1);
+void kcpu_fork_free(struct kcpu_ctx *c); /* releases the halves */
 
 /* Test/bench hooks: switch the ISA or thread count of an open CPU backend.
  * Return 0, or SS_EUNSUPPORTED (-7) if the ISA is not usable here. */

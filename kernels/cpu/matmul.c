@@ -265,7 +265,7 @@ void kcpu_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w
     const uint8_t *data = w->be_data ? w->be_data : w->data;
     size_t rb = be_row_bytes(w->type, K);
     size_t nb1 = w->nb1 ? w->nb1 : rb;
-    if (!be_type_supported(w->type) || K <= 0 || rb == 0 || nb1 < rb || !data) {
+    if (!kcpu_type_supported(w->type) || K <= 0 || rb == 0 || nb1 < rb || !data) {
         /* the engine checks types at load; never read out of bounds here */
         memset(y, 0, sizeof(float) * (size_t)n * (size_t)R);
         return;
@@ -303,7 +303,7 @@ void kcpu_get_rows(void *vctx, float *out, const struct be_tensor *w, const int3
     const uint8_t *data = w->be_data ? w->be_data : w->data;
     size_t rb = be_row_bytes(w->type, K);
     size_t nb1 = w->nb1 ? w->nb1 : rb;
-    int ok = be_type_supported(w->type) && K > 0 && rb > 0 && nb1 >= rb && data;
+    int ok = kcpu_type_supported(w->type) && K > 0 && rb > 0 && nb1 >= rb && data;
     struct kcpu_mm mm = {.w = data, .nb1 = nb1, .type = w->type, .K = K};
     for (int i = 0; i < n; i++) {
         float *o = out + (size_t)i * (size_t)(K > 0 ? K : 0);

@@ -74,6 +74,12 @@ static void ref_scale_min(int j, const unsigned char *s, int *sc, int *m) {
     }
 }
 
+/* 1 for the block types ref_block implements. */
+static int ref_block_type(int type) {
+    return type == BE_Q4_0 || type == BE_Q5_0 || type == BE_Q8_0 || type == BE_Q4_K ||
+           type == BE_Q5_K || type == BE_Q6_K;
+}
+
 static void ref_block(int type, const unsigned char *b, float *y) {
     switch (type) {
     case BE_Q4_0: {
@@ -157,7 +163,7 @@ void kref_dequant_row(int type, const void *src, float *dst, int64_t n) {
         break;
     }
     const struct be_type_info *ti = be_type_get(type);
-    if (!ti || !be_type_supported(type) || n % ti->blck) {
+    if (!ti || !ref_block_type(type) || n % ti->blck) {
         for (int64_t i = 0; i < n; i++)
             dst[i] = 0.0f;
         return;

@@ -2,7 +2,7 @@
  * scalar dequantiser used by the generic (no SIMD) kernels and get_rows.
  *
  * Geometry is listed for every type a GGUF file may carry (so a loader can size
- * tensors it will not compute with); be_type_supported() says which the CPU
+ * tensors it will not compute with); kcpu_type_supported() says which the CPU
  * kernels compute with. Block layouts: see kcpu.h.
  */
 #include <math.h>
@@ -59,7 +59,7 @@ size_t be_row_bytes(int type, int64_t n) {
     return (size_t)(n / ti->blck) * (size_t)ti->size;
 }
 
-int be_type_supported(int type) {
+int kcpu_type_supported(int type) {
     switch (type) {
     case BE_F32: case BE_F16: case BE_BF16: case BE_Q8_0: case BE_Q4_0: case BE_Q5_0:
     case BE_Q4_K: case BE_Q5_K: case BE_Q6_K:
@@ -183,7 +183,7 @@ static void dq_q6_k(const uint8_t *b, float *y) {
 
 void kcpu_dequant_row_scalar(int type, const uint8_t *src, float *dst, int64_t n) {
     const struct be_type_info *ti = be_type_get(type);
-    if (!ti || !be_type_supported(type) || n % ti->blck) {
+    if (!ti || !kcpu_type_supported(type) || n % ti->blck) {
         memset(dst, 0, sizeof(float) * (size_t)(n > 0 ? n : 0));
         return;
     }

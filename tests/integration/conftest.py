@@ -8,6 +8,7 @@ Python standard library only (plus pytest).
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,8 +42,8 @@ def gen_model(out, tokenizer, *extra):
 class Server:
     """One `slimserve serve` process. Use as a context manager, or call stop()."""
 
-    def __init__(self, model, workdir, *args, env=None, name="srv"):
-        self.port = free_port()
+    def __init__(self, model, workdir, *args, env=None, name="srv", port=None):
+        self.port = port or free_port()  # port: e.g. a restart on the same address
         self.host = "127.0.0.1"
         self.log_path = os.path.join(str(workdir), f"{name}-{self.port}.log")
         self.out_path = os.path.join(str(workdir), f"{name}-{self.port}.out")
@@ -237,13 +238,23 @@ def get_metrics(srv):
     for fam, typ in types.items():
         if typ != "histogram":
             continue
-        buckets = [(lab, v) for (n, lab), v in samples.items() if n == fam + "_bucket"]
-        les = [float(lab[5:-2]) if lab != '{le="+Inf"}' else float("inf") for lab, _ in buckets]
-        assert les == sorted(les) and les[-1] == float("inf"), (fam, les)
-        counts = [v for _, v in buckets]
-        assert counts == sorted(counts), f"{fam} buckets are not cumulative: {counts}"
-        assert samples[(fam + "_count", "")] == counts[-1], fam
-        assert (fam + "_sum", "") in samples, fam
+        # Buckets per series: the labels other than le (e.g. vllm:'s model_name).
+        series = {}
+        for (n, lab), v in samples.items():
+            if n != fam + "_bucket":
+                continue
+            m = re.fullmatch(r'\{(.*?),?le="([^"]*)"\}', lab)
+            assert m, (n, lab)
+            series.setdefault(m.group(1), []).append((float(m.group(2)), v))
+        assert series, fam
+        for rest, buckets in series.items():
+            les = [le for le, _ in buckets]
+            assert les == sorted(les) and les[-1] == float("inf"), (fam, les)
+            counts = [v for _, v in buckets]
+            assert counts == sorted(counts), f"{fam} buckets are not cumulative: {counts}"
+            other = "{" + rest + "}" if rest else ""
+            assert samples[(fam + "_count", other)] == counts[-1], fam
+            assert (fam + "_sum", other) in samples, fam
     return samples, types
 
 

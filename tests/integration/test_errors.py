@@ -5,7 +5,7 @@ import json
 import socket
 import time
 
-from conftest import Server, assert_error, complete, post_json, request
+from conftest import Server, assert_error, complete, get_metrics, post_json, request
 
 CTX = 256  # the fixture models' context
 VOCAB = 512
@@ -239,25 +239,27 @@ def test_queue_full_503(slow_model, tmp_path):
                 "--threads", "1") as srv:
         conns = []
         try:
-            def open_stream():
+            def send_stream():
                 c = http.client.HTTPConnection(srv.host, srv.port, timeout=60)
                 c.request("POST", "/v1/completions",
                           body=json.dumps({"prompt": "x", "max_tokens": 8000, "stream": True,
                                            "ignore_eos": True, "temperature": 0}),
                           headers={"Content-Type": "application/json"})
                 conns.append(c)
-                return c.getresponse()
+                return c
 
-            first = open_stream()
+            first = send_stream().getresponse()
             assert first.status == 200
             assert first.readline().startswith(b"data: ")  # running now
-            got = None
-            for _ in range(4):  # the next one waits; one after that is refused
-                resp = open_stream()
-                if resp.status != 200:
-                    got = resp
-                    break
-            assert got is not None, "no 503 with one running and one waiting request"
+            # The next one waits for the seat (a stream's headers go out only
+            # once it is admitted, so nothing is read from it here)...
+            send_stream()
+            deadline = time.monotonic() + 30
+            while get_metrics(srv)[0][("slimserve:num_requests_waiting", "")] < 1:
+                assert time.monotonic() < deadline, "the second stream never queued"
+                time.sleep(0.02)
+            # ...and one more is refused: the queue holds one.
+            got = send_stream().getresponse()
             assert got.status == 503
             assert got.getheader("Retry-After") is not None
             err = assert_error(503, json.loads(got.read()), 503)

@@ -212,6 +212,12 @@ def test_cli_errors(models, tmp_path):
     r = run("serve", "--model", str(junk), "--port", "0")
     assert r.returncode == 1
     assert str(junk).encode() in r.stderr
+    # a --layer-parallel range the model cannot take is a usage error (2), with
+    # the reason; the same flag with a bad file is a load error (1)
+    r = run("serve", "--model", m, "--port", "0", "--layer-parallel", "0:64")
+    assert r.returncode == 2 and b"layer-parallel" in r.stderr and b"0:64" in r.stderr, r.stderr
+    r = run("serve", "--model", str(junk), "--port", "0", "--layer-parallel", "0:2")
+    assert r.returncode == 1 and str(junk).encode() in r.stderr
 
 
 def test_env_config(models, tmp_path):

@@ -23,8 +23,8 @@ writes float32 [n_tokens][n_vocab] logits (row-major, no header).
 prints the perplexity JSON of tests/ref/ppl_ref.py computed with this
 forward pass instead of the llama one.
 
-For tools/convert_subllm.py (the authors' conventions, see
-/work/shared/notes/subllm-reference.md):
+For tools/convert_subllm.py (the authors' conventions, listed in that
+tool's docstring):
 
     python3 tests/ref/subllm_ref.py MODEL --export-theirs ckpt.npz --export-config cfg.json
 

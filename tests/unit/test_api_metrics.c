@@ -1,6 +1,7 @@
 /* test_api_metrics.c - the Prometheus text of GET /metrics (api/metrics.c),
  * parsed back: HELP/TYPE lines, counters and gauges from a scheduler
- * snapshot, cumulative histogram buckets with _sum/_count, per-level series.
+ * snapshot, cumulative histogram buckets with _sum/_count, per-level series,
+ * the vllm: name set (model_name label) and cache_config_info.
  */
 #include <check.h>
 #include <math.h>
@@ -45,7 +46,7 @@ static int prom_parse(const char *text, struct prom_sample *out, int cap, char t
             char name[96], type[32];
             ck_assert(sscanf(line + 7, "%95s %31s", name, type) == 2);
             ck_assert_msg(strcmp(name, help_for) == 0, "TYPE %s without HELP", name);
-            ck_assert(*n_types < 64);
+            ck_assert(*n_types < 128);
             snprintf(types[*n_types][0], 64, "%.63s", name);
             snprintf(types[*n_types][1], 64, "%.31s", type);
             (*n_types)++;
@@ -65,7 +66,8 @@ static int prom_parse(const char *text, struct prom_sample *out, int cap, char t
         }
         snprintf(s->name, sizeof(s->name), "%.95s", line);
         s->value = strcmp(sp + 1, "+Inf") == 0 ? INFINITY : strtod(sp + 1, NULL);
-        ck_assert_msg(strncmp(s->name, "slimserve:", 10) == 0, "%s", s->name);
+        ck_assert_msg(!strncmp(s->name, "slimserve:", 10) || !strncmp(s->name, "vllm:", 5), "%s",
+                      s->name);
         /* the family was declared */
         int found = 0;
         for (int t = 0; t < *n_types && !found; t++) {
@@ -116,11 +118,11 @@ START_TEST(test_metrics_text) {
 
     struct api_buf b;
     api_buf_init(&b);
-    ck_assert_int_eq(api_metrics_text(&b, &st), 0);
-    static struct prom_sample s[256];
-    static char types[64][2][64];
+    ck_assert_int_eq(api_metrics_text(&b, &st, NULL), 0);
+    static struct prom_sample s[512];
+    static char types[128][2][64];
     int nt = 0;
-    int n = prom_parse(b.data, s, 256, types, &nt);
+    int n = prom_parse(b.data, s, 512, types, &nt);
     ck_assert(n > 40);
 
     ck_assert(prom_get(s, n, "slimserve:num_requests_running", NULL) == 3);
@@ -192,7 +194,7 @@ START_TEST(test_metrics_text) {
 
     /* an empty pool does not divide by zero */
     memset(&st, 0, sizeof(st));
-    api_metrics_text(&b, &st);
+    api_metrics_text(&b, &st, NULL);
     ck_assert(strstr(b.data, "slimserve:kv_cache_usage_perc 0\n") != NULL);
     api_buf_free(&b);
 }
@@ -230,11 +232,11 @@ START_TEST(test_metrics_levels) {
 
     struct api_buf b;
     api_buf_init(&b);
-    ck_assert_int_eq(api_metrics_text(&b, &st), 0);
-    static struct prom_sample s[256];
-    static char types[64][2][64];
+    ck_assert_int_eq(api_metrics_text(&b, &st, NULL), 0);
+    static struct prom_sample s[512];
+    static char types[128][2][64];
     int nt = 0;
-    int n = prom_parse(b.data, s, 256, types, &nt);
+    int n = prom_parse(b.data, s, 512, types, &nt);
 
     ck_assert_str_eq(prom_type(types, nt, "slimserve:kv_cache_usage_perc"), "gauge");
     ck_assert_str_eq(prom_type(types, nt, "slimserve:kv_cache_level_units"), "gauge");
@@ -272,13 +274,13 @@ START_TEST(test_metrics_levels) {
     st.level_tokens[0] = 50;
     st.level_tokens[1] = 0;
     st.level_tokens[2] = 0;
-    api_metrics_text(&b, &st);
-    n = prom_parse(b.data, s, 256, types, &nt);
+    api_metrics_text(&b, &st, NULL);
+    n = prom_parse(b.data, s, 512, types, &nt);
     ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"1\"}") == 0);
     ck_assert(prom_get(s, n, "slimserve:level_kept_fraction", "{level=\"2\"}") == 0);
     api_buf_free(&b);
     memset(st.level_tokens, 0, sizeof(st.level_tokens));
-    api_metrics_text(&b, &st);
+    api_metrics_text(&b, &st, NULL);
     ck_assert(strstr(b.data, "slimserve:level_kept_fraction{level=\"1\"} 0\n") != NULL);
     ck_assert(strstr(b.data, "NaN") == NULL);
     api_buf_free(&b);
@@ -290,8 +292,8 @@ START_TEST(test_metrics_levels) {
     st.n_levels = 1;
     st.level_units[0] = 16;
     st.level_tokens[0] = 77;
-    api_metrics_text(&b, &st);
-    n = prom_parse(b.data, s, 256, types, &nt);
+    api_metrics_text(&b, &st, NULL);
+    n = prom_parse(b.data, s, 512, types, &nt);
     ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.25);
     ck_assert(prom_get(s, n, "slimserve:level_tokens_total", "{level=\"0\"}") == 77);
     ck_assert(!prom_has(s, n, "slimserve:kv_cache_usage_perc", "{level=\"1\"}"));
@@ -302,8 +304,8 @@ START_TEST(test_metrics_levels) {
     memset(&st, 0, sizeof(st));
     st.n_levels = 1000;
     for (int k = 0; k < 8; k++) st.level_units[k] = k;
-    api_metrics_text(&b, &st);
-    n = prom_parse(b.data, s, 256, types, &nt);
+    api_metrics_text(&b, &st, NULL);
+    n = prom_parse(b.data, s, 512, types, &nt);
     ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"7\"}") == 7);
     ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"7\"}") == 0);
     ck_assert(!prom_has(s, n, "slimserve:kv_cache_level_units", "{level=\"8\"}"));
@@ -311,11 +313,86 @@ START_TEST(test_metrics_levels) {
     st.n_levels = -5; /* a snapshot before the first update: one level, = pages_used */
     st.pages_total = 10;
     st.pages_used = 5;
-    api_metrics_text(&b, &st);
-    n = prom_parse(b.data, s, 256, types, &nt);
+    api_metrics_text(&b, &st, NULL);
+    n = prom_parse(b.data, s, 512, types, &nt);
     ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"0\"}") == 0.5);
     ck_assert(prom_get(s, n, "slimserve:kv_cache_level_units", "{level=\"0\"}") == 5);
     ck_assert(!prom_has(s, n, "slimserve:kv_cache_level_units", "{level=\"1\"}"));
+    api_buf_free(&b);
+}
+END_TEST
+
+/* The vllm: name set beside the slimserve: one: the same values under vLLM's
+ * names with a model_name label (escaped), no per-level series, and
+ * cache_config_info carrying the pool's geometry as label strings. */
+START_TEST(test_metrics_vllm_names) {
+    struct sched_stats st;
+    memset(&st, 0, sizeof(st));
+    st.n_running = 7;
+    st.n_waiting = 11;
+    st.pages_used = 30;
+    st.pages_total = 120;
+    st.n_levels = 2;
+    st.level_units[0] = 20;
+    st.level_units[1] = 10;
+    st.n_preemptions = 3;
+    st.n_finished[REQ_FINISH_LENGTH] = 9;
+    st.ttft_s.n = 2;
+    st.ttft_s.le[0] = 0.5;
+    st.ttft_s.le[1] = 2;
+    sched_hist_observe(&st.ttft_s, 0.25);
+    sched_hist_observe(&st.ttft_s, 1.0);
+    struct api_model_info mi;
+    memset(&mi, 0, sizeof(mi));
+    mi.name = "m\"x\\y";
+    mi.kv_pages = 40;
+
+    struct api_buf b;
+    api_buf_init(&b);
+    ck_assert_int_eq(api_metrics_text(&b, &st, &mi), 0);
+    static struct prom_sample s[512];
+    static char types[128][2][64];
+    int nt = 0;
+    int n = prom_parse(b.data, s, 512, types, &nt);
+    const char *ml = "{model_name=\"m\\\"x\\\\y\"}";
+    ck_assert(prom_get(s, n, "vllm:num_requests_running", ml) == 7);
+    ck_assert(prom_get(s, n, "vllm:num_requests_waiting", ml) == 11);
+    ck_assert(prom_get(s, n, "vllm:kv_cache_usage_perc", ml) == 0.25);
+    ck_assert(prom_get(s, n, "vllm:num_preemptions_total", ml) == 3);
+    ck_assert(prom_get(s, n, "vllm:request_success_total",
+                       "{model_name=\"m\\\"x\\\\y\",finished_reason=\"length\"}") == 9);
+    ck_assert(prom_get(s, n, "vllm:time_to_first_token_seconds_bucket",
+                       "{model_name=\"m\\\"x\\\\y\",le=\"0.5\"}") == 1);
+    ck_assert(prom_get(s, n, "vllm:time_to_first_token_seconds_bucket",
+                       "{model_name=\"m\\\"x\\\\y\",le=\"+Inf\"}") == 2);
+    ck_assert(prom_get(s, n, "vllm:time_to_first_token_seconds_count", ml) == 2);
+    ck_assert(prom_get(s, n, "vllm:time_to_first_token_seconds_sum", ml) == 1.25);
+    ck_assert_str_eq(prom_type(types, nt, "vllm:num_requests_waiting"), "gauge");
+    ck_assert_str_eq(prom_type(types, nt, "vllm:kv_cache_usage_perc"), "gauge");
+    ck_assert_str_eq(prom_type(types, nt, "vllm:prompt_tokens_total"), "counter");
+    ck_assert_str_eq(prom_type(types, nt, "vllm:time_to_first_token_seconds"), "histogram");
+    ck_assert_str_eq(prom_type(types, nt, "vllm:cache_config_info"), "gauge");
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:cache_config_info"), "gauge");
+    /* cache_config_info: value 1, the geometry in labels, no model_name */
+    const char *cc = "{block_size=\"16\",num_gpu_blocks=\"40\"}";
+    ck_assert(prom_get(s, n, "vllm:cache_config_info", cc) == 1);
+    ck_assert(prom_get(s, n, "slimserve:cache_config_info", cc) == 1);
+    /* per-level series stay slimserve-only; slimserve: series carry no model_name */
+    ck_assert(prom_get(s, n, "slimserve:kv_cache_usage_perc", "{level=\"1\"}") == 10.0 / 120);
+    ck_assert(prom_get(s, n, "slimserve:num_requests_waiting", NULL) == 11);
+    ck_assert_str_eq(prom_type(types, nt, "vllm:kv_cache_level_units"), "");
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(strncmp(s[i].name, "vllm:", 5) != 0 || strstr(s[i].labels, "level=\"") == NULL,
+                      "%s%s", s[i].name, s[i].labels);
+    /* the two sets hold the same series, apart from the per-level ones */
+    int n_own = 0, n_vllm = 0;
+    for (int i = 0; i < n; i++) {
+        if (!strncmp(s[i].name, "vllm:", 5))
+            n_vllm++;
+        else if (!strstr(s[i].labels, "level=\"") && strncmp(s[i].name, "slimserve:level_", 16))
+            n_own++;
+    }
+    ck_assert_int_eq(n_own, n_vllm);
     api_buf_free(&b);
 }
 END_TEST
@@ -325,6 +402,7 @@ static Suite *metrics_suite(void) {
     TCase *tc = tcase_create("metrics");
     tcase_add_test(tc, test_metrics_text);
     tcase_add_test(tc, test_metrics_levels);
+    tcase_add_test(tc, test_metrics_vllm_names);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,7 +1,8 @@
 /* test_kernels.c - the compute backend (kernels/): type geometry, half
  * conversions, dequantisation of hand-built blocks against numbers written from
  * the format definitions, every kernel against a plain scalar reference, the
- * bitwise batch/thread invariance of matmul, and the CUDA registry.
+ * bitwise batch/thread invariance of matmul, fork2 (the split of a layer
+ * pair), and the CUDA registry.
  *
  * Every CPU kernel test runs once per instruction set this CPU supports
  * (generic, avx2, avx512), switched with kcpu_ctx_set_isa().
@@ -91,11 +92,13 @@ START_TEST(test_type_geometry) {
     ck_assert_uint_eq(be_row_bytes(BE_F32, 7), 28);
     ck_assert_uint_eq(be_row_bytes(BE_Q8_0, 64), 68);
     ck_assert_uint_eq(be_row_bytes(99, 64), 0);
+    struct be be = open_cpu(1);
     for (int i = 0; i < N_TYPES; i++)
-        ck_assert(be_type_supported(all_types[i]));
-    ck_assert(!be_type_supported(BE_Q4_1));
-    ck_assert(!be_type_supported(BE_Q2_K));
-    ck_assert(!be_type_supported(-3));
+        ck_assert(be_type_supported(&be, all_types[i]));
+    ck_assert(!be_type_supported(&be, BE_Q4_1));
+    ck_assert(!be_type_supported(&be, BE_Q2_K));
+    ck_assert(!be_type_supported(&be, -3));
+    be_close(&be);
 }
 END_TEST
 
@@ -816,6 +819,70 @@ START_TEST(test_kv_store_f16) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- fork2 */
+
+/* A fork2 task: y = x . W^T through the handle it is given; records the handle. */
+struct fork_task {
+    const struct be_tensor *w;
+    const float *x;
+    float y[48];
+    int n;
+    void *ctx; /* the context the task ran on */
+    int order; /* when it ran (sequential wrapper), from fork_clock */
+};
+static int fork_clock;
+
+static void fork_task_run(struct be *be, void *arg) {
+    struct fork_task *t = arg;
+    t->ctx = be->ctx;
+    t->order = fork_clock++;
+    be_matmul(be, t->y, t->x, t->w, t->n);
+}
+
+/* Both tasks compute what the parent computes, bitwise, in every mode; the
+ * split runs them on two distinct one-thread shares (not the parent); the
+ * default wrapper (no fork2 entry) runs them in order on the backend itself. */
+START_TEST(test_fork2) {
+    enum { K = 256, R = 24, N = 2 };
+    static uint8_t wq[R * 272];
+    fill_weights(BE_Q8_0, wq, R, K);
+    struct be_tensor w = {.type = BE_Q8_0, .ne = {K, R, 1, 1}, .nb1 = be_row_bytes(BE_Q8_0, K), .data = wq};
+    float x[2][N * K], want[2][N * R];
+    for (int i = 0; i < 2 * N * K; i++) x[i / (N * K)][i % (N * K)] = frnd();
+    const int modes[] = {KCPU_FORK_AUTO, KCPU_FORK_SEQ, KCPU_FORK_SPLIT};
+    for (int threads = 1; threads <= 3; threads++) {
+        struct be be = open_cpu(threads);
+        for (int j = 0; j < 2; j++) be_matmul(&be, want[j], x[j], &w, N);
+        for (int mi = 0; mi < 3; mi++) {
+            struct kcpu_ctx *c = be.ctx;
+            c->fork_mode = modes[mi];
+            struct fork_task t[2] = {{.w = &w, .x = x[0], .n = N}, {.w = &w, .x = x[1], .n = N}};
+            be_fork2(&be, fork_task_run, &t[0], &t[1]);
+            int split = modes[mi] == KCPU_FORK_SPLIT || (modes[mi] == KCPU_FORK_AUTO && threads == 2);
+            for (int j = 0; j < 2; j++) {
+                ck_assert_msg(memcmp(t[j].y, want[j], sizeof want[j]) == 0, "threads %d mode %d task %d differs",
+                              threads, modes[mi], j);
+                if (split)
+                    ck_assert(t[j].ctx != be.ctx && ((struct kcpu_ctx *)t[j].ctx)->n_threads == 1);
+                else
+                    ck_assert_ptr_eq(t[j].ctx, be.ctx);
+            }
+            if (split) ck_assert_ptr_ne(t[0].ctx, t[1].ctx);
+        }
+        /* the wrapper's default: no fork2 entry */
+        struct be_ops plain_ops = *be.ops;
+        plain_ops.fork2 = NULL;
+        struct be plain = {&plain_ops, be.ctx};
+        struct fork_task t[2] = {{.w = &w, .x = x[0], .n = N}, {.w = &w, .x = x[1], .n = N}};
+        fork_clock = 0;
+        be_fork2(&plain, fork_task_run, &t[0], &t[1]);
+        ck_assert(t[0].order == 0 && t[1].order == 1 && t[0].ctx == be.ctx && t[1].ctx == be.ctx);
+        ck_assert(memcmp(t[0].y, want[0], sizeof want[0]) == 0 && memcmp(t[1].y, want[1], sizeof want[1]) == 0);
+        be_close(&be);
+    }
+}
+END_TEST
+
 /* ---------------------------------------------------------------- registry, cuda */
 
 START_TEST(test_registry) {
@@ -868,6 +935,7 @@ static Suite *kernels_suite(void) {
     tcase_add_test(tc, test_attention);
     tcase_add_test(tc, test_kv_store_f16);
     tcase_add_test(tc, test_registry);
+    tcase_add_test(tc, test_fork2);
     suite_add_tcase(s, tc);
     TCase *tcu = tcase_create("cuda");
     tcase_set_tags(tcu, "cuda");

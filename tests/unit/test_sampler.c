@@ -1,11 +1,10 @@
 /* test_sampler.c - the sampler: greedy, seeding, the drawn distribution against
  * softmax (chi-square), temperature, top_k, top_p, min_p, NaN/inf rows,
- * logprobs, penalties, logit bias, top-N logprobs, and speed.
- *
- * NOTE: this file includes sampler.c itself so that the static kernels can be
- * checked against their scalar references (exp, masked sums, compaction,
- * rank_select against a brute-force sort). The test's own copy of the smp_*
- * symbols satisfies the linker, so sampler.o is not taken from libengine.a.
+ * logprobs, penalties, logit bias, top-N logprobs; and the internals: the row
+ * passes of kernels/rowops.h (each SIMD table against the scalar references:
+ * exp, masked sums, max, compaction) and rank_select (against a brute-force
+ * sort), reached through engine/sampler_internal.h. The sampler's speed is
+ * measured by tools/bench_sampler, not here.
  * Every random input comes from fixed seeds: results are deterministic.
  */
 #include <check.h>
@@ -13,9 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "engine/sampler.c"
+#include "engine/sampler.h"
+#include "engine/sampler_internal.h"
+#include "kernels/rowops.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -41,7 +41,7 @@ static struct smp_params params(float t, int32_t k, float tp, float mp, uint64_t
 /* Deterministic test randomness, separate from the sampler's. */
 static uint64_t trng_state = 12345;
 static double trand(void) {
-    return (double)(splitmix64_next(&trng_state) >> 11) * 0x1.0p-53;
+    return (double)(smp_splitmix64_next(&trng_state) >> 11) * 0x1.0p-53;
 }
 static float tgauss(void) {
     double u = trand(), v = trand();
@@ -366,7 +366,7 @@ START_TEST(test_top_k) {
         /* Direct check of the selection (sampled-threshold path). */
         float *wv = (float *)w;
         int32_t *wid = (int32_t *)(wv + V);
-        int32_t got = select_top_k(big, V, k, wv, wid);
+        int32_t got = smp_select_top_k(big, V, k, wv, wid);
         ck_assert_int_eq(got, k);
         unsigned char *in = calloc(V, 1);
         int seen_ties = 0;
@@ -379,7 +379,7 @@ START_TEST(test_top_k) {
         }
         ck_assert_int_eq(seen_ties, tie_take);
         /* The plain radix path picks the same set. */
-        ck_assert_int_eq(rank_select(big, NULL, V, wv, wid, 0, k, 0), k);
+        ck_assert_int_eq(smp_rank_select(big, NULL, V, wv, wid, 0, k, 0), k);
         for (int32_t i = 0; i < k; i++)
             ck_assert(in[wid[i]]);
         /* Draws stay inside. */
@@ -741,6 +741,7 @@ END_TEST
 
 START_TEST(test_exp_kernels) {
     enum { N = 20000 };
+    const struct kcpu_rowops *ref = &kcpu_rowops_generic;
     float *src = malloc(sizeof(float) * N), *a = malloc(sizeof(float) * N),
           *b = malloc(sizeof(float) * N);
     for (int i = 0; i < N; i++)
@@ -748,11 +749,11 @@ START_TEST(test_exp_kernels) {
     src[0] = NAN;
     src[1] = -INFINITY;
     src[2] = INFINITY;
-    double sa = exp_block_ref(a, src, N, 0.0f, 1.0f);
+    double sa = ref->exp_block(a, src, N, 0.0f, 1.0f);
     double want_sum = 0;
     for (int i = 3; i < N; i++) {
         double e = exp((double)src[i]);
-        if (src[i] > EXP_LO) {
+        if (src[i] > KCPU_EXP_LO) {
             ck_assert_msg(fabs(a[i] - e) <= 3e-7 * e, "exp(%g) = %g vs %g", src[i], a[i], e);
             want_sum += e;
         } else {
@@ -762,15 +763,15 @@ START_TEST(test_exp_kernels) {
     ck_assert(a[0] == 0.0f && a[1] == 0.0f && a[2] == 1.0f);
     ck_assert(fabs(sa - (want_sum + 1.0)) < 1e-6 * sa);
     /* Temperature scaling and a nonzero max. */
-    exp_block_ref(a, src, N, 1.0f, 0.5f);
+    ref->exp_block(a, src, N, 1.0f, 0.5f);
     for (int i = 3; i < N; i += 97) {
         double e = exp(((double)src[i] - 1.0) * 0.5);
         ck_assert(fabs(a[i] - e) <= 3e-7 * e || (e < 1e-37 && a[i] == 0.0f));
     }
-#ifdef SMP_HAVE_AVX2
-    if (cpu_has_avx2_fma()) {
-        double sb = exp_block_avx2(b, src, N, 0.0f, 1.0f);
-        sa = exp_block_ref(a, src, N, 0.0f, 1.0f);
+    const struct kcpu_rowops *simd = kcpu_rowops_find("avx2"); /* NULL: not on this CPU */
+    if (simd) {
+        double sb = simd->exp_block(b, src, N, 0.0f, 1.0f);
+        sa = ref->exp_block(a, src, N, 0.0f, 1.0f);
         for (int i = 0; i < N; i++)
             ck_assert_msg(fabsf(a[i] - b[i]) <= 2e-7f * a[i], "avx2 exp(%g): %g vs %g", src[i],
                           b[i], a[i]);
@@ -783,16 +784,16 @@ START_TEST(test_exp_kernels) {
             t[i] = (float)(int)(20 * trand()) * 0.05f; /* ties */
         for (int n = 0; n < 40; n++) {
             int len = n < 20 ? n : N - n;
-            float pp = n % 3 ? t[n] : NO_PIVOT, thr = n % 4 ? 0.3f : 0.0f;
-            double r0 = masked_sum_ref(t, len, 5, thr, pp, n * 7);
-            double r1 = masked_sum_avx2(t, len, 5, thr, pp, n * 7);
+            float pp = n % 3 ? t[n] : SMP_NO_PIVOT, thr = n % 4 ? 0.3f : 0.0f;
+            double r0 = ref->masked_sum(t, len, 5, thr, pp, n * 7);
+            double r1 = simd->masked_sum(t, len, 5, thr, pp, n * 7);
             ck_assert(fabs(r0 - r1) < 1e-9 * (1 + r0));
             int d0 = 0, d1 = 0;
-            float m0 = row_max_ref(src + n, len - n > 0 ? len - n : 0, &d0);
-            float m1 = row_max_avx2(src + n, len - n > 0 ? len - n : 0, &d1);
+            float m0 = ref->row_max(src + n, len - n > 0 ? len - n : 0, &d0);
+            float m1 = simd->row_max(src + n, len - n > 0 ? len - n : 0, &d1);
             ck_assert(m0 == m1 && d0 == d1);
-            int32_t c0 = compact_ge_ref(t, len, 0, 0.7f, v0, i0);
-            int32_t c1 = compact_ge_avx2(t, len, 0.7f, v1, i1);
+            int32_t c0 = ref->compact_ge(t, len, 0, 0.7f, v0, i0);
+            int32_t c1 = simd->compact_ge(t, len, 0, 0.7f, v1, i1);
             ck_assert_int_eq(c0, c1);
             for (int32_t i = 0; i < c0; i++)
                 ck_assert(v0[i] == v1[i] && i0[i] == i1[i]);
@@ -803,7 +804,6 @@ START_TEST(test_exp_kernels) {
         free(i0);
         free(i1);
     }
-#endif
     free(src);
     free(a);
     free(b);
@@ -824,7 +824,7 @@ START_TEST(test_rank_select) {
         brute_ranks(v, n, rank);
         /* By count. */
         for (int k = 1; k <= n; k += 1 + n / 7) {
-            int32_t m = rank_select(v, NULL, n, dv, did, 0, k, 0);
+            int32_t m = smp_rank_select(v, NULL, n, dv, did, 0, k, 0);
             ck_assert_int_eq(m, k);
             for (int32_t i = 0; i < m; i++) {
                 ck_assert_int_lt(rank[did[i]], k);
@@ -848,7 +848,7 @@ START_TEST(test_rank_select) {
                 want++;
             }
             memcpy(dv, v, sizeof(float) * (size_t)n); /* in place this time */
-            int32_t m = rank_select(dv, NULL, n, dv, did, 1, 0, target);
+            int32_t m = smp_rank_select(dv, NULL, n, dv, did, 1, 0, target);
             ck_assert_msg(m == want, "n %d target %.4f: kept %d, want %d", n, fr[f], m, want);
             for (int32_t i = 0; i < m; i++)
                 ck_assert_int_lt(rank[did[i]], want);
@@ -872,7 +872,7 @@ START_TEST(test_rank_select) {
             lrank[order[i]] = i;
         const int32_t ks[] = {1, 2, 100, 4097, L - 1};
         for (size_t q = 0; q < sizeof ks / sizeof ks[0]; q++) {
-            ck_assert_int_eq(rank_select(lv, NULL, L, ov, oid, 0, ks[q], 0), ks[q]);
+            ck_assert_int_eq(smp_rank_select(lv, NULL, L, ov, oid, 0, ks[q], 0), ks[q]);
             for (int32_t i = 0; i < ks[q]; i++)
                 ck_assert(lrank[oid[i]] < ks[q] && (i == 0 || oid[i] > oid[i - 1]));
         }
@@ -885,7 +885,7 @@ START_TEST(test_rank_select) {
             int want = 0;
             while (want < L && cum < fr[f] * total)
                 cum += lv[order[want++]];
-            int32_t m = rank_select(lv, NULL, L, ov, oid, 1, 0, fr[f] * total);
+            int32_t m = smp_rank_select(lv, NULL, L, ov, oid, 1, 0, fr[f] * total);
             ck_assert_msg(m == want, "trial %d frac %.2f: kept %d, want %d", trial, fr[f], m,
                           want);
             for (int32_t i = 0; i < m; i++)
@@ -897,55 +897,6 @@ START_TEST(test_rank_select) {
     free(order);
     free(oid);
     free(lrank);
-}
-END_TEST
-
-/* ---- speed ------------------------------------------------------------ */
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-START_TEST(test_speed) {
-    enum { V = 262144, R = 30 };
-    float *base = malloc(sizeof(float) * V), *row = malloc(sizeof(float) * V);
-    void *w = work_for(V);
-    for (int i = 0; i < V; i++)
-        base[i] = 2.5f * tgauss();
-    const struct { const char *name; struct smp_params p; int lp; } cfg[] = {
-        {"greedy + logprob", params(0.0f, 0, 1.0f, 0.0f, 1), 1},
-        {"T=1 top_p=0.95", params(1.0f, 0, 0.95f, 0.0f, 1), 0},
-        {"T=0.7 top_p=0.95 + logprob", params(0.7f, 0, 0.95f, 0.0f, 1), 1},
-        {"top_k=40 top_p=0.9 + logprob", params(0.8f, 40, 0.9f, 0.0f, 1), 1},
-    };
-    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
-        struct smp_state st;
-        smp_init(&st, &cfg[c].p);
-        double t[R];
-        float lp;
-        for (int r = 0; r < R; r++) {
-            memcpy(row, base, sizeof(float) * V);
-            double t0 = now_s();
-            smp_sample(&st, &cfg[c].p, row, V, w, cfg[c].lp ? &lp : NULL);
-            t[r] = now_s() - t0;
-        }
-        qsort(t, R, sizeof(double), cmp_double);
-        double best = t[0];
-        printf("sampler speed, %d logits, %-30s median %.3f ms, best %.3f ms\n", V, cfg[c].name,
-               1e3 * t[R / 2], 1e3 * best);
-        /* Generous: catches an accidental O(n log n) or O(n^2), not noise. */
-        ck_assert_msg(best < 0.02, "%s: %.3f ms", cfg[c].name, 1e3 * best);
-    }
-    free(base);
-    free(row);
-    free(w);
 }
 END_TEST
 
@@ -967,7 +918,6 @@ static Suite *sampler_suite(void) {
         {"top_logprobs", test_top_logprobs},
         {"exp_kernels", test_exp_kernels},
         {"rank_select", test_rank_select},
-        {"speed", test_speed},
     };
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         TCase *tc = tcase_create(tests[i].name);

