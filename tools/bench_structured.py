@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from bench_serving import free_port, wait_health  # same folder
+from bench_serving import free_port, stop_server, wait_health  # same folder
 
 # A JSON list of objects that never closes (so both kinds make exactly T
 # tokens): what a schema {"type": "array", "items": {name, age, tags}} gives.
@@ -66,13 +66,10 @@ def run_round(port, streams, tokens, constrained, seed, timeout):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--streams", default="1,16")
-    ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--timeout-s", type=int, default=600)
-    ap.add_argument("server_args", nargs="*")
+    for name, kw in (("--bin", {"required": True}), ("--model", {"required": True}), ("--streams", {"default": "1,16"}),
+                     ("--tokens", {"type": int, "default": 64}), ("--rounds", {"type": int, "default": 3}),
+                     ("--timeout-s", {"type": int, "default": 600}), ("server_args", {"nargs": "*"})):
+        ap.add_argument(name, **kw)
     a = ap.parse_args()
     port = free_port()
     srv = subprocess.Popen([a.bin, "serve", "--model", a.model, "--port", str(port), "--log-level", "warn"]
@@ -94,11 +91,7 @@ def main():
             f, c = statistics.median(free), statistics.median(con)
             print(f"{s:>7} {f:>13.2f} {cold:>17.2f} {c:>17.2f} {100 * (c / f - 1):>8.1f}%", flush=True)
     finally:
-        srv.terminate()
-        try:
-            srv.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            srv.kill()
+        stop_server(srv)
     return 0
 
 

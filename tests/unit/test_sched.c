@@ -556,6 +556,18 @@ START_TEST(test_chunked_prefill) {
 }
 END_TEST
 
+/* The end of a run that had to preempt: it did, every page came back; frees
+ * the clients, the scheduler and the model. */
+static void end_preempted(struct sched *s, struct eng_model *m, struct client *cs, int n) {
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_uint_gt(st.n_preemptions, 0);
+    ck_assert_int_eq(st.pages_used, 0);
+    clients_free(cs, n);
+    sched_free(s);
+    eng_model_free(m);
+}
+
 START_TEST(test_preemption_keeps_output) {
     /* 6 pages of 16 slots: two requests of 40+24 tokens cannot both fit. */
     struct eng_model *m = load_model(6);
@@ -568,13 +580,7 @@ START_TEST(test_preemption_keeps_output) {
     for (int i = 0; i < N; i++) client_submit(s, &cs[i], make_req(40, 10 + i, 24));
     wait_all(cs, N, 120);
     for (int i = 0; i < N; i++) ck_assert_str_eq(cs[i].text, alone[i]);
-    struct sched_stats st;
-    sched_get_stats(s, &st);
-    ck_assert_uint_gt(st.n_preemptions, 0);
-    ck_assert_int_eq(st.pages_used, 0);
-    clients_free(cs, N);
-    sched_free(s);
-    eng_model_free(m);
+    end_preempted(s, m, cs, N);
 }
 END_TEST
 
@@ -839,13 +845,7 @@ START_TEST(test_constrained_batch_preempt) {
                               (cs[i].text[k] == '!' && k == cs[i].len - 1),
                           "'%s'", cs[i].text);
     }
-    struct sched_stats st;
-    sched_get_stats(s, &st);
-    ck_assert_uint_gt(st.n_preemptions, 0);
-    ck_assert_int_eq(st.pages_used, 0);
-    clients_free(cs, N);
-    sched_free(s);
-    eng_model_free(m);
+    end_preempted(s, m, cs, N);
 }
 END_TEST
 
