@@ -196,6 +196,7 @@ struct api_completion_meta {
     const char *model;
     int kind;             /* enum api_kind: object names and choice shapes */
     const struct tok *tok; /* token texts for logprobs; NULL -> "" */
+    int32_t n_cached;     /* usage.prompt_tokens_details.cached_tokens (prefix cache hits) */
 };
 /* Writes a fresh id "cmpl-<32 hex>" (chat: "chatcmpl-<32 hex>") into out
  * (cap >= 48). seq makes it unique. */

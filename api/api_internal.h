@@ -36,9 +36,15 @@ int api_parse_model(const struct api_model_info *mi, const cJSON *root, struct a
 
 /* Fields shared by completions and chat: stream and stream_options, n,
  * temperature/top_p/top_k/min_p/seed, presence/frequency/repetition
- * penalties, logit_bias, ignore_eos, stop. Fills c (p must be initialised). */
+ * penalties, logit_bias, ignore_eos, stop, output constraints
+ * (api_parse_structured). Fills c (p must be initialised). */
 int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct api_completion *c,
                      struct api_error *err);
+
+/* structured.c: response_format / structured_outputs / guided_* / json_schema /
+ * grammar -> p->grammar (compiled; at most one constraint). 0 or negative
+ * with *err (400 with the compiler's position of the problem). */
+int api_parse_structured(const cJSON *root, struct req_params *p, struct api_error *err);
 
 /* Encodes len bytes of text into *ids (malloc'd, replacing what was there)
  * and *n. An empty result is an error (param). Returns 0 or negative. */

@@ -8,8 +8,8 @@
  * where C is a string or an array of {"type": "text", "text": str} parts
  * (joined with "\n"); other part types are rejected (400). An assistant
  * message may have a null or missing content (rendered as ""). "developer" is
- * OpenAI's newer name for "system". Tools, functions and non-text
- * response_format are rejected rather than ignored.
+ * OpenAI's newer name for "system". Tools and functions are rejected rather
+ * than ignored; response_format is api_parse_structured's (structured.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,7 +151,7 @@ static int parse_messages(const cJSON *root, struct api_chat_msg **out, int *n_o
     return 0;
 }
 
-/* logprobs (bool), top_logprobs (0..20, needs logprobs), tools, response_format. */
+/* logprobs (bool), top_logprobs (0..20, needs logprobs), tools. */
 static int parse_chat_only(const cJSON *root, struct api_completion *c, struct api_error *err) {
     int lp = 0, rc;
     int64_t k = 0;
@@ -177,16 +177,7 @@ static int parse_chat_only(const cJSON *root, struct api_completion *c, struct a
             return SS_EUNSUPPORTED;
         }
     }
-    const cJSON *rf = api_field(root, "response_format");
-    if (rf) {
-        const cJSON *t = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
-        if (!t || !cJSON_IsString(t) || strcmp(t->valuestring, "text") != 0) {
-            api_error_set(err, SS_EUNSUPPORTED, "response_format", "unsupported",
-                          "only 'response_format': {\"type\": \"text\"} is supported");
-            return SS_EUNSUPPORTED;
-        }
-    }
-    return 0;
+    return 0; /* response_format: api_parse_structured (shared with completions) */
 }
 
 int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, struct req_params *p,

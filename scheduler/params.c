@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/grammar.h"
 #include "kernels/ss_error.h"
 #include "scheduler/kv.h"
 #include "scheduler/sched.h"
@@ -37,6 +38,8 @@ void req_params_free(struct req_params *p) {
     p->bias_ids = NULL;
     p->bias_vals = NULL;
     p->n_bias = 0;
+    gram_unref(p->grammar);
+    p->grammar = NULL;
 }
 
 int req_params_copy(struct req_params *dst, const struct req_params *src) {
@@ -47,6 +50,7 @@ int req_params_copy(struct req_params *dst, const struct req_params *src) {
     for (int i = 0; i < REQ_MAX_STOP; i++) dst->stop[i] = NULL;
     dst->n_stop = 0;
     dst->n_bias = 0;
+    gram_ref(dst->grammar); /* shared: a compiled grammar is immutable */
     if (src->n_prompt > 0) {
         dst->prompt = malloc(sizeof(int32_t) * (size_t)src->n_prompt);
         if (!dst->prompt) goto oom;

@@ -193,6 +193,12 @@ struct sched_req *squeue_take(struct squeue *q, int block, int *stop) {
     return list;
 }
 
+void req_out_set_cached(struct sched_req *r, int32_t n) {
+    pthread_mutex_lock(&r->lock);
+    r->out.n_cached = n;
+    pthread_mutex_unlock(&r->lock);
+}
+
 /* r->lock held: 1 if the loop thread has no wake-up pending for r yet (the
  * caller then notifies, after unlocking). */
 static int mark_notified(struct sched_req *r) {

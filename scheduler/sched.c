@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/grammar.h"
 #include "kernels/ss_error.h"
 #include "scheduler/sched_internal.h"
 
@@ -249,6 +250,7 @@ static void schedule_waiting(struct sched *s, struct plan *pl, int32_t budget) {
         }
         if (q->admit_order == 0) { /* first admission leaves the queue */
             squeue_left(&s->q);
+            req_out_set_cached(q->req, (int32_t)(hit < q->n_prompt ? hit : q->n_prompt));
             req_out_admitted(s, q->req);
         }
         stats_on_admit(s, q, hit);
@@ -326,6 +328,10 @@ static void update_from_output(struct sched *s, const struct plan *pl, double bu
         if (!lg) continue;
         struct seq *q = s->b_owner[i];
         int32_t tok = seq_sample(s, q, lg);
+        if (tok < 0) {
+            sched_finish(s, q->req, REQ_FINISH_ERROR, tok, q->gram_msg);
+            continue;
+        }
         stats_on_token(s, q, sched_now());
         int err = 0;
         const char *msg = NULL;
@@ -394,6 +400,9 @@ static void sched_release(struct sched *s, int queue_ok) {
     free(s->raw_row);
     free(s->piece);
     free(s->eog_ids);
+    free(s->eog_saved);
+    gram_vocab_free(s->gvocab);
+    gram_store_free(s->gstore);
     free(s->layer_level);
     free(s->layer_index);
     free(s->b_layer_pages);
@@ -460,10 +469,11 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->piece_cap = 3 * ((size_t)tok_max_piece_len(s->tok) + 4);
     s->piece = malloc(s->piece_cap);
     s->eog_ids = malloc(sizeof(int32_t) * 64);
+    s->eog_saved = malloc(sizeof(float) * 64);
     for (int32_t i = 0; s->eog_ids && i < s->n_vocab && s->n_eog < 64; i++)
         if (tok_is_eog(s->tok, i)) s->eog_ids[s->n_eog++] = i;
     if (!s->pool || !s->running || !s->b_tokens || !s->b_seqs || !s->b_owner || !s->logits ||
-        !s->smp_work || !s->raw_row || !s->piece || !s->eog_ids || !s->b_layer_pages || !s->b_kept) {
+        !s->smp_work || !s->raw_row || !s->piece || !s->eog_ids || !s->eog_saved || !s->b_layer_pages || !s->b_kept) {
         sched_release(s, 1);
         return NULL;
     }

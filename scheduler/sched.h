@@ -31,6 +31,7 @@
 #include "engine/sampler.h"
 
 struct eng_model;
+struct gram;
 struct sched;
 
 enum req_finish { REQ_FINISH_NONE = 0, REQ_FINISH_STOP, REQ_FINISH_LENGTH, REQ_FINISH_ERROR,
@@ -58,6 +59,8 @@ struct req_params {
     int n_bias;
     int logprobs;           /* -1: none; N >= 0: chosen token's logprob + top N (N <= REQ_MAX_LOGPROBS) */
     int prompt_logprobs;    /* 1: also report logprobs of the prompt tokens (echo) */
+    struct gram *grammar;   /* constrained decoding (engine/grammar.h): one reference owned by
+                             * the params (req_params_free drops it, req_params_copy takes one); NULL = free */
     int32_t priority;       /* vLLM's "priority": lower runs first among waiting requests and is
                              * preempted last; 0 by default */
 };
@@ -80,6 +83,7 @@ struct req_out {
     char *text;             /* bytes produced since the last take (valid UTF-8) */
     size_t len, cap;
     int32_t n_prompt;       /* usage.prompt_tokens */
+    int32_t n_cached;       /* prompt tokens found in the prefix cache at first admission */
     int32_t n_gen;          /* tokens generated so far (usage.completion_tokens) */
     int finish;             /* enum req_finish, NONE while running */
     int error;              /* SS_E* when finish == ERROR */

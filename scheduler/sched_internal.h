@@ -38,6 +38,11 @@ struct seq {
     int plp;               /* prompt logprobs wanted: prefill in small chunks with all logits */
     int32_t plp_next;      /* next prompt position to report (recompute after preemption skips) */
     double t_last;         /* time of the previous token (inter-token latency) */
+    /* Constrained decoding: the matcher follows the generated tokens (created at
+     * the first sample). A preempted sequence keeps its generated tokens and is
+     * recomputed from them, so its matcher state stays valid as it is. */
+    struct gram_matcher *gm;
+    const char *gram_msg;  /* why seq_sample failed (static text) */
 };
 
 /* Everything the loop and engine threads share besides each request's own
@@ -97,6 +102,9 @@ struct sched {
     float *raw_row;        /* [n_vocab] unmodified logits, for logprobs */
     int32_t *eog_ids;      /* end-of-generation ids (min_tokens bans them) */
     int32_t n_eog;
+    struct gram_vocab *gvocab; /* byte trie of the vocabulary, built at the first constrained request */
+    struct gram_store *gstore; /* token masks shared by the matchers of equal grammars */
+    float *eog_saved;      /* [64] end-of-generation logits around the grammar mask */
     char *piece;           /* detokenizer output for one token */
     size_t piece_cap;
 };
@@ -104,6 +112,9 @@ struct sched {
 /* Prompt tokens per step of a sequence that wants prompt logprobs (every row's
  * logits are kept for it, so its chunks are small). */
 #define SCHED_PLP_CHUNK 32
+/* Masks kept for constrained decoding: 512 x n_vocab bits (16 MiB for a
+ * 262,144-token vocabulary). */
+#define SCHED_GRAM_MASKS 512
 
 /* ---- sched.c (engine thread) ---- */
 
@@ -133,6 +144,11 @@ void sched_finish(struct sched *s, struct sched_req *r, int finish, int err, con
 struct seq *seq_new(struct sched *s, struct sched_req *r);
 /* Frees the sequence (KV returned); r->eng is cleared, r itself is untouched. */
 void seq_free(struct sched *s, struct seq *q);
+/* The next token (>= 0), or a negative SS_E* code when constrained decoding
+ * fails (q->gram_msg says why; the caller finishes the request with an error).
+ * Constrained: tokens the grammar rejects get -inf after bias, penalties and
+ * min_tokens; end-of-generation tokens stay allowed only when the grammar is
+ * complete. Logprobs stay those of the raw distribution. */
 int32_t seq_sample(struct sched *s, struct seq *q, float *logits);
 void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int32_t pos0, int32_t n);
 /* Accepts one sampled token: appends it, decodes it into held text, checks
@@ -196,6 +212,8 @@ void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t
 void req_out_admitted(struct sched *s, struct sched_req *r);
 /* Engine thread: 1 once sched_cancel was called on r. */
 int req_is_cancelled(struct sched_req *r);
+/* Engine thread: records the prompt tokens served by the prefix cache. */
+void req_out_set_cached(struct sched_req *r, int32_t n);
 /* Engine thread: appends one token record (logprobs); 0 or SS_ENOMEM. */
 int req_out_push_tok(struct sched_req *r, const struct req_tok *t);
 

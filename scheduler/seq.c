@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/grammar.h"
 #include "kernels/ss_error.h"
 #include "scheduler/sched_internal.h"
 
@@ -58,6 +59,7 @@ void seq_free(struct sched *s, struct seq *q) {
     for (int k = 0; k < s->n_levels; k++) kv_table_free(&q->tables[k]);
     free(q->tokens);
     free(q->hold);
+    gram_matcher_free(q->gm);
     if (q->req) q->req->eng = NULL;
     free(q);
 }
@@ -117,6 +119,44 @@ void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int3
     }
 }
 
+/* The grammar mask over logits (after bias and penalties): rejected tokens
+ * get -inf; end-of-generation tokens keep their logits only when the grammar
+ * is complete (and min_tokens allows). 0 or a negative code (q->gram_msg). */
+static int seq_apply_grammar(struct sched *s, struct seq *q, float *logits, int eog_ok) {
+    const struct req_params *p = &q->req->p;
+    int rc = 0;
+    if (!s->gvocab && ((rc = gram_vocab_new(&s->gvocab, s->tok)) != 0 ||
+                       (rc = gram_store_new(&s->gstore, s->n_vocab, SCHED_GRAM_MASKS)) != 0)) {
+        gram_vocab_free(s->gvocab);
+        s->gvocab = NULL;
+        q->gram_msg = "constrained decoding: could not index the vocabulary";
+        return rc;
+    }
+    if (!q->gm) {
+        rc = gram_matcher_new(&q->gm, p->grammar, s->gvocab, s->gstore);
+        for (int32_t i = q->n_prompt; rc == 0 && i < q->n_tokens; i++) /* never needed today: defensive */
+            rc = gram_matcher_accept_token(q->gm, q->tokens[i]);
+        if (rc) {
+            q->gram_msg = "constrained decoding: could not start the grammar matcher";
+            return rc;
+        }
+    }
+    const uint32_t *mask = gram_matcher_mask(q->gm, &rc);
+    if (!mask) {
+        q->gram_msg = rc == SS_ETOOLONG ? "constrained decoding: the grammar exceeded its run-time limits "
+                                          "(too ambiguous or nested too deeply)"
+                                        : "constrained decoding: out of memory";
+        return rc;
+    }
+    /* ignore_eos: an end token would not end the text, and the grammar cannot
+     * take it as text either, so it stays banned */
+    int keep_eog = eog_ok && !p->ignore_eos && gram_matcher_is_complete(q->gm);
+    for (int32_t i = 0; i < s->n_eog; i++) s->eog_saved[i] = keep_eog ? logits[s->eog_ids[i]] : -INFINITY;
+    gram_apply_mask(logits, s->n_vocab, mask);
+    for (int32_t i = 0; i < s->n_eog; i++) logits[s->eog_ids[i]] = s->eog_saved[i];
+    return 0;
+}
+
 int32_t seq_sample(struct sched *s, struct seq *q, float *logits) {
     const struct req_params *p = &q->req->p;
     int32_t V = s->n_vocab;
@@ -132,8 +172,13 @@ int32_t seq_sample(struct sched *s, struct seq *q, float *logits) {
     if ((p->presence_penalty != 0 || p->frequency_penalty != 0) && q->n_gen > 0)
         smp_apply_penalties(logits, V, q->tokens + q->n_prompt, q->n_gen, p->presence_penalty,
                             p->frequency_penalty, 1.0f, s->smp_work);
-    if (q->n_gen < p->min_tokens && !p->ignore_eos)
+    int eog_ok = !(q->n_gen < p->min_tokens && !p->ignore_eos);
+    if (!eog_ok)
         for (int32_t i = 0; i < s->n_eog; i++) logits[s->eog_ids[i]] = -INFINITY;
+    if (p->grammar) {
+        int rc = seq_apply_grammar(s, q, logits, eog_ok);
+        if (rc) return rc;
+    }
     int32_t tok = smp_sample(&q->rng, &p->smp, logits, V, s->smp_work, NULL);
     if (p->logprobs >= 0) record_logprobs(q->req, s->raw_row, V, lse, tok, 0, NAN);
     return tok;
@@ -168,15 +213,35 @@ static int hold_find_stop(struct seq *q, int search, size_t *max_stop) {
     return found;
 }
 
+/* Advances the matcher by tok: REQ_FINISH_NONE, REQ_FINISH_ERROR (rejected:
+ * every allowed token had -inf, e.g. banned by logit_bias), or
+ * REQ_FINISH_STOP when the grammar is complete and nothing may follow (the
+ * token's text still counts). */
+static int seq_grammar_accept(struct seq *q, int32_t tok, int *err, const char **msg) {
+    int rc = gram_matcher_accept_token(q->gm, tok);
+    if (rc) {
+        *err = rc == SS_EINVAL ? SS_EINVAL : rc;
+        *msg = rc == SS_EINVAL ? "constrained decoding: no token allowed by the grammar was possible "
+                                 "(all were banned, e.g. by logit_bias)"
+                               : "constrained decoding: the grammar exceeded its run-time limits";
+        return REQ_FINISH_ERROR;
+    }
+    if (!gram_matcher_is_complete(q->gm)) return REQ_FINISH_NONE;
+    /* complete: stop now if no token may follow (an error shows at the next sample) */
+    return gram_matcher_can_continue(q->gm) == 0 ? REQ_FINISH_STOP : REQ_FINISH_NONE;
+}
+
 int seq_accept_token(struct sched *s, struct seq *q, int32_t tok, int *err, const char **msg) {
     const struct req_params *p = &q->req->p;
     q->tokens[q->n_tokens++] = tok;
     q->n_gen++;
-    int finish = REQ_FINISH_NONE;
+    int finish = REQ_FINISH_NONE, grammar_done = REQ_FINISH_NONE;
     int early = q->n_gen < p->min_tokens;
     if (!p->ignore_eos && !early && tok_is_eog(s->tok, tok)) {
         finish = REQ_FINISH_STOP;
     } else {
+        grammar_done = q->gm ? seq_grammar_accept(q, tok, err, msg) : REQ_FINISH_NONE;
+        if (grammar_done == REQ_FINISH_ERROR) return grammar_done;
         int rc = hold_decode(s, q, tok);
         if (rc != 0) {
             *err = rc;
@@ -186,7 +251,7 @@ int seq_accept_token(struct sched *s, struct seq *q, int32_t tok, int *err, cons
     }
     size_t max_stop;
     int by_string = hold_find_stop(q, !early && finish == REQ_FINISH_NONE, &max_stop);
-    if (by_string) finish = REQ_FINISH_STOP;
+    if (by_string || grammar_done == REQ_FINISH_STOP) finish = REQ_FINISH_STOP;
     if (finish == REQ_FINISH_NONE && q->n_gen >= p->max_tokens) finish = REQ_FINISH_LENGTH;
     if (finish == REQ_FINISH_NONE && q->n_tokens >= s->n_ctx) finish = REQ_FINISH_LENGTH;
     if (finish != REQ_FINISH_NONE) {

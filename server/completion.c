@@ -244,6 +244,8 @@ void completion_pump_choice(struct srv_choice *ch) {
     if (c->prompt_only)
         drop_generated(&o);
     c->n_prompt = o.n_prompt;
+    if (o.n_cached > c->meta.n_cached) /* n > 1: the best hit among the choices */
+        c->meta.n_cached = o.n_cached;
     ch->n_gen = o.n_gen;
     if (done && o.finish != REQ_FINISH_STOP && o.finish != REQ_FINISH_LENGTH)
         choice_failed(c, ch, &o);

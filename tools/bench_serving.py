@@ -38,6 +38,14 @@ def wait_health(port, proc, timeout=120):
     raise RuntimeError("server did not become healthy")
 
 
+def stop_server(srv):
+    srv.terminate()
+    try:
+        srv.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        srv.kill()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -73,11 +81,7 @@ def main():
             if a.json:
                 print(json.dumps(r), flush=True)
     finally:
-        srv.terminate()
-        try:
-            srv.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            srv.kill()
+        stop_server(srv)
     if not a.json:
         print(f"{'conc':>5} {'reqs':>5} {'fail':>4} {'out tok/s':>10} {'req/s':>7} "
               f"{'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'ITL p50':>8} {'ITL p99':>8}  (ms)")

@@ -45,7 +45,11 @@ def test_greedy_is_deterministic(srv):
     b = complete(srv, prompt=PROMPT, max_tokens=24, temperature=0)
     ch = check_shape(a)
     assert a["choices"][0]["text"] == b["choices"][0]["text"]
+    cached_b = b["usage"].pop("prompt_tokens_details")["cached_tokens"]
+    cached_a = a["usage"].pop("prompt_tokens_details")["cached_tokens"]
     assert a["usage"] == b["usage"]
+    # the second request finds the first one's full prompt pages in the prefix cache
+    assert cached_b == (a["usage"]["prompt_tokens"] - 1) // 16 * 16 and cached_b >= cached_a
     assert a["id"] != b["id"]
     u = a["usage"]
     assert u["prompt_tokens"] > 1

@@ -249,8 +249,8 @@ def test_engine_sizing_flags(models, tmp_path):
         assert _kv_pages(b) == 4 * small
         body = complete(b, prompt=list(range(5, 45)), max_tokens=3, temperature=0,
                         ignore_eos=True)
-        assert body["usage"] == {"prompt_tokens": 40, "completion_tokens": 3,
-                                 "total_tokens": 43}
+        assert body["usage"] == {"prompt_tokens": 40, "completion_tokens": 3, "total_tokens": 43,
+                                 "prompt_tokens_details": {"cached_tokens": 0}}
         st, _, data = request(b, "GET", "/metrics")
         text = data.decode()
         le16 = [l for l in text.splitlines()

@@ -501,7 +501,7 @@ static cJSON *sse_payload(const char *event) {
 }
 
 START_TEST(test_completion_json) {
-    struct api_completion_meta m = {"cmpl-abc", 1700000001, "tiny", API_KIND_COMPLETION, NULL};
+    struct api_completion_meta m = {"cmpl-abc", 1700000001, "tiny", API_KIND_COMPLETION, NULL, 3};
     struct api_buf b;
     api_buf_init(&b);
     struct api_choice_out co = {0, "hi \"there\"\n", 11, REQ_FINISH_LENGTH, -1, NULL, 0, NULL};
@@ -523,6 +523,7 @@ START_TEST(test_completion_json) {
     ck_assert_int_eq(cJSON_GetObjectItem(u, "prompt_tokens")->valueint, 5);
     ck_assert_int_eq(cJSON_GetObjectItem(u, "completion_tokens")->valueint, 7);
     ck_assert_int_eq(cJSON_GetObjectItem(u, "total_tokens")->valueint, 12);
+    ck_assert_int_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(u, "prompt_tokens_details"), "cached_tokens")->valueint, 3);
     cJSON_Delete(j);
     api_buf_free(&b);
 
@@ -557,7 +558,7 @@ START_TEST(test_completion_json) {
 END_TEST
 
 START_TEST(test_sse_events) {
-    struct api_completion_meta m = {"cmpl-x", 1, "tiny", API_KIND_COMPLETION, NULL};
+    struct api_completion_meta m = {"cmpl-x", 1, "tiny", API_KIND_COMPLETION, NULL, 0};
     struct api_buf b;
     api_buf_init(&b);
     struct api_choice_out co = {0, "ab", 2, REQ_FINISH_NONE, -1, NULL, 0, NULL};
@@ -598,7 +599,7 @@ START_TEST(test_sse_events) {
 END_TEST
 
 START_TEST(test_chat_shapes) {
-    struct api_completion_meta m = {"chatcmpl-x", 5, "tiny", API_KIND_CHAT, NULL};
+    struct api_completion_meta m = {"chatcmpl-x", 5, "tiny", API_KIND_CHAT, NULL, 0};
     struct api_buf b;
     api_buf_init(&b);
     struct api_choice_out co[2] = {{0, "Hello", 5, REQ_FINISH_STOP, -1, NULL, 0, NULL},
@@ -801,7 +802,7 @@ START_TEST(test_logprobs_json) {
     toks[3] = mk_tok(C, 0, -INFINITY, 1, (int32_t[]){A}, (float[]){-0.1f});
     struct api_lp_state st = {0, 0, 20};
     struct api_choice_out co = {0, "x", 1, REQ_FINISH_LENGTH, 2, toks, 4, &st};
-    struct api_completion_meta m = {"cmpl-1", 1, "m", API_KIND_COMPLETION, t};
+    struct api_completion_meta m = {"cmpl-1", 1, "m", API_KIND_COMPLETION, t, 0};
     struct api_buf b;
     api_buf_init(&b);
     ck_assert_int_eq(api_response_json(&b, &m, &co, 1, 2, 2), 0);

@@ -256,8 +256,30 @@ START_TEST(test_chat_parse) {
     expect_chat_err(&mi, b2, 400, "logprobs");
     snprintf(b2, sizeof(b2), "{%s,\"tools\":[{\"type\":\"function\"}]}", u);
     expect_chat_err(&mi, b2, 400, "tools");
-    snprintf(b2, sizeof(b2), "{%s,\"response_format\":{\"type\":\"json_object\"}}", u);
-    expect_chat_err(&mi, b2, 400, "response_format");
+    snprintf(b2, sizeof(b2), "{%s,\"response_format\":{\"type\":\"xml\"}}", u);
+    expect_chat_err(&mi, b2, 400, "response_format.type");
+    snprintf(b2, sizeof(b2),
+             "{%s,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\","
+             "\"schema\":{\"type\":\"string\",\"format\":\"email\"}}}}", u);
+    expect_chat_err(&mi, b2, 400, "response_format.json_schema.schema");
+    snprintf(b2, sizeof(b2), "{%s,\"grammar\":\"root ::= x\"}", u);
+    expect_chat_err(&mi, b2, 400, "grammar");
+    snprintf(b2, sizeof(b2), "{%s,\"structured_outputs\":{\"regex\":\"a(\"},\"guided_choice\":[\"a\"]}", u);
+    expect_chat_err(&mi, b2, 400, "guided_choice");
+    snprintf(b2, sizeof(b2), "{%s,\"grammar\":\"root ::= \\\"a\\\" x\"}", u);
+    ck_assert(chat_parse(&mi, b2, &c, &e) < 0);
+    ck_assert_msg(strstr(e.message, "line 1 col 14: undefined rule 'x'"), "%s", e.message);
+    const char *ok[] = {"\"response_format\":{\"type\":\"json_object\"}",
+                        "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"strict\":true,"
+                        "\"schema\":{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}}}",
+                        "\"structured_outputs\":{\"choice\":[\"yes\",\"no\"]}", "\"guided_regex\":\"[0-9]+\"",
+                        "\"json_schema\":{\"type\":\"boolean\"}", "\"response_format\":{\"type\":\"text\"}"};
+    for (int i = 0; i < 6; i++) {
+        snprintf(b2, sizeof(b2), "{%s,%s}", u, ok[i]);
+        ck_assert_msg(chat_parse(&mi, b2, &c, &e) == 0, "%s: %s", b2, e.message);
+        ck_assert_msg((c.p.grammar != NULL) == (i < 5), "%s", b2);
+        api_completion_free(&c);
+    }
     snprintf(b2, sizeof(b2), "{%s,\"max_completion_tokens\":0}", u);
     expect_chat_err(&mi, b2, 400, "max_completion_tokens");
     snprintf(b2, sizeof(b2), "{%s,\"model\":\"other\"}", u);

@@ -18,6 +18,7 @@
 #include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 #include "scheduler/kv.h"
+#include "engine/grammar.h"
 #include "scheduler/sched.h"
 #include "tools/genmodel.h"
 
@@ -555,6 +556,18 @@ START_TEST(test_chunked_prefill) {
 }
 END_TEST
 
+/* The end of a run that had to preempt: it did, every page came back; frees
+ * the clients, the scheduler and the model. */
+static void end_preempted(struct sched *s, struct eng_model *m, struct client *cs, int n) {
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    ck_assert_uint_gt(st.n_preemptions, 0);
+    ck_assert_int_eq(st.pages_used, 0);
+    clients_free(cs, n);
+    sched_free(s);
+    eng_model_free(m);
+}
+
 START_TEST(test_preemption_keeps_output) {
     /* 6 pages of 16 slots: two requests of 40+24 tokens cannot both fit. */
     struct eng_model *m = load_model(6);
@@ -567,13 +580,7 @@ START_TEST(test_preemption_keeps_output) {
     for (int i = 0; i < N; i++) client_submit(s, &cs[i], make_req(40, 10 + i, 24));
     wait_all(cs, N, 120);
     for (int i = 0; i < N; i++) ck_assert_str_eq(cs[i].text, alone[i]);
-    struct sched_stats st;
-    sched_get_stats(s, &st);
-    ck_assert_uint_gt(st.n_preemptions, 0);
-    ck_assert_int_eq(st.pages_used, 0);
-    clients_free(cs, N);
-    sched_free(s);
-    eng_model_free(m);
+    end_preempted(s, m, cs, N);
 }
 END_TEST
 
@@ -789,6 +796,59 @@ START_TEST(test_seeded_sampling_batch_invariant) {
 }
 END_TEST
 
+/* Constrained decoding under continuous batching: constrained and free
+ * sequences in the same steps, under preemption (the matcher follows the kept
+ * tokens); each constrained output is the one it gets alone, and only uses
+ * characters the grammar allows. */
+static struct sched_req *constrained_req(int i) {
+    struct sched_req *r = make_req(40, 50 + i, 24);
+    r->p.smp.temperature = 1.0f;
+    r->p.smp.seed = 77 + (uint64_t)i;
+    r->p.smp.has_seed = 1;
+    if (i % 2 == 0) {
+        const char *g = "root ::= [a-z ]{4,} \"!\"";
+        char err[128];
+        ck_assert_int_eq(gram_compile_gbnf(&r->p.grammar, g, strlen(g), err, sizeof err), 0);
+    }
+    return r;
+}
+
+START_TEST(test_constrained_batch_preempt) {
+    struct eng_model *m = load_model(6);
+    enum { N = 6 };
+    char alone[N][4096];
+    int fin[N];
+    for (int i = 0; i < N; i++) {
+        struct sched *s = sched_new(m, NULL, on_notify, NULL);
+        ck_assert_int_eq(sched_start(s), 0);
+        struct client c;
+        client_submit(s, &c, constrained_req(i));
+        wait_all(&c, 1, 60);
+        fin[i] = c.last.finish; /* LENGTH, or STOP after the grammar's final "!" */
+        ck_assert(fin[i] == REQ_FINISH_LENGTH || (fin[i] == REQ_FINISH_STOP && i % 2 == 0));
+        snprintf(alone[i], sizeof(alone[i]), "%s", c.text);
+        clients_free(&c, 1);
+        sched_free(s);
+    }
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    ck_assert_int_eq(sched_start(s), 0);
+    struct client cs[N];
+    for (int i = 0; i < N; i++) client_submit(s, &cs[i], constrained_req(i));
+    wait_all(cs, N, 120);
+    for (int i = 0; i < N; i++) {
+        ck_assert_str_eq(cs[i].text, alone[i]);
+        ck_assert_int_eq(cs[i].last.finish, fin[i]);
+        if (i % 2) continue;
+        ck_assert_int_gt(cs[i].len, 0);
+        for (size_t k = 0; k < cs[i].len; k++)
+            ck_assert_msg((cs[i].text[k] >= 'a' && cs[i].text[k] <= 'z') || cs[i].text[k] == ' ' ||
+                              (cs[i].text[k] == '!' && k == cs[i].len - 1),
+                          "'%s'", cs[i].text);
+    }
+    end_preempted(s, m, cs, N);
+}
+END_TEST
+
 int main(void) {
     const char *tmp = getenv("SLIMSERVE_TEST_TMP");
     snprintf(g_model_path, sizeof(g_model_path), "%s/sched_model_%d.gguf", tmp ? tmp : "/tmp", (int)getpid());
@@ -807,6 +867,7 @@ int main(void) {
     tcase_add_test(tc, test_min_tokens_delays_stop);
     tcase_add_test(tc, test_chunked_prefill);
     tcase_add_test(tc, test_preemption_keeps_output);
+    tcase_add_test(tc, test_constrained_batch_preempt);
     tcase_add_test(tc, test_stop_string);
     tcase_add_test(tc, test_cancel_and_limits);
     tcase_add_test(tc, test_seeded_sampling_batch_invariant);
