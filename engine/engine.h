@@ -91,6 +91,11 @@ struct eng_options {
      * ENG_LP_OFF = off whatever the file says; ENG_LP_RANGE = [lp_start, lp_end). */
     int lp_mode;
     int lp_start, lp_end;
+    /* LTE sparse FFNs (DESIGN.md sections 4, 5; engine/lte.c): lte_off = 1 runs a
+     * file with routers densely (every expert on, the plain FFN); lte_threshold
+     * in (0, 1) overrides the file's lte.threshold, 0 keeps it. */
+    int lte_off;
+    float lte_threshold;
 };
 enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };
 

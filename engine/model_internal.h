@@ -149,6 +149,43 @@ struct eng_subllm {
     const struct eng_batch *batch; /* the running batch (valid during eng_forward) */
 };
 
+/* ---- LTE (engine/lte.c; DESIGN.md sections 4, 5) ----
+ * Expert e of a layer with a router = FFN neurons [e*S, (e+1)*S): rows of
+ * gate and up, the same columns of down. At load, down is copied
+ * expert-major (down_x: expert e = rows [e*dim, (e+1)*dim) of S elements,
+ * the file's blocks moved unchanged), so the sparse kernel streams only the
+ * bytes of active experts; the file's down pages are then never read. */
+struct eng_lte_layer {
+    struct be_tensor router;  /* [dim -> n_experts]; router.data NULL = dense layer */
+    float *bias;              /* host [n_experts] (zeros when the file has no bias) */
+    void *down_mem;           /* backend memory holding down_x's blocks */
+    struct be_tensor down_x;  /* [n_experts*dim rows][S], type of ffn_down */
+    /* statistics (engine thread writes, eng_model_lte_stats reads under stat_mu) */
+    double active_sum;        /* sum over tokens of the active-expert fraction */
+    int64_t n_tok;
+};
+
+#define ENG_LTE_HIST_BINS 10
+struct eng_lte {
+    int n_experts;            /* ffn_dim / S; 0 = no layer has a router */
+    int expert_size;          /* S */
+    int n_routed;             /* layers with a router */
+    int enabled;              /* routers present and not turned off */
+    float tau;                /* threshold in force (file or option) */
+    float logit_tau;          /* log(tau / (1 - tau)): expert on iff r > logit_tau */
+    struct eng_lte_layer *layers; /* [n_layers] */
+    float *logits;            /* backend [T][n_experts] router output */
+    float *hlogits;           /* host [T][n_experts] */
+    uint8_t *mask;            /* host [T][n_experts] 1 = expert active for the row */
+    /* per-step union fraction histogram: bin b counts layer-steps whose
+     * union of active experts is in [b/10, (b+1)/10) of the experts (1.0 in
+     * the last bin); stat_mu guards it with the layer statistics */
+    int64_t union_hist[ENG_LTE_HIST_BINS];
+    double union_sum;
+    int64_t union_n;
+    void *stat_mu;            /* pthread_mutex_t, allocated by eng_lte_load */
+};
+
 struct eng_model {
     struct eng_config cfg;
     const struct eng_arch_desc *desc;
@@ -178,12 +215,29 @@ struct eng_model {
     struct eng_scratch s;
     struct eng_subllm sub;    /* structure and frames (every model has frame 0) */
     struct eng_lp *lp;        /* layer parallelism (forward_lp.c), NULL = off */
+    struct eng_lte lte;       /* LTE routers (lte.c); lte.n_routed == 0 for dense files */
 };
 
 /* model.c: a 1-D tensor [n] checked and converted to fp32 into host memory
  * out (SS_EBADMODEL with a message naming it when absent or mis-shaped). */
 int eng_host_vector(struct eng_model *m, const char *name, int64_t n, float *out, char *err,
                     size_t err_len);
+
+/* model.c: binds a 2-D weight [ne0, ne1] (checked for presence, exact shape
+ * and a supported type; SS_EBADMODEL with a message naming it). */
+int eng_bind_matrix(struct eng_model *m, struct be_tensor *w, const char *name, int64_t ne0,
+                    int64_t ne1, char *err, size_t err_len);
+
+/* lte.c. eng_lte_load after the tensors and options (reads lte.* keys and
+ * blk.N.ffn_router.*, validates, makes the expert-major down copies and the
+ * forward buffers); eng_lte_free releases it all (safe on a partial load).
+ * eng_lte_ffn is the LTE variant of the FFN sub-layer for layer il: out[n][dim]
+ * = sum over the row's active experts of down_e(act(gate_e xn) * up_e xn),
+ * xn [n][dim] the normalised input; returns 0 if it ran, 1 if the layer has
+ * no router (the caller runs the dense FFN). Engine thread. */
+int eng_lte_load(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len);
+void eng_lte_free(struct eng_model *m);
+int eng_lte_ffn(struct eng_model *m, int il, float *out, const float *xn, int n);
 
 /* subllm.c. Load: eng_subllm_parse after the hyper-parameters (reads
  * subllm.structure, sets layer levels; dense models: one level),
