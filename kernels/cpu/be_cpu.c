@@ -62,6 +62,7 @@ static void cpu_free(void *ctx) {
     if (!c)
         return;
     free_bufs(c);
+    free(c->lte_idx);
     free(c);
 }
 
@@ -244,6 +245,7 @@ const struct be_ops kcpu_ops = {
     .glu = cpu_glu,
     .add = cpu_add,
     .scale = cpu_scale,
+    .lte_ffn = kcpu_lte_ffn,
 };
 
 /* ---------------------------------------------------------------- test hooks */
