@@ -4,8 +4,8 @@
  * subllm; the description is data-driven), prepares the
  * weights on a backend and allocates the KV cache as a pool of units
  * (BE_PAGE_SLOTS token slots of one layer; see "KV units and levels"). The
- * engine never allocates pages: the caller (the scheduler) owns the block
- * tables and passes page or unit ids in each batch.
+ * engine never allocates units: the caller (the scheduler) owns the per-layer
+ * block tables and passes unit ids in each batch.
  *
  * Threading: a model and its state belong to one thread (the engine thread);
  * the backend parallelises inside each call.
@@ -20,6 +20,7 @@
 
 struct gguf_file;
 struct tok;
+struct eng_lte_layer;
 
 enum eng_arch { ENG_ARCH_LLAMA = 1, ENG_ARCH_QWEN2, ENG_ARCH_GEMMA3, ENG_ARCH_SUBLLM };
 
@@ -68,8 +69,16 @@ struct eng_layer {
                                           * output before the residual add; NULL if absent */
     int swa;                /* 1: local (sliding-window) layer, see eng_config.swa_window */
     int level;              /* SUBLLM level of the layer (0 for dense models) */
-    struct be_kv_layer kv;  /* the layer's view of the KV unit pool (plain addressing) */
+    int ffn;                /* enum eng_ffn_kind: how the FFN block computes (forward.c) */
+    struct eng_lte_layer *lte; /* ENG_FFN_LTE: the layer's router and expert-major down
+                                * (engine/lte.c); NULL otherwise */
 };
+
+/* FFN variants (eng_layer.ffn): ENG_FFN_DENSE, or ENG_FFN_LTE for a layer
+ * with an LTE router (engine/lte.c, DESIGN.md section 5) unless LTE is off.
+ * A new variant is one more value here and one more case in the switch of
+ * eng_ffn_block (forward.c). */
+enum eng_ffn_kind { ENG_FFN_DENSE = 0, ENG_FFN_LTE = 1 };
 
 struct eng_model; /* opaque: config, weights, KV pool, scratch buffers */
 
@@ -96,7 +105,10 @@ struct eng_options {
      * in (0, 1) overrides the file's lte.threshold, 0 keeps it. */
     int lte_off;
     float lte_threshold;
+    int lte_path;            /* ENG_LTE_AUTO (0): per step by the measured crossover; or
+                              * force ENG_LTE_GROUPED / ENG_LTE_DENSE (tests, benchmarks) */
 };
+enum { ENG_LTE_AUTO = 0, ENG_LTE_GROUPED = 1, ENG_LTE_DENSE = 2 };
 enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };
 
 int eng_model_load(struct eng_model **out, const char *path, const struct eng_options *opt,
@@ -109,17 +121,16 @@ const struct tok *eng_model_tok(const struct eng_model *m);
  * eng_model_free. */
 const struct gguf_file *eng_model_gguf(const struct eng_model *m);
 int eng_model_n_ctx(const struct eng_model *m);
-int32_t eng_model_n_pages(const struct eng_model *m);  /* pages in the KV pool */
+int32_t eng_model_n_pages(const struct eng_model *m);  /* n_units / n_layers: pages of every layer */
 
 /* KV units and levels.
  *
  * The KV cache is a pool of units: a unit holds 16 token slots of K and V for
- * ONE layer. n_units = n_pages * n_layers. Two ways to address it:
- *   - plain (layer_pages == NULL): page p of a sequence is units
- *     p*n_layers + l for layer l (one page id covers every layer);
- *   - per layer (layer_pages != NULL): layer l's logical page i is unit
- *     layer_pages[l][i]; the caller (scheduler) assigns units freely, so a
- *     layer that stores fewer tokens uses fewer units.
+ * ONE layer. n_units = n_pages * n_layers. A sequence addresses it with
+ * per-layer block tables: layer l's logical page i is unit layer_pages[l][i];
+ * the caller (scheduler) assigns units freely, so a layer that stores fewer
+ * tokens uses fewer units. (Tests and tools that think in whole pages build
+ * such tables with eng_kv_identity_tables.)
  * Levels: a SUBLLM model runs its layers at levels 0..n_levels-1 (level 0 sees
  * every token; deeper levels see only the tokens their subsamplers keep). A
  * layer at level k stores its K/V at indices level_n_past[k] + i for the i-th
@@ -132,17 +143,12 @@ int32_t eng_model_n_pages(const struct eng_model *m);  /* pages in the KV pool *
  * the innermost bracket around it. When brackets nest in a chain (the usual
  * "TT(TT(TT)TT)TT") that is the bracket depth; sibling brackets ("T(T)T(T)T")
  * keep different tokens, so each gets its own level.
- * Batch rules for levels (checked by eng_forward):
- *   - every sequence of a batch uses the same addressing (all plain or all per layer);
+ * Batch rules for levels and tables (checked by eng_forward):
  *   - 0 <= level_n_past[k] <= level_n_past[parent level] (level 0: n_past;
  *     level_n_past[0] and entries k >= n_levels are ignored);
- *   - per layer: layer_pages[l] != NULL holds at least ceil((level_n_past[k] +
- *     n_tok) / 16) unit ids in [0, n_units), k = the layer's level, and
- *     layer_n_pages >= that count;
- *   - plain: pages as below (level k uses the first pages of the same table);
- *     all the block tables of one batch hold together at most
- *     2 * n_pages + max_batch_tokens entries (they are translated into one
- *     buffer sized at load).
+ *   - layer_pages != NULL, and each layer_pages[l] != NULL holds at least
+ *     ceil((level_n_past[k] + n_tok) / 16) unit ids in [0, n_units), k = the
+ *     layer's level, and layer_n_pages >= that count.
  * level_kept, when not NULL, receives n_levels entries (only on success). */
 int32_t eng_model_n_units(const struct eng_model *m);
 int eng_model_n_levels(const struct eng_model *m);
@@ -150,6 +156,24 @@ int eng_model_layer_level(const struct eng_model *m, int layer);
 size_t eng_model_unit_bytes(const struct eng_model *m); /* K+V bytes of one unit */
 size_t eng_model_kv_bytes_per_token(const struct eng_model *m);
 size_t eng_model_weight_bytes(const struct eng_model *m); /* bytes read per token (decode) */
+
+/* Per-layer block tables that give each layer its own unit of every page of
+ * a list (for tests and tools that think in whole pages):
+ *     rows[l][i] = pages[i] * n_layers + l
+ * so sequences on disjoint page lists never share a unit. A page outside
+ * [0, eng_model_n_pages()) gives unit -1, which eng_forward rejects. Use as
+ * eng_seq.layer_pages = t->rows, eng_seq.layer_n_pages = t->n_pages.
+ * Returns 0, SS_EINVAL (NULL argument, n_pages < 1) or SS_ENOMEM; the caller
+ * frees t with eng_kv_tables_free (a zeroed struct is fine). Any thread. */
+struct eng_kv_tables {
+    int32_t n_layers;
+    int32_t n_pages;           /* entries per layer */
+    int32_t *units;            /* [n_layers][n_pages] */
+    const int32_t **rows;      /* [n_layers]: rows[l] = units + l * n_pages */
+};
+int eng_kv_identity_tables(struct eng_kv_tables *t, const struct eng_model *m, const int32_t *pages,
+                           int32_t n_pages);
+void eng_kv_tables_free(struct eng_kv_tables *t);
 
 /* Layer parallelism (DESIGN.md section 5; engine/forward_lp.c). Layers
  * [start, end) run as pairs (start, start+1), (start+2, start+3), ...:
@@ -181,8 +205,8 @@ int eng_lp_parse_flag(const char *s, struct eng_options *o, char *err, size_t er
  *   tokens: [ s0 t0 .. s0 tk | s1 t0 .. | ... ]
  *   seq i owns tokens [seqs[i].tok0, seqs[i].tok0 + seqs[i].n_tok)
  *   their positions are n_past, n_past+1, ...; their K/V are written at KV
- *   indices n_past.. of the sequence's block table, which must already hold
- *   pages for n_past + n_tok entries.
+ *   indices n_past.. of the sequence's per-layer block tables, which must
+ *   already hold units for those entries ("KV units and levels").
  */
 #define ENG_MAX_LEVELS 8
 
@@ -190,14 +214,11 @@ struct eng_seq {
     int32_t tok0;
     int32_t n_tok;
     int32_t n_past;
-    const int32_t *pages; /* block table, >= ceil((n_past+n_tok)/16) entries */
-    int32_t n_pages;
     int want_logits;      /* 1: produce logits of this sequence's last token */
     int all_logits;       /* 1: produce logits for every token of it (perplexity, echo) */
 
-    /* ---- KV units and levels (SUBLLM). Optional: zero/NULL keeps the plain
-     * layout above. See "KV units" below. */
-    const int32_t *const *layer_pages; /* [n_layers] per-layer block tables of unit ids, or NULL */
+    /* ---- KV units and levels: see "KV units and levels" above. */
+    const int32_t *const *layer_pages; /* [n_layers] per-layer block tables of unit ids */
     int32_t layer_n_pages;             /* entries in each layer_pages[l] (>= what its level needs) */
     int32_t level_n_past[ENG_MAX_LEVELS]; /* KV entries cached at level k (level 0: = n_past) */
     int32_t *level_kept;               /* out, may be NULL: tokens of this step kept at level k */
@@ -221,11 +242,10 @@ struct eng_batch {
  * nothing, the KV cache included): 1 <= n_tokens <= max_batch_tokens; seqs tile
  * tokens in order (seqs[0].tok0 == 0, each tok0 = previous tok0 + n_tok,
  * n_tok >= 1, total == n_tokens); 0 <= n_past and n_past + n_tok <= n_ctx;
- * plain addressing: pages != NULL with n_pages >= ceil((n_past + n_tok) / 16)
- * entries, each in [0, eng_model_n_pages()); per-layer addressing (pages
- * unused): the rules under "KV units and levels"; token ids in [0, n_vocab).
- * NOTE: not checked: that no page written in this step (the pages holding
- * positions n_past.. of a sequence) belongs to another sequence of the batch.
+ * block tables: the rules under "KV units and levels"; token ids in
+ * [0, n_vocab).
+ * NOTE: not checked: that no unit written in this step (the units holding
+ * entries n_past.. of a sequence) belongs to another sequence of the batch.
  * A sequence's logits are bitwise independent of the rest of the batch.
  * No allocation: all buffers are sized at load. Engine thread only. */
 int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits);

@@ -8,6 +8,10 @@
  * optional q/k/v biases (qwen2), per-head q/k norms, post-sub-layer norms,
  * gelu-tanh gating and sliding-window layers with their own RoPE base
  * (gemma3).
+ * The layer body is written once: eng_attention_block and eng_ffn_block take
+ * their input, buffer set, backend and (FFN) variant as parameters and return
+ * their output, which the caller adds to the residual stream; layer
+ * parallelism (forward_lp.c) runs the same two for both layers of a pair.
  * SUBLLM structures (subllm.c) move rows between frames at their '(' and ')':
  * each layer runs on the rows of the current frame (every token at level 0,
  * the kept ones deeper), with that level's K/V.
@@ -39,27 +43,17 @@ int32_t eng_batch_n_logits(const struct eng_batch *b) {
     return n > INT32_MAX ? INT32_MAX : (int32_t)n;
 }
 
-/* KV levels and block tables of one sequence (engine.h "KV units and
- * levels"). *ptab_need accumulates plain table entries. */
-static int seq_validate_kv(const struct eng_model *m, const struct eng_seq *s, int per_layer, int64_t *ptab_need) {
-    const int nl = m->cfg.n_layers;
+/* KV levels and per-layer block tables of one sequence (engine.h "KV units
+ * and levels"). */
+static int seq_validate_kv(const struct eng_model *m, const struct eng_seq *s) {
     int32_t past[ENG_MAX_LEVELS];
     past[0] = s->n_past;
     for (int k = 1; k < m->n_levels; k++) {
         past[k] = s->level_n_past[k];
         if (past[k] < 0 || past[k] > past[m->sub.parent_level[k]]) return SS_EINVAL;
     }
-    if (!per_layer) {
-        if (s->layer_pages) return SS_EINVAL; /* one addressing per batch */
-        int32_t need = (s->n_past + s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
-        if (!s->pages || s->n_pages < need) return SS_EINVAL;
-        for (int32_t p = 0; p < need; p++)
-            if (s->pages[p] < 0 || s->pages[p] >= m->n_pages) return SS_EINVAL;
-        *ptab_need += need;
-        return 0;
-    }
     if (!s->layer_pages) return SS_EINVAL;
-    for (int l = 0; l < nl; l++) {
+    for (int l = 0; l < m->cfg.n_layers; l++) {
         const int32_t *t = s->layer_pages[l];
         int32_t need = (past[m->layers[l].level] + s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
         if (!t || s->layer_n_pages < need) return SS_EINVAL;
@@ -77,30 +71,26 @@ static int batch_validate(const struct eng_model *m, const struct eng_batch *b, 
     for (int32_t i = 0; i < b->n_tokens; i++)
         if (b->tokens[i] < 0 || b->tokens[i] >= m->cfg.n_vocab) return SS_EINVAL;
     int32_t next = 0; /* sequences must tile the token array in order */
-    const int per_layer = b->seqs[0].layer_pages != NULL;
-    int64_t ptab_need = 0;
     for (int32_t i = 0; i < b->n_seqs; i++) {
         const struct eng_seq *s = &b->seqs[i];
         if (s->tok0 != next || s->n_tok < 1 || s->n_tok > b->n_tokens - next) return SS_EINVAL;
         next += s->n_tok;
         if (s->n_past < 0 || s->n_past > m->n_ctx - s->n_tok) return SS_EINVAL;
-        int rc = seq_validate_kv(m, s, per_layer, &ptab_need);
+        int rc = seq_validate_kv(m, s);
         if (rc < 0) return rc;
     }
-    if (next != b->n_tokens || ptab_need > m->sub.ptab_cap) return SS_EINVAL;
+    if (next != b->n_tokens) return SS_EINVAL;
     if (eng_batch_n_logits(b) > 0 && !logits) return SS_EINVAL;
     return 0;
 }
 
-/* x += y, or x += rmsnorm(y) * post_norm when the layer has one (gemma3).
- * y is a [n][dim] sub-layer output; xb is overwritten. */
-static void residual_add(struct eng_model *m, const float *y, const float *post_norm, int n) {
-    const struct eng_config *c = &m->cfg;
-    if (post_norm) {
-        be_rmsnorm(&m->be, m->s.xb, y, post_norm, n, c->dim, c->norm_eps);
-        y = m->s.xb;
-    }
-    be_add(&m->be, m->s.x, y, (int64_t)n * c->dim);
+/* The sub-layer's output: y, or rmsnorm(y) * post_norm into B->xb when the
+ * layer has a post-norm (gemma3). y is a [n][dim] buffer of B. */
+static const float *post_norm(const struct eng_model *m, struct be *be, const struct eng_bufs *B, const float *y,
+                              const float *norm, int n) {
+    if (!norm) return y;
+    be_rmsnorm(be, B->xb, y, norm, n, m->cfg.dim, m->cfg.norm_eps);
+    return B->xb;
 }
 
 /* y[r] += bias for each of n rows of width d (qwen2's q/k/v biases). */
@@ -112,12 +102,12 @@ static void add_bias(struct be *be, float *y, const float *bias, int n, int d) {
 /* Per-head RMSNorm (gemma3's attn_q_norm / attn_k_norm) of x [n][heads*hd]
  * into out, then RoPE of out. Without a norm weight: RoPE of x in place.
  * Returns the rotated buffer. */
-static float *norm_rope(struct eng_model *m, const struct eng_layer *L, float *out, float *x,
+static float *norm_rope(const struct eng_model *m, struct be *be, const struct eng_layer *L, float *out, float *x,
                         const float *norm, int n, int heads) {
     const struct eng_config *c = &m->cfg;
     if (norm) {
         /* n * heads <= max_batch_tokens * n_heads, which load bounds by INT_MAX */
-        be_rmsnorm(&m->be, out, x, norm, n * heads, c->head_dim, c->norm_eps);
+        be_rmsnorm(be, out, x, norm, n * heads, c->head_dim, c->norm_eps);
         x = out;
     }
     /* local (sliding-window) layers: their own base, never position scaling */
@@ -125,56 +115,70 @@ static float *norm_rope(struct eng_model *m, const struct eng_layer *L, float *o
                                 .theta_base = L->swa ? c->rope_theta_swa : c->rope_theta,
                                 .freq_scale = L->swa ? 1.0f : c->rope_freq_scale,
                                 .neox = c->rope_neox, .freq_factors = m->rope_freqs};
-    be_rope(&m->be, x, m->s.pos, n, &rp);
+    be_rope(be, x, m->s.pos, n, &rp);
     return x;
 }
 
-/* x += post_norm(Wo . attention(q, k, v))
+/* post_norm(Wo . attention(q, k, v)) of input x
  *   xn = rmsnorm(x) * attn_norm;  q = Wq xn (+bq), k = Wk xn (+bk), v = Wv xn (+bv)
  *   q, k: per-head rmsnorm (gemma3), then RoPE
  *   post_norm: rmsnorm * post_attention_norm (gemma3), else identity
  * Buffers: xb = xn; q, k, v; att takes the normed k (stored into the cache at
- * once), then the normed q, then the attention output (out may be q). */
-static void attention_block(struct eng_model *m, struct eng_layer *L, const struct eng_kv_view *kv, int n) {
+ * once), then the normed q, then the attention output (out may be q); xb2 =
+ * Wo . att; the post-norm goes to xb. */
+const float *eng_attention_block(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                                 const struct eng_bufs *B, const float *x, const struct eng_kv_view *kv) {
     const struct eng_config *c = &m->cfg;
-    struct eng_scratch *s = &m->s;
-    struct be *be = &m->be;
-    const int qdim = eng_qdim(c), kvdim = eng_kvdim(c);
+    const int n = kv->n, qdim = eng_qdim(c), kvdim = eng_kvdim(c);
 
-    be_rmsnorm(be, s->xb, s->x, L->attn_norm, n, c->dim, c->norm_eps);
-    be_matmul(be, s->q, s->xb, &L->wq, n);
-    be_matmul(be, s->k, s->xb, &L->wk, n);
-    be_matmul(be, s->v, s->xb, &L->wv, n);
-    add_bias(be, s->q, L->bq, n, qdim);
-    add_bias(be, s->k, L->bk, n, kvdim);
-    add_bias(be, s->v, L->bv, n, kvdim);
+    be_rmsnorm(be, B->xb, x, L->attn_norm, n, c->dim, c->norm_eps);
+    be_matmul(be, B->q, B->xb, &L->wq, n);
+    be_matmul(be, B->k, B->xb, &L->wk, n);
+    be_matmul(be, B->v, B->xb, &L->wv, n);
+    add_bias(be, B->q, L->bq, n, qdim);
+    add_bias(be, B->k, L->bk, n, kvdim);
+    add_bias(be, B->v, L->bv, n, kvdim);
 
-    const float *k = norm_rope(m, L, s->att, s->k, L->k_norm, n, c->n_kv_heads);
-    be_kv_store(be, kv->kv, k, s->v, kv->slots, n, kvdim);
-    const float *q = norm_rope(m, L, s->att, s->q, L->q_norm, n, c->n_heads);
+    const float *k = norm_rope(m, be, L, B->att, B->k, L->k_norm, n, c->n_kv_heads);
+    be_kv_store(be, kv->kv, k, B->v, kv->slots, n, kvdim);
+    const float *q = norm_rope(m, be, L, B->att, B->q, L->q_norm, n, c->n_heads);
     struct be_attn_params ap = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
                                 .head_dim = c->head_dim, .scale = c->attn_scale,
                                 .window = L->swa ? c->swa_window : 0, .softcap = 0.0f};
-    be_attention(be, s->att, q, kv->kv, kv->aseq, kv->n_seqs, &ap);
+    be_attention(be, B->att, q, kv->kv, kv->aseq, kv->n_seqs, &ap);
 
-    be_matmul(be, s->xb2, s->att, &L->wo, n);
-    residual_add(m, s->xb2, L->post_attn_norm, n);
+    be_matmul(be, B->xb2, B->att, &L->wo, n);
+    return post_norm(m, be, B, B->xb2, L->post_attn_norm, n);
 }
 
-/* x += post_norm(Wdown . (act(Wgate xn) * Wup xn)), xn = rmsnorm(x) * ffn_norm;
- * act silu (llama, qwen2) or gelu-tanh (gemma3); post_norm as above with
- * post_ffw_norm. */
-static void ffn_block(struct eng_model *m, struct eng_layer *L, int n) {
-    const struct eng_config *c = &m->cfg;
-    struct eng_scratch *s = &m->s;
-    struct be *be = &m->be;
+/* Dense FFN: Wdown . (act(Wgate xn) * Wup xn) into B->xb2, xn = B->xb;
+ * act silu (llama, qwen2) or gelu-tanh (gemma3). */
+static void ffn_dense(const struct eng_model *m, struct be *be, const struct eng_layer *L, const struct eng_bufs *B,
+                      int n) {
+    be_matmul(be, B->hb, B->xb, &L->w_gate, n);
+    be_matmul(be, B->hb2, B->xb, &L->w_up, n);
+    be_glu(be, B->hb, B->hb, B->hb2, (int64_t)n * m->cfg.ffn_dim, m->desc->act);
+    be_matmul(be, B->xb2, B->hb, &L->w_down, n);
+}
 
-    be_rmsnorm(be, s->xb, s->x, L->ffn_norm, n, c->dim, c->norm_eps);
-    be_matmul(be, s->hb, s->xb, &L->w_gate, n);
-    be_matmul(be, s->hb2, s->xb, &L->w_up, n);
-    be_glu(be, s->hb, s->hb, s->hb2, (int64_t)n * c->ffn_dim, m->desc->act);
-    be_matmul(be, s->xb2, s->hb, &L->w_down, n);
-    residual_add(m, s->xb2, L->post_ffn_norm, n);
+/* post_norm(FFN(xn)) of input x, xn = rmsnorm(x) * ffn_norm; post_norm as
+ * above with post_ffw_norm. The variant computes B->xb2 from B->xb. */
+const float *eng_ffn_block(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                           const struct eng_bufs *B, const float *x, int n, int ffn) {
+    const struct eng_config *c = &m->cfg;
+    be_rmsnorm(be, B->xb, x, L->ffn_norm, n, c->dim, c->norm_eps);
+    switch (ffn) {
+    /* A variant reads B->xb and writes B->xb2 (plus its own buffers); the
+     * norms, the residual and layer parallelism stay as they are. */
+    case ENG_FFN_LTE: /* routers, per-row expert masks, sparse FFN (lte.c) */
+        eng_lte_ffn(m, be, L, B, n);
+        break;
+    case ENG_FFN_DENSE:
+    default:
+        ffn_dense(m, be, L, B, n);
+        break;
+    }
+    return post_norm(m, be, B, B->xb2, L->post_ffn_norm, n);
 }
 
 /* Final norm of the requested rows, gathered into xb in logits order (one
@@ -184,6 +188,7 @@ static void output_logits(struct eng_model *m, const struct eng_batch *b, float 
     const struct eng_config *c = &m->cfg;
     struct eng_scratch *s = &m->s;
     struct be *be = &m->be;
+    float *xb = s->b.xb; /* the last layer is done with it */
     int n_out = 0;
     for (int32_t i = 0; i < b->n_seqs; i++) {
         const struct eng_seq *q = &b->seqs[i];
@@ -191,13 +196,13 @@ static void output_logits(struct eng_model *m, const struct eng_batch *b, float 
         if (q->all_logits) r0 = q->tok0, nr = q->n_tok;
         else if (q->want_logits) r0 = q->tok0 + q->n_tok - 1, nr = 1;
         else continue;
-        be_rmsnorm(be, s->xb + (size_t)n_out * c->dim, s->x + (size_t)r0 * c->dim, m->output_norm,
+        be_rmsnorm(be, xb + (size_t)n_out * c->dim, s->x + (size_t)r0 * c->dim, m->output_norm,
                    nr, c->dim, c->norm_eps);
         n_out += nr;
     }
     for (int r = 0; r < n_out; r += ENG_LOGIT_CHUNK) {
         int nr = n_out - r < ENG_LOGIT_CHUNK ? n_out - r : ENG_LOGIT_CHUNK;
-        be_matmul(be, s->logits, s->xb + (size_t)r * c->dim, &m->output, nr);
+        be_matmul(be, s->logits, xb + (size_t)r * c->dim, &m->output, nr);
         be_download(be, logits + (size_t)r * c->n_vocab, s->logits,
                     (size_t)nr * c->n_vocab * sizeof(float));
     }
@@ -216,16 +221,18 @@ int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits) {
 
     be_get_rows(&m->be, m->s.x, &m->tok_embd, b->tokens, n);
     if (m->cfg.embd_scale != 1.0f) be_scale(&m->be, m->s.x, m->cfg.embd_scale, (int64_t)n * m->cfg.dim);
+    const int64_t dim = m->cfg.dim;
     for (int il = 0; il < m->cfg.n_layers; il++) {
         eng_sub_steps(m, b, il); /* SUBLLM '(' / ')' before layer il: changes the current frame */
         struct eng_kv_view kv;
         eng_layer_view(m, il, 0, &kv);
         if (kv.n == 0) continue; /* every token was dropped before this level */
-        m->s.slots = kv.slots;   /* layer il's view, for the layer-parallel hook */
-        m->s.aseq = kv.aseq;
-        if (m->lp && eng_lp_pair(m, il, kv.n, kv.n_seqs)) { il++; continue; } /* ran il, il+1 as a pair */
-        attention_block(m, &m->layers[il], &kv, kv.n);
-        ffn_block(m, &m->layers[il], kv.n);
+        if (m->lp && eng_lp_pair(m, il, &kv)) { il++; continue; } /* ran il, il+1 as a pair */
+        const struct eng_layer *L = &m->layers[il];
+        const float *y = eng_attention_block(m, &m->be, L, &m->s.b, m->s.x, &kv);
+        be_add(&m->be, m->s.x, y, kv.n * dim);
+        y = eng_ffn_block(m, &m->be, L, &m->s.b, m->s.x, kv.n, L->ffn);
+        be_add(&m->be, m->s.x, y, kv.n * dim);
     }
     eng_sub_steps(m, b, m->cfg.n_layers);
     output_logits(m, b, logits);

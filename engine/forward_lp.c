@@ -23,13 +23,13 @@
  *
  * Residual sums: h = (x + out_a) + out_b, y = (h + mlp_a) + mlp_b, in fp32.
  *
- * Execution (lp->split): on the CPU backend with two threads the two
- * branches of a sub-layer run at once, one per core, each on its own
- * single-threaded CPU backend context (its own tile scratch), with one join
- * per sub-layer instead of a fork/join per operation. Otherwise (one thread,
- * other backends) the branches run one after the other on the model's
- * backend. Both give bitwise the same values: every kernel's result per row
- * is independent of the thread count (kernels/backend.h).
+ * Execution: the two branches of a sub-layer are two tasks of be_fork2 on the
+ * model's backend, which may run them at once (the CPU backend with two
+ * threads: one per core, each on a one-thread share of the backend, with one
+ * join per sub-layer instead of a fork/join per operation; see
+ * kernels/cpu/fork.c) or one after the other (the wrapper's default). Both
+ * give bitwise the same values: every kernel's result per row is independent
+ * of the thread count (kernels/backend.h). The engine does not know which.
  * NOTE (measured on the 2-core dev machine, medians of interleaved runs,
  * every layer paired): one-after-the-other is as fast as the sequential
  * model (same operations, same barriers); the two-core split makes decode
@@ -39,17 +39,16 @@
  * fork/joins of two sequential layers replaced by two joins, plus decode
  * attention (one KV head: a single work item) of both layers at once.
  *
- * Buffers: branch a uses the model's scratch (m->s), branch b its own set of
- * the same shapes (struct lp_bufs), allocated on the model's backend for
- * max_batch_tokens rows when a range is first set. Positions (m->s.pos) and
- * the K/V views of the two layers (eng_layer_view: view buffer 0 for the first
- * layer, 1 for the second; plain or per-layer addressing, the current SUBLLM
- * frame's rows) are shared read-only.
+ * Buffers: branch a uses the model's buffer set (m->s.b), branch b its own
+ * set of the same shapes (struct eng_bufs), allocated on the model's backend
+ * for max_batch_tokens rows when a range is first set. Both read the residual
+ * stream m->s.x and the positions m->s.pos; the K/V views of the two layers
+ * (eng_layer_view: view buffer 0 for the first layer, 1 for the second; the
+ * current SUBLLM frame's rows) are read only.
  *
- * Thread: the engine thread owning the model; the split region's worker only
- * runs branch b between the fork and the join.
+ * Thread: the engine thread owning the model; a backend worker may run
+ * branch b between the fork and the join.
  */
-#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,25 +59,9 @@
 #include "engine/model_internal.h"
 #include "kernels/ss_error.h"
 
-/* One branch's activations; shapes in rows of the batch (T = max_batch_tokens). */
-struct lp_bufs {
-    float *xb;  /* [T][dim] normalised input; post-normed output */
-    float *xb2; /* [T][dim] sub-layer output */
-    float *q;   /* [T][qdim] */
-    float *k;   /* [T][kvdim] */
-    float *v;   /* [T][kvdim] */
-    float *att; /* [T][qdim] */
-    float *hb;  /* [T][ffn] */
-    float *hb2; /* [T][ffn] */
-};
-
 struct eng_lp {
     int start, end;      /* paired range; start == end: off */
-    struct lp_bufs b;    /* branch b's scratch (model backend memory), NULL until first set */
-    int split;           /* 1: branches on two cores (per-core backends below) */
-    struct be core[2];   /* single-threaded CPU backends of branch a and b (split only) */
-    int core_open[2];
-    int n_threads;       /* eng_options.n_threads at load (0 = one per core) */
+    struct eng_bufs b;   /* branch b's buffer set (model backend memory), made when first set */
 };
 
 static int lp_fail(char *err, size_t len, int code, const char *fmt, ...)
@@ -93,171 +76,56 @@ static int lp_fail(char *err, size_t len, int code, const char *fmt, ...) {
     return code;
 }
 
-/* ------------------------------------------------------------ one branch */
-
-/* Per-head RMSNorm (gemma3) into out, then RoPE; returns the rotated buffer
- * (as forward.c's norm_rope, on the given backend). */
-static float *lp_norm_rope(const struct eng_model *m, struct be *be, const struct eng_layer *L,
-                           float *out, float *x, const float *norm, int n, int heads) {
-    const struct eng_config *c = &m->cfg;
-    if (norm) {
-        be_rmsnorm(be, out, x, norm, n * heads, c->head_dim, c->norm_eps);
-        x = out;
-    }
-    struct be_rope_params rp = {.n_heads = heads, .head_dim = c->head_dim, .n_rot = c->n_rot,
-                                .theta_base = L->swa ? c->rope_theta_swa : c->rope_theta,
-                                .freq_scale = L->swa ? 1.0f : c->rope_freq_scale,
-                                .neox = c->rope_neox, .freq_factors = m->rope_freqs};
-    be_rope(be, x, m->s.pos, n, &rp);
-    return x;
-}
-
-static void lp_bias(struct be *be, float *y, const float *bias, int n, int d) {
-    if (!bias) return;
-    for (int r = 0; r < n; r++) be_add(be, y + (size_t)r * d, bias, d);
-}
-
-/* Branch output of one sub-layer: post_norm(y) into B->xb, or y itself.
- * Returns the buffer holding it. */
-static const float *lp_post(const struct eng_model *m, struct be *be, const struct lp_bufs *B,
-                            const float *post_norm, int n) {
-    if (!post_norm) return B->xb2;
-    be_rmsnorm(be, B->xb, B->xb2, post_norm, n, m->cfg.dim, m->cfg.norm_eps);
-    return B->xb;
-}
-
-/* Attention branch of layer L over input x (read only): stores L's K/V for
- * the frame's rows through the layer's view kv and returns
- * post_norm(Wo . attention) (a buffer of B). */
-static const float *lp_attn(struct eng_model *m, struct be *be, struct eng_layer *L,
-                            const struct lp_bufs *B, const float *x, const struct eng_kv_view *kv, int n) {
-    const struct eng_config *c = &m->cfg;
-    const int qdim = eng_qdim(c), kvdim = eng_kvdim(c);
-    be_rmsnorm(be, B->xb, x, L->attn_norm, n, c->dim, c->norm_eps);
-    be_matmul(be, B->q, B->xb, &L->wq, n);
-    be_matmul(be, B->k, B->xb, &L->wk, n);
-    be_matmul(be, B->v, B->xb, &L->wv, n);
-    lp_bias(be, B->q, L->bq, n, qdim);
-    lp_bias(be, B->k, L->bk, n, kvdim);
-    lp_bias(be, B->v, L->bv, n, kvdim);
-    const float *k = lp_norm_rope(m, be, L, B->att, B->k, L->k_norm, n, c->n_kv_heads);
-    be_kv_store(be, kv->kv, k, B->v, kv->slots, n, kvdim);
-    const float *q = lp_norm_rope(m, be, L, B->att, B->q, L->q_norm, n, c->n_heads);
-    struct be_attn_params ap = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
-                                .head_dim = c->head_dim, .scale = c->attn_scale,
-                                .window = L->swa ? c->swa_window : 0, .softcap = 0.0f};
-    be_attention(be, B->att, q, kv->kv, kv->aseq, kv->n_seqs, &ap);
-    be_matmul(be, B->xb2, B->att, &L->wo, n);
-    return lp_post(m, be, B, L->post_attn_norm, n);
-}
-
-/* FFN branch of layer L over input x (read only): returns
- * post_norm(Wdown . (act(Wgate xn) * Wup xn)), xn = ffn_norm(x). */
-static const float *lp_ffn(struct eng_model *m, struct be *be, const struct eng_layer *L,
-                           const struct lp_bufs *B, const float *x, int n) {
-    const struct eng_config *c = &m->cfg;
-    be_rmsnorm(be, B->xb, x, L->ffn_norm, n, c->dim, c->norm_eps);
-    be_matmul(be, B->hb, B->xb, &L->w_gate, n);
-    be_matmul(be, B->hb2, B->xb, &L->w_up, n);
-    be_glu(be, B->hb, B->hb, B->hb2, (int64_t)n * c->ffn_dim, m->desc->act);
-    be_matmul(be, B->xb2, B->hb, &L->w_down, n);
-    return lp_post(m, be, B, L->post_ffn_norm, n);
-}
-
 /* ------------------------------------------------------------ one pair */
+
+/* One branch of a pair's sub-layer: a be_fork2 task. */
+struct lp_branch {
+    const struct eng_model *m;
+    const struct eng_layer *L;
+    const struct eng_bufs *B;
+    const struct eng_kv_view *kv; /* the layer's K/V view; kv->n = rows */
+    int ffn;                      /* 0: attention sub-layer, 1: FFN */
+    const float *out;             /* result: the branch output (a buffer of B) */
+};
+
+static void lp_run_branch(struct be *be, void *arg) {
+    struct lp_branch *t = arg;
+    const float *x = t->m->s.x;
+    t->out = t->ffn ? eng_ffn_block(t->m, be, t->L, t->B, x, t->kv->n, t->L->ffn)
+                    : eng_attention_block(t->m, be, t->L, t->B, x, t->kv);
+}
 
 /* Runs sub-layer `ffn` (0 attention, 1 FFN) of layers il and il+1 on the same
  * residual x, then x += out_a; x += out_b. kv: the two layers' K/V views. */
-static void lp_sublayer(struct eng_model *m, int il, int ffn, const struct eng_kv_view kv[2], int n) {
-    struct eng_lp *lp = m->lp;
-    const struct lp_bufs A = {m->s.xb, m->s.xb2, m->s.q, m->s.k, m->s.v, m->s.att, m->s.hb, m->s.hb2};
-    const struct lp_bufs *bufs[2] = {&A, &lp->b};
-    const float *out[2] = {NULL, NULL};
-    const float *x = m->s.x;
-    if (lp->split) {
-#pragma omp parallel num_threads(2)
-        {
-            int nt = omp_get_num_threads();
-            for (int j = omp_get_thread_num(); j < 2; j += nt) {
-                struct eng_layer *L = &m->layers[il + j];
-                out[j] = ffn ? lp_ffn(m, &lp->core[j], L, bufs[j], x, n)
-                             : lp_attn(m, &lp->core[j], L, bufs[j], x, &kv[j], n);
-            }
-        }
-    } else {
-        for (int j = 0; j < 2; j++) {
-            struct eng_layer *L = &m->layers[il + j];
-            out[j] = ffn ? lp_ffn(m, &m->be, L, bufs[j], x, n)
-                         : lp_attn(m, &m->be, L, bufs[j], x, &kv[j], n);
-        }
-    }
-    const int64_t len = (int64_t)n * m->cfg.dim;
-    be_add(&m->be, m->s.x, out[0], len);
-    be_add(&m->be, m->s.x, out[1], len);
+static void lp_sublayer(struct eng_model *m, int il, int ffn, const struct eng_kv_view kv[2]) {
+    struct lp_branch t[2] = {
+        {.m = m, .L = &m->layers[il], .B = &m->s.b, .kv = &kv[0], .ffn = ffn},
+        {.m = m, .L = &m->layers[il + 1], .B = &m->lp->b, .kv = &kv[1], .ffn = ffn},
+    };
+    be_fork2(&m->be, lp_run_branch, &t[0], &t[1]);
+    const int64_t len = (int64_t)kv[0].n * m->cfg.dim;
+    be_add(&m->be, m->s.x, t[0].out, len);
+    be_add(&m->be, m->s.x, t[1].out, len);
 }
 
-int eng_lp_pair(struct eng_model *m, int il, int n, int n_seqs) {
+int eng_lp_pair(struct eng_model *m, int il, const struct eng_kv_view *kv0) {
     struct eng_lp *lp = m->lp;
     if (!lp || il < lp->start || il + 1 >= lp->end || (il - lp->start) % 2) return 0;
     struct eng_kv_view kv[2]; /* view buffer 0 is layer il's (eng_forward's), 1 is il+1's */
-    eng_layer_view(m, il, 0, &kv[0]);
+    kv[0] = *kv0;
     eng_layer_view(m, il + 1, 1, &kv[1]);
-    (void)n_seqs; /* == kv[j].n_seqs */
-    lp_sublayer(m, il, 0, kv, n);
-    lp_sublayer(m, il, 1, kv, n);
+    lp_sublayer(m, il, 0, kv);
+    lp_sublayer(m, il, 1, kv);
     return 2;
 }
 
 /* ------------------------------------------------------------ setup */
 
-static void lp_free_bufs(struct eng_model *m, struct lp_bufs *b) {
-    float *all[] = {b->xb, b->xb2, b->q, b->k, b->v, b->att, b->hb, b->hb2};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be_dealloc(&m->be, all[i]);
-    memset(b, 0, sizeof *b);
-}
-
 void eng_lp_free(struct eng_model *m) {
     if (!m || !m->lp) return;
-    struct eng_lp *lp = m->lp;
-    lp_free_bufs(m, &lp->b);
-    for (int j = 0; j < 2; j++)
-        if (lp->core_open[j]) be_close(&lp->core[j]);
-    free(lp);
+    eng_bufs_free(m, &m->lp->b);
+    free(m->lp);
     m->lp = NULL;
-}
-
-static int lp_alloc_bufs(struct eng_model *m, struct lp_bufs *b) {
-    const struct eng_config *c = &m->cfg;
-    size_t T = (size_t)m->max_batch_tokens, f = sizeof(float);
-    struct { float **p; size_t n; } want[] = {
-        {&b->xb, T * c->dim},        {&b->xb2, T * c->dim},      {&b->q, T * eng_qdim(c)},
-        {&b->k, T * eng_kvdim(c)},   {&b->v, T * eng_kvdim(c)},  {&b->att, T * eng_qdim(c)},
-        {&b->hb, T * c->ffn_dim},    {&b->hb2, T * c->ffn_dim},
-    };
-    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
-        if (!(*want[i].p = be_alloc(&m->be, want[i].n * f))) return SS_ENOMEM;
-    return 0;
-}
-
-/* Execution mode: SLIMSERVE_LP_EXEC = "seq" or "split" forces one (for
- * measurements); by default split iff the backend is the CPU one running two
- * threads (one branch per core; with more cores the branches would need
- * nested teams, not done yet). */
-static void lp_choose_exec(struct eng_model *m, struct eng_lp *lp) {
-    const char *env = getenv("SLIMSERVE_LP_EXEC");
-    int cpu = m->be.ops && m->be.ops->name && strcmp(m->be.ops->name, "cpu") == 0;
-    int threads = lp->n_threads > 0 ? lp->n_threads : omp_get_num_procs();
-    int want = cpu && threads == 2;
-    if (env && !strcmp(env, "seq")) want = 0;
-    else if (env && !strcmp(env, "split")) want = cpu;
-    lp->split = 0;
-    if (!want) return;
-    for (int j = 0; j < 2; j++)
-        if (!lp->core_open[j]) {
-            if (be_open(&lp->core[j], "cpu", 1) < 0) return; /* fall back to sequential */
-            lp->core_open[j] = 1;
-        }
-    lp->split = 1;
 }
 
 /* Refuses ranges that overlap a SUBLLM bracket: every paired layer must run
@@ -303,12 +171,11 @@ int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *
         struct eng_lp *lp = calloc(1, sizeof *lp);
         if (!lp) return lp_fail(err, err_len, SS_ENOMEM, "out of memory");
         m->lp = lp;
-        if (lp_alloc_bufs(m, &lp->b) < 0) {
+        if (eng_bufs_alloc(m, &lp->b) < 0) {
             eng_lp_free(m);
             return lp_fail(err, err_len, SS_ENOMEM, "out of memory for layer-parallel activations");
         }
     }
-    lp_choose_exec(m, m->lp); /* the environment may have changed (measurements) */
     m->lp->start = start;
     m->lp->end = end;
     return 0;
@@ -404,9 +271,5 @@ int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options
     rc = eng_model_set_layer_parallel(m, start, end, sub, sizeof sub);
     if (rc < 0)
         return lp_fail(err, err_len, rc, "%s%s", mode == ENG_LP_FILE ? "file key lp.range: " : "", sub);
-    if (m->lp && opt && m->lp->n_threads != opt->n_threads) {
-        m->lp->n_threads = opt->n_threads; /* split needs exactly two threads */
-        lp_choose_exec(m, m->lp);
-    }
     return 0;
 }

@@ -15,16 +15,17 @@
 #include <stddef.h>
 
 struct eng_model;
-struct eng_options;
+struct eng_kv_view;
 
-/* Forward hook, called by eng_forward for each layer il before running it.
+/* Forward hook, called by eng_forward for each layer il before running it,
+ * with layer il's K/V view of the current frame (eng_layer_view buffer 0).
  * Returns 2 when il starts a pair of the range: layers il and il+1 have then
  * run as one step (residual stream m->s.x updated, both layers' K/V written);
  * returns 0 otherwise (the caller runs layer il itself). Never fails: ranges
  * are validated when set. */
-int eng_lp_pair(struct eng_model *m, int il, int n, int n_seqs);
+int eng_lp_pair(struct eng_model *m, int il, const struct eng_kv_view *kv0);
 
-/* Releases the LP state (scratch, per-core backends) and sets m->lp = NULL.
+/* Releases the LP state (the second buffer set) and sets m->lp = NULL.
  * eng_model_free should call it before closing the model's backend. NULL ok. */
 void eng_lp_free(struct eng_model *m);
 

@@ -153,22 +153,26 @@ int eng_lte_load(struct eng_model *m, const struct eng_options *o, char *err, si
     lt->tau = tau;
     lt->logit_tau = (float)log((double)tau / (1.0 - (double)tau));
     lt->enabled = n_routed > 0 && !o->lte_off;
+    if (o->lte_path < ENG_LTE_AUTO || o->lte_path > ENG_LTE_DENSE)
+        return lfail(err, err_len, SS_EINVAL, "LTE path %d: use ENG_LTE_AUTO, _GROUPED or _DENSE", o->lte_path);
+    lt->path = o->lte_path;
     lt->layers = calloc((size_t)m->cfg.n_layers, sizeof *lt->layers);
     if (!lt->layers) return lfail(err, err_len, SS_ENOMEM, "out of memory");
     for (int il = 0; il < m->cfg.n_layers; il++)
         if ((rc = bind_router(m, il, lt->enabled, err, err_len)) < 0) return rc;
     if (!lt->enabled) return 0;
-    size_t cells = (size_t)m->max_batch_tokens * (size_t)lt->n_experts;
-    lt->logits = be_alloc(&m->be, cells * sizeof(float));
-    lt->hlogits = malloc(cells * sizeof(float));
-    lt->mask = malloc(cells);
+    if (!be_has_lte(&m->be))
+        return lfail(err, err_len, SS_EUNSUPPORTED, "backend '%s' has no LTE sparse FFN (use --lte off)",
+                     m->be.ops->name);
     pthread_mutex_t *mu = malloc(sizeof *mu);
-    if (!lt->logits || !lt->hlogits || !lt->mask || !mu) {
-        free(mu);
-        return lfail(err, err_len, SS_ENOMEM, "out of memory for LTE router buffers");
-    }
+    if (!mu) return lfail(err, err_len, SS_ENOMEM, "out of memory");
     pthread_mutex_init(mu, NULL);
     lt->stat_mu = mu;
+    for (int il = 0; il < m->cfg.n_layers; il++)
+        if (lt->layers[il].router.data) {
+            m->layers[il].ffn = ENG_FFN_LTE;
+            m->layers[il].lte = &lt->layers[il];
+        }
     return 0;
 }
 
@@ -179,13 +183,66 @@ void eng_lte_free(struct eng_model *m) {
             free(lt->layers[il].bias);
             if (m->be_open) be_dealloc(&m->be, lt->layers[il].down_mem);
         }
-    if (m->be_open) be_dealloc(&m->be, lt->logits);
-    free(lt->hlogits);
-    free(lt->mask);
     free(lt->layers);
     if (lt->stat_mu) {
         pthread_mutex_destroy(lt->stat_mu);
         free(lt->stat_mu);
     }
+    if (m->layers)
+        for (int il = 0; il < m->cfg.n_layers; il++) {
+            m->layers[il].ffn = ENG_FFN_DENSE;
+            m->layers[il].lte = NULL;
+        }
     memset(lt, 0, sizeof *lt);
+}
+
+/* ---- forward ---- */
+
+/* Path choice of one step (a speed decision only: both paths give the same
+ * bits). The grouped path reads the active experts' weights once per chunk of
+ * their rows; the dense fallback runs gate and up as plain matmuls whose
+ * weight tiles are reused across every row. Measured crossover (tools/
+ * bench_lte, see README "LTE"): the dense fallback wins once the rows are many
+ * and the experts' mean active fraction is high. */
+static int use_dense(int type, int n, double active_frac) {
+    (void)type;
+    if (n < 16) return 0;
+    return active_frac > 0.85;
+}
+
+void eng_lte_ffn(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                 const struct eng_bufs *B, int n) {
+    const struct eng_lte *lt = &m->lte;
+    struct eng_lte_layer *LL = L->lte;
+    const int E = lt->n_experts;
+    be_matmul(be, B->rl, B->xb, &LL->router, n);
+    be_download(be, B->rlh, B->rl, (size_t)n * E * sizeof(float));
+    int64_t active = 0, in_union = 0;
+    for (int t = 0; t < n; t++) {
+        const float *r = B->rlh + (size_t)t * E;
+        uint8_t *mk = B->mask + (size_t)t * E;
+        for (int e = 0; e < E; e++) {
+            mk[e] = r[e] + LL->bias[e] > lt->logit_tau;
+            active += mk[e];
+        }
+    }
+    for (int e = 0; e < E; e++) {
+        int on = 0;
+        for (int t = 0; t < n && !on; t++) on = B->mask[(size_t)t * E + e];
+        in_union += on;
+    }
+    double frac = (double)active / ((double)n * E), ufrac = (double)in_union / E;
+    struct be_lte_ffn p = {.gate = &L->w_gate, .up = &L->w_up, .down = &LL->down_x, .n_experts = E,
+                           .expert_size = lt->expert_size, .act = m->desc->act,
+                           .dense = lt->path == ENG_LTE_DENSE ||
+                                    (lt->path == ENG_LTE_AUTO && use_dense(L->w_gate.type, n, frac))};
+    be_lte_ffn(be, B->xb2, B->xb, B->mask, n, &p, B->hb, B->hb2);
+
+    int bin = (int)(ufrac * ENG_LTE_HIST_BINS);
+    if (bin >= ENG_LTE_HIST_BINS) bin = ENG_LTE_HIST_BINS - 1;
+    pthread_mutex_lock(lt->stat_mu);
+    LL->active_sum += frac * n;
+    LL->n_tok += n;
+    LL->union_hist[bin]++;
+    pthread_mutex_unlock(lt->stat_mu);
 }

@@ -422,8 +422,7 @@ size_t eng_model_unit_bytes(const struct eng_model *m) {
 }
 
 /* The unit pool: n_pages pages' worth of units (n_pages * n_layers), one
- * allocation for K and one for V; every layer's plain view starts il units in
- * (see model_internal.h). */
+ * allocation for K and one for V (see model_internal.h). */
 static int alloc_kv(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len) {
     size_t per_page = eng_model_kv_bytes_per_token(m) * BE_PAGE_SLOTS;
     int64_t n_pages;
@@ -449,28 +448,46 @@ static int alloc_kv(struct eng_model *m, const struct eng_options *o, char *err,
         return fail(err, err_len, SS_ENOMEM, "out of memory for the KV cache (%lld pages, %zu bytes)",
                     (long long)n_pages, 2 * bytes);
     m->kv_pool = (struct be_kv_layer){.k = m->kv_k, .v = m->kv_v, .kv_type = m->kv_type};
-    for (int il = 0; il < L; il++)
-        m->layers[il].kv = (struct be_kv_layer){.k = (char *)m->kv_k + (size_t)il * unit_half,
-                                                .v = (char *)m->kv_v + (size_t)il * unit_half,
-                                                .kv_type = m->kv_type};
     return 0;
+}
+
+int eng_bufs_alloc(struct eng_model *m, struct eng_bufs *b) {
+    const struct eng_config *c = &m->cfg;
+    size_t T = (size_t)m->max_batch_tokens;
+    struct { float **p; size_t n; } want[] = {
+        {&b->xb, T * c->dim},        {&b->xb2, T * c->dim},      {&b->q, T * eng_qdim(c)},
+        {&b->k, T * eng_kvdim(c)},   {&b->v, T * eng_kvdim(c)},  {&b->att, T * eng_qdim(c)},
+        {&b->hb, T * c->ffn_dim},    {&b->hb2, T * c->ffn_dim},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!(*want[i].p = be_alloc(&m->be, want[i].n * sizeof(float)))) return SS_ENOMEM;
+    if (m->lte.enabled) { /* router logits and masks (lte.c) */
+        size_t cells = T * (size_t)m->lte.n_experts;
+        b->rl = be_alloc(&m->be, cells * sizeof(float));
+        b->rlh = malloc(cells * sizeof(float));
+        b->mask = malloc(cells);
+        if (!b->rl || !b->rlh || !b->mask) return SS_ENOMEM;
+    }
+    return 0;
+}
+
+void eng_bufs_free(struct eng_model *m, struct eng_bufs *b) {
+    float *all[] = {b->xb, b->xb2, b->q, b->k, b->v, b->att, b->hb, b->hb2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be_dealloc(&m->be, all[i]);
+    be_dealloc(&m->be, b->rl);
+    free(b->rlh);
+    free(b->mask);
+    memset(b, 0, sizeof *b);
 }
 
 static int alloc_scratch(struct eng_model *m, char *err, size_t err_len) {
     const struct eng_config *c = &m->cfg;
     struct eng_scratch *s = &m->s;
-    size_t T = (size_t)m->max_batch_tokens, f = sizeof(float);
-    struct { float **p; size_t n; } bufs[] = {
-        {&s->x, T * c->dim},        {&s->xb, T * c->dim},       {&s->xb2, T * c->dim},
-        {&s->q, T * eng_qdim(c)},   {&s->k, T * eng_kvdim(c)},  {&s->v, T * eng_kvdim(c)},
-        {&s->att, T * eng_qdim(c)}, {&s->hb, T * c->ffn_dim},   {&s->hb2, T * c->ffn_dim},
-        {&s->logits, (size_t)ENG_LOGIT_CHUNK * c->n_vocab},
-    };
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        *bufs[i].p = be_alloc(&m->be, bufs[i].n * f);
-        if (!*bufs[i].p)
-            return fail(err, err_len, SS_ENOMEM, "out of memory for activations (%zu bytes)", bufs[i].n * f);
-    }
+    const size_t T = (size_t)m->max_batch_tokens, f = sizeof(float);
+    s->x = be_alloc(&m->be, T * c->dim * f);
+    s->logits = be_alloc(&m->be, (size_t)ENG_LOGIT_CHUNK * c->n_vocab * f);
+    if (!s->x || !s->logits || eng_bufs_alloc(m, &s->b) < 0)
+        return fail(err, err_len, SS_ENOMEM, "out of memory for activations (%d rows)", m->max_batch_tokens);
     return 0;
 }
 
@@ -549,9 +566,9 @@ void eng_model_free(struct eng_model *m) {
             for (int il = 0; il < m->cfg.n_layers; il++) free_layer(m, &m->layers[il]);
         be_dealloc(&m->be, (void *)m->output_norm);
         be_dealloc(&m->be, (void *)m->rope_freqs);
-        float *bufs[] = {m->s.x, m->s.xb, m->s.xb2, m->s.q, m->s.k, m->s.v,
-                         m->s.att, m->s.hb, m->s.hb2, m->s.logits};
-        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) be_dealloc(&m->be, bufs[i]);
+        be_dealloc(&m->be, m->s.x);
+        be_dealloc(&m->be, m->s.logits);
+        eng_bufs_free(m, &m->s.b);
         /* NOTE: weights prepared by be_weight_prepare are released by be_close. */
         be_close(&m->be);
     }
@@ -574,3 +591,33 @@ int eng_model_layer_level(const struct eng_model *m, int layer) {
 
 const struct gguf_file *eng_model_gguf(const struct eng_model *m) { return m->gguf; }
 size_t eng_model_weight_bytes(const struct eng_model *m) { return m->weight_bytes; }
+
+int eng_kv_identity_tables(struct eng_kv_tables *t, const struct eng_model *m, const int32_t *pages,
+                           int32_t n_pages) {
+    if (!t) return SS_EINVAL;
+    memset(t, 0, sizeof *t);
+    if (!m || !pages || n_pages < 1) return SS_EINVAL;
+    const int32_t L = m->cfg.n_layers;
+    t->units = malloc((size_t)L * (size_t)n_pages * sizeof *t->units);
+    t->rows = malloc((size_t)L * sizeof *t->rows);
+    if (!t->units || !t->rows) {
+        eng_kv_tables_free(t);
+        return SS_ENOMEM;
+    }
+    t->n_layers = L;
+    t->n_pages = n_pages;
+    for (int32_t l = 0; l < L; l++) {
+        int32_t *row = t->units + (size_t)l * n_pages;
+        for (int32_t i = 0; i < n_pages; i++)
+            row[i] = pages[i] >= 0 && pages[i] < m->n_pages ? pages[i] * L + l : -1; /* < n_units */
+        t->rows[l] = row;
+    }
+    return 0;
+}
+
+void eng_kv_tables_free(struct eng_kv_tables *t) {
+    if (!t) return;
+    free(t->units);
+    free((void *)t->rows);
+    memset(t, 0, sizeof *t);
+}

@@ -44,38 +44,42 @@ const struct eng_arch_desc *eng_arch_find(const char *name, size_t len); /* NULL
 /* Rows of logits computed per output matmul (bounds the logits scratch). */
 #define ENG_LOGIT_CHUNK 64
 
-/* Activation scratch, allocated once at load for max_batch_tokens (T) rows.
- * Backend memory unless marked host. */
-struct eng_scratch {
-    float *x;     /* [T][dim] residual stream */
+/* The work buffers of one branch of a layer (eng_attention_block,
+ * eng_ffn_block), backend memory for max_batch_tokens (T) rows. The model has
+ * one set (m->s.b); layer parallelism a second one for a pair's other layer. */
+struct eng_bufs {
     float *xb;    /* [T][dim] normalised input of a sub-layer; final-norm rows */
-    float *xb2;   /* [T][dim] sub-layer output before the residual add */
+    float *xb2;   /* [T][dim] sub-layer output before its post-norm */
     float *q;     /* [T][n_heads*head_dim] */
     float *k;     /* [T][kv_dim] */
     float *v;     /* [T][kv_dim] */
     float *att;   /* [T][n_heads*head_dim] attention output */
     float *hb;    /* [T][ffn_dim] gate, then glu output */
     float *hb2;   /* [T][ffn_dim] up */
+    /* LTE models only (NULL otherwise) */
+    float *rl;    /* [T][n_experts] router logits */
+    float *rlh;   /* host [T][n_experts] the same, downloaded */
+    uint8_t *mask; /* host [T][n_experts] 1 = expert active for the row */
+};
+
+/* Activation scratch, allocated once at load for max_batch_tokens (T) rows.
+ * Backend memory unless marked host. */
+struct eng_scratch {
+    float *x;     /* [T][dim] residual stream */
+    struct eng_bufs b; /* the layer's work buffers */
     float *logits; /* [ENG_LOGIT_CHUNK][n_vocab] */
-    /* host memory (index arrays are passed to the backend as host pointers).
-     * NOT owned: views of the layer about to run, set by eng_forward (they
-     * point into the current frame, or into view[0] with per-layer
-     * addressing); eng_layer_view() gives the same for any layer. */
+    /* host memory, NOT owned: positions of the current frame's rows (set by
+     * eng_frames_begin / eng_sub_steps; index arrays go to the backend as
+     * host pointers) */
     const int32_t *pos;        /* [n] absolute position of each row of the current frame */
-    const int32_t *slots;      /* [n] KV slot (unit*16 + offset) of each row, -1 = not stored */
-    const struct be_attn_seq *aseq; /* [n_seqs] per-sequence attention view */
 };
 
 /* ---- KV units, frames and SUBLLM ----
  *
  * KV pool: kv_k / kv_v hold n_units = n_pages * n_layers units of
- * BE_PAGE_SLOTS slots of one layer (unit u = slots [u*16, u*16+16)). Two
- * backend views of it:
- *   m->kv_pool          base of the pool: slots are absolute (per-layer addressing)
- *   m->layers[l].kv     base + l units: a plain page id p becomes the relative
- *                       unit p*n_layers, so slots and block tables of plain
- *                       addressing are the same for every layer
- *       plain page p, layer l -> unit p*n_layers + l   (engine.h "KV units")
+ * BE_PAGE_SLOTS slots of one layer (unit u = slots [u*16, u*16+16)); the
+ * backend view m->kv_pool is its base, so slots are absolute:
+ *     slot of KV index i in layer l = layer_pages[l][i / 16] * 16 + i % 16
  *
  * Frames: the rows a layer runs on. Frame 0 is the whole batch; each '(' of a
  * SUBLLM structure pushes a frame holding the rows its subsampler kept (a
@@ -102,8 +106,6 @@ struct eng_frame {
     struct eng_fseq *seqs; /* [T] */
     int32_t *pos;          /* [T] absolute positions */
     int32_t *kvi;          /* [T] KV index of each row at this level */
-    int32_t *slots;        /* [T] plain addressing: relative slots (same for every layer) */
-    struct be_attn_seq *aseq; /* [T] plain addressing: attention views */
     /* frames made by a subsampler */
     int32_t *src;          /* [T] row in the parent frame */
     float *w;              /* [T] w_t = clamp(s_t, 0, 1) of each kept row */
@@ -140,12 +142,8 @@ struct eng_subllm {
     struct eng_frame *frames; /* [max_depth + 1]; frames[0] is the whole batch */
     int depth;             /* current frame: frames[depth] */
     float *stage;          /* host [T][dim] gather/scatter staging */
-    int32_t *ptab;         /* host [ptab_cap]: plain block tables as relative units (page*n_layers) */
-    int32_t ptab_cap;
-    int32_t *ptab_off;     /* [T] offset of each batch sequence's table in ptab */
-    int32_t *vslots[2];    /* [T] per-layer addressing: slots of a layer (view buffers 0, 1) */
-    struct be_attn_seq *vaseq[2]; /* [T] */
-    int per_layer;         /* the running batch uses per-layer addressing */
+    int32_t *vslots[2];    /* [T] slots of a layer's view (view buffers 0, 1) */
+    struct be_attn_seq *vaseq[2]; /* [T] attention views of a layer (view buffers 0, 1) */
     const struct eng_batch *batch; /* the running batch (valid during eng_forward) */
 };
 
@@ -155,35 +153,29 @@ struct eng_subllm {
  * expert-major (down_x: expert e = rows [e*dim, (e+1)*dim) of S elements,
  * the file's blocks moved unchanged), so the sparse kernel streams only the
  * bytes of active experts; the file's down pages are then never read. */
+#define ENG_LTE_HIST_BINS 10
 struct eng_lte_layer {
     struct be_tensor router;  /* [dim -> n_experts]; router.data NULL = dense layer */
     float *bias;              /* host [n_experts] (zeros when the file has no bias) */
     void *down_mem;           /* backend memory holding down_x's blocks */
     struct be_tensor down_x;  /* [n_experts*dim rows][S], type of ffn_down */
-    /* statistics (engine thread writes, eng_model_lte_stats reads under stat_mu) */
-    double active_sum;        /* sum over tokens of the active-expert fraction */
+    /* statistics, under eng_lte.stat_mu (the FFN block of this layer writes,
+     * eng_model_lte_stats reads): */
+    double active_sum;        /* sum over rows of the active-expert fraction */
     int64_t n_tok;
+    int64_t union_hist[ENG_LTE_HIST_BINS]; /* per step: union fraction in [b/10, (b+1)/10) */
 };
 
-#define ENG_LTE_HIST_BINS 10
 struct eng_lte {
     int n_experts;            /* ffn_dim / S; 0 = no layer has a router */
     int expert_size;          /* S */
     int n_routed;             /* layers with a router */
     int enabled;              /* routers present and not turned off */
+    int path;                 /* ENG_LTE_AUTO / _GROUPED / _DENSE (eng_options.lte_path) */
     float tau;                /* threshold in force (file or option) */
     float logit_tau;          /* log(tau / (1 - tau)): expert on iff r > logit_tau */
     struct eng_lte_layer *layers; /* [n_layers] */
-    float *logits;            /* backend [T][n_experts] router output */
-    float *hlogits;           /* host [T][n_experts] */
-    uint8_t *mask;            /* host [T][n_experts] 1 = expert active for the row */
-    /* per-step union fraction histogram: bin b counts layer-steps whose
-     * union of active experts is in [b/10, (b+1)/10) of the experts (1.0 in
-     * the last bin); stat_mu guards it with the layer statistics */
-    int64_t union_hist[ENG_LTE_HIST_BINS];
-    double union_sum;
-    int64_t union_n;
-    void *stat_mu;            /* pthread_mutex_t, allocated by eng_lte_load */
+    void *stat_mu;            /* pthread_mutex_t guarding the layer statistics */
 };
 
 struct eng_model {
@@ -205,7 +197,7 @@ struct eng_model {
     int32_t n_pages;
     int32_t n_units;
     void *kv_k, *kv_v;        /* backend memory, [n_units][16][kv_dim] of kv_type */
-    struct be_kv_layer kv_pool; /* view at the pool base (per-layer addressing) */
+    struct be_kv_layer kv_pool; /* view at the pool base: absolute slots */
     int n_levels;             /* 1 + subsamplers */
     int kv_type;              /* BE_F16 or BE_F32 */
     int n_ctx;
@@ -231,13 +223,33 @@ int eng_bind_matrix(struct eng_model *m, struct be_tensor *w, const char *name, 
 /* lte.c. eng_lte_load after the tensors and options (reads lte.* keys and
  * blk.N.ffn_router.*, validates, makes the expert-major down copies and the
  * forward buffers); eng_lte_free releases it all (safe on a partial load).
- * eng_lte_ffn is the LTE variant of the FFN sub-layer for layer il: out[n][dim]
- * = sum over the row's active experts of down_e(act(gate_e xn) * up_e xn),
- * xn [n][dim] the normalised input; returns 0 if it ran, 1 if the layer has
- * no router (the caller runs the dense FFN). Engine thread. */
+ * eng_lte_ffn is the ENG_FFN_LTE case of eng_ffn_block: B->xb2[n][dim] = sum
+ * over each row's active experts of down_e(act(gate_e xn) * up_e xn), xn =
+ * B->xb; it uses B->rl, rlh, mask, hb, hb2. Engine thread or a fork2 task. */
 int eng_lte_load(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len);
 void eng_lte_free(struct eng_model *m);
-int eng_lte_ffn(struct eng_model *m, int il, float *out, const float *xn, int n);
+void eng_lte_ffn(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                 const struct eng_bufs *B, int n);
+/* model.c: a buffer set for max_batch_tokens rows on the model's backend.
+ * Returns 0 or SS_ENOMEM (b partly set then: free it). eng_bufs_free
+ * releases and zeroes (NULL members ok). */
+int eng_bufs_alloc(struct eng_model *m, struct eng_bufs *b);
+void eng_bufs_free(struct eng_model *m, struct eng_bufs *b);
+
+/* forward.c: the layer body, written once for the sequential model and both
+ * branches of a layer pair (forward_lp.c). Each reads its input x [n][dim]
+ * (never written), works in the buffer set B on backend be (the model's, or
+ * a share of it given by be_fork2) and returns its output, the sub-layer's
+ * contribution to the residual stream: a [n][dim] buffer of B that the
+ * caller adds. Positions are m->s.pos (the current frame's).
+ * eng_attention_block also stores the layer's K/V of the n rows through kv
+ * (n = kv->n). eng_ffn_block computes the FFN variant ffn (enum
+ * eng_ffn_kind). Engine thread, or a fork2 task (which writes only B and
+ * the layer's own K/V units). */
+const float *eng_attention_block(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                                 const struct eng_bufs *B, const float *x, const struct eng_kv_view *kv);
+const float *eng_ffn_block(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                           const struct eng_bufs *B, const float *x, int n, int ffn);
 
 /* subllm.c. Load: eng_subllm_parse after the hyper-parameters (reads
  * subllm.structure, sets layer levels; dense models: one level),
@@ -249,8 +261,7 @@ int eng_frames_alloc(struct eng_model *m, char *err, size_t err_len);
 void eng_subllm_free(struct eng_model *m);
 
 /* Forward (subllm.c), engine thread, after the batch was validated:
- * eng_frames_begin makes frame 0 of the batch (and, for plain addressing, the
- * block tables); eng_sub_steps runs the '(' / ')' steps placed before layer il
+ * eng_frames_begin makes frame 0 of the batch; eng_sub_steps runs the '(' / ')' steps placed before layer il
  * (il == n_layers: the ones after the last layer), moving rows between frames
  * and the residual stream m->s.x, and writes level_kept. */
 void eng_frames_begin(struct eng_model *m, const struct eng_batch *b);
@@ -258,10 +269,9 @@ void eng_sub_steps(struct eng_model *m, const struct eng_batch *b, int il);
 static inline struct eng_frame *eng_frame_cur(struct eng_model *m) {
     return &m->sub.frames[m->sub.depth];
 }
-/* The K/V addressing of layer il for the current frame's rows. With plain
- * addressing it is the frame's own (layer independent) view; with per-layer
- * addressing it is built into view buffer `buf` (0 or 1: two layers may be
- * viewed at once, e.g. by layer parallelism's two branches). */
+/* The K/V addressing of layer il for the current frame's rows, built from
+ * the batch's layer_pages[il] into view buffer `buf` (0 or 1: two layers may
+ * be viewed at once, e.g. by layer parallelism's two branches). */
 void eng_layer_view(struct eng_model *m, int il, int buf, struct eng_kv_view *v);
 
 /* Convenience dimensions. */

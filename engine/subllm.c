@@ -22,10 +22,8 @@
  * sequence's results do not depend on the rest of the batch.
  *
  * KV: a row of a level-k frame has KV index level_n_past[k] + (its rank among
- * the sequence's kept rows); with plain addressing its slot is
- * page(kvi/16)*n_layers*16 + kvi%16 relative to the layer's view, the same
- * for every layer; with per-layer addressing slots and block tables are built
- * per layer from layer_pages[l].
+ * the sequence's kept rows); each layer's slots and attention views are built
+ * from the sequence's layer_pages[l] (eng_layer_view).
  *
  * Thread: the engine thread that owns the model. Nothing here allocates after
  * load.
@@ -189,9 +187,7 @@ int eng_frames_alloc(struct eng_model *m, char *err, size_t err_len) {
         f->seqs = malloc(T * sizeof *f->seqs);
         f->pos = malloc(T * sizeof *f->pos);
         f->kvi = malloc(T * sizeof *f->kvi);
-        f->slots = malloc(T * sizeof *f->slots);
-        f->aseq = malloc(T * sizeof *f->aseq);
-        ok = ok && f->seqs && f->pos && f->kvi && f->slots && f->aseq;
+        ok = ok && f->seqs && f->pos && f->kvi;
         if (k == 0) continue;
         f->src = malloc(T * sizeof *f->src);
         f->w = malloc(T * sizeof *f->w);
@@ -202,12 +198,6 @@ int eng_frames_alloc(struct eng_model *m, char *err, size_t err_len) {
         S->stage = malloc(T * D * sizeof *S->stage);
         ok = ok && S->stage;
     }
-    /* plain block tables of one batch: at most 2 * n_pages + T entries (engine.h) */
-    S->ptab_cap = (int32_t)(2 * (int64_t)m->n_pages + (int64_t)T > INT32_MAX / 2 ? INT32_MAX / 2
-                                                                                  : 2 * (int64_t)m->n_pages + (int64_t)T);
-    S->ptab = malloc((size_t)S->ptab_cap * sizeof *S->ptab);
-    S->ptab_off = malloc(T * sizeof *S->ptab_off);
-    ok = ok && S->ptab && S->ptab_off;
     for (int j = 0; j < 2; j++) {
         S->vslots[j] = malloc(T * sizeof *S->vslots[j]);
         S->vaseq[j] = malloc(T * sizeof *S->vaseq[j]);
@@ -224,8 +214,6 @@ void eng_subllm_free(struct eng_model *m) {
             free(f->seqs);
             free(f->pos);
             free(f->kvi);
-            free(f->slots);
-            free(f->aseq);
             free(f->src);
             free(f->w);
             free(f->xp);
@@ -233,8 +221,6 @@ void eng_subllm_free(struct eng_model *m) {
     }
     free(S->frames);
     free(S->stage);
-    free(S->ptab);
-    free(S->ptab_off);
     for (int j = 0; j < 2; j++) {
         free(S->vslots[j]);
         free(S->vaseq[j]);
@@ -251,38 +237,17 @@ void eng_subllm_free(struct eng_model *m) {
 /* KV entries of batch sequence q cached at level k before this step. */
 static inline int32_t level_past(const struct eng_seq *q, int k) { return k ? q->level_n_past[k] : q->n_past; }
 
-/* Plain addressing: slots and attention views of frame f, relative to a
- * layer's view (the same for every layer). */
-static void frame_plain_views(struct eng_model *m, struct eng_frame *f) {
-    const struct eng_subllm *S = &m->sub;
-    for (int32_t j = 0; j < f->n_seqs; j++) {
-        const struct eng_fseq *fs = &f->seqs[j];
-        const int32_t *tab = S->ptab + S->ptab_off[fs->seq];
-        f->aseq[j] = (struct be_attn_seq){.tok0 = fs->row0, .n_tok = fs->n_tok, .n_past = fs->n_past, .pages = tab};
-        for (int32_t r = fs->row0; r < fs->row0 + fs->n_tok; r++)
-            f->slots[r] = tab[f->kvi[r] / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + f->kvi[r] % BE_PAGE_SLOTS;
-    }
-}
-
-/* Points the scratch views (m->s.pos, slots, aseq) at the current frame. */
-static void set_current(struct eng_model *m) {
-    struct eng_frame *f = eng_frame_cur(m);
-    m->s.pos = f->pos;
-    m->s.slots = f->slots;
-    m->s.aseq = f->aseq;
-}
+/* Points the scratch's positions (m->s.pos) at the current frame's. */
+static void set_current(struct eng_model *m) { m->s.pos = eng_frame_cur(m)->pos; }
 
 void eng_frames_begin(struct eng_model *m, const struct eng_batch *b) {
     struct eng_subllm *S = &m->sub;
     struct eng_frame *f = &S->frames[0];
-    const int32_t L = m->cfg.n_layers;
     S->depth = 0;
-    S->per_layer = b->seqs[0].layer_pages != NULL;
     f->level = 0;
     f->sub = -1;
     f->n = b->n_tokens;
     f->n_seqs = b->n_seqs;
-    int32_t off = 0;
     for (int32_t i = 0; i < b->n_seqs; i++) {
         const struct eng_seq *q = &b->seqs[i];
         f->seqs[i] = (struct eng_fseq){.seq = i, .row0 = q->tok0, .n_tok = q->n_tok, .n_past = q->n_past};
@@ -291,14 +256,7 @@ void eng_frames_begin(struct eng_model *m, const struct eng_batch *b) {
             q->level_kept[0] = q->n_tok;
             for (int k = 1; k < m->n_levels; k++) q->level_kept[k] = 0;
         }
-        if (S->per_layer) continue;
-        /* validated: the tables fit in ptab */
-        int32_t need = (q->n_past + q->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
-        S->ptab_off[i] = off;
-        for (int32_t p = 0; p < need; p++) S->ptab[off + p] = q->pages[p] * L;
-        off += need;
     }
-    if (!S->per_layer) frame_plain_views(m, f);
     S->batch = b;
     set_current(m);
 }
@@ -308,12 +266,6 @@ void eng_layer_view(struct eng_model *m, int il, int buf, struct eng_kv_view *v)
     const struct eng_frame *f = eng_frame_cur(m);
     v->n = f->n;
     v->n_seqs = f->n_seqs;
-    if (!S->per_layer) {
-        v->kv = &m->layers[il].kv;
-        v->slots = f->slots;
-        v->aseq = f->aseq;
-        return;
-    }
     int32_t *slots = S->vslots[buf];
     struct be_attn_seq *aseq = S->vaseq[buf];
     for (int32_t j = 0; j < f->n_seqs; j++) {
@@ -371,7 +323,6 @@ static void subsample(struct eng_model *m, const struct eng_batch *b, int i) {
     for (int32_t r = 0; r < C->n; r++)
         memcpy(S->stage + (size_t)r * d, C->xp + (size_t)C->src[r] * d, (size_t)d * sizeof(float));
     be_upload(&m->be, m->s.x, S->stage, (size_t)C->n * d * sizeof(float));
-    if (!S->per_layer) frame_plain_views(m, C);
 }
 
 /* The matching ')': upsample + bypass of the kept rows into the parent's

@@ -114,6 +114,10 @@ struct be_lte_ffn {
                 * it), 1 dense fallback (gate and up for every row and neuron as
                 * two plain matmuls, then masked) */
 };
+struct be;
+/* A task for be_fork2: makes its backend calls on `be`, the handle it is
+ * given (a share of the forking backend, valid during the call only). */
+typedef void (*be_task_fn)(struct be *be, void *arg);
 
 struct be_ops {
     const char *name;
@@ -178,6 +182,16 @@ struct be_ops {
                     const struct be_lte_ffn *p, float *scr_a, float *scr_b);
     /* y[i] *= s */
     void (*scale)(void *ctx, float *y, float s, int64_t n);
+
+    /* optional: fork/join of two independent tasks (layer parallelism's
+     * pair). Runs fn(h0, a0) and fn(h1, a1), at once if the backend can split
+     * itself (the CPU backend: one core each), and returns when both have
+     * finished. h0, h1 are shares of this backend: memory allocated on it is
+     * valid through them; they are valid during the call only. The tasks
+     * must not write memory the other reads or writes. By the determinism
+     * contract the results are bitwise those of running them one after the
+     * other. NULL: the wrapper runs fn(be, a0) then fn(be, a1). */
+    void (*fork2)(void *ctx, be_task_fn fn, void *a0, void *a1);
 };
 
 /* A live backend: ops table plus its context. */
@@ -190,7 +204,8 @@ struct be {
  * means one per core. Returns 0, or a negative SS_E* code: -11 no CUDA
  * device/driver, -7 CUDA not compiled in or its backend not implemented yet,
  * -9 unknown name, -1 no memory. The CPU backend honours SLIMSERVE_CPU_ISA
- * (generic | avx2 | avx512) when the CPU supports the named set. */
+ * (generic | avx2 | avx512) when the CPU supports the named set, and
+ * SLIMSERVE_LP_EXEC (seq | split) for how fork2 runs (kernels/cpu/fork.c). */
 int be_open(struct be *be, const char *name, int n_threads);
 void be_close(struct be *be);
 /* 1 if be_open("cuda") would succeed; 0 otherwise, with the reason (no
@@ -234,6 +249,14 @@ static inline int be_has_lte(const struct be *b) { return b->ops->lte_ffn != NUL
 static inline void be_lte_ffn(struct be *b, float *y, const float *x, const uint8_t *mask, int n,
                               const struct be_lte_ffn *p, float *scr_a, float *scr_b) {
     b->ops->lte_ffn(b->ctx, y, x, mask, n, p, scr_a, scr_b);
+}
+static inline void be_fork2(struct be *b, be_task_fn fn, void *a0, void *a1) {
+    if (b->ops->fork2) {
+        b->ops->fork2(b->ctx, fn, a0, a1);
+        return;
+    }
+    fn(b, a0);
+    fn(b, a1);
 }
 
 /* Scalar reference routines (kernels/cpu/ref.c): plain C, no SIMD, no threads.

@@ -179,8 +179,6 @@ static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n)
     e->tok0 = pl->n_tokens;
     e->n_tok = n;
     e->n_past = q->n_computed;
-    e->pages = NULL;
-    e->n_pages = 0;
     /* Per-layer unit tables: layer l reads the table of its level. */
     const int32_t **lp = s->b_layer_pages + (size_t)pl->n_seqs * (size_t)s->n_layers;
     int32_t most = 0;

@@ -19,9 +19,10 @@
  * (each from an empty cache; the runs are identical). Not a test: no
  * pass/fail.
  *
- * Levels (engine.h "KV units and levels"): plain addressing, one block table
- * whose first pages every level uses; the bench keeps level_n_past[k] itself,
- * advancing it by eng_seq.level_kept[k] after every forward.
+ * Levels (engine.h "KV units and levels"): identity per-layer tables over
+ * every page of the pool (eng_kv_identity_tables), whose first pages every
+ * level uses; the bench keeps level_n_past[k] itself, advancing it by
+ * eng_seq.level_kept[k] after every forward.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +62,9 @@ struct bench {
     int n_vocab;
     int n_levels;
     int level_layers[ENG_MAX_LEVELS]; /* layers at level k */
-    int32_t *pages;                   /* plain block table, n_pages entries */
+    int32_t *pages;                   /* page list, n_pages entries */
     int32_t n_pages;
+    struct eng_kv_tables kvt;         /* per-layer tables over pages */
     int32_t past[ENG_MAX_LEVELS];     /* KV entries cached per level ([0] = n_past) */
     float *logits;                    /* [n_vocab] */
 };
@@ -72,8 +74,8 @@ struct bench {
  * a negative SS_E* code (the state is unchanged then). */
 static int bench_step(struct bench *B, const int32_t *toks, int32_t n) {
     int32_t kept[ENG_MAX_LEVELS] = {0};
-    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = B->past[0], .pages = B->pages,
-                        .n_pages = B->n_pages, .want_logits = 1, .level_kept = kept};
+    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = B->past[0], .layer_pages = B->kvt.rows,
+                        .layer_n_pages = B->kvt.n_pages, .want_logits = 1, .level_kept = kept};
     for (int k = 1; k < B->n_levels; k++) s.level_n_past[k] = B->past[k];
     struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
     int rc = eng_forward(B->m, &b, B->logits);
@@ -165,6 +167,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     for (int32_t i = 0; i < B.n_pages; i++) B.pages[i] = B.n_pages - 1 - i;
+    if (eng_kv_identity_tables(&B.kvt, m, B.pages, B.n_pages) < 0) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
     for (int i = 0; i < ctx; i++) toks[i] = (int32_t)(((int64_t)i * 7919 + 13) % c->n_vocab);
 
     int32_t kept_ctx[ENG_MAX_LEVELS] = {0}, kept_end[ENG_MAX_LEVELS] = {0};
@@ -218,6 +224,7 @@ int main(int argc, char **argv) {
     printf("KV stored at context %d: %.0f bytes/token (all layers storing every token: %.0f, ratio %.3f)\n",
            ctx, kv_bytes / ctx, dense, kv_bytes / ctx / dense);
     free(B.pages);
+    eng_kv_tables_free(&B.kvt);
     free(B.logits);
     free(toks);
     free(t_pre);

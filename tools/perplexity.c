@@ -12,10 +12,11 @@
  *               chunk boundaries: 0, C, 2C, .. h, h+Cs, h+2Cs, .. N-1
  *               (Cs <= C: scored chunks carry logits, so the logits budget
  *               may make them shorter)
- *   window slot w writes its K/V into pages [w*P, (w+1)*P)
+ *   window slot w writes its K/V into pages [w*P, (w+1)*P) (identity
+ *   per-layer tables, eng_kv_identity_tables: each layer its own unit)
  *   SUBLLM models: each slot tracks its KV entries per level (level_n_past),
  *   advanced by what each forward reports kept (level_kept); deeper levels
- *   use the first pages of the same table
+ *   use the first pages of the same tables
  *
  * Ownership: everything ppl_run allocates is freed before it returns.
  */
@@ -179,6 +180,7 @@ struct ppl_eval {
     int32_t *in;          /* [B*C] batch tokens */
     struct eng_seq *seqs; /* [B] */
     int32_t *pages;       /* [B*P]: pages[i] = i */
+    struct eng_kv_tables *kvt; /* [B]: window slot w's tables over pages [w*P, (w+1)*P) */
     int32_t (*lnp)[ENG_MAX_LEVELS];  /* [B] KV entries cached per level (SUBLLM) */
     int32_t (*kept)[ENG_MAX_LEVELS]; /* [B] tokens kept per level by the last forward */
     float *logits;        /* [B*Cs][V] */
@@ -264,7 +266,7 @@ static int eval_chunk(struct ppl_eval *e, int w0, int nw, int a, int len, int sc
         }
         if (a == 0) memset(e->lnp[w], 0, sizeof e->lnp[w]);
         e->seqs[w] = (struct eng_seq){.tok0 = w * len, .n_tok = len, .n_past = a,
-                                      .pages = e->pages + (size_t)w * e->P, .n_pages = e->P,
+                                      .layer_pages = e->kvt[w].rows, .layer_n_pages = e->P,
                                       .want_logits = scored, .all_logits = scored,
                                       .level_kept = e->kept[w]};
         e->lnp[w][0] = a;
@@ -318,9 +320,13 @@ static int run_windows(const struct ppl_opts *o, struct ppl_eval *e, int n_windo
     e->kept = calloc((size_t)e->B, sizeof *e->kept);
     e->logits = malloc(rows * (size_t)e->V * sizeof *e->logits);
     e->row_nll = malloc(rows * sizeof *e->row_nll);
-    if (!e->in || !e->seqs || !e->pages || !e->lnp || !e->kept || !e->logits || !e->row_nll)
+    e->kvt = calloc((size_t)e->B, sizeof *e->kvt);
+    if (!e->in || !e->seqs || !e->pages || !e->lnp || !e->kept || !e->logits || !e->row_nll || !e->kvt)
         return fail(err, err_len, SS_ENOMEM, "out of memory for %zu rows of %d logits", rows, e->V);
     for (int i = 0; i < e->B * e->P; i++) e->pages[i] = i;
+    for (int w = 0; w < e->B; w++)
+        if (eng_kv_identity_tables(&e->kvt[w], e->m, e->pages + (size_t)w * e->P, e->P) < 0)
+            return fail(err, err_len, SS_ENOMEM, "out of memory for the block tables");
 
     const int64_t per_window = e->N - 1 - e->h;
     double t0 = now_s(), sum = 0.0;
@@ -416,6 +422,8 @@ int ppl_run(const struct ppl_opts *o, struct ppl_result *res, char *err, size_t 
     free(e.in);
     free(e.seqs);
     free(e.pages);
+    for (int w = 0; e.kvt && w < e.B; w++) eng_kv_tables_free(&e.kvt[w]);
+    free(e.kvt);
     free(e.lnp);
     free(e.kept);
     free(e.logits);

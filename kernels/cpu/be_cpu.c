@@ -1,6 +1,7 @@
 /* be_cpu.c - the CPU backend: ops table, memory, and the small ops (rmsnorm,
  * rope, kv_store, glu, add, scale). matmul/get_rows live in matmul.c, attention
- * in attention.c, the SIMD kernels in matmul_avx2.c / matmul_avx512.c.
+ * in attention.c, fork2 in fork.c, the SIMD kernels in matmul_avx2.c /
+ * matmul_avx512.c.
  *
  * Memory is host memory: alloc is 64-byte aligned and zeroed, upload/download
  * are memcpy. Threads: OpenMP teams of ctx->n_threads inside each call; the
@@ -53,6 +54,7 @@ static int cpu_init(void **out, int n_threads) {
         return SS_ENOMEM;
     }
     c->isa = kcpu_isa_best();
+    c->fork_mode = kcpu_fork_mode_env();
     *out = c;
     return 0;
 }
@@ -61,6 +63,7 @@ static void cpu_free(void *ctx) {
     struct kcpu_ctx *c = ctx;
     if (!c)
         return;
+    kcpu_fork_free(c);
     free_bufs(c);
     free(c->lte_idx);
     free(c);
@@ -246,6 +249,7 @@ const struct be_ops kcpu_ops = {
     .add = cpu_add,
     .scale = cpu_scale,
     .lte_ffn = kcpu_lte_ffn,
+    .fork2 = kcpu_fork2,
 };
 
 /* ---------------------------------------------------------------- test hooks */

@@ -148,11 +148,19 @@ struct kcpu_ctx {
     /* LTE expert lists (lte.c), grown on demand */
     int32_t *lte_idx;
     size_t lte_idx_len; /* entries */
+    int fork_mode;    /* KCPU_FORK_*: when fork2 splits (fork.c) */
+    struct kcpu_ctx *half[2]; /* fork2's one-thread halves, made on the first split */
 };
 
 /* Per-thread scratch of at least n floats (64-byte aligned) for thread tid of
  * a parallel region, or NULL (matmul.c). */
 float *kcpu_thread_buf(struct kcpu_ctx *ctx, int tid, size_t n);
+
+/* fork.c: be_ops.fork2 of the CPU backend. */
+enum { KCPU_FORK_AUTO = 0, KCPU_FORK_SEQ, KCPU_FORK_SPLIT };
+int kcpu_fork_mode_env(void); /* from SLIMSERVE_LP_EXEC: "seq", "split", else auto */
+void kcpu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1);
+void kcpu_fork_free(struct kcpu_ctx *c); /* releases the halves */
 
 /* Test/bench hooks: switch the ISA or thread count of an open CPU backend.
  * Return 0, or SS_EUNSUPPORTED (-7) if the ISA is not usable here. */

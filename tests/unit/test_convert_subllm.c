@@ -63,14 +63,19 @@ static struct eng_model *load(const char *path, int kv_type, int max_batch) {
     return tu_load(path, &o);
 }
 
-/* A fresh sequence of n tokens on the plain table pages (PAGES_PER_SEQ
- * entries), all logits; kept receives the kept count per level. */
+/* A fresh sequence of n tokens on the page list pages (PAGES_PER_SEQ
+ * entries, identity tables), all logits; kept receives the kept count per
+ * level. */
 static int run_all(struct eng_model *m, const int32_t *pages, const int32_t *toks, int n, float *logits,
                    int32_t *kept) {
+    struct eng_kv_tables t;
+    ck_assert_int_eq(eng_kv_identity_tables(&t, m, pages, PAGES_PER_SEQ), 0);
     struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = 0, .want_logits = 1, .all_logits = 1,
-                        .level_kept = kept, .pages = pages, .n_pages = PAGES_PER_SEQ};
+                        .level_kept = kept, .layer_pages = t.rows, .layer_n_pages = PAGES_PER_SEQ};
     struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
-    return eng_forward(m, &b, logits);
+    int rc = eng_forward(m, &b, logits);
+    eng_kv_tables_free(&t);
+    return rc;
 }
 
 /* The model exported as the authors' state dict (.npz and .safetensors, their

@@ -263,14 +263,17 @@ START_TEST(test_ragged_batch_bitwise) {
 
     /* Batch 1: C (3, fresh), A prefill (19), B (33, fresh) on scattered pages. */
     int32_t pa2[2] = {30, 12}, pb[3] = {20, 2, 25}, pc[1] = {8}, pd[2] = {40, 41};
+    const int32_t *lists[4] = {pc, pa2, pb, pd}, n_list[4] = {1, 2, 3, 2};
+    struct eng_kv_tables t[4]; /* tc, ta2, tb, td */
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(eng_kv_identity_tables(&t[i], m, lists[i], n_list[i]), 0);
     int32_t toks[64];
     memcpy(toks, c, 3 * sizeof *toks);
     memcpy(toks + 3, a, 19 * sizeof *toks);
     memcpy(toks + 22, b, 33 * sizeof *toks);
     struct eng_seq s1[3] = {
-        {.tok0 = 0, .n_tok = 3, .n_past = 0, .pages = pc, .n_pages = 1, .want_logits = 1},
-        {.tok0 = 3, .n_tok = 19, .n_past = 0, .pages = pa2, .n_pages = 2, .all_logits = 1},
-        {.tok0 = 22, .n_tok = 33, .n_past = 0, .pages = pb, .n_pages = 3, .want_logits = 0},
+        {.tok0 = 0, .n_tok = 3, .n_past = 0, .layer_pages = t[0].rows, .layer_n_pages = 1, .want_logits = 1},
+        {.tok0 = 3, .n_tok = 19, .n_past = 0, .layer_pages = t[1].rows, .layer_n_pages = 2, .all_logits = 1},
+        {.tok0 = 22, .n_tok = 33, .n_past = 0, .layer_pages = t[2].rows, .layer_n_pages = 3, .want_logits = 0},
     };
     struct eng_batch b1 = {.tokens = toks, .n_tokens = 55, .seqs = s1, .n_seqs = 3};
     ck_assert_int_eq(eng_batch_n_logits(&b1), 20);
@@ -281,14 +284,15 @@ START_TEST(test_ragged_batch_bitwise) {
     /* Batch 2: D (1 token, prompt), A decode (1), C decode (1, n_past 3). */
     int32_t t2[3] = {d[0], a[19], 5};
     struct eng_seq s2[3] = {
-        {.tok0 = 0, .n_tok = 1, .n_past = 0, .pages = pd, .n_pages = 2, .want_logits = 1},
-        {.tok0 = 1, .n_tok = 1, .n_past = 19, .pages = pa2, .n_pages = 2, .want_logits = 1},
-        {.tok0 = 2, .n_tok = 1, .n_past = 3, .pages = pc, .n_pages = 1, .want_logits = 1},
+        {.tok0 = 0, .n_tok = 1, .n_past = 0, .layer_pages = t[3].rows, .layer_n_pages = 2, .want_logits = 1},
+        {.tok0 = 1, .n_tok = 1, .n_past = 19, .layer_pages = t[1].rows, .layer_n_pages = 2, .want_logits = 1},
+        {.tok0 = 2, .n_tok = 1, .n_past = 3, .layer_pages = t[0].rows, .layer_n_pages = 1, .want_logits = 1},
     };
     struct eng_batch b2 = {.tokens = t2, .n_tokens = 3, .seqs = s2, .n_seqs = 3};
     ck_assert_int_eq(eng_forward(m, &b2, batched), 0);
     ck_assert_msg(memcmp(batched + V, alone + (size_t)19 * V, (size_t)V * sizeof(float)) == 0,
                   "A's decode logits differ inside a ragged batch");
+    for (int i = 0; i < 4; i++) eng_kv_tables_free(&t[i]);
     free(alone);
     free(batched);
     eng_model_free(m);
@@ -334,9 +338,13 @@ START_TEST(test_invalid_batches) {
      * of page 0 with other tokens if anything ran before validation. */
     int32_t t2[8];
     tu_prompt(t2, 8, V, 3);
+    struct eng_kv_tables t0, t1, tbig; /* pages {0}, {1}, {np} */
+    ck_assert_int_eq(eng_kv_identity_tables(&t0, m, pages, 1), 0);
+    ck_assert_int_eq(eng_kv_identity_tables(&t1, m, pages + 1, 1), 0);
+    ck_assert_int_eq(eng_kv_identity_tables(&tbig, m, big_page, 1), 0);
     struct eng_seq s[2] = {
-        {.tok0 = 0, .n_tok = 4, .n_past = 0, .pages = pages, .n_pages = 1, .want_logits = 1},
-        {.tok0 = 4, .n_tok = 4, .n_past = 0, .pages = pages + 1, .n_pages = 1, .want_logits = 1},
+        {.tok0 = 0, .n_tok = 4, .n_past = 0, .layer_pages = t0.rows, .layer_n_pages = 1, .want_logits = 1},
+        {.tok0 = 4, .n_tok = 4, .n_past = 0, .layer_pages = t1.rows, .layer_n_pages = 1, .want_logits = 1},
     };
     struct eng_batch b = {.tokens = t2, .n_tokens = 8, .seqs = s, .n_seqs = 2};
     ck_assert_int_eq(eng_forward(m, &b, lg), 0); /* valid as is (pages 0 and 1 are scratch here) */
@@ -354,9 +362,9 @@ START_TEST(test_invalid_batches) {
     s[1].n_tok = 0;
     ck_assert_int_eq(eng_forward(m, &b, lg), SS_EINVAL);
     s[1].n_tok = 4;
-    s[1].pages = big_page;
+    s[1].layer_pages = tbig.rows;
     ck_assert_int_eq(eng_forward(m, &b, lg), SS_EINVAL);
-    s[1].pages = pages + 1;
+    s[1].layer_pages = t1.rows;
     b.n_seqs = 0;
     ck_assert_int_eq(eng_forward(m, &b, lg), SS_EINVAL);
     b.n_seqs = 2;
@@ -366,6 +374,9 @@ START_TEST(test_invalid_batches) {
     /* Nothing above touched page 0: decoding token 10 gives the reference. */
     ck_assert_int_eq(tu_run1(m, toks + 10, 1, 10, pages, 1, 0, lg), 0);
     ck_assert_msg(memcmp(lg, ref, (size_t)V * sizeof *lg) == 0, "a rejected batch modified the KV cache");
+    eng_kv_tables_free(&t0);
+    eng_kv_tables_free(&t1);
+    eng_kv_tables_free(&tbig);
     free(lg);
     free(ref);
     eng_model_free(m);

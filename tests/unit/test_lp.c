@@ -19,8 +19,8 @@
  * Invalid ranges (odd length, start >= end, out of bounds) and malformed
  * lp.range file keys fail with SS_EINVAL and a message; the file key is the
  * default that eng_options overrides. A SUBLLM model refuses ranges that
- * reach into a bracket and runs level-0 pairs; per-layer block tables give
- * the same logits as plain pages.
+ * reach into a bracket and runs level-0 pairs; scattered per-layer block
+ * tables give the same logits as identity tables (eng_kv_identity_tables).
  *
  * White box: the K/V check reads the unit pool through engine/model_internal.h.
  */
@@ -220,14 +220,17 @@ START_TEST(test_batch_invariance) {
     ck_assert_int_eq(tu_run1(m, a + 19, 1, 19, pa, 2, 0, alone + (size_t)19 * V), 0);
 
     int32_t pa2[2] = {7, 3}, pb[3] = {2, 5, 0}, pc[1] = {4};
+    const int32_t *lists[3] = {pc, pa2, pb}, n_list[3] = {1, 2, 3};
+    struct eng_kv_tables t[3]; /* tc, ta2, tb */
+    for (int i = 0; i < 3; i++) ck_assert_int_eq(eng_kv_identity_tables(&t[i], m, lists[i], n_list[i]), 0);
     int32_t toks[64];
     memcpy(toks, c, 3 * sizeof *toks);
     memcpy(toks + 3, a, 19 * sizeof *toks);
     memcpy(toks + 22, b, 33 * sizeof *toks);
     struct eng_seq s1[3] = {
-        {.tok0 = 0, .n_tok = 3, .n_past = 0, .pages = pc, .n_pages = 1, .want_logits = 1},
-        {.tok0 = 3, .n_tok = 19, .n_past = 0, .pages = pa2, .n_pages = 2, .all_logits = 1},
-        {.tok0 = 22, .n_tok = 33, .n_past = 0, .pages = pb, .n_pages = 3},
+        {.tok0 = 0, .n_tok = 3, .n_past = 0, .layer_pages = t[0].rows, .layer_n_pages = 1, .want_logits = 1},
+        {.tok0 = 3, .n_tok = 19, .n_past = 0, .layer_pages = t[1].rows, .layer_n_pages = 2, .all_logits = 1},
+        {.tok0 = 22, .n_tok = 33, .n_past = 0, .layer_pages = t[2].rows, .layer_n_pages = 3},
     };
     struct eng_batch b1 = {.tokens = toks, .n_tokens = 55, .seqs = s1, .n_seqs = 3};
     ck_assert_int_eq(eng_forward(m, &b1, batched), 0);
@@ -235,14 +238,15 @@ START_TEST(test_batch_invariance) {
 
     int32_t t2[3] = {5, a[19], 9}; /* C, A, B decode one token each */
     struct eng_seq s2[3] = {
-        {.tok0 = 0, .n_tok = 1, .n_past = 3, .pages = pc, .n_pages = 1, .want_logits = 1},
-        {.tok0 = 1, .n_tok = 1, .n_past = 19, .pages = pa2, .n_pages = 2, .want_logits = 1},
-        {.tok0 = 2, .n_tok = 1, .n_past = 33, .pages = pb, .n_pages = 3, .want_logits = 1},
+        {.tok0 = 0, .n_tok = 1, .n_past = 3, .layer_pages = t[0].rows, .layer_n_pages = 1, .want_logits = 1},
+        {.tok0 = 1, .n_tok = 1, .n_past = 19, .layer_pages = t[1].rows, .layer_n_pages = 2, .want_logits = 1},
+        {.tok0 = 2, .n_tok = 1, .n_past = 33, .layer_pages = t[2].rows, .layer_n_pages = 3, .want_logits = 1},
     };
     struct eng_batch b2 = {.tokens = t2, .n_tokens = 3, .seqs = s2, .n_seqs = 3};
     ck_assert_int_eq(eng_forward(m, &b2, batched), 0);
     ck_assert_msg(memcmp(batched + V, alone + (size_t)19 * V, (size_t)V * 4) == 0,
                   "LP decode differs inside a batch");
+    for (int i = 0; i < 3; i++) eng_kv_tables_free(&t[i]);
     free(alone);
     free(batched);
     unload(m);
@@ -261,7 +265,7 @@ START_TEST(test_kv_layout) {
     ck_assert(lg);
     ck_assert_int_eq(tu_run1(plain, toks, n, 0, pages, 2, 0, lg), 0);
     ck_assert_int_eq(tu_run1(lp, toks, n, 0, pages, 2, 0, lg), 0);
-    /* unit pool (model_internal.h): plain page p of layer l is unit p*L + l */
+    /* unit pool (model_internal.h): with identity tables page p of layer l is unit p*L + l */
     const int L = lp->cfg.n_layers;
     const size_t kvdim = (size_t)eng_kvdim(&lp->cfg), unit = (size_t)BE_PAGE_SLOTS * kvdim;
     ck_assert(lp->kv_type == BE_F32 && lp->n_units == plain->n_units && lp->n_units == lp->n_pages * L);
@@ -292,27 +296,34 @@ END_TEST
 
 /* ------------------------------------------------- per-layer addressing */
 
-/* The same sequence with per-layer block tables (unit ids) that name the
- * units plain page ids would: bitwise the same logits, so the pair's second
- * layer uses its own view (eng_layer_view buffer 1). */
+/* The same sequence on scattered per-layer tables (every layer on its own
+ * units, none where identity tables put them), prefilled then decoded: bitwise
+ * the logits of identity tables. The decode step reads the cache each layer
+ * of a pair wrote, so the pair's second layer must use its own view
+ * (eng_layer_view buffer 1). */
 START_TEST(test_per_layer_tables) {
     struct eng_model *m = load(M_GEMMA, 0, 6);
     const int V = eng_model_config(m)->n_vocab, L = eng_model_config(m)->n_layers, n = 25;
     int32_t toks[25], pages[2] = {3, 6}, units[7][2];
     const int32_t *tabs[7];
     for (int l = 0; l < L; l++) {
-        for (int i = 0; i < 2; i++) units[l][i] = pages[i] * L + l;
+        for (int i = 0; i < 2; i++) units[l][i] = (l * 2 + i) * 7 + 3; /* distinct, not p*L + l */
         tabs[l] = units[l];
     }
+    ck_assert_int_ge(eng_model_n_units(m), 7 * 14);
     tu_prompt(toks, n, V, 4);
     float *a = malloc((size_t)n * V * 4), *b = malloc((size_t)n * V * 4);
     ck_assert(a && b);
     ck_assert_int_eq(tu_run1(m, toks, n, 0, pages, 2, 1, a), 0);
-    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = 0, .all_logits = 1, .want_logits = 1,
+    struct eng_seq s = {.tok0 = 0, .n_tok = n - 1, .n_past = 0, .all_logits = 1, .want_logits = 1,
                         .layer_pages = tabs, .layer_n_pages = 2};
-    struct eng_batch bt = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
+    struct eng_batch bt = {.tokens = toks, .n_tokens = n - 1, .seqs = &s, .n_seqs = 1};
     ck_assert_int_eq(eng_forward(m, &bt, b), 0);
-    ck_assert_msg(memcmp(a, b, (size_t)n * V * 4) == 0, "per-layer tables differ from plain pages with LP on");
+    s = (struct eng_seq){.tok0 = 0, .n_tok = 1, .n_past = n - 1, .want_logits = 1, .layer_pages = tabs,
+                         .layer_n_pages = 2};
+    bt = (struct eng_batch){.tokens = toks + n - 1, .n_tokens = 1, .seqs = &s, .n_seqs = 1};
+    ck_assert_int_eq(eng_forward(m, &bt, b + (size_t)(n - 1) * V), 0);
+    ck_assert_msg(memcmp(a, b, (size_t)n * V * 4) == 0, "scattered per-layer tables differ from identity tables with LP on");
     free(a);
     free(b);
     unload(m);

@@ -348,7 +348,9 @@ START_TEST(test_logprobs) {
     struct kv_table t;
     kv_table_init(&t, 1);
     ck_assert_int_eq(kv_table_reserve(pool, &t, 20), 0);
-    struct eng_seq es = {.tok0 = 0, .n_tok = 20, .n_past = 0, .pages = t.units[0], .n_pages = t.n_pages,
+    struct eng_kv_tables kt; /* the pool's page ids, one unit per layer */
+    ck_assert_int_eq(eng_kv_identity_tables(&kt, m, t.units[0], t.n_pages), 0);
+    struct eng_seq es = {.tok0 = 0, .n_tok = 20, .n_past = 0, .layer_pages = kt.rows, .layer_n_pages = kt.n_pages,
                          .want_logits = 1, .all_logits = 1};
     struct eng_batch b = {r->p.prompt, 20, &es, 1};
     ck_assert_int_eq(eng_forward(m, &b, lg), 0);
@@ -372,6 +374,7 @@ START_TEST(test_logprobs) {
         ck_assert(c.toks[i].top_lps[0] >= c.toks[i].top_lps[1] && c.toks[i].top_lps[1] >= c.toks[i].top_lps[2]);
         ck_assert(c.toks[i].lp <= 0);
     }
+    eng_kv_tables_free(&kt);
     kv_table_release(pool, &t);
     kv_table_free(&t);
     kv_pool_free(pool);

@@ -6,14 +6,15 @@
  *   forward over the same GGUF; kept counts per level must match too;
  * - incremental decode (prefill, then one token at a time, level_n_past
  *   advanced by level_kept) and chunked prefill reproduce the full-prompt
- *   logits bitwise, with plain and with per-layer addressing;
+ *   logits bitwise, with identity tables (eng_kv_identity_tables over a page
+ *   list) and with scattered per-layer units;
  * - a sequence's logits are bitwise identical alone and inside ragged batches
- *   on scattered per-layer units, and the same with plain addressing;
- * - plain page p of layer l is unit p*n_layers + l (per-layer reads of what
- *   plain addressing wrote), dense models included;
+ *   on scattered per-layer units, and the same on identity tables;
+ * - identity tables name unit p*n_layers + l for page p of layer l (tables
+ *   built by hand read what they wrote), dense models included;
  * - corner cases: a level that keeps nothing, one that keeps everything,
  *   exactly one kept token, a decode token dropped at level 1;
- * - malformed batches (levels, units, mixed addressing) are refused without
+ * - malformed batches (levels, units, a sequence without tables) are refused without
  *   touching the cache; bad structure strings and missing or mis-shaped
  *   sub tensors fail to load with a message;
  * - perplexity (tools/perplexity.c) on a SUBLLM file: independent of the
@@ -155,7 +156,7 @@ struct sq {
     int32_t lnp[ENG_MAX_LEVELS];   /* level_n_past */
     int32_t kept[ENG_MAX_LEVELS];  /* last forward's level_kept */
     int32_t total[ENG_MAX_LEVELS]; /* sum of level_kept so far */
-    const int32_t *pages;          /* plain table, or NULL */
+    const int32_t *pages;          /* page list (identity tables), used when lt is NULL */
     struct ltab *lt;               /* per-layer tables, or NULL */
 };
 
@@ -164,13 +165,8 @@ static struct eng_seq sq_seq(struct sq *q, int tok0, int n, int n_past, int all)
                         .level_kept = q->kept};
     memcpy(e.level_n_past, q->lnp, sizeof e.level_n_past);
     e.level_n_past[0] = n_past;
-    if (q->lt) {
-        e.layer_pages = q->lt->rows;
-        e.layer_n_pages = PAGES_PER_SEQ;
-    } else {
-        e.pages = q->pages;
-        e.n_pages = PAGES_PER_SEQ;
-    }
+    e.layer_pages = q->lt ? q->lt->rows : NULL; /* run1 makes identity tables from q->pages */
+    e.layer_n_pages = PAGES_PER_SEQ;
     return e;
 }
 
@@ -184,9 +180,15 @@ static void sq_commit(struct sq *q, int levels) {
 /* One sequence, n tokens at n_past. */
 static int run1(struct eng_model *m, struct sq *q, const int32_t *toks, int n, int n_past, int all, float *logits) {
     struct eng_seq s = sq_seq(q, 0, n, n_past, all);
+    struct eng_kv_tables id = {0};
+    if (!q->lt) {
+        ck_assert_int_eq(eng_kv_identity_tables(&id, m, q->pages, PAGES_PER_SEQ), 0);
+        s.layer_pages = id.rows;
+    }
     struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
     int rc = eng_forward(m, &b, logits);
     if (rc == 0) sq_commit(q, eng_model_n_levels(m));
+    eng_kv_tables_free(&id);
     return rc;
 }
 
@@ -196,7 +198,7 @@ static int n_subs(int which) {
     return n;
 }
 
-/* Engine (plain pages) vs reference on one prompt; returns the max diff, or
+/* Engine (identity tables) vs reference on one prompt; returns the max diff, or
  * -1 when a score sits too close to 0 for fp32 vs fp64 to agree on it. */
 static double compare_prompt(int which, struct eng_model *m, const int32_t *toks, int n) {
     const int V = eng_model_config(m)->n_vocab, ns = n_subs(which);
@@ -259,7 +261,7 @@ END_TEST
 
 /* -------------------------------------------- incremental and chunked */
 
-/* _i: model index * 2 + addressing (0 plain, 1 per layer). Full prompt once;
+/* _i: model index * 2 + tables (0 identity, 1 scattered per layer). Full prompt once;
  * then prefill k tokens and decode the rest one at a time; then a chunked
  * prefill of the whole prompt in uneven chunks. Every row bitwise equal. */
 static const int incr_models[] = {M_NEST2, M_NEST3, M_SIBLING, M_EXACT, M_KEEP0, M_KEEP1};
@@ -306,7 +308,7 @@ START_TEST(test_incremental_and_chunked) {
     }
     ck_assert_msg(memcmp(step, full, (size_t)n * V * sizeof *step) == 0, "%s: chunked prefill differs",
                   models[which].label);
-    printf("incremental %-26s %s: kept per level", models[which].label, per_layer ? "per-layer" : "plain");
+    printf("incremental %-26s %s: kept per level", models[which].label, per_layer ? "per-layer" : "identity");
     for (int l = 0; l < levels; l++) printf(" %d", qa.total[l]);
     printf(", %d decode tokens dropped at level 1: bitwise equal\n", dropped_decode);
     fflush(stdout);
@@ -331,9 +333,9 @@ START_TEST(test_batch_invariance) {
     tu_prompt(a, 24, V, 1);
     tu_prompt(bt, 33, V, 2);
     tu_prompt(c, 5, V, 3);
-    float *alone = malloc((size_t)24 * V * sizeof(float)), *plain = malloc((size_t)24 * V * sizeof(float));
+    float *alone = malloc((size_t)24 * V * sizeof(float)), *ident = malloc((size_t)24 * V * sizeof(float));
     float *batched = malloc((size_t)64 * V * sizeof(float));
-    ck_assert(alone && plain && batched);
+    ck_assert(alone && ident && batched);
 
     /* A alone: 21-token prefill then 3 decode steps, per-layer units. */
     struct ltab t_alone, ta, tb, tc;
@@ -342,14 +344,14 @@ START_TEST(test_batch_invariance) {
     ck_assert_int_eq(run1(m, &q1, a, 21, 0, 1, alone), 0);
     for (int i = 21; i < 24; i++) ck_assert_int_eq(run1(m, &q1, a + i, 1, i, 0, alone + (size_t)i * V), 0);
 
-    /* The same with plain addressing: identical logits. */
+    /* The same on identity tables: identical logits. */
     int32_t pp[PAGES_PER_SEQ];
     for (int i = 0; i < PAGES_PER_SEQ; i++) pp[i] = PAGES_PER_SEQ * 3 + (PAGES_PER_SEQ - 1 - i);
     struct sq q0 = {.pages = pp};
-    ck_assert_int_eq(run1(m, &q0, a, 21, 0, 1, plain), 0);
-    for (int i = 21; i < 24; i++) ck_assert_int_eq(run1(m, &q0, a + i, 1, i, 0, plain + (size_t)i * V), 0);
-    ck_assert_msg(memcmp(alone, plain, (size_t)24 * V * sizeof(float)) == 0,
-                  "plain and per-layer addressing differ");
+    ck_assert_int_eq(run1(m, &q0, a, 21, 0, 1, ident), 0);
+    for (int i = 21; i < 24; i++) ck_assert_int_eq(run1(m, &q0, a + i, 1, i, 0, ident + (size_t)i * V), 0);
+    ck_assert_msg(memcmp(alone, ident, (size_t)24 * V * sizeof(float)) == 0,
+                  "identity and scattered per-layer tables differ");
 
     /* Batch 1: C (5), A prefill (21, all logits), B (33) on other units. */
     ltab_make(&ta, m, &next);
@@ -383,21 +385,21 @@ START_TEST(test_batch_invariance) {
         ck_assert_msg(memcmp(batched + V, alone + (size_t)i * V, (size_t)V * sizeof(float)) == 0,
                       "A's decode logits at %d differ inside a ragged batch", i);
     }
-    printf("batch invariance %-26s: bitwise (per-layer units, plain pages)\n", models[which].label);
+    printf("batch invariance %-26s: bitwise (scattered units, identity tables)\n", models[which].label);
     ltab_free(&t_alone);
     ltab_free(&ta);
     ltab_free(&tb);
     ltab_free(&tc);
     free(alone);
-    free(plain);
+    free(ident);
     free(batched);
     eng_model_free(m);
 }
 END_TEST
 
-/* ------------------------------------------------- plain page -> unit map */
+/* ---------------------------------------------- identity page -> unit map */
 
-START_TEST(test_plain_unit_mapping) {
+START_TEST(test_identity_unit_mapping) {
     const int which = _i == 0 ? M_NEST2 : M_DENSE;
     struct eng_model *m = load(models[which].path, ENG_KV_F32, MAXT);
     const struct eng_config *c = eng_model_config(m);
@@ -408,7 +410,7 @@ START_TEST(test_plain_unit_mapping) {
     for (int i = 0; i < PAGES_PER_SEQ; i++) pages[i] = (5 + 3 * i) % eng_model_n_pages(m);
     float *ref = malloc((size_t)V * sizeof *ref), *got = malloc((size_t)V * sizeof *got);
     ck_assert(ref && got);
-    /* plain prefill of 29 tokens, then token 29 plain -> ref */
+    /* prefill of 29 tokens on identity tables, then token 29 -> ref */
     struct sq q = {.pages = pages};
     ck_assert_int_eq(run1(m, &q, toks, 29, 0, 0, got), 0);
     struct sq q_after = q;
@@ -423,8 +425,8 @@ START_TEST(test_plain_unit_mapping) {
     q_after.lt = &t;
     ck_assert_int_eq(run1(m, &q_after, toks + 29, 1, 29, 0, got), 0);
     ck_assert_msg(memcmp(ref, got, (size_t)V * sizeof *got) == 0,
-                  "per-layer tables with units page*n_layers+layer do not read what plain addressing wrote");
-    /* dense: per-layer addressing of a whole prompt equals plain */
+                  "tables with units page*n_layers+layer do not read what identity tables wrote");
+    /* dense: hand-built tables of a whole prompt equal identity tables */
     if (which == M_DENSE) {
         struct sq p1 = {.pages = pages}, p2 = {.lt = &t};
         float *a = malloc((size_t)30 * V * sizeof *a), *b = malloc((size_t)30 * V * sizeof *b);
@@ -612,28 +614,12 @@ START_TEST(test_invalid_batches) {
     bad[2] = -5; /* beyond what the step needs: not read, not checked */
     ck_assert_int_eq(eng_forward(m, &b, lg), 0);
     t.rows[0] = saved_row;
-    /* mixed addressing in one batch */
-    int32_t pages[PAGES_PER_SEQ];
-    for (int i = 0; i < PAGES_PER_SEQ; i++) pages[i] = i;
-    struct sq qp = {.pages = pages};
+    /* a sequence without tables in a batch */
+    struct sq qn = {0};
     int32_t t2[2] = {toks[20], toks[0]};
-    struct eng_seq s2[2] = {sq_seq(&q, 0, 1, 20, 0), sq_seq(&qp, 1, 1, 0, 0)};
+    struct eng_seq s2[2] = {sq_seq(&q, 0, 1, 20, 0), sq_seq(&qn, 1, 1, 0, 0)};
     struct eng_batch b2 = {.tokens = t2, .n_tokens = 2, .seqs = s2, .n_seqs = 2};
     ck_assert_int_eq(eng_forward(m, &b2, lg), SS_EINVAL);
-    /* plain tables beyond the translation buffer (2 * n_pages + max_batch_tokens) */
-    {
-        const int ns = (int)(2 * eng_model_n_pages(m) + 64) / PAGES_PER_SEQ + 1;
-        ck_assert_int_le(ns, 64);
-        struct eng_seq *ss = calloc((size_t)ns, sizeof *ss);
-        int32_t *tt = calloc((size_t)ns, sizeof *tt);
-        for (int i = 0; i < ns; i++)
-            ss[i] = (struct eng_seq){.tok0 = i, .n_tok = 1, .n_past = NCTX - 1, .pages = pages,
-                                     .n_pages = PAGES_PER_SEQ};
-        struct eng_batch b3 = {.tokens = tt, .n_tokens = ns, .seqs = ss, .n_seqs = ns};
-        ck_assert_int_eq(eng_forward(m, &b3, NULL), SS_EINVAL);
-        free(ss);
-        free(tt);
-    }
     /* nothing above touched the cache */
     ck_assert_int_eq(run1(m, &q, toks + 20, 1, 20, 0, lg), 0);
     ck_assert_msg(memcmp(lg, ref, (size_t)V * sizeof *lg) == 0, "a rejected batch modified the KV cache");
@@ -866,7 +852,7 @@ static Suite *suite(void) {
         {"ref_f16_kv", test_ref_f16_kv, 0, 1},
         {"incremental", test_incremental_and_chunked, 0, 2 * (int)(sizeof incr_models / sizeof incr_models[0])},
         {"batch", test_batch_invariance, 0, 3},
-        {"units", test_plain_unit_mapping, 0, 2},
+        {"units", test_identity_unit_mapping, 0, 2},
         {"corners", test_keep_corner_cases, 0, 1},
         {"keep01", test_keep_zero_and_all, 0, 1},
         {"invalid", test_invalid_batches, 0, 1},

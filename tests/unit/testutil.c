@@ -75,10 +75,14 @@ void tu_prompt(int32_t *toks, int n, int n_vocab, int salt) {
 
 int tu_run1(struct eng_model *m, const int32_t *toks, int n, int n_past, const int32_t *pages, int n_pages,
             int all, float *logits) {
-    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = n_past, .pages = pages, .n_pages = n_pages,
+    struct eng_kv_tables t = {0};
+    if (pages) ck_assert_int_eq(eng_kv_identity_tables(&t, m, pages, n_pages), 0);
+    struct eng_seq s = {.tok0 = 0, .n_tok = n, .n_past = n_past, .layer_pages = t.rows, .layer_n_pages = n_pages,
                         .want_logits = 1, .all_logits = all};
     struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = &s, .n_seqs = 1};
-    return eng_forward(m, &b, logits);
+    int rc = eng_forward(m, &b, logits);
+    eng_kv_tables_free(&t);
+    return rc;
 }
 
 float *tu_read_f32(const char *path, size_t n) {

@@ -46,8 +46,9 @@ struct eng_model *tu_load(const char *path, const struct eng_options *o);
 /* toks[i] = (i*37 + 11 + salt*101) % n_vocab. */
 void tu_prompt(int32_t *toks, int n, int n_vocab, int salt);
 
-/* One sequence of n tokens at n_past on a plain block table; logits for the
- * last token, or all n when all != 0. Returns eng_forward's code. */
+/* One sequence of n tokens at n_past on the pages of a page list (identity
+ * per-layer tables, eng_kv_identity_tables; pages NULL: no tables); logits
+ * for the last token, or all n when all != 0. Returns eng_forward's code. */
 int tu_run1(struct eng_model *m, const int32_t *toks, int n, int n_past, const int32_t *pages, int n_pages,
             int all, float *logits);
 
