@@ -129,6 +129,32 @@ static void kv_levels(struct api_buf *b, const struct sched_stats *st) {
     }
 }
 
+/* LTE sparsity (DESIGN.md section 5), only for a model with LTE in force:
+ * per routed layer the mean fraction of experts active per token since start,
+ * and the histogram over (layer, step) of the union fraction: the experts
+ * active for at least one token of the step, i.e. the share of FFN weights the
+ * step read. */
+static void lte_metrics(struct api_buf *b, const struct eng_lte_stats *l) {
+    if (l->n_layers <= 0)
+        return;
+    family(b, "lte_active_expert_fraction", "gauge",
+           "Mean fraction of LTE experts active per token, by layer (since start).");
+    for (int il = 0; il < l->n_layers && il < ENG_LTE_STAT_LAYERS; il++) {
+        if (!l->routed[il])
+            continue;
+        char lab[32];
+        snprintf(lab, sizeof(lab), "{layer=\"%d\"}", il);
+        sample(b, "lte_active_expert_fraction", lab, l->active_frac[il]);
+    }
+    struct sched_hist h = {.n = ENG_LTE_UNION_BINS, .total = l->union_steps, .sum = l->union_sum};
+    for (int i = 0; i < ENG_LTE_UNION_BINS; i++) {
+        h.le[i] = (i + 1) / (double)ENG_LTE_UNION_BINS;
+        h.count[i] = l->union_count[i];
+    }
+    histogram(b, "lte_step_union_fraction",
+              "Per layer and engine step: fraction of LTE experts active for at least one token.", &h);
+}
+
 int api_metrics_text(struct api_buf *b, const struct sched_stats *st) {
     family(b, "num_requests_running", "gauge", "Number of requests in the running batch.");
     sample(b, "num_requests_running", NULL, st->n_running);
@@ -170,5 +196,6 @@ int api_metrics_text(struct api_buf *b, const struct sched_stats *st) {
               "Histogram of time spent waiting in the queue in seconds.", &st->queue_s);
     histogram(b, "iteration_tokens_total", "Histogram of tokens per engine step.",
               &st->batch_tokens);
+    lte_metrics(b, &st->lte);
     return b->oom ? SS_ENOMEM : 0;
 }

@@ -200,6 +200,33 @@ int eng_model_layer_parallel(const struct eng_model *m, int *start, int *end);
  * Returns 0 or SS_EINVAL with a message. Any thread. */
 int eng_lp_parse_flag(const char *s, struct eng_options *o, char *err, size_t err_len);
 
+/* LTE (engine/lte.c). eng_model_lte_info: 1 and the facts when the file has
+ * routers (whether or not LTE is in force), else 0. eng_model_lte_stats:
+ * statistics since load (any thread; a consistent snapshot under a mutex);
+ * n_layers 0 when LTE is not in force. */
+struct eng_lte_info {
+    int n_routed;          /* layers with a router */
+    int n_experts;         /* per layer: ffn_dim / expert_size */
+    int expert_size;
+    float tau;             /* threshold in force */
+    int enabled;           /* 0: --lte off (dense) */
+};
+int eng_model_lte_info(const struct eng_model *m, struct eng_lte_info *out);
+
+#define ENG_LTE_STAT_LAYERS 128
+#define ENG_LTE_UNION_BINS 10
+struct eng_lte_stats {
+    int n_layers;          /* entries below: min(n_layers, ENG_LTE_STAT_LAYERS); 0 = LTE off */
+    int8_t routed[ENG_LTE_STAT_LAYERS];
+    double active_frac[ENG_LTE_STAT_LAYERS]; /* mean fraction of experts active per row */
+    /* routed layer-steps by the fraction f of experts active for at least one
+     * row of the step: bin b holds b/10 < f <= (b+1)/10 (f = 0 in bin 0) */
+    uint64_t union_count[ENG_LTE_UNION_BINS];
+    uint64_t union_steps;
+    double union_sum;      /* sum of f over them */
+};
+void eng_model_lte_stats(const struct eng_model *m, struct eng_lte_stats *out);
+
 /* A ragged batch: sequences' tokens concatenated.
  *
  *   tokens: [ s0 t0 .. s0 tk | s1 t0 .. | ... ]

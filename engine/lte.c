@@ -238,11 +238,44 @@ void eng_lte_ffn(const struct eng_model *m, struct be *be, const struct eng_laye
                                     (lt->path == ENG_LTE_AUTO && use_dense(L->w_gate.type, n, frac))};
     be_lte_ffn(be, B->xb2, B->xb, B->mask, n, &p, B->hb, B->hb2);
 
-    int bin = (int)(ufrac * ENG_LTE_HIST_BINS);
-    if (bin >= ENG_LTE_HIST_BINS) bin = ENG_LTE_HIST_BINS - 1;
+    /* bin = ceil(10 f) - 1 in integers (f = in_union / E exactly) */
+    int bin = (int)((in_union * ENG_LTE_UNION_BINS + E - 1) / E) - 1;
+    bin = bin < 0 ? 0 : bin >= ENG_LTE_UNION_BINS ? ENG_LTE_UNION_BINS - 1 : bin;
     pthread_mutex_lock(lt->stat_mu);
     LL->active_sum += frac * n;
     LL->n_tok += n;
     LL->union_hist[bin]++;
+    LL->union_sum += ufrac;
+    pthread_mutex_unlock(lt->stat_mu);
+}
+
+int eng_model_lte_info(const struct eng_model *m, struct eng_lte_info *out) {
+    const struct eng_lte *lt = &m->lte;
+    memset(out, 0, sizeof *out);
+    if (lt->n_routed == 0) return 0;
+    *out = (struct eng_lte_info){.n_routed = lt->n_routed, .n_experts = lt->n_experts,
+                                 .expert_size = lt->expert_size, .tau = lt->tau, .enabled = lt->enabled};
+    return 1;
+}
+
+void eng_model_lte_stats(const struct eng_model *m, struct eng_lte_stats *out) {
+    const struct eng_lte *lt = &m->lte;
+    memset(out, 0, sizeof *out);
+    if (!lt->enabled) return;
+    out->n_layers = m->cfg.n_layers < ENG_LTE_STAT_LAYERS ? m->cfg.n_layers : ENG_LTE_STAT_LAYERS;
+    pthread_mutex_lock(lt->stat_mu);
+    for (int il = 0; il < m->cfg.n_layers; il++) {
+        const struct eng_lte_layer *LL = &lt->layers[il];
+        if (!LL->router.data) continue;
+        if (il < out->n_layers) {
+            out->routed[il] = 1;
+            out->active_frac[il] = LL->n_tok ? LL->active_sum / (double)LL->n_tok : 0.0;
+        }
+        for (int b = 0; b < ENG_LTE_UNION_BINS; b++) {
+            out->union_count[b] += (uint64_t)LL->union_hist[b];
+            out->union_steps += (uint64_t)LL->union_hist[b];
+        }
+        out->union_sum += LL->union_sum;
+    }
     pthread_mutex_unlock(lt->stat_mu);
 }

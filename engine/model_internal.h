@@ -153,7 +153,6 @@ struct eng_subllm {
  * expert-major (down_x: expert e = rows [e*dim, (e+1)*dim) of S elements,
  * the file's blocks moved unchanged), so the sparse kernel streams only the
  * bytes of active experts; the file's down pages are then never read. */
-#define ENG_LTE_HIST_BINS 10
 struct eng_lte_layer {
     struct be_tensor router;  /* [dim -> n_experts]; router.data NULL = dense layer */
     float *bias;              /* host [n_experts] (zeros when the file has no bias) */
@@ -163,7 +162,8 @@ struct eng_lte_layer {
      * eng_model_lte_stats reads): */
     double active_sum;        /* sum over rows of the active-expert fraction */
     int64_t n_tok;
-    int64_t union_hist[ENG_LTE_HIST_BINS]; /* per step: union fraction in [b/10, (b+1)/10) */
+    int64_t union_hist[ENG_LTE_UNION_BINS]; /* per step: union fraction bins (engine.h) */
+    double union_sum;
 };
 
 struct eng_lte {

@@ -520,4 +520,5 @@ void sched_get_stats(struct sched *s, struct sched_stats *st) {
     pthread_mutex_lock(&s->stats_lock);
     *st = s->stats;
     pthread_mutex_unlock(&s->stats_lock);
+    eng_model_lte_stats(s->model, &st->lte); /* its own lock */
 }

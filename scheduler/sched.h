@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/engine.h"
 #include "engine/sampler.h"
 
 struct eng_model;
@@ -165,6 +166,7 @@ struct sched_stats {
     int n_levels;               /* 1, or SUBLLM levels */
     int32_t level_units[8];     /* units held per level (index < n_levels) */
     uint64_t level_tokens[8];   /* tokens that reached each level ([0]: every computed token) */
+    struct eng_lte_stats lte;   /* LTE sparsity (engine.h; n_layers 0 without LTE) */
 };
 void sched_get_stats(struct sched *s, struct sched_stats *st);
 

@@ -65,6 +65,8 @@ struct serve_opts {
     size_t kv_bytes;
     const char *chat_template;  /* --chat-template: family name, file or template text */
     const char *layer_parallel; /* --layer-parallel START:END or off (eng_lp_parse_flag) */
+    const char *lte;            /* --lte on|off */
+    double lte_threshold;       /* --lte-threshold T in (0, 1); 0 = the file's */
 };
 
 struct opt {
@@ -111,6 +113,11 @@ static const struct opt serve_flags[] = {
     {"layer-parallel", OPT_STR, 0, 0, OFF(layer_parallel),
      "START:END runs layers [START, END) as pairs (layer parallelism), or off "
      "(default: the model file's lp.range key, else off)"},
+    {"lte", OPT_STR, 0, 0, OFF(lte),
+     "on (default) or off: off runs a model with LTE routers densely, every expert on"},
+    {"lte-threshold", OPT_DOUBLE, 0, 1, OFF(lte_threshold),
+     "LTE: expert i runs iff sigmoid(router logit i) > T, T in (0, 1) (default: the file's "
+     "lte.threshold, else 0.5)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -432,6 +439,16 @@ static int cmd_serve(int argc, char **argv) {
     o.eng.n_ctx = o.ctx;
     o.eng.kv_bytes = o.kv_bytes;
     o.eng.max_batch_tokens = o.srv.max_batched_tokens;
+    if (o.lte && strcmp(o.lte, "on") != 0 && strcmp(o.lte, "off") != 0) {
+        fprintf(stderr, "slimserve serve: --lte: expected on or off, got '%s'\n", o.lte);
+        return 2;
+    }
+    if (o.lte_threshold >= 1.0 || (o.lte_threshold <= 0.0 && o.lte_threshold != 0.0)) {
+        fprintf(stderr, "slimserve serve: --lte-threshold: expected a number in (0, 1)\n");
+        return 2;
+    }
+    o.eng.lte_off = o.lte && strcmp(o.lte, "off") == 0;
+    o.eng.lte_threshold = (float)o.lte_threshold;
     if (o.layer_parallel) {
         char lperr[200];
         if (eng_lp_parse_flag(o.layer_parallel, &o.eng, lperr, sizeof lperr) < 0) {
@@ -471,6 +488,10 @@ static int cmd_serve(int argc, char **argv) {
     int lp_s, lp_e;
     if (eng_model_layer_parallel(m, &lp_s, &lp_e))
         srv_log(SRV_LOG_INFO, "layer parallelism: layers %d..%d run as %d pairs", lp_s, lp_e - 1, (lp_e - lp_s) / 2);
+    struct eng_lte_info lte;
+    if (eng_model_lte_info(m, &lte))
+        srv_log(SRV_LOG_INFO, "LTE: %d routed layers, %d experts of %d neurons, threshold %g%s", lte.n_routed,
+                lte.n_experts, lte.expert_size, (double)lte.tau, lte.enabled ? "" : " (off: dense)");
     const struct eng_config *cfg = eng_model_config(m);
     srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",
             o.srv.served_name, cfg->arch_name, cfg->n_layers, cfg->dim, cfg->n_vocab,
