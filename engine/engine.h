@@ -213,6 +213,14 @@ struct eng_lte_info {
 };
 int eng_model_lte_info(const struct eng_model *m, struct eng_lte_info *out);
 
+/* FFN input probe (tools/lte_calibrate.c): while set, every FFN block calls
+ * fn(ctx, layer, xn, n) with the n normalised FFN input rows xn [n][dim]
+ * (after the FFN norm; host memory valid during the call) of the rows the
+ * layer runs on. Engine thread; not with layer parallelism (SS_EINVAL).
+ * fn NULL clears it. Returns 0, SS_EINVAL or SS_ENOMEM. */
+typedef void (*eng_ffn_probe_fn)(void *ctx, int layer, const float *xn, int n);
+int eng_model_set_ffn_probe(struct eng_model *m, eng_ffn_probe_fn fn, void *ctx);
+
 #define ENG_LTE_STAT_LAYERS 128
 #define ENG_LTE_UNION_BINS 10
 struct eng_lte_stats {

@@ -167,6 +167,10 @@ const float *eng_ffn_block(const struct eng_model *m, struct be *be, const struc
                            const struct eng_bufs *B, const float *x, int n, int ffn) {
     const struct eng_config *c = &m->cfg;
     be_rmsnorm(be, B->xb, x, L->ffn_norm, n, c->dim, c->norm_eps);
+    if (m->probe) { /* calibration only; never with layer parallelism */
+        be_download(be, m->probe_buf, B->xb, (size_t)n * c->dim * sizeof(float));
+        m->probe(m->probe_ctx, (int)(L - m->layers), m->probe_buf, n);
+    }
     switch (ffn) {
     /* A variant reads B->xb and writes B->xb2 (plus its own buffers); the
      * norms, the residual and layer parallelism stay as they are. */

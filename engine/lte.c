@@ -184,6 +184,9 @@ void eng_lte_free(struct eng_model *m) {
             if (m->be_open) be_dealloc(&m->be, lt->layers[il].down_mem);
         }
     free(lt->layers);
+    free(m->probe_buf);
+    m->probe_buf = NULL;
+    m->probe = NULL;
     if (lt->stat_mu) {
         pthread_mutex_destroy(lt->stat_mu);
         free(lt->stat_mu);
@@ -279,4 +282,15 @@ void eng_model_lte_stats(const struct eng_model *m, struct eng_lte_stats *out) {
         out->union_sum += LL->union_sum;
     }
     pthread_mutex_unlock(lt->stat_mu);
+}
+
+int eng_model_set_ffn_probe(struct eng_model *m, eng_ffn_probe_fn fn, void *ctx) {
+    if (fn && m->lp) return SS_EINVAL;
+    if (fn && !m->probe_buf) {
+        m->probe_buf = malloc((size_t)m->max_batch_tokens * (size_t)m->cfg.dim * sizeof(float));
+        if (!m->probe_buf) return SS_ENOMEM;
+    }
+    m->probe = fn;
+    m->probe_ctx = ctx;
+    return 0;
 }

@@ -208,6 +208,9 @@ struct eng_model {
     struct eng_subllm sub;    /* structure and frames (every model has frame 0) */
     struct eng_lp *lp;        /* layer parallelism (forward_lp.c), NULL = off */
     struct eng_lte lte;       /* LTE routers (lte.c); lte.n_routed == 0 for dense files */
+    eng_ffn_probe_fn probe;   /* eng_model_set_ffn_probe, NULL = none */
+    void *probe_ctx;
+    float *probe_buf;         /* host [T][dim] */
 };
 
 /* model.c: a 1-D tensor [n] checked and converted to fp32 into host memory

@@ -127,6 +127,7 @@ static void usage(FILE *f) {
                "  slimserve gen-model [options]      (slimserve gen-model --help)\n"
                "  slimserve bench [options]          (slimserve bench --help)\n"
                "  slimserve perplexity [options]     (slimserve perplexity --help)\n"
+               "  slimserve lte-calibrate [options]  (slimserve lte-calibrate --help)\n"
                "  slimserve --version\n"
                "  slimserve help\n\nserve options (each also from SLIMSERVE_<NAME>):\n");
     for (size_t i = 0; i < N_SERVE_FLAGS; i++)
@@ -524,6 +525,8 @@ int main(int argc, char **argv) {
         return tool_genmodel_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return tool_bench_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "lte-calibrate"))
+        return tool_lte_calibrate_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "perplexity"))
         return tool_perplexity_main(argc - 1, argv + 1);
     fprintf(stderr, "slimserve: unknown command '%s' (see 'slimserve help')\n", cmd);

@@ -306,7 +306,7 @@ static float f16_to_f32(uint16_t h) { /* for Q8_0: the d actually stored */
 }
 
 /* One Q8_0 block: fp16 d = max|x|/127, then 32 int8 q = round(x/d). */
-static void quant_q8_0_block(const float *x, uint8_t *out) {
+void genmodel_q8_0_block(const float *x, uint8_t *out) {
     float amax = 0.0f;
     for (int i = 0; i < 32; i++) {
         float a = x[i] < 0 ? -x[i] : x[i];
@@ -400,7 +400,7 @@ static int gm_fill(void *ctx, void *dst, size_t nbytes) {
             }
         } else {
             for (int64_t b = 0; b < t->ne0 / 32; b++)
-                quant_q8_0_block(row + 32 * b, o + 34 * b);
+                genmodel_q8_0_block(row + 32 * b, o + 34 * b);
         }
     }
     free(row);
