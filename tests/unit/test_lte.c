@@ -17,6 +17,7 @@
 #include "kernels/ss_error.h"
 #include "testutil.h"
 #include "tools/genmodel.h"
+#include "tools/perplexity.h"
 
 enum { M_LLAMA, M_QWEN2, M_GEMMA, M_LLAMA_Q8, M_COUNT };
 static struct {
@@ -289,6 +290,95 @@ START_TEST(test_bad_files) {
 }
 END_TEST
 
+/* ------------------------------------------------------------ calibration */
+
+static void write_text(const char *path) {
+    FILE *fp = fopen(path, "w");
+    ck_assert(fp != NULL);
+    for (int i = 0; i < 3; i++) fputs(genmodel_corpus(), fp);
+    fclose(fp);
+}
+
+static double ppl(const char *model, float tau) {
+    struct ppl_opts po;
+    ppl_opts_default(&po);
+    po.model_path = model;
+    po.text = genmodel_corpus();
+    po.text_len = strlen(po.text);
+    po.ctx = 64;
+    po.max_windows = 8;
+    po.eng.lte_threshold = tau;
+    po.eng.n_threads = 2;
+    struct ppl_result r;
+    char err[256];
+    ck_assert_msg(ppl_run(&po, &r, err, sizeof err) == 0, "%s", err);
+    return r.perplexity;
+}
+
+static int calibrate(const char *in, const char *text, const char *out, const char *sparsity) {
+    char *argv[] = {"lte-calibrate", "--model", (char *)in, "--text", (char *)text, "--sparsity", (char *)sparsity,
+                    "--out", (char *)out, "--ctx", "64", "--max-tokens", "1024", "--seed", "3", NULL};
+    return tool_lte_calibrate_main(14, argv);
+}
+
+/* A dense f32 model calibrated at 50%: loads as LTE; with every expert on it
+ * gives the original logits (gate/up rows and down columns permuted exactly);
+ * the routers switch about half the experts off on the calibration text; the
+ * same inputs give a byte-identical file. q8_0: down is re-quantised, every
+ * expert on stays within 0.1% of the original perplexity-relevant logits. */
+START_TEST(test_calibrate) {
+    char dense[PATH_MAX], text[PATH_MAX], out[PATH_MAX], out2[PATH_MAX], err[256];
+    tu_tmp_file(dense, sizeof dense, "cal_dense.gguf");
+    tu_tmp_file(text, sizeof text, "cal.txt");
+    tu_tmp_file(out, sizeof out, "cal_out.gguf");
+    tu_tmp_file(out2, sizeof out2, "cal_out2.gguf");
+    write_text(text);
+    struct genmodel_opts o;
+    genmodel_opts_default(&o);
+    o.ffn_dim = 256, o.n_layers = 3, o.seed = 5, o.wtype = _i ? BE_Q8_0 : BE_F32;
+    ck_assert_int_eq(genmodel_write(&o, dense, err, sizeof err), 0);
+    ck_assert_int_eq(calibrate(dense, text, out, "0.5"), 0);
+    ck_assert_int_eq(calibrate(dense, text, out2, "0.5"), 0);
+    size_t n1, n2;
+    uint8_t *a = tu_slurp(out, &n1), *b = tu_slurp(out2, &n2);
+    ck_assert_msg(n1 == n2 && memcmp(a, b, n1) == 0, "two calibrations differ");
+    free(a), free(b);
+
+    struct eng_options eo = {.n_threads = 2, .n_ctx = 128, .kv_type = ENG_KV_F32, .max_batch_tokens = 128};
+    struct eng_model *orig = tu_load(dense, &eo);
+    eo.lte_threshold = 1e-7f;
+    struct eng_model *on = tu_load(out, &eo);
+    eo.lte_threshold = 0.0f;
+    struct eng_model *sp = tu_load(out, &eo);
+    struct eng_lte_info info;
+    ck_assert_int_eq(eng_model_lte_info(sp, &info), 1);
+    ck_assert_int_eq(info.n_routed, 3);
+    ck_assert_int_eq(info.n_experts, 8);
+    const int V = eng_model_config(orig)->n_vocab, n = 40;
+    int32_t toks[40];
+    float *lo = run_all(orig, n, 9, toks), *la = run_all(on, n, 9, toks), *ls = run_all(sp, n, 9, toks);
+    double d = tu_max_abs_diff(lo, la, (size_t)n * V), ds = tu_max_abs_diff(lo, ls, (size_t)n * V);
+    printf("calibrated %s: every expert on vs original %.2e, 50%% sparse vs original %.2e\n", _i ? "q8_0" : "f32", d, ds);
+    if (!_i) ck_assert_msg(d <= 1e-4, "all-on differs from the original by %g", d);
+    double p0 = ppl(dense, 0.0f), p1 = ppl(out, 1e-7f);
+    printf("  perplexity on the calibration text: original %.4f, every expert on %.4f (ratio %.6f)\n", p0, p1, p1 / p0);
+    ck_assert_msg(fabs(p1 / p0 - 1.0) < 1e-3, "all-on perplexity %g vs %g", p1, p0);
+    ck_assert(ds > d);
+    struct eng_lte_stats st;
+    eng_model_lte_stats(sp, &st);
+    for (int il = 0; il < 3; il++) {
+        ck_assert(st.routed[il]);
+        ck_assert_msg(st.active_frac[il] > 0.2 && st.active_frac[il] < 0.8, "layer %d active %g", il, st.active_frac[il]);
+    }
+    free(lo), free(la), free(ls);
+    eng_model_free(orig), eng_model_free(on), eng_model_free(sp);
+    /* bad arguments: usage errors */
+    char *bad[] = {"lte-calibrate", "--model", dense, "--text", text, "--sparsity", "1.5", "--out", out, NULL};
+    ck_assert_int_eq(tool_lte_calibrate_main(9, bad), 2);
+    unlink(dense), unlink(text), unlink(out), unlink(out2);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("lte");
     TCase *tc = tcase_create("core");
@@ -299,6 +389,7 @@ static Suite *suite(void) {
     tcase_add_loop_test(tc, test_batch_invariance, 0, M_COUNT);
     tcase_add_test(tc, test_layer_parallel_stack);
     tcase_add_test(tc, test_bad_files);
+    tcase_add_loop_test(tc, test_calibrate, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
