@@ -31,6 +31,7 @@
 #include "server/srv.h"
 #include "tools/bench.h"
 #include "tools/genmodel.h"
+#include "tools/lte_calibrate.h"
 #include "tools/perplexity.h"
 
 int srv_log_level = SRV_LOG_INFO;

@@ -170,12 +170,8 @@ int64_t genmodel_n_params(const struct genmodel_opts *o);
 int genmodel_write(const struct genmodel_opts *o, const char *path, char *err, size_t err_len);
 
 /* One Q8_0 block (34 bytes) of 32 floats: d = max|x|/127 stored as fp16, q =
- * round(x/d) half away from zero (also used by lte-calibrate). */
+ * round(x/d) half away from zero (also used by lte-calibrate). Reentrant. */
 void genmodel_q8_0_block(const float *x, uint8_t *out);
-
-/* `slimserve lte-calibrate` (tools/lte_calibrate.c): argv[0] = "lte-calibrate";
- * returns a process exit status (0 ok, 1 error, 2 usage). */
-int tool_lte_calibrate_main(int argc, char **argv);
 
 /* CLI: argv[0] = "gen-model". Returns a process exit status (0 ok, 1 error,
  * 2 usage). Prints a one-line summary on success, errors on stderr. */

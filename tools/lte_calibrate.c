@@ -40,10 +40,11 @@
 #include "engine/tokenizer.h"
 #include "kernels/ss_error.h"
 #include "tools/genmodel.h"
+#include "tools/lte_calibrate.h"
 
 struct cal {
     const char *model, *out;
-    const char *texts[16];
+    const char *texts[256];
     int n_texts;
     double sparsity;
     int S, ctx, max_tokens;
@@ -497,7 +498,13 @@ int tool_lte_calibrate_main(int argc, char **argv) {
         char *end = NULL;
         if (!strcmp(a, "--model")) k.model = v;
         else if (!strcmp(a, "--out")) k.out = v;
-        else if (!strcmp(a, "--text") && k.n_texts < 16) k.texts[k.n_texts++] = v;
+        else if (!strcmp(a, "--text")) {
+            if (k.n_texts == 256) {
+                fprintf(stderr, "lte-calibrate: at most 256 --text files\n");
+                return 2;
+            }
+            k.texts[k.n_texts++] = v;
+        }
         else if (!strcmp(a, "--sparsity")) k.sparsity = strtod(v, &end);
         else if (!strcmp(a, "--expert-size")) k.S = (int)strtol(v, &end, 10);
         else if (!strcmp(a, "--ctx")) k.ctx = (int)strtol(v, &end, 10);

@@ -17,6 +17,7 @@
 #include "kernels/ss_error.h"
 #include "testutil.h"
 #include "tools/genmodel.h"
+#include "tools/lte_calibrate.h"
 #include "tools/perplexity.h"
 
 enum { M_LLAMA, M_QWEN2, M_GEMMA, M_LLAMA_Q8, M_COUNT };
