@@ -12,7 +12,7 @@
  *            cpu: time with process CPU time instead of wall time)
  *        bench_kernels gemma [threads]   (Gemma-3-270M matmul shapes)
  *        bench_kernels attn [threads [reps [f32|f16]]]
- *        bench_kernels lte [threads [reps [cpu]]]   (LTE FFN: dense vs grouped vs
+ *        bench_kernels lte [threads [reps [cpu|wall [max_n]]]]   (LTE FFN: dense vs grouped vs
  *            dense fallback; dim 1024, ffn 4096, experts of 32; the crossover)
  *        bench_kernels micro TYPE N ITERS [isa [K R [threads]]]
  *            by default one thread and an L2-resident 2048x128 weight of ggml
@@ -393,7 +393,7 @@ static int cmp_dbl(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static void bench_lte(struct be *be, int reps) {
+static void bench_lte(struct be *be, int reps, int max_n) {
     enum { DIM = 1024, FFN = 4096, S = 32, E = FFN / S, NL = 4, NMAX = 256 };
     static const int types[] = {BE_Q8_0, BE_Q4_0, BE_F16};
     static const int ns[] = {1, 4, 16, 64, 256};
@@ -417,7 +417,7 @@ static void bench_lte(struct be *be, int reps) {
             d[l] = (struct be_tensor){.type = type, .ne = {FFN, DIM, 1, 1}, .nb1 = rbd, .data = pd};
             dx[l] = (struct be_tensor){.type = type, .ne = {S, (int64_t)E * DIM, 1, 1}, .nb1 = rbs, .data = px};
         }
-        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0] && ns[ni] <= max_n; ni++) {
             int n = ns[ni];
             double cross = -1;
             for (size_t fi = 0; fi < sizeof fs / sizeof fs[0]; fi++) {
@@ -470,7 +470,7 @@ int main(int argc, char **argv) {
             return 1;
         if (argc > 4 && strcmp(argv[4], "cpu") == 0)
             clk = proc_cpu_now;
-        bench_lte(&be, argc > 3 ? atoi(argv[3]) : 5);
+        bench_lte(&be, argc > 3 ? atoi(argv[3]) : 5, argc > 5 ? atoi(argv[5]) : 256);
         be_close(&be);
         return 0;
     }
