@@ -20,7 +20,9 @@
 #include "tools/lte_calibrate.h"
 #include "tools/perplexity.h"
 
-enum { M_LLAMA, M_QWEN2, M_GEMMA, M_LLAMA_Q8, M_COUNT };
+/* M_SUBLLM stacks LTE on SUBLLM levels ("T(T)T"): checked against its own
+ * dense run (--lte off), not the NumPy reference (which has no SUBLLM hook). */
+enum { M_LLAMA, M_QWEN2, M_GEMMA, M_LLAMA_Q8, M_N_REF, M_SUBLLM = M_N_REF, M_COUNT };
 static struct {
     const char *label, *arch;
     int wtype, ffn, S, dense_layer; /* dense_layer: layer left without a router, -1 none */
@@ -31,6 +33,7 @@ static struct {
     [M_QWEN2] = {"qwen2 f16, tau 0.4", "qwen2", BE_F16, 256, 32, -1, 0.4f},
     [M_GEMMA] = {"gemma3 f32, S 16, layer 0 dense", "gemma3", BE_F32, 256, 16, 0, 0.0f},
     [M_LLAMA_Q8] = {"llama q8_0, no bias", "llama", BE_Q8_0, 256, 32, -1, 0.6f},
+    [M_SUBLLM] = {"subllm T(T)T f32 + LTE", "subllm", BE_F32, 256, 32, -1, 0.0f},
 };
 static int have_ref;
 static char ref_script[PATH_MAX];
@@ -49,6 +52,7 @@ static int gen_models(void) {
         o.lte_expert_size = models[i].S;
         o.lte_threshold = models[i].tau;
         o.lte_no_bias = i == M_LLAMA_Q8;
+        if (i == M_SUBLLM) o.keep = 0.6f;
         if (models[i].dense_layer >= 0) o.lte_dense_layers = 1ull << models[i].dense_layer;
         char name[64], err[256];
         snprintf(name, sizeof name, "m%d.gguf", i);
@@ -384,10 +388,10 @@ static Suite *suite(void) {
     Suite *s = suite_create("lte");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 600);
-    tcase_add_loop_test(tc, test_ref_models, 0, M_COUNT);
+    tcase_add_loop_test(tc, test_ref_models, 0, M_N_REF);
     tcase_add_test(tc, test_ref_threshold_override);
     tcase_add_test(tc, test_all_on_equals_dense);
-    tcase_add_loop_test(tc, test_batch_invariance, 0, M_COUNT);
+    tcase_add_loop_test(tc, test_batch_invariance, 0, M_N_REF);
     tcase_add_test(tc, test_layer_parallel_stack);
     tcase_add_test(tc, test_bad_files);
     tcase_add_loop_test(tc, test_calibrate, 0, 2);
