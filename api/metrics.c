@@ -194,6 +194,32 @@ static void cache_config(const struct emit *e, const struct api_model_info *mi) 
     sample(&bare, "cache_config_info", lab, 1.0);
 }
 
+/* LTE sparsity (DESIGN.md section 5), only for a model with LTE in force:
+ * per routed layer the mean fraction of experts active per token since start,
+ * and the histogram over (layer, step) of the union fraction: the experts
+ * active for at least one token of the step, i.e. the share of FFN weights the
+ * step read. */
+static void lte_metrics(const struct emit *e, const struct eng_lte_stats *l) {
+    if (l->n_layers <= 0)
+        return;
+    family(e, "lte_active_expert_fraction", "gauge",
+           "Mean fraction of LTE experts active per token, by layer (since start).");
+    for (int il = 0; il < l->n_layers && il < ENG_LTE_STAT_LAYERS; il++) {
+        if (!l->routed[il])
+            continue;
+        char lab[32];
+        snprintf(lab, sizeof(lab), "layer=\"%d\"", il);
+        sample(e, "lte_active_expert_fraction", lab, l->active_frac[il]);
+    }
+    struct sched_hist h = {.n = ENG_LTE_UNION_BINS, .total = l->union_steps, .sum = l->union_sum};
+    for (int i = 0; i < ENG_LTE_UNION_BINS; i++) {
+        h.le[i] = (i + 1) / (double)ENG_LTE_UNION_BINS;
+        h.count[i] = l->union_count[i];
+    }
+    histogram(e, "lte_step_union_fraction",
+              "Per layer and engine step: fraction of LTE experts active for at least one token.", &h);
+}
+
 /* One name set. per_level: also the SUBLLM per-level series (slimserve: only). */
 static void name_set(const struct emit *e, const struct sched_stats *st,
                      const struct api_model_info *mi, int per_level) {
@@ -249,6 +275,7 @@ int api_metrics_text(struct api_buf *b, const struct sched_stats *st,
                      const struct api_model_info *mi) {
     struct emit own = {b, "slimserve:", ""};
     name_set(&own, st, mi, 1);
+    lte_metrics(&own, &st->lte); /* slimserve: only, like the per-level series */
 
     char name[200], base[240];
     escape_label(name, sizeof(name), mi && mi->name ? mi->name : "");

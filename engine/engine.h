@@ -24,6 +24,7 @@
 
 struct gguf_file;
 struct tok;
+struct eng_lte_layer;
 
 /* Token slots of one KV page (unit): what block tables count in. */
 #define ENG_PAGE_SLOTS BE_PAGE_SLOTS
@@ -76,12 +77,15 @@ struct eng_layer {
     int swa;                /* 1: local (sliding-window) layer, see eng_config.swa_window */
     int level;              /* SUBLLM level of the layer (0 for dense models) */
     int ffn;                /* enum eng_ffn_kind: how the FFN block computes (forward.c) */
+    struct eng_lte_layer *lte; /* ENG_FFN_LTE: the layer's router and expert-major down
+                                * (engine/lte.c); NULL otherwise */
 };
 
-/* FFN variants (eng_layer.ffn). Every layer is ENG_FFN_DENSE today; a new
- * variant (LTE's sparse FFN) is one more value here and one more case in the
- * switch of eng_ffn_block (forward.c). */
-enum eng_ffn_kind { ENG_FFN_DENSE = 0 };
+/* FFN variants (eng_layer.ffn): ENG_FFN_DENSE, or ENG_FFN_LTE for a layer
+ * with an LTE router (engine/lte.c, DESIGN.md section 5) unless LTE is off.
+ * A new variant is one more value here and one more case in the switch of
+ * eng_ffn_block (forward.c). */
+enum eng_ffn_kind { ENG_FFN_DENSE = 0, ENG_FFN_LTE = 1 };
 
 struct eng_model; /* opaque: config, weights, KV pool, scratch buffers */
 
@@ -103,7 +107,15 @@ struct eng_options {
      * ENG_LP_OFF = off whatever the file says; ENG_LP_RANGE = [lp_start, lp_end). */
     int lp_mode;
     int lp_start, lp_end;
+    /* LTE sparse FFNs (DESIGN.md sections 4, 5; engine/lte.c): lte_off = 1 runs a
+     * file with routers densely (every expert on, the plain FFN); lte_threshold
+     * in (0, 1) overrides the file's lte.threshold, 0 keeps it. */
+    int lte_off;
+    float lte_threshold;
+    int lte_path;            /* ENG_LTE_AUTO (0): per step by the measured crossover; or
+                              * force ENG_LTE_GROUPED / ENG_LTE_DENSE (tests, benchmarks) */
 };
+enum { ENG_LTE_AUTO = 0, ENG_LTE_GROUPED = 1, ENG_LTE_DENSE = 2 };
 enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };
 
 int eng_model_load(struct eng_model **out, const char *path, const struct eng_options *opt,
@@ -194,6 +206,42 @@ int eng_model_layer_parallel(const struct eng_model *m, int *start, int *end);
  * (numbers, START < END, even length); the bounds are checked at load.
  * Returns 0 or SS_EINVAL with a message. Any thread. */
 int eng_lp_parse_flag(const char *s, struct eng_options *o, char *err, size_t err_len);
+
+/* LTE (engine/lte.c). eng_model_lte_info: 1 and the facts when the file has
+ * routers (whether or not LTE is in force), else 0. eng_model_lte_stats:
+ * statistics since load (engine thread, between forwards: the scheduler
+ * publishes them with its own, scheduler/stats.c); n_layers 0 when LTE is
+ * not in force. */
+struct eng_lte_info {
+    int n_routed;          /* layers with a router */
+    int n_experts;         /* per layer: ffn_dim / expert_size */
+    int expert_size;
+    float tau;             /* threshold in force */
+    int enabled;           /* 0: --lte off (dense) */
+};
+int eng_model_lte_info(const struct eng_model *m, struct eng_lte_info *out);
+
+/* FFN input probe (tools/lte_calibrate.c): while set, every FFN block calls
+ * fn(ctx, layer, xn, n) with the n normalised FFN input rows xn [n][dim]
+ * (after the FFN norm; host memory valid during the call) of the rows the
+ * layer runs on. Engine thread; not with layer parallelism (SS_EINVAL).
+ * fn NULL clears it. Returns 0, SS_EINVAL or SS_ENOMEM. */
+typedef void (*eng_ffn_probe_fn)(void *ctx, int layer, const float *xn, int n);
+int eng_model_set_ffn_probe(struct eng_model *m, eng_ffn_probe_fn fn, void *ctx);
+
+#define ENG_LTE_STAT_LAYERS 128
+#define ENG_LTE_UNION_BINS 10
+struct eng_lte_stats {
+    int n_layers;          /* entries below: min(n_layers, ENG_LTE_STAT_LAYERS); 0 = LTE off */
+    int8_t routed[ENG_LTE_STAT_LAYERS];
+    double active_frac[ENG_LTE_STAT_LAYERS]; /* mean fraction of experts active per row */
+    /* routed layer-steps by the fraction f of experts active for at least one
+     * row of the step: bin b holds b/10 < f <= (b+1)/10 (f = 0 in bin 0) */
+    uint64_t union_count[ENG_LTE_UNION_BINS];
+    uint64_t union_steps;
+    double union_sum;      /* sum of f over them */
+};
+void eng_model_lte_stats(const struct eng_model *m, struct eng_lte_stats *out);
 
 /* A ragged batch: sequences' tokens concatenated.
  *

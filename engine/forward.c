@@ -167,10 +167,16 @@ const float *eng_ffn_block(const struct eng_model *m, struct be *be, const struc
                            const struct eng_bufs *B, const float *x, int n, int ffn) {
     const struct eng_config *c = &m->cfg;
     be_rmsnorm(be, B->xb, x, L->ffn_norm, n, c->dim, c->norm_eps);
+    if (m->probe) { /* calibration only; never with layer parallelism */
+        be_download(be, m->probe_buf, B->xb, (size_t)n * c->dim * sizeof(float));
+        m->probe(m->probe_ctx, (int)(L - m->layers), m->probe_buf, n);
+    }
     switch (ffn) {
-    /* Extension point: a new enum eng_ffn_kind value (LTE's sparse FFN) gets
-     * its case here, reading B->xb and writing B->xb2 (plus its own buffers);
-     * the norms, the residual and layer parallelism stay as they are. */
+    /* A variant reads B->xb and writes B->xb2 (plus its own buffers); the
+     * norms, the residual and layer parallelism stay as they are. */
+    case ENG_FFN_LTE: /* routers, per-row expert masks, sparse FFN (lte.c) */
+        eng_lte_ffn(m, be, L, B, n);
+        break;
     case ENG_FFN_DENSE:
     default:
         ffn_dense(m, be, L, B, n);

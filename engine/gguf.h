@@ -121,6 +121,8 @@ void gguf_w_f64(struct gguf_writer *w, const char *key, double v);
 /* Array of n scalars of elem_type (not STRING/ARRAY); v holds n packed
  * little-endian elements (bool: one byte each, 0 or 1). */
 void gguf_w_arr(struct gguf_writer *w, const char *key, int elem_type, const void *v, uint64_t n);
+/* Copies one key/value read from an open file (any type) under the name key. */
+void gguf_w_copy_kv(struct gguf_writer *w, const char *key, const struct gguf_kv *kv);
 /* Tensor whose bytes are produced at save time by gen(ctx, dst, nbytes), which
  * must fill dst completely and return 0 (or a negative code to abort the
  * save). ctx must stay valid until the last save. Lets the model generator

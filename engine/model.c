@@ -311,8 +311,8 @@ static int find_checked(struct eng_model *m, const char *name, int vec, int64_t 
     return 0;
 }
 
-static int bind_matrix(struct eng_model *m, struct be_tensor *w, const char *name, int64_t ne0,
-                       int64_t ne1, char *err, size_t err_len) {
+int eng_bind_matrix(struct eng_model *m, struct be_tensor *w, const char *name, int64_t ne0,
+                    int64_t ne1, char *err, size_t err_len) {
     const struct gguf_tensor_info *t;
     int rc = find_checked(m, name, 0, ne0, ne1, &t, err, err_len);
     if (rc < 0) return rc;
@@ -375,7 +375,7 @@ static int bind_layer(struct eng_model *m, int il, char *err, size_t err_len) {
         int64_t ne0 = dim_value(&m->cfg, sp->ne0), ne1 = dim_value(&m->cfg, sp->ne1);
         char *field = (char *)L + sp->off;
         int rc = sp->kind == TK_MAT
-                     ? bind_matrix(m, (struct be_tensor *)field, name, ne0, ne1, err, err_len)
+                     ? eng_bind_matrix(m, (struct be_tensor *)field, name, ne0, ne1, err, err_len)
                      : bind_vector(m, (const float **)field, name, ne0 * ne1, err, err_len);
         if (rc < 0) return rc;
         if (sp->kind == TK_MAT) {
@@ -394,7 +394,7 @@ static int bind_tensors(struct eng_model *m, char *err, size_t err_len) {
         return fail(err, err_len, SS_EBADMODEL, "tensor token_embd.weight has %lld rows",
                     (long long)te->ne[1]);
     c->n_vocab = (int)te->ne[1];
-    int rc = bind_matrix(m, &m->tok_embd, "token_embd.weight", c->dim, c->n_vocab, err, err_len);
+    int rc = eng_bind_matrix(m, &m->tok_embd, "token_embd.weight", c->dim, c->n_vocab, err, err_len);
     if (rc < 0) return rc;
     if ((rc = bind_vector(m, &m->output_norm, "output_norm.weight", c->dim, err, err_len)) < 0)
         return rc;
@@ -404,7 +404,7 @@ static int bind_tensors(struct eng_model *m, char *err, size_t err_len) {
     c->tied_output = gguf_find_tensor(m->gguf, "output.weight") == NULL;
     if (c->tied_output) {
         m->output = m->tok_embd;
-    } else if ((rc = bind_matrix(m, &m->output, "output.weight", c->dim, c->n_vocab, err, err_len)) < 0) {
+    } else if ((rc = eng_bind_matrix(m, &m->output, "output.weight", c->dim, c->n_vocab, err, err_len)) < 0) {
         return rc;
     }
     m->weight_bytes = m->output.nb1 * (size_t)m->output.ne[1];
@@ -469,12 +469,22 @@ int eng_bufs_alloc(struct eng_model *m, struct eng_bufs *b) {
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!(*want[i].p = be_alloc(&m->be, want[i].n * sizeof(float)))) return SS_ENOMEM;
+    if (m->lte.enabled) { /* router logits and masks (lte.c) */
+        size_t cells = T * (size_t)m->lte.n_experts;
+        b->rl = be_alloc(&m->be, cells * sizeof(float));
+        b->rlh = malloc(cells * sizeof(float));
+        b->mask = malloc(cells);
+        if (!b->rl || !b->rlh || !b->mask) return SS_ENOMEM;
+    }
     return 0;
 }
 
 void eng_bufs_free(struct eng_model *m, struct eng_bufs *b) {
     float *all[] = {b->xb, b->xb2, b->q, b->k, b->v, b->att, b->hb, b->hb2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be_dealloc(&m->be, all[i]);
+    be_dealloc(&m->be, b->rl);
+    free(b->rlh);
+    free(b->mask);
     memset(b, 0, sizeof *b);
 }
 
@@ -528,6 +538,7 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
     m->be_open = 1;
     if ((rc = bind_tensors(m, err, err_len)) < 0) goto fail;
     if ((rc = eng_subllm_bind(m, err, err_len)) < 0) goto fail;
+    if ((rc = eng_lte_load(m, o, err, err_len)) < 0) goto fail;
     if (tok_n_vocab(m->tok) > m->cfg.n_vocab) {
         rc = fail(err, err_len, SS_EBADMODEL, "tokenizer has %d tokens but token_embd.weight only %d rows",
                   (int)tok_n_vocab(m->tok), m->cfg.n_vocab);
@@ -555,6 +566,7 @@ static void free_layer(struct eng_model *m, struct eng_layer *L) {
 void eng_model_free(struct eng_model *m) {
     if (!m) return;
     eng_lp_free(m);
+    eng_lte_free(m);
     if (m->be_open) {
         be_dealloc(&m->be, m->kv_k);
         be_dealloc(&m->be, m->kv_v);

@@ -56,6 +56,10 @@ struct eng_bufs {
     float *att;   /* [T][n_heads*head_dim] attention output */
     float *hb;    /* [T][ffn_dim] gate, then glu output */
     float *hb2;   /* [T][ffn_dim] up */
+    /* LTE models only (NULL otherwise) */
+    float *rl;    /* [T][n_experts] router logits */
+    float *rlh;   /* host [T][n_experts] the same, downloaded */
+    uint8_t *mask; /* host [T][n_experts] 1 = expert active for the row */
 };
 
 /* Activation scratch, allocated once at load for max_batch_tokens (T) rows.
@@ -143,6 +147,37 @@ struct eng_subllm {
     const struct eng_batch *batch; /* the running batch (valid during eng_forward) */
 };
 
+/* ---- LTE (engine/lte.c; DESIGN.md sections 4, 5) ----
+ * Expert e of a layer with a router = FFN neurons [e*S, (e+1)*S): rows of
+ * gate and up, the same columns of down. At load, down is copied
+ * expert-major (down_x: expert e = rows [e*dim, (e+1)*dim) of S elements,
+ * the file's blocks moved unchanged), so the sparse kernel streams only the
+ * bytes of active experts; the file's down pages are then never read. */
+struct eng_lte_layer {
+    struct be_tensor router;  /* [dim -> n_experts]; router.data NULL = dense layer */
+    float *bias;              /* host [n_experts] (zeros when the file has no bias) */
+    void *down_mem;           /* backend memory holding down_x's blocks */
+    struct be_tensor down_x;  /* [n_experts*dim rows][S], type of ffn_down */
+    /* statistics (engine thread: the FFN block of this layer writes,
+     * eng_model_lte_stats reads; the two layers of a layer-parallel pair
+     * write their own): */
+    double active_sum;        /* sum over rows of the active-expert fraction */
+    int64_t n_tok;
+    int64_t union_hist[ENG_LTE_UNION_BINS]; /* per step: union fraction bins (engine.h) */
+    double union_sum;
+};
+
+struct eng_lte {
+    int n_experts;            /* ffn_dim / S; 0 = no layer has a router */
+    int expert_size;          /* S */
+    int n_routed;             /* layers with a router */
+    int enabled;              /* routers present and not turned off */
+    int path;                 /* ENG_LTE_AUTO / _GROUPED / _DENSE (eng_options.lte_path) */
+    float tau;                /* threshold in force (file or option) */
+    float logit_tau;          /* log(tau / (1 - tau)): expert on iff r > logit_tau */
+    struct eng_lte_layer *layers; /* [n_layers] */
+};
+
 struct eng_model {
     struct eng_config cfg;
     const struct eng_arch_desc *desc;
@@ -172,6 +207,10 @@ struct eng_model {
     struct eng_scratch s;
     struct eng_subllm sub;    /* structure and frames (every model has frame 0) */
     struct eng_lp *lp;        /* layer parallelism (forward_lp.c), NULL = off */
+    struct eng_lte lte;       /* LTE routers (lte.c); lte.n_routed == 0 for dense files */
+    eng_ffn_probe_fn probe;   /* eng_model_set_ffn_probe, NULL = none */
+    void *probe_ctx;
+    float *probe_buf;         /* host [T][dim] */
 };
 
 /* model.c: a 1-D tensor [n] checked and converted to fp32 (by the backend's
@@ -180,6 +219,21 @@ struct eng_model {
 int eng_host_vector(struct eng_model *m, const char *name, int64_t n, float *out, char *err,
                     size_t err_len);
 
+/* model.c: binds a 2-D weight [ne0, ne1] (checked for presence, exact shape
+ * and a supported type; SS_EBADMODEL with a message naming it). */
+int eng_bind_matrix(struct eng_model *m, struct be_tensor *w, const char *name, int64_t ne0,
+                    int64_t ne1, char *err, size_t err_len);
+
+/* lte.c. eng_lte_load after the tensors and options (reads lte.* keys and
+ * blk.N.ffn_router.*, validates, makes the expert-major down copies and the
+ * forward buffers); eng_lte_free releases it all (safe on a partial load).
+ * eng_lte_ffn is the ENG_FFN_LTE case of eng_ffn_block: B->xb2[n][dim] = sum
+ * over each row's active experts of down_e(act(gate_e xn) * up_e xn), xn =
+ * B->xb; it uses B->rl, rlh, mask, hb, hb2. Engine thread or a fork2 task. */
+int eng_lte_load(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len);
+void eng_lte_free(struct eng_model *m);
+void eng_lte_ffn(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                 const struct eng_bufs *B, int n);
 /* model.c: a buffer set for max_batch_tokens rows on the model's backend.
  * Returns 0 or SS_ENOMEM (b partly set then: free it). eng_bufs_free
  * releases and zeroes (NULL members ok). */

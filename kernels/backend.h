@@ -104,6 +104,20 @@ struct be_rope_params {
     const float *freq_factors; /* per-pair divisors (llama3 rope scaling), NULL = none */
 };
 
+/* One LTE layer's FFN (DESIGN.md section 5 "LTE"): n_experts experts of
+ * expert_size S neurons. gate and up are the file's [dim -> ffn] matrices
+ * (expert e = rows [e*S, (e+1)*S)); down is the expert-major copy of ffn_down:
+ * n_experts*dim rows of S elements, expert e = rows [e*dim, (e+1)*dim), so
+ * its row d is the columns [e*S, (e+1)*S) of the file's down row d. */
+struct be_lte_ffn {
+    const struct be_tensor *gate, *up, *down;
+    int n_experts;
+    int expert_size;
+    int act;   /* 0 silu, 1 gelu(tanh), as glu */
+    int dense; /* path: 0 grouped (each active expert runs on the rows that chose
+                * it), 1 dense fallback (gate and up for every row and neuron as
+                * two plain matmuls, then masked) */
+};
 struct be;
 /* A task for be_fork2: makes its backend calls on `be`, the handle it is
  * given (a share of the forking backend, valid during the call only). */
@@ -159,6 +173,22 @@ struct be_ops {
     void (*glu)(void *ctx, float *out, const float *gate, const float *up, int64_t n, int act);
     /* y[i] += x[i] */
     void (*add)(void *ctx, float *y, const float *x, int64_t n);
+    /* LTE sparse FFN, optional (NULL: the backend cannot run LTE layers).
+     * y[n][dim] (overwritten) from x[n][dim] and the host mask[n][n_experts]
+     * (1 = expert active for that row):
+     *     h[t][e*S+j] = act(g) * u,  g, u = rows e*S+j of gate, up times x[t]
+     *     y[t][d] = sum over active e in increasing order of
+     *               dot(down row e*dim+d, h[t][e*S .. e*S+S))
+     * scr_a, scr_b: backend scratch of n * n_experts * S floats each.
+     * DETERMINISM: g and u are matmul values (bitwise as be_matmul gives them
+     * for that row of the weight, whatever n); each partial dot over S is a
+     * matmul value of the down tensor with K = S; y[t][d] starts at +0 and
+     * adds the partials of t's active experts one by one in increasing e
+     * (inactive experts are skipped, never added as zeros). So y[t] depends
+     * only on x[t] and mask[t]: bitwise the same whatever n, the other rows,
+     * the thread count and p->dense are. */
+    void (*lte_ffn)(void *ctx, float *y, const float *x, const uint8_t *mask, int n,
+                    const struct be_lte_ffn *p, float *scr_a, float *scr_b);
     /* y[i] *= s */
     void (*scale)(void *ctx, float *y, float s, int64_t n);
 
@@ -227,6 +257,11 @@ static inline void be_glu(struct be *b, float *o, const float *g, const float *u
 }
 static inline void be_add(struct be *b, float *y, const float *x, int64_t n) { b->ops->add(b->ctx, y, x, n); }
 static inline void be_scale(struct be *b, float *y, float s, int64_t n) { b->ops->scale(b->ctx, y, s, n); }
+static inline int be_has_lte(const struct be *b) { return b->ops->lte_ffn != NULL; }
+static inline void be_lte_ffn(struct be *b, float *y, const float *x, const uint8_t *mask, int n,
+                              const struct be_lte_ffn *p, float *scr_a, float *scr_b) {
+    b->ops->lte_ffn(b->ctx, y, x, mask, n, p, scr_a, scr_b);
+}
 static inline void be_fork2(struct be *b, be_task_fn fn, void *a0, void *a1) {
     if (b->ops->fork2) {
         b->ops->fork2(b->ctx, fn, a0, a1);
@@ -243,5 +278,7 @@ void kref_matmul(float *y, const float *x, const struct be_tensor *w, int n);
 float kref_fp16_to_fp32(uint16_t h);
 uint16_t kref_fp32_to_fp16(float f);
 float kref_bf16_to_fp32(uint16_t h);
+/* The LTE FFN of struct be_lte_ffn from its definition (double sums). */
+void kref_lte_ffn(float *y, const float *x, const uint8_t *mask, int n, const struct be_lte_ffn *p);
 
 #endif

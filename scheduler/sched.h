@@ -28,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/engine.h"
 #include "engine/sampler.h"
 
 struct eng_model;
@@ -262,6 +263,7 @@ struct sched_stats {
     int n_levels;               /* 1, or SUBLLM levels */
     int32_t level_units[8];     /* units held per level (index < n_levels) */
     uint64_t level_tokens[8];   /* tokens that reached each level ([0]: every computed token) */
+    struct eng_lte_stats lte;   /* LTE sparsity (engine.h; n_layers 0 without LTE) */
 };
 /* Any thread: the snapshot the engine published last. Counters, pages and
  * queue lengths are exact for everything a caller has already seen finish:

@@ -89,6 +89,7 @@ static void stats_refresh(struct sched *s) {
 
 void stats_publish(struct sched *s) {
     stats_refresh(s);
+    eng_model_lte_stats(s->model, &s->st.lte); /* engine thread, like the rest */
     squeue_stats_write(&s->q, &s->st);
 }
 

@@ -31,6 +31,7 @@
 #include "server/srv.h"
 #include "tools/bench.h"
 #include "tools/genmodel.h"
+#include "tools/lte_calibrate.h"
 #include "tools/perplexity.h"
 
 int srv_log_level = SRV_LOG_INFO;
@@ -53,6 +54,8 @@ struct serve_opts {
     size_t kv_bytes;
     const char *chat_template;  /* --chat-template: family name, file or template text */
     const char *layer_parallel; /* --layer-parallel START:END or off (eng_lp_parse_flag) */
+    const char *lte;            /* --lte on|off */
+    double lte_threshold;       /* --lte-threshold T in (0, 1); 0 = the file's */
 };
 
 struct opt {
@@ -110,6 +113,12 @@ static const struct opt serve_flags[] = {
      "seconds a request may wait for its first seat before 503 + Retry-After (default 0 = no limit)"},
     {"sse-keepalive", OPT_DOUBLE, 0, 3600, OFF(srv.sse_keepalive_s),
      "seconds of silence on a stream before an SSE ': keep-alive' comment (default 15; 0 = off)"},
+    /* LTE (engine/lte.c) */
+    {"lte", OPT_STR, 0, 0, OFF(lte),
+     "on (default) or off: off runs a model with LTE routers densely, every expert on"},
+    {"lte-threshold", OPT_DOUBLE, 0, 1, OFF(lte_threshold),
+     "LTE: expert i runs iff sigmoid(router logit i) > T, T in (0, 1) (default: the file's "
+     "lte.threshold, else 0.5)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -119,6 +128,7 @@ static void usage(FILE *f) {
                "  slimserve gen-model [options]      (slimserve gen-model --help)\n"
                "  slimserve bench [options]          (slimserve bench --help)\n"
                "  slimserve perplexity [options]     (slimserve perplexity --help)\n"
+               "  slimserve lte-calibrate [options]  (slimserve lte-calibrate --help)\n"
                "  slimserve --version\n"
                "  slimserve help\n\nserve options (each also from SLIMSERVE_<NAME>):\n");
     for (size_t i = 0; i < N_SERVE_FLAGS; i++)
@@ -420,6 +430,16 @@ static int cmd_serve(int argc, char **argv) {
     o.eng.n_ctx = o.ctx;
     o.eng.kv_bytes = o.kv_bytes;
     o.eng.max_batch_tokens = o.srv.max_batched_tokens;
+    if (o.lte && strcmp(o.lte, "on") != 0 && strcmp(o.lte, "off") != 0) {
+        fprintf(stderr, "slimserve serve: --lte: expected on or off, got '%s'\n", o.lte);
+        return 2;
+    }
+    if (o.lte_threshold >= 1.0 || (o.lte_threshold <= 0.0 && o.lte_threshold != 0.0)) {
+        fprintf(stderr, "slimserve serve: --lte-threshold: expected a number in (0, 1)\n");
+        return 2;
+    }
+    o.eng.lte_off = o.lte && strcmp(o.lte, "off") == 0;
+    o.eng.lte_threshold = (float)o.lte_threshold;
     if (o.layer_parallel) {
         char lperr[200];
         if (eng_lp_parse_flag(o.layer_parallel, &o.eng, lperr, sizeof lperr) < 0) {
@@ -469,6 +489,10 @@ static int cmd_serve(int argc, char **argv) {
     int lp_s, lp_e;
     if (eng_model_layer_parallel(m, &lp_s, &lp_e))
         srv_log(SRV_LOG_INFO, "layer parallelism: layers %d..%d run as %d pairs", lp_s, lp_e - 1, (lp_e - lp_s) / 2);
+    struct eng_lte_info lte;
+    if (eng_model_lte_info(m, &lte))
+        srv_log(SRV_LOG_INFO, "LTE: %d routed layers, %d experts of %d neurons, threshold %g%s", lte.n_routed,
+                lte.n_experts, lte.expert_size, (double)lte.tau, lte.enabled ? "" : " (off: dense)");
     const struct eng_config *cfg = eng_model_config(m);
     srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",
             o.srv.served_name, cfg->arch_name, cfg->n_layers, cfg->dim, cfg->n_vocab,
@@ -501,6 +525,8 @@ int main(int argc, char **argv) {
         return tool_genmodel_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return tool_bench_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "lte-calibrate"))
+        return tool_lte_calibrate_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "perplexity"))
         return tool_perplexity_main(argc - 1, argv + 1);
     fprintf(stderr, "slimserve: unknown command '%s' (see 'slimserve help')\n", cmd);

@@ -41,6 +41,7 @@ void genmodel_opts_default(struct genmodel_opts *o) {
     o->norm_eps = 1e-5f;
     o->keep = 0.5f;
     o->keep_noise = 0.1f;
+    o->lte_sparsity = 0.5f;
 }
 
 struct gm_preset {
@@ -205,6 +206,13 @@ static int opts_check(const struct genmodel_opts *o, char *err, size_t err_len) 
         else if (n_sub >= 0 && o->dim < 4 * (n_sub + 1))
             why = "subllm needs dim >= 4 * (subsamplers + 1) (reserved channels)";
     }
+    if (!why && o->lte_expert_size &&
+        (o->lte_expert_size < 0 || o->ffn_dim % o->lte_expert_size != 0 ||
+         (o->wtype == BE_Q8_0 && o->lte_expert_size % 32 != 0)))
+        why = "lte expert size must divide ffn (and be a multiple of 32 for q8_0)";
+    else if (!why && (!(o->lte_sparsity > 0.0f && o->lte_sparsity < 1.0f) ||
+                      !(o->lte_threshold >= 0.0f && o->lte_threshold < 1.0f)))
+        why = "lte sparsity must be in (0, 1) and the lte threshold in (0, 1)";
     if (why) {
         snprintf(err, err_len, "gen-model: %s", why);
         return SS_EINVAL;
@@ -229,6 +237,10 @@ int64_t genmodel_n_params(const struct genmodel_opts *o) {
         const char *why;
         extra = 2 * d * gm_structure(o, st, sizeof st, &why); /* score + bypass vectors */
     }
+    if (o->lte_expert_size > 0)
+        for (int l = 0; l < o->n_layers; l++)
+            if (l >= 64 || !(o->lte_dense_layers >> l & 1))
+                extra += (f / o->lte_expert_size) * (d + (o->lte_no_bias ? 0 : 1));
     return v * d * (o->tied ? 1 : 2) + d + layer * o->n_layers + extra;
 }
 
@@ -294,7 +306,7 @@ static float f16_to_f32(uint16_t h) { /* for Q8_0: the d actually stored */
 }
 
 /* One Q8_0 block: fp16 d = max|x|/127, then 32 int8 q = round(x/d). */
-static void quant_q8_0_block(const float *x, uint8_t *out) {
+void genmodel_q8_0_block(const float *x, uint8_t *out) {
     float amax = 0.0f;
     for (int i = 0; i < 32; i++) {
         float a = x[i] < 0 ? -x[i] : x[i];
@@ -388,7 +400,7 @@ static int gm_fill(void *ctx, void *dst, size_t nbytes) {
             }
         } else {
             for (int64_t b = 0; b < t->ne0 / 32; b++)
-                quant_q8_0_block(row + 32 * b, o + 34 * b);
+                genmodel_q8_0_block(row + 32 * b, o + 34 * b);
         }
     }
     free(row);
@@ -449,6 +461,35 @@ static void add_bias(struct gm_build *b, const char *name, int64_t n) {
 /* subllm: the amplitude r of the reserved embedding channels (genmodel.h). */
 static float gm_res_r(int64_t d) { return 1.7320508f * 2.0f / sqrtf((float)d); }
 
+/* ln(x) for x > 0 in plain arithmetic (no libm: byte-identical files
+ * everywhere): ln x = 2 atanh(z), z = (x-1)/(x+1), after scaling x into
+ * [0.5, 2) by powers of two. */
+static double gm_log(double x) {
+    double k = 0.0;
+    while (x >= 2.0) x *= 0.5, k += 1.0;
+    while (x < 0.5) x *= 2.0, k -= 1.0;
+    double z = (x - 1.0) / (x + 1.0), z2 = z * z, term = z, sum = 0.0;
+    for (int i = 0; i < 60; i++, term *= z2) sum += term / (2 * i + 1);
+    return 2.0 * sum + k * 0.69314718055994530942;
+}
+static double gm_logit(double p) { return gm_log(p / (1.0 - p)); }
+
+/* LTE: blk.N.ffn_router.weight / .bias of layer l (see genmodel.h). */
+static void add_router(struct gm_build *b, const struct genmodel_opts *o, int l) {
+    char n[48];
+    int64_t ne = o->ffn_dim / o->lte_expert_size;
+    snprintf(n, sizeof n, "blk.%d.ffn_router.weight", l);
+    add_matrix(b, n, BE_F32, o->dim, ne, 1.0f);
+    if (o->lte_no_bias)
+        return;
+    double tau = o->lte_threshold > 0.0f ? o->lte_threshold : 0.5;
+    snprintf(n, sizeof n, "blk.%d.ffn_router.bias", l);
+    add_bias(b, n, ne);
+    struct gm_tensor *t = &b->t[b->n_t - 1];
+    t->center = (float)(gm_logit(tau) - gm_logit(o->lte_sparsity) / 1.702);
+    t->scale = 0.25f / 8388608.0f;
+}
+
 /* llama layout, plus q/k/v biases (qwen2) or q/k and post-sub-layer norms
  * (gemma3) after each layer's llama tensors; subllm (n_sub >= 0): reserved
  * embedding channels and zero output rows for them (genmodel.h). */
@@ -492,6 +533,8 @@ static void add_llama_tensors(struct gm_build *b, const struct genmodel_opts *o,
             add_norm(b, GM_NAME("post_attention_norm"), d);
             add_norm(b, GM_NAME("post_ffw_norm"), d);
         }
+        if (o->lte_expert_size > 0 && (l >= 64 || !(o->lte_dense_layers >> l & 1)))
+            add_router(b, o, l);
 #undef GM_NAME
     }
 }
@@ -591,7 +634,7 @@ static int write_model(const struct genmodel_opts *o, const char *path, int64_t 
     int n_sub = gm_arch(o) == GM_SUBLLM ? gm_structure(o, st, sizeof st, &why) : -1; /* checked */
     struct gm_build b = {0};
     b.w = gguf_writer_new();
-    b.t = calloc((size_t)o->n_layers * 13 + 3 + 2 * (size_t)(n_sub > 0 ? n_sub : 0), sizeof *b.t);
+    b.t = calloc((size_t)o->n_layers * 15 + 3 + 2 * (size_t)(n_sub > 0 ? n_sub : 0), sizeof *b.t);
     b.seed = o->seed;
     if (!b.w || !b.t) {
         snprintf(err, err_len, "gen-model: out of memory");
@@ -603,6 +646,10 @@ static int write_model(const struct genmodel_opts *o, const char *path, int64_t 
         add_llama_keys(b.w, o, o->arch);
         if (n_sub >= 0)
             gguf_w_str(b.w, "subllm.structure", st);
+        if (o->lte_expert_size > 0)
+            gguf_w_u32(b.w, "lte.expert_size", (uint32_t)o->lte_expert_size);
+        if (o->lte_expert_size > 0 && o->lte_threshold > 0.0f)
+            gguf_w_f32(b.w, "lte.threshold", o->lte_threshold);
         add_tokenizer_keys(b.w, &v, spm);
         add_llama_tensors(&b, o, n_sub);
         if (n_sub > 0)
@@ -654,6 +701,11 @@ static void usage(FILE *fp) {
             "  --head-dim N          head dim independent of dim/heads (default dim/heads)\n"
             "  --swa-window N --swa-pattern N --rope-theta-swa X   gemma3 sliding window\n"
             "  --logit-softcap X     gemma3 final logit soft-capping\n"
+            "  --lte-expert-size S   LTE routers (experts of S FFN neurons) on every layer\n"
+            "  --lte-sparsity F      LTE: target fraction of experts off (default 0.5)\n"
+            "  --lte-threshold T     LTE: lte.threshold key (default absent = 0.5)\n"
+            "  --lte-dense-layers L  LTE: comma-separated layers left without a router\n"
+            "  --lte-no-bias         LTE: routers without a bias\n"
             "  --help                this text\n");
 }
 
@@ -680,6 +732,7 @@ static int apply_flag(struct genmodel_opts *o, const char *flag, const char *val
         {"--head-dim", offsetof(struct genmodel_opts, head_dim)},
         {"--swa-window", offsetof(struct genmodel_opts, swa_window)},
         {"--swa-pattern", offsetof(struct genmodel_opts, swa_pattern)},
+        {"--lte-expert-size", offsetof(struct genmodel_opts, lte_expert_size)},
     };
     long long v;
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
@@ -734,6 +787,21 @@ static int apply_flag(struct genmodel_opts *o, const char *flag, const char *val
         if (end == val || *end || !(x >= 0.0f) || x > 1e6f)
             return -1;
         *(flag[6] == 0 ? &o->keep : &o->keep_noise) = x;
+    } else if (strcmp(flag, "--lte-sparsity") == 0 || strcmp(flag, "--lte-threshold") == 0) {
+        char *end;
+        float x = strtof(val, &end);
+        if (end == val || *end || !(x > 0.0f && x < 1.0f))
+            return -1;
+        *(flag[6] == 's' ? &o->lte_sparsity : &o->lte_threshold) = x;
+    } else if (strcmp(flag, "--lte-dense-layers") == 0) {
+        for (const char *p = val; *p;) {
+            char *end;
+            long l = strtol(p, &end, 10);
+            if (end == p || l < 0 || l > 63 || (*end && *end != ','))
+                return -1;
+            o->lte_dense_layers |= 1ull << l;
+            p = *end ? end + 1 : end;
+        }
     } else if (strcmp(flag, "--size") == 0) {
         return 0; /* applied before the other flags */
     } else {
@@ -762,8 +830,8 @@ int tool_genmodel_main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         char flag[64];
         const char *val, *eq = strchr(argv[i], '=');
-        if (strcmp(argv[i], "--tied") == 0) {
-            o.tied = 1;
+        if (strcmp(argv[i], "--tied") == 0 || strcmp(argv[i], "--lte-no-bias") == 0) {
+            *(argv[i][2] == 't' ? &o.tied : &o.lte_no_bias) = 1;
             continue;
         }
         if (strncmp(argv[i], "--", 2) == 0 && eq && (size_t)(eq - argv[i]) < sizeof flag) {
@@ -813,6 +881,8 @@ int tool_genmodel_main(int argc, char **argv) {
         gm_structure(&o, st, sizeof st, &why);
         printf(", structure %s, keep %g, keep noise %g", st, (double)o.keep, (double)o.keep_noise);
     }
+    if (o.lte_expert_size > 0)
+        printf(", LTE experts of %d (target sparsity %g)", o.lte_expert_size, (double)o.lte_sparsity);
     printf("\n");
     return 0;
 }

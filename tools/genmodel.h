@@ -65,6 +65,17 @@
  *   moves by 0.05 more so that s <= -0.05 (nothing kept) or s >= 0.05 (all).
  *   Bypass weights are uniform in [0.5, 1.0).
  *
+ * LTE (DESIGN.md section 4), any architecture, when lte_expert_size S > 0:
+ *   lte.expert_size = S (u32), lte.threshold = tau (f32, only when set), and
+ *   after each layer's tensors (unless its bit is set in lte_dense_layers)
+ *   blk.N.ffn_router.weight [dim, ffn/S] (F32, std 1/sqrt(dim), so router
+ *   logits have std ~1 on the unit-RMS normalised FFN input) and, unless
+ *   lte_no_bias, blk.N.ffn_router.bias [ffn/S] (F32) = logit(tau) - q + u,
+ *   q = logit(sparsity)/1.702 (the logistic approximation of the normal
+ *   quantile) and u uniform in [-0.25, 0.25): about `sparsity` of the experts
+ *   are off per token (only approximately: the logits are not exactly
+ *   normal). Expert e is neurons [e*S, (e+1)*S) of the random FFN.
+ *
  * Weights: uniform noise from splitmix64 seeded by (seed, tensor name), so a
  * tensor does not depend on the others. Standard deviations: token_embd and
  * output 2/sqrt(dim) (logits have std ~2: peaked but not greedy), attn_q/k/v,
@@ -137,6 +148,12 @@ struct genmodel_opts {
     const char *structure; /* NULL: the default string for n_layers */
     float keep;            /* fraction of tokens each subsampler keeps, in [0, 1] */
     float keep_noise;      /* std of the context-dependent part of the score (>= 0) */
+    /* LTE routers (any arch; see "LTE" above). lte_expert_size 0 = none. */
+    int lte_expert_size;   /* S: writes lte.expert_size; ffn_dim must be a multiple */
+    float lte_sparsity;    /* target fraction of experts off, in (0, 1) (default 0.5) */
+    float lte_threshold;   /* tau written as lte.threshold; 0 = key absent (0.5) */
+    uint64_t lte_dense_layers; /* bit l set: layer l gets no router (l < 64) */
+    int lte_no_bias;       /* 1: routers without ffn_router.bias */
 };
 
 /* Tiny default: llama, spm, dim 64, 2 layers, 4 heads, 2 kv heads, ffn 192,
@@ -151,6 +168,10 @@ int64_t genmodel_n_params(const struct genmodel_opts *o);
 /* Writes the model to path (via a temporary file renamed into place).
  * Returns 0 or a negative SS_E* code with a message in err. */
 int genmodel_write(const struct genmodel_opts *o, const char *path, char *err, size_t err_len);
+
+/* One Q8_0 block (34 bytes) of 32 floats: d = max|x|/127 stored as fp16, q =
+ * round(x/d) half away from zero (also used by lte-calibrate). Reentrant. */
+void genmodel_q8_0_block(const float *x, uint8_t *out);
 
 /* CLI: argv[0] = "gen-model". Returns a process exit status (0 ok, 1 error,
  * 2 usage). Prints a one-line summary on success, errors on stderr. */

@@ -454,6 +454,9 @@ static void usage(FILE *f) {
             "  --kv-type TYPE     f16 (default) or f32\n"
             "  --layer-parallel S:E  run layers [S, E) as pairs (layer parallelism), or off;\n"
             "                     default: the model file's lp.range key, else off\n"
+            "  --lte on|off       off runs an LTE model densely, every expert on (default on)\n"
+            "  --lte-threshold T  LTE threshold in (0, 1) instead of the file's (e.g. 1e-7:\n"
+            "                     every expert on through the sparse path)\n"
             "  --json             print one JSON object instead of the text line\n"
             "  --quiet            no running estimates on stderr\n");
 }
@@ -491,6 +494,14 @@ static int apply_flag(struct ppl_opts *o, const char *flag, const char *val) {
         if (!strcmp(val, "f16")) o->eng.kv_type = ENG_KV_F16;
         else if (!strcmp(val, "f32")) o->eng.kv_type = ENG_KV_F32;
         else return -1;
+    } else if (!strcmp(flag, "lte")) {
+        if (strcmp(val, "on") && strcmp(val, "off")) return -1;
+        o->eng.lte_off = !strcmp(val, "off");
+    } else if (!strcmp(flag, "lte-threshold")) {
+        char *end;
+        double t = strtod(val, &end);
+        if (*end || !(t > 0.0 && t < 1.0)) return -1;
+        o->eng.lte_threshold = (float)t;
     } else if (!strcmp(flag, "layer-parallel")) {
         char e[200];
         if (eng_lp_parse_flag(val, &o->eng, e, sizeof e) < 0) {

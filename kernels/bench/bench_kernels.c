@@ -12,6 +12,8 @@
  *            cpu: time with process CPU time instead of wall time)
  *        bench_kernels gemma [threads]   (Gemma-3-270M matmul shapes)
  *        bench_kernels attn [threads [reps [f32|f16]]]
+ *        bench_kernels lte [threads [reps [cpu|wall [max_n]]]]   (LTE FFN: dense vs grouped vs
+ *            dense fallback; dim 1024, ffn 4096, experts of 32; the crossover)
  *        bench_kernels micro TYPE N ITERS [isa [K R [threads]]]
  *            by default one thread and an L2-resident 2048x128 weight of ggml
  *            type number TYPE, N tokens, ITERS calls: run under
@@ -384,7 +386,98 @@ static void bench_gemma(struct be *be) {
     free(y);
 }
 
+/* LTE FFN of the FFN-heavy shape (dim 1024, ffn 4096, S 32: 128 experts),
+ * 4 layers' weights in rotation (> L3), per type and batch n: the plain dense
+ * FFN (3 matmuls + glu) and lte_ffn's grouped and dense-fallback paths at
+ * per-row active fractions f (each row's experts drawn independently, so the
+ * step's union grows with n). Runs alternate, medians of reps. Prints the
+ * smallest f at which the fallback beats grouped: the crossover. */
+static int cmp_dbl(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void bench_lte(struct be *be, int reps, int max_n) {
+    enum { DIM = 1024, FFN = 4096, S = 32, E = FFN / S, NL = 4, NMAX = 256 };
+    static const int types[] = {BE_Q8_0, BE_Q4_0, BE_F16};
+    static const int ns[] = {1, 4, 16, 64, 256};
+    static const double fs[] = {0.1, 0.3, 0.5, 0.7, 0.9, 1.0};
+    float *x = malloc(sizeof(float) * NMAX * DIM), *y = malloc(sizeof(float) * NMAX * DIM);
+    float *sa = malloc(sizeof(float) * NMAX * FFN), *sb = malloc(sizeof(float) * NMAX * FFN);
+    uint8_t *mask = malloc((size_t)NMAX * E);
+    for (int i = 0; i < NMAX * DIM; i++) x[i] = frnd() * 0.1f;
+    printf("LTE FFN dim %d ffn %d experts %d x %d, %d layers rotating; ms per layer call (median of %d, %s)\n", DIM,
+           FFN, E, S, NL, reps, clk == now ? "wall clock" : "process CPU time");
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        int type = types[ti];
+        size_t rb = be_row_bytes(type, DIM), rbd = be_row_bytes(type, FFN), rbs = be_row_bytes(type, S);
+        struct be_tensor g[NL], u[NL], d[NL], dx[NL];
+        for (int l = 0; l < NL; l++) {
+            uint8_t *pg = malloc(rb * FFN), *pu = malloc(rb * FFN), *pd = malloc(rbd * DIM), *px = malloc(rbs * E * DIM);
+            fill_weights(type, pg, FFN, DIM), fill_weights(type, pu, FFN, DIM);
+            fill_weights(type, pd, DIM, FFN), fill_weights(type, px, (int64_t)E * DIM, S);
+            g[l] = (struct be_tensor){.type = type, .ne = {DIM, FFN, 1, 1}, .nb1 = rb, .data = pg};
+            u[l] = g[l], u[l].data = pu;
+            d[l] = (struct be_tensor){.type = type, .ne = {FFN, DIM, 1, 1}, .nb1 = rbd, .data = pd};
+            dx[l] = (struct be_tensor){.type = type, .ne = {S, (int64_t)E * DIM, 1, 1}, .nb1 = rbs, .data = px};
+        }
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0] && ns[ni] <= max_n; ni++) {
+            int n = ns[ni];
+            double cross = -1;
+            for (size_t fi = 0; fi < sizeof fs / sizeof fs[0]; fi++) {
+                int uni = 0;
+                for (int i = 0; i < n * E; i++) mask[i] = (rnd() % 1000) < fs[fi] * 1000;
+                for (int e = 0; e < E; e++) {
+                    int on = 0;
+                    for (int t = 0; t < n; t++) on |= mask[t * E + e];
+                    uni += on;
+                }
+                double t3[3][64];
+                int nr = reps > 64 ? 64 : reps;
+                for (int r = 0; r < nr; r++)
+                    for (int v = 0; v < 3; v++) { /* alternating: dense, grouped, fallback */
+                        int l = (r * 3 + v) % NL;
+                        double t0 = clk();
+                        if (v == 0) {
+                            be_matmul(be, sa, x, &g[l], n), be_matmul(be, sb, x, &u[l], n);
+                            be_glu(be, sa, sa, sb, (int64_t)n * FFN, 0), be_matmul(be, y, sa, &d[l], n);
+                        } else {
+                            struct be_lte_ffn p = {.gate = &g[l], .up = &u[l], .down = &dx[l], .n_experts = E,
+                                                   .expert_size = S, .act = 0, .dense = v == 2};
+                            be_lte_ffn(be, y, x, mask, n, &p, sa, sb);
+                        }
+                        t3[v][r] = clk() - t0;
+                    }
+                double md[3];
+                for (int v = 0; v < 3; v++) {
+                    qsort(t3[v], (size_t)nr, sizeof(double), cmp_dbl);
+                    md[v] = t3[v][nr / 2] * 1e3;
+                }
+                if (cross < 0 && md[2] < md[1]) cross = fs[fi];
+                printf("  %-5s n %3d f %.1f union %.2f: dense %7.3f  grouped %7.3f (%.2fx)  fallback %7.3f (%.2fx)\n",
+                       be_type_get(type)->name, n, fs[fi], (double)uni / E, md[0], md[1], md[0] / md[1], md[2],
+                       md[0] / md[2]);
+            }
+            printf("  %-5s n %3d: crossover (fallback faster than grouped) at f = %s%.1f\n", be_type_get(type)->name,
+                   n, cross < 0 ? ">" : "", cross < 0 ? 1.0 : cross);
+        }
+        for (int l = 0; l < NL; l++)
+            free((void *)g[l].data), free((void *)u[l].data), free((void *)d[l].data), free((void *)dx[l].data);
+    }
+    free(x), free(y), free(sa), free(sb), free(mask);
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "lte") == 0) {
+        struct be be;
+        if (be_open(&be, "cpu", argc > 2 ? atoi(argv[2]) : 0) != 0)
+            return 1;
+        if (argc > 4 && strcmp(argv[4], "cpu") == 0)
+            clk = proc_cpu_now;
+        bench_lte(&be, argc > 3 ? atoi(argv[3]) : 5, argc > 5 ? atoi(argv[5]) : 256);
+        be_close(&be);
+        return 0;
+    }
     if (argc > 1 && strcmp(argv[1], "gemma") == 0) {
         struct be be;
         if (be_open(&be, "cpu", argc > 2 ? atoi(argv[2]) : 0) != 0)

@@ -65,6 +65,7 @@ static void cpu_free(void *ctx) {
         return;
     kcpu_fork_free(c);
     free_bufs(c);
+    free(c->lte_idx);
     free(c);
 }
 
@@ -253,6 +254,7 @@ const struct be_ops kcpu_ops = {
     .glu = cpu_glu,
     .add = cpu_add,
     .scale = cpu_scale,
+    .lte_ffn = kcpu_lte_ffn,
     .fork2 = kcpu_fork2,
 };
 

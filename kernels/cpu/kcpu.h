@@ -149,9 +149,16 @@ struct kcpu_ctx {
     /* per-thread scratch for dequantised weight tiles, grown on demand */
     float **tbuf;
     size_t *tbuf_len; /* floats */
+    /* LTE expert lists (lte.c), grown on demand */
+    int32_t *lte_idx;
+    size_t lte_idx_len; /* entries */
     int fork_mode;    /* KCPU_FORK_*: when fork2 splits (fork.c) */
     struct kcpu_ctx *half[2]; /* fork2's one-thread halves, made on the first split */
 };
+
+/* Per-thread scratch of at least n floats (64-byte aligned) for thread tid of
+ * a parallel region, or NULL (matmul.c). */
+float *kcpu_thread_buf(struct kcpu_ctx *ctx, int tid, size_t n);
 
 /* fork.c: be_ops.fork2 of the CPU backend. */
 enum { KCPU_FORK_AUTO = 0, KCPU_FORK_SEQ, KCPU_FORK_SPLIT };
@@ -169,6 +176,8 @@ const char *kcpu_ctx_isa_name(const struct be *be);
 void kcpu_matmul(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
 void kcpu_get_rows(void *ctx, float *out, const struct be_tensor *w, const int32_t *ids,
                    int n);
+void kcpu_lte_ffn(void *ctx, float *y, const float *x, const uint8_t *mask, int n,
+                  const struct be_lte_ffn *p, float *scr_a, float *scr_b);
 void kcpu_attention(void *ctx, float *out, const float *q, const struct be_kv_layer *kv,
                     const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p);
 

@@ -199,7 +199,7 @@ const struct kcpu_isa *kcpu_isa_best(void) {
 
 /* Per-thread tile buffer of at least n floats (64-byte aligned), or NULL.
  * Called inside the parallel region by thread tid only. */
-static float *thread_buf(struct kcpu_ctx *ctx, int tid, size_t n) {
+float *kcpu_thread_buf(struct kcpu_ctx *ctx, int tid, size_t n) {
     if (tid >= ctx->n_threads || !ctx->tbuf)
         return NULL;
     if (ctx->tbuf_len[tid] >= n)
@@ -239,7 +239,7 @@ static void prefill_rows(struct kcpu_ctx *ctx, const struct kcpu_mm *mm, int tid
     int64_t rblk = tile_rows(ldd);
     size_t tile = direct ? 0 : (size_t)(rblk * ldd);
     size_t scr_n = mm->K > KCPU_KBLOCK_MIN ? KCPU_SCR_FLOATS(rblk) : 0;
-    float *buf = tile + scr_n ? thread_buf(ctx, tid, tile + scr_n) : NULL;
+    float *buf = tile + scr_n ? kcpu_thread_buf(ctx, tid, tile + scr_n) : NULL;
     if (!direct && !buf) { /* no scratch: the fused path gives the same values */
         isa->gemv(mm, r0, r1);
         return;

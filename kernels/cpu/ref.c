@@ -189,3 +189,52 @@ void kref_matmul(float *y, const float *x, const struct be_tensor *w, int n) {
     }
     free(row);
 }
+
+void kref_lte_ffn(float *y, const float *x, const uint8_t *mask, int n, const struct be_lte_ffn *p) {
+    const int E = p->n_experts, S = p->expert_size;
+    const int64_t dim = p->gate->ne[0];
+    float *row = malloc(sizeof(float) * (size_t)(dim > S ? dim : S));
+    double *h = malloc(sizeof(double) * (size_t)S);
+    if (!row || !h) {
+        free(row);
+        free(h);
+        return;
+    }
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + (size_t)t * dim;
+        double *acc = calloc((size_t)dim, sizeof *acc);
+        for (int e = 0; e < E && acc; e++) {
+            if (!mask[(size_t)t * E + e])
+                continue;
+            for (int j = 0; j < S; j++) {
+                double gu[2];
+                for (int part = 0; part < 2; part++) {
+                    const struct be_tensor *w = part ? p->up : p->gate;
+                    const unsigned char *base = w->be_data ? w->be_data : w->data;
+                    kref_dequant_row(w->type, base + (size_t)(e * S + j) * w->nb1, row, dim);
+                    double s = 0.0;
+                    for (int64_t k = 0; k < dim; k++)
+                        s += (double)row[k] * (double)xt[k];
+                    gu[part] = s;
+                }
+                double g = gu[0], a;
+                if (p->act == 0)
+                    a = g / (1.0 + exp(-g));
+                else
+                    a = 0.5 * g * (1.0 + tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+                h[j] = a * gu[1];
+            }
+            const unsigned char *dbase = p->down->be_data ? p->down->be_data : p->down->data;
+            for (int64_t d = 0; d < dim; d++) {
+                kref_dequant_row(p->down->type, dbase + (size_t)((int64_t)e * dim + d) * p->down->nb1, row, S);
+                for (int j = 0; j < S; j++)
+                    acc[d] += (double)row[j] * h[j];
+            }
+        }
+        for (int64_t d = 0; d < dim; d++)
+            y[(size_t)t * dim + d] = acc ? (float)acc[d] : 0.0f;
+        free(acc);
+    }
+    free(row);
+    free(h);
+}

@@ -154,6 +154,16 @@ class GemmaRef:
             self._cache[name] = tensor_f64(self.tensors[name])
         return self._cache[name]
 
+    def act(self, g):
+        return f16(gelu_tanh(f16(g))) if self.gelu_f16 else gelu_tanh(g)
+
+    def ffn(self, l, h):
+        """The FFN of layer l on normalised rows h [T][dim] (lte_ref.py
+        overrides it with the sparse one)."""
+        p = "blk.%d." % l
+        return self.mm(self.act(self.mm(h, p + "ffn_gate.weight")) * self.mm(h, p + "ffn_up.weight"),
+                       p + "ffn_down.weight")
+
     # -- one forward over new tokens at positions pos, with per-layer K/V caches
     def _forward(self, tokens, pos, kv):
         T = len(tokens)
@@ -192,11 +202,7 @@ class GemmaRef:
             o = self.mm(a.reshape(T, H * D), p + "attn_output.weight")
             x = x + rmsnorm(o, self.W(p + "post_attention_norm.weight"), eps)
             h = rmsnorm(x, self.W(p + "ffn_norm.weight"), eps)
-            g = self.mm(h, p + "ffn_gate.weight")
-            u = self.mm(h, p + "ffn_up.weight")
-            act = f16(gelu_tanh(f16(g))) if self.gelu_f16 else gelu_tanh(g)
-            f = self.mm(act * u, p + "ffn_down.weight")
-            x = x + rmsnorm(f, self.W(p + "post_ffw_norm.weight"), eps)
+            x = x + rmsnorm(self.ffn(l, h), self.W(p + "post_ffw_norm.weight"), eps)
         return x
 
     def _logits(self, x):

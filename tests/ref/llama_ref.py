@@ -114,7 +114,19 @@ def attention(q, k, v, n_heads, n_kv, hd):
     return out.reshape(T, n_heads * hd)
 
 
-def forward(path, tokens):
+def silu(g):
+    return g / (1.0 + np.exp(-g))
+
+
+def dense_ffn(il, h, W):
+    """The plain SwiGLU FFN of layer il on normalised rows h [T][dim]."""
+    p = "blk.%d." % il
+    return (silu(h @ W(p + "ffn_gate.weight").T) * (h @ W(p + "ffn_up.weight").T)) @ W(p + "ffn_down.weight").T
+
+
+def forward(path, tokens, ffn=dense_ffn):
+    """ffn(il, h, W) computes layer il's FFN of the normalised rows h (W
+    dequantises a tensor by name); lte_ref.py passes its sparse one."""
     r = GGUFReader(path)
     arch = field(r, "general.architecture")
     if arch not in ARCHS:
@@ -158,9 +170,7 @@ def forward(path, tokens):
         a = attention(q, k, v, n_heads, n_kv, hd)
         x = x + a @ W(p + "attn_output.weight").T
         h = rmsnorm(x, W(p + "ffn_norm.weight"), eps)
-        g = h @ W(p + "ffn_gate.weight").T
-        u = h @ W(p + "ffn_up.weight").T
-        x = x + (g / (1.0 + np.exp(-g)) * u) @ W(p + "ffn_down.weight").T
+        x = x + ffn(il, h, W)
     x = rmsnorm(x, W("output_norm.weight"), eps)
     return x @ out_w.T  # [T][n_vocab]
 

@@ -488,6 +488,63 @@ START_TEST(test_matmul_batch_invariance) {
 }
 END_TEST
 
+/* LTE sparse FFN (backend.h lte_ffn) against kref_lte_ffn, and its
+ * determinism: grouped == dense fallback, a row alone == in a batch, 1 == 2
+ * threads, bitwise. S = 32, 6 experts; dim 1280 exercises K-blocking; 70
+ * rows span two chunks. Down is Q8_0 where the gate type's blocks exceed S. */
+static void lte_case(struct be *b1, struct be *b2, int type, int64_t dim, int n, int act) {
+    const int E = 6, S = 32, dtype = be_type_get(type)->blck > S ? BE_Q8_0 : type;
+    size_t rb = be_row_bytes(type, dim), rbd = be_row_bytes(dtype, S);
+    uint8_t *g = malloc(rb * E * S), *u = malloc(rb * E * S), *d = malloc(rbd * E * dim), *mask = malloc(n * E);
+    float *x = malloc(sizeof(float) * n * dim), *y = malloc(sizeof(float) * n * dim);
+    float *y2 = malloc(sizeof(float) * n * dim), *ref = malloc(sizeof(float) * n * dim);
+    float *sa = malloc(sizeof(float) * n * E * S), *sb = malloc(sizeof(float) * n * E * S);
+    fill_weights(type, g, E * S, dim);
+    fill_weights(type, u, E * S, dim);
+    fill_weights(dtype, d, E * dim, S);
+    for (int64_t i = 0; i < n * dim; i++) x[i] = frnd() * 0.2f;
+    for (int i = 0; i < n * E; i++) mask[i] = i < E ? 0 : i < 2 * E ? 1 : rnd() % 2; /* row 0 none, row 1 all */
+    struct be_tensor tg = {.type = type, .ne = {dim, E * S, 1, 1}, .nb1 = rb, .data = g}, tu = tg;
+    tu.data = u;
+    struct be_tensor td = {.type = dtype, .ne = {S, E * dim, 1, 1}, .nb1 = rbd, .data = d};
+    struct be_lte_ffn p = {.gate = &tg, .up = &tu, .down = &td, .n_experts = E, .expert_size = S, .act = act};
+    kref_lte_ffn(ref, x, mask, n, &p);
+    double mx = 0;
+    for (int64_t i = 0; i < n * dim; i++) mx = fmax(mx, fabs(ref[i]));
+    for (int s = 0; s < N_ISAS; s++) {
+        if (kcpu_ctx_set_isa(b1, isas[s]) != 0) continue;
+        ck_assert_int_eq(kcpu_ctx_set_isa(b2, isas[s]), 0);
+        p.dense = 0;
+        be_lte_ffn(b2, y, x, mask, n, &p, sa, sb);
+        for (int64_t i = 0; i < n * dim; i++)
+            ck_assert_msg(fabs(y[i] - ref[i]) <= 2e-5 * (mx + 1e-3), "%s type %d dim %ld n %d [%ld]: %g vs %g",
+                          isas[s], type, (long)dim, n, (long)i, y[i], ref[i]);
+        for (int i = 0; i < dim; i++) ck_assert(y[i] == 0.0f && !signbit(y[i])); /* no expert: +0 */
+        p.dense = 1;
+        be_lte_ffn(b1, y2, x, mask, n, &p, sa, sb);
+        ck_assert_msg(memcmp(y, y2, sizeof(float) * n * dim) == 0, "%s type %d: dense != grouped", isas[s], type);
+        for (int t = 0; t < n; t += 1 + t / 3) {
+            p.dense = t % 2;
+            be_lte_ffn(t % 3 ? b1 : b2, y2, x + (size_t)t * dim, mask + (size_t)t * E, 1, &p, sa, sb);
+            ck_assert_msg(memcmp(y + (size_t)t * dim, y2, sizeof(float) * dim) == 0,
+                          "%s type %d: row %d alone != in a batch of %d", isas[s], type, t, n);
+        }
+    }
+    free(g), free(u), free(d), free(mask), free(x), free(y), free(y2), free(ref), free(sa), free(sb);
+}
+
+START_TEST(test_lte_ffn) {
+    static const int types[] = {BE_F32, BE_F16, BE_Q8_0, BE_Q4_0, BE_Q4_K};
+    struct be b1 = open_cpu(1), b2 = open_cpu(2);
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        lte_case(&b1, &b2, types[ti], 256, 5, 0);
+        lte_case(&b1, &b2, types[ti], 1280, 70, 1);
+    }
+    be_close(&b1);
+    be_close(&b2);
+}
+END_TEST
+
 START_TEST(test_matmul_bad_type) {
     struct be be = open_cpu(1);
     uint8_t w[64] = {0};
@@ -928,6 +985,7 @@ static Suite *kernels_suite(void) {
     tcase_add_test(tc, test_matmul_vs_ref);
     tcase_add_test(tc, test_matmul_batch_invariance);
     tcase_add_test(tc, test_matmul_bad_type);
+    tcase_add_test(tc, test_lte_ffn);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_glu_add_scale);

@@ -213,30 +213,7 @@ double tu_compare_logits(const float *got, const float *want, int n, int V, doub
     return maxd;
 }
 
-void tu_copy_kv(struct gguf_writer *w, const char *key, const struct gguf_kv *kv) {
-    if (kv->type == GGUF_T_ARRAY && kv->arr_type == GGUF_T_STRING) {
-        char **v = calloc(kv->arr_n ? kv->arr_n : 1, sizeof *v);
-        if (!v) return; /* the saved file then lacks the key and fails to load */
-        for (uint64_t j = 0; j < kv->arr_n; j++) {
-            struct gguf_str gs;
-            gguf_arr_str(kv, j, &gs);
-            v[j] = strndup(gs.s, gs.len);
-        }
-        gguf_w_arr_str(w, key, (const char *const *)v, kv->arr_n);
-        for (uint64_t j = 0; j < kv->arr_n; j++) free(v[j]);
-        free(v);
-    } else if (kv->type == GGUF_T_ARRAY) {
-        gguf_w_arr(w, key, kv->arr_type, kv->data, kv->arr_n);
-    } else if (kv->type == GGUF_T_STRING) {
-        uint64_t len;
-        memcpy(&len, kv->data, 8);
-        char *v = strndup((const char *)kv->data + 8, len);
-        gguf_w_str(w, key, v);
-        free(v);
-    } else {
-        gguf_w_val(w, key, kv->type, kv->data);
-    }
-}
+void tu_copy_kv(struct gguf_writer *w, const char *key, const struct gguf_kv *kv) { gguf_w_copy_kv(w, key, kv); }
 
 void tu_copy_tensors(struct gguf_writer *w, const struct gguf_file *f) {
     for (int64_t i = 0; i < gguf_n_tensors(f); i++) {
