@@ -104,6 +104,13 @@ struct be_rope_params {
     const float *freq_factors; /* per-pair divisors (llama3 rope scaling), NULL = none */
 };
 
+/* Activation precision of matmul (be_set_act_precision):
+ *   BE_ACT_F32   fp32 activations: the exact reference path (the default)
+ *   BE_ACT_INT8  activations quantised to int8 per row and block, integer dot
+ *                products (quantised weight types; others stay fp32)
+ *   BE_ACT_AUTO  int8 where the backend has fast int8 kernels, else fp32 */
+enum { BE_ACT_F32 = 0, BE_ACT_INT8 = 1, BE_ACT_AUTO = 2 };
+
 struct be_ops {
     const char *name;
     int (*init)(void **ctx, int n_threads);
@@ -151,6 +158,11 @@ struct be_ops {
     void (*add)(void *ctx, float *y, const float *x, int64_t n);
     /* y[i] *= s */
     void (*scale)(void *ctx, float *y, float s, int64_t n);
+    /* optional: choose the activation precision of matmul (BE_ACT_*); returns
+     * the precision in effect (BE_ACT_F32 or BE_ACT_INT8), or SS_EUNSUPPORTED
+     * (int8 asked, no int8 kernels here), SS_EINVAL, SS_ENOMEM. The
+     * determinism contract of matmul holds for each precision. */
+    int (*set_act_precision)(void *ctx, int prec);
 };
 
 /* A live backend: ops table plus its context. */
@@ -203,6 +215,12 @@ static inline void be_glu(struct be *b, float *o, const float *g, const float *u
 }
 static inline void be_add(struct be *b, float *y, const float *x, int64_t n) { b->ops->add(b->ctx, y, x, n); }
 static inline void be_scale(struct be *b, float *y, float s, int64_t n) { b->ops->scale(b->ctx, y, s, n); }
+/* a backend without the entry computes in fp32 (-7 = SS_EUNSUPPORTED if int8 is demanded) */
+static inline int be_set_act_precision(struct be *b, int prec) {
+    if (b->ops->set_act_precision)
+        return b->ops->set_act_precision(b->ctx, prec);
+    return prec == BE_ACT_INT8 ? -7 : BE_ACT_F32;
+}
 
 /* Scalar reference routines (kernels/cpu/ref.c): plain C, no SIMD, no threads.
  * Optimised kernels are tested against these. */

@@ -13,6 +13,7 @@
 
 #include "kernels/ss_error.h"
 #include "kernels/cpu/kcpu.h"
+#include "kernels/cpu/q8.h"
 
 /* ---------------------------------------------------------------- lifecycle */
 
@@ -62,6 +63,7 @@ static void cpu_free(void *ctx) {
     if (!c)
         return;
     free_bufs(c);
+    kq8_state_free(c->q8);
     free(c);
 }
 
@@ -244,6 +246,7 @@ const struct be_ops kcpu_ops = {
     .glu = cpu_glu,
     .add = cpu_add,
     .scale = cpu_scale,
+    .set_act_precision = kq8_set_precision,
 };
 
 /* ---------------------------------------------------------------- test hooks */

@@ -145,6 +145,7 @@ struct kcpu_ctx {
     /* per-thread scratch for dequantised weight tiles, grown on demand */
     float **tbuf;
     size_t *tbuf_len; /* floats */
+    struct kq8_state *q8; /* int8 activation path (q8.h); NULL = fp32 only */
 };
 
 /* Test/bench hooks: switch the ISA or thread count of an open CPU backend.
