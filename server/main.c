@@ -65,6 +65,7 @@ struct serve_opts {
     size_t kv_bytes;
     const char *chat_template;  /* --chat-template: family name, file or template text */
     const char *layer_parallel; /* --layer-parallel START:END or off (eng_lp_parse_flag) */
+    const char *act_precision;  /* --activation-precision f32|int8|auto (eng_act_parse) */
 };
 
 struct opt {
@@ -111,6 +112,9 @@ static const struct opt serve_flags[] = {
     {"layer-parallel", OPT_STR, 0, 0, OFF(layer_parallel),
      "START:END runs layers [START, END) as pairs (layer parallelism), or off "
      "(default: the model file's lp.range key, else off)"},
+    {"activation-precision", OPT_STR, 0, 0, OFF(act_precision),
+     "f32, int8 or auto: matmul activations in fp32 or quantised to int8 (integer dot "
+     "products on quantised weights); auto = int8 where the CPU has AVX512-VNNI (default auto)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -415,6 +419,11 @@ static int cmd_serve(int argc, char **argv) {
     o.eng.n_ctx = o.ctx;
     o.eng.kv_bytes = o.kv_bytes;
     o.eng.max_batch_tokens = o.srv.max_batched_tokens;
+    if (eng_act_parse(o.act_precision ? o.act_precision : "auto", &o.eng.act_precision) < 0) {
+        fprintf(stderr, "slimserve serve: --activation-precision: '%s': use f32, int8 or auto\n",
+                o.act_precision);
+        return 2;
+    }
     if (o.layer_parallel) {
         char lperr[200];
         if (eng_lp_parse_flag(o.layer_parallel, &o.eng, lperr, sizeof lperr) < 0) {

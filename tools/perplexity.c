@@ -444,6 +444,7 @@ static void usage(FILE *f) {
             "  --max-windows K    evaluate only the first K windows (default all)\n"
             "  --backend NAME     cpu (default) or cuda\n"
             "  --kv-type TYPE     f16 (default) or f32\n"
+            "  --activation-precision P  f32 (default), int8 or auto\n"
             "  --layer-parallel S:E  run layers [S, E) as pairs (layer parallelism), or off;\n"
             "                     default: the model file's lp.range key, else off\n"
             "  --json             print one JSON object instead of the text line\n"
@@ -483,6 +484,8 @@ static int apply_flag(struct ppl_opts *o, const char *flag, const char *val) {
         if (!strcmp(val, "f16")) o->eng.kv_type = ENG_KV_F16;
         else if (!strcmp(val, "f32")) o->eng.kv_type = ENG_KV_F32;
         else return -1;
+    } else if (!strcmp(flag, "activation-precision")) {
+        return eng_act_parse(val, &o->eng.act_precision);
     } else if (!strcmp(flag, "layer-parallel")) {
         char e[200];
         if (eng_lp_parse_flag(val, &o->eng, e, sizeof e) < 0) {
