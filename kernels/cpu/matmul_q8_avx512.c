@@ -3,18 +3,20 @@
  * -mavx512vl -mavx512vnni -mf16c -ffp-contract=off; only called after
  * kq8_available() checked the CPU).
  *
- * Weights are unpacked to unsigned bytes u = q + off (Q4_0: q-8 -> off 8,
- * Q5_0: 16, Q8_0: 128 (sign bit flipped), K-quants: the stored 4/5/6-bit value)
- * and multiplied with the int8 activations by vpdpbusd: each int32 lane sums 4
- * products exactly. The offset is removed exactly in integers (32-blocks: a
- * second vpdpbusd of off with x; K-quants: through the per-16 activation sums,
- * together with the Q4_K/Q5_K mins).
+ * vpdpbusd multiplies unsigned by signed bytes, each int32 lane summing 4
+ * products exactly:
+ *   32-blocks: activations stored as x+128 (unsigned) times the signed weight
+ *     q; the lane starts at -128 * (sum of its 4 weights), so it ends at the
+ *     exact sum of q*x. Two blocks per vector, lanes alternating (q8.h).
+ *   K-quants: the stored 4/5/6-bit weight (unsigned) times the signed x; the
+ *     Q6_K offset 32 and the Q4_K/Q5_K mins are removed exactly in integers
+ *     through the per-16 activation sums.
  *
  * fp32 combination, fixed for every (row, token) pair whatever n is:
  *   acc (16 lanes) = +0; for each 64-element chunk c of the row, in order:
  *       acc[l] = fma((float)isum[c][l], scale[c][l], acc[l])
- *     32-blocks: chunk = blocks (2c, 2c+1), lanes 0-7 / 8-15, scale = dw*dx
- *       (an odd last block: lanes 8-15 hold 0 * 0)
+ *     32-blocks: chunk = blocks (2c, 2c+1), even / odd lanes, scale = dw*dx
+ *       (an odd last block: its pair has weights 0 and scale 0)
  *     K-quants: chunk = 64 elements of a super-block, scale = (d*dx)*sc of the
  *       lane's sub-block (Q4_K/Q5_K: 32 elements, Q6_K: 16)
  *   mac = +0; per super-block, in order: mac = mac + (c*dx) * (float)B, with
@@ -25,6 +27,7 @@
  * arithmetic never involves another token.
  */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels/cpu/kcpu.h"
 #include "kernels/cpu/q8.h"
@@ -49,54 +52,54 @@ AI __m256i nib16(const uint8_t *p) {
 /* ---------------------------------------------------------------- 32-blocks */
 
 AI size_t bsz32(int type) { return type == BE_Q4_0 ? 18 : (type == BE_Q5_0 ? 22 : 34); }
-AI char off32(int type) { return type == BE_Q4_0 ? 8 : (type == BE_Q5_0 ? 16 : (char)0x80); }
 
-/* unsigned weights u = q + off of one block, element order */
+/* signed weights q of one block, element order */
 AI __m256i unpack32(int type, const uint8_t *p) {
     if (type == BE_Q4_0)
-        return nib16(p + 2);
+        return _mm256_sub_epi8(nib16(p + 2), _mm256_set1_epi8(8));
     if (type == BE_Q5_0)
-        return _mm256_mask_add_epi8(nib16(p + 6), (__mmask32)kcpu_rd32(p + 2), nib16(p + 6),
-                                    _mm256_set1_epi8(16));
-    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 2)), _mm256_set1_epi8((char)0x80));
+        return _mm256_sub_epi8(_mm256_mask_add_epi8(nib16(p + 6), (__mmask32)kcpu_rd32(p + 2), nib16(p + 6),
+                                                    _mm256_set1_epi8(16)),
+                               _mm256_set1_epi8(16));
+    return _mm256_loadu_si256((const __m256i *)(p + 2));
 }
 
-/* one chunk (two blocks, or a last single block with hi = 0) for nt tokens */
-AI void chunk32(__m512 *acc, int nt, __m512i u, __m512i offv, float s0, float s1, int64_t b,
-                __mmask64 m, const int8_t *const *xq, const float *const *dx) {
-    for (int j = 0; j < nt; j++) {
-        __m512i xv = _mm512_maskz_loadu_epi8(m, xq[j] + 32 * b);
-        __m512i z = _mm512_setzero_si512();
-        __m512i i = _mm512_sub_epi32(_mm512_dpbusd_epi32(z, u, xv), _mm512_dpbusd_epi32(z, offv, xv));
-        float e1 = m == ~0ull ? s1 * dx[j][b + 1] : 0.0f;
-        __m512 sc = _mm512_insertf32x8(_mm512_set1_ps(s0 * dx[j][b]), _mm256_set1_ps(e1), 1);
-        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), sc, acc[j]);
-    }
+/* broadcast of the pair (a, b) to lanes (a, b, a, b, ...) */
+AI __m512 pair_ps(const float *p) {
+    double v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_castpd_ps(_mm512_set1_pd(v));
 }
 
 AI void dot32(int type, int nt, const uint8_t *w, const struct kq8_x *x, int t, float *y, int64_t ldy) {
     const size_t bs = bsz32(type);
     const int64_t nb = x->nb;
-    const __m512i offv = _mm512_set1_epi8(off32(type));
+    const __m512i ilv = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    const __m512i k128 = _mm512_set1_epi8((char)0x80);
     __m512 acc[TG];
-    const int8_t *xq[TG];
+    const uint8_t *xq[TG];
     const float *dx[TG];
     for (int j = 0; j < nt; j++) {
         acc[j] = _mm512_setzero_ps();
-        xq[j] = kq8_qs(x, t + j);
+        xq[j] = kq8_qu(x, t + j);
         dx[j] = kq8_d(x, t + j);
     }
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
+    for (int64_t b = 0; b < nb; b += 2) {
         const uint8_t *p = w + (size_t)b * bs;
         _mm_prefetch((const char *)p + PF, _MM_HINT_T0);
-        __m512i u = join(unpack32(type, p), unpack32(type, p + bs));
-        chunk32(acc, nt, u, offv, h2f(p), h2f(p + bs), b, ~0ull, xq, dx);
-    }
-    if (b < nb) {
-        const uint8_t *p = w + (size_t)b * bs;
-        __m512i u = join(unpack32(type, p), _mm256_setzero_si256());
-        chunk32(acc, nt, u, offv, h2f(p), 0.0f, b, 0xffffffffull, xq, dx);
+        int two = b + 1 < nb;
+        __m512i wq = _mm512_permutexvar_epi32(
+            ilv, join(unpack32(type, p), two ? unpack32(type, p + bs) : _mm256_setzero_si256()));
+        float dw[2] = {h2f(p), two ? h2f(p + bs) : 0.0f};
+        __m512 dwv = pair_ps(dw);
+        /* -128 * (sum of the lane's weights): removes the +128 of x exactly */
+        __m512i neg = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                       _mm512_dpbusd_epi32(_mm512_setzero_si512(), k128, wq));
+        for (int j = 0; j < nt; j++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(xq[j] + 32 * b));
+            __m512 sc = _mm512_mul_ps(dwv, pair_ps(dx[j] + b));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg, xv, wq)), sc, acc[j]);
+        }
     }
     for (int j = 0; j < nt; j++)
         y[(size_t)j * ldy] = _mm512_reduce_add_ps(acc[j]);

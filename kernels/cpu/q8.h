@@ -37,7 +37,13 @@ enum { KQ8_NONE = 0, KQ8_32 = 1, KQ8_256 = 2 };
 int kq8_kind(int type);
 
 /* One quantised activation matrix: n rows, each at buf + t*stride:
- *   float d[nb] | int16 bsum[16*nb] (KQ8_256 only) | (64-byte aligned) int8 qs[K] */
+ *   KQ8_256: float d[nb] | int16 bsum[16*nb] | (64-byte aligned) int8 qs[K]
+ *   KQ8_32:  float d[nb2] | (64-byte aligned) uint8 qs[32*nb2], nb2 = nb rounded
+ *            up to even (a missing last block: d = 0, quants 0). Quants are
+ *            stored as q + 128, blocks interleaved in pairs by 4-byte groups:
+ *            byte 64p + 8i + 4h + j = q of block 2p+h, element 4i+j (i < 8,
+ *            j < 4), so the int32 lanes of a vpdpbusd alternate between the
+ *            pair's two blocks. */
 struct kq8_x {
     int kind;
     int64_t K, nb; /* elements per row, blocks per row */
@@ -52,6 +58,9 @@ static inline const int16_t *kq8_bs(const struct kq8_x *x, int t) {
 }
 static inline const int8_t *kq8_qs(const struct kq8_x *x, int t) {
     return (const int8_t *)(x->buf + (size_t)t * x->stride + x->qs_off);
+}
+static inline const uint8_t *kq8_qu(const struct kq8_x *x, int t) {
+    return x->buf + (size_t)t * x->stride + x->qs_off;
 }
 /* Sets the geometry of x for n rows of K elements; returns the bytes buf
  * needs, or 0 if K is not a whole number of blocks. */

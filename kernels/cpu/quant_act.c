@@ -31,10 +31,11 @@ size_t kq8_x_layout(struct kq8_x *x, int kind, int64_t K, int n) {
     x->kind = kind;
     x->K = K;
     x->nb = K / B;
-    x->bs_off = (size_t)x->nb * sizeof(float);
+    int64_t nbd = kind == KQ8_32 ? (x->nb + 1) / 2 * 2 : x->nb; /* d[] entries */
+    x->bs_off = (size_t)nbd * sizeof(float);
     size_t head = x->bs_off + (kind == KQ8_256 ? (size_t)x->nb * 16 * sizeof(int16_t) : 0);
     x->qs_off = (head + 63) / 64 * 64;
-    x->stride = (x->qs_off + (size_t)K + 63) / 64 * 64;
+    x->stride = (x->qs_off + (size_t)nbd * (size_t)B + 63) / 64 * 64;
     return x->stride * (size_t)n;
 }
 
@@ -63,6 +64,20 @@ static void quant_block(const float *x, int B, float *d_out, int8_t *q) {
     *d_out = d;
 }
 
+/* KQ8_32 row: blocks quantised, stored +128 and pair-interleaved (q8.h) */
+static void quant_row32(const float *s, int64_t nb, float *d, uint8_t *qu) {
+    for (int64_t b = 0; b < (nb + 1) / 2 * 2; b++) {
+        int8_t q[32] = {0};
+        d[b] = 0.0f;
+        if (b < nb)
+            quant_block(s + b * 32, 32, d + b, q);
+        uint8_t *dst = qu + 64 * (b / 2) + 4 * (b % 2);
+        for (int i = 0; i < 8; i++)
+            for (int j = 0; j < 4; j++)
+                dst[8 * i + j] = (uint8_t)(q[4 * i + j] + 128);
+    }
+}
+
 void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1) {
     int B = x->kind == KQ8_32 ? 32 : 256;
     for (int t = t0; t < t1; t++) {
@@ -71,10 +86,12 @@ void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1) {
         int16_t *bs = (int16_t *)(row + x->bs_off);
         int8_t *qs = (int8_t *)(row + x->qs_off);
         const float *s = src + (size_t)t * (size_t)x->K;
+        if (x->kind == KQ8_32) {
+            quant_row32(s, x->nb, d, row + x->qs_off);
+            continue;
+        }
         for (int64_t b = 0; b < x->nb; b++) {
             quant_block(s + b * B, B, d + b, qs + b * B);
-            if (x->kind != KQ8_256)
-                continue;
             for (int g = 0; g < 16; g++) {
                 int sum = 0;
                 for (int i = 0; i < 16; i++)
