@@ -114,7 +114,15 @@ struct eng_options {
     float lte_threshold;
     int lte_path;            /* ENG_LTE_AUTO (0): per step by the measured crossover; or
                               * force ENG_LTE_GROUPED / ENG_LTE_DENSE (tests, benchmarks) */
+    /* Activation precision of the weight matmuls: ENG_ACT_F32 (0, default) the
+     * fp32 reference path; ENG_ACT_INT8 activations quantised to int8 per row
+     * (load fails if the backend has no int8 kernels); ENG_ACT_AUTO int8 where
+     * the backend has fast int8 kernels, else fp32. */
+    int act_precision;
 };
+enum { ENG_ACT_F32 = 0, ENG_ACT_INT8 = 1, ENG_ACT_AUTO = 2 };
+/* "f32" | "int8" | "auto" -> ENG_ACT_*; returns 0, or -1 for anything else. */
+int eng_act_parse(const char *s, int *out);
 enum { ENG_LTE_AUTO = 0, ENG_LTE_GROUPED = 1, ENG_LTE_DENSE = 2 };
 enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };
 

@@ -536,6 +536,14 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
         goto fail;
     }
     m->be_open = 1;
+    static const int be_act[] = {[ENG_ACT_F32] = BE_ACT_F32, [ENG_ACT_INT8] = BE_ACT_INT8,
+                                 [ENG_ACT_AUTO] = BE_ACT_AUTO};
+    if (o->act_precision < 0 || o->act_precision > ENG_ACT_AUTO ||
+        (rc = be_set_act_precision(&m->be, be_act[o->act_precision])) < 0) {
+        rc = fail(err, err_len, rc < 0 ? rc : SS_EINVAL, "activation precision %d on backend '%s': %s",
+                  o->act_precision, bname, rc < 0 ? ss_strerror(rc) : "unknown value");
+        goto fail;
+    }
     if ((rc = bind_tensors(m, err, err_len)) < 0) goto fail;
     if ((rc = eng_subllm_bind(m, err, err_len)) < 0) goto fail;
     if ((rc = eng_lte_load(m, o, err, err_len)) < 0) goto fail;
@@ -590,6 +598,17 @@ void eng_model_free(struct eng_model *m) {
 const struct eng_config *eng_model_config(const struct eng_model *m) { return &m->cfg; }
 const struct tok *eng_model_tok(const struct eng_model *m) { return m->tok; }
 int eng_model_n_ctx(const struct eng_model *m) { return m->n_ctx; }
+
+int eng_act_parse(const char *s, int *out) {
+    static const char *const names[] = {[ENG_ACT_F32] = "f32", [ENG_ACT_INT8] = "int8",
+                                        [ENG_ACT_AUTO] = "auto"};
+    for (int i = 0; i < 3; i++)
+        if (s && !strcmp(s, names[i])) {
+            *out = i;
+            return 0;
+        }
+    return -1;
+}
 int32_t eng_model_n_pages(const struct eng_model *m) { return m->n_pages; }
 int32_t eng_model_n_units(const struct eng_model *m) { return m->n_units; }
 int eng_model_n_levels(const struct eng_model *m) { return m->n_levels; }

@@ -122,6 +122,12 @@ struct be;
 /* A task for be_fork2: makes its backend calls on `be`, the handle it is
  * given (a share of the forking backend, valid during the call only). */
 typedef void (*be_task_fn)(struct be *be, void *arg);
+/* Activation precision of matmul (be_set_act_precision):
+ *   BE_ACT_F32   fp32 activations: the exact reference path (the default)
+ *   BE_ACT_INT8  activations quantised to int8 per row and block, integer dot
+ *                products (quantised weight types; others stay fp32)
+ *   BE_ACT_AUTO  int8 where the backend has fast int8 kernels, else fp32 */
+enum { BE_ACT_F32 = 0, BE_ACT_INT8 = 1, BE_ACT_AUTO = 2 };
 
 struct be_ops {
     const char *name;
@@ -201,6 +207,11 @@ struct be_ops {
      * contract the results are bitwise those of running them one after the
      * other. NULL: the wrapper runs fn(be, a0) then fn(be, a1). */
     void (*fork2)(void *ctx, be_task_fn fn, void *a0, void *a1);
+    /* optional: choose the activation precision of matmul (BE_ACT_*); returns
+     * the precision in effect (BE_ACT_F32 or BE_ACT_INT8), or SS_EUNSUPPORTED
+     * (int8 asked, no int8 kernels here), SS_EINVAL, SS_ENOMEM. The
+     * determinism contract of matmul holds for each precision. */
+    int (*set_act_precision)(void *ctx, int prec);
 };
 
 /* A live backend: ops table plus its context. */
@@ -269,6 +280,12 @@ static inline void be_fork2(struct be *b, be_task_fn fn, void *a0, void *a1) {
     }
     fn(b, a0);
     fn(b, a1);
+}
+/* a backend without the entry computes in fp32 (-7 = SS_EUNSUPPORTED if int8 is demanded) */
+static inline int be_set_act_precision(struct be *b, int prec) {
+    if (b->ops->set_act_precision)
+        return b->ops->set_act_precision(b->ctx, prec);
+    return prec == BE_ACT_INT8 ? -7 : BE_ACT_F32;
 }
 
 /* Scalar reference routines (kernels/cpu/ref.c): plain C, no SIMD, no threads.

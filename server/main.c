@@ -56,6 +56,7 @@ struct serve_opts {
     const char *layer_parallel; /* --layer-parallel START:END or off (eng_lp_parse_flag) */
     const char *lte;            /* --lte on|off */
     double lte_threshold;       /* --lte-threshold T in (0, 1); 0 = the file's */
+    const char *act_precision;  /* --activation-precision f32|int8|auto (eng_act_parse) */
 };
 
 struct opt {
@@ -119,6 +120,9 @@ static const struct opt serve_flags[] = {
     {"lte-threshold", OPT_DOUBLE, 0, 1, OFF(lte_threshold),
      "LTE: expert i runs iff sigmoid(router logit i) > T, T in (0, 1) (default: the file's "
      "lte.threshold, else 0.5)"},
+    {"activation-precision", OPT_STR, 0, 0, OFF(act_precision),
+     "f32, int8 or auto: matmul activations in fp32 or quantised to int8 (integer dot "
+     "products on quantised weights); auto = int8 where the CPU has AVX512-VNNI (default auto)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -440,6 +444,11 @@ static int cmd_serve(int argc, char **argv) {
     }
     o.eng.lte_off = o.lte && strcmp(o.lte, "off") == 0;
     o.eng.lte_threshold = (float)o.lte_threshold;
+    if (eng_act_parse(o.act_precision ? o.act_precision : "auto", &o.eng.act_precision) < 0) {
+        fprintf(stderr, "slimserve serve: --activation-precision: '%s': use f32, int8 or auto\n",
+                o.act_precision);
+        return 2;
+    }
     if (o.layer_parallel) {
         char lperr[200];
         if (eng_lp_parse_flag(o.layer_parallel, &o.eng, lperr, sizeof lperr) < 0) {

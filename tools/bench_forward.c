@@ -1,7 +1,7 @@
 /* bench_forward.c - single-stream prefill and decode speed of eng_forward.
  *
  *   bench_forward MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]
- *                       [-kv f16|f32] [-r REPEATS] [-lte on|off]
+ *                       [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]
  *
  * One sequence: prefills a context of synthetic token ids, then decodes
  * N_DECODE tokens one at a time (greedy on the logits, so the work is real).
@@ -97,7 +97,7 @@ static double bench_kv_bytes(const struct bench *B) {
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]\n"
-            "          [-kv f16|f32] [-r REPEATS] [-lte on|off]\n",
+            "          [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]  (-a: activation precision)\n",
             argv0);
 }
 
@@ -122,6 +122,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-r")) repeats = atoi(v);
         else if (!strcmp(argv[i], "-kv")) opt.kv_type = !strcmp(v, "f32") ? ENG_KV_F32 : ENG_KV_F16;
         else if (!strcmp(argv[i], "-lte")) opt.lte_off = !strcmp(v, "off"); /* on | off (LTE files) */
+        else if (!strcmp(argv[i], "-a") && eng_act_parse(v, &opt.act_precision) == 0) continue;
         else {
             usage(argv[0]);
             return 2;

@@ -452,6 +452,7 @@ static void usage(FILE *f) {
             "  --max-windows K    evaluate only the first K windows (default all)\n"
             "  --backend NAME     cpu (default) or cuda\n"
             "  --kv-type TYPE     f16 (default) or f32\n"
+            "  --activation-precision P  f32 (default), int8 or auto\n"
             "  --layer-parallel S:E  run layers [S, E) as pairs (layer parallelism), or off;\n"
             "                     default: the model file's lp.range key, else off\n"
             "  --lte on|off       off runs an LTE model densely, every expert on (default on)\n"
@@ -502,6 +503,8 @@ static int apply_flag(struct ppl_opts *o, const char *flag, const char *val) {
         double t = strtod(val, &end);
         if (*end || !(t > 0.0 && t < 1.0)) return -1;
         o->eng.lte_threshold = (float)t;
+    } else if (!strcmp(flag, "activation-precision")) {
+        return eng_act_parse(val, &o->eng.act_precision);
     } else if (!strcmp(flag, "layer-parallel")) {
         char e[200];
         if (eng_lp_parse_flag(val, &o->eng, e, sizeof e) < 0) {

@@ -8,7 +8,8 @@
  *   - prefill: matmul n=512 on a 2048x2048 weight per type, GFLOP/s and the
  *     fraction of the FMA peak.
  *
- * usage: bench_kernels [threads [isa [cpu]]]   (isa: avx512 | avx2 | generic;
+ * usage: bench_kernels [threads [isa [cpu]]]   (isa: avx512 | avx2 | generic,
+ *            each optionally +int8: int8 activations, e.g. avx512+int8;
  *            cpu: time with process CPU time instead of wall time)
  *        bench_kernels gemma [threads]   (Gemma-3-270M matmul shapes)
  *        bench_kernels attn [threads [reps [f32|f16]]]
@@ -231,6 +232,21 @@ out:
     free(y);
 }
 
+/* "ISA" or "ISA+int8" (int8 activations); 0 or a negative SS_E* code */
+static int set_isa(struct be *be, const char *arg) {
+    char name[32];
+    const char *plus = strchr(arg, '+');
+    size_t len = plus ? (size_t)(plus - arg) : strlen(arg);
+    if (len >= sizeof name)
+        return -1;
+    memcpy(name, arg, len);
+    name[len] = 0;
+    int rc = kcpu_ctx_set_isa(be, name);
+    if (rc == 0 && plus)
+        rc = strcmp(plus, "+int8") ? -1 : (be_set_act_precision(be, BE_ACT_INT8) < 0 ? -1 : 0);
+    return rc;
+}
+
 static int micro(int argc, char **argv) {
     if (argc < 5)
         return 2;
@@ -245,7 +261,7 @@ static int micro(int argc, char **argv) {
         be_close(&be);
         return 2;
     }
-    if (argc > 5 && kcpu_ctx_set_isa(&be, argv[5]) != 0)
+    if (argc > 5 && set_isa(&be, argv[5]) != 0)
         return 2;
     size_t rb = be_row_bytes(type, K);
     uint8_t *w = aligned_alloc(64, (rb * R + 63) / 64 * 64);
@@ -506,7 +522,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "be_open failed\n");
         return 1;
     }
-    if (argc > 2 && kcpu_ctx_set_isa(&be, argv[2]) != 0) {
+    if (argc > 2 && set_isa(&be, argv[2]) != 0) {
         fprintf(stderr, "isa %s not usable here\n", argv[2]);
         return 1;
     }
@@ -518,7 +534,8 @@ int main(int argc, char **argv) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f"))
         pk1 = peak_avx512();
-    printf("threads %d, isa %s, clock: %s\n", nth, kcpu_ctx_isa_name(&be),
+    printf("threads %d, isa %s%s, clock: %s\n", nth, kcpu_ctx_isa_name(&be),
+           argc > 2 && strchr(argv[2], '+') ? " (int8 activations)" : "",
            clk == now ? "wall" : "process CPU time");
     printf("read-sum bandwidth: %.1f GB/s (%d threads), %.1f GB/s (1 thread); memcpy %.1f GB/s (1 thread)\n",
            rbw, nth, rbw1, cbw);

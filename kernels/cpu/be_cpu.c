@@ -14,6 +14,7 @@
 
 #include "kernels/ss_error.h"
 #include "kernels/cpu/kcpu.h"
+#include "kernels/cpu/q8.h"
 
 /* ---------------------------------------------------------------- lifecycle */
 
@@ -66,6 +67,7 @@ static void cpu_free(void *ctx) {
     kcpu_fork_free(c);
     free_bufs(c);
     free(c->lte_idx);
+    kq8_state_free(c->q8);
     free(c);
 }
 
@@ -256,6 +258,7 @@ const struct be_ops kcpu_ops = {
     .scale = cpu_scale,
     .lte_ffn = kcpu_lte_ffn,
     .fork2 = kcpu_fork2,
+    .set_act_precision = kq8_set_precision,
 };
 
 /* ---------------------------------------------------------------- test hooks */

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "kernels/cpu/kcpu.h"
+#include "kernels/cpu/q8.h"
 
 int kcpu_fork_mode_env(void) {
     const char *env = getenv("SLIMSERVE_LP_EXEC");
@@ -57,6 +58,16 @@ void kcpu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1) {
     void *arg[2] = {a0, a1};
     for (int j = 0; j < 2; j++) {
         c->half[j]->isa = c->isa; /* kcpu_ctx_set_isa may have changed the parent's */
+        /* the halves compute with the parent's activation precision, so a
+         * split pair gives what the parent would (fork2's contract) */
+        int int8 = kq8_is_int8(c);
+        if (int8 != kq8_is_int8(c->half[j]) &&
+            kq8_set_precision(c->half[j], int8 ? BE_ACT_INT8 : BE_ACT_F32) != (int8 ? BE_ACT_INT8 : BE_ACT_F32)) {
+            struct be self = {&kcpu_ops, c}; /* cannot match it: run both here */
+            fn(&self, a0);
+            fn(&self, a1);
+            return;
+        }
         half[j] = (struct be){&kcpu_ops, c->half[j]};
     }
 #pragma omp parallel num_threads(2)

@@ -154,6 +154,7 @@ struct kcpu_ctx {
     size_t lte_idx_len; /* entries */
     int fork_mode;    /* KCPU_FORK_*: when fork2 splits (fork.c) */
     struct kcpu_ctx *half[2]; /* fork2's one-thread halves, made on the first split */
+    struct kq8_state *q8; /* int8 activation path (q8.h); NULL = fp32 only */
 };
 
 /* Per-thread scratch of at least n floats (64-byte aligned) for thread tid of

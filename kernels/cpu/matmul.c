@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "kernels/cpu/kcpu.h"
+#include "kernels/cpu/q8.h"
 
 /* ---------------------------------------------------------------- generic C ISA
  * V = 8 lanes emulated with an array; a single code path (dequantise a piece,
@@ -262,6 +263,8 @@ void kcpu_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w
     int64_t K = w->ne[0], R = w->ne[1];
     if (n <= 0 || R <= 0)
         return;
+    if (ctx->q8 && kq8_matmul(ctx, y, x, w, n) == 0)
+        return; /* int8 activations (quant_act.c) */
     const uint8_t *data = w->be_data ? w->be_data : w->data;
     size_t rb = be_row_bytes(w->type, K);
     size_t nb1 = w->nb1 ? w->nb1 : rb;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/q8.h"
 
 static unsigned rd_u16(const unsigned char *p) { return p[0] | (p[1] << 8); }
 
@@ -74,6 +75,69 @@ static void ref_scale_min(int j, const unsigned char *s, int *sc, int *m) {
     }
 }
 
+/* Block b of a quantised type as integers: element i is
+ *     x[i] = (d * sc[i]) * q[i] - dmin * m[i]
+ * (32-element types: sc = 1, m = 0, dmin = 0). Returns the elements per block. */
+static int ref_parts(int type, const unsigned char *b, int *q, int *sc, int *m, float *d, float *dmin) {
+    *dmin = 0.0f;
+    switch (type) {
+    case BE_Q4_0:
+    case BE_Q5_0:
+    case BE_Q8_0: {
+        *d = kref_fp16_to_fp32(rd_u16(b));
+        unsigned long qh = type != BE_Q5_0 ? 0
+                           : b[2] | (b[3] << 8) | ((unsigned long)b[4] << 16) | ((unsigned long)b[5] << 24);
+        for (int i = 0; i < 32; i++) {
+            int byte = b[(type == BE_Q5_0 ? 6 : 2) + i % 16];
+            int nib = i < 16 ? byte % 16 : byte / 16;
+            if (type == BE_Q4_0)
+                q[i] = nib - 8;
+            else if (type == BE_Q5_0)
+                q[i] = nib + 16 * (int)((qh >> i) & 1) - 16;
+            else
+                q[i] = (signed char)b[2 + i];
+            sc[i] = 1;
+            m[i] = 0;
+        }
+        return 32;
+    }
+    case BE_Q4_K:
+    case BE_Q5_K: {
+        *d = kref_fp16_to_fp32(rd_u16(b));
+        *dmin = kref_fp16_to_fp32(rd_u16(b + 2));
+        const unsigned char *scales = b + 4;
+        const unsigned char *qh = type == BE_Q5_K ? b + 16 : NULL;
+        const unsigned char *qs = type == BE_Q5_K ? b + 48 : b + 16;
+        for (int i = 0; i < 256; i++) {
+            int sub = i / 32, l = i % 32;
+            int byte = qs[32 * (sub / 2) + l];
+            q[i] = sub % 2 == 0 ? byte % 16 : byte / 16;
+            if (qh)
+                q[i] += 16 * ((qh[l] >> sub) & 1);
+            ref_scale_min(sub, scales, &sc[i], &m[i]);
+        }
+        return 256;
+    }
+    case BE_Q6_K: {
+        const unsigned char *ql = b, *qh = b + 128;
+        const signed char *s = (const signed char *)(b + 192);
+        *d = kref_fp16_to_fp32(rd_u16(b + 208));
+        for (int i = 0; i < 256; i++) {
+            int half = i / 128, k = (i % 128) / 32, l = i % 32;
+            int byte = ql[64 * half + 32 * (k % 2) + l];
+            int low = k < 2 ? byte % 16 : byte / 16;
+            int high = (qh[32 * half + l] >> (2 * k)) % 4;
+            q[i] = low + 16 * high - 32;
+            sc[i] = s[8 * half + 2 * k + l / 16];
+            m[i] = 0;
+        }
+        return 256;
+    }
+    default:
+        return 0;
+    }
+}
+
 /* 1 for the block types ref_block implements. */
 static int ref_block_type(int type) {
     return type == BE_Q4_0 || type == BE_Q5_0 || type == BE_Q8_0 || type == BE_Q4_K ||
@@ -81,68 +145,11 @@ static int ref_block_type(int type) {
 }
 
 static void ref_block(int type, const unsigned char *b, float *y) {
-    switch (type) {
-    case BE_Q4_0: {
-        float d = kref_fp16_to_fp32(rd_u16(b));
-        for (int i = 0; i < 32; i++) {
-            int byte = b[2 + i % 16];
-            int q = i < 16 ? byte % 16 : byte / 16;
-            y[i] = (float)(q - 8) * d;
-        }
-        break;
-    }
-    case BE_Q5_0: {
-        float d = kref_fp16_to_fp32(rd_u16(b));
-        unsigned long qh = b[2] | (b[3] << 8) | ((unsigned long)b[4] << 16) | ((unsigned long)b[5] << 24);
-        for (int i = 0; i < 32; i++) {
-            int byte = b[6 + i % 16];
-            int q = (i < 16 ? byte % 16 : byte / 16) + 16 * (int)((qh >> i) & 1);
-            y[i] = (float)(q - 16) * d;
-        }
-        break;
-    }
-    case BE_Q8_0: {
-        float d = kref_fp16_to_fp32(rd_u16(b));
-        for (int i = 0; i < 32; i++)
-            y[i] = (float)(signed char)b[2 + i] * d;
-        break;
-    }
-    case BE_Q4_K:
-    case BE_Q5_K: {
-        float d = kref_fp16_to_fp32(rd_u16(b));
-        float dmin = kref_fp16_to_fp32(rd_u16(b + 2));
-        const unsigned char *scales = b + 4;
-        const unsigned char *qh = type == BE_Q5_K ? b + 16 : NULL;
-        const unsigned char *qs = type == BE_Q5_K ? b + 48 : b + 16;
-        for (int i = 0; i < 256; i++) {
-            int sub = i / 32, l = i % 32;
-            int byte = qs[32 * (sub / 2) + l];
-            int q = sub % 2 == 0 ? byte % 16 : byte / 16;
-            if (qh)
-                q += 16 * ((qh[l] >> sub) & 1);
-            int sc, m;
-            ref_scale_min(sub, scales, &sc, &m);
-            y[i] = (d * (float)sc) * (float)q - dmin * (float)m;
-        }
-        break;
-    }
-    case BE_Q6_K: {
-        const unsigned char *ql = b, *qh = b + 128;
-        const signed char *sc = (const signed char *)(b + 192);
-        float d = kref_fp16_to_fp32(rd_u16(b + 208));
-        for (int i = 0; i < 256; i++) {
-            int half = i / 128, k = (i % 128) / 32, l = i % 32;
-            int byte = ql[64 * half + 32 * (k % 2) + l];
-            int low = k < 2 ? byte % 16 : byte / 16;
-            int high = (qh[32 * half + l] >> (2 * k)) % 4;
-            int q = low + 16 * high - 32;
-            y[i] = (d * (float)sc[8 * half + 2 * k + l / 16]) * (float)q;
-        }
-        break;
-    }
-    default:
-        break;
-    }
+    int q[256], sc[256], m[256];
+    float d, dmin;
+    int n = ref_parts(type, b, q, sc, m, &d, &dmin);
+    for (int i = 0; i < n; i++)
+        y[i] = (d * (float)sc[i]) * (float)q[i] - dmin * (float)m[i];
 }
 
 void kref_dequant_row(int type, const void *src, float *dst, int64_t n) {
@@ -188,6 +195,44 @@ void kref_matmul(float *y, const float *x, const struct be_tensor *w, int n) {
         }
     }
     free(row);
+}
+
+/* The int8 activation rule of kernels/cpu/q8.h, written from its definition. */
+static void ref_q8_block(const float *x, int B, float *d, int *q) {
+    float amax = 0.0f;
+    for (int i = 0; i < B; i++)
+        if (fabsf(x[i]) > amax)
+            amax = fabsf(x[i]);
+    *d = amax / 127.0f;
+    float id = *d > 0.0f ? 1.0f / *d : 0.0f;
+    for (int i = 0; i < B; i++) {
+        float v = x[i] * id;
+        if (isnan(v))
+            v = 0.0f;
+        v = nearbyintf(v);
+        q[i] = v > 127.0f ? 127 : (v < -127.0f ? -127 : (int)v);
+    }
+}
+
+double kref_dot_q8(int type, const void *wrow, const float *x, int64_t K) {
+    const struct be_type_info *ti = be_type_get(type);
+    int B = type == BE_Q4_K || type == BE_Q5_K || type == BE_Q6_K ? 256 : 32;
+    if (!ti || ti->blck != B || K % B || (B == 32 && type != BE_Q4_0 && type != BE_Q5_0 && type != BE_Q8_0))
+        return 0.0;
+    int q[256], sc[256], m[256], xq[256];
+    float d, dmin, dx;
+    double y = 0.0;
+    for (int64_t b = 0; b < K / B; b++) {
+        ref_parts(type, (const unsigned char *)wrow + b * ti->size, q, sc, m, &d, &dmin);
+        ref_q8_block(x + b * B, B, &dx, xq);
+        long long main_sum = 0, min_sum = 0; /* exact */
+        for (int i = 0; i < B; i++) {
+            main_sum += (long long)sc[i] * q[i] * xq[i];
+            min_sum += (long long)m[i] * xq[i];
+        }
+        y += (double)d * dx * (double)main_sum - (double)dmin * dx * (double)min_sum;
+    }
+    return y;
 }
 
 void kref_lte_ffn(float *y, const float *x, const uint8_t *mask, int n, const struct be_lte_ffn *p) {

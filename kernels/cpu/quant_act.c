@@ -1,0 +1,258 @@
+/* quant_act.c - the quantised-activation matmul path of the CPU backend: the
+ * activation quantiser (one implementation, used by every ISA), the per-backend
+ * cache that lets Q/K/V and gate/up share one quantisation, the precision
+ * switch and the driver (threads, row blocks). Kernels: matmul_q8_avx512.c.
+ * Formats and the determinism argument: q8.h.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/ss_error.h"
+#include "kernels/cpu/kcpu.h"
+#include "kernels/cpu/q8.h"
+
+int kq8_kind(int type) {
+    switch (type) {
+    case BE_Q4_0: case BE_Q5_0: case BE_Q8_0:
+        return KQ8_32;
+    case BE_Q4_K: case BE_Q5_K: case BE_Q6_K:
+        return KQ8_256;
+    default:
+        return KQ8_NONE;
+    }
+}
+
+size_t kq8_x_layout(struct kq8_x *x, int kind, int64_t K, int n) {
+    int64_t B = kind == KQ8_32 ? 32 : 256;
+    if ((kind != KQ8_32 && kind != KQ8_256) || K <= 0 || K % B || n <= 0)
+        return 0;
+    x->kind = kind;
+    x->K = K;
+    x->nb = K / B;
+    int64_t nbd = kind == KQ8_32 ? (x->nb + 1) / 2 * 2 : x->nb; /* d[] entries */
+    x->bs_off = (size_t)nbd * sizeof(float);
+    size_t head = x->bs_off + (kind == KQ8_256 ? (size_t)x->nb * 16 * sizeof(int16_t) : 0);
+    x->qs_off = (head + 63) / 64 * 64;
+    x->stride = (x->qs_off + (size_t)nbd * (size_t)B + 63) / 64 * 64;
+    return x->stride * (size_t)n;
+}
+
+/* round half to even for |v| <= 127 (the default rounding mode does it: adding
+ * and removing 1.5*2^23 leaves an integer). Written out so it vectorises and
+ * needs no libm call; equal to nearbyintf for these values. */
+static inline float round_even(float v) {
+    const float magic = 12582912.0f;
+    return (v + magic) - magic;
+}
+
+static void quant_block(const float *x, int B, float *d_out, int8_t *q) {
+    float amax = 0.0f;
+    for (int i = 0; i < B; i++) {
+        float a = fabsf(x[i]);
+        amax = a > amax ? a : amax; /* NaN never wins */
+    }
+    float d = amax / 127.0f;
+    float id = d > 0.0f ? 1.0f / d : 0.0f;
+    for (int i = 0; i < B; i++) {
+        float v = x[i] * id;
+        v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+        v = v == v ? v : 0.0f; /* NaN (0*inf, NaN input) */
+        q[i] = (int8_t)(int)round_even(v);
+    }
+    *d_out = d;
+}
+
+/* KQ8_32 row: blocks quantised, stored +128 and pair-interleaved (q8.h) */
+static void quant_row32(const float *s, int64_t nb, float *d, uint8_t *qu) {
+    for (int64_t b = 0; b < (nb + 1) / 2 * 2; b++) {
+        int8_t q[32] = {0};
+        d[b] = 0.0f;
+        if (b < nb)
+            quant_block(s + b * 32, 32, d + b, q);
+        uint8_t *dst = qu + 64 * (b / 2) + 4 * (b % 2);
+        for (int i = 0; i < 8; i++)
+            for (int j = 0; j < 4; j++)
+                dst[8 * i + j] = (uint8_t)(q[4 * i + j] + 128);
+    }
+}
+
+void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1) {
+    int B = x->kind == KQ8_32 ? 32 : 256;
+    for (int t = t0; t < t1; t++) {
+        uint8_t *row = x->buf + (size_t)t * x->stride;
+        float *d = (float *)row;
+        int16_t *bs = (int16_t *)(row + x->bs_off);
+        int8_t *qs = (int8_t *)(row + x->qs_off);
+        const float *s = src + (size_t)t * (size_t)x->K;
+        if (x->kind == KQ8_32) {
+            quant_row32(s, x->nb, d, row + x->qs_off);
+            continue;
+        }
+        for (int64_t b = 0; b < x->nb; b++) {
+            quant_block(s + b * B, B, d + b, qs + b * B);
+            for (int g = 0; g < 16; g++) {
+                int sum = 0;
+                for (int i = 0; i < 16; i++)
+                    sum += qs[b * B + 16 * g + i];
+                bs[16 * b + g] = (int16_t)sum;
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- state */
+
+/* One cached quantisation: x (the caller's pointer), n rows, and a copy of the
+ * values it was made from (a hit needs the same pointer AND the same values, so
+ * a buffer the engine rewrote between two matmuls is never served stale). */
+struct q8_entry {
+    const float *src;
+    int n;
+    int64_t K;
+    float *copy;
+    size_t copy_cap; /* floats */
+    struct kq8_x x;
+    size_t buf_cap;  /* bytes */
+};
+
+struct kq8_state {
+    int int8; /* 1: quantised types take the int8 path */
+    struct q8_entry e[2]; /* [kind - 1] */
+};
+
+int kq8_available(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+void kq8_state_free(struct kq8_state *s) {
+    if (!s)
+        return;
+    for (int i = 0; i < 2; i++) {
+        free(s->e[i].copy);
+        free(s->e[i].x.buf);
+    }
+    free(s);
+}
+
+int kq8_is_int8(const void *vctx) {
+    const struct kcpu_ctx *ctx = vctx;
+    return ctx->q8 && ctx->q8->int8;
+}
+
+int kq8_set_precision(void *vctx, int prec) {
+    struct kcpu_ctx *ctx = vctx;
+    int want;
+    if (prec == BE_ACT_F32)
+        want = 0;
+    else if (prec == BE_ACT_INT8 || prec == BE_ACT_AUTO)
+        want = kq8_available();
+    else
+        return SS_EINVAL;
+    if (prec == BE_ACT_INT8 && !want)
+        return SS_EUNSUPPORTED;
+    if (want && !ctx->q8) {
+        ctx->q8 = calloc(1, sizeof *ctx->q8);
+        if (!ctx->q8)
+            return SS_ENOMEM;
+    }
+    if (ctx->q8)
+        ctx->q8->int8 = want;
+    return want ? BE_ACT_INT8 : BE_ACT_F32;
+}
+
+/* Grows *p to hold `need` units of `unit` bytes (64-byte aligned); 0 or -1. */
+static int grow(void **p, size_t *cap, size_t need, size_t unit) {
+    if (*cap >= need)
+        return 0;
+    void *q = NULL;
+    if (need > SIZE_MAX / unit || posix_memalign(&q, 64, need * unit) != 0)
+        return -1;
+    free(*p);
+    *p = q;
+    *cap = need;
+    return 0;
+}
+
+/* The entry for this x: a hit (same pointer, shape and values) or a miss (the
+ * entry is reset and the caller quantises into it); NULL if out of memory. */
+static struct q8_entry *lookup(struct kq8_state *s, int kind, const float *x, int64_t K, int n,
+                               int *hit) {
+    struct q8_entry *e = &s->e[kind - 1];
+    size_t nf = (size_t)n * (size_t)K;
+    *hit = e->src == x && e->n == n && e->K == K && memcmp(e->copy, x, nf * sizeof(float)) == 0;
+    if (*hit)
+        return e;
+    e->src = NULL;
+    struct kq8_x nx;
+    size_t bytes = kq8_x_layout(&nx, kind, K, n);
+    if (!bytes || grow((void **)&e->copy, &e->copy_cap, nf, sizeof(float)) < 0 ||
+        grow((void **)&e->x.buf, &e->buf_cap, bytes, 1) < 0)
+        return NULL;
+    nx.buf = e->x.buf;
+    e->x = nx;
+    memcpy(e->copy, x, nf * sizeof(float));
+    e->src = x;
+    e->n = n;
+    e->K = K;
+    return e;
+}
+
+/* ---------------------------------------------------------------- driver */
+
+#if defined(__x86_64__)
+#define kq8_rows kq8_rows_vnni
+#else /* never reached: kq8_available() is 0, so the state never says int8 */
+static void kq8_rows(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1) {
+    (void)mm, (void)r0, (void)r1, (void)t0, (void)t1;
+}
+#endif
+
+#define KQ8_RB 16 /* rows per block: their weights stay in L1 across token groups */
+
+static void rows_of(int64_t R, int tid, int nt, int64_t *r0, int64_t *r1) {
+    int64_t units = (R + 3) / 4, u0 = units * tid / nt, u1 = units * (tid + 1) / nt;
+    *r0 = u0 * 4 < R ? u0 * 4 : R;
+    *r1 = u1 * 4 < R ? u1 * 4 : R;
+}
+
+int kq8_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w, int n) {
+    struct kcpu_ctx *ctx = vctx;
+    struct kq8_state *s = ctx->q8;
+    int kind = kq8_kind(w->type);
+    if (!s || !s->int8 || kind == KQ8_NONE || n <= 0)
+        return 1;
+    int64_t K = w->ne[0], R = w->ne[1];
+    const uint8_t *data = w->be_data ? w->be_data : w->data;
+    size_t rb = be_row_bytes(w->type, K);
+    size_t nb1 = w->nb1 ? w->nb1 : rb;
+    if (R <= 0 || K <= 0 || rb == 0 || nb1 < rb || !data)
+        return 1; /* the fp32 path answers bad shapes (zeros) */
+    int hit;
+    struct q8_entry *e = lookup(s, kind, x, K, n, &hit);
+    if (!e)
+        return 1; /* NOTE: out of memory: this call takes the fp32 path */
+    struct kq8_mm mm = {.y = y, .ldy = R, .x = &e->x, .w = data, .nb1 = nb1, .type = w->type};
+    int nth = ctx->n_threads;
+    if ((double)R * (double)K * n < 32768.0 || R < 8)
+        nth = 1;
+#pragma omp parallel num_threads(nth)
+    {
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+        if (!hit)
+            kq8_quantize(&e->x, x, (int)((int64_t)n * tid / nt), (int)((int64_t)n * (tid + 1) / nt));
+#pragma omp barrier
+        int64_t r0, r1;
+        rows_of(R, tid, nt, &r0, &r1);
+        for (int64_t b = r0; b < r1; b += KQ8_RB)
+            kq8_rows(&mm, b, r1 - b < KQ8_RB ? r1 : b + KQ8_RB, 0, n);
+    }
+    return 0;
+}
