@@ -42,7 +42,7 @@ test)
     if [ "${SLIMSERVE_SKIP_ASAN:-0}" != 1 ]; then
         log "sanitizer pass (AddressSanitizer + UndefinedBehaviorSanitizer)"
         build build-asan -Db_sanitize=address,undefined -Dbuildtype=debugoptimized -Db_lundef=false -Dcuda=disabled
-        ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 CK_TIMEOUT_MULTIPLIER=4 \
             SLIMSERVE_SANITIZED=1 \
             meson test -C build-asan --print-errorlogs --verbose --num-processes 1 --timeout-multiplier 4 \
             2>&1 | tee build-asan/test-summary.log || rc=1
