@@ -5,8 +5,8 @@ Every query parses as PromQL (PyPI promql-parser, Grafana's $variables
 substituted first). Every series a panel queries must exist in /metrics (a
 family with a TYPE line, or a histogram's _bucket/_sum/_count), and every label a query
 selects or groups by (other than the job/instance labels Prometheus adds) must
-occur on that family's samples. The server runs a SUBLLM model so the
-per-level series have samples, after a few requests so the counters moved.
+occur on that family's samples. The server runs a SUBLLM model with LTE
+routers so the per-level and LTE series have samples, after a few requests so the counters moved.
 The scrape config's paths answer 200 and its pod relabelling reads the
 annotations deploy/kubernetes/deployment.yaml sets.
 """
@@ -30,7 +30,8 @@ def exposition(model_dir, tmp_path_factory):
     """(families {name: type}, labels {sample name: set of label names}) of a
     SUBLLM model's server after a few requests."""
     model = gen_model(model_dir / "dash-subllm.gguf", "spm", "--arch", "subllm", "--structure",
-                      "TT(TT(T)TT)TT", "--keep", "0.64", "--ctx", "256", "--seed", "4")
+                      "TT(TT(T)TT)TT", "--keep", "0.64", "--ctx", "256", "--seed", "4",
+                      "--lte-expert-size", "32", "--lte-sparsity", "0.5")
     with Server(model, tmp_path_factory.mktemp("dash"), name="dash") as srv:
         for i in range(3):
             complete(srv, prompt=f"dashboard {i} " * 4, max_tokens=6, ignore_eos=True)
