@@ -122,7 +122,7 @@ static const struct opt serve_flags[] = {
      "lte.threshold, else 0.5)"},
     {"activation-precision", OPT_STR, 0, 0, OFF(act_precision),
      "f32, int8 or auto: matmul activations in fp32 or quantised to int8 (integer dot "
-     "products on quantised weights); auto = int8 where the CPU has AVX512-VNNI (default auto)"},
+     "products on quantised weights); auto = int8 where the CPU has AVX512-VNNI (default f32)"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -444,7 +444,7 @@ static int cmd_serve(int argc, char **argv) {
     }
     o.eng.lte_off = o.lte && strcmp(o.lte, "off") == 0;
     o.eng.lte_threshold = (float)o.lte_threshold;
-    if (eng_act_parse(o.act_precision ? o.act_precision : "auto", &o.eng.act_precision) < 0) {
+    if (eng_act_parse(o.act_precision ? o.act_precision : "f32", &o.eng.act_precision) < 0) {
         fprintf(stderr, "slimserve serve: --activation-precision: '%s': use f32, int8 or auto\n",
                 o.act_precision);
         return 2;

@@ -187,6 +187,7 @@ def test_cli_errors(models, tmp_path):
                  ("serve", "--model", m, "--backend", "tpu"),
                  ("serve", "--model", m, "--kv-cache-memory", "lots"),
                  ("serve", "--model", m, "--max-body"),
+                 ("serve", "--model", m, "--activation-precision", "int4"),
                  ("serve",),
                  ("frobnicate",)):
         r = run(*args)

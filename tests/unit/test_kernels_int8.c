@@ -28,14 +28,10 @@
 static const int q_types[] = {BE_Q4_0, BE_Q5_0, BE_Q8_0, BE_Q4_K, BE_Q5_K, BE_Q6_K};
 #define N_QTYPES 6
 
+/* PCG-style LCG (top bits): any fixed sequence will do */
 static uint64_t rs = 0x2545F4914F6CDD1Dull;
-static uint32_t rnd(void) {
-    rs ^= rs << 13;
-    rs ^= rs >> 7;
-    rs ^= rs << 17;
-    return (uint32_t)(rs >> 16);
-}
-static float frnd(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; } /* [-1, 1] */
+static uint32_t rnd(void) { return (uint32_t)((rs = rs * 6364136223846793005ull + 1442695040888963407ull) >> 33); }
+static float frnd(void) { return (float)(rnd() % 2000001) * 1e-6f - 1.0f; } /* [-1, 1] */
 
 static struct be open_int8(int threads) {
     struct be be;
@@ -44,10 +40,7 @@ static struct be open_int8(int threads) {
     return be;
 }
 
-static void put16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
+static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); } /* x86: little endian */
 
 /* random quant bytes; scale fields d (and dmin) from the callbacks' values */
 static void fill(int type, uint8_t *p, int64_t rows, int64_t K, int pow2) {
