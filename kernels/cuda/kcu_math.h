@@ -47,45 +47,27 @@
 
 /* ------------------------------------------------------ exact fp32 steps */
 
-KCU_FN float kcu_mul(float a, float b) {
 #if defined(__CUDA_ARCH__)
-    return __fmul_rn(a, b);
+KCU_FN float kcu_mul(float a, float b) { return __fmul_rn(a, b); }
+KCU_FN float kcu_add(float a, float b) { return __fadd_rn(a, b); }
+KCU_FN float kcu_sub(float a, float b) { return __fsub_rn(a, b); }
+KCU_FN float kcu_bits_f32(uint32_t u) { return __uint_as_float(u); }
+KCU_FN uint32_t kcu_f32_bits(float f) { return __float_as_uint(f); }
 #else
-    return a * b;
-#endif
-}
-KCU_FN float kcu_add(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-KCU_FN float kcu_sub(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    return __fsub_rn(a, b);
-#else
-    return a - b;
-#endif
-}
+KCU_FN float kcu_mul(float a, float b) { return a * b; }
+KCU_FN float kcu_add(float a, float b) { return a + b; }
+KCU_FN float kcu_sub(float a, float b) { return a - b; }
 KCU_FN float kcu_bits_f32(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-    return __uint_as_float(u);
-#else
     float f;
     memcpy(&f, &u, 4);
     return f;
-#endif
 }
 KCU_FN uint32_t kcu_f32_bits(float f) {
-#if defined(__CUDA_ARCH__)
-    return __float_as_uint(f);
-#else
     uint32_t u;
     memcpy(&u, &f, 4);
     return u;
-#endif
 }
+#endif
 
 /* ------------------------------------------------------ half / bfloat */
 

@@ -19,19 +19,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/kcpu.h"
 #include "kernels/cuda/kcu_math.h"
-
-static const int all_types[] = {BE_F32, BE_F16, BE_BF16, BE_Q8_0, BE_Q4_0,
-                                BE_Q5_0, BE_Q4_K, BE_Q5_K, BE_Q6_K};
-#define N_TYPES 9
-
-static uint64_t rs = 0x2545F4914F6CDD1Dull;
-static uint32_t rnd(void) {
-    rs ^= rs << 13;
-    rs ^= rs >> 7;
-    rs ^= rs << 17;
-    return (uint32_t)(rs >> 16);
-}
-static float frnd(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; } /* [-1, 1] */
+#include "kerntest.h"
 
 static struct be open_generic(void) {
     struct be be;
@@ -222,8 +210,7 @@ START_TEST(test_glu) {
     g[0] = 0.0f, g[1] = -0.0f, g[2] = 88.0f, g[3] = -88.0f, g[4] = 1e-30f;
     struct be be;
     ck_assert_int_eq(be_open(&be, "cpu", 1), 0);
-    const char *isas[] = {"generic", "avx2", "avx512"};
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < N_ISAS; s++) {
         if (kcpu_ctx_set_isa(&be, isas[s]) != 0)
             continue; /* not on this CPU */
         for (int act = 0; act < 2; act++) {
