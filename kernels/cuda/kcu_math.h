@@ -1,0 +1,359 @@
+/* kcu_math.h - the arithmetic of the CUDA kernels, shared by host and device.
+ *
+ * Compiles as C (tests/unit/test_cuda_math.c checks it on the CPU against the
+ * CPU backend and the kref_* references) and as CUDA (KCU_HD =
+ * __host__ __device__ under nvcc). Every function works on one element, one
+ * row or one pair of partial results, so a device kernel calls it per thread
+ * and the CPU test calls it in a loop: the same source line computes both.
+ *
+ * Contents: half/bfloat conversions, dequantisation of one element of a block
+ * (Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32; layouts in
+ * kernels/cpu/kcpu.h), the online softmax (running max and sum) and the
+ * split-K combine of partial (max, sum, acc) triples, RoPE angles for both pair
+ * conventions with freq factors, RMSNorm, SiLU / GELU(tanh), attention and
+ * logit soft-capping, and the SUBLLM compaction index (exclusive prefix sum of
+ * the keep flags).
+ *
+ * NOTE (bitwise agreement): nvcc fuses a*b+c into one FMA by default, the CPU
+ * backend is compiled with -ffp-contract=off. Products and sums that must
+ * round like the CPU's go through kcu_mul/kcu_add/kcu_sub, which are the
+ * non-contractible __fmul_rn/__fadd_rn/__fsub_rn on the device and plain
+ * operators in C. What then still differs between host and device is the
+ * libm: expf, tanhf, sin, cos, pow of CUDA are within a few ulp of glibc's, not
+ * equal, so SiLU/GELU, softmax weights, soft-capping and RoPE angles may differ
+ * in the last bits; dequantisation, RMSNorm's scaling of a row (given the same
+ * sum of squares), the combine's arithmetic and the compaction index do not
+ * (pure IEEE operations). The CPU test holds the C side bitwise to the CPU
+ * backend's generic code where the formulas are the same.
+ *
+ * Thread: pure functions (no state), callable from any host thread or device
+ * thread.
+ */
+#ifndef SS_KCU_MATH_H
+#define SS_KCU_MATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+
+#if defined(__CUDACC__)
+#define KCU_HD __host__ __device__
+#else
+#define KCU_HD
+#endif
+#define KCU_FN static inline KCU_HD
+
+/* ------------------------------------------------------ exact fp32 steps */
+
+#if defined(__CUDA_ARCH__)
+KCU_FN float kcu_mul(float a, float b) { return __fmul_rn(a, b); }
+KCU_FN float kcu_add(float a, float b) { return __fadd_rn(a, b); }
+KCU_FN float kcu_sub(float a, float b) { return __fsub_rn(a, b); }
+KCU_FN float kcu_bits_f32(uint32_t u) { return __uint_as_float(u); }
+KCU_FN uint32_t kcu_f32_bits(float f) { return __float_as_uint(f); }
+#else
+KCU_FN float kcu_mul(float a, float b) { return a * b; }
+KCU_FN float kcu_add(float a, float b) { return a + b; }
+KCU_FN float kcu_sub(float a, float b) { return a - b; }
+KCU_FN float kcu_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+KCU_FN uint32_t kcu_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+#endif
+
+/* ------------------------------------------------------ half / bfloat */
+
+/* IEEE half -> float, exact (NaN payloads kept). */
+KCU_FN float kcu_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t e = (h >> 10) & 31, m = h & 1023, u;
+    if (e == 31) {
+        u = sign | 0x7f800000u | (m << 13);
+    } else if (e != 0) {
+        u = sign | ((e + 112) << 23) | (m << 13);
+    } else if (m == 0) {
+        u = sign;
+    } else { /* subnormal: renormalise (at most 10 steps) */
+        uint32_t sh = 0;
+        while (!(m & 1024)) {
+            m <<= 1;
+            sh++;
+        }
+        u = sign | ((113 - sh) << 23) | ((m & 1023) << 13);
+    }
+    return kcu_bits_f32(u);
+}
+
+/* float -> IEEE half, round to nearest even; overflow gives inf, NaN stays a
+ * quiet NaN. (The KV cache's F16 store.) */
+KCU_FN uint16_t kcu_f32_to_f16(float f) {
+    uint32_t u = kcu_f32_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u)
+        return (uint16_t)(sign | 0x7c00 | (a > 0x7f800000u ? 0x200 | ((a >> 13) & 0x3ff) : 0));
+    if (a >= 0x477ff000u)
+        return (uint16_t)(sign | 0x7c00);
+    if (a >= 0x38800000u) { /* normal half: rebias, round off 13 bits */
+        uint32_t r = a - 0x38000000u, half = r >> 13, rem = r & 0x1fff;
+        if (rem > 0x1000 || (rem == 0x1000 && (half & 1)))
+            half++;
+        return (uint16_t)(sign | half);
+    }
+    if (a < 0x33000000u)
+        return (uint16_t)sign;
+    uint32_t e = a >> 23, m = (a & 0x7fffff) | 0x800000; /* subnormal half */
+    uint32_t sh = 126 - e, half = m >> sh, rem = m & ((1u << sh) - 1), mid = 1u << (sh - 1);
+    if (rem > mid || (rem == mid && (half & 1)))
+        half++;
+    return (uint16_t)(sign | half);
+}
+
+KCU_FN float kcu_bf16_to_f32(uint16_t h) { return kcu_bits_f32((uint32_t)h << 16); }
+
+/* ------------------------------------------------------ dequantisation */
+
+KCU_FN uint32_t kcu_rd16(const uint8_t *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8); }
+
+/* Elements and bytes per block of the types the CUDA kernels compute with;
+ * 0 for any other type (also the CUDA side's type_supported answer). */
+KCU_FN int kcu_type_blck(int type) {
+    switch (type) {
+    case BE_F32: case BE_F16: case BE_BF16: return 1;
+    case BE_Q4_0: case BE_Q5_0: case BE_Q8_0: return 32;
+    case BE_Q4_K: case BE_Q5_K: case BE_Q6_K: return 256;
+    default: return 0;
+    }
+}
+KCU_FN int kcu_type_size(int type) {
+    switch (type) {
+    case BE_F32: return 4;
+    case BE_F16: case BE_BF16: return 2;
+    case BE_Q4_0: return 18;
+    case BE_Q5_0: return 22;
+    case BE_Q8_0: return 34;
+    case BE_Q4_K: return 144;
+    case BE_Q5_K: return 176;
+    case BE_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+/* 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K scales[12]. */
+KCU_FN void kcu_k_scale_min(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 15) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* Element j of Q4_K (qh NULL) or Q5_K block b: (d*sc)*q - dmin*m. */
+KCU_FN float kcu_dq_qk45(const uint8_t *b, const uint8_t *qh, const uint8_t *qs, int j) {
+    int s = j >> 5, l = j & 31, sc, m;
+    kcu_k_scale_min(s, b + 4, &sc, &m);
+    float ds = kcu_mul(kcu_f16_to_f32((uint16_t)kcu_rd16(b)), (float)sc);
+    float ms = kcu_mul(kcu_f16_to_f32((uint16_t)kcu_rd16(b + 2)), (float)m);
+    int byte = qs[32 * (s >> 1) + l];
+    int v = (s & 1) ? (byte >> 4) : (byte & 15);
+    if (qh && ((qh[l] >> s) & 1))
+        v += 16;
+    return kcu_sub(kcu_mul(ds, (float)v), ms);
+}
+
+/* Element j of Q6_K block b: (d*scales[..])*(q-32). */
+KCU_FN float kcu_dq_q6_k(const uint8_t *b, int j) {
+    int h = j >> 7, k = (j & 127) >> 5, l = j & 31;
+    int lb = b[64 * h + 32 * (k & 1) + l];
+    int q = (k < 2 ? (lb & 15) : (lb >> 4)) | (((b[128 + 32 * h + l] >> (2 * k)) & 3) << 4);
+    float d = kcu_f16_to_f32((uint16_t)kcu_rd16(b + 208));
+    float ds = kcu_mul(d, (float)(int8_t)b[192 + 8 * h + l / 16 + 2 * k]);
+    return kcu_mul(ds, (float)(q - 32));
+}
+
+/* Element j (0 <= j < kcu_type_blck(type)) of the block at b; 0 for a type
+ * the kernels do not compute with. Equal bitwise to the CPU backend's scalar
+ * dequantiser on both host and device. */
+KCU_FN float kcu_dequant_elem(int type, const uint8_t *b, int j) {
+    switch (type) {
+    case BE_F32: return kcu_bits_f32((uint32_t)b[0] | ((uint32_t)b[1] << 8) |
+                                     ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24));
+    case BE_F16: return kcu_f16_to_f32((uint16_t)kcu_rd16(b));
+    case BE_BF16: return kcu_bf16_to_f32((uint16_t)kcu_rd16(b));
+    case BE_Q4_0: {
+        int byte = b[2 + (j & 15)];
+        return kcu_mul(kcu_f16_to_f32((uint16_t)kcu_rd16(b)), (float)((j < 16 ? byte & 15 : byte >> 4) - 8));
+    }
+    case BE_Q5_0: {
+        uint32_t qh = kcu_rd16(b + 2) | (kcu_rd16(b + 4) << 16);
+        int byte = b[6 + (j & 15)];
+        int q = (j < 16 ? byte & 15 : byte >> 4) | (int)(((qh >> j) & 1) << 4);
+        return kcu_mul(kcu_f16_to_f32((uint16_t)kcu_rd16(b)), (float)(q - 16));
+    }
+    case BE_Q8_0:
+        return kcu_mul(kcu_f16_to_f32((uint16_t)kcu_rd16(b)), (float)(int8_t)b[2 + j]);
+    case BE_Q4_K: return kcu_dq_qk45(b, NULL, b + 16, j);
+    case BE_Q5_K: return kcu_dq_qk45(b, b + 16, b + 48, j);
+    case BE_Q6_K: return kcu_dq_q6_k(b, j);
+    default: return 0.0f;
+    }
+}
+
+/* Element k of a row of n elements at row (bytes): k must be < n. */
+KCU_FN float kcu_dequant_row_elem(int type, const uint8_t *row, int64_t k) {
+    int bl = kcu_type_blck(type);
+    if (bl == 0)
+        return 0.0f;
+    return kcu_dequant_elem(type, row + (size_t)(k / bl) * (size_t)kcu_type_size(type), (int)(k % bl));
+}
+
+/* ------------------------------------------------------ softmax */
+
+/* Online softmax over a stream of scores, in chunks (as the CPU attention):
+ *     mx   = largest score of the chunk
+ *     corr = kcu_sm_rescale(&s, mx)     (new max; l *= corr; acc *= corr)
+ *     p_i  = kcu_sm_weight(&s, score_i) (e^(score_i - m)); l += p_i; acc += p_i v_i
+ *     out  = acc * kcu_sm_inv(&s)
+ * m = -inf and l = 0 mean "no score yet". */
+struct kcu_sm {
+    float m; /* running max */
+    float l; /* sum of e^(score - m) */
+};
+
+KCU_FN void kcu_sm_init(struct kcu_sm *s) {
+    s->m = -INFINITY;
+    s->l = 0.0f;
+}
+/* Returns the factor that rescales what was accumulated under the old max
+ * (0 before the first chunk, 1 while the max holds) and applies it to l. */
+KCU_FN float kcu_sm_rescale(struct kcu_sm *s, float mx) {
+    float mnew = mx > s->m ? mx : s->m;
+    float corr = s->m == -INFINITY ? 0.0f : expf(kcu_sub(s->m, mnew));
+    s->m = mnew;
+    s->l = kcu_mul(s->l, corr);
+    return corr;
+}
+KCU_FN float kcu_sm_weight(const struct kcu_sm *s, float score) { return expf(kcu_sub(score, s->m)); }
+KCU_FN float kcu_sm_inv(const struct kcu_sm *s) { return s->l > 0.0f ? 1.0f / s->l : 0.0f; }
+
+/* Split-K combine (flash decoding): partial a (max ma, sum la, acc_a) and
+ * partial b over disjoint key ranges give the partial over their union:
+ *     m = max(ma, mb), ca = e^(ma-m), cb = e^(mb-m)  (0 for an empty partial)
+ *     l = la*ca + lb*cb,  acc[d] = acc_a[d]*ca + acc_b[d]*cb  (kcu_sm_mix)
+ * Combining with an empty partial (m = -inf, l = 0) returns the other one
+ * bitwise. */
+KCU_FN void kcu_sm_combine(struct kcu_sm *a, const struct kcu_sm *b, float *ca, float *cb) {
+    float m = a->m > b->m ? a->m : b->m;
+    if (m == -INFINITY) {
+        *ca = *cb = 0.0f;
+        return;
+    }
+    *ca = a->m == -INFINITY ? 0.0f : (a->m == m ? 1.0f : expf(kcu_sub(a->m, m)));
+    *cb = b->m == -INFINITY ? 0.0f : (b->m == m ? 1.0f : expf(kcu_sub(b->m, m)));
+    a->m = m;
+    a->l = kcu_add(kcu_mul(a->l, *ca), kcu_mul(b->l, *cb));
+}
+KCU_FN float kcu_sm_mix(float acc_a, float ca, float acc_b, float cb) {
+    return kcu_add(kcu_mul(acc_a, ca), kcu_mul(acc_b, cb));
+}
+
+/* ------------------------------------------------------ soft-capping */
+
+/* cap * tanh(x / cap) for cap > 0, x unchanged otherwise (final logits). */
+KCU_FN float kcu_softcap(float x, float cap) { return cap > 0.0f ? cap * tanhf(x / cap) : x; }
+/* One attention logit: scale * q.k, then soft-capped (as the CPU attention). */
+KCU_FN float kcu_att_logit(float dot, float scale, float cap) { return kcu_softcap(kcu_mul(dot, scale), cap); }
+
+/* ------------------------------------------------------ RoPE */
+
+/* Inverse frequency of pair i: base^(-2i/n_rot) / freq_factors[i], in double. */
+KCU_FN double kcu_rope_inv_freq(int i, int n_rot, float theta_base, const float *freq_factors) {
+    double v = pow((double)theta_base, -2.0 * i / n_rot);
+    if (freq_factors)
+        v /= (double)freq_factors[i];
+    return v;
+}
+/* cos and sin of the angle pos * freq_scale * inv, computed in double. */
+KCU_FN void kcu_rope_cs(int32_t pos, float freq_scale, double inv, float *cs, float *sn) {
+    double th = (double)pos * (double)freq_scale * inv;
+    *cs = (float)cos(th);
+    *sn = (float)sin(th);
+}
+/* Elements of pair i (of n_rot/2): neox (i, i + n_rot/2), else (2i, 2i+1). */
+KCU_FN void kcu_rope_pair(int neox, int i, int n_rot, int *i0, int *i1) {
+    *i0 = neox ? i : 2 * i;
+    *i1 = neox ? i + n_rot / 2 : 2 * i + 1;
+}
+/* (a, b) rotated: (a cs - b sn, a sn + b cs), each product rounded. */
+KCU_FN void kcu_rope_rotate(float *a, float *b, float cs, float sn) {
+    float x = *a, y = *b;
+    *a = kcu_sub(kcu_mul(x, cs), kcu_mul(y, sn));
+    *b = kcu_add(kcu_mul(x, sn), kcu_mul(y, cs));
+}
+
+/* ------------------------------------------------------ RMSNorm */
+
+/* 1 / sqrt(ss/dim + eps) from the row's sum of squares ss (double). */
+KCU_FN float kcu_rms_scale(double ss, int dim, float eps) {
+    return 1.0f / sqrtf(kcu_add((float)(ss / dim), eps));
+}
+/* One output element: (x * sc) * w, or x * sc without a weight. */
+KCU_FN float kcu_rms_apply(float x, float sc, const float *w, int k) {
+    float v = kcu_mul(x, sc);
+    return w ? kcu_mul(v, w[k]) : v;
+}
+/* A whole row, sequentially (the host's reference use; the device sums the
+ * squares in a block reduction and calls the two functions above). */
+KCU_FN void kcu_rmsnorm_row(float *out, const float *x, const float *w, int dim, float eps) {
+    double ss = 0.0;
+    for (int k = 0; k < dim; k++)
+        ss += (double)x[k] * x[k];
+    float sc = kcu_rms_scale(ss, dim, eps);
+    for (int k = 0; k < dim; k++)
+        out[k] = kcu_rms_apply(x[k], sc, w, k);
+}
+
+/* ------------------------------------------------------ activations */
+
+/* x / (1 + e^-x) */
+KCU_FN float kcu_silu(float x) { return x / kcu_add(1.0f, expf(-x)); }
+/* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+KCU_FN float kcu_gelu_tanh(float x) {
+    float x3 = kcu_mul(kcu_mul(kcu_mul(0.044715f, x), x), x);
+    float t = tanhf(kcu_mul(0.7978845608028654f, kcu_add(x, x3)));
+    return kcu_mul(kcu_mul(0.5f, x), kcu_add(1.0f, t));
+}
+/* act(g) * u; act 0 = SiLU, 1 = GELU(tanh) (the backend's glu op). */
+KCU_FN float kcu_glu(float g, float u, int act) {
+    return kcu_mul(act == 0 ? kcu_silu(g) : kcu_gelu_tanh(g), u);
+}
+
+/* ------------------------------------------------------ SUBLLM compaction */
+
+/* A row is kept iff its score is > 0 (NaN: dropped); its weight is
+ * min(score, 1) (engine/subllm.c). */
+KCU_FN int kcu_sub_keep(float score) { return score > 0.0f; }
+KCU_FN float kcu_sub_weight(float score) { return score < 1.0f ? score : 1.0f; }
+/* Exclusive prefix sum of the keep flags of scores[n]: idx[i] = number of
+ * kept rows before row i (row i goes to idx[i] in the compacted frame if
+ * kept). Returns the number kept. The device computes the same sums with a
+ * block scan; this sequential form is their reference. */
+KCU_FN int32_t kcu_sub_compact_index(const float *scores, int32_t n, int32_t *idx) {
+    int32_t c = 0;
+    for (int32_t i = 0; i < n; i++) {
+        idx[i] = c;
+        c += kcu_sub_keep(scores[i]);
+    }
+    return c;
+}
+
+#endif

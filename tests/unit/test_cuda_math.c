@@ -1,0 +1,435 @@
+/* test_cuda_math.c - the shared host/device arithmetic of the CUDA kernels
+ * (kernels/cuda/kcu_math.h), compiled as C and checked on the CPU against the
+ * CPU backend and the scalar references (kref_*) on the same inputs.
+ *
+ * Where kcu_math.h uses the same formula as the CPU backend's generic
+ * (no-SIMD) code, the answers must be equal bitwise: dequantisation, half
+ * conversions, RMSNorm, RoPE, SiLU/GELU, a one-split attention. Where the
+ * order of operations differs by design (split-K combine, the SIMD tables) a
+ * stated tolerance applies, and a double-precision softmax written here from
+ * the definition is the independent yardstick. Built and run without CUDA.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/kcpu.h"
+#include "kernels/cuda/kcu_math.h"
+#include "kerntest.h"
+
+static struct be open_generic(void) {
+    struct be be;
+    ck_assert_int_eq(be_open(&be, "cpu", 1), 0);
+    ck_assert_int_eq(kcpu_ctx_set_isa(&be, "generic"), 0);
+    return be;
+}
+
+static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
+
+/* ------------------------------------------------------------ conversions */
+
+START_TEST(test_half) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        float a = kcu_f16_to_f32((uint16_t)h);
+        ck_assert_msg(same_bits(a, kcpu_fp16_to_fp32((uint16_t)h)), "half %04x", h);
+        if (!isnan(a))
+            ck_assert_msg(same_bits(a, kref_fp16_to_fp32((uint16_t)h)), "half %04x vs kref", h);
+        ck_assert(same_bits(kcu_bf16_to_f32((uint16_t)h), kref_bf16_to_fp32((uint16_t)h)));
+    }
+    const float edge[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, 5.9604645e-8f, 2.9802322e-8f,
+                          2.9802326e-8f, 6.097555e-5f, 6.1035156e-5f, 1.0f / 3, INFINITY, -INFINITY};
+    for (size_t i = 0; i < sizeof edge / sizeof edge[0]; i++)
+        ck_assert_uint_eq(kcu_f32_to_f16(edge[i]), kref_fp32_to_fp16(edge[i]));
+    for (int i = 0; i < 400000; i++) {
+        uint32_t u = rnd() << 16 ^ rnd();
+        float f;
+        memcpy(&f, &u, 4);
+        uint16_t h = kcu_f32_to_f16(f);
+        ck_assert_uint_eq(h, kcpu_fp32_to_fp16(f)); /* the CPU kv_store's conversion */
+        if (isnan(f))
+            ck_assert((h & 0x7c00) == 0x7c00 && (h & 0x3ff));
+        else
+            ck_assert_msg(h == kref_fp32_to_fp16(f), "f32 %08x", u);
+    }
+}
+END_TEST
+
+START_TEST(test_type_geometry) {
+    for (int t = 0; t < BE_TYPE_COUNT; t++) {
+        const struct be_type_info *ti = be_type_get(t);
+        if (!kcpu_type_supported(t)) {
+            ck_assert_int_eq(kcu_type_blck(t), 0);
+            ck_assert_int_eq(kcu_type_size(t), 0);
+            continue;
+        }
+        ck_assert_ptr_nonnull(ti);
+        ck_assert_int_eq(kcu_type_blck(t), ti->blck);
+        ck_assert_int_eq(kcu_type_size(t), ti->size);
+    }
+    ck_assert_int_eq(kcu_type_blck(-1), 0);
+    ck_assert_int_eq(kcu_type_blck(1000), 0);
+}
+END_TEST
+
+/* ------------------------------------------------------------ dequantisation */
+
+/* A finite half in [2^-14, 2) or its negative: a sane block scale. */
+static uint16_t rnd_half_scale(void) { return (uint16_t)((rnd() & 0x83ff) | ((1 + rnd() % 15) << 10)); }
+
+/* rows x K elements of type: random bytes, finite scales / elements. */
+static void fill_row(int type, uint8_t *p, int64_t K) {
+    size_t rb = be_row_bytes(type, K);
+    for (size_t i = 0; i < rb; i++)
+        p[i] = (uint8_t)rnd();
+    const int bs = kcu_type_size(type);
+    for (size_t b = 0; b < rb / (size_t)bs; b++) {
+        uint8_t *q = p + b * (size_t)bs;
+        uint16_t d = rnd_half_scale(), e = rnd_half_scale();
+        uint32_t f = (rnd() & 0x807fffffu) | ((100 + rnd() % 50) << 23);
+        switch (type) {
+        case BE_F32: memcpy(q, &f, 4); break;
+        case BE_F16: memcpy(q, &d, 2); break;
+        case BE_BF16: q[1] = (uint8_t)((q[1] & 0x80) | (0x30 + rnd() % 32)); break;
+        case BE_Q4_K: case BE_Q5_K: memcpy(q + 2, &e, 2); /* fall through */
+        case BE_Q4_0: case BE_Q5_0: case BE_Q8_0: memcpy(q, &d, 2); break;
+        case BE_Q6_K: memcpy(q + 208, &d, 2); break;
+        default: break;
+        }
+    }
+}
+
+START_TEST(test_dequant) {
+    enum { K = 1024, ROWS = 3 };
+    struct be be = open_generic();
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        const int type = all_types[ti];
+        const size_t rb = be_row_bytes(type, K);
+        uint8_t *w = malloc(rb * ROWS);
+        float *a = malloc(sizeof(float) * K), *ref = malloc(sizeof(float) * K),
+              *sc = malloc(sizeof(float) * K), *gr = malloc(sizeof(float) * K * ROWS);
+        ck_assert(w && a && ref && sc && gr);
+        for (int r = 0; r < ROWS; r++)
+            fill_row(type, w + r * rb, K);
+        struct be_tensor t = {.type = type, .ne = {K, ROWS, 1, 1}, .nb1 = rb, .data = w};
+        ck_assert_int_eq(be_weight_prepare(&be, &t), 0);
+        const int32_t ids[ROWS] = {2, 0, 1};
+        be_get_rows(&be, gr, &t, ids, ROWS);
+        for (int r = 0; r < ROWS; r++) {
+            const uint8_t *row = w + (size_t)ids[r] * rb;
+            for (int64_t k = 0; k < K; k++)
+                a[k] = kcu_dequant_row_elem(type, row, k);
+            kref_dequant_row(type, row, ref, K);
+            kcpu_dequant_row_scalar(type, row, sc, K);
+            for (int64_t k = 0; k < K; k++) {
+                ck_assert_msg(same_bits(a[k], ref[k]), "type %d elem %lld: %g vs kref %g", type,
+                              (long long)k, a[k], ref[k]);
+                ck_assert_msg(same_bits(a[k], sc[k]), "type %d elem %lld vs cpu scalar", type,
+                              (long long)k);
+                ck_assert_msg(same_bits(a[k], gr[(size_t)r * K + k]), "type %d elem %lld vs get_rows",
+                              type, (long long)k);
+            }
+        }
+        free(w), free(a), free(ref), free(sc), free(gr);
+    }
+    ck_assert_float_eq(kcu_dequant_row_elem(BE_Q2_K, (const uint8_t *)"\x11\x22\x33\x44", 0), 0.0f);
+    be_close(&be);
+}
+END_TEST
+
+/* ------------------------------------------------------------ rmsnorm, rope, glu */
+
+START_TEST(test_rmsnorm) {
+    enum { N = 5, DIM = 640 };
+    struct be be = open_generic();
+    static float x[N * DIM], w[DIM], o_cpu[N * DIM], o_kcu[DIM];
+    for (int i = 0; i < N * DIM; i++)
+        x[i] = frnd() * (i % 7 == 0 ? 30.0f : 1.0f);
+    for (int i = 0; i < DIM; i++)
+        w[i] = 1.0f + frnd();
+    for (int with_w = 0; with_w < 2; with_w++) {
+        be_rmsnorm(&be, o_cpu, x, with_w ? w : NULL, N, DIM, 1e-6f);
+        for (int r = 0; r < N; r++) {
+            kcu_rmsnorm_row(o_kcu, x + r * DIM, with_w ? w : NULL, DIM, 1e-6f);
+            for (int k = 0; k < DIM; k++)
+                ck_assert_msg(same_bits(o_kcu[k], o_cpu[r * DIM + k]), "row %d elem %d", r, k);
+        }
+    }
+    be_close(&be);
+}
+END_TEST
+
+START_TEST(test_rope) {
+    enum { N = 4, H = 3, D = 64 };
+    struct be be = open_generic();
+    static float x[N * H * D], y_cpu[N * H * D], y_kcu[N * H * D], ff[D / 2];
+    const int32_t pos[N] = {0, 1, 517, 131071};
+    for (int i = 0; i < N * H * D; i++)
+        x[i] = frnd();
+    for (int i = 0; i < D / 2; i++)
+        ff[i] = 1.0f + (float)i * 0.37f;
+    for (int v = 0; v < 8; v++) {
+        const int neox = v & 1, n_rot = v & 2 ? 48 : D;
+        struct be_rope_params p = {.n_heads = H, .head_dim = D, .n_rot = n_rot,
+                                   .theta_base = v & 4 ? 1000000.0f : 10000.0f,
+                                   .freq_scale = v & 4 ? 0.25f : 1.0f, .neox = neox,
+                                   .freq_factors = v & 4 ? ff : NULL};
+        memcpy(y_cpu, x, sizeof x);
+        memcpy(y_kcu, x, sizeof x);
+        be_rope(&be, y_cpu, pos, N, &p);
+        for (int t = 0; t < N; t++)
+            for (int i = 0; i < n_rot / 2; i++) {
+                float cs, sn;
+                kcu_rope_cs(pos[t], p.freq_scale,
+                            kcu_rope_inv_freq(i, n_rot, p.theta_base, p.freq_factors), &cs, &sn);
+                int i0, i1;
+                kcu_rope_pair(neox, i, n_rot, &i0, &i1);
+                for (int h = 0; h < H; h++) {
+                    float *row = y_kcu + ((size_t)t * H + h) * D;
+                    kcu_rope_rotate(&row[i0], &row[i1], cs, sn);
+                }
+            }
+        for (int i = 0; i < N * H * D; i++)
+            ck_assert_msg(same_bits(y_kcu[i], y_cpu[i]), "variant %d elem %d: %g vs %g", v, i,
+                          y_kcu[i], y_cpu[i]);
+    }
+    be_close(&be);
+}
+END_TEST
+
+START_TEST(test_glu) {
+    enum { N = 4096 };
+    static float g[N], u[N], o[N];
+    for (int i = 0; i < N; i++) {
+        g[i] = frnd() * (i % 5 == 0 ? 40.0f : 6.0f);
+        u[i] = frnd();
+    }
+    g[0] = 0.0f, g[1] = -0.0f, g[2] = 88.0f, g[3] = -88.0f, g[4] = 1e-30f;
+    struct be be;
+    ck_assert_int_eq(be_open(&be, "cpu", 1), 0);
+    for (int s = 0; s < N_ISAS; s++) {
+        if (kcpu_ctx_set_isa(&be, isas[s]) != 0)
+            continue; /* not on this CPU */
+        for (int act = 0; act < 2; act++) {
+            be_glu(&be, o, g, u, N, act);
+            for (int i = 0; i < N; i++) {
+                float k = kcu_glu(g[i], u[i], act);
+                if (s == 0) /* the same formula: bitwise */
+                    ck_assert_msg(same_bits(k, o[i]), "act %d g %g: %g vs %g", act, g[i], k, o[i]);
+                else /* the SIMD tables use their own exp/tanh: a few ulp */
+                    ck_assert_msg(fabsf(k - o[i]) <= 4e-6f * fmaxf(1.0f, fabsf(o[i])),
+                                  "%s act %d g %g: %g vs %g", isas[s], act, g[i], k, o[i]);
+            }
+        }
+    }
+    be_close(&be);
+}
+END_TEST
+
+/* ------------------------------------------------------------ softmax, split-K */
+
+enum { AT_D = 64, AT_H = 4, AT_KVH = 2, AT_N = 333, AT_CHUNK = 32 };
+#define AT_KVD (AT_KVH * AT_D)
+
+/* Keys [a, b] of head h as one partial, in chunks of AT_CHUNK from a (the CPU
+ * attention's walk): sequential float dot products and accumulation. */
+static void kcu_partial(const float *q, const float *K, const float *V, int h, int a, int b,
+                        const struct be_attn_params *p, struct kcu_sm *s, float *acc) {
+    const size_t off = (size_t)(h / (AT_H / AT_KVH)) * AT_D;
+    kcu_sm_init(s);
+    for (int d = 0; d < AT_D; d++)
+        acc[d] = 0.0f;
+    for (int c0 = a; c0 <= b; c0 += AT_CHUNK) {
+        int cnt = b - c0 + 1 < AT_CHUNK ? b - c0 + 1 : AT_CHUNK;
+        float sc[AT_CHUNK], mx = -INFINITY;
+        for (int i = 0; i < cnt; i++) {
+            float dot = 0.0f;
+            for (int d = 0; d < AT_D; d++)
+                dot = kcu_add(dot, kcu_mul(q[d], K[(size_t)(c0 + i) * AT_KVD + off + d]));
+            sc[i] = kcu_att_logit(dot, p->scale, p->softcap);
+            mx = sc[i] > mx ? sc[i] : mx;
+        }
+        float corr = kcu_sm_rescale(s, mx);
+        for (int i = 0; i < cnt; i++) {
+            sc[i] = kcu_sm_weight(s, sc[i]);
+            s->l = kcu_add(s->l, sc[i]);
+        }
+        for (int d = 0; d < AT_D; d++) {
+            float v = kcu_mul(acc[d], corr);
+            for (int i = 0; i < cnt; i++)
+                v = kcu_add(v, kcu_mul(sc[i], V[(size_t)(c0 + i) * AT_KVD + off + d]));
+            acc[d] = v;
+        }
+    }
+}
+
+START_TEST(test_attention_split) {
+    static float K[AT_N * AT_KVD], V[AT_N * AT_KVD], q[AT_H * AT_D], o_cpu[AT_H * AT_D];
+    static int32_t pages[(AT_N + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS];
+    for (int i = 0; i < AT_N * AT_KVD; i++) {
+        K[i] = frnd();
+        V[i] = frnd();
+    }
+    for (int i = 0; i < AT_H * AT_D; i++)
+        q[i] = 3.0f * frnd();
+    for (int i = 0; i < (int)(sizeof pages / sizeof pages[0]); i++)
+        pages[i] = i; /* identity block table: cache rows are positions */
+    /* the cache: pages of 16 slots, identity table, so row P of K/V is slot P */
+    static float kc[((AT_N + 15) / 16) * 16 * AT_KVD], vc[((AT_N + 15) / 16) * 16 * AT_KVD];
+    memcpy(kc, K, sizeof K);
+    memcpy(vc, V, sizeof V);
+    struct be_kv_layer kv = {.k = kc, .v = vc, .kv_type = BE_F32};
+    struct be_attn_seq seq = {.tok0 = 0, .n_tok = 1, .n_past = AT_N - 1, .pages = pages};
+    struct be be = open_generic();
+    const int splits[] = {1, 2, 5, 11};
+    for (int v = 0; v < 4; v++) {
+        struct be_attn_params p = {.n_heads = AT_H, .n_kv_heads = AT_KVH, .head_dim = AT_D,
+                                   .scale = 0.125f, .window = v & 1 ? 100 : 0,
+                                   .softcap = v & 2 ? 2.0f : 0.0f};
+        be_attention(&be, o_cpu, q, &kv, &seq, 1, &p);
+        const int qpos = AT_N - 1, lo = p.window ? qpos - p.window + 1 : 0;
+        for (int h = 0; h < AT_H; h++) {
+            /* independent yardstick: softmax in double, from the definition */
+            double w[AT_N], wsum = 0.0, wmax = -INFINITY, ref[AT_D] = {0};
+            const size_t off = (size_t)(h / (AT_H / AT_KVH)) * AT_D;
+            for (int P = lo; P <= qpos; P++) {
+                double dot = 0.0;
+                for (int d = 0; d < AT_D; d++)
+                    dot += (double)q[h * AT_D + d] * K[(size_t)P * AT_KVD + off + d];
+                dot *= p.scale;
+                if (p.softcap > 0)
+                    dot = p.softcap * tanh(dot / p.softcap);
+                w[P] = dot;
+                wmax = dot > wmax ? dot : wmax;
+            }
+            for (int P = lo; P <= qpos; P++)
+                wsum += (w[P] = exp(w[P] - wmax));
+            for (int P = lo; P <= qpos; P++)
+                for (int d = 0; d < AT_D; d++)
+                    ref[d] += w[P] / wsum * V[(size_t)P * AT_KVD + off + d];
+            for (int si = 0; si < 4; si++) {
+                const int S = splits[si], len = qpos - lo + 1;
+                struct kcu_sm tot, part;
+                float acc[AT_D], pacc[AT_D], ca, cb;
+                kcu_sm_init(&tot);
+                for (int d = 0; d < AT_D; d++)
+                    acc[d] = 0.0f;
+                for (int s = 0; s < S; s++) { /* split s: keys [a, b], last may be empty */
+                    int a = lo + (int)((int64_t)len * s / S), b = lo + (int)((int64_t)len * (s + 1) / S) - 1;
+                    kcu_partial(q + h * AT_D, K, V, h, a, b, &p, &part, pacc);
+                    kcu_sm_combine(&tot, &part, &ca, &cb);
+                    for (int d = 0; d < AT_D; d++)
+                        acc[d] = kcu_sm_mix(acc[d], ca, pacc[d], cb);
+                }
+                const float inv = kcu_sm_inv(&tot);
+                for (int d = 0; d < AT_D; d++) {
+                    float o = kcu_mul(acc[d], inv), c = o_cpu[h * AT_D + d];
+                    if (S == 1) /* one split walks the keys as the CPU does: bitwise */
+                        ck_assert_msg(same_bits(o, c), "v %d h %d d %d: %g vs %g", v, h, d, o, c);
+                    else /* other grouping of the same sums: float rounding only */
+                        ck_assert_msg(fabsf(o - c) <= 2e-6f, "v %d S %d h %d d %d: %g vs %g", v, S, h,
+                                      d, o, c);
+                    ck_assert_msg(fabs(o - ref[d]) <= 1e-5, "v %d S %d h %d d %d: %g vs double %g", v,
+                                  S, h, d, o, ref[d]);
+                }
+            }
+        }
+    }
+    be_close(&be);
+}
+END_TEST
+
+START_TEST(test_combine_empty) {
+    struct kcu_sm a = {.m = 1.5f, .l = 3.25f}, e, e2;
+    float ca, cb;
+    kcu_sm_init(&e);
+    kcu_sm_combine(&a, &e, &ca, &cb); /* x + empty = x, bitwise */
+    ck_assert(same_bits(a.m, 1.5f) && same_bits(a.l, 3.25f) && ca == 1.0f && cb == 0.0f);
+    ck_assert(same_bits(kcu_sm_mix(0.7f, ca, 123.0f, cb), 0.7f));
+    kcu_sm_init(&e2);
+    kcu_sm_combine(&e2, &a, &ca, &cb); /* empty + x = x */
+    ck_assert(same_bits(e2.m, 1.5f) && same_bits(e2.l, 3.25f) && ca == 0.0f && cb == 1.0f);
+    kcu_sm_init(&e2);
+    kcu_sm_combine(&e2, &e, &ca, &cb); /* empty + empty = empty, no NaN */
+    ck_assert(e2.m == -INFINITY && e2.l == 0.0f && ca == 0.0f && cb == 0.0f);
+    ck_assert_float_eq(kcu_sm_inv(&e2), 0.0f);
+}
+END_TEST
+
+START_TEST(test_softcap) {
+    ck_assert(same_bits(kcu_softcap(7.25f, 0.0f), 7.25f));
+    for (int i = 0; i < 10000; i++) {
+        float x = frnd() * 200.0f, y = kcu_softcap(x, 30.0f);
+        ck_assert(fabsf(y) <= 30.0f);
+        ck_assert(same_bits(kcu_softcap(-x, 30.0f), -y)); /* odd */
+        ck_assert(fabs(y - 30.0 * tanh((double)x / 30.0)) <= 4e-6 * 30.0);
+        float x2 = x + 1.0f;
+        ck_assert(kcu_softcap(x2, 30.0f) >= y); /* monotone */
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------ SUBLLM compaction */
+
+START_TEST(test_sub_compact) {
+    enum { N = 1000 };
+    static float s[N];
+    static int32_t idx[N], src[N];
+    for (int rep = 0; rep < 20; rep++) {
+        for (int i = 0; i < N; i++) {
+            switch (rnd() % 6) {
+            case 0: s[i] = 0.0f; break;
+            case 1: s[i] = i % 2 ? -0.0f : NAN; break;
+            case 2: s[i] = 1e-30f; break;
+            default: s[i] = frnd() * (rep % 2 ? 3.0f : 0.1f); break;
+            }
+        }
+        /* the engine's rule (engine/subllm.c subsample): walk the rows, keep
+         * iff s > 0, append to the compacted frame */
+        int32_t n_kept = 0;
+        for (int i = 0; i < N; i++)
+            if (s[i] > 0.0f)
+                src[n_kept++] = i;
+        int32_t c = kcu_sub_compact_index(s, N, idx);
+        ck_assert_int_eq(c, n_kept);
+        for (int i = 0, seen = 0; i < N; i++) {
+            ck_assert_int_eq(idx[i], seen); /* exclusive prefix sum */
+            if (kcu_sub_keep(s[i])) {
+                ck_assert_int_eq(src[idx[i]], i);
+                float w = kcu_sub_weight(s[i]);
+                ck_assert(w > 0.0f && w <= 1.0f && (s[i] >= 1.0f ? w == 1.0f : w == s[i]));
+                seen++;
+            }
+        }
+    }
+    ck_assert_int_eq(kcu_sub_compact_index(s, 0, idx), 0);
+}
+END_TEST
+
+static Suite *cuda_math_suite(void) {
+    Suite *s = suite_create("cuda_math");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_half);
+    tcase_add_test(tc, test_type_geometry);
+    tcase_add_test(tc, test_dequant);
+    tcase_add_test(tc, test_rmsnorm);
+    tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_glu);
+    tcase_add_test(tc, test_attention_split);
+    tcase_add_test(tc, test_combine_empty);
+    tcase_add_test(tc, test_softcap);
+    tcase_add_test(tc, test_sub_compact);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(cuda_math_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed != 0;
+}
