@@ -51,7 +51,6 @@
  * Thread: the engine thread owning the model; a backend worker may run
  * branch b between the fork and the join.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,18 +64,6 @@ struct eng_lp {
     int start, end;      /* paired range; start == end: off */
     struct eng_bufs b;   /* branch b's buffer set (model backend memory), made when first set */
 };
-
-static int lp_fail(char *err, size_t len, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int lp_fail(char *err, size_t len, int code, const char *fmt, ...) {
-    if (err && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, len, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* ------------------------------------------------------------ one pair */
 
@@ -137,7 +124,7 @@ static int lp_check_levels(const struct eng_model *m, int start, int end, char *
     for (int l = start; l < end; l++) {
         int lev = eng_model_layer_level(m, l);
         if (lev != 0)
-            return lp_fail(err, err_len, SS_EINVAL,
+            return eng_fail(err, err_len, SS_EINVAL,
                            "layer parallelism %d:%d overlaps a SUBLLM bracket (layer %d runs at level %d); "
                            "pair only level-0 layers outside every subsampler",
                            start, end, l, lev);
@@ -145,7 +132,7 @@ static int lp_check_levels(const struct eng_model *m, int start, int end, char *
     const int32_t *st = m->sub.step0; /* steps [st[l], st[l+1]) run before layer l */
     for (int l = start + 1; st && l < end; l += 2)
         if (st[l] != st[l + 1])
-            return lp_fail(err, err_len, SS_EINVAL,
+            return eng_fail(err, err_len, SS_EINVAL,
                            "layer parallelism %d:%d: a SUBLLM bracket sits between layers %d and %d",
                            start, end, l - 1, l);
     return 0;
@@ -153,29 +140,29 @@ static int lp_check_levels(const struct eng_model *m, int start, int end, char *
 
 int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *err, size_t err_len) {
     if (err && err_len) err[0] = 0;
-    if (!m) return lp_fail(err, err_len, SS_EINVAL, "no model");
+    if (!m) return eng_fail(err, err_len, SS_EINVAL, "no model");
     const int nl = m->cfg.n_layers;
     if (start == 0 && end == 0) {
         if (m->lp) m->lp->start = m->lp->end = 0;
         return 0;
     }
     if (start < 0 || end > nl || start >= end)
-        return lp_fail(err, err_len, SS_EINVAL,
+        return eng_fail(err, err_len, SS_EINVAL,
                        "layer parallelism range %d:%d is invalid: need 0 <= START < END <= %d (layers)",
                        start, end, nl);
     if ((end - start) % 2)
-        return lp_fail(err, err_len, SS_EINVAL,
+        return eng_fail(err, err_len, SS_EINVAL,
                        "layer parallelism range %d:%d has an odd number of layers (%d); it must pair them",
                        start, end, end - start);
     int rc = lp_check_levels(m, start, end, err, err_len);
     if (rc < 0) return rc;
     if (!m->lp) {
         struct eng_lp *lp = calloc(1, sizeof *lp);
-        if (!lp) return lp_fail(err, err_len, SS_ENOMEM, "out of memory");
+        if (!lp) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
         m->lp = lp;
         if (eng_bufs_alloc(m, &lp->b) < 0) {
             eng_lp_free(m);
-            return lp_fail(err, err_len, SS_ENOMEM, "out of memory for layer-parallel activations");
+            return eng_fail(err, err_len, SS_ENOMEM, "out of memory for layer-parallel activations");
         }
     }
     m->lp->start = start;
@@ -214,7 +201,7 @@ static int lp_parse(const char *s, size_t len, int *start, int *end) {
 int eng_lp_parse_flag(const char *s, struct eng_options *o, char *err, size_t err_len) {
     int start, end;
     if (!s || !o || lp_parse(s, strlen(s), &start, &end) < 0)
-        return lp_fail(err, err_len, SS_EINVAL, "layer parallelism '%.40s': expected START:END (e.g. 4:10) or off",
+        return eng_fail(err, err_len, SS_EINVAL, "layer parallelism '%.40s': expected START:END (e.g. 4:10) or off",
                        s ? s : "");
     if (start == 0 && end == 0 && strchr(s, ':') == NULL) {
         o->lp_mode = ENG_LP_OFF;
@@ -222,9 +209,9 @@ int eng_lp_parse_flag(const char *s, struct eng_options *o, char *err, size_t er
         return 0;
     }
     if (start >= end)
-        return lp_fail(err, err_len, SS_EINVAL, "layer parallelism %d:%d: START must be below END", start, end);
+        return eng_fail(err, err_len, SS_EINVAL, "layer parallelism %d:%d: START must be below END", start, end);
     if ((end - start) % 2)
-        return lp_fail(err, err_len, SS_EINVAL,
+        return eng_fail(err, err_len, SS_EINVAL,
                        "layer parallelism %d:%d has an odd number of layers (%d); it must pair them", start, end,
                        end - start);
     o->lp_mode = ENG_LP_RANGE;
@@ -241,7 +228,7 @@ static int lp_file_range(const struct eng_model *m, int *start, int *end, char *
     if (kv->type == GGUF_T_STRING) {
         struct gguf_str s;
         if (gguf_get_str(m->gguf, "lp.range", &s) == 0 && lp_parse(s.s, s.len, start, end) == 0) return 0;
-        return lp_fail(err, err_len, SS_EINVAL, "file key lp.range '%.*s': expected \"START:END\" or \"off\"",
+        return eng_fail(err, err_len, SS_EINVAL, "file key lp.range '%.*s': expected \"START:END\" or \"off\"",
                        (int)(s.len < 40 ? s.len : 40), s.s);
     }
     double a, b;
@@ -252,12 +239,12 @@ static int lp_file_range(const struct eng_model *m, int *start, int *end, char *
         *end = (int)b;
         return 0;
     }
-    return lp_fail(err, err_len, SS_EINVAL, "file key lp.range: expected a string \"START:END\" or an array [START, END]");
+    return eng_fail(err, err_len, SS_EINVAL, "file key lp.range: expected a string \"START:END\" or an array [START, END]");
 }
 
 int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options *opt, char *err,
                                    size_t err_len) {
-    if (!m) return lp_fail(err, err_len, SS_EINVAL, "no model");
+    if (!m) return eng_fail(err, err_len, SS_EINVAL, "no model");
     int mode = opt ? opt->lp_mode : ENG_LP_FILE, start = 0, end = 0, rc;
     if (mode == ENG_LP_RANGE) {
         start = opt->lp_start;
@@ -265,13 +252,13 @@ int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options
     } else if (mode == ENG_LP_FILE) {
         if ((rc = lp_file_range(m, &start, &end, err, err_len)) < 0) return rc;
     } else if (mode != ENG_LP_OFF) {
-        return lp_fail(err, err_len, SS_EINVAL, "lp_mode %d: use ENG_LP_FILE, ENG_LP_OFF or ENG_LP_RANGE", mode);
+        return eng_fail(err, err_len, SS_EINVAL, "lp_mode %d: use ENG_LP_FILE, ENG_LP_OFF or ENG_LP_RANGE", mode);
     }
     if (mode == ENG_LP_RANGE && start == 0 && end == 0)
-        return lp_fail(err, err_len, SS_EINVAL, "layer parallelism range 0:0 is empty; use off");
+        return eng_fail(err, err_len, SS_EINVAL, "layer parallelism range 0:0 is empty; use off");
     char sub[200];
     rc = eng_model_set_layer_parallel(m, start, end, sub, sizeof sub);
     if (rc < 0)
-        return lp_fail(err, err_len, rc, "%s%s", mode == ENG_LP_FILE ? "file key lp.range: " : "", sub);
+        return eng_fail(err, err_len, rc, "%s%s", mode == ENG_LP_FILE ? "file key lp.range: " : "", sub);
     return 0;
 }

@@ -21,7 +21,6 @@
  * with its own statistics; no lock here).
  */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,18 +28,6 @@
 #include "engine/gguf.h"
 #include "engine/model_internal.h"
 #include "kernels/ss_error.h"
-
-static int lfail(char *err, size_t len, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int lfail(char *err, size_t len, int code, const char *fmt, ...) {
-    if (err && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, len, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* lte.expert_size and lte.threshold, with their defaults. *present is set when
  * either key is in the file. */
@@ -51,18 +38,18 @@ static int read_keys(const struct gguf_file *f, int ffn, int *S, float *tau, int
     int rc = gguf_get_i64(f, "lte.expert_size", &s);
     if (rc == 0) *present = 1;
     else if (rc != SS_ENOTFOUND)
-        return lfail(err, err_len, SS_EBADMODEL, "key lte.expert_size has a non-integer type");
+        return eng_fail(err, err_len, SS_EBADMODEL, "key lte.expert_size has a non-integer type");
     if (s < 1 || s > ffn)
-        return lfail(err, err_len, SS_EBADMODEL, "lte.expert_size = %lld is outside [1, %d] (the FFN size)",
+        return eng_fail(err, err_len, SS_EBADMODEL, "lte.expert_size = %lld is outside [1, %d] (the FFN size)",
                      (long long)s, ffn);
     *S = (int)s;
     *tau = 0.5f;
     rc = gguf_get_f32(f, "lte.threshold", tau);
     if (rc == 0) *present = 1;
     else if (rc != SS_ENOTFOUND)
-        return lfail(err, err_len, SS_EBADMODEL, "key lte.threshold has a non-float type");
+        return eng_fail(err, err_len, SS_EBADMODEL, "key lte.threshold has a non-float type");
     if (!(*tau > 0.0f && *tau < 1.0f))
-        return lfail(err, err_len, SS_EBADMODEL, "lte.threshold = %g is outside (0, 1)", (double)*tau);
+        return eng_fail(err, err_len, SS_EBADMODEL, "lte.threshold = %g is outside (0, 1)", (double)*tau);
     return 0;
 }
 
@@ -74,7 +61,7 @@ static int count_routers(struct eng_model *m, int *n_routed, char *err, size_t e
         snprintf(w, sizeof w, "blk.%d.ffn_router.weight", il);
         snprintf(b, sizeof b, "blk.%d.ffn_router.bias", il);
         int hw = gguf_find_tensor(m->gguf, w) != NULL, hb = gguf_find_tensor(m->gguf, b) != NULL;
-        if (hb && !hw) return lfail(err, err_len, SS_EBADMODEL, "tensor %s without %s", b, w);
+        if (hb && !hw) return eng_fail(err, err_len, SS_EBADMODEL, "tensor %s without %s", b, w);
         *n_routed += hw;
     }
     return 0;
@@ -91,7 +78,7 @@ static int make_down_x(struct eng_model *m, int il, struct eng_lte_layer *LL, ch
     uint8_t *host = malloc(per_expert);
     if (!LL->down_mem || !host) {
         free(host);
-        return lfail(err, err_len, SS_ENOMEM, "out of memory for the expert-major ffn_down of layer %d", il);
+        return eng_fail(err, err_len, SS_ENOMEM, "out of memory for the expert-major ffn_down of layer %d", il);
     }
     const uint8_t *src = down->data;
     for (int e = 0; e < E; e++) {
@@ -103,7 +90,7 @@ static int make_down_x(struct eng_model *m, int il, struct eng_lte_layer *LL, ch
     LL->down_x = (struct be_tensor){.type = down->type, .ne = {S, (int64_t)E * dim, 1, 1}, .nb1 = rbs,
                                     .data = LL->down_mem};
     int rc = be_weight_prepare(&m->be, &LL->down_x);
-    if (rc < 0) return lfail(err, err_len, rc, "backend could not prepare the LTE ffn_down of layer %d", il);
+    if (rc < 0) return eng_fail(err, err_len, rc, "backend could not prepare the LTE ffn_down of layer %d", il);
     return 0;
 }
 
@@ -116,15 +103,15 @@ static int bind_router(struct eng_model *m, int il, int build, char *err, size_t
     int rc = eng_bind_matrix(m, &LL->router, name, m->cfg.dim, E, err, err_len);
     if (rc < 0) return rc;
     LL->bias = calloc((size_t)E, sizeof *LL->bias);
-    if (!LL->bias) return lfail(err, err_len, SS_ENOMEM, "out of memory");
+    if (!LL->bias) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
     snprintf(name, sizeof name, "blk.%d.ffn_router.bias", il);
     if (gguf_find_tensor(m->gguf, name) && (rc = eng_host_vector(m, name, E, LL->bias, err, err_len)) < 0)
         return rc;
     for (int e = 0; e < E; e++)
-        if (!isfinite(LL->bias[e])) return lfail(err, err_len, SS_EBADMODEL, "tensor %s holds a non-finite value", name);
+        if (!isfinite(LL->bias[e])) return eng_fail(err, err_len, SS_EBADMODEL, "tensor %s holds a non-finite value", name);
     const struct be_type_info *ti = be_type_get(m->layers[il].w_down.type);
     if (be_row_bytes(m->layers[il].w_down.type, m->lte.expert_size) == 0)
-        return lfail(err, err_len, SS_EBADMODEL,
+        return eng_fail(err, err_len, SS_EBADMODEL,
                      "blk.%d.ffn_down.weight has type %s with %d-element blocks: an LTE layer needs a "
                      "block size that divides lte.expert_size %d (re-quantise ffn_down, e.g. to q8_0)",
                      il, ti && ti->name ? ti->name : "?", ti ? ti->blck : 0, m->lte.expert_size);
@@ -140,11 +127,11 @@ int eng_lte_load(struct eng_model *m, const struct eng_options *o, char *err, si
     if ((rc = count_routers(m, &n_routed, err, err_len)) < 0) return rc;
     if (!present && n_routed == 0) return 0; /* a plain dense model */
     if (m->cfg.ffn_dim % S != 0)
-        return lfail(err, err_len, SS_EBADMODEL, "%s.feed_forward_length %d is not a multiple of lte.expert_size %d",
+        return eng_fail(err, err_len, SS_EBADMODEL, "%s.feed_forward_length %d is not a multiple of lte.expert_size %d",
                      m->desc->name, m->cfg.ffn_dim, S);
     if (o->lte_threshold != 0.0f) {
         if (!(o->lte_threshold > 0.0f && o->lte_threshold < 1.0f))
-            return lfail(err, err_len, SS_EINVAL, "LTE threshold %g is outside (0, 1)", (double)o->lte_threshold);
+            return eng_fail(err, err_len, SS_EINVAL, "LTE threshold %g is outside (0, 1)", (double)o->lte_threshold);
         tau = o->lte_threshold;
     }
     lt->expert_size = S;
@@ -154,15 +141,15 @@ int eng_lte_load(struct eng_model *m, const struct eng_options *o, char *err, si
     lt->logit_tau = (float)log((double)tau / (1.0 - (double)tau));
     lt->enabled = n_routed > 0 && !o->lte_off;
     if (o->lte_path < ENG_LTE_AUTO || o->lte_path > ENG_LTE_DENSE)
-        return lfail(err, err_len, SS_EINVAL, "LTE path %d: use ENG_LTE_AUTO, _GROUPED or _DENSE", o->lte_path);
+        return eng_fail(err, err_len, SS_EINVAL, "LTE path %d: use ENG_LTE_AUTO, _GROUPED or _DENSE", o->lte_path);
     lt->path = o->lte_path;
     lt->layers = calloc((size_t)m->cfg.n_layers, sizeof *lt->layers);
-    if (!lt->layers) return lfail(err, err_len, SS_ENOMEM, "out of memory");
+    if (!lt->layers) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
     for (int il = 0; il < m->cfg.n_layers; il++)
         if ((rc = bind_router(m, il, lt->enabled, err, err_len)) < 0) return rc;
     if (!lt->enabled) return 0;
     if (!be_has_lte(&m->be))
-        return lfail(err, err_len, SS_EUNSUPPORTED, "backend '%s' has no LTE sparse FFN (use --lte off)",
+        return eng_fail(err, err_len, SS_EUNSUPPORTED, "backend '%s' has no LTE sparse FFN (use --lte off)",
                      m->be.ops->name);
     for (int il = 0; il < m->cfg.n_layers; il++)
         if (lt->layers[il].router.data) {

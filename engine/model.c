@@ -87,9 +87,7 @@ static int64_t dim_value(const struct eng_config *c, int sym) {
 
 /* ---- helpers ---- */
 
-static int fail(char *err, size_t len, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t len, int code, const char *fmt, ...) {
+int eng_fail(char *err, size_t len, int code, const char *fmt, ...) {
     if (err && len) {
         va_list ap;
         va_start(ap, fmt);
@@ -108,13 +106,13 @@ static int key_int(const struct gguf_file *f, const char *arch, const char *suff
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
     int rc = gguf_get_i64(f, key, &v);
     if (rc == SS_ENOTFOUND) {
-        if (def < 0) return fail(err, err_len, SS_EBADMODEL, "missing key %s", key);
+        if (def < 0) return eng_fail(err, err_len, SS_EBADMODEL, "missing key %s", key);
         *out = def;
         return 0;
     }
-    if (rc < 0) return fail(err, err_len, SS_EBADMODEL, "key %s has a non-integer type", key);
+    if (rc < 0) return eng_fail(err, err_len, SS_EBADMODEL, "key %s has a non-integer type", key);
     if (v < lo || v > hi)
-        return fail(err, err_len, SS_EBADMODEL, "key %s = %lld out of range [%d, %d]", key,
+        return eng_fail(err, err_len, SS_EBADMODEL, "key %s = %lld out of range [%d, %d]", key,
                     (long long)v, lo, hi);
     *out = (int)v;
     return 0;
@@ -129,9 +127,9 @@ static int key_float(const struct gguf_file *f, const char *arch, const char *su
         *out = def;
         return 0;
     }
-    if (rc < 0) return fail(err, err_len, SS_EBADMODEL, "key %s has a non-float type", key);
+    if (rc < 0) return eng_fail(err, err_len, SS_EBADMODEL, "key %s has a non-float type", key);
     if (!(*out == *out) || *out < 0.0f || *out > 1e30f)
-        return fail(err, err_len, SS_EBADMODEL, "key %s = %g is not a valid value", key, *out);
+        return eng_fail(err, err_len, SS_EBADMODEL, "key %s = %g is not a valid value", key, *out);
     return 0;
 }
 
@@ -168,7 +166,7 @@ static int read_gemma_keys(struct eng_model *m, char *err, size_t err_len) {
                         err_len)) < 0)
         return rc;
     if (!(c->rope_theta_swa > 0.0f))
-        return fail(err, err_len, SS_EBADMODEL, "%s.rope.freq_base_swa must be positive", a);
+        return eng_fail(err, err_len, SS_EBADMODEL, "%s.rope.freq_base_swa must be positive", a);
     return 0;
 }
 
@@ -185,13 +183,13 @@ static int mark_swa_layers(struct eng_model *m, char *err, size_t err_len) {
     int pattern = m->desc->swa_pattern;
     if (kv && kv->type == GGUF_T_ARRAY) {
         if (kv->arr_n < (uint64_t)c->n_layers)
-            return fail(err, err_len, SS_EBADMODEL, "%s has %llu entries for %d layers", key,
+            return eng_fail(err, err_len, SS_EBADMODEL, "%s has %llu entries for %d layers", key,
                         (unsigned long long)kv->arr_n, c->n_layers);
         for (int il = 0; il < c->n_layers; il++) {
             double v;
             if (kv->arr_type == GGUF_T_BOOL) v = kv->data[il] != 0;
             else if (gguf_arr_num(kv, (uint64_t)il, &v) < 0)
-                return fail(err, err_len, SS_EBADMODEL, "%s is not a numeric array", key);
+                return eng_fail(err, err_len, SS_EBADMODEL, "%s is not a numeric array", key);
             m->layers[il].swa = v != 0.0;
         }
     } else {
@@ -212,15 +210,15 @@ static int read_config(struct eng_model *m, const char *path, char *err, size_t 
     int rc;
 
     if (gguf_get_str(f, "general.architecture", &s) < 0)
-        return fail(err, err_len, SS_EBADMODEL, "missing general.architecture");
+        return eng_fail(err, err_len, SS_EBADMODEL, "missing general.architecture");
     m->desc = eng_arch_find(s.s, (size_t)s.len);
     if (!m->desc) {
         char an[64];
         copy_gstr(an, sizeof an, s);
-        return fail(err, err_len, SS_EUNSUPPORTED, "unsupported architecture '%s'", an);
+        return eng_fail(err, err_len, SS_EUNSUPPORTED, "unsupported architecture '%s'", an);
     }
     if (!m->desc->forward_ready)
-        return fail(err, err_len, SS_EUNSUPPORTED, "architecture '%s' is not implemented yet",
+        return eng_fail(err, err_len, SS_EUNSUPPORTED, "architecture '%s' is not implemented yet",
                     m->desc->name);
     const char *a = m->desc->name;
     c->arch = m->desc->arch;
@@ -248,25 +246,25 @@ static int read_config(struct eng_model *m, const char *path, char *err, size_t 
     if ((rc = key_int(f, a, "attention.value_length", c->head_dim, 1, 1024, &vlen, err, err_len)) < 0)
         return rc;
     if (vlen != c->head_dim)
-        return fail(err, err_len, SS_EUNSUPPORTED, "%s.attention.value_length %d != key_length %d",
+        return eng_fail(err, err_len, SS_EUNSUPPORTED, "%s.attention.value_length %d != key_length %d",
                     a, vlen, c->head_dim);
     if (c->n_heads % c->n_kv_heads != 0)
-        return fail(err, err_len, SS_EBADMODEL, "head_count %d is not a multiple of head_count_kv %d",
+        return eng_fail(err, err_len, SS_EBADMODEL, "head_count %d is not a multiple of head_count_kv %d",
                     c->n_heads, c->n_kv_heads);
     if ((int64_t)c->n_heads * c->head_dim > 4 * big)
-        return fail(err, err_len, SS_EBADMODEL, "attention width %d x %d too large", c->n_heads,
+        return eng_fail(err, err_len, SS_EBADMODEL, "attention width %d x %d too large", c->n_heads,
                     c->head_dim);
     if ((rc = key_int(f, a, "rope.dimension_count", c->head_dim, 2, c->head_dim, &c->n_rot, err,
                       err_len)) < 0)
         return rc;
     if (c->n_rot % 2)
-        return fail(err, err_len, SS_EBADMODEL, "%s.rope.dimension_count %d is odd", a, c->n_rot);
+        return eng_fail(err, err_len, SS_EBADMODEL, "%s.rope.dimension_count %d is odd", a, c->n_rot);
     if ((rc = key_float(f, a, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps, err,
                         err_len)) < 0 ||
         (rc = key_float(f, a, "rope.freq_base", 10000.0f, &c->rope_theta, err, err_len)) < 0)
         return rc;
     if (c->rope_theta <= 0.0f)
-        return fail(err, err_len, SS_EBADMODEL, "%s.rope.freq_base must be positive", a);
+        return eng_fail(err, err_len, SS_EBADMODEL, "%s.rope.freq_base must be positive", a);
     c->rope_freq_scale = 1.0f;
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
@@ -287,7 +285,7 @@ static int find_checked(struct eng_model *m, const char *name, int vec, int64_t 
                         const struct gguf_tensor_info **out, char *err, size_t err_len) {
     const struct gguf_tensor_info *t = gguf_find_tensor(m->gguf, name);
     *out = t;
-    if (!t) return fail(err, err_len, SS_EBADMODEL, "missing tensor %s", name);
+    if (!t) return eng_fail(err, err_len, SS_EBADMODEL, "missing tensor %s", name);
     uint32_t want_dims = vec ? 1 : 2;
     int shape_ok = t->ne[0] == ne0 && t->ne[1] == ne1 && t->ne[2] == 1 && t->ne[3] == 1 &&
                    (t->n_dims == want_dims || (vec && t->n_dims == 2 && t->ne[1] == 1));
@@ -295,18 +293,18 @@ static int find_checked(struct eng_model *m, const char *name, int vec, int64_t 
         char want[64];
         if (vec) snprintf(want, sizeof want, "[%lld]", (long long)ne0);
         else snprintf(want, sizeof want, "[%lld, %lld]", (long long)ne0, (long long)ne1);
-        return fail(err, err_len, SS_EBADMODEL,
+        return eng_fail(err, err_len, SS_EBADMODEL,
                     "tensor %s has shape [%lld, %lld, %lld, %lld] (%u dims), expected %s", name,
                     (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
                     (long long)t->ne[3], t->n_dims, want);
     }
     const struct be_type_info *ti = be_type_get(t->type);
     if (!ti || !be_type_supported(&m->be, t->type) || be_row_bytes(t->type, ne0) == 0)
-        return fail(err, err_len, SS_EBADMODEL, "tensor %s has unsupported type %d (%s) for row length %lld",
+        return eng_fail(err, err_len, SS_EBADMODEL, "tensor %s has unsupported type %d (%s) for row length %lld",
                     name, t->type, ti && ti->name ? ti->name : "unknown", (long long)ne0);
     size_t need = be_row_bytes(t->type, ne0) * (size_t)ne1;
     if (t->nbytes < need)
-        return fail(err, err_len, SS_EBADMODEL, "tensor %s holds %zu bytes, expected %zu", name,
+        return eng_fail(err, err_len, SS_EBADMODEL, "tensor %s holds %zu bytes, expected %zu", name,
                     t->nbytes, need);
     return 0;
 }
@@ -324,7 +322,7 @@ int eng_bind_matrix(struct eng_model *m, struct be_tensor *w, const char *name, 
     w->nb1 = be_row_bytes(t->type, ne0);
     w->data = t->data;
     rc = be_weight_prepare(&m->be, w);
-    if (rc < 0) return fail(err, err_len, rc, "backend could not prepare tensor %s (%s)", name, ss_strerror(rc));
+    if (rc < 0) return eng_fail(err, err_len, rc, "backend could not prepare tensor %s (%s)", name, ss_strerror(rc));
     return 0;
 }
 
@@ -346,7 +344,7 @@ static int bind_vector(struct eng_model *m, const float **out, const char *name,
     int rc = find_checked(m, name, 1, n, 1, &t, err, err_len);
     if (rc < 0) return rc;
     float *dev = be_alloc(&m->be, (size_t)n * sizeof *dev);
-    if (!dev) return fail(err, err_len, SS_ENOMEM, "out of memory loading %s", name);
+    if (!dev) return eng_fail(err, err_len, SS_ENOMEM, "out of memory loading %s", name);
     vector_to_f32(m, t, n, dev);
     *out = dev;
     return 0;
@@ -358,7 +356,7 @@ int eng_host_vector(struct eng_model *m, const char *name, int64_t n, float *out
     int rc = find_checked(m, name, 1, n, 1, &t, err, err_len);
     if (rc < 0) return rc;
     float *dev = be_alloc(&m->be, (size_t)n * sizeof *dev);
-    if (!dev) return fail(err, err_len, SS_ENOMEM, "out of memory loading %s", name);
+    if (!dev) return eng_fail(err, err_len, SS_ENOMEM, "out of memory loading %s", name);
     vector_to_f32(m, t, n, dev);
     be_download(&m->be, out, dev, (size_t)n * sizeof *out);
     be_dealloc(&m->be, dev);
@@ -389,9 +387,9 @@ static int bind_layer(struct eng_model *m, int il, char *err, size_t err_len) {
 static int bind_tensors(struct eng_model *m, char *err, size_t err_len) {
     struct eng_config *c = &m->cfg;
     const struct gguf_tensor_info *te = gguf_find_tensor(m->gguf, "token_embd.weight");
-    if (!te) return fail(err, err_len, SS_EBADMODEL, "missing tensor token_embd.weight");
+    if (!te) return eng_fail(err, err_len, SS_EBADMODEL, "missing tensor token_embd.weight");
     if (te->ne[1] < 1 || te->ne[1] > (1 << 24))
-        return fail(err, err_len, SS_EBADMODEL, "tensor token_embd.weight has %lld rows",
+        return eng_fail(err, err_len, SS_EBADMODEL, "tensor token_embd.weight has %lld rows",
                     (long long)te->ne[1]);
     c->n_vocab = (int)te->ne[1];
     int rc = eng_bind_matrix(m, &m->tok_embd, "token_embd.weight", c->dim, c->n_vocab, err, err_len);
@@ -410,7 +408,7 @@ static int bind_tensors(struct eng_model *m, char *err, size_t err_len) {
     m->weight_bytes = m->output.nb1 * (size_t)m->output.ne[1];
 
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
-    if (!m->layers) return fail(err, err_len, SS_ENOMEM, "out of memory");
+    if (!m->layers) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
     if ((rc = mark_swa_layers(m, err, err_len)) < 0) return rc;
     for (int il = 0; il < c->n_layers; il++)
         if ((rc = bind_layer(m, il, err, err_len)) < 0) return rc;
@@ -441,11 +439,11 @@ static int alloc_kv(struct eng_model *m, const struct eng_options *o, char *err,
         n_pages = (int64_t)seqs * ((m->n_ctx + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS);
     }
     if (n_pages < 1)
-        return fail(err, err_len, SS_EINVAL, "KV cache of %zu bytes holds no page (one page = %zu bytes)",
+        return eng_fail(err, err_len, SS_EINVAL, "KV cache of %zu bytes holds no page (one page = %zu bytes)",
                     o->kv_bytes, per_page);
     const int L = m->cfg.n_layers;
     if (n_pages > INT32_MAX / BE_PAGE_SLOTS / L)
-        return fail(err, err_len, SS_EINVAL, "KV cache too large (%lld pages of %d layers)", (long long)n_pages, L);
+        return eng_fail(err, err_len, SS_EINVAL, "KV cache too large (%lld pages of %d layers)", (long long)n_pages, L);
     m->n_pages = (int32_t)n_pages;
     m->n_units = (int32_t)(n_pages * L);
     const size_t unit_half = eng_model_unit_bytes(m) / 2; /* K (or V) bytes of one unit */
@@ -453,7 +451,7 @@ static int alloc_kv(struct eng_model *m, const struct eng_options *o, char *err,
     m->kv_k = be_alloc(&m->be, bytes);
     m->kv_v = be_alloc(&m->be, bytes);
     if (!m->kv_k || !m->kv_v)
-        return fail(err, err_len, SS_ENOMEM, "out of memory for the KV cache (%lld pages, %zu bytes)",
+        return eng_fail(err, err_len, SS_ENOMEM, "out of memory for the KV cache (%lld pages, %zu bytes)",
                     (long long)n_pages, 2 * bytes);
     m->kv_pool = (struct be_kv_layer){.k = m->kv_k, .v = m->kv_v, .kv_type = m->kv_type};
     return 0;
@@ -495,7 +493,7 @@ static int alloc_scratch(struct eng_model *m, char *err, size_t err_len) {
     s->x = be_alloc(&m->be, T * c->dim * f);
     s->logits = be_alloc(&m->be, (size_t)ENG_LOGIT_CHUNK * c->n_vocab * f);
     if (!s->x || !s->logits || eng_bufs_alloc(m, &s->b) < 0)
-        return fail(err, err_len, SS_ENOMEM, "out of memory for activations (%d rows)", m->max_batch_tokens);
+        return eng_fail(err, err_len, SS_ENOMEM, "out of memory for activations (%d rows)", m->max_batch_tokens);
     return 0;
 }
 
@@ -504,12 +502,12 @@ static int alloc_scratch(struct eng_model *m, char *err, size_t err_len) {
 static int load_options(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len) {
     if (o->kv_type == 0 || o->kv_type == ENG_KV_F16) m->kv_type = BE_F16;
     else if (o->kv_type == ENG_KV_F32) m->kv_type = BE_F32;
-    else return fail(err, err_len, SS_EINVAL, "kv_type %d: use ENG_KV_F16 or ENG_KV_F32", o->kv_type);
+    else return eng_fail(err, err_len, SS_EINVAL, "kv_type %d: use ENG_KV_F16 or ENG_KV_F32", o->kv_type);
     m->max_batch_tokens = o->max_batch_tokens > 0 ? o->max_batch_tokens : 2048;
     if (m->max_batch_tokens > (1 << 20) || (int64_t)m->max_batch_tokens * m->cfg.n_heads > INT_MAX)
-        return fail(err, err_len, SS_EINVAL, "max_batch_tokens %d too large", o->max_batch_tokens);
+        return eng_fail(err, err_len, SS_EINVAL, "max_batch_tokens %d too large", o->max_batch_tokens);
     if (o->n_ctx < 0 || o->n_ctx > (1 << 24))
-        return fail(err, err_len, SS_EINVAL, "n_ctx %d out of range", o->n_ctx);
+        return eng_fail(err, err_len, SS_EINVAL, "n_ctx %d out of range", o->n_ctx);
     m->n_ctx = o->n_ctx > 0 ? o->n_ctx : (m->cfg.n_ctx_train < 8192 ? m->cfg.n_ctx_train : 8192);
     return 0;
 }
@@ -522,7 +520,7 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
     if (err && err_len) err[0] = 0;
     *out = NULL;
     struct eng_model *m = calloc(1, sizeof *m);
-    if (!m) return fail(err, err_len, SS_ENOMEM, "out of memory");
+    if (!m) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
 
     if ((rc = gguf_open(&m->gguf, path, err, err_len)) < 0) goto fail;
     if ((rc = read_config(m, path, err, err_len)) < 0) goto fail;
@@ -532,7 +530,7 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
 
     const char *bname = o->backend && o->backend[0] ? o->backend : "cpu";
     if ((rc = be_open(&m->be, bname, o->n_threads)) < 0) {
-        fail(err, err_len, rc, "cannot open backend '%s': %s", bname, ss_strerror(rc));
+        eng_fail(err, err_len, rc, "cannot open backend '%s': %s", bname, ss_strerror(rc));
         goto fail;
     }
     m->be_open = 1;
@@ -540,7 +538,7 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
                                  [ENG_ACT_AUTO] = BE_ACT_AUTO};
     if (o->act_precision < 0 || o->act_precision > ENG_ACT_AUTO ||
         (rc = be_set_act_precision(&m->be, be_act[o->act_precision])) < 0) {
-        rc = fail(err, err_len, rc < 0 ? rc : SS_EINVAL, "activation precision %d on backend '%s': %s",
+        rc = eng_fail(err, err_len, rc < 0 ? rc : SS_EINVAL, "activation precision %d on backend '%s': %s",
                   o->act_precision, bname, rc < 0 ? ss_strerror(rc) : "unknown value");
         goto fail;
     }
@@ -548,7 +546,7 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
     if ((rc = eng_subllm_bind(m, err, err_len)) < 0) goto fail;
     if ((rc = eng_lte_load(m, o, err, err_len)) < 0) goto fail;
     if (tok_n_vocab(m->tok) > m->cfg.n_vocab) {
-        rc = fail(err, err_len, SS_EBADMODEL, "tokenizer has %d tokens but token_embd.weight only %d rows",
+        rc = eng_fail(err, err_len, SS_EBADMODEL, "tokenizer has %d tokens but token_embd.weight only %d rows",
                   (int)tok_n_vocab(m->tok), m->cfg.n_vocab);
         goto fail;
     }

@@ -213,6 +213,10 @@ struct eng_model {
     float *probe_buf;         /* host [T][dim] */
 };
 
+/* model.c: writes the printf-style message into err (when err and len) and
+ * returns code: the one way engine/ files fail with a message. */
+int eng_fail(char *err, size_t len, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
 /* model.c: a 1-D tensor [n] checked and converted to fp32 (by the backend's
  * get_rows) into host memory out (SS_EBADMODEL with a message naming it when
  * absent or mis-shaped, SS_ENOMEM when the backend has no room for it). */

@@ -28,7 +28,6 @@
  * Thread: the engine thread that owns the model. Nothing here allocates after
  * load.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,17 +37,6 @@
 #include "kernels/ss_error.h"
 
 #define SUB_MAX_STRUCTURE 65536 /* characters of subllm.structure */
-
-static int sfail(char *err, size_t len, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int sfail(char *err, size_t len, int code, const char *fmt, ...) {
-    if (err && len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, len, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* ------------------------------------------------------------- structure */
 
@@ -65,7 +53,7 @@ static int parse_structure(struct eng_model *m, const char *str, size_t len, cha
     int *step_layer = calloc(2 * ENG_MAX_LEVELS, sizeof *step_layer);
     if (!S->steps || !step_layer) {
         free(step_layer);
-        return sfail(err, err_len, SS_ENOMEM, "out of memory");
+        return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
     }
     int rc = 0;
     for (size_t i = 0; i < len && rc == 0; i++) {
@@ -77,7 +65,7 @@ static int parse_structure(struct eng_model *m, const char *str, size_t len, cha
             n_t++;
         } else if (ch == '(') {
             if (S->n_sub == ENG_MAX_LEVELS - 1) {
-                rc = sfail(err, err_len, SS_EUNSUPPORTED,
+                rc = eng_fail(err, err_len, SS_EUNSUPPORTED,
                            "subllm.structure: more than %d subsamplers ('(' at offset %zu)",
                            ENG_MAX_LEVELS - 1, i);
                 break;
@@ -91,12 +79,12 @@ static int parse_structure(struct eng_model *m, const char *str, size_t len, cha
             S->n_sub++;
         } else if (ch == ')') {
             if (depth == 0) {
-                rc = sfail(err, err_len, SS_EBADMODEL, "subllm.structure: ')' at offset %zu closes nothing", i);
+                rc = eng_fail(err, err_len, SS_EBADMODEL, "subllm.structure: ')' at offset %zu closes nothing", i);
                 break;
             }
             int sub = stack[--depth];
             if (own[sub + 1] == 0) {
-                rc = sfail(err, err_len, SS_EBADMODEL,
+                rc = eng_fail(err, err_len, SS_EBADMODEL,
                            "subllm.structure: the bracket at offset %zu holds no block at its own level", open_at[depth]);
                 break;
             }
@@ -105,18 +93,18 @@ static int parse_structure(struct eng_model *m, const char *str, size_t len, cha
         } else {
             unsigned char u = (unsigned char)ch;
             if (u >= 0x20 && u < 0x7f)
-                rc = sfail(err, err_len, SS_EBADMODEL,
+                rc = eng_fail(err, err_len, SS_EBADMODEL,
                            "subllm.structure: invalid character '%c' at offset %zu (only T, ( and ))", ch, i);
             else
-                rc = sfail(err, err_len, SS_EBADMODEL,
+                rc = eng_fail(err, err_len, SS_EBADMODEL,
                            "subllm.structure: invalid byte 0x%02x at offset %zu (only T, ( and ))", u, i);
         }
     }
     if (rc == 0 && depth > 0)
-        rc = sfail(err, err_len, SS_EBADMODEL, "subllm.structure: '(' at offset %zu is never closed",
+        rc = eng_fail(err, err_len, SS_EBADMODEL, "subllm.structure: '(' at offset %zu is never closed",
                    open_at[depth - 1]);
     if (rc == 0 && n_t != nl)
-        rc = sfail(err, err_len, SS_EBADMODEL, "subllm.structure has %d blocks (T) but subllm.block_count is %d",
+        rc = eng_fail(err, err_len, SS_EBADMODEL, "subllm.structure has %d blocks (T) but subllm.block_count is %d",
                    n_t, nl);
     if (rc == 0) {
         /* step0[l] = number of steps placed before layer l */
@@ -136,20 +124,20 @@ int eng_subllm_parse(struct eng_model *m, char *err, size_t err_len) {
     const int nl = m->cfg.n_layers;
     S->layer_level = calloc((size_t)nl, sizeof *S->layer_level);
     S->step0 = calloc((size_t)nl + 2, sizeof *S->step0);
-    if (!S->layer_level || !S->step0) return sfail(err, err_len, SS_ENOMEM, "out of memory");
+    if (!S->layer_level || !S->step0) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
     m->n_levels = 1;
     if (m->cfg.arch != ENG_ARCH_SUBLLM) return 0;
 
     const struct gguf_kv *kv = gguf_find(m->gguf, "subllm.structure");
     struct gguf_str s;
-    if (!kv) return sfail(err, err_len, SS_EBADMODEL, "missing key subllm.structure");
+    if (!kv) return eng_fail(err, err_len, SS_EBADMODEL, "missing key subllm.structure");
     if (kv->type != GGUF_T_STRING || gguf_get_str(m->gguf, "subllm.structure", &s) < 0)
-        return sfail(err, err_len, SS_EBADMODEL, "key subllm.structure is not a string");
+        return eng_fail(err, err_len, SS_EBADMODEL, "key subllm.structure is not a string");
     if (s.len == 0 || s.len > SUB_MAX_STRUCTURE)
-        return sfail(err, err_len, SS_EBADMODEL, "subllm.structure has %llu characters (1..%d)",
+        return eng_fail(err, err_len, SS_EBADMODEL, "subllm.structure has %llu characters (1..%d)",
                      (unsigned long long)s.len, SUB_MAX_STRUCTURE);
     S->structure = malloc((size_t)s.len + 1);
-    if (!S->structure) return sfail(err, err_len, SS_ENOMEM, "out of memory");
+    if (!S->structure) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
     memcpy(S->structure, s.s, (size_t)s.len);
     S->structure[s.len] = 0;
     return parse_structure(m, S->structure, (size_t)s.len, err, err_len);
@@ -162,7 +150,7 @@ int eng_subllm_bind(struct eng_model *m, char *err, size_t err_len) {
     if (S->n_sub == 0) return 0;
     S->score = malloc((size_t)S->n_sub * d * sizeof *S->score);
     S->bypass = malloc((size_t)S->n_sub * d * sizeof *S->bypass);
-    if (!S->score || !S->bypass) return sfail(err, err_len, SS_ENOMEM, "out of memory");
+    if (!S->score || !S->bypass) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
     char name[64];
     for (int i = 0; i < S->n_sub; i++) {
         int rc;
@@ -180,7 +168,7 @@ int eng_frames_alloc(struct eng_model *m, char *err, size_t err_len) {
     struct eng_subllm *S = &m->sub;
     const size_t T = (size_t)m->max_batch_tokens, D = (size_t)m->cfg.dim;
     S->frames = calloc((size_t)S->max_depth + 1, sizeof *S->frames);
-    if (!S->frames) return sfail(err, err_len, SS_ENOMEM, "out of memory");
+    if (!S->frames) return eng_fail(err, err_len, SS_ENOMEM, "out of memory");
     int ok = 1;
     for (int k = 0; k <= S->max_depth; k++) {
         struct eng_frame *f = &S->frames[k];
@@ -203,7 +191,7 @@ int eng_frames_alloc(struct eng_model *m, char *err, size_t err_len) {
         S->vaseq[j] = malloc(T * sizeof *S->vaseq[j]);
         ok = ok && S->vslots[j] && S->vaseq[j];
     }
-    return ok ? 0 : sfail(err, err_len, SS_ENOMEM, "out of memory for the batch index buffers");
+    return ok ? 0 : eng_fail(err, err_len, SS_ENOMEM, "out of memory for the batch index buffers");
 }
 
 void eng_subllm_free(struct eng_model *m) {
