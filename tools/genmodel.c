@@ -206,7 +206,11 @@ static int opts_check(const struct genmodel_opts *o, char *err, size_t err_len) 
         else if (n_sub >= 0 && o->dim < 4 * (n_sub + 1))
             why = "subllm needs dim >= 4 * (subsamplers + 1) (reserved channels)";
     }
-    if (!why && o->lte_expert_size &&
+    if (!why && o->lte_expert_size == 0 &&
+        (o->lte_sparsity != 0.5f || o->lte_threshold != 0.0f || o->lte_dense_layers || o->lte_no_bias))
+        why = "the LTE options (--lte-sparsity, --lte-threshold, --lte-dense-layers, --lte-no-bias) "
+              "need --lte-expert-size";
+    else if (!why && o->lte_expert_size &&
         (o->lte_expert_size < 0 || o->ffn_dim % o->lte_expert_size != 0 ||
          (o->wtype == BE_Q8_0 && o->lte_expert_size % 32 != 0)))
         why = "lte expert size must divide ffn (and be a multiple of 32 for q8_0)";

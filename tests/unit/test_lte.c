@@ -295,6 +295,25 @@ START_TEST(test_bad_files) {
 }
 END_TEST
 
+/* gen-model refuses LTE options without an expert size (they used to be
+ * ignored silently, writing a dense model). */
+START_TEST(test_genmodel_lte_options_need_size) {
+    char path[PATH_MAX], err[256];
+    tu_tmp_file(path, sizeof path, "nosize.gguf");
+    for (int k = 0; k < 4; k++) {
+        struct genmodel_opts o;
+        genmodel_opts_default(&o);
+        if (k == 0) o.lte_sparsity = 0.3f;
+        if (k == 1) o.lte_threshold = 0.4f;
+        if (k == 2) o.lte_dense_layers = 1;
+        if (k == 3) o.lte_no_bias = 1;
+        ck_assert_int_eq(genmodel_write(&o, path, err, sizeof err), SS_EINVAL);
+        ck_assert_msg(strstr(err, "need --lte-expert-size") != NULL, "%s", err);
+    }
+    unlink(path);
+}
+END_TEST
+
 /* ------------------------------------------------------------ calibration */
 
 static void write_text(const char *path) {
@@ -394,6 +413,7 @@ static Suite *suite(void) {
     tcase_add_loop_test(tc, test_batch_invariance, 0, M_N_REF);
     tcase_add_test(tc, test_layer_parallel_stack);
     tcase_add_test(tc, test_bad_files);
+    tcase_add_test(tc, test_genmodel_lte_options_need_size);
     tcase_add_loop_test(tc, test_calibrate, 0, 2);
     suite_add_tcase(s, tc);
     return s;
