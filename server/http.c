@@ -5,7 +5,9 @@
  * watches MHD's epoll fd and a uv_timer_t follows MHD_get_timeout(). Every MHD
  * call happens on the loop thread. The engine thread's notify callback only
  * appends to a ready list and uv_async_send()s; the async callback drains it,
- * resumes connections that have news, then calls MHD_run() once.
+ * resumes connections that have news, then calls MHD_run() once. policy.c's
+ * tick (read deadlines, vanished clients) also runs MHD every SRV_TICK_MS, so
+ * the listening socket is serviced even when MHD reports no timeout.
  * NOTE: libmicrohttpd 0.9.75 facts this relies on, each seen as a failure when
  * ignored: MHD_resume_connection wakes nothing in external mode (MHD_run must
  * follow); a content reader returning 0 without suspending spins; a suspended
