@@ -10,9 +10,13 @@
  *                 completion_pump_choice() formatted (chunks carry their choice
  *                 index), or suspends when there are none.
  *   While suspended, a uv_poll on the socket notices a client that went away
- *   (MHD does not watch suspended sockets) and cancels the request.
+ *   (MHD does not watch suspended sockets) and cancels the request. EOF alone
+ *   may be a half-close (the client still reads): peer_eof_probe writes to
+ *   tell the two apart, fdwatch_sweep (policy tick) acts on the reset.
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +49,33 @@ static void on_fdw_closed(uv_handle_t *h) {
     conn_unref(h->data);
 }
 
+/* The client left while its request waited: cancel it and let MHD close the
+ * connection. The caller runs MHD afterwards. */
+static void conn_gone(struct srv_conn *c) {
+    srv_log_req(SRV_LOG_DEBUG, c->rid, "%s %s: client went away while waiting", c->method, c->path);
+    c->client_gone = 1;
+    completion_cancel(c, CANCEL_CLIENT);
+    conn_resume(c);
+}
+
+/* EOF on a suspended request: the client half-closed its write side (it may
+ * still read the answer) or closed entirely; TCP cannot tell them apart until
+ * the server writes. So write: before any response byte, an interim
+ * "100 Continue" (HTTP/1.1 clients must skip unexpected 1xx answers); on a
+ * stream, MHD's next chunk. A peer that closed answers the write with a reset,
+ * which fdwatch_sweep sees (TCP state CLOSE) and treats as gone. Returns 1 if
+ * the request may go on, 0 if the client is gone already. */
+static int peer_eof_probe(struct srv_conn *c) {
+    static const char probe[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (c->http10)
+        return 0; /* no 1xx for HTTP/1.0: EOF means gone, as before */
+    c->peer_eof = 1;
+    if (c->state == CS_STREAM)
+        return 1; /* the stream's own writes are the probe */
+    ssize_t n = send(c->fd, probe, sizeof(probe) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    return n == (ssize_t)(sizeof(probe) - 1);
+}
+
 static void on_fd_event(uv_poll_t *h, int status, int events) {
     struct srv_conn *c = h->data;
     char b;
@@ -57,16 +88,29 @@ static void on_fd_event(uv_poll_t *h, int status, int events) {
             fdwatch_stop(c);
         return;
     }
-    srv_log_req(SRV_LOG_DEBUG, c->rid, "%s %s: client went away while waiting", c->method, c->path);
-    c->client_gone = 1;
-    completion_cancel(c, CANCEL_CLIENT);
-    conn_resume(c);
+    if (n == 0 && status >= 0 && (c->peer_eof || peer_eof_probe(c))) {
+        fdwatch_stop(c); /* EOF stays readable: watching on would spin */
+        return;
+    }
+    conn_gone(c);
     srv_mhd_run(c->srv);
+}
+
+void fdwatch_sweep(struct srv *s) {
+    for (struct srv_conn *c = s->inflight, *next; c; c = next) {
+        next = c->next;
+        if (!c->peer_eof || !c->suspended || c->client_gone || !c->mc || c->fd < 0)
+            continue;
+        struct tcp_info ti;
+        socklen_t len = sizeof(ti);
+        if (getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 || ti.tcpi_state == TCP_CLOSE)
+            conn_gone(c);
+    }
 }
 
 void fdwatch_start(struct srv_conn *c) {
     struct srv *s = c->srv;
-    if (!c->mc || s->phase == SRV_STOPPED || c->fdw_active)
+    if (!c->mc || s->phase == SRV_STOPPED || c->fdw_active || c->peer_eof)
         return;
     if (!c->fdw_init) {
         const union MHD_ConnectionInfo *ci =
@@ -447,7 +491,7 @@ enum MHD_Result completion_start(struct srv_conn *c) {
     int rc = c->route == API_ROUTE_CHAT
                  ? api_chat_parse(&s->mi, c->body.data, c->body.len, &comp, &e)
                  : api_completion_parse(&s->mi, c->body.data, c->body.len, &comp, &e);
-    api_buf_free(&c->body);
+    srv_body_release(c);
     if (rc < 0)
         return srv_respond_error(c, &e);
     c->kind = comp.kind;

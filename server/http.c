@@ -5,7 +5,9 @@
  * watches MHD's epoll fd and a uv_timer_t follows MHD_get_timeout(). Every MHD
  * call happens on the loop thread. The engine thread's notify callback only
  * appends to a ready list and uv_async_send()s; the async callback drains it,
- * resumes connections that have news, then calls MHD_run() once.
+ * resumes connections that have news, then calls MHD_run() once. policy.c's
+ * tick (read deadlines, vanished clients) also runs MHD every SRV_TICK_MS, so
+ * the listening socket is serviced even when MHD reports no timeout.
  * NOTE: libmicrohttpd 0.9.75 facts this relies on, each seen as a failure when
  * ignored: MHD_resume_connection wakes nothing in external mode (MHD_run must
  * follow); a content reader returning 0 without suspending spins; a suspended
@@ -44,11 +46,21 @@ static void on_mhd_poll(uv_poll_t *p, int status, int events) {
     srv_mhd_run(p->data);
 }
 
+/* NOTE: at its connection limit MHD 0.9.75 takes the listening socket out of
+ * its epoll set and puts it back only at the start of a later MHD_run. So a
+ * run that closed connections is followed by another (the listener comes back
+ * now, not at the next event), and policy.c's tick runs MHD every SRV_TICK_MS
+ * whatever MHD_get_timeout says. */
 void srv_mhd_run(struct srv *s) {
     if (!s->d || s->in_mhd_run)
         return;
     s->in_mhd_run = 1;
-    MHD_run(s->d);
+    for (int i = 0; i < 4 && s->d; i++) {
+        int before = s->n_socks;
+        MHD_run(s->d);
+        if (s->n_socks >= before)
+            break;
+    }
     s->in_mhd_run = 0;
     if (!s->d)
         return;
@@ -66,7 +78,7 @@ void srv_mhd_run(struct srv *s) {
 
 static void conn_free(struct srv_conn *c) {
     completion_free(c); /* choices: r->user cleared, references dropped */
-    api_buf_free(&c->body);
+    srv_body_release(c);
     api_buf_free(&c->out);
     free(c);
 }
@@ -77,8 +89,10 @@ void conn_unref(struct srv_conn *c) {
 }
 
 void conn_set_state(struct srv_conn *c, int state) {
-    if (c->state == CS_HEADERS && state != CS_HEADERS)
+    if (c->state == CS_HEADERS && state != CS_HEADERS) {
         c->srv->n_receiving--;
+        srv_policy_request_done(c); /* no read deadline from now on */
+    }
     c->state = state;
 }
 
@@ -164,6 +178,12 @@ static enum MHD_Result respond_json(struct srv_conn *c, int status, struct api_b
 
 /* ------------------------------------------------------------ access handler */
 
+static void body_budget_error(struct api_error *e) {
+    api_error_set(e, SS_EAGAIN, NULL, "body_budget_exhausted",
+                  "the server is buffering too many request bodies (--max-body-total); retry "
+                  "the request");
+}
+
 /* First call for a request: everything decidable from the headers. */
 /* Answers an error decided on the headers alone. A client that sent a body
  * without "Expect: 100-continue" is still writing it: answering and closing now
@@ -205,7 +225,7 @@ static enum MHD_Result early_error_now(struct srv_conn *c, const struct api_erro
 }
 
 static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, const char *url,
-                                     const char *method, void **con_cls) {
+                                     const char *method, const char *version, void **con_cls) {
     struct srv_conn *c = calloc(1, sizeof(*c));
     if (!c)
         return MHD_NO;
@@ -214,6 +234,8 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
     c->refs = 1;
     c->fd = -1;
     c->t0 = uv_hrtime();
+    c->http10 = strcmp(version, MHD_HTTP_VERSION_1_1) != 0;
+    srv_policy_head_done(c, mc); /* the head is in: body deadlines from now */
     snprintf(c->method, sizeof(c->method), "%s", method);
     snprintf(c->path, sizeof(c->path), "%s", url);
     for (char *p = c->path; *p; p++) /* the path goes to the log: keep it one printable line */
@@ -286,18 +308,32 @@ static enum MHD_Result on_first_call(struct srv *s, struct MHD_Connection *mc, c
                                s->cfg->max_body);
             return early_error(c, &e, NULL);
         }
+        /* the body's bytes come out of --max-body-total before they are read */
+        if (end != cl && n > 0 && srv_body_reserve(c, (size_t)n) != 0) {
+            body_budget_error(&e);
+            return early_error(c, &e, NULL);
+        }
     }
     return MHD_YES; /* stays in CS_HEADERS until the body is complete */
 }
 
 /* Body bytes; chunked bodies are capped while they accumulate. */
 static enum MHD_Result on_body(struct srv_conn *c, const char *data, size_t size) {
+    srv_policy_body_read(c);
     if (c->state != CS_HEADERS)
         return MHD_YES; /* a response is already queued: discard */
     size_t cap = c->srv->cfg->max_body;
     if (!c->too_large && c->body.len + size > cap) {
         c->too_large = 1;
-        api_buf_free(&c->body);
+        srv_body_release(c);
+    }
+    if (!c->too_large && srv_body_reserve(c, c->body.len + size) != 0) {
+        /* a chunked body outgrew the budget: drain it, then answer 503 */
+        c->deferred = 1;
+        body_budget_error(&c->deferred_err);
+        c->deferred_allow = NULL;
+        c->too_large = 1;
+        srv_body_release(c);
     }
     if (c->too_large) {
         c->discarded += size;
@@ -320,7 +356,7 @@ static enum MHD_Result body_complete(struct srv_conn *c) {
         rc = c->route == API_ROUTE_TOKENIZE
                  ? api_tokenize(&s->mi, c->body.data, c->body.len, &b, &e)
                  : api_detokenize(&s->mi, c->body.data, c->body.len, &b, &e);
-        api_buf_free(&c->body);
+        srv_body_release(c);
         if (rc < 0) {
             api_buf_free(&b);
             return srv_respond_error(c, &e);
@@ -334,10 +370,9 @@ static enum MHD_Result body_complete(struct srv_conn *c) {
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls) {
-    (void)version;
     struct srv_conn *c = *con_cls;
     if (!c)
-        return on_first_call(cls, mc, url, method, con_cls);
+        return on_first_call(cls, mc, url, method, version, con_cls);
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
@@ -391,6 +426,7 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     c->mc = NULL;
     c->suspended = 0;
     conn_set_state(c, CS_RESPONDED);
+    srv_policy_request_done(c); /* the connection waits for its next request head */
     s->n_conns--;
 
     double ms = (double)(uv_hrtime() - c->t0) / 1e6;
@@ -466,6 +502,7 @@ static void final_stop(struct srv *s) {
         MHD_run(s->d); /* let MHD process pending resumes before the stop */
         uv_close((uv_handle_t *)&s->mhd_poll, on_handle_closed);
         uv_close((uv_handle_t *)&s->mhd_timer, on_handle_closed);
+        srv_policy_close(s);
         MHD_stop_daemon(s->d);
         s->d = NULL;
     }
@@ -540,9 +577,10 @@ static struct MHD_Daemon *start_daemon(struct srv *s, int *port_out) {
     errno = 0;
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)s->cfg->port, NULL, NULL, on_access, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)s->cfg->conn_timeout_s, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)s->cfg->max_connections, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+        srv_policy_notify, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg->conn_timeout_s,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg->max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->cfg->max_conns_per_ip, MHD_OPTION_END);
     int err = errno;
     freeaddrinfo(ai);
     if (!d) {
@@ -578,6 +616,7 @@ static int start_loop(struct srv *s) {
     s->sig_int.data = s->sig_term.data = s;
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    srv_policy_init(s);
     uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
     return 0;
 }

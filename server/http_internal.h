@@ -41,6 +41,25 @@ enum conn_state {
     CS_STREAM,      /* streaming response queued */
 };
 
+/* What a TCP connection is doing, for its read deadlines (policy.c). */
+enum sock_phase {
+    SOCK_HEAD = 0, /* reading a request head: absolute deadline t_head_end */
+    SOCK_BODY,     /* reading a request body: no gap over --body-timeout */
+    SOCK_BUSY,     /* the request is complete (generating, answering): no read deadline */
+};
+
+/* One TCP connection, from accept (MHD_CONNECTION_NOTIFY_STARTED) to close
+ * (..._CLOSED): MHD's socket context. Owned by policy.c; loop thread. */
+struct srv_sock {
+    struct srv *srv;
+    struct srv_sock *prev, *next; /* srv->socks */
+    int fd;
+    int phase;                 /* enum sock_phase */
+    int cut;                   /* shut down by the policy: MHD closes it */
+    uint64_t t_head_end;       /* uv_now() ms: SOCK_HEAD deadline */
+    uint64_t t_read;           /* uv_now() ms: last body bytes (SOCK_BODY) */
+};
+
 enum cancel_reason { CANCEL_NONE = 0, CANCEL_CLIENT, CANCEL_SLOW, CANCEL_SHUTDOWN };
 
 struct srv;
@@ -74,6 +93,10 @@ struct srv_conn {
     int status;                /* HTTP status queued (for the access log) */
 
     /* request body */
+    struct srv_sock *sock;     /* its TCP connection (NULL after NOTIFY_COMPLETED) */
+    int http10;                /* HTTP/1.0 request: no interim 1xx answers */
+    int peer_eof;              /* the client half-closed while we worked (completion.c) */
+    size_t body_reserved;      /* bytes of srv->body_total held by this request */
     struct api_buf body;
     uint64_t discarded;        /* bytes dropped after the cap was hit */
     int too_large;
@@ -140,6 +163,12 @@ struct srv {
     uint64_t t_grace_end, t_hard_end; /* uv_hrtime() deadlines during shutdown */
     uint64_t seq;
     int in_mhd_run;
+
+    /* connection policy (policy.c) */
+    struct srv_sock *socks;    /* every open TCP connection (doubly linked) */
+    int n_socks;
+    uv_timer_t policy_timer;   /* deadlines + the fallback MHD_run, every SRV_TICK_MS */
+    size_t body_total;         /* request body bytes reserved, all conns (--max-body-total) */
 };
 
 /* http.c */
@@ -153,6 +182,22 @@ enum MHD_Result srv_respond(struct srv_conn *c, int status, const char *ctype, s
                             const char *hdr_name, const char *hdr_value);
 enum MHD_Result srv_respond_error(struct srv_conn *c, const struct api_error *e);
 
+/* policy.c (loop thread) */
+#define SRV_TICK_MS 250 /* policy sweep and fallback MHD_run period */
+/* MHD_OPTION_NOTIFY_CONNECTION: keeps srv->socks. */
+void srv_policy_notify(void *cls, struct MHD_Connection *mc, void **socket_context,
+                       enum MHD_ConnectionNotificationCode toe);
+void srv_policy_init(struct srv *s);   /* initialises and starts the tick timer */
+void srv_policy_close(struct srv *s);  /* closes the tick timer (shutdown) */
+/* The access handler's first call: the head is complete; a body may follow. */
+void srv_policy_head_done(struct srv_conn *c, struct MHD_Connection *mc);
+void srv_policy_body_read(struct srv_conn *c);   /* body bytes arrived */
+void srv_policy_request_done(struct srv_conn *c); /* leaves SOCK_BODY / request over */
+/* Grows c's share of --max-body-total to total bytes: 0, or -1 (nothing taken)
+ * when the budget cannot hold it. */
+int srv_body_reserve(struct srv_conn *c, size_t total);
+void srv_body_release(struct srv_conn *c); /* frees c->body and its share */
+
 /* completion.c */
 enum MHD_Result completion_start(struct srv_conn *c);
 enum MHD_Result completion_resumed(struct srv_conn *c);
@@ -164,6 +209,9 @@ void completion_cancel(struct srv_conn *c, int reason);
 void fdwatch_start(struct srv_conn *c);
 void fdwatch_stop(struct srv_conn *c);
 void fdwatch_close(struct srv_conn *c);
+/* Policy tick: a half-closed client (peer_eof) whose socket has since been
+ * reset is gone: cancel its request. The caller runs MHD afterwards. */
+void fdwatch_sweep(struct srv *s);
 
 /* ops.c (loop thread) */
 #define SRV_RID_MAX_IN 128 /* longest X-Request-Id taken from a client */

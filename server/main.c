@@ -90,6 +90,18 @@ static const struct opt serve_flags[] = {
      "open HTTP connections (default 1000)"},
     {"timeout", OPT_INT, 1, 86400, OFF(srv.conn_timeout_s),
      "idle connection timeout in seconds (default 60)"},
+    /* connection policy (server/policy.c) */
+    {"header-timeout", OPT_DOUBLE, 0, 86400, OFF(srv.header_timeout_s),
+     "seconds a request head may take from accept (next request on a kept-alive connection: "
+     "--timeout + this) before the connection is closed (default 10; 0 = off)"},
+    {"body-timeout", OPT_DOUBLE, 0, 86400, OFF(srv.body_timeout_s),
+     "longest gap in seconds between two reads of a request body before the connection is "
+     "closed (default 30; 0 = off)"},
+    {"max-body-total", OPT_SIZE, 1, 1LL << 50, OFF(srv.max_body_total),
+     "request bodies buffered at once over all connections; beyond it 503 + Retry-After "
+     "(default 256MiB, at least --max-body)"},
+    {"max-connections-per-ip", OPT_INT, 0, 1 << 20, OFF(srv.max_conns_per_ip),
+     "open connections from one client address; more are closed at accept (default 0 = no limit)"},
     {"shutdown-timeout", OPT_DOUBLE, 0, 3600, OFF(srv.shutdown_grace_s),
      "seconds in-flight requests get to finish on SIGTERM (default 5)"},
     {"max-stream-buffer", OPT_SIZE, 1024, 1LL << 32, OFF(srv.max_stream_buffer),
@@ -258,6 +270,9 @@ static void opts_default(struct serve_opts *o) {
     o->srv.max_queued = 256;
     o->srv.max_connections = 1000;
     o->srv.conn_timeout_s = 60;
+    o->srv.header_timeout_s = 10.0;
+    o->srv.body_timeout_s = 30.0;
+    /* max_body_total 0: 256 MiB or --max-body, whichever is larger (cmd_serve) */
     o->srv.shutdown_grace_s = 5.0;
     o->srv.max_stream_buffer = 4u << 20;
     o->srv.log_level = SRV_LOG_INFO;
@@ -430,6 +445,14 @@ static int cmd_serve(int argc, char **argv) {
         return 2; /* what it gathered is freed at exit */
     }
     o.srv.port = o.port;
+    if (o.srv.max_body_total == 0)
+        o.srv.max_body_total = o.srv.max_body > (256u << 20) ? o.srv.max_body : (256u << 20);
+    if (o.srv.max_body_total < o.srv.max_body) {
+        fprintf(stderr, "slimserve serve: --max-body-total (%zu bytes) is below --max-body (%zu "
+                        "bytes): no request could use the whole body limit\n",
+                o.srv.max_body_total, o.srv.max_body);
+        return 2;
+    }
     o.eng.n_threads = o.threads;
     o.eng.n_ctx = o.ctx;
     o.eng.kv_bytes = o.kv_bytes;

@@ -47,6 +47,12 @@ struct srv_config {
     const char *log_format;     /* --log-format: text (default) or json */
     double sse_keepalive_s;     /* SSE comment after this many quiet seconds on a stream; 0 off */
     double max_queue_time;      /* seconds before a never-admitted request gets 503; 0 off */
+
+    /* connection policy (server/policy.c; issue 14) */
+    double header_timeout_s;    /* the request head must be complete this long after accept; 0 off */
+    double body_timeout_s;      /* longest gap between body reads; 0 off */
+    size_t max_body_total;      /* request bodies buffered at once, all connections (503 above) */
+    int max_conns_per_ip;       /* connections from one address; 0: no limit */
 };
 
 /* Serves until SIGINT/SIGTERM. The model must stay loaded until it returns.
