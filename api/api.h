@@ -145,7 +145,7 @@ enum api_route {
  * *allow_hdr receives the Allow header value for a 405 (static string). */
 int api_route_find(const char *method, const char *url, int *allowed, const char **allow_hdr);
 /* 1 if a path needs the API key when one is configured: everything under /v1/
- * (known route or not), never /health, /metrics, /tokenize or /detokenize. */
+ * (known route or not), /tokenize and /detokenize; never /health or /metrics. */
 int api_path_needs_auth(const char *url);
 /* Checks an Authorization header value against key ("Bearer <key>"), in time
  * independent of where the strings differ. Returns 1 if authorised. */

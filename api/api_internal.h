@@ -47,10 +47,17 @@ int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct 
 int api_parse_structured(const cJSON *root, struct req_params *p, struct api_error *err);
 
 /* Encodes len bytes of text into *ids (malloc'd, replacing what was there)
- * and *n. An empty result is an error (param). Returns 0 or negative. */
+ * and *n. An empty result is an error (param). max_count > 0: a text of more
+ * than max_count tokens is SS_ETOOLONG (context_length_exceeded), found
+ * without tokenising all of it (tok_encode_max); 0: no limit. Returns 0 or
+ * negative. */
 int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, int add_bos,
-                    int parse_special, const char *param, int32_t **ids, int32_t *n,
-                    struct api_error *err);
+                    int parse_special, int64_t max_count, const char *param, int32_t **ids,
+                    int32_t *n, struct api_error *err);
+/* The token limit of a generation prompt: the context (a prompt must leave
+ * room for one generated token, so n_ctx tokens are already too many, and
+ * sched_check_lengths says so with the exact count). */
+#define API_PROMPT_MAX_COUNT(mi) ((int64_t)(mi)->n_ctx)
 
 /* The scheduler's limits for this model (its checks: scheduler/params.c). */
 struct sched_limits api_limits(const struct api_model_info *mi);
@@ -66,9 +73,9 @@ int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const 
                       int default_max, struct api_completion *c, struct api_error *err);
 
 /* chat.c: renders root's "messages" with the model's chat template and
- * encodes them (special tokens parsed, no extra BOS) into p->prompt. Shared by
- * /v1/chat/completions and /tokenize. */
-int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, struct req_params *p,
-                    struct api_error *err);
+ * encodes them (special tokens parsed, no extra BOS) into p->prompt, with
+ * api_encode_text's max_count. Shared by /v1/chat/completions and /tokenize. */
+int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, int64_t max_count,
+                    struct req_params *p, struct api_error *err);
 
 #endif

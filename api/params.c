@@ -357,14 +357,16 @@ int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct 
 /* ---- prompt text and lengths ---- */
 
 int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, int add_bos,
-                    int parse_special, const char *param, int32_t **ids_out, int32_t *n_out,
-                    struct api_error *err) {
+                    int parse_special, int64_t max_count, const char *param, int32_t **ids_out,
+                    int32_t *n_out, struct api_error *err) {
     if (!mi->tok) {
         api_error_set(err, SS_EUNSUPPORTED, param, "unsupported",
                       "this model has no tokenizer: send the prompt as token ids");
         return SS_EUNSUPPORTED;
     }
     int64_t cap = (int64_t)len + 8;
+    if (max_count > 0 && cap > max_count + 1)
+        cap = max_count + 1; /* the encoder stops at max_count + 1 ids */
     for (int attempt = 0; attempt < 2; attempt++) {
         if (cap > INT32_MAX) {
             api_error_set(err, SS_ETOOLONG, param, "context_length_exceeded",
@@ -377,11 +379,18 @@ int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, 
             return SS_ENOMEM;
         }
         *ids_out = ids;
-        int64_t n = tok_encode(mi->tok, s, len, add_bos, parse_special, ids, cap);
+        int64_t n = tok_encode_max(mi->tok, s, len, add_bos, parse_special, ids, cap, max_count);
         if (n < 0) {
             api_error_set(err, (int)n, param, NULL, "could not tokenize the prompt: %s",
                           ss_strerror((int)n));
             return (int)n;
+        }
+        if (max_count > 0 && n > max_count) {
+            api_error_set(err, SS_ETOOLONG, param, "context_length_exceeded",
+                          "The prompt has more than %lld tokens but this model's context is %d "
+                          "tokens; the prompt must leave room for at least one generated token",
+                          (long long)max_count, mi->n_ctx);
+            return SS_ETOOLONG;
         }
         if (n <= cap) {
             if (n == 0) {

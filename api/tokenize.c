@@ -36,7 +36,7 @@ static int tokenize_fields(const struct api_model_info *mi, const cJSON *root,
     if ((rc = api_get_bool(root, "add_special_tokens", &add_special, err)) < 0)
         return rc;
     if (messages) {
-        if ((rc = api_chat_prompt(mi, root, p, err)) < 0)
+        if ((rc = api_chat_prompt(mi, root, 0, p, err)) < 0)
             return rc;
         /* vLLM: add_special_tokens on a chat prompt adds BOS on top of the template */
         if (add_special && tok_bos(mi->tok) >= 0) {
@@ -60,7 +60,7 @@ static int tokenize_fields(const struct api_model_info *mi, const cJSON *root,
     if (prompt->valuestring[0] == '\0')
         return 0; /* "" tokenizes to nothing (or BOS alone) */
     rc = api_encode_text(mi, prompt->valuestring, strlen(prompt->valuestring),
-                         add_special && tok_add_bos(mi->tok), 0, "prompt", &p->prompt,
+                         add_special && tok_add_bos(mi->tok), 0, 0, "prompt", &p->prompt,
                          &p->n_prompt, err);
     return rc;
 }

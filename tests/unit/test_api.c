@@ -179,7 +179,9 @@ START_TEST(test_routes) {
     ck_assert(!api_path_needs_auth("/health"));
     ck_assert(!api_path_needs_auth("/v10/x"));
     ck_assert(!api_path_needs_auth("/metrics"));
-    ck_assert(!api_path_needs_auth("/tokenize"));
+    ck_assert(api_path_needs_auth("/tokenize"));
+    ck_assert(api_path_needs_auth("/detokenize?x=1"));
+    ck_assert(!api_path_needs_auth("/tokenizer"));
 }
 END_TEST
 
