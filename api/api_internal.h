@@ -22,8 +22,15 @@ int api_get_bool(const cJSON *obj, const char *name, int *out, struct api_error 
 int api_range_error(struct api_error *err, const char *name, const char *range, double got);
 
 /* Parses body as a JSON object. Returns the tree (caller cJSON_Delete()s) or
- * NULL with *err filled (400). */
-cJSON *api_parse_object(const char *body, size_t len, struct api_error *err);
+ * NULL with *err filled (400). A NUL in a string (raw or \u0000) is refused
+ * (C strings would cut it silently). max_values > 0 bounds the values the body
+ * may hold (counted before parsing, so cJSON's memory stays bounded); what
+ * names the field the message blames (NULL: none). */
+cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const char *what,
+                        struct api_error *err);
+/* Bound on the JSON values of a completions / chat body: the prompt's ids or
+ * messages (a few values each) and the other fields. */
+#define API_MAX_VALUES(mi) ((size_t)4 * (size_t)((mi)->n_ctx > 0 ? (mi)->n_ctx : 0) + 65536)
 /* Shared frame of api_completion_parse / api_chat_parse: defaults, the JSON
  * object, the kind's own field parser, cleanup on error. */
 typedef int (*api_fields_fn)(const struct api_model_info *mi, const cJSON *root,

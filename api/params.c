@@ -77,10 +77,54 @@ int api_range_error(struct api_error *err, const char *name, const char *range, 
     return SS_EINVAL;
 }
 
-cJSON *api_parse_object(const char *body, size_t len, struct api_error *err) {
+/* One pass over the raw body, before cJSON sees it: a NUL inside a string
+ * (raw, or written \u0000) would silently cut the C string cJSON hands out,
+ * so it is refused; *n_values receives an upper bound of the values (commas
+ * outside strings, plus one), which bounds cJSON's memory (a node per value). */
+static int json_prescan(const char *b, size_t len, size_t *n_values) {
+    size_t commas = 0;
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = b[i];
+        if (ch == '\0')
+            return -1;
+        if (!in_str) {
+            if (ch == '"')
+                in_str = 1;
+            else if (ch == ',')
+                commas++;
+            continue;
+        }
+        if (ch == '"') {
+            in_str = 0;
+        } else if (ch == '\\' && i + 1 < len) {
+            if (b[i + 1] == 'u' && i + 5 < len && memcmp(b + i + 2, "0000", 4) == 0)
+                return -1;
+            i++; /* the escaped character (a quote or backslash among them) */
+        }
+    }
+    *n_values = commas + 1;
+    return 0;
+}
+
+cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const char *what,
+                        struct api_error *err) {
     if (!body || len == 0) {
         api_error_set(err, SS_EINVAL, NULL, "invalid_json",
                       "the request body is empty: expected a JSON object");
+        return NULL;
+    }
+    size_t n_values;
+    if (json_prescan(body, len, &n_values) != 0) {
+        api_error_set(err, SS_EINVAL, NULL, "invalid_value",
+                      "the request holds a NUL character (\\u0000) in a string, which is not "
+                      "supported");
+        return NULL;
+    }
+    if (max_values > 0 && n_values > max_values) {
+        api_error_set(err, SS_EINVAL, what, "invalid_value",
+                      "the request holds too many values%s%s: at most %zu", what ? " in " : "",
+                      what ? what : "", max_values);
         return NULL;
     }
     cJSON *root = cJSON_ParseWithLength(body, len);

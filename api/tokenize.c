@@ -67,7 +67,7 @@ static int tokenize_fields(const struct api_model_info *mi, const cJSON *root,
 
 int api_tokenize(const struct api_model_info *mi, const char *body, size_t len,
                  struct api_buf *b, struct api_error *err) {
-    cJSON *root = api_parse_object(body, len, err);
+    cJSON *root = api_parse_object(body, len, API_MAX_VALUES(mi), NULL, err);
     if (!root)
         return SS_EINVAL;
     struct req_params p;
@@ -103,6 +103,12 @@ static int detokenize_ids(const struct api_model_info *mi, const cJSON *root, in
         return SS_EINVAL;
     }
     int n = cJSON_GetArraySize(v);
+    if (n > API_DETOKENIZE_MAX_IDS) {
+        api_error_set(err, SS_EINVAL, "tokens", "invalid_value",
+                      "'tokens' may hold at most %d ids, got %d: detokenize in parts",
+                      API_DETOKENIZE_MAX_IDS, n);
+        return SS_EINVAL;
+    }
     *ids = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
     if (!*ids) {
         api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
@@ -125,7 +131,7 @@ static int detokenize_ids(const struct api_model_info *mi, const cJSON *root, in
 
 int api_detokenize(const struct api_model_info *mi, const char *body, size_t len,
                    struct api_buf *b, struct api_error *err) {
-    cJSON *root = api_parse_object(body, len, err);
+    cJSON *root = api_parse_object(body, len, API_DETOKENIZE_MAX_IDS + 64, "tokens", err);
     if (!root)
         return SS_EINVAL;
     int32_t *ids = NULL;
