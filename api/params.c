@@ -297,7 +297,9 @@ static int parse_logit_bias(const struct api_model_info *mi, const cJSON *root,
     return 0;
 }
 
-/* stop: string or array of up to REQ_MAX_STOP strings; empty strings are ignored. */
+/* stop: string or array of up to REQ_MAX_STOP strings of at most
+ * REQ_MAX_STOP_LEN bytes; empty strings are ignored. One shared copy for all
+ * the choices (struct req_stops). */
 static int parse_stop(const cJSON *root, struct req_params *p, struct api_error *err) {
     const cJSON *v = api_field(root, "stop");
     if (!v)
@@ -319,21 +321,34 @@ static int parse_stop(const cJSON *root, struct req_params *p, struct api_error 
                       "'stop' must be a string or an array of strings");
         return SS_EINVAL;
     }
+    const char *s[REQ_MAX_STOP];
+    size_t len[REQ_MAX_STOP];
+    int k = 0;
     const cJSON *e = one ? one : v->child;
-    for (int k = 0; k < n && e; k++, e = one ? NULL : e->next) {
+    for (int i = 0; i < n && e; i++, e = one ? NULL : e->next) {
         if (!cJSON_IsString(e)) {
             api_error_set(err, SS_EINVAL, "stop", "invalid_type",
                           "'stop' must be a string or an array of strings");
             return SS_EINVAL;
         }
-        if (e->valuestring[0] == '\0')
-            continue;
-        char *s = strdup(e->valuestring);
-        if (!s) {
-            api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
-            return SS_ENOMEM;
+        size_t l = strlen(e->valuestring);
+        if (l > REQ_MAX_STOP_LEN) {
+            api_error_set(err, SS_EINVAL, "stop", "invalid_value",
+                          "each 'stop' string may be at most %d bytes long, got %zu",
+                          REQ_MAX_STOP_LEN, l);
+            return SS_EINVAL;
         }
-        p->stop[p->n_stop++] = s;
+        if (l == 0)
+            continue;
+        s[k] = e->valuestring;
+        len[k++] = l;
+    }
+    if (k == 0)
+        return 0;
+    p->stops = req_stops_new(s, len, k);
+    if (!p->stops) {
+        api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
+        return SS_ENOMEM;
     }
     return 0;
 }

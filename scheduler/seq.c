@@ -197,14 +197,13 @@ static int hold_decode(struct sched *s, struct seq *q, int32_t tok) {
  * match starts. Returns 1 on a match. *max_stop receives the longest stop
  * string's length (the lookahead to keep). */
 static int hold_find_stop(struct seq *q, int search, size_t *max_stop) {
-    const struct req_params *p = &q->req->p;
+    const struct req_stops *st = q->req->p.stops;
     int found = 0;
-    *max_stop = 0;
-    for (int i = 0; i < p->n_stop; i++) {
-        size_t L = strlen(p->stop[i]);
-        if (L > *max_stop) *max_stop = L;
-        if (!search || found || L == 0 || L > q->n_hold) continue;
-        const char *m = memmem(q->hold, q->n_hold, p->stop[i], L);
+    *max_stop = st ? st->max_len : 0;
+    for (int i = 0; st && search && i < st->n && !found; i++) {
+        size_t L = st->len[i];
+        if (L == 0 || L > q->n_hold) continue;
+        const char *m = memmem(q->hold, q->n_hold, st->s[i], L);
         if (m) {
             q->n_hold = (size_t)(m - q->hold); /* drop the match and what follows */
             found = 1;
