@@ -506,6 +506,11 @@ static int cmd_serve(int argc, char **argv) {
     srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",
             o.srv.served_name, cfg->arch_name, cfg->n_layers, cfg->dim, cfg->n_vocab,
             eng_model_n_ctx(m), (int)eng_model_n_pages(m));
+    const struct tok *tk = eng_model_tok(m);
+    if (tk && tok_n_vocab(tk) < cfg->n_vocab)
+        srv_log(SRV_LOG_INFO, "the embedding has %d rows but the tokenizer %d tokens: ids %d..%d "
+                "are padding, never sampled (their logits count as -inf)", cfg->n_vocab,
+                (int)tok_n_vocab(tk), (int)tok_n_vocab(tk), cfg->n_vocab - 1);
 
     rc = srv_run(&o.srv, m);
     eng_model_free(m);
