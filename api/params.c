@@ -234,9 +234,11 @@ static int parse_penalties(const cJSON *root, struct req_params *p, struct api_e
     return 0;
 }
 
-/* A logit_bias key: a token id written in decimal ("123"), no sign or spaces. */
+/* A logit_bias key: a token id written canonically in decimal ("123"; "0"),
+ * no sign, spaces or leading zeros: "01" and "1" would otherwise be two
+ * entries for one token whose biases add up past +-100. */
 static int bias_key(const char *k, int32_t n_vocab, int32_t *id) {
-    if (!k || !*k || strlen(k) > 10)
+    if (!k || !*k || strlen(k) > 10 || (k[0] == '0' && k[1] != '\0'))
         return -1;
     for (const char *c = k; *c; c++)
         if (*c < '0' || *c > '9')
@@ -279,7 +281,7 @@ static int parse_logit_bias(const struct api_model_info *mi, const cJSON *root,
         if (bias_key(e->string, mi->n_vocab, &id) != 0) {
             api_error_set(err, SS_EINVAL, "logit_bias", "invalid_value",
                           "'logit_bias' key '%.40s' is not a token id: keys must be decimal "
-                          "integers in 0..%d",
+                          "integers in 0..%d without leading zeros",
                           e->string ? e->string : "", (int)mi->n_vocab - 1);
             return SS_EINVAL;
         }
@@ -289,6 +291,13 @@ static int parse_logit_bias(const struct api_model_info *mi, const cJSON *root,
                           "'logit_bias' value for token %d must be a number between -100 and 100",
                           (int)id);
             return SS_EINVAL;
+        }
+        for (int j = 0; j < k; j++) { /* a JSON object may repeat a key (at most 1024 here) */
+            if (p->bias_ids[j] == id) {
+                api_error_set(err, SS_EINVAL, "logit_bias", "invalid_value",
+                              "'logit_bias' names token %d twice", (int)id);
+                return SS_EINVAL;
+            }
         }
         p->bias_ids[k] = id;
         p->bias_vals[k] = (float)e->valuedouble;

@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdarg.h>
@@ -147,7 +148,7 @@ static int parse_size(const char *s, unsigned long long *out) {
     if (!*s || *s == '-')
         return -1;
     double v = strtod(s, &end);
-    if (errno || end == s || v < 0)
+    if (errno || end == s || !isfinite(v) || !(v >= 0)) /* nan, inf: refused (no NaN -> integer) */
         return -1;
     static const struct { const char *suf; double mul; } units[] = {
         {"", 1}, {"b", 1},
