@@ -24,10 +24,10 @@ int api_range_error(struct api_error *err, const char *name, const char *range, 
 /* Parses body as a JSON object. Returns the tree (caller cJSON_Delete()s) or
  * NULL with *err filled (400). A NUL in a string (raw or \u0000) is refused
  * (C strings would cut it silently). max_values > 0 bounds the values the body
- * may hold (counted before parsing, so cJSON's memory stays bounded); what
- * names the field the message blames (NULL: none). */
-cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const char *what,
-                        struct api_error *err);
+ * may hold (counted before parsing, so cJSON's memory stays bounded); above
+ * it the error names param and says too_many (NULL: a generic message). */
+cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const char *param,
+                        const char *too_many, struct api_error *err);
 /* Bound on the JSON values of a completions / chat body: the prompt's ids or
  * messages (a few values each) and the other fields. */
 #define API_MAX_VALUES(mi) ((size_t)4 * (size_t)((mi)->n_ctx > 0 ? (mi)->n_ctx : 0) + 65536)

@@ -186,7 +186,7 @@ int api_request_parse(const struct api_model_info *mi, const char *body, size_t 
     req_params_init(&out->p);
     out->kind = kind;
     out->n = 1;
-    cJSON *root = api_parse_object(body, len, API_MAX_VALUES(mi), NULL, err);
+    cJSON *root = api_parse_object(body, len, API_MAX_VALUES(mi), NULL, NULL, err);
     if (!root)
         return SS_EINVAL;
     int rc = fields(mi, root, out, err);

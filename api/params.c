@@ -107,8 +107,8 @@ static int json_prescan(const char *b, size_t len, size_t *n_values) {
     return 0;
 }
 
-cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const char *what,
-                        struct api_error *err) {
+cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const char *param,
+                        const char *too_many, struct api_error *err) {
     if (!body || len == 0) {
         api_error_set(err, SS_EINVAL, NULL, "invalid_json",
                       "the request body is empty: expected a JSON object");
@@ -122,9 +122,11 @@ cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const c
         return NULL;
     }
     if (max_values > 0 && n_values > max_values) {
-        api_error_set(err, SS_EINVAL, what, "invalid_value",
-                      "the request holds too many values%s%s: at most %zu", what ? " in " : "",
-                      what ? what : "", max_values);
+        if (too_many)
+            api_error_set(err, SS_EINVAL, param, "invalid_value", "%s", too_many);
+        else
+            api_error_set(err, SS_EINVAL, param, "invalid_value",
+                          "the request holds too many JSON values: at most %zu", max_values);
         return NULL;
     }
     cJSON *root = cJSON_ParseWithLength(body, len);

@@ -11,6 +11,10 @@
 #include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define TOO_MANY_IDS "'tokens' may hold at most " STR(API_DETOKENIZE_MAX_IDS) " ids: detokenize in parts"
+
 static int need_tokenizer(const struct api_model_info *mi, struct api_error *err) {
     if (mi->tok)
         return 0;
@@ -67,7 +71,7 @@ static int tokenize_fields(const struct api_model_info *mi, const cJSON *root,
 
 int api_tokenize(const struct api_model_info *mi, const char *body, size_t len,
                  struct api_buf *b, struct api_error *err) {
-    cJSON *root = api_parse_object(body, len, API_MAX_VALUES(mi), NULL, err);
+    cJSON *root = api_parse_object(body, len, API_MAX_VALUES(mi), NULL, NULL, err);
     if (!root)
         return SS_EINVAL;
     struct req_params p;
@@ -105,8 +109,7 @@ static int detokenize_ids(const struct api_model_info *mi, const cJSON *root, in
     int n = cJSON_GetArraySize(v);
     if (n > API_DETOKENIZE_MAX_IDS) {
         api_error_set(err, SS_EINVAL, "tokens", "invalid_value",
-                      "'tokens' may hold at most %d ids, got %d: detokenize in parts",
-                      API_DETOKENIZE_MAX_IDS, n);
+                      "%s", TOO_MANY_IDS);
         return SS_EINVAL;
     }
     *ids = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
@@ -131,7 +134,7 @@ static int detokenize_ids(const struct api_model_info *mi, const cJSON *root, in
 
 int api_detokenize(const struct api_model_info *mi, const char *body, size_t len,
                    struct api_buf *b, struct api_error *err) {
-    cJSON *root = api_parse_object(body, len, API_DETOKENIZE_MAX_IDS + 64, "tokens", err);
+    cJSON *root = api_parse_object(body, len, API_DETOKENIZE_MAX_IDS + 64, "tokens", TOO_MANY_IDS, err);
     if (!root)
         return SS_EINVAL;
     int32_t *ids = NULL;
