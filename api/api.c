@@ -50,9 +50,18 @@ int api_route_find(const char *method, const char *url, int *allowed, const char
     return API_ROUTE_NONE;
 }
 
+/* 1 if url is path exactly, up to an optional query string. */
+static int path_is(const char *url, const char *path) {
+    size_t n = strlen(path);
+    return strncmp(url, path, n) == 0 && (url[n] == '\0' || url[n] == '?');
+}
+
 int api_path_needs_auth(const char *url) {
-    return url && strncmp(url, "/v1", 3) == 0 && (url[3] == '/' || url[3] == '\0' ||
-                                                  url[3] == '?');
+    if (!url)
+        return 0;
+    if (path_is(url, "/tokenize") || path_is(url, "/detokenize"))
+        return 1; /* they run the model's tokenizer: as costly as /v1 (issue 14) */
+    return strncmp(url, "/v1", 3) == 0 && (url[3] == '/' || url[3] == '\0' || url[3] == '?');
 }
 
 int api_auth_ok(const char *authorization, const char *key) {

@@ -145,7 +145,7 @@ enum api_route {
  * *allow_hdr receives the Allow header value for a 405 (static string). */
 int api_route_find(const char *method, const char *url, int *allowed, const char **allow_hdr);
 /* 1 if a path needs the API key when one is configured: everything under /v1/
- * (known route or not), never /health, /metrics, /tokenize or /detokenize. */
+ * (known route or not), /tokenize and /detokenize; never /health or /metrics. */
 int api_path_needs_auth(const char *url);
 /* Checks an Authorization header value against key ("Bearer <key>"), in time
  * independent of where the strings differ. Returns 1 if authorised. */
@@ -246,9 +246,12 @@ int api_sse_done(struct api_buf *b); /* "data: [DONE]\n\n" */
  * encoded as /v1/completions would) or {"messages": [...],
  * "add_special_tokens": bool = false} (rendered with the chat template);
  * "model" optional. Answer {"count", "max_model_len", "tokens", "token_strs": null}.
- * /detokenize: {"tokens": [ids]} -> {"prompt": text} (special tokens rendered).
+ * /detokenize: {"tokens": [ids]} -> {"prompt": text} (special tokens rendered),
+ * at most API_DETOKENIZE_MAX_IDS ids (400 above, found before the JSON tree is
+ * built, so a huge array costs no memory).
  * Both write the 200 body into b and return 0, or return a negative code with
  * *err filled. */
+#define API_DETOKENIZE_MAX_IDS 262144
 int api_tokenize(const struct api_model_info *mi, const char *body, size_t len,
                  struct api_buf *b, struct api_error *err);
 int api_detokenize(const struct api_model_info *mi, const char *body, size_t len,

@@ -22,8 +22,15 @@ int api_get_bool(const cJSON *obj, const char *name, int *out, struct api_error 
 int api_range_error(struct api_error *err, const char *name, const char *range, double got);
 
 /* Parses body as a JSON object. Returns the tree (caller cJSON_Delete()s) or
- * NULL with *err filled (400). */
-cJSON *api_parse_object(const char *body, size_t len, struct api_error *err);
+ * NULL with *err filled (400). A NUL in a string (raw or \u0000) is refused
+ * (C strings would cut it silently). max_values > 0 bounds the values the body
+ * may hold (counted before parsing, so cJSON's memory stays bounded); above
+ * it the error names param and says too_many (NULL: a generic message). */
+cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const char *param,
+                        const char *too_many, struct api_error *err);
+/* Bound on the JSON values of a completions / chat body: the prompt's ids or
+ * messages (a few values each) and the other fields. */
+#define API_MAX_VALUES(mi) ((size_t)4 * (size_t)((mi)->n_ctx > 0 ? (mi)->n_ctx : 0) + 65536)
 /* Shared frame of api_completion_parse / api_chat_parse: defaults, the JSON
  * object, the kind's own field parser, cleanup on error. */
 typedef int (*api_fields_fn)(const struct api_model_info *mi, const cJSON *root,
@@ -47,10 +54,17 @@ int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct 
 int api_parse_structured(const cJSON *root, struct req_params *p, struct api_error *err);
 
 /* Encodes len bytes of text into *ids (malloc'd, replacing what was there)
- * and *n. An empty result is an error (param). Returns 0 or negative. */
+ * and *n. An empty result is an error (param). max_count > 0: a text of more
+ * than max_count tokens is SS_ETOOLONG (context_length_exceeded), found
+ * without tokenising all of it (tok_encode_max); 0: no limit. Returns 0 or
+ * negative. */
 int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, int add_bos,
-                    int parse_special, const char *param, int32_t **ids, int32_t *n,
-                    struct api_error *err);
+                    int parse_special, int64_t max_count, const char *param, int32_t **ids,
+                    int32_t *n, struct api_error *err);
+/* The token limit of a generation prompt: the context (a prompt must leave
+ * room for one generated token, so n_ctx tokens are already too many, and
+ * sched_check_lengths says so with the exact count). */
+#define API_PROMPT_MAX_COUNT(mi) ((int64_t)(mi)->n_ctx)
 
 /* The scheduler's limits for this model (its checks: scheduler/params.c). */
 struct sched_limits api_limits(const struct api_model_info *mi);
@@ -66,9 +80,9 @@ int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const 
                       int default_max, struct api_completion *c, struct api_error *err);
 
 /* chat.c: renders root's "messages" with the model's chat template and
- * encodes them (special tokens parsed, no extra BOS) into p->prompt. Shared by
- * /v1/chat/completions and /tokenize. */
-int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, struct req_params *p,
-                    struct api_error *err);
+ * encodes them (special tokens parsed, no extra BOS) into p->prompt, with
+ * api_encode_text's max_count. Shared by /v1/chat/completions and /tokenize. */
+int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, int64_t max_count,
+                    struct req_params *p, struct api_error *err);
 
 #endif

@@ -180,8 +180,8 @@ static int parse_chat_only(const cJSON *root, struct api_completion *c, struct a
     return 0; /* response_format: api_parse_structured (shared with completions) */
 }
 
-int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, struct req_params *p,
-                    struct api_error *err) {
+int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, int64_t max_count,
+                    struct req_params *p, struct api_error *err) {
     if (mi->chat_family == API_TMPL_NONE || !mi->tok) {
         api_error_set(err, SS_EUNSUPPORTED, "messages", "chat_template_missing",
                       "this model has no chat template the server recognises (known families: "
@@ -206,8 +206,8 @@ int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, struct r
                              err);
     }
     if (rc == 0)
-        rc = api_encode_text(mi, text.data ? text.data : "", text.len, 0, 1, "messages",
-                             &p->prompt, &p->n_prompt, err);
+        rc = api_encode_text(mi, text.data ? text.data : "", text.len, 0, 1, max_count,
+                             "messages", &p->prompt, &p->n_prompt, err);
     free(msgs);
     api_buf_free(&store);
     api_buf_free(&text);
@@ -221,7 +221,7 @@ static int parse_fields(const struct api_model_info *mi, const cJSON *root,
         return rc;
     if ((rc = parse_chat_only(root, c, err)) < 0)
         return rc;
-    if ((rc = api_chat_prompt(mi, root, &c->p, err)) < 0)
+    if ((rc = api_chat_prompt(mi, root, API_PROMPT_MAX_COUNT(mi), &c->p, err)) < 0)
         return rc;
     /* max_completion_tokens is OpenAI's newer name; it wins when both are given */
     const char *mt = api_field(root, "max_completion_tokens") ? "max_completion_tokens"

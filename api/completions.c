@@ -61,7 +61,8 @@ static int prompt_from_text(const struct api_model_info *mi, const char *s, stru
     if (len == 0)
         return empty_prompt(err);
     int add_bos = mi->tok ? tok_add_bos(mi->tok) : 0;
-    return api_encode_text(mi, s, len, add_bos, 0, "prompt", &p->prompt, &p->n_prompt, err);
+    return api_encode_text(mi, s, len, add_bos, 0, API_PROMPT_MAX_COUNT(mi), "prompt", &p->prompt,
+                           &p->n_prompt, err);
 }
 
 /* prompt: "text" | ["text"] | [ids...] | [[ids...]]. *text receives the prompt
@@ -185,7 +186,7 @@ int api_request_parse(const struct api_model_info *mi, const char *body, size_t 
     req_params_init(&out->p);
     out->kind = kind;
     out->n = 1;
-    cJSON *root = api_parse_object(body, len, err);
+    cJSON *root = api_parse_object(body, len, API_MAX_VALUES(mi), NULL, NULL, err);
     if (!root)
         return SS_EINVAL;
     int rc = fields(mi, root, out, err);

@@ -77,10 +77,56 @@ int api_range_error(struct api_error *err, const char *name, const char *range, 
     return SS_EINVAL;
 }
 
-cJSON *api_parse_object(const char *body, size_t len, struct api_error *err) {
+/* One pass over the raw body, before cJSON sees it: a NUL inside a string
+ * (raw, or written \u0000) would silently cut the C string cJSON hands out,
+ * so it is refused; *n_values receives an upper bound of the values (commas
+ * outside strings, plus one), which bounds cJSON's memory (a node per value). */
+static int json_prescan(const char *b, size_t len, size_t *n_values) {
+    size_t commas = 0;
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = b[i];
+        if (ch == '\0')
+            return -1;
+        if (!in_str) {
+            if (ch == '"')
+                in_str = 1;
+            else if (ch == ',')
+                commas++;
+            continue;
+        }
+        if (ch == '"') {
+            in_str = 0;
+        } else if (ch == '\\' && i + 1 < len) {
+            if (b[i + 1] == 'u' && i + 5 < len && memcmp(b + i + 2, "0000", 4) == 0)
+                return -1;
+            i++; /* the escaped character (a quote or backslash among them) */
+        }
+    }
+    *n_values = commas + 1;
+    return 0;
+}
+
+cJSON *api_parse_object(const char *body, size_t len, size_t max_values, const char *param,
+                        const char *too_many, struct api_error *err) {
     if (!body || len == 0) {
         api_error_set(err, SS_EINVAL, NULL, "invalid_json",
                       "the request body is empty: expected a JSON object");
+        return NULL;
+    }
+    size_t n_values;
+    if (json_prescan(body, len, &n_values) != 0) {
+        api_error_set(err, SS_EINVAL, NULL, "invalid_value",
+                      "the request holds a NUL character (\\u0000) in a string, which is not "
+                      "supported");
+        return NULL;
+    }
+    if (max_values > 0 && n_values > max_values) {
+        if (too_many)
+            api_error_set(err, SS_EINVAL, param, "invalid_value", "%s", too_many);
+        else
+            api_error_set(err, SS_EINVAL, param, "invalid_value",
+                          "the request holds too many JSON values: at most %zu", max_values);
         return NULL;
     }
     cJSON *root = cJSON_ParseWithLength(body, len);
@@ -190,9 +236,11 @@ static int parse_penalties(const cJSON *root, struct req_params *p, struct api_e
     return 0;
 }
 
-/* A logit_bias key: a token id written in decimal ("123"), no sign or spaces. */
+/* A logit_bias key: a token id written canonically in decimal ("123"; "0"),
+ * no sign, spaces or leading zeros: "01" and "1" would otherwise be two
+ * entries for one token whose biases add up past +-100. */
 static int bias_key(const char *k, int32_t n_vocab, int32_t *id) {
-    if (!k || !*k || strlen(k) > 10)
+    if (!k || !*k || strlen(k) > 10 || (k[0] == '0' && k[1] != '\0'))
         return -1;
     for (const char *c = k; *c; c++)
         if (*c < '0' || *c > '9')
@@ -235,7 +283,7 @@ static int parse_logit_bias(const struct api_model_info *mi, const cJSON *root,
         if (bias_key(e->string, mi->n_vocab, &id) != 0) {
             api_error_set(err, SS_EINVAL, "logit_bias", "invalid_value",
                           "'logit_bias' key '%.40s' is not a token id: keys must be decimal "
-                          "integers in 0..%d",
+                          "integers in 0..%d without leading zeros",
                           e->string ? e->string : "", (int)mi->n_vocab - 1);
             return SS_EINVAL;
         }
@@ -246,6 +294,13 @@ static int parse_logit_bias(const struct api_model_info *mi, const cJSON *root,
                           (int)id);
             return SS_EINVAL;
         }
+        for (int j = 0; j < k; j++) { /* a JSON object may repeat a key (at most 1024 here) */
+            if (p->bias_ids[j] == id) {
+                api_error_set(err, SS_EINVAL, "logit_bias", "invalid_value",
+                              "'logit_bias' names token %d twice", (int)id);
+                return SS_EINVAL;
+            }
+        }
         p->bias_ids[k] = id;
         p->bias_vals[k] = (float)e->valuedouble;
         p->n_bias = ++k;
@@ -253,7 +308,9 @@ static int parse_logit_bias(const struct api_model_info *mi, const cJSON *root,
     return 0;
 }
 
-/* stop: string or array of up to REQ_MAX_STOP strings; empty strings are ignored. */
+/* stop: string or array of up to REQ_MAX_STOP strings of at most
+ * REQ_MAX_STOP_LEN bytes; empty strings are ignored. One shared copy for all
+ * the choices (struct req_stops). */
 static int parse_stop(const cJSON *root, struct req_params *p, struct api_error *err) {
     const cJSON *v = api_field(root, "stop");
     if (!v)
@@ -275,21 +332,34 @@ static int parse_stop(const cJSON *root, struct req_params *p, struct api_error 
                       "'stop' must be a string or an array of strings");
         return SS_EINVAL;
     }
+    const char *s[REQ_MAX_STOP];
+    size_t len[REQ_MAX_STOP];
+    int k = 0;
     const cJSON *e = one ? one : v->child;
-    for (int k = 0; k < n && e; k++, e = one ? NULL : e->next) {
+    for (int i = 0; i < n && e; i++, e = one ? NULL : e->next) {
         if (!cJSON_IsString(e)) {
             api_error_set(err, SS_EINVAL, "stop", "invalid_type",
                           "'stop' must be a string or an array of strings");
             return SS_EINVAL;
         }
-        if (e->valuestring[0] == '\0')
-            continue;
-        char *s = strdup(e->valuestring);
-        if (!s) {
-            api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
-            return SS_ENOMEM;
+        size_t l = strlen(e->valuestring);
+        if (l > REQ_MAX_STOP_LEN) {
+            api_error_set(err, SS_EINVAL, "stop", "invalid_value",
+                          "each 'stop' string may be at most %d bytes long, got %zu",
+                          REQ_MAX_STOP_LEN, l);
+            return SS_EINVAL;
         }
-        p->stop[p->n_stop++] = s;
+        if (l == 0)
+            continue;
+        s[k] = e->valuestring;
+        len[k++] = l;
+    }
+    if (k == 0)
+        return 0;
+    p->stops = req_stops_new(s, len, k);
+    if (!p->stops) {
+        api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
+        return SS_ENOMEM;
     }
     return 0;
 }
@@ -357,14 +427,16 @@ int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct 
 /* ---- prompt text and lengths ---- */
 
 int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, int add_bos,
-                    int parse_special, const char *param, int32_t **ids_out, int32_t *n_out,
-                    struct api_error *err) {
+                    int parse_special, int64_t max_count, const char *param, int32_t **ids_out,
+                    int32_t *n_out, struct api_error *err) {
     if (!mi->tok) {
         api_error_set(err, SS_EUNSUPPORTED, param, "unsupported",
                       "this model has no tokenizer: send the prompt as token ids");
         return SS_EUNSUPPORTED;
     }
     int64_t cap = (int64_t)len + 8;
+    if (max_count > 0 && cap > max_count + 1)
+        cap = max_count + 1; /* the encoder stops at max_count + 1 ids */
     for (int attempt = 0; attempt < 2; attempt++) {
         if (cap > INT32_MAX) {
             api_error_set(err, SS_ETOOLONG, param, "context_length_exceeded",
@@ -377,11 +449,18 @@ int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, 
             return SS_ENOMEM;
         }
         *ids_out = ids;
-        int64_t n = tok_encode(mi->tok, s, len, add_bos, parse_special, ids, cap);
+        int64_t n = tok_encode_max(mi->tok, s, len, add_bos, parse_special, ids, cap, max_count);
         if (n < 0) {
             api_error_set(err, (int)n, param, NULL, "could not tokenize the prompt: %s",
                           ss_strerror((int)n));
             return (int)n;
+        }
+        if (max_count > 0 && n > max_count) {
+            api_error_set(err, SS_ETOOLONG, param, "context_length_exceeded",
+                          "The prompt has more than %lld tokens but this model's context is %d "
+                          "tokens; the prompt must leave room for at least one generated token",
+                          (long long)max_count, mi->n_ctx);
+            return SS_ETOOLONG;
         }
         if (n <= cap) {
             if (n == 0) {

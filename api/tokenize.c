@@ -11,6 +11,10 @@
 #include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define TOO_MANY_IDS "'tokens' may hold at most " STR(API_DETOKENIZE_MAX_IDS) " ids: detokenize in parts"
+
 static int need_tokenizer(const struct api_model_info *mi, struct api_error *err) {
     if (mi->tok)
         return 0;
@@ -36,7 +40,7 @@ static int tokenize_fields(const struct api_model_info *mi, const cJSON *root,
     if ((rc = api_get_bool(root, "add_special_tokens", &add_special, err)) < 0)
         return rc;
     if (messages) {
-        if ((rc = api_chat_prompt(mi, root, p, err)) < 0)
+        if ((rc = api_chat_prompt(mi, root, 0, p, err)) < 0)
             return rc;
         /* vLLM: add_special_tokens on a chat prompt adds BOS on top of the template */
         if (add_special && tok_bos(mi->tok) >= 0) {
@@ -60,14 +64,14 @@ static int tokenize_fields(const struct api_model_info *mi, const cJSON *root,
     if (prompt->valuestring[0] == '\0')
         return 0; /* "" tokenizes to nothing (or BOS alone) */
     rc = api_encode_text(mi, prompt->valuestring, strlen(prompt->valuestring),
-                         add_special && tok_add_bos(mi->tok), 0, "prompt", &p->prompt,
+                         add_special && tok_add_bos(mi->tok), 0, 0, "prompt", &p->prompt,
                          &p->n_prompt, err);
     return rc;
 }
 
 int api_tokenize(const struct api_model_info *mi, const char *body, size_t len,
                  struct api_buf *b, struct api_error *err) {
-    cJSON *root = api_parse_object(body, len, err);
+    cJSON *root = api_parse_object(body, len, API_MAX_VALUES(mi), NULL, NULL, err);
     if (!root)
         return SS_EINVAL;
     struct req_params p;
@@ -103,6 +107,11 @@ static int detokenize_ids(const struct api_model_info *mi, const cJSON *root, in
         return SS_EINVAL;
     }
     int n = cJSON_GetArraySize(v);
+    if (n > API_DETOKENIZE_MAX_IDS) {
+        api_error_set(err, SS_EINVAL, "tokens", "invalid_value",
+                      "%s", TOO_MANY_IDS);
+        return SS_EINVAL;
+    }
     *ids = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
     if (!*ids) {
         api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
@@ -125,7 +134,7 @@ static int detokenize_ids(const struct api_model_info *mi, const cJSON *root, in
 
 int api_detokenize(const struct api_model_info *mi, const char *body, size_t len,
                    struct api_buf *b, struct api_error *err) {
-    cJSON *root = api_parse_object(body, len, err);
+    cJSON *root = api_parse_object(body, len, API_DETOKENIZE_MAX_IDS + 64, "tokens", TOO_MANY_IDS, err);
     if (!root)
         return SS_EINVAL;
     int32_t *ids = NULL;

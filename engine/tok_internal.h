@@ -106,8 +106,10 @@ int32_t tok_map_find(const struct tok *t, const char *s, size_t n);
 struct tok_vec {
     int32_t *v;
     int64_t n, cap;
+    int64_t max; /* > 0: a push that makes n exceed it answers TOK_VEC_FULL */
 };
-int tok_vec_push(struct tok_vec *v, int32_t id); /* 0 or SS_ENOMEM */
+#define TOK_VEC_FULL 1 /* not an error: the encoders stop, tok_encode_max reports max + 1 */
+int tok_vec_push(struct tok_vec *v, int32_t id); /* 0, TOK_VEC_FULL or SS_ENOMEM */
 
 /* Merge candidate between symbols left and right. For SPM score is the merged
  * token's score; for BPE it is -rank. Higher score wins, then the lower left. */

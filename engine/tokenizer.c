@@ -64,7 +64,7 @@ int tok_vec_push(struct tok_vec *v, int32_t id) {
         v->cap = nc;
     }
     v->v[v->n++] = id;
-    return 0;
+    return v->max > 0 && v->n > v->max ? TOK_VEC_FULL : 0;
 }
 
 /* a ranks before b: higher score, then lower left index */
@@ -611,11 +611,17 @@ static int encode_raw(const struct tok *t, const char *s, size_t n, int *want_pr
 
 int64_t tok_encode(const struct tok *t, const char *text, size_t len, int add_bos, int parse_special,
                    int32_t *out, int64_t cap) {
+    return tok_encode_max(t, text, len, add_bos, parse_special, out, cap, 0);
+}
+
+int64_t tok_encode_max(const struct tok *t, const char *text, size_t len, int add_bos, int parse_special,
+                       int32_t *out, int64_t cap, int64_t max_count) {
     if (!t || (!text && len) || cap < 0 || (cap > 0 && !out))
         return SS_EINVAL;
     if (len > TOK_MAX_INPUT)
         return SS_ETOOLONG;
     struct tok_vec v = { 0 };
+    v.max = max_count > 0 ? max_count : 0;
     int rc = 0;
     if (add_bos && t->bos >= 0)
         rc = tok_vec_push(&v, t->bos);
@@ -645,6 +651,10 @@ int64_t tok_encode(const struct tok *t, const char *text, size_t len, int add_bo
     }
     if (!rc && len > raw)
         rc = encode_raw(t, text + raw, len - raw, &want_prefix, &v);
+    if (rc == TOK_VEC_FULL) { /* stopped early: more than max_count */
+        v.n = v.max + 1;
+        rc = 0;
+    }
     if (rc) {
         free(v.v);
         return rc;

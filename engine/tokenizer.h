@@ -45,6 +45,13 @@ int32_t tok_find(const struct tok *t, const char *s);
  * cap: call again with a bigger buffer), or a negative code. */
 int64_t tok_encode(const struct tok *t, const char *text, size_t len, int add_bos, int parse_special,
                    int32_t *out, int64_t cap);
+/* Same, but stops as soon as the text is known to need more than max_count
+ * ids (max_count > 0; 0: no limit, as tok_encode): then returns max_count + 1
+ * with the first max_count + 1 ids written (up to cap). A caller that rejects
+ * prompts longer than a context need not tokenise all of a huge one: the work
+ * is bounded by the ids produced, plus linear scans of the text. */
+int64_t tok_encode_max(const struct tok *t, const char *text, size_t len, int add_bos, int parse_special,
+                       int32_t *out, int64_t cap, int64_t max_count);
 
 /* Raw bytes of one token as it contributes to text (byte tokens give one byte,
  * the space marker becomes ' ', byte-level BPE unicode is mapped back to bytes).

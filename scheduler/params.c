@@ -28,11 +28,8 @@ void req_params_free(struct req_params *p) {
     free(p->prompt);
     p->prompt = NULL;
     p->n_prompt = 0;
-    for (int i = 0; i < p->n_stop && i < REQ_MAX_STOP; i++) {
-        free(p->stop[i]);
-        p->stop[i] = NULL;
-    }
-    p->n_stop = 0;
+    req_stops_unref(p->stops);
+    p->stops = NULL;
     free(p->bias_ids);
     free(p->bias_vals);
     p->bias_ids = NULL;
@@ -47,18 +44,13 @@ int req_params_copy(struct req_params *dst, const struct req_params *src) {
     dst->prompt = NULL;
     dst->bias_ids = NULL;
     dst->bias_vals = NULL;
-    for (int i = 0; i < REQ_MAX_STOP; i++) dst->stop[i] = NULL;
-    dst->n_stop = 0;
     dst->n_bias = 0;
     gram_ref(dst->grammar); /* shared: a compiled grammar is immutable */
+    req_stops_ref(dst->stops); /* shared too */
     if (src->n_prompt > 0) {
         dst->prompt = malloc(sizeof(int32_t) * (size_t)src->n_prompt);
         if (!dst->prompt) goto oom;
         memcpy(dst->prompt, src->prompt, sizeof(int32_t) * (size_t)src->n_prompt);
-    }
-    for (int i = 0; i < src->n_stop && i < REQ_MAX_STOP; i++) {
-        if (!(dst->stop[i] = strdup(src->stop[i]))) goto oom;
-        dst->n_stop = i + 1;
     }
     if (src->n_bias > 0) {
         dst->bias_ids = malloc(sizeof(int32_t) * (size_t)src->n_bias);
@@ -72,6 +64,39 @@ int req_params_copy(struct req_params *dst, const struct req_params *src) {
 oom:
     req_params_free(dst);
     return SS_ENOMEM;
+}
+
+struct req_stops *req_stops_new(const char *const *s, const size_t *len, int n) {
+    if (n < 1 || n > REQ_MAX_STOP || !s || !len) return NULL;
+    size_t total = sizeof(struct req_stops);
+    for (int i = 0; i < n; i++) {
+        if (!s[i] || len[i] == 0 || len[i] > REQ_MAX_STOP_LEN || memchr(s[i], '\0', len[i])) return NULL;
+        total += len[i] + 1;
+    }
+    struct req_stops *st = malloc(total);
+    if (!st) return NULL;
+    memset(st, 0, sizeof(*st));
+    char *arena = (char *)(st + 1);
+    st->refs = 1;
+    st->n = n;
+    for (int i = 0; i < n; i++) {
+        memcpy(arena, s[i], len[i]);
+        arena[len[i]] = '\0';
+        st->s[i] = arena;
+        st->len[i] = len[i];
+        if (len[i] > st->max_len) st->max_len = len[i];
+        arena += len[i] + 1;
+    }
+    return st;
+}
+
+struct req_stops *req_stops_ref(struct req_stops *st) {
+    if (st) __atomic_add_fetch(&st->refs, 1, __ATOMIC_RELAXED);
+    return st;
+}
+
+void req_stops_unref(struct req_stops *st) {
+    if (st && __atomic_sub_fetch(&st->refs, 1, __ATOMIC_ACQ_REL) == 0) free(st);
 }
 
 /* ---------- checks against the model ---------- */

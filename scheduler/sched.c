@@ -443,8 +443,9 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->opt.notify_admitted = o ? o->notify_admitted : 0;
     s->n_ctx = eng_model_n_ctx(m);
     s->n_vocab = eng_model_config(m)->n_vocab;
+    s->n_sample = s->tok && tok_n_vocab(s->tok) < s->n_vocab ? tok_n_vocab(s->tok) : s->n_vocab;
     s->lim.n_ctx = s->n_ctx;
-    s->lim.n_vocab = s->n_vocab;
+    s->lim.n_vocab = s->n_sample;
     s->lim.n_pages = eng_model_n_pages(m);
     s->n_layers = eng_model_config(m)->n_layers;
     s->n_levels = eng_model_n_levels(m);

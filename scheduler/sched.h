@@ -38,7 +38,19 @@ struct sched;
 enum req_finish { REQ_FINISH_NONE = 0, REQ_FINISH_STOP, REQ_FINISH_LENGTH, REQ_FINISH_ERROR,
                   REQ_FINISH_CANCELLED };
 
-#define REQ_MAX_STOP 8
+#define REQ_MAX_STOP 8        /* stop strings per request */
+#define REQ_MAX_STOP_LEN 1024 /* bytes per stop string */
+
+/* A request's stop strings: immutable once made and shared, reference
+ * counted, by the n choices of one request (never copied per choice). The
+ * lengths are computed once here: the per-token search never runs strlen. */
+struct req_stops {
+    int refs;                    /* atomic; any thread */
+    int n;                       /* 1..REQ_MAX_STOP */
+    size_t max_len;              /* the longest (the text held back per token) */
+    size_t len[REQ_MAX_STOP];
+    const char *s[REQ_MAX_STOP]; /* NUL-terminated, inside this allocation */
+};
 #define REQ_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
 /* What the client asked for. Filled by api/ before submission; read-only after.
@@ -49,8 +61,7 @@ struct req_params {
     int32_t n_prompt;
     int32_t max_tokens;     /* >= 1 */
     struct smp_params smp;
-    char *stop[REQ_MAX_STOP]; /* malloc'd NUL-terminated stop strings */
-    int n_stop;
+    struct req_stops *stops; /* NULL: none; one reference owned by the params */
     int ignore_eos;
     int32_t min_tokens;     /* EOS and stop strings are ignored before this many tokens */
     float presence_penalty, frequency_penalty; /* 0 = off (output tokens) */
@@ -142,6 +153,12 @@ int req_params_copy(struct req_params *dst, const struct req_params *src);
 /* Frees what p owns (prompt, stop strings, logit bias) and empties those
  * fields; the scalar fields are kept. p may be NULL. */
 void req_params_free(struct req_params *p);
+/* Stop strings s[i] of len[i] bytes (each 1..REQ_MAX_STOP_LEN, no NUL
+ * inside; n in 1..REQ_MAX_STOP) in one allocation, one reference. NULL on
+ * OOM or bad arguments. Any thread. */
+struct req_stops *req_stops_new(const char *const *s, const size_t *len, int n);
+struct req_stops *req_stops_ref(struct req_stops *st); /* returns st; NULL ok */
+void req_stops_unref(struct req_stops *st);            /* frees at the last; NULL ok */
 
 /* What a request is checked against: immutable facts of the loaded model. */
 struct sched_limits {

@@ -72,7 +72,12 @@ struct sched {
     struct sched_limits lim;
     sched_notify_fn notify;
     void *notify_ud;
-    int32_t n_ctx, n_vocab;
+    int32_t n_ctx, n_vocab; /* n_vocab: logit rows' width (the embedding's rows) */
+    /* Ids a token may be: min(n_vocab, the tokenizer's size). A model whose
+     * embedding is padded past its vocabulary (rows a tokenizer does not know)
+     * never samples, reports or accepts those ids: they stay out of the
+     * sampler's view, as if their logits were -inf (issue 14). */
+    int32_t n_sample;
 
     struct squeue q;
     pthread_t thread;

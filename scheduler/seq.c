@@ -105,7 +105,7 @@ static void record_logprobs(struct sched_req *r, const float *raw, int32_t n_voc
  * row j predicts token pos0+j+1. */
 void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int32_t pos0, int32_t n) {
     if (q->plp_next == 0) {
-        record_logprobs(q->req, NULL, s->n_vocab, 0, q->tokens[0], 1, NAN);
+        record_logprobs(q->req, NULL, s->n_sample, 0, q->tokens[0], 1, NAN);
         q->plp_next = 1;
     }
     for (int32_t j = 0; j < n; j++) {
@@ -114,8 +114,8 @@ void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int3
         if (next < q->plp_next) continue; /* already reported before a preemption */
         q->plp_next = next + 1;
         const float *row = rows + (size_t)j * (size_t)s->n_vocab;
-        float lse = smp_logsumexp(row, s->n_vocab);
-        record_logprobs(q->req, row, s->n_vocab, lse, q->tokens[next], 1, NAN);
+        float lse = smp_logsumexp(row, s->n_sample); /* padded ids are no tokens */
+        record_logprobs(q->req, row, s->n_sample, lse, q->tokens[next], 1, NAN);
     }
 }
 
@@ -159,7 +159,7 @@ static int seq_apply_grammar(struct sched *s, struct seq *q, float *logits, int 
 
 int32_t seq_sample(struct sched *s, struct seq *q, float *logits) {
     const struct req_params *p = &q->req->p;
-    int32_t V = s->n_vocab;
+    int32_t V = s->n_sample; /* the row is n_vocab wide; ids past the tokenizer are never drawn */
     float lse = 0;
     if (p->logprobs >= 0) {
         /* Logprobs describe the raw model distribution: keep a copy. */
@@ -197,14 +197,13 @@ static int hold_decode(struct sched *s, struct seq *q, int32_t tok) {
  * match starts. Returns 1 on a match. *max_stop receives the longest stop
  * string's length (the lookahead to keep). */
 static int hold_find_stop(struct seq *q, int search, size_t *max_stop) {
-    const struct req_params *p = &q->req->p;
+    const struct req_stops *st = q->req->p.stops;
     int found = 0;
-    *max_stop = 0;
-    for (int i = 0; i < p->n_stop; i++) {
-        size_t L = strlen(p->stop[i]);
-        if (L > *max_stop) *max_stop = L;
-        if (!search || found || L == 0 || L > q->n_hold) continue;
-        const char *m = memmem(q->hold, q->n_hold, p->stop[i], L);
+    *max_stop = st ? st->max_len : 0;
+    for (int i = 0; st && search && i < st->n && !found; i++) {
+        size_t L = st->len[i];
+        if (L == 0 || L > q->n_hold) continue;
+        const char *m = memmem(q->hold, q->n_hold, st->s[i], L);
         if (m) {
             q->n_hold = (size_t)(m - q->hold); /* drop the match and what follows */
             found = 1;

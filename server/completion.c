@@ -2,7 +2,8 @@
  * loop thread: submission of its n choices (one sched_req each), output
  * hand-off from the engine, SSE streaming, disconnect detection.
  *
- *   access handler (full body) -> completion_start: parse, sched_submit x n
+ *   access handler (full body) -> worker.c parses it off the loop thread ->
+ *     completion_submit: sched_submit x n
  *     non-stream: suspend; each wake-up completion_pump_choice() keeps text and
  *                 logprobs; when every choice finished, resume -> MHD calls the
  *                 handler -> completion_resumed queues the JSON (or the error).
@@ -484,31 +485,22 @@ static int submit_choices(struct srv_conn *c, struct api_completion *comp, struc
     return rc;
 }
 
-enum MHD_Result completion_start(struct srv_conn *c) {
+enum MHD_Result completion_submit(struct srv_conn *c, struct api_completion *comp) {
     struct srv *s = c->srv;
-    struct api_completion comp;
     struct api_error e;
-    int rc = c->route == API_ROUTE_CHAT
-                 ? api_chat_parse(&s->mi, c->body.data, c->body.len, &comp, &e)
-                 : api_completion_parse(&s->mi, c->body.data, c->body.len, &comp, &e);
-    srv_body_release(c);
+    int rc;
+    c->kind = comp->kind;
+    c->logprobs = comp->p.logprobs;
+    c->prompt_only = comp->prompt_only;
+    c->n_prompt = comp->p.n_prompt;
+    c->stream = comp->stream;
+    c->include_usage = comp->include_usage;
+    rc = submit_choices(c, comp, &e);
     if (rc < 0)
         return srv_respond_error(c, &e);
-    c->kind = comp.kind;
-    c->logprobs = comp.p.logprobs;
-    c->prompt_only = comp.prompt_only;
-    c->n_prompt = comp.p.n_prompt;
-    c->stream = comp.stream;
-    c->include_usage = comp.include_usage;
-    rc = submit_choices(c, &comp, &e);
-    if (rc < 0) {
-        api_completion_free(&comp);
-        return srv_respond_error(c, &e);
-    }
-    c->echo_text = comp.echo_text; /* moved */
-    c->echo_len = comp.echo_len;
-    comp.echo_text = NULL;
-    api_completion_free(&comp);
+    c->echo_text = comp->echo_text; /* moved */
+    c->echo_len = comp->echo_len;
+    comp->echo_text = NULL;
     api_completion_id(c->id, sizeof(c->id), ++s->seq, c->kind);
     c->meta.id = c->id;
     c->meta.created = (int64_t)time(NULL);

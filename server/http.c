@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -77,6 +78,7 @@ void srv_mhd_run(struct srv *s) {
 /* ------------------------------------------------------------ conns */
 
 static void conn_free(struct srv_conn *c) {
+    srv_work_conn_free(c);
     completion_free(c); /* choices: r->user cleared, references dropped */
     srv_body_release(c);
     api_buf_free(&c->out);
@@ -343,28 +345,9 @@ static enum MHD_Result on_body(struct srv_conn *c, const char *data, size_t size
     return api_buf_append(&c->body, data, size) == 0 ? MHD_YES : MHD_NO;
 }
 
-/* The whole body is in: answer a POST route. */
+/* The whole body is in: a worker parses it (worker.c), off the loop thread. */
 static enum MHD_Result body_complete(struct srv_conn *c) {
-    struct srv *s = c->srv;
-    struct api_buf b;
-    struct api_error e;
-    int rc;
-    switch (c->route) {
-    case API_ROUTE_TOKENIZE:
-    case API_ROUTE_DETOKENIZE:
-        api_buf_init(&b);
-        rc = c->route == API_ROUTE_TOKENIZE
-                 ? api_tokenize(&s->mi, c->body.data, c->body.len, &b, &e)
-                 : api_detokenize(&s->mi, c->body.data, c->body.len, &b, &e);
-        srv_body_release(c);
-        if (rc < 0) {
-            api_buf_free(&b);
-            return srv_respond_error(c, &e);
-        }
-        return respond_json(c, 200, &b);
-    default:
-        return completion_start(c);
-    }
+    return srv_work_start(c);
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const char *url,
@@ -394,6 +377,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *mc, const cha
         return body_complete(c);
     case CS_WAIT:
         return completion_resumed(c);
+    case CS_WORK:
+        return srv_work_resumed(c);
     default:
         return MHD_YES;
     }
@@ -484,6 +469,30 @@ static void on_handle_closed(uv_handle_t *h) {
     (void)h;
 }
 
+/* NOTE: SIGINT/SIGTERM are blocked in every thread but the loop's (srv_run
+ * blocks them before any of its threads starts). Closing a uv_signal_t puts
+ * back the default action (death by the signal), so the loop thread blocks
+ * them first, closes, and ignores them from then on: a signal during the rest
+ * of the teardown changes nothing, and the exit status stays the clean one. */
+static void signals_mask(int how) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(how, &set, NULL);
+}
+
+static void signals_close(struct srv *s) {
+    signals_mask(SIG_BLOCK);
+    uv_close((uv_handle_t *)&s->sig_int, on_handle_closed);
+    uv_close((uv_handle_t *)&s->sig_term, on_handle_closed);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &sa, NULL); /* also drops one already pending */
+    sigaction(SIGTERM, &sa, NULL);
+}
+
 /* Stops everything: no suspended connection may remain when MHD stops. */
 static void final_stop(struct srv *s) {
     if (s->phase == SRV_STOPPED)
@@ -499,6 +508,7 @@ static void final_stop(struct srv *s) {
             inflight_remove(c);
             conn_resume(c);
         }
+        srv_work_stop(s); /* joins the workers; their conns are resumed (answered or closed) */
         MHD_run(s->d); /* let MHD process pending resumes before the stop */
         uv_close((uv_handle_t *)&s->mhd_poll, on_handle_closed);
         uv_close((uv_handle_t *)&s->mhd_timer, on_handle_closed);
@@ -508,9 +518,9 @@ static void final_stop(struct srv *s) {
     }
     sched_stop(s->sched); /* joins the engine thread; no notify after this */
     drain_ready(s);
+    srv_work_stop(s); /* (if the daemon never started) */
     uv_close((uv_handle_t *)&s->wake, on_handle_closed);
-    uv_close((uv_handle_t *)&s->sig_int, on_handle_closed);
-    uv_close((uv_handle_t *)&s->sig_term, on_handle_closed);
+    signals_close(s);
     uv_close((uv_handle_t *)&s->shutdown_timer, on_handle_closed);
     uv_close((uv_handle_t *)&s->keepalive_timer, on_handle_closed);
     srv_log(SRV_LOG_INFO, "server stopped");
@@ -649,6 +659,16 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
 
     uv_async_init(&s->loop, &s->wake, on_wake); /* before the engine can notify */
     s->wake.data = s;
+    signals_mask(SIG_BLOCK); /* inherited by the engine and worker threads */
+    if (srv_work_init(s) != 0) {
+        fprintf(stderr, "slimserve: cannot start the worker threads\n");
+        uv_walk(&s->loop, close_walk_cb, NULL);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s->loop);
+        sched_ready_destroy(&s->ready);
+        free(s);
+        return 1;
+    }
 
     struct sched_options so;
     memset(&so, 0, sizeof(so));
@@ -682,6 +702,7 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     srv_log(SRV_LOG_INFO, "serving model '%s' (context %d) on %s:%d", cfg->served_name,
             s->mi.n_ctx, cfg->host, port);
     srv_mhd_run(s);
+    signals_mask(SIG_UNBLOCK); /* the loop thread alone takes SIGINT/SIGTERM */
     uv_run(&s->loop, UV_RUN_DEFAULT);
     rc = 0;
 out:
@@ -691,6 +712,7 @@ out:
         sched_free(s->sched);
     }
     if (rc != 0) {
+        srv_work_stop(s);
         /* handles were never started, or the daemon failed: close what exists */
         uv_walk(&s->loop, close_walk_cb, NULL);
         uv_run(&s->loop, UV_RUN_DEFAULT);

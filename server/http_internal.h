@@ -39,6 +39,7 @@ enum conn_state {
     CS_RESPONDED,   /* a response is queued */
     CS_WAIT,        /* non-streamed completion in progress (suspended) */
     CS_STREAM,      /* streaming response queued */
+    CS_WORK,        /* body handed to a worker thread (worker.c), suspended */
 };
 
 /* What a TCP connection is doing, for its read deadlines (policy.c). */
@@ -64,6 +65,11 @@ enum cancel_reason { CANCEL_NONE = 0, CANCEL_CLIENT, CANCEL_SLOW, CANCEL_SHUTDOW
 
 struct srv;
 struct srv_conn;
+struct srv_job;
+struct srv_worker;
+
+#define SRV_WORK_THREADS 2     /* worker threads parsing and tokenising request bodies */
+#define SRV_WORK_MAX_JOBS 1024 /* bodies waiting or being parsed; more: 503 + Retry-After */
 
 /* One choice of a generation request (n > 1 gives several). r->user points
  * here while the conn is alive. */
@@ -101,6 +107,7 @@ struct srv_conn {
     uint64_t discarded;        /* bytes dropped after the cap was hit */
     int too_large;
     int deferred;              /* an error answer waits until the body is drained */
+    struct srv_job *job;       /* CS_WORK: the worker's finished job, until answered */
     struct api_error deferred_err;
     const char *deferred_allow; /* Allow header of a deferred 405 (static string) */
 
@@ -154,6 +161,7 @@ struct srv {
     int handles_closed;
 
     struct sched_ready ready;  /* engine thread -> loop thread (scheduler/queue.c) */
+    struct srv_worker *work;   /* body parsing off the loop thread (worker.c) */
 
     struct srv_conn *inflight; /* conns expecting output (doubly linked) */
     int n_inflight;
@@ -199,7 +207,9 @@ int srv_body_reserve(struct srv_conn *c, size_t total);
 void srv_body_release(struct srv_conn *c); /* frees c->body and its share */
 
 /* completion.c */
-enum MHD_Result completion_start(struct srv_conn *c);
+/* Submits a parsed request's n choices (moving comp's params and echo text
+ * out; the caller still frees comp) and waits, suspended, for its output. */
+enum MHD_Result completion_submit(struct srv_conn *c, struct api_completion *comp);
 enum MHD_Result completion_resumed(struct srv_conn *c);
 void completion_pump(struct srv_conn *c);   /* take every choice's output; resume if news */
 void completion_pump_choice(struct srv_choice *ch); /* one choice's output */
@@ -212,6 +222,17 @@ void fdwatch_close(struct srv_conn *c);
 /* Policy tick: a half-closed client (peer_eof) whose socket has since been
  * reset is gone: cancel its request. The caller runs MHD afterwards. */
 void fdwatch_sweep(struct srv *s);
+
+/* worker.c (loop thread, but for the workers themselves) */
+int srv_work_init(struct srv *s);       /* 0 or -1; after uv_loop_init */
+/* Joins the workers; jobs never run are answered 503; every job goes back to
+ * its conn; closes the async handle. Idempotent. */
+void srv_work_stop(struct srv *s);
+/* A complete POST body: parse it on a worker (CS_WORK, suspended), or answer
+ * 503 when the worker queue is full. */
+enum MHD_Result srv_work_start(struct srv_conn *c);
+enum MHD_Result srv_work_resumed(struct srv_conn *c); /* handler call in CS_WORK */
+void srv_work_conn_free(struct srv_conn *c);          /* drops an unanswered job */
 
 /* ops.c (loop thread) */
 #define SRV_RID_MAX_IN 128 /* longest X-Request-Id taken from a client */

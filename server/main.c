@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdarg.h>
@@ -159,7 +160,7 @@ static int parse_size(const char *s, unsigned long long *out) {
     if (!*s || *s == '-')
         return -1;
     double v = strtod(s, &end);
-    if (errno || end == s || v < 0)
+    if (errno || end == s || !isfinite(v) || !(v >= 0)) /* nan, inf: refused (no NaN -> integer) */
         return -1;
     static const struct { const char *suf; double mul; } units[] = {
         {"", 1}, {"b", 1},
@@ -529,6 +530,11 @@ static int cmd_serve(int argc, char **argv) {
     srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",
             o.srv.served_name, cfg->arch_name, cfg->n_layers, cfg->dim, cfg->n_vocab,
             eng_model_n_ctx(m), (int)eng_model_n_pages(m));
+    const struct tok *tk = eng_model_tok(m);
+    if (tk && tok_n_vocab(tk) < cfg->n_vocab)
+        srv_log(SRV_LOG_INFO, "the embedding has %d rows but the tokenizer %d tokens: ids %d..%d "
+                "are padding, never sampled (their logits count as -inf)", cfg->n_vocab,
+                (int)tok_n_vocab(tk), (int)tok_n_vocab(tk), cfg->n_vocab - 1);
 
     rc = srv_run(&o.srv, m);
     eng_model_free(m);

@@ -30,6 +30,7 @@
  * Progress on stderr.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -486,6 +487,19 @@ static void cal_usage(FILE *fp) {
                 "(0 < S < 1) is off on that text. The same inputs and seed give the same file.\n");
 }
 
+/* A decimal int; a value that is no number, or beyond int, sets *end to a
+ * non-empty tail (the caller reports it) and returns -1 (out of every range). */
+static int int_arg(const char *v, char **end) {
+    static char bad[] = "?";
+    errno = 0;
+    long x = strtol(v, end, 10);
+    if (*end == v || errno || x < INT_MIN || x > INT_MAX) {
+        *end = bad;
+        return -1;
+    }
+    return (int)x;
+}
+
 int tool_lte_calibrate_main(int argc, char **argv) {
     struct cal k = {.sparsity = -1, .S = 32, .ctx = 256, .max_tokens = 4096, .seed = 1};
     for (int i = 1; i < argc; i++) {
@@ -506,9 +520,9 @@ int tool_lte_calibrate_main(int argc, char **argv) {
             k.texts[k.n_texts++] = v;
         }
         else if (!strcmp(a, "--sparsity")) k.sparsity = strtod(v, &end);
-        else if (!strcmp(a, "--expert-size")) k.S = (int)strtol(v, &end, 10);
-        else if (!strcmp(a, "--ctx")) k.ctx = (int)strtol(v, &end, 10);
-        else if (!strcmp(a, "--max-tokens")) k.max_tokens = (int)strtol(v, &end, 10);
+        else if (!strcmp(a, "--expert-size")) k.S = int_arg(v, &end);
+        else if (!strcmp(a, "--ctx")) k.ctx = int_arg(v, &end);
+        else if (!strcmp(a, "--max-tokens")) k.max_tokens = int_arg(v, &end);
         else if (!strcmp(a, "--seed")) k.seed = strtoull(v, &end, 0);
         else {
             fprintf(stderr, "lte-calibrate: unexpected argument '%s' (try --help)\n", a);

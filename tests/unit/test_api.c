@@ -179,7 +179,9 @@ START_TEST(test_routes) {
     ck_assert(!api_path_needs_auth("/health"));
     ck_assert(!api_path_needs_auth("/v10/x"));
     ck_assert(!api_path_needs_auth("/metrics"));
-    ck_assert(!api_path_needs_auth("/tokenize"));
+    ck_assert(api_path_needs_auth("/tokenize"));
+    ck_assert(api_path_needs_auth("/detokenize?x=1"));
+    ck_assert(!api_path_needs_auth("/tokenizer"));
 }
 END_TEST
 
@@ -213,7 +215,7 @@ START_TEST(test_parse_defaults) {
     ck_assert_int_eq(c.p.smp.top_k, 0);
     ck_assert(c.p.smp.min_p == 0.0f);
     ck_assert_int_eq(c.p.smp.has_seed, 0);
-    ck_assert_int_eq(c.p.n_stop, 0);
+    ck_assert_ptr_null(c.p.stops);
     ck_assert_int_eq(c.p.logprobs, -1);        /* the scheduler's "none" */
     ck_assert(c.p.repetition_penalty == 1.0f); /* the scheduler's "off" */
     ck_assert_int_eq(c.p.n_bias, 0);
@@ -248,9 +250,10 @@ START_TEST(test_parse_fields) {
     ck_assert(c.p.smp.min_p > 0.099f && c.p.smp.min_p < 0.101f);
     ck_assert_int_eq(c.p.smp.has_seed, 1);
     ck_assert(c.p.smp.seed == UINT64_MAX);
-    ck_assert_int_eq(c.p.n_stop, 2); /* "" ignored */
-    ck_assert_str_eq(c.p.stop[0], "a");
-    ck_assert_str_eq(c.p.stop[1], "bc");
+    ck_assert_int_eq(c.p.stops->n, 2); /* "" ignored */
+    ck_assert_str_eq(c.p.stops->s[0], "a");
+    ck_assert_str_eq(c.p.stops->s[1], "bc");
+    ck_assert_uint_eq(c.p.stops->max_len, 2);
     ck_assert_int_eq(c.stream, 1);
     ck_assert_int_eq(c.include_usage, 1);
     ck_assert_int_eq(c.p.ignore_eos, 1);
@@ -261,7 +264,7 @@ START_TEST(test_parse_fields) {
               &c);
     ck_assert_int_eq(c.p.smp.top_k, 0);
     ck_assert(c.p.smp.temperature == 1.0f);
-    ck_assert_int_eq(c.p.n_stop, 1);
+    ck_assert_int_eq(c.p.stops->n, 1);
     api_completion_free(&c);
     expect_ok("{\"prompt\":[1],\"top_k\":0,\"seed\":12345}", &c);
     ck_assert_int_eq(c.p.smp.top_k, 0);

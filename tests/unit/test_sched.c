@@ -421,8 +421,9 @@ START_TEST(test_min_tokens_delays_stop) {
     static struct client c;
     struct sched_req *r = make_req(9, 6, 24);
     char stop[2] = {full[0], 0}; /* matches right away without min_tokens */
-    r->p.stop[0] = strdup(stop);
-    r->p.n_stop = 1;
+    const char *stops[1] = {stop};
+    size_t stop_len[1] = {strlen(stop)};
+    r->p.stops = req_stops_new(stops, stop_len, 1);
     r->p.min_tokens = 24;
     run_one(m, r, &c);
     ck_assert_int_eq(c.last.finish, REQ_FINISH_LENGTH);
@@ -601,8 +602,9 @@ START_TEST(test_stop_string) {
     ck_assert_int_eq(sched_start(s), 0);
     struct client c;
     struct sched_req *r = make_req(9, 5, 24);
-    r->p.stop[0] = strdup(stop);
-    r->p.n_stop = 1;
+    const char *stops[1] = {stop};
+    size_t stop_len[1] = {strlen(stop)};
+    r->p.stops = req_stops_new(stops, stop_len, 1);
     client_submit(s, &c, r);
     wait_all(&c, 1, 60);
     ck_assert_int_eq(c.last.finish, REQ_FINISH_STOP);

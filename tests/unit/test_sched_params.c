@@ -21,14 +21,16 @@ START_TEST(test_params_lifecycle) {
     ck_assert_int_eq(p.logprobs, -1);
     ck_assert(p.repetition_penalty == 1.0f);
     ck_assert_ptr_null(p.prompt);
-    ck_assert_int_eq(p.n_stop, 0);
+    ck_assert_ptr_null(p.stops);
 
     p.prompt = malloc(3 * sizeof(int32_t));
     p.prompt[0] = 4, p.prompt[1] = 5, p.prompt[2] = 6;
     p.n_prompt = 3;
-    p.stop[0] = strdup("END");
-    p.stop[1] = strdup("\n\n");
-    p.n_stop = 2;
+    const char *stops[2] = {"END", "\n\n"};
+    size_t stop_len[2] = {3, 2};
+    p.stops = req_stops_new(stops, stop_len, 2);
+    ck_assert_ptr_nonnull(p.stops);
+    ck_assert_int_eq((int)p.stops->max_len, 3);
     p.bias_ids = malloc(sizeof(int32_t));
     p.bias_vals = malloc(sizeof(float));
     p.bias_ids[0] = 9;
@@ -39,12 +41,14 @@ START_TEST(test_params_lifecycle) {
     struct req_params q;
     ck_assert_int_eq(req_params_copy(&q, &p), 0);
     ck_assert_ptr_ne(q.prompt, p.prompt);
-    ck_assert_ptr_ne(q.stop[0], p.stop[0]);
+    ck_assert_ptr_eq(q.stops, p.stops); /* shared, not copied (issue 14) */
+    ck_assert_int_eq(p.stops->refs, 2);
     ck_assert_ptr_ne(q.bias_ids, p.bias_ids);
     ck_assert_int_eq(q.n_prompt, 3);
     ck_assert_int_eq(q.prompt[2], 6);
-    ck_assert_int_eq(q.n_stop, 2);
-    ck_assert_str_eq(q.stop[1], "\n\n");
+    ck_assert_int_eq(q.stops->n, 2);
+    ck_assert_str_eq(q.stops->s[1], "\n\n");
+    ck_assert_uint_eq(q.stops->len[1], 2);
     ck_assert_int_eq(q.n_bias, 1);
     ck_assert(q.bias_vals[0] == -3.5f);
     ck_assert_int_eq(q.max_tokens, 40);
@@ -52,9 +56,10 @@ START_TEST(test_params_lifecycle) {
     /* free empties the owned fields, keeps the scalars, and may run twice */
     req_params_free(&p);
     ck_assert_ptr_null(p.prompt);
-    ck_assert_ptr_null(p.stop[0]);
+    ck_assert_ptr_null(p.stops);
+    ck_assert_int_eq(q.stops->refs, 1);
     ck_assert_ptr_null(p.bias_ids);
-    ck_assert_int_eq(p.n_prompt + p.n_stop + p.n_bias, 0);
+    ck_assert_int_eq(p.n_prompt + p.n_bias, 0);
     ck_assert_int_eq(p.max_tokens, 40);
     req_params_free(&p);
     req_params_free(NULL);

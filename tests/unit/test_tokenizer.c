@@ -356,6 +356,22 @@ START_TEST(spm_merges) {
     ck_assert_int_eq(two[1], -7);
     ck_assert_int_eq(tok_encode(t, "hello", 5, 0, 0, NULL, 0), 1);
     ck_assert_int_eq(tok_encode(t, "hello", 5, 0, 0, NULL, 4), SS_EINVAL);
+    /* tok_encode_max: at or under the limit the count is exact, over it
+     * max + 1 with the same first ids, and the work stops early */
+    ck_assert_int_eq(tok_encode_max(t, "hello world!", 12, 1, 0, NULL, 0, 4), 4);
+    ck_assert_int_eq(tok_encode_max(t, "hello world!", 12, 1, 0, NULL, 0, 0), 4);
+    int32_t full[8], capped[8];
+    ck_assert_int_eq(tok_encode(t, "hello world!", 12, 1, 0, full, 8), 4);
+    ck_assert_int_eq(tok_encode_max(t, "hello world!", 12, 1, 0, capped, 8, 2), 3);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(capped[i], full[i]);
+    size_t big_len = (size_t)64 << 20; /* 64 MiB of words: stops after 11 ids */
+    char *big = malloc(big_len);
+    ck_assert_ptr_nonnull(big);
+    for (size_t i = 0; i < big_len; i++)
+        big[i] = "hello world "[i % 12];
+    ck_assert_int_eq(tok_encode_max(t, big, big_len, 0, 0, NULL, 0, 10), 11);
+    free(big);
     tok_free(t);
 }
 END_TEST
