@@ -281,12 +281,15 @@ static int parse_list(const cJSON *v, struct api_tools *tools, struct api_error 
  * to the end of the arguments. */
 static int grammar_function(struct api_buf *g, const cJSON *params, const char *name, int fam,
                             int idx, int *next, int ti, struct api_error *err) {
-    char *text = cJSON_IsObject(params) ? cJSON_PrintUnformatted(params) : NULL;
-    if (cJSON_IsObject(params) && !text)
+    /* no parameters: an empty parameter list (OpenAI's reading), the object {} */
+    char *text = cJSON_IsObject(params)
+                     ? cJSON_PrintUnformatted(params)
+                     : strdup("{\"type\":\"object\",\"properties\":{},\"additionalProperties\":false}");
+    if (!text)
         return SS_ENOMEM;
     char msg[256] = "", *rules = NULL;
     int first = *next;
-    int rc = gram_schema_rules(text, text ? strlen(text) : 0, 1, next, &rules, msg, sizeof msg);
+    int rc = gram_schema_rules(text, strlen(text), 1, next, &rules, msg, sizeof msg);
     free(text);
     if (rc < 0) {
         free(rules);

@@ -515,8 +515,8 @@ enum MHD_Result completion_start(struct srv_conn *c) {
     return MHD_YES;
 }
 
-/* Non-stream with tools: choice i's whole text read as calls; content is
- * the text before them (trimmed; none when empty). */
+/* Non-stream with tools: the choice's whole text read as calls; content is
+ * the text before them (trimmed; null when empty). */
 static void body_tools(struct srv_choice *ch, struct api_choice_out *co,
                        struct api_buf *content, struct api_buf *b) {
     if (api_tool_stream_feed(&ch->ts, ch->text.data ? ch->text.data : "", ch->text.len, 1,
@@ -524,7 +524,8 @@ static void body_tools(struct srv_choice *ch, struct api_choice_out *co,
         b->oom = 1;
     co->text = content->data;
     co->len = content->len;
-    if (ch->ts.n_calls > 0 && ch->finish == REQ_FINISH_STOP) {
+    if (ch->ts.n_calls > 0) { /* a length finish keeps the calls completed before it, as
+                               * a stream has already sent them (finish_reason stays "length") */
         co->calls = ch->ts.calls;
         co->n_calls = ch->ts.n_calls;
         while (co->len && (co->text[co->len - 1] == ' ' || co->text[co->len - 1] == '\n'))
@@ -533,9 +534,6 @@ static void body_tools(struct srv_choice *ch, struct api_choice_out *co,
             co->text++;
             co->len--;
         }
-    } else if (ch->ts.n_calls > 0) { /* cut short (length): the text as it came */
-        co->text = ch->text.data;
-        co->len = ch->text.len;
     }
 }
 
