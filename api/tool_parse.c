@@ -242,15 +242,13 @@ static long find_start(const struct api_tool_stream *s, const struct syntax *sx,
     const char *t = s->acc.data ? s->acc.data : "";
     size_t n = s->acc.len, ml = strlen(sx->marker);
     *hold = 0;
-    if (sx->bare) {
-        size_t k = skip_blank(t, n, 0);
-        if (k == n) { /* blanks only so far: a bare call may still come */
-            *hold = n - s->sent;
-            return -1;
-        }
-        if (t[k] == sx->bare && k >= s->sent)
-            return (long)k;
+    size_t k = skip_blank(t, n, 0);
+    if (k == n) { /* blanks only so far: held, so that a call's leading blanks are not content */
+        *hold = n - s->sent;
+        return -1;
     }
+    if (sx->bare && t[k] == sx->bare && k >= s->sent)
+        return (long)k;
     const char *m = n > s->sent ? memmem(t + s->sent, n - s->sent, sx->marker, ml) : NULL;
     if (m)
         return (long)(m - t);
@@ -283,7 +281,10 @@ int api_tool_stream_feed(struct api_tool_stream *s, const char *text, size_t len
             emit(s, finish ? s->acc.len : s->acc.len - hold, content);
             return content->oom ? SS_ENOMEM : 0;
         }
-        emit(s, (size_t)at, content);
+        if (skip_blank(s->acc.data, (size_t)at, 0) == (size_t)at)
+            s->sent = (size_t)at; /* only blanks before the call: not content */
+        else
+            emit(s, (size_t)at, content);
         s->start = s->resume = (size_t)at;
         s->mode = M_FIRST;
     }
