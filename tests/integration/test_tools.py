@@ -234,3 +234,27 @@ def test_gemma_named_none_round_trip(gemma):
     with pytest.raises(openai.BadRequestError):
         gemma.chat.completions.create(model="gemma", messages=MSG, tools=TOOLS, max_tokens=4,
                                       tool_choice={"type": "function", "function": {"name": "x"}})
+
+
+def test_stream_n2_and_auto_text(tiny):
+    """Two streamed choices keep their own calls; with auto, random text streams as content."""
+    per = {0: {}, 1: {}}
+    finish = {}
+    for ch in tiny.chat.completions.create(model="tiny", messages=MSG, tools=TOOLS, n=2, seed=7,
+                                           tool_choice="required", parallel_tool_calls=False,
+                                           max_tokens=300, stream=True):
+        for c in ch.choices:
+            assert not (c.delta.content or "").strip()
+            for tc in c.delta.tool_calls or []:
+                slot = per[c.index].setdefault(tc.index, {"name": None, "arguments": ""})
+                slot["name"] = slot["name"] or (tc.function.name if tc.function else None)
+                slot["arguments"] += (tc.function.arguments or "") if tc.function else ""
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+    assert finish == {0: "tool_calls", 1: "tool_calls"}
+    for i in (0, 1):
+        assert list(per[i]) == [0]
+        jsonschema.validate(json.loads(per[i][0]["arguments"]), SCHEMAS[per[i][0]["name"]])
+    calls, content, fin, _ = stream_message(tiny, "tiny", messages=MSG, tools=TOOLS, seed=3,
+                                            max_tokens=12)
+    assert not calls and fin in ("length", "stop") and content
