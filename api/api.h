@@ -22,6 +22,7 @@
 #include "scheduler/sched.h"
 
 struct tok;
+struct api_tool_call;
 
 /* ---- growable byte buffer (used for every output) ---- */
 struct api_buf {
@@ -77,13 +78,45 @@ enum api_tmpl_family {
     API_TMPL_MISTRAL,
     API_TMPL_GEMMA,
 };
-enum api_role { API_ROLE_SYSTEM = 0, API_ROLE_USER, API_ROLE_ASSISTANT };
+enum api_role { API_ROLE_SYSTEM = 0, API_ROLE_USER, API_ROLE_ASSISTANT, API_ROLE_TOOL };
+
+/* One function call of an assistant message (request history). */
+struct api_msg_call {
+    const char *id;   /* NUL-terminated, may be "" */
+    const char *name; /* NUL-terminated */
+    const char *args; /* the arguments object as JSON text in Python json.dumps
+                       * style ({"a": 1, "b": [1, 2]}), as the Jinja templates'
+                       * tojson writes it */
+};
 
 struct api_chat_msg {
     int role;         /* enum api_role */
     const char *text; /* content, len bytes (not owned, need not be NUL-terminated) */
     size_t len;
+    const struct api_msg_call *calls; /* assistant: its tool_calls (n_calls), else NULL */
+    int n_calls;
+    const char *call_id; /* tool: tool_call_id (NUL-terminated), else NULL */
 };
+
+/* ---- tool calling (tools.c: request fields and the forcing grammar;
+ * tool_parse.c: the model's output turned into calls) ---- */
+enum api_tool_choice { API_TOOLS_AUTO = 0, API_TOOLS_NONE, API_TOOLS_REQUIRED, API_TOOLS_NAMED };
+#define API_MAX_TOOLS 128
+struct api_tool {
+    char *name;  /* [A-Za-z0-9_-]{1,64} */
+    char *json;  /* {"type": "function", "function": {...}} in json.dumps style */
+    char *json4; /* the same with indent=4 (llama3 puts tools in the user turn this way) */
+};
+struct api_tools {
+    int n;                /* 1..API_MAX_TOOLS */
+    struct api_tool *t;   /* [n] */
+    int choice;           /* enum api_tool_choice */
+    int named;            /* API_TOOLS_NAMED: index into t */
+    int parallel;         /* parallel_tool_calls (default 1) */
+    int family;           /* enum api_tmpl_family the calls are written in */
+};
+/* Frees what t owns and t itself. NULL is a no-op. */
+void api_tools_free(struct api_tools *t);
 
 /* Family of a template text (len bytes), API_TMPL_NONE if none matches.
  * *uses_bos (may be NULL) is set to 1 if the text mentions bos_token. */
@@ -116,6 +149,13 @@ int api_tmpl_default_bos(int family);
  * that is not first, no messages), or SS_ENOMEM. */
 int api_tmpl_render(int family, const struct api_chat_msg *msgs, int n, const char *bos,
                     const char *eos, struct api_buf *out, struct api_error *err);
+/* Same with the request's tools (NULL or choice NONE: not listed) and tool
+ * history (assistant calls, tool messages) written in the family's convention
+ * (template.c's header comment lists them). llama2 has none: tools or tool
+ * history there are SS_EINVAL. */
+int api_tmpl_render_tools(int family, const struct api_chat_msg *msgs, int n,
+                          const struct api_tools *tools, const char *bos, const char *eos,
+                          struct api_buf *out, struct api_error *err);
 
 /* ---- the served model ---- */
 struct api_model_info {
@@ -168,6 +208,8 @@ struct api_completion {
                            * p.max_tokens is 1 and the server drops that token */
     char *echo_text;      /* malloc'd prompt text when echo (NUL-terminated), else NULL */
     size_t echo_len;
+    struct api_tools *tools; /* chat with tools and tool_choice other than none: malloc'd
+                              * (api_completion_free frees it unless moved out), else NULL */
 };
 /* Parses and validates a /v1/completions body (len bytes, need not be
  * NUL-terminated) against the model. Returns 0 and fills *out (free with
@@ -219,6 +261,11 @@ struct api_choice_out {
     const struct req_tok *toks; /* logprob records (prompt ones first) */
     int32_t n_toks;
     struct api_lp_state *lps;   /* completions offsets (in/out); NULL -> from 0 */
+    const struct api_tool_call *calls; /* chat, non-stream: parsed tool calls (n_calls > 0:
+                                        * "tool_calls" in the message, content null when
+                                        * len is 0, finish_reason "tool_calls") */
+    int n_calls;
+    int tool_finish;      /* stream: the final chunk says "tool_calls" instead of "stop" */
 };
 
 /* Whole non-streamed response body: choices ch[0..n), usage with
@@ -237,9 +284,59 @@ int api_sse_role(struct api_buf *b, const struct api_completion_meta *m, int ind
 /* The usage event of include_usage streams (choices: []). */
 int api_sse_usage(struct api_buf *b, const struct api_completion_meta *m, int32_t n_prompt,
                   int64_t n_gen);
+/* Chat stream: the two chunks of one tool call as the OpenAI SDK assembles
+ * them: delta {"tool_calls":[{"index":k,"id","type":"function","function":
+ * {"name","arguments":""}}]}, then {"tool_calls":[{"index":k,"function":
+ * {"arguments":"..."}}]}. 0 or SS_ENOMEM. */
+int api_sse_tool_call(struct api_buf *b, const struct api_completion_meta *m, int index, int k,
+                      const struct api_tool_call *call, int with_usage_null);
 /* "data: {"error":...}\n\n" */
 int api_sse_error(struct api_buf *b, const struct api_error *e);
 int api_sse_done(struct api_buf *b); /* "data: [DONE]\n\n" */
+
+/* ---- the model's output as tool calls (tool_parse.c) ----
+ * Conventions per family (what the prompt asked for; see template.c):
+ *   chatml, gemma  <tool_call>{"name": N, "arguments": {...}}</tool_call> (repeated;
+ *                  the closing tag may be missing at the end)
+ *   llama3         {"name": N, "parameters": {...}} as the whole answer (optionally
+ *                  after <|python_tag|>; several separated by blanks or ';')
+ *   mistral        [TOOL_CALLS] [{"name": N, "arguments": {...}}, ...] (the marker is a
+ *                  control token, so a bare [...] at the start is a call too)
+ * "arguments" and "parameters" are both accepted everywhere; a name must be one
+ * of the request's tools. Text before the first call is content; once a call
+ * parsed, text after the calls is dropped; text that starts like a call but
+ * does not parse stays content. Without parallel_tool_calls only the first
+ * call is kept.
+ *
+ * One parser serves both shapes: a non-stream response feeds the whole text
+ * with finish = 1; a stream feeds each piece, getting the content that is safe
+ * to send (a suffix that could begin a call marker is held back until it is
+ * known not to) and the calls completed so far. Pure; one thread at a time. */
+struct api_tool_call {
+    char id[40];  /* "call_" + 24 random characters */
+    char *name;   /* malloc'd */
+    char *args;   /* malloc'd compact JSON text of the arguments object */
+};
+struct api_tool_stream {
+    const struct api_tools *tools; /* not owned */
+    struct api_buf acc;   /* everything fed so far */
+    size_t sent;          /* acc[0..sent) went out as content (or is call text) */
+    size_t start;         /* CALLS: where the first call's text begins */
+    size_t resume;        /* CALLS: where parsing continues (after the last complete call) */
+    int mode;             /* internal state */
+    struct api_tool_call *calls; /* [n_calls] complete calls */
+    int n_calls, cap_calls;
+    int n_sent;           /* calls the caller already emitted (it advances this) */
+};
+void api_tool_stream_init(struct api_tool_stream *s, const struct api_tools *tools);
+void api_tool_stream_free(struct api_tool_stream *s);
+/* Feeds len bytes; finish = 1 when no more text follows. Appends the content
+ * now safe to emit to *content; new complete calls are calls[n_sent ..
+ * n_calls). 0 or SS_ENOMEM. */
+int api_tool_stream_feed(struct api_tool_stream *s, const char *text, size_t len, int finish,
+                         struct api_buf *content);
+/* Writes "call_" and 24 random alphanumerics into out (cap >= 30). */
+void api_tool_call_id(char *out, size_t cap);
 
 /* ---- /tokenize and /detokenize (tokenize.c) ----
  * /tokenize: {"prompt": str, "add_special_tokens": bool = true} (the prompt

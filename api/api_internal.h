@@ -82,7 +82,19 @@ int api_parse_lengths(const struct api_model_info *mi, const cJSON *root, const 
 /* chat.c: renders root's "messages" with the model's chat template and
  * encodes them (special tokens parsed, no extra BOS) into p->prompt, with
  * api_encode_text's max_count. Shared by /v1/chat/completions and /tokenize. */
-int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, int64_t max_count,
-                    struct req_params *p, struct api_error *err);
+int api_chat_prompt(const struct api_model_info *mi, const cJSON *root,
+                    const struct api_tools *tools, int64_t max_count, struct req_params *p,
+                    struct api_error *err);
+
+/* tools.c: tools / tool_choice / parallel_tool_calls -> c->tools (NULL when
+ * there are none or tool_choice is "none"), and for "required" or a named
+ * function the forcing grammar in c->p.grammar (a 400 if another constraint
+ * is already there). functions / function_call are a 400. 0 or negative with
+ * *err. */
+int api_parse_tools(const struct api_model_info *mi, const cJSON *root, struct api_completion *c,
+                    struct api_error *err);
+/* v as Python's json.dumps writes it: separators ", " and ": " (indent 0), or
+ * newlines and indent spaces per level (indent > 0); non-ASCII kept. */
+void api_json_py(struct api_buf *b, const cJSON *v, int indent, int level);
 
 #endif

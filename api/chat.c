@@ -4,13 +4,16 @@
  *
  * Pure functions; any thread.
  *
- * messages: [{"role": "system"|"developer"|"user"|"assistant", "content": C}]
+ * messages: [{"role": "system"|"developer"|"user"|"assistant"|"tool", "content": C}]
  * where C is a string or an array of {"type": "text", "text": str} parts
  * (joined with "\n"); other part types are rejected (400). An assistant
- * message may have a null or missing content (rendered as ""). "developer" is
- * OpenAI's newer name for "system". Tools and functions are rejected rather
- * than ignored; response_format is api_parse_structured's (structured.c).
+ * message may have a null or missing content (rendered as "") and
+ * "tool_calls": [{"id", "type": "function", "function": {"name", "arguments":
+ * JSON text of an object}}]; a tool message needs "tool_call_id". "developer"
+ * is OpenAI's newer name for "system". tools / tool_choice: tools.c;
+ * response_format: api_parse_structured's (structured.c).
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,19 @@
 #include "engine/tokenizer.h"
 
 #define MAX_MESSAGES 4096
+#define MAX_CALLS 1024 /* tool calls in all assistant messages together */
+
+/* Messages being collected: texts in store and call arguments in args, both
+ * as offsets until the buffers stop moving. ids and names point into the
+ * request's JSON tree, which outlives the rendering. */
+struct msgs_ctx {
+    struct api_chat_msg *msgs;
+    size_t *off;
+    struct api_msg_call *calls; /* [n_calls] in message order */
+    size_t *arg_off;
+    int n_calls;
+    struct api_buf store, args;
+};
 
 static int msg_error(struct api_error *err, int i, const char *what) {
     api_error_set(err, SS_EINVAL, "messages", "invalid_value", "messages[%d]: %s", i, what);
@@ -37,10 +53,12 @@ static int parse_role(const cJSON *m, int i, int *role, struct api_error *err) {
         *role = API_ROLE_USER;
     else if (!strcmp(s, "assistant"))
         *role = API_ROLE_ASSISTANT;
+    else if (!strcmp(s, "tool"))
+        *role = API_ROLE_TOOL;
     else {
         api_error_set(err, SS_EINVAL, "messages", "invalid_value",
-                      "messages[%d]: role '%.40s' is not supported (use system, user or "
-                      "assistant)",
+                      "messages[%d]: role '%.40s' is not supported (use system, user, "
+                      "assistant or tool)",
                       i, s);
         return SS_EINVAL;
     }
@@ -51,6 +69,8 @@ static int parse_role(const cJSON *m, int i, int *role, struct api_error *err) {
 static int parse_content(const cJSON *m, int i, int role, struct api_buf *text,
                          struct api_error *err) {
     const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+    if (role == API_ROLE_TOOL && cJSON_IsNull(c))
+        return msg_error(err, i, "a tool message needs a 'content'");
     if (!c || cJSON_IsNull(c)) {
         if (role == API_ROLE_ASSISTANT)
             return 0;
@@ -92,10 +112,92 @@ static int parse_content(const cJSON *m, int i, int role, struct api_buf *text,
     return 0;
 }
 
-/* Collects messages: texts concatenated in *store, offsets in msgs (text
- * pointers fixed up once store stops moving). */
-static int parse_messages(const cJSON *root, struct api_chat_msg **out, int *n_out,
-                          struct api_buf *store, struct api_error *err) {
+static int call_error(struct api_error *err, int i, int k, const char *what) {
+    api_error_set(err, SS_EINVAL, "messages", "invalid_value", "messages[%d].tool_calls[%d]: %s", i,
+                  k, what);
+    return SS_EINVAL;
+}
+
+/* The assistant message i's tool_calls into ctx->calls (from ctx->n_calls on). */
+static int parse_calls(const cJSON *m, int i, struct msgs_ctx *x, struct api_error *err) {
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+    if (!tc || cJSON_IsNull(tc))
+        return 0;
+    if (x->msgs[i].role != API_ROLE_ASSISTANT)
+        return msg_error(err, i, "only assistant messages may have 'tool_calls'");
+    if (!cJSON_IsArray(tc))
+        return msg_error(err, i, "'tool_calls' must be an array");
+    int k = 0;
+    for (const cJSON *c = tc->child; c; c = c->next, k++) {
+        if (x->n_calls >= MAX_CALLS)
+            return msg_error(err, i, "too many tool calls in the conversation (at most 1024)");
+        const cJSON *fn = cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "function") : NULL;
+        const cJSON *id = cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "id") : NULL;
+        const cJSON *name = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "name") : NULL;
+        const cJSON *args = cJSON_IsObject(fn) ? cJSON_GetObjectItemCaseSensitive(fn, "arguments")
+                                               : NULL;
+        if (!cJSON_IsString(name))
+            return call_error(err, i, k, "'function.name' must be a string");
+        if (id && !cJSON_IsNull(id) && !cJSON_IsString(id))
+            return call_error(err, i, k, "'id' must be a string");
+        cJSON *parsed = NULL;
+        const cJSON *obj = args;
+        if (cJSON_IsString(args)) { /* OpenAI sends the arguments as JSON text */
+            parsed = cJSON_Parse(args->valuestring);
+            obj = parsed;
+        }
+        if (!cJSON_IsObject(obj)) {
+            cJSON_Delete(parsed);
+            return call_error(err, i, k, "'function.arguments' must be the JSON text of an object");
+        }
+        struct api_msg_call *cl = &x->calls[x->n_calls];
+        cl->id = cJSON_IsString(id) ? id->valuestring : "";
+        cl->name = name->valuestring;
+        x->arg_off[x->n_calls++] = x->args.len;
+        api_json_py(&x->args, obj, 0, 0);
+        api_buf_append(&x->args, "", 1); /* each one NUL-terminated */
+        cJSON_Delete(parsed);
+    }
+    x->msgs[i].n_calls = k;
+    return 0;
+}
+
+static int parse_message(const cJSON *m, int i, struct msgs_ctx *x, struct api_error *err) {
+    int rc;
+    if (!cJSON_IsObject(m))
+        return msg_error(err, i, "each message must be an object");
+    if ((rc = parse_role(m, i, &x->msgs[i].role, err)) < 0)
+        return rc;
+    x->off[i] = x->store.len;
+    int first_call = x->n_calls;
+    if ((rc = parse_calls(m, i, x, err)) < 0)
+        return rc;
+    if (x->msgs[i].n_calls) /* pointer fixed up later: the index for now */
+        x->msgs[i].calls = (const struct api_msg_call *)(uintptr_t)(first_call + 1);
+    if (x->msgs[i].role == API_ROLE_TOOL) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
+        if (!cJSON_IsString(id))
+            return msg_error(err, i, "a tool message needs a string 'tool_call_id'");
+        x->msgs[i].call_id = id->valuestring;
+    }
+    if ((rc = parse_content(m, i, x->msgs[i].role, &x->store, err)) < 0)
+        return rc;
+    x->msgs[i].len = x->store.len - x->off[i];
+    return 0;
+}
+
+static void msgs_ctx_free(struct msgs_ctx *x) {
+    free(x->msgs);
+    free(x->off);
+    free(x->calls);
+    free(x->arg_off);
+    api_buf_free(&x->store);
+    api_buf_free(&x->args);
+}
+
+/* Collects the messages of root into x (x->msgs[0..*n_out)). */
+static int parse_messages(const cJSON *root, struct msgs_ctx *x, int *n_out,
+                          struct api_error *err) {
     const cJSON *v = api_field(root, "messages");
     if (!v) {
         api_error_set(err, SS_EINVAL, "messages", "missing_required_parameter",
@@ -113,40 +215,30 @@ static int parse_messages(const cJSON *root, struct api_chat_msg **out, int *n_o
                       "'messages' must hold between 1 and %d messages, got %d", MAX_MESSAGES, n);
         return SS_EINVAL;
     }
-    struct api_chat_msg *msgs = calloc((size_t)n, sizeof(*msgs));
-    size_t *off = calloc((size_t)n, sizeof(*off));
-    if (!msgs || !off) {
-        free(msgs);
-        free(off);
+    x->msgs = calloc((size_t)n, sizeof(*x->msgs));
+    x->off = calloc((size_t)n, sizeof(*x->off));
+    x->calls = calloc(MAX_CALLS, sizeof(*x->calls));
+    x->arg_off = calloc(MAX_CALLS, sizeof(*x->arg_off));
+    if (!x->msgs || !x->off || !x->calls || !x->arg_off) {
         api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
         return SS_ENOMEM;
     }
     int i = 0, rc = 0;
-    for (const cJSON *m = v->child; m && i < n; m = m->next, i++) {
-        if (!cJSON_IsObject(m)) {
-            rc = msg_error(err, i, "each message must be an object");
-            break;
-        }
-        if ((rc = parse_role(m, i, &msgs[i].role, err)) < 0)
-            break;
-        off[i] = store->len;
-        if ((rc = parse_content(m, i, msgs[i].role, store, err)) < 0)
-            break;
-        msgs[i].len = store->len - off[i];
-    }
-    if (rc == 0 && store->oom) {
+    for (const cJSON *m = v->child; m && i < n && rc == 0; m = m->next, i++)
+        rc = parse_message(m, i, x, err);
+    if (rc == 0 && (x->store.oom || x->args.oom)) {
         api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
         rc = SS_ENOMEM;
     }
-    if (rc < 0) {
-        free(msgs);
-        free(off);
+    if (rc < 0)
         return rc;
+    for (i = 0; i < x->n_calls; i++)
+        x->calls[i].args = x->args.data + x->arg_off[i];
+    for (i = 0; i < n; i++) {
+        x->msgs[i].text = x->store.data ? x->store.data + x->off[i] : "";
+        if (x->msgs[i].n_calls)
+            x->msgs[i].calls = x->calls + ((uintptr_t)x->msgs[i].calls - 1);
     }
-    for (i = 0; i < n; i++)
-        msgs[i].text = store->data ? store->data + off[i] : "";
-    free(off);
-    *out = msgs;
     *n_out = n;
     return 0;
 }
@@ -168,20 +260,12 @@ static int parse_chat_only(const cJSON *root, struct api_completion *c, struct a
     }
     c->p.logprobs = lp ? (int)k : -1;
 
-    static const char *const no[] = {"tools", "functions"};
-    for (int i = 0; i < 2; i++) {
-        const cJSON *v = api_field(root, no[i]);
-        if (v && !(cJSON_IsArray(v) && !v->child)) {
-            api_error_set(err, SS_EUNSUPPORTED, no[i], "unsupported",
-                          "'%s' (tool calling) is not supported", no[i]);
-            return SS_EUNSUPPORTED;
-        }
-    }
     return 0; /* response_format: api_parse_structured (shared with completions) */
 }
 
-int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, int64_t max_count,
-                    struct req_params *p, struct api_error *err) {
+int api_chat_prompt(const struct api_model_info *mi, const cJSON *root,
+                    const struct api_tools *tools, int64_t max_count, struct req_params *p,
+                    struct api_error *err) {
     if (mi->chat_family == API_TMPL_NONE || !mi->tok) {
         api_error_set(err, SS_EUNSUPPORTED, "messages", "chat_template_missing",
                       "this model has no chat template the server recognises (known families: "
@@ -189,12 +273,12 @@ int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, int64_t 
                       "the server with --chat-template NAME");
         return SS_EUNSUPPORTED;
     }
-    struct api_buf store, text;
-    api_buf_init(&store);
+    struct msgs_ctx x;
+    memset(&x, 0, sizeof(x));
+    struct api_buf text;
     api_buf_init(&text);
-    struct api_chat_msg *msgs = NULL;
     int n = 0;
-    int rc = parse_messages(root, &msgs, &n, &store, err);
+    int rc = parse_messages(root, &x, &n, err);
     if (rc == 0) {
         const char *bos = "", *eos = "";
         size_t l;
@@ -202,14 +286,13 @@ int api_chat_prompt(const struct api_model_info *mi, const cJSON *root, int64_t 
             bos = tok_text(mi->tok, tok_bos(mi->tok), &l);
         if (tok_eos(mi->tok) >= 0)
             eos = tok_text(mi->tok, tok_eos(mi->tok), &l);
-        rc = api_tmpl_render(mi->chat_family, msgs, n, bos ? bos : "", eos ? eos : "", &text,
-                             err);
+        rc = api_tmpl_render_tools(mi->chat_family, x.msgs, n, tools, bos ? bos : "",
+                                   eos ? eos : "", &text, err);
     }
     if (rc == 0)
         rc = api_encode_text(mi, text.data ? text.data : "", text.len, 0, 1, max_count,
                              "messages", &p->prompt, &p->n_prompt, err);
-    free(msgs);
-    api_buf_free(&store);
+    msgs_ctx_free(&x);
     api_buf_free(&text);
     return rc;
 }
@@ -221,7 +304,9 @@ static int parse_fields(const struct api_model_info *mi, const cJSON *root,
         return rc;
     if ((rc = parse_chat_only(root, c, err)) < 0)
         return rc;
-    if ((rc = api_chat_prompt(mi, root, API_PROMPT_MAX_COUNT(mi), &c->p, err)) < 0)
+    if ((rc = api_parse_tools(mi, root, c, err)) < 0)
+        return rc;
+    if ((rc = api_chat_prompt(mi, root, c->tools, API_PROMPT_MAX_COUNT(mi), &c->p, err)) < 0)
         return rc;
     /* max_completion_tokens is OpenAI's newer name; it wins when both are given */
     const char *mt = api_field(root, "max_completion_tokens") ? "max_completion_tokens"

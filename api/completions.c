@@ -208,4 +208,6 @@ void api_completion_free(struct api_completion *c) {
     free(c->echo_text);
     c->echo_text = NULL;
     c->echo_len = 0;
+    api_tools_free(c->tools);
+    c->tools = NULL;
 }

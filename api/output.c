@@ -236,8 +236,10 @@ static void meta_head(struct api_buf *b, const struct api_completion_meta *m, in
     api_buf_json_str(b, m->model, strlen(m->model));
 }
 
-static void put_finish(struct api_buf *b, int finish) {
+static void put_finish(struct api_buf *b, int finish, int tool_calls) {
     const char *fr = api_finish_reason(finish);
+    if (tool_calls && finish == REQ_FINISH_STOP)
+        fr = "tool_calls";
     api_buf_puts(b, ",\"finish_reason\":");
     if (fr)
         api_buf_printf(b, "\"%s\"", fr);
@@ -252,6 +254,21 @@ static void put_usage(struct api_buf *b, int32_t n_prompt, int64_t n_gen, int32_
                    (int)n_prompt, (long long)n_gen, (long long)n_prompt + n_gen, (int)n_cached);
 }
 
+/* ,"tool_calls":[{"id","type":"function","function":{"name","arguments"}}] */
+static void put_calls(struct api_buf *b, const struct api_tool_call *c, int n) {
+    api_buf_puts(b, ",\"tool_calls\":[");
+    for (int i = 0; i < n; i++) {
+        api_buf_puts(b, i ? ",{\"id\":" : "{\"id\":");
+        api_buf_json_str(b, c[i].id, strlen(c[i].id));
+        api_buf_puts(b, ",\"type\":\"function\",\"function\":{\"name\":");
+        api_buf_json_str(b, c[i].name, strlen(c[i].name));
+        api_buf_puts(b, ",\"arguments\":");
+        api_buf_json_str(b, c[i].args, strlen(c[i].args));
+        api_buf_puts(b, "}}");
+    }
+    api_buf_puts(b, "]");
+}
+
 /* One element of "choices": chunk selects delta (chat) shapes. */
 static void choice(struct api_buf *b, const struct api_completion_meta *m,
                    const struct api_choice_out *ch, int chunk) {
@@ -260,7 +277,12 @@ static void choice(struct api_buf *b, const struct api_completion_meta *m,
     api_buf_printf(b, "{\"index\":%d,", ch->index);
     if (m->kind == API_KIND_CHAT && !chunk) {
         api_buf_puts(b, "\"message\":{\"role\":\"assistant\",\"content\":");
-        api_buf_json_str(b, text, len);
+        if (ch->n_calls > 0 && len == 0)
+            api_buf_puts(b, "null");
+        else
+            api_buf_json_str(b, text, len);
+        if (ch->n_calls > 0)
+            put_calls(b, ch->calls, ch->n_calls);
         api_buf_puts(b, "}");
     } else if (m->kind == API_KIND_CHAT) {
         api_buf_puts(b, "\"delta\":{");
@@ -274,7 +296,7 @@ static void choice(struct api_buf *b, const struct api_completion_meta *m,
         api_buf_json_str(b, text, len);
     }
     put_logprobs(b, m, ch);
-    put_finish(b, ch->finish);
+    put_finish(b, ch->finish, ch->n_calls > 0 || ch->tool_finish);
     api_buf_puts(b, "}");
 }
 
@@ -322,5 +344,27 @@ int api_sse_usage(struct api_buf *b, const struct api_completion_meta *m, int32_
     api_buf_puts(b, ",\"choices\":[],");
     put_usage(b, n_prompt, n_gen, m->n_cached);
     api_buf_puts(b, "}\n\n");
+    return b->oom ? SS_ENOMEM : 0;
+}
+
+int api_sse_tool_call(struct api_buf *b, const struct api_completion_meta *m, int index, int k,
+                      const struct api_tool_call *call, int with_usage_null) {
+    const char *tail = with_usage_null ? "],\"usage\":null}\n\n" : "]}\n\n";
+    api_buf_puts(b, "data: ");
+    meta_head(b, m, 1);
+    api_buf_printf(b, ",\"choices\":[{\"index\":%d,\"delta\":{\"tool_calls\":[{\"index\":%d,"
+                      "\"id\":", index, k);
+    api_buf_json_str(b, call->id, strlen(call->id));
+    api_buf_puts(b, ",\"type\":\"function\",\"function\":{\"name\":");
+    api_buf_json_str(b, call->name, strlen(call->name));
+    api_buf_puts(b, ",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}");
+    api_buf_puts(b, tail);
+    api_buf_puts(b, "data: ");
+    meta_head(b, m, 1);
+    api_buf_printf(b, ",\"choices\":[{\"index\":%d,\"delta\":{\"tool_calls\":[{\"index\":%d,"
+                      "\"function\":{\"arguments\":", index, k);
+    api_buf_json_str(b, call->args, strlen(call->args));
+    api_buf_puts(b, "}}]},\"logprobs\":null,\"finish_reason\":null}");
+    api_buf_puts(b, tail);
     return b->oom ? SS_ENOMEM : 0;
 }

@@ -27,6 +27,37 @@
  * Families that alternate reject (SS_EINVAL, as their templates raise) a
  * conversation whose non-system turns do not go user, assistant, user, ...
  * or that has a system message anywhere but first.
+ *
+ * Tools (api_tmpl_render_tools; TOOLS = each tool as {"type": "function",
+ * "function": {...}} in json.dumps style, ARGS likewise):
+ *   chatml   (Qwen2.5 / Hermes) the first system message (or a new one) ends with
+ *            "# Tools ... <tools>
+" TOOLS one per line "
+</tools> ... format";
+ *            assistant calls "
+<tool_call>
+{"name": N, "arguments": ARGS}
+</tool_call>"
+ *            after the content; a run of tool messages is one user turn of
+ *            "
+<tool_response>
+" C "
+</tool_response>" blocks
+ *   llama3   (Llama 3.1) system turn "Environment: ipython
+", knowledge and
+ *            date lines, then the system text; the first user turn starts with
+ *            the instructions and TOOLS with indent=4; calls are
+ *            {"name": N, "parameters": ARGS} (several: one per line); results
+ *            are "ipython" turns with the content as is
+ *   mistral  (v0.3) "[AVAILABLE_TOOLS] [" TOOLS ", "-joined "][/AVAILABLE_TOOLS]"
+ *            before the last user turn; calls "[TOOL_CALLS] [{"name": N,
+ *            "arguments": ARGS, "id": ID}, ...]" EOS; results
+ *            "[TOOL_RESULTS] {"content": C, "call_id": ID}[/TOOL_RESULTS]"
+ *   gemma    (ours: Gemma 3 has no convention) the first user turn gets, after
+ *            the system text, GEMMA_TOOLS_HEAD TOOLS one per line and
+ *            GEMMA_TOOLS_TAIL; calls and results as chatml's blocks, in the
+ *            model turn and in a user turn
+ *   llama2   none: tools or tool history are SS_EINVAL.
  */
 #include <stdio.h>
 #include <string.h>
@@ -148,51 +179,185 @@ static int render_error(struct api_error *err, const char *msg, const char *fami
 }
 
 /* For the alternating families: checks the shape and returns the index of the
- * first non-system message (*sys = index of the system message or -1). */
+ * first non-system message (*sys = index of the system message or -1). Tool
+ * history: mistral skips tool messages and assistant calls (as its v0.3
+ * template's check does); gemma counts a run of tool messages as one user
+ * turn; llama2 has no convention for them. */
 static int check_alternation(const struct api_chat_msg *m, int n, int family, int *sys,
                              struct api_error *err) {
-    int first = 0;
+    int first = 0, expect_user = 1;
     *sys = -1;
     if (n > 0 && m[0].role == API_ROLE_SYSTEM) {
         *sys = 0;
         first = 1;
     }
     for (int i = first; i < n; i++) {
-        if (m[i].role == API_ROLE_SYSTEM)
+        int r = m[i].role;
+        if (r == API_ROLE_SYSTEM)
             return render_error(err, "a system message is only supported as the first message",
                                 api_tmpl_name(family));
-        int want = ((i - first) % 2 == 0) ? API_ROLE_USER : API_ROLE_ASSISTANT;
-        if (m[i].role != want)
+        int tool_turn = r == API_ROLE_TOOL || (r == API_ROLE_ASSISTANT && m[i].n_calls > 0);
+        if (family == API_TMPL_LLAMA2 && tool_turn)
+            return render_error(err, "tool calls and tool messages are not supported",
+                                api_tmpl_name(family));
+        if (family == API_TMPL_MISTRAL && tool_turn)
+            continue;
+        if (r == API_ROLE_TOOL) {
+            if (i > first && m[i - 1].role == API_ROLE_TOOL)
+                continue;
+            r = API_ROLE_USER;
+        }
+        if (r != (expect_user ? API_ROLE_USER : API_ROLE_ASSISTANT))
             return render_error(err, "conversation roles must alternate user/assistant/user/...",
                                 api_tmpl_name(family));
+        expect_user = !expect_user;
     }
     return first;
 }
 
-static void render_chatml(const struct api_chat_msg *m, int n, const char *bos,
-                          struct api_buf *b) {
+/* {"name": NAME, KEY: ARGS[, "id": ID]} */
+static void put_call_json(struct api_buf *b, const struct api_msg_call *c, const char *key,
+                          int with_id) {
+    api_buf_puts(b, "{\"name\": ");
+    api_buf_json_str(b, c->name, strlen(c->name));
+    api_buf_printf(b, ", \"%s\": ", key);
+    api_buf_puts(b, c->args);
+    if (with_id && c->id && c->id[0]) {
+        api_buf_puts(b, ", \"id\": ");
+        api_buf_json_str(b, c->id, strlen(c->id));
+    }
+    api_buf_puts(b, "}");
+}
+
+/* "<tool_call>\n{...}\n</tool_call>" per call, the first preceded by
+ * lead0, the others by "\n". */
+static void put_tagged_calls(struct api_buf *b, const struct api_chat_msg *m, const char *lead0) {
+    for (int k = 0; k < m->n_calls; k++) {
+        api_buf_puts(b, k ? "\n" : lead0);
+        api_buf_puts(b, "<tool_call>\n");
+        put_call_json(b, &m->calls[k], "arguments", 0);
+        api_buf_puts(b, "\n</tool_call>");
+    }
+}
+
+static int tools_on(const struct api_tools *t) {
+    return t && t->n > 0 && t->choice != API_TOOLS_NONE;
+}
+
+static const char CHATML_TOOLS_HEAD[] =
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>";
+static const char CHATML_TOOLS_TAIL[] =
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+    "<function-name>, \"arguments\": <args-json-object>}\n</tool_call>";
+
+static void render_chatml(const struct api_chat_msg *m, int n, const struct api_tools *tools,
+                          const char *bos, struct api_buf *b) {
     api_buf_puts(b, bos);
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+    if (tools_on(tools)) { /* Qwen2.5's layout: the tools close the (first) system message */
+        api_buf_puts(b, "<|im_start|>system\n");
+        if (n > 0 && m[0].role == API_ROLE_SYSTEM) {
+            put(b, m[0].text, m[0].len);
+            api_buf_puts(b, "\n\n");
+            i = 1;
+        }
+        api_buf_puts(b, CHATML_TOOLS_HEAD);
+        for (int k = 0; k < tools->n; k++) {
+            api_buf_puts(b, "\n");
+            api_buf_puts(b, tools->t[k].json);
+        }
+        api_buf_puts(b, CHATML_TOOLS_TAIL);
+        api_buf_puts(b, "<|im_end|>\n");
+    }
+    for (; i < n; i++) {
+        if (m[i].role == API_ROLE_TOOL) { /* a run of results shares one user turn */
+            if (i == 0 || m[i - 1].role != API_ROLE_TOOL)
+                api_buf_puts(b, "<|im_start|>user");
+            api_buf_puts(b, "\n<tool_response>\n");
+            put(b, m[i].text, m[i].len);
+            api_buf_puts(b, "\n</tool_response>");
+            if (i == n - 1 || m[i + 1].role != API_ROLE_TOOL)
+                api_buf_puts(b, "<|im_end|>\n");
+            continue;
+        }
         api_buf_puts(b, "<|im_start|>");
         api_buf_puts(b, role_name(m[i].role));
-        api_buf_puts(b, "\n");
-        put(b, m[i].text, m[i].len);
+        if (m[i].n_calls > 0) {
+            if (m[i].len) {
+                api_buf_puts(b, "\n");
+                put(b, m[i].text, m[i].len);
+            }
+            put_tagged_calls(b, &m[i], "\n");
+        } else {
+            api_buf_puts(b, "\n");
+            put(b, m[i].text, m[i].len);
+        }
         api_buf_puts(b, "<|im_end|>\n");
     }
     api_buf_puts(b, "<|im_start|>assistant\n");
 }
 
-static void render_llama3(const struct api_chat_msg *m, int n, const char *bos,
-                          struct api_buf *b) {
+static const char LLAMA3_TOOLS_HEAD[] =
+    "Given the following functions, please respond with a JSON for a function call with its "
+    "proper arguments that best answers the given prompt.\n\nRespond in the format {\"name\": "
+    "function name, \"parameters\": dictionary of argument name and its value}.Do not use "
+    "variables.\n\n";
+
+/* Llama 3.1's system turn and first user turn when tools are given. Returns
+ * the index of the next message to render, or SS_EINVAL. */
+static int llama3_tools_head(const struct api_chat_msg *m, int n, const struct api_tools *tools,
+                             struct api_buf *b, struct api_error *err) {
+    int i = 0;
+    api_buf_puts(b, "<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n"
+                    "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
+    if (n > 0 && m[0].role == API_ROLE_SYSTEM) {
+        put_trim(b, m[0].text, m[0].len);
+        i = 1;
+    }
+    api_buf_puts(b, "<|eot_id|>");
+    if (i >= n)
+        return render_error(err, "tools are listed in the first user message, and there is none",
+                            "llama3");
+    api_buf_puts(b, "<|start_header_id|>user<|end_header_id|>\n\n");
+    api_buf_puts(b, LLAMA3_TOOLS_HEAD);
+    for (int k = 0; k < tools->n; k++) {
+        api_buf_puts(b, tools->t[k].json4);
+        api_buf_puts(b, "\n\n");
+    }
+    put_trim(b, m[i].text, m[i].len);
+    api_buf_puts(b, "<|eot_id|>");
+    return i + 1;
+}
+
+static int render_llama3(const struct api_chat_msg *m, int n, const struct api_tools *tools,
+                         const char *bos, struct api_buf *b, struct api_error *err) {
     api_buf_puts(b, bos);
-    for (int i = 0; i < n; i++) {
-        api_buf_puts(b, "<|start_header_id|>");
-        api_buf_puts(b, role_name(m[i].role));
-        api_buf_puts(b, "<|end_header_id|>\n\n");
-        put_trim(b, m[i].text, m[i].len);
+    int i = 0;
+    if (tools_on(tools) && (i = llama3_tools_head(m, n, tools, b, err)) < 0)
+        return i;
+    for (; i < n; i++) {
+        if (m[i].role == API_ROLE_TOOL) {
+            api_buf_puts(b, "<|start_header_id|>ipython<|end_header_id|>\n\n");
+            put(b, m[i].text, m[i].len);
+        } else if (m[i].n_calls > 0) {
+            api_buf_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+            for (int k = 0; k < m[i].n_calls; k++) {
+                if (k)
+                    api_buf_puts(b, "\n");
+                put_call_json(b, &m[i].calls[k], "parameters", 0);
+            }
+        } else {
+            api_buf_puts(b, "<|start_header_id|>");
+            api_buf_puts(b, role_name(m[i].role));
+            api_buf_puts(b, "<|end_header_id|>\n\n");
+            put_trim(b, m[i].text, m[i].len);
+        }
         api_buf_puts(b, "<|eot_id|>");
     }
     api_buf_puts(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+    return 0;
 }
 
 static void render_llama2(const struct api_chat_msg *m, int n, int first, int sys,
@@ -229,10 +394,23 @@ static void render_llama2(const struct api_chat_msg *m, int n, int first, int sy
 }
 
 static void render_mistral(const struct api_chat_msg *m, int n, int first, int sys,
-                           const char *bos, const char *eos, struct api_buf *b) {
+                           const struct api_tools *tools, const char *bos, const char *eos,
+                           struct api_buf *b) {
+    int last_user = -1;
+    for (int i = first; i < n; i++)
+        if (m[i].role == API_ROLE_USER)
+            last_user = i;
     api_buf_puts(b, bos);
     for (int i = first; i < n; i++) {
         if (m[i].role == API_ROLE_USER) {
+            if (i == last_user && tools_on(tools)) {
+                api_buf_puts(b, "[AVAILABLE_TOOLS] [");
+                for (int k = 0; k < tools->n; k++) {
+                    api_buf_puts(b, k ? ", " : "");
+                    api_buf_puts(b, tools->t[k].json);
+                }
+                api_buf_puts(b, "][/AVAILABLE_TOOLS]");
+            }
             api_buf_puts(b, "[INST] ");
             if (i == first && sys >= 0) {
                 put(b, m[sys].text, m[sys].len);
@@ -240,6 +418,21 @@ static void render_mistral(const struct api_chat_msg *m, int n, int first, int s
             }
             put(b, m[i].text, m[i].len);
             api_buf_puts(b, " [/INST]");
+        } else if (m[i].role == API_ROLE_TOOL) {
+            api_buf_puts(b, "[TOOL_RESULTS] {\"content\": ");
+            put(b, m[i].text, m[i].len);
+            api_buf_puts(b, ", \"call_id\": ");
+            const char *id = m[i].call_id ? m[i].call_id : "";
+            api_buf_json_str(b, id, strlen(id));
+            api_buf_puts(b, "}[/TOOL_RESULTS]");
+        } else if (m[i].n_calls > 0) {
+            api_buf_puts(b, "[TOOL_CALLS] [");
+            for (int k = 0; k < m[i].n_calls; k++) {
+                api_buf_puts(b, k ? ", " : "");
+                put_call_json(b, &m[i].calls[k], "arguments", 1);
+            }
+            api_buf_puts(b, "]");
+            api_buf_puts(b, eos);
         } else {
             put(b, m[i].text, m[i].len);
             api_buf_puts(b, eos);
@@ -247,10 +440,33 @@ static void render_mistral(const struct api_chat_msg *m, int n, int first, int s
     }
 }
 
+/* Gemma 3 has no tool format of its own; ours (README "Tool calling"): the
+ * tools go into the first user turn after the system text, calls are
+ * <tool_call> blocks (as chatml/hermes) in the model turn, results are
+ * <tool_response> blocks in a user turn. */
+static const char GEMMA_TOOLS_HEAD[] =
+    "You can call functions. Their signatures are listed inside <tools></tools>, one per "
+    "line:\n<tools>\n";
+static const char GEMMA_TOOLS_TAIL[] =
+    "</tools>\nTo call a function, answer only with a JSON object inside <tool_call></tool_call> "
+    "tags, one block per call:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+    "<args-json-object>}\n</tool_call>\nResults come back inside <tool_response></tool_response> "
+    "tags.\n\n";
+
 static void render_gemma(const struct api_chat_msg *m, int n, int first, int sys,
-                         const char *bos, struct api_buf *b) {
+                         const struct api_tools *tools, const char *bos, struct api_buf *b) {
     api_buf_puts(b, bos);
     for (int i = first; i < n; i++) {
+        if (m[i].role == API_ROLE_TOOL) {
+            int run_start = i == first || m[i - 1].role != API_ROLE_TOOL;
+            api_buf_puts(b, run_start ? "<start_of_turn>user\n" : "\n");
+            api_buf_puts(b, "<tool_response>\n");
+            put_trim(b, m[i].text, m[i].len);
+            api_buf_puts(b, "\n</tool_response>");
+            if (i == n - 1 || m[i + 1].role != API_ROLE_TOOL)
+                api_buf_puts(b, "<end_of_turn>\n");
+            continue;
+        }
         api_buf_puts(b, "<start_of_turn>");
         api_buf_puts(b, m[i].role == API_ROLE_USER ? "user" : "model");
         api_buf_puts(b, "\n");
@@ -258,7 +474,21 @@ static void render_gemma(const struct api_chat_msg *m, int n, int first, int sys
             put(b, m[sys].text, m[sys].len);
             api_buf_puts(b, "\n\n");
         }
+        if (i == first && tools_on(tools)) {
+            api_buf_puts(b, GEMMA_TOOLS_HEAD);
+            for (int k = 0; k < tools->n; k++) {
+                api_buf_puts(b, tools->t[k].json);
+                api_buf_puts(b, "\n");
+            }
+            api_buf_puts(b, GEMMA_TOOLS_TAIL);
+        }
         put_trim(b, m[i].text, m[i].len);
+        if (m[i].n_calls > 0) {
+            const char *t;
+            size_t tn;
+            trimmed(m[i].text, m[i].len, &t, &tn);
+            put_tagged_calls(b, &m[i], tn ? "\n" : "");
+        }
         api_buf_puts(b, "<end_of_turn>\n");
     }
     api_buf_puts(b, "<start_of_turn>model\n");
@@ -266,6 +496,12 @@ static void render_gemma(const struct api_chat_msg *m, int n, int first, int sys
 
 int api_tmpl_render(int family, const struct api_chat_msg *msgs, int n, const char *bos,
                     const char *eos, struct api_buf *out, struct api_error *err) {
+    return api_tmpl_render_tools(family, msgs, n, NULL, bos, eos, out, err);
+}
+
+int api_tmpl_render_tools(int family, const struct api_chat_msg *msgs, int n,
+                          const struct api_tools *tools, const char *bos, const char *eos,
+                          struct api_buf *out, struct api_error *err) {
     if (!bos)
         bos = "";
     if (!eos)
@@ -275,7 +511,9 @@ int api_tmpl_render(int family, const struct api_chat_msg *msgs, int n, const ch
                       "'messages' must hold at least one message");
         return SS_EINVAL;
     }
-    int sys = -1, first = 0;
+    if (family == API_TMPL_LLAMA2 && tools_on(tools))
+        return render_error(err, "tools are not supported", "llama2");
+    int sys = -1, first = 0, rc = 0;
     if (family == API_TMPL_LLAMA2 || family == API_TMPL_MISTRAL || family == API_TMPL_GEMMA) {
         first = check_alternation(msgs, n, family, &sys, err);
         if (first < 0)
@@ -286,16 +524,18 @@ int api_tmpl_render(int family, const struct api_chat_msg *msgs, int n, const ch
                                 api_tmpl_name(family));
     }
     switch (family) {
-    case API_TMPL_CHATML: render_chatml(msgs, n, bos, out); break;
-    case API_TMPL_LLAMA3: render_llama3(msgs, n, bos, out); break;
+    case API_TMPL_CHATML: render_chatml(msgs, n, tools, bos, out); break;
+    case API_TMPL_LLAMA3: rc = render_llama3(msgs, n, tools, bos, out, err); break;
     case API_TMPL_LLAMA2: render_llama2(msgs, n, first, sys, bos, eos, out); break;
-    case API_TMPL_MISTRAL: render_mistral(msgs, n, first, sys, bos, eos, out); break;
-    case API_TMPL_GEMMA: render_gemma(msgs, n, first, sys, bos, out); break;
+    case API_TMPL_MISTRAL: render_mistral(msgs, n, first, sys, tools, bos, eos, out); break;
+    case API_TMPL_GEMMA: render_gemma(msgs, n, first, sys, tools, bos, out); break;
     default:
         api_error_set(err, SS_EUNSUPPORTED, "messages", "unsupported",
                       "this model has no chat template the server recognises");
         return SS_EUNSUPPORTED;
     }
+    if (rc < 0)
+        return rc;
     if (out->oom) {
         api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
         return SS_ENOMEM;

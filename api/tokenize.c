@@ -40,7 +40,7 @@ static int tokenize_fields(const struct api_model_info *mi, const cJSON *root,
     if ((rc = api_get_bool(root, "add_special_tokens", &add_special, err)) < 0)
         return rc;
     if (messages) {
-        if ((rc = api_chat_prompt(mi, root, 0, p, err)) < 0)
+        if ((rc = api_chat_prompt(mi, root, NULL, 0, p, err)) < 0)
             return rc;
         /* vLLM: add_special_tokens on a chat prompt adds BOS on top of the template */
         if (add_special && tok_bos(mi->tok) >= 0) {

@@ -80,6 +80,18 @@ char *gram_regex_to_gbnf(const char *re, size_t len, char *err, size_t err_len);
 char *gram_schema_to_gbnf(const char *schema, size_t len, int object_only, char *err,
                           size_t err_len);
 
+/* Building blocks for grammars that embed several schemas (tool calls):
+ * gram_json_rules is the GBNF text of the shared JSON rules (ws, json-string,
+ * json-value, json-object, ...) that schema rules refer to. gram_schema_rules
+ * writes a schema's rules (without those shared rules and without a root)
+ * into *out (malloc'd), numbered s<*next>, s<*next + 1>, ...: the schema's
+ * own rule is "s" followed by the value *next had on entry; *next is advanced
+ * past the rules used, so calls with one counter never clash. 0 or a
+ * negative code with err set (as gram_compile_schema). */
+const char *gram_json_rules(void);
+int gram_schema_rules(const char *schema, size_t len, int object_only, int *next, char **out, char *err,
+                      size_t err_len);
+
 void gram_ref(struct gram *g);
 void gram_unref(struct gram *g); /* frees at zero; NULL is a no-op */
 

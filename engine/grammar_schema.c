@@ -501,44 +501,84 @@ static int schema_rule(struct sc *S, const cJSON *node, const char *seg) {
     return S->rc ? -1 : id;
 }
 
-/* The GBNF text, or NULL with *rc and err set. */
-static char *schema_gbnf(const char *schema, size_t len, int object_only, char *err, size_t err_len, int *rc) {
-    *rc = SS_EINVAL;
+/* Parses schema (NULL/empty: none) into *root; 0 or a negative code with err set. */
+static int schema_parse(const char *schema, size_t len, cJSON **root, char *err, size_t err_len) {
+    *root = NULL;
     if (err && err_len) err[0] = 0;
-    cJSON *root = NULL;
-    if (schema && len > 0) {
-        if (len > GRAM_MAX_TEXT) {
-            gram_errf(err, err_len, "schema: longer than %u bytes", GRAM_MAX_TEXT);
-            return NULL;
-        }
-        const char *end = NULL;
-        root = cJSON_ParseWithLengthOpts(schema, len, &end, 0);
-        if (!root) {
-            gram_errf(err, err_len, "schema: invalid JSON at offset %ld", end ? (long)(end - schema) : 0L);
-            return NULL;
-        }
+    if (!schema || len == 0) return 0;
+    if (len > GRAM_MAX_TEXT) {
+        gram_errf(err, err_len, "schema: longer than %u bytes", GRAM_MAX_TEXT);
+        return SS_EINVAL;
     }
-    struct sc S = {.root = root, .err = err, .err_len = err_len};
-    struct gbuf out = {0};
-    gbuf_puts(&out, COMMON);
+    const char *end = NULL;
+    *root = cJSON_ParseWithLengthOpts(schema, len, &end, 0);
+    if (!*root) {
+        gram_errf(err, err_len, "schema: invalid JSON at offset %ld", end ? (long)(end - schema) : 0L);
+        return SS_EINVAL;
+    }
+    return 0;
+}
+
+/* Appends root's rules, numbered from *next (advanced), the schema's own
+ * rule being s<first>; "any" schemas become json-object / json-value. */
+static int schema_append(const cJSON *root, int object_only, int *next, struct gbuf *out, char *err,
+                         size_t err_len) {
+    struct sc S = {.root = root, .err = err, .err_len = err_len, .n_rules = *next};
+    int first = *next;
     int any = !root || cJSON_IsTrue(root) || (cJSON_IsObject(root) && !root->child);
     if (any) {
-        gbuf_puts(&out, object_only ? "root ::= json-object\n" : "root ::= json-value\n");
+        gbuf_printf(out, "s%d ::= %s\n", first, object_only ? "json-object" : "json-value");
+        S.n_rules = first + 1;
     } else {
-        int r = schema_rule(&S, root, "");
-        if (r >= 0) gbuf_printf(&out, "root ::= s%d\n", r);
-        gbuf_put(&out, S.rules.s ? S.rules.s : "", S.rules.n);
+        schema_rule(&S, root, "");
+        gbuf_put(out, S.rules.s ? S.rules.s : "", S.rules.n);
     }
-    cJSON_Delete(root);
     free(S.rules.s);
-    if (S.rc || out.oom || S.rules.oom) {
+    if (S.rc || out->oom || S.rules.oom) {
         if (!S.rc) gram_errf(err, err_len, "schema: out of memory");
-        *rc = S.rc ? S.rc : SS_ENOMEM;
+        return S.rc ? S.rc : SS_ENOMEM;
+    }
+    *next = S.n_rules;
+    return 0;
+}
+
+/* The GBNF text, or NULL with *rc and err set. */
+static char *schema_gbnf(const char *schema, size_t len, int object_only, char *err, size_t err_len, int *rc) {
+    cJSON *root = NULL;
+    *rc = schema_parse(schema, len, &root, err, err_len);
+    if (*rc) return NULL;
+    struct gbuf out = {0};
+    gbuf_puts(&out, COMMON);
+    gbuf_puts(&out, "root ::= s0\n");
+    int next = 0;
+    *rc = schema_append(root, object_only, &next, &out, err, err_len);
+    cJSON_Delete(root);
+    if (*rc) {
         free(out.s);
         return NULL;
     }
-    *rc = 0;
     return out.s;
+}
+
+const char *gram_json_rules(void) {
+    return COMMON;
+}
+
+int gram_schema_rules(const char *schema, size_t len, int object_only, int *next, char **out, char *err,
+                      size_t err_len) {
+    *out = NULL;
+    cJSON *root = NULL;
+    int rc = schema_parse(schema, len, &root, err, err_len);
+    if (rc) return rc;
+    struct gbuf b = {0};
+    rc = schema_append(root, object_only, next, &b, err, err_len);
+    cJSON_Delete(root);
+    if (rc) {
+        free(b.s);
+        return rc;
+    }
+    *out = b.s ? b.s : calloc(1, 1);
+    return *out ? 0 : SS_ENOMEM;
 }
 
 char *gram_schema_to_gbnf(const char *schema, size_t len, int object_only, char *err, size_t err_len) {

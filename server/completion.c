@@ -206,13 +206,31 @@ static void choice_failed(struct srv_conn *c, struct srv_choice *ch, const struc
     }
 }
 
+/* Stream with tools: the text of this take goes through the choice's call
+ * parser; content that is safe to show goes out as usual, each completed
+ * call as its two tool_calls chunks. */
+static void stream_tools(struct srv_conn *c, struct srv_choice *ch, struct api_choice_out *co,
+                         struct api_buf *content, int done) {
+    if (api_tool_stream_feed(&ch->ts, co->text, co->len, done, content) < 0)
+        c->out.oom = 1;
+    co->text = content->data;
+    co->len = content->len;
+}
+
+static void stream_calls(struct srv_conn *c, struct srv_choice *ch) {
+    for (; ch->ts.n_sent < ch->ts.n_calls; ch->ts.n_sent++)
+        api_sse_tool_call(&c->out, &c->meta, ch->index, ch->ts.n_sent,
+                          &ch->ts.calls[ch->ts.n_sent], c->include_usage);
+}
+
 /* Stream: SSE chunks for what one take brought (text, logprobs, the end). */
 static void stream_take(struct srv_conn *c, struct srv_choice *ch, const struct req_out *o,
                         int done) {
     struct api_choice_out co = {ch->index, o->text, o->len, REQ_FINISH_NONE, c->logprobs,
-                                o->toks, o->n_toks, &ch->lps};
-    struct api_buf first;
+                                o->toks, o->n_toks, &ch->lps, NULL, 0, 0};
+    struct api_buf first, content;
     api_buf_init(&first);
+    api_buf_init(&content);
     int echo_now = 0;
     if (!ch->started) {
         ch->started = 1;
@@ -228,13 +246,23 @@ static void stream_take(struct srv_conn *c, struct srv_choice *ch, const struct 
                 c->out.oom = 1;
         }
     }
-    if (done && !c->failed && (o->finish == REQ_FINISH_STOP || o->finish == REQ_FINISH_LENGTH)) {
+    if (c->tools && !c->failed)
+        stream_tools(c, ch, &co, &content, done);
+    int ended = done && !c->failed && (o->finish == REQ_FINISH_STOP || o->finish == REQ_FINISH_LENGTH);
+    if (!c->failed && (co.len || co.n_toks || echo_now) && (!ended || ch->ts.n_calls > ch->ts.n_sent)) {
+        api_sse_chunk(&c->out, &c->meta, &co, c->include_usage); /* content before the calls */
+        co.len = 0;
+        co.n_toks = 0;
+    }
+    if (c->tools && !c->failed)
+        stream_calls(c, ch);
+    if (ended) {
         co.finish = o->finish;
-        api_sse_chunk(&c->out, &c->meta, &co, c->include_usage);
-    } else if (!c->failed && (co.len || co.n_toks || echo_now)) {
+        co.tool_finish = ch->ts.n_calls > 0;
         api_sse_chunk(&c->out, &c->meta, &co, c->include_usage);
     }
     api_buf_free(&first);
+    api_buf_free(&content);
 }
 
 /* Non-stream: keeps text and logprob records for the final body. */
@@ -358,12 +386,15 @@ void completion_free(struct srv_conn *c) {
         }
         api_buf_free(&ch->text);
         free(ch->toks);
+        api_tool_stream_free(&ch->ts);
     }
     free(c->ch);
     c->ch = NULL;
     c->n_ch = 0;
     free(c->echo_text);
     c->echo_text = NULL;
+    api_tools_free(c->tools);
+    c->tools = NULL;
 }
 
 /* ------------------------------------------------------------ streaming reader */
@@ -449,6 +480,7 @@ static int submit_choices(struct srv_conn *c, struct api_completion *comp, struc
         ch->conn = c;
         ch->index = i;
         ch->lps.echo_len = comp->echo_len;
+        api_tool_stream_init(&ch->ts, comp->tools);
         struct sched_req *r = sched_req_new();
         if (!r) {
             api_error_set(e, SS_ENOMEM, NULL, NULL, NULL);
@@ -501,6 +533,8 @@ enum MHD_Result completion_submit(struct srv_conn *c, struct api_completion *com
     c->echo_text = comp->echo_text; /* moved */
     c->echo_len = comp->echo_len;
     comp->echo_text = NULL;
+    c->tools = comp->tools; /* moved (the choices' parsers point at it) */
+    comp->tools = NULL;
     api_completion_id(c->id, sizeof(c->id), ++s->seq, c->kind);
     c->meta.id = c->id;
     c->meta.created = (int64_t)time(NULL);
@@ -517,6 +551,28 @@ enum MHD_Result completion_submit(struct srv_conn *c, struct api_completion *com
     return MHD_YES;
 }
 
+/* Non-stream with tools: the choice's whole text read as calls; content is
+ * the text before them (trimmed; null when empty). */
+static void body_tools(struct srv_choice *ch, struct api_choice_out *co,
+                       struct api_buf *content, struct api_buf *b) {
+    if (api_tool_stream_feed(&ch->ts, ch->text.data ? ch->text.data : "", ch->text.len, 1,
+                             content) < 0)
+        b->oom = 1;
+    co->text = content->data;
+    co->len = content->len;
+    if (ch->ts.n_calls > 0) { /* a length finish keeps the calls completed before it, as
+                               * a stream has already sent them (finish_reason stays "length") */
+        co->calls = ch->ts.calls;
+        co->n_calls = ch->ts.n_calls;
+        while (co->len && (co->text[co->len - 1] == ' ' || co->text[co->len - 1] == '\n'))
+            co->len--;
+        while (co->len && (co->text[0] == ' ' || co->text[0] == '\n')) {
+            co->text++;
+            co->len--;
+        }
+    }
+}
+
 /* The whole non-streamed body; choices with echo get the prompt in front. */
 static int response_body(struct srv_conn *c, struct api_buf *b) {
     struct api_choice_out *co = calloc((size_t)c->n_ch, sizeof(*co));
@@ -527,9 +583,11 @@ static int response_body(struct srv_conn *c, struct api_buf *b) {
         for (int i = 0; i < c->n_ch; i++) {
             struct srv_choice *ch = &c->ch[i];
             co[i] = (struct api_choice_out){i, ch->text.data, ch->text.len, ch->finish,
-                                            c->logprobs, ch->toks, ch->n_toks, &lps[i]};
+                                            c->logprobs, ch->toks, ch->n_toks, &lps[i], NULL, 0, 0};
             lps[i].echo_len = c->echo_len;
-            if (c->echo_text) {
+            if (c->tools)
+                body_tools(ch, &co[i], &joined[i], b);
+            else if (c->echo_text) {
                 api_buf_append(&joined[i], c->echo_text, c->echo_len);
                 api_buf_append(&joined[i], ch->text.data ? ch->text.data : "", ch->text.len);
                 co[i].text = joined[i].data;

@@ -85,6 +85,7 @@ struct srv_choice {
     int started;               /* stream: first chunk (chat role / echo text) sent */
     int finished;              /* final output taken */
     int finish;                /* enum req_finish */
+    struct api_tool_stream ts; /* chat with tools: the output read as calls (conn->tools) */
 };
 
 struct srv_conn {
@@ -123,6 +124,7 @@ struct srv_conn {
     int prompt_only;           /* echo + max_tokens 0: the one generated token is dropped */
     char *echo_text;           /* completions echo: prompt text (malloc'd) or NULL */
     size_t echo_len;
+    struct api_tools *tools;   /* chat with tools (from the parsed request) or NULL */
     char id[48];
     struct api_completion_meta meta;
     struct api_buf out;        /* stream: SSE bytes not yet sent */

@@ -507,7 +507,7 @@ START_TEST(test_completion_json) {
     struct api_completion_meta m = {"cmpl-abc", 1700000001, "tiny", API_KIND_COMPLETION, NULL, 3};
     struct api_buf b;
     api_buf_init(&b);
-    struct api_choice_out co = {0, "hi \"there\"\n", 11, REQ_FINISH_LENGTH, -1, NULL, 0, NULL};
+    struct api_choice_out co = {0, "hi \"there\"\n", 11, REQ_FINISH_LENGTH, -1, NULL, 0, NULL, NULL, 0, 0};
     ck_assert_int_eq(api_response_json(&b, &m, &co, 1, 5, 7), 0);
     cJSON *j = cJSON_Parse(b.data);
     ck_assert_ptr_nonnull(j);
@@ -531,7 +531,7 @@ START_TEST(test_completion_json) {
     api_buf_free(&b);
 
     /* empty text, stop */
-    struct api_choice_out e0 = {0, NULL, 0, REQ_FINISH_STOP, -1, NULL, 0, NULL};
+    struct api_choice_out e0 = {0, NULL, 0, REQ_FINISH_STOP, -1, NULL, 0, NULL, NULL, 0, 0};
     api_response_json(&b, &m, &e0, 1, 1, 0);
     j = cJSON_Parse(b.data);
     c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
@@ -541,9 +541,9 @@ START_TEST(test_completion_json) {
     api_buf_free(&b);
 
     /* n = 3: choices in index order, usage counts the prompt once */
-    struct api_choice_out three[3] = {{0, "a", 1, REQ_FINISH_STOP, -1, NULL, 0, NULL},
-                                      {1, "bb", 2, REQ_FINISH_LENGTH, -1, NULL, 0, NULL},
-                                      {2, "", 0, REQ_FINISH_STOP, -1, NULL, 0, NULL}};
+    struct api_choice_out three[3] = {{0, "a", 1, REQ_FINISH_STOP, -1, NULL, 0, NULL, NULL, 0, 0},
+                                      {1, "bb", 2, REQ_FINISH_LENGTH, -1, NULL, 0, NULL, NULL, 0, 0},
+                                      {2, "", 0, REQ_FINISH_STOP, -1, NULL, 0, NULL, NULL, 0, 0}};
     api_response_json(&b, &m, three, 3, 4, 9);
     j = cJSON_Parse(b.data);
     ch = cJSON_GetObjectItem(j, "choices");
@@ -564,7 +564,7 @@ START_TEST(test_sse_events) {
     struct api_completion_meta m = {"cmpl-x", 1, "tiny", API_KIND_COMPLETION, NULL, 0};
     struct api_buf b;
     api_buf_init(&b);
-    struct api_choice_out co = {0, "ab", 2, REQ_FINISH_NONE, -1, NULL, 0, NULL};
+    struct api_choice_out co = {0, "ab", 2, REQ_FINISH_NONE, -1, NULL, 0, NULL, NULL, 0, 0};
     api_sse_chunk(&b, &m, &co, 0);
     cJSON *j = sse_payload(b.data);
     ck_assert_ptr_nonnull(j);
@@ -577,7 +577,7 @@ START_TEST(test_sse_events) {
     api_buf_free(&b);
 
     /* a later choice of n > 1 carries its index */
-    struct api_choice_out fin = {2, "", 0, REQ_FINISH_STOP, -1, NULL, 0, NULL};
+    struct api_choice_out fin = {2, "", 0, REQ_FINISH_STOP, -1, NULL, 0, NULL, NULL, 0, 0};
     api_sse_chunk(&b, &m, &fin, 1);
     j = sse_payload(b.data);
     c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
@@ -605,8 +605,8 @@ START_TEST(test_chat_shapes) {
     struct api_completion_meta m = {"chatcmpl-x", 5, "tiny", API_KIND_CHAT, NULL, 0};
     struct api_buf b;
     api_buf_init(&b);
-    struct api_choice_out co[2] = {{0, "Hello", 5, REQ_FINISH_STOP, -1, NULL, 0, NULL},
-                                   {1, "Hi", 2, REQ_FINISH_LENGTH, -1, NULL, 0, NULL}};
+    struct api_choice_out co[2] = {{0, "Hello", 5, REQ_FINISH_STOP, -1, NULL, 0, NULL, NULL, 0, 0},
+                                   {1, "Hi", 2, REQ_FINISH_LENGTH, -1, NULL, 0, NULL, NULL, 0, 0}};
     ck_assert_int_eq(api_response_json(&b, &m, co, 2, 10, 3), 0);
     cJSON *j = cJSON_Parse(b.data);
     ck_assert_ptr_nonnull(j);
@@ -636,7 +636,7 @@ START_TEST(test_chat_shapes) {
     cJSON_Delete(j);
     api_buf_free(&b);
 
-    struct api_choice_out dl = {0, "wor", 3, REQ_FINISH_NONE, -1, NULL, 0, NULL};
+    struct api_choice_out dl = {0, "wor", 3, REQ_FINISH_NONE, -1, NULL, 0, NULL, NULL, 0, 0};
     api_sse_chunk(&b, &m, &dl, 0);
     j = sse_payload(b.data);
     d = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "delta");
@@ -645,7 +645,7 @@ START_TEST(test_chat_shapes) {
     cJSON_Delete(j);
     api_buf_free(&b);
 
-    struct api_choice_out end = {0, NULL, 0, REQ_FINISH_STOP, -1, NULL, 0, NULL};
+    struct api_choice_out end = {0, NULL, 0, REQ_FINISH_STOP, -1, NULL, 0, NULL, NULL, 0, 0};
     api_sse_chunk(&b, &m, &end, 0);
     j = sse_payload(b.data);
     c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
@@ -804,7 +804,7 @@ START_TEST(test_logprobs_json) {
     toks[2] = mk_tok(B, 0, -0.75f, 3, (int32_t[]){B, X80, X81}, (float[]){-0.7f, -2.0f, -3.0f});
     toks[3] = mk_tok(C, 0, -INFINITY, 1, (int32_t[]){A}, (float[]){-0.1f});
     struct api_lp_state st = {0, 0, 20};
-    struct api_choice_out co = {0, "x", 1, REQ_FINISH_LENGTH, 2, toks, 4, &st};
+    struct api_choice_out co = {0, "x", 1, REQ_FINISH_LENGTH, 2, toks, 4, &st, NULL, 0, 0};
     struct api_completion_meta m = {"cmpl-1", 1, "m", API_KIND_COMPLETION, t, 0};
     struct api_buf b;
     api_buf_init(&b);
@@ -875,7 +875,7 @@ START_TEST(test_logprobs_json) {
 
     /* a streamed chunk with logprobs and no tokens yet: empty lists, valid JSON */
     m.kind = API_KIND_COMPLETION;
-    struct api_choice_out empty = {1, "", 0, REQ_FINISH_STOP, 0, NULL, 0, NULL};
+    struct api_choice_out empty = {1, "", 0, REQ_FINISH_STOP, 0, NULL, 0, NULL, NULL, 0, 0};
     api_sse_chunk(&b, &m, &empty, 0);
     j = sse_payload(b.data);
     ck_assert_ptr_nonnull(j);

@@ -29,10 +29,10 @@ static struct api_model_info mi_ids(void) {
 /* ---------------------------------------------------------------- templates */
 
 static const struct api_chat_msg conv4[] = {
-    {API_ROLE_SYSTEM, "You are helpful.", 16},
-    {API_ROLE_USER, " Hi \n", 5},
-    {API_ROLE_ASSISTANT, "Hello!", 6},
-    {API_ROLE_USER, "How are you?", 12},
+    {API_ROLE_SYSTEM, "You are helpful.", 16, NULL, 0, NULL},
+    {API_ROLE_USER, " Hi \n", 5, NULL, 0, NULL},
+    {API_ROLE_ASSISTANT, "Hello!", 6, NULL, 0, NULL},
+    {API_ROLE_USER, "How are you?", 12, NULL, 0, NULL},
 };
 
 static void expect_render(int family, const struct api_chat_msg *m, int n, const char *bos,
@@ -97,12 +97,12 @@ START_TEST(test_templates) {
                   "<|start_header_id|>assistant<|end_header_id|>\n\n");
 
     /* shapes the alternating families reject (their templates raise) */
-    static const struct api_chat_msg uu[] = {{API_ROLE_USER, "a", 1}, {API_ROLE_USER, "b", 1}};
-    static const struct api_chat_msg au[] = {{API_ROLE_ASSISTANT, "a", 1},
-                                             {API_ROLE_USER, "b", 1}};
-    static const struct api_chat_msg usys[] = {{API_ROLE_USER, "a", 1},
-                                               {API_ROLE_SYSTEM, "s", 1}};
-    static const struct api_chat_msg sys_only[] = {{API_ROLE_SYSTEM, "s", 1}};
+    static const struct api_chat_msg uu[] = {{API_ROLE_USER, "a", 1, NULL, 0, NULL}, {API_ROLE_USER, "b", 1, NULL, 0, NULL}};
+    static const struct api_chat_msg au[] = {{API_ROLE_ASSISTANT, "a", 1, NULL, 0, NULL},
+                                             {API_ROLE_USER, "b", 1, NULL, 0, NULL}};
+    static const struct api_chat_msg usys[] = {{API_ROLE_USER, "a", 1, NULL, 0, NULL},
+                                               {API_ROLE_SYSTEM, "s", 1, NULL, 0, NULL}};
+    static const struct api_chat_msg sys_only[] = {{API_ROLE_SYSTEM, "s", 1, NULL, 0, NULL}};
     for (int f = API_TMPL_LLAMA2; f <= API_TMPL_GEMMA; f++) {
         expect_render_err(f, uu, 2);
         expect_render_err(f, au, 2);
