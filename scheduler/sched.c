@@ -324,7 +324,8 @@ static void embed_update(struct sched *s, struct seq *q, const struct eng_seq *e
     float *v = NULL;
     int rc = seq_pool_rows(s, q, e->n_past, e->n_tok, rows, &v);
     if (rc < 0) {
-        sched_finish(s, q->req, REQ_FINISH_ERROR, rc, "out of memory");
+        sched_finish(s, q->req, REQ_FINISH_ERROR, rc,
+                     rc == SS_ENOMEM ? "out of memory" : "the model produced a non-finite hidden state");
     } else if (rc == 1) {
         req_out_set_embedding(q->req, v, s->dim);
         sched_finish(s, q->req, REQ_FINISH_STOP, 0, NULL);

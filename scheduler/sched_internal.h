@@ -168,7 +168,7 @@ int seq_accept_token(struct sched *s, struct seq *q, int32_t tok, int *err, cons
 /* Embedding: folds the hidden rows [n][dim] of tokens [n_past, n_past + n)
  * of q into its pool. Returns 0 while tokens remain; once the chunk ends the
  * prompt, 1 with *out the pooled, L2-normalised vector (malloc'd, dim
- * floats); SS_ENOMEM. */
+ * floats); SS_ENOMEM, or SS_EINTERNAL for a non-finite hidden state. */
 int seq_pool_rows(struct sched *s, struct seq *q, int32_t n_past, int32_t n, const float *rows, float **out);
 /* Room for n more tokens at every level (worst case: all kept). 0, SS_EAGAIN
  * or SS_ENOMEM; on EAGAIN some levels may have grown (harmless). */

@@ -69,13 +69,14 @@ int seq_pool_rows(struct sched *s, struct seq *q, int32_t n_past, int32_t n, con
         break;
     }
     if (n_past + n < q->n_tokens) return 0;
-    float *v = malloc(sizeof(float) * (size_t)d);
-    if (!v) return SS_ENOMEM;
     double den = q->req->p.pooling == ENG_POOL_MEAN ? (double)q->n_tokens : 1.0, ss = 0.0;
     for (int j = 0; j < d; j++) {
         acc[j] /= den;
         ss += acc[j] * acc[j];
     }
+    if (!isfinite(ss)) return SS_EINTERNAL; /* a broken model: no vector rather than NaNs */
+    float *v = malloc(sizeof(float) * (size_t)d);
+    if (!v) return SS_ENOMEM;
     double inv = ss > 0.0 ? 1.0 / sqrt(ss) : 0.0; /* an all-zero state stays zero */
     for (int j = 0; j < d; j++) v[j] = (float)(acc[j] * inv);
     *out = v;
