@@ -149,6 +149,39 @@ def test_batched_chunked_and_mixed_are_bitwise_alone(mean_srv, llama_model, tmp_
         assert a.tobytes() == b.tobytes()
 
 
+def test_preempted_inputs_restart_cleanly(mean_srv, llama_model, tmp_path_factory):
+    """A 16-page KV pool (one context) shared by generation and long inputs:
+    embedding sequences get preempted mid-prefill and recomputed from their
+    first token; their vectors must not change."""
+    long_in = [[1] + list(range(100 + i, 160 + i)) for i in range(6)]
+    alone = vecs(embed(mean_srv, input=long_in))
+    with start(llama_model, tmp_path_factory, "--kv-cache-memory", "64KiB",
+               "--max-num-batched-tokens", "16", name="preempt") as s:
+        assert "16 KV pages" in s.log()
+        done = []
+
+        def generate(seed):
+            st, ev = stream_events(s, {"prompt": [7, 8, 9, seed], "max_tokens": 120,
+                                       "ignore_eos": True})
+            done.append(st == 200 and ev[-1] == "[DONE]")
+
+        threads = [threading.Thread(target=generate, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        got = []
+        for _ in range(3):
+            got.append(vecs(embed(s, input=long_in)))
+        for t in threads:
+            t.join(60)
+        m = get_metrics(s)[0]
+    assert done == [True] * 3
+    assert m[("slimserve:num_preemptions_total", "")] > 0
+    assert m[("slimserve:kv_cache_usage_perc", "")] == 0.0
+    for g in got:
+        for a, b in zip(alone, g):
+            assert a.tobytes() == b.tobytes()
+
+
 # ---------------------------------------------------------------- API surface
 
 def test_input_forms_and_text_equals_its_tokens(mean_srv):
