@@ -31,6 +31,7 @@ REF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "r
 sys.path.insert(0, os.path.abspath(REF_DIR))
 import gemma_ref  # noqa: E402
 import llama_ref  # noqa: E402
+import subllm_ref  # noqa: E402
 
 CTX = 256
 IDS = [[5, 17, 33, 2, 90, 41, 7, 300, 12, 64, 3, 200, 150, 9],
@@ -112,12 +113,46 @@ def test_last_and_cls_match_numpy(pooling, llama_model, tmp_path_factory):
         close(g, ref_vec(llama_ref.forward(llama_model, ids, hidden=True), pooling))
 
 
+@pytest.mark.parametrize("ptype,flag,want,why", [
+    (3, None, "last", "the model's pooling_type"),
+    (2, None, "cls", "the model's pooling_type"),
+    (0, None, "mean", "the model's pooling_type is none"),
+    (3, "mean", "mean", "--pooling"),
+])
+def test_pooling_type_key(ptype, flag, want, why, llama_model, model_dir, tmp_path_factory):
+    from gguf_patch import patch
+    m = str(model_dir / f"embd-pool{ptype}.gguf")
+    if not os.path.exists(m):
+        patch(llama_model, m, None, u32={"llama.pooling_type": ptype})
+    args = ("--pooling", flag) if flag else ()
+    with start(m, tmp_path_factory, *args, name=f"pt{ptype}") as s:
+        assert f"embeddings: {want} pooling ({why})" in s.log()
+        got = vecs(embed(s, input=IDS[:2]))
+    for ids, g in zip(IDS[:2], got):
+        close(g, ref_vec(llama_ref.forward(llama_model, ids, hidden=True), want))
+
+
 def test_gemma3_layout_matches_numpy(gemma_model, tmp_path_factory):
     ref = gemma_ref.GemmaRef(gemma_model)
     with start(gemma_model, tmp_path_factory, name="gemma") as s:
         got = vecs(embed(s, input=IDS[:3]))
     for ids, g in zip(IDS[:3], got):
         close(g, ref_vec(ref.hidden(ids), "mean"))
+
+
+def test_subllm_matches_numpy_and_chunks_bitwise(model_dir, tmp_path_factory):
+    """SUBLLM: the hidden state is what its forward makes (tokens dropped in
+    the middle layers still reach the last one); chunking changes nothing."""
+    m = gen_model(model_dir / "embd-subllm.gguf", "bpe", "--arch", "subllm", "--structure",
+                  "TT(TT(T)TT)TT", "--keep", "0.6", "--vocab", "512", "--ctx", str(CTX),
+                  "--seed", "13")
+    with start(m, tmp_path_factory, name="subllm") as s:
+        whole = vecs(embed(s, input=IDS))
+    with start(m, tmp_path_factory, "--max-num-batched-tokens", "16", name="subllm16") as s:
+        chunked = vecs(embed(s, input=IDS))
+    for ids, g, c in zip(IDS, whole, chunked):
+        close(g, ref_vec(subllm_ref.forward(m, ids, hidden=True), "mean"))
+        assert g.tobytes() == c.tobytes()
 
 
 def test_batched_chunked_and_mixed_are_bitwise_alone(mean_srv, llama_model, tmp_path_factory):
