@@ -23,6 +23,7 @@ static const struct route routes[] = {
     {"/v1/models", API_ROUTE_MODELS, "GET", "GET, HEAD"},
     {"/v1/completions", API_ROUTE_COMPLETIONS, "POST", "POST"},
     {"/v1/chat/completions", API_ROUTE_CHAT, "POST", "POST"},
+    {"/v1/embeddings", API_ROUTE_EMBEDDINGS, "POST", "POST"},
     {"/tokenize", API_ROUTE_TOKENIZE, "POST", "POST"},
     {"/detokenize", API_ROUTE_DETOKENIZE, "POST", "POST"},
     {"/metrics", API_ROUTE_METRICS, "GET", "GET, HEAD"},

@@ -179,6 +179,7 @@ enum api_route {
     API_ROUTE_TOKENIZE,     /* POST /tokenize */
     API_ROUTE_DETOKENIZE,   /* POST /detokenize */
     API_ROUTE_METRICS,      /* GET /metrics */
+    API_ROUTE_EMBEDDINGS,   /* POST /v1/embeddings */
 };
 /* Looks up a path (query string ignored) and method. Returns the route, and in
  * *allowed 1 if the method is allowed for it (GET routes also allow HEAD).
@@ -337,6 +338,49 @@ int api_tool_stream_feed(struct api_tool_stream *s, const char *text, size_t len
                          struct api_buf *content);
 /* Writes "call_" and 24 random alphanumerics into out (cap >= 30). */
 void api_tool_call_id(char *out, size_t cap);
+
+/* ---- /v1/embeddings (embeddings.c) ----
+ * Body: "input" (required): a string, an array of strings, an array of token
+ * ids, or an array of arrays of token ids; each input becomes one prefill-only
+ * sequence (struct req_params with pooling = ec->pooling, max_tokens 0).
+ * Strings are tokenized as /v1/completions prompts are (BOS added when the
+ * tokenizer asks for it, no special-token parsing); ids are used verbatim.
+ * "model" as elsewhere; "encoding_format": "float" (default) or "base64"
+ * (the little-endian float32 bytes, base64-encoded); "dimensions": k in
+ * [1, ec->n_embd] keeps the first k components, re-normalised (Matryoshka style;
+ * for a model not trained that way, a plain truncation); "user" ignored.
+ * Every input is checked (empty, ids outside the vocabulary, longer than the
+ * context or the KV pool): a 400 whose message names input[i]. */
+#define API_MAX_EMBED_INPUTS 128 /* inputs per request (lowered to the server's queue size) */
+struct api_embed_config {
+    int pooling;           /* ENG_POOL_MEAN, _CLS or _LAST (anything else: every request gets a 400) */
+    int32_t n_embd;        /* the model's hidden size: the vector length */
+    int max_inputs;        /* inputs per request, 1..API_MAX_EMBED_INPUTS (0: API_MAX_EMBED_INPUTS) */
+};
+enum api_embd_format { API_EMBD_FLOAT = 0, API_EMBD_BASE64 = 1 };
+struct api_embed {
+    struct req_params *p; /* [n] one per input, in order; each moved into a sched_req */
+    int n;
+    int format;           /* enum api_embd_format */
+    int dimensions;       /* vector length answered: n_embd unless "dimensions" asked less */
+    int64_t n_prompt;     /* tokens over all inputs (usage) */
+};
+/* Parses and validates a body (len bytes) against the model. Returns 0 and
+ * fills *out (free with api_embed_free), or a negative SS_E* code with *err
+ * filled (nothing to free). */
+int api_embed_parse(const struct api_model_info *mi, const struct api_embed_config *ec, const char *body,
+                    size_t len, struct api_embed *out, struct api_error *err);
+void api_embed_free(struct api_embed *e); /* the params not moved out; e may be NULL */
+/* The 200 body: {"object": "list", "data": [{"object": "embedding", "index": i,
+ * "embedding": [floats] or "base64"}], "model", "usage": {"prompt_tokens",
+ * "total_tokens"}}. vecs[i] holds n_embd floats (L2-normalised); the first
+ * e->dimensions of each are written, re-normalised when fewer than n_embd.
+ * Floats are written with 9 significant digits, so they parse back to the
+ * same float32. Returns 0 or SS_ENOMEM. */
+int api_embed_json(struct api_buf *b, const char *model, const struct api_embed *e, const float *const *vecs,
+                   int32_t n_embd);
+/* Standard base64 (RFC 4648, padded) of n bytes, appended. 0 or SS_ENOMEM. */
+int api_buf_base64(struct api_buf *b, const void *p, size_t n);
 
 /* ---- /tokenize and /detokenize (tokenize.c) ----
  * /tokenize: {"prompt": str, "add_special_tokens": bool = true} (the prompt

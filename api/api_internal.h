@@ -66,6 +66,14 @@ int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, 
  * sched_check_lengths says so with the exact count). */
 #define API_PROMPT_MAX_COUNT(mi) ((int64_t)(mi)->n_ctx)
 
+/* Token ids from a JSON array, used verbatim: integers that fit 32 bits,
+ * then the vocabulary check (sched_check_prompt). what names the list in
+ * messages ("'prompt'", "input[2]"), param is the field. An empty array is an
+ * error. Returns 0 with *ids (malloc'd, replacing what was there) and *n, or
+ * negative with *err. */
+int api_ids_from_array(const struct api_model_info *mi, const cJSON *arr, const char *param, const char *what,
+                       int32_t **ids, int32_t *n, struct api_error *err);
+
 /* The scheduler's limits for this model (its checks: scheduler/params.c). */
 struct sched_limits api_limits(const struct api_model_info *mi);
 /* Turns a scheduler check's answer rc (0, SS_EINVAL, SS_ETOOLONG; msg set

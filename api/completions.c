@@ -22,37 +22,10 @@ static int empty_prompt(struct api_error *err) {
     return SS_EINVAL;
 }
 
-/* Token ids used verbatim: integers; the vocabulary range is the
- * scheduler's check (sched_check_prompt). */
+/* Token ids used verbatim (api_ids_from_array). */
 static int prompt_from_ids(const struct api_model_info *mi, const cJSON *arr, struct req_params *p,
                            struct api_error *err) {
-    int n = cJSON_GetArraySize(arr);
-    if (n == 0)
-        return empty_prompt(err);
-    p->prompt = malloc(sizeof(int32_t) * (size_t)n);
-    if (!p->prompt) {
-        api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
-        return SS_ENOMEM;
-    }
-    int k = 0;
-    for (const cJSON *e = arr->child; e && k < n; e = e->next, k++) {
-        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble)) {
-            api_error_set(err, SS_EINVAL, "prompt", "invalid_type",
-                          "'prompt' token ids must be integers (element %d is not)", k);
-            return SS_EINVAL;
-        }
-        double d = e->valuedouble;
-        if (d < INT32_MIN || d > INT32_MAX) {
-            api_error_set(err, SS_EINVAL, "prompt", "invalid_value",
-                          "'prompt' element %d (%.0f) is not a 32-bit token id", k, d);
-            return SS_EINVAL;
-        }
-        p->prompt[k] = (int32_t)d;
-    }
-    p->n_prompt = n;
-    struct sched_limits lim = api_limits(mi);
-    char msg[sizeof(err->message)];
-    return api_check_error(err, sched_check_prompt(&lim, p->prompt, n, msg, sizeof(msg)), "prompt", msg);
+    return api_ids_from_array(mi, arr, "prompt", "'prompt'", &p->prompt, &p->n_prompt, err);
 }
 
 static int prompt_from_text(const struct api_model_info *mi, const char *s, struct req_params *p,

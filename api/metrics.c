@@ -220,6 +220,17 @@ static void lte_metrics(const struct emit *e, const struct eng_lte_stats *l) {
               "Per layer and engine step: fraction of LTE experts active for at least one token.", &h);
 }
 
+/* Embeddings (slimserve: only; vLLM has no such families): sequences that
+ * ended with a vector (one per input of /v1/embeddings) and their prompt
+ * tokens. Both also count in prompt_tokens_total and request_success_total
+ * ("stop"), as vLLM counts its pooling requests. */
+static void embed_metrics(const struct emit *e, const struct sched_stats *st) {
+    counter(e, "embedding_inputs_total",
+            "Embedding inputs (one sequence each) answered with a vector.", st->n_embed_done);
+    counter(e, "embedding_prompt_tokens_total", "Prompt tokens of the embedding inputs answered.",
+            st->n_embed_tokens);
+}
+
 /* One name set. per_level: also the SUBLLM per-level series (slimserve: only). */
 static void name_set(const struct emit *e, const struct sched_stats *st,
                      const struct api_model_info *mi, int per_level) {
@@ -276,6 +287,7 @@ int api_metrics_text(struct api_buf *b, const struct sched_stats *st,
     struct emit own = {b, "slimserve:", ""};
     name_set(&own, st, mi, 1);
     lte_metrics(&own, &st->lte); /* slimserve: only, like the per-level series */
+    embed_metrics(&own, st);
 
     char name[200], base[240];
     escape_label(name, sizeof(name), mi && mi->name ? mi->name : "");

@@ -477,6 +477,43 @@ int api_encode_text(const struct api_model_info *mi, const char *s, size_t len, 
     return SS_EINTERNAL;
 }
 
+int api_ids_from_array(const struct api_model_info *mi, const cJSON *arr, const char *param, const char *what,
+                       int32_t **ids_out, int32_t *n_out, struct api_error *err) {
+    int n = cJSON_GetArraySize(arr);
+    if (n == 0) {
+        api_error_set(err, SS_EINVAL, param, "invalid_value", "%s must not be empty", what);
+        return SS_EINVAL;
+    }
+    int32_t *ids = realloc(*ids_out, sizeof(int32_t) * (size_t)n);
+    if (!ids) {
+        api_error_set(err, SS_ENOMEM, NULL, NULL, NULL);
+        return SS_ENOMEM;
+    }
+    *ids_out = ids;
+    int k = 0;
+    for (const cJSON *e = arr->child; e && k < n; e = e->next, k++) {
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble)) {
+            api_error_set(err, SS_EINVAL, param, "invalid_type",
+                          "%s token ids must be integers (element %d is not)", what, k);
+            return SS_EINVAL;
+        }
+        double d = e->valuedouble;
+        if (d < INT32_MIN || d > INT32_MAX) {
+            api_error_set(err, SS_EINVAL, param, "invalid_value",
+                          "%s element %d (%.0f) is not a 32-bit token id", what, k, d);
+            return SS_EINVAL;
+        }
+        ids[k] = (int32_t)d;
+    }
+    *n_out = n;
+    struct sched_limits lim = api_limits(mi);
+    char msg[sizeof(err->message) - 64];
+    int rc = sched_check_prompt(&lim, ids, n, msg, sizeof(msg));
+    if (rc < 0)
+        api_error_set(err, rc, param, "invalid_value", "%s: %s", what, msg);
+    return rc;
+}
+
 struct sched_limits api_limits(const struct api_model_info *mi) {
     struct sched_limits lim = {mi->n_ctx, mi->n_vocab, mi->kv_pages};
     return lim;

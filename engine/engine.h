@@ -59,7 +59,15 @@ struct eng_config {
     int n_swa_layers;      /* how many layers are local (eng_layer.swa) */
     float rope_theta_swa;  /* RoPE base of local layers (<arch>.rope.freq_base_swa, default
                             * 10000); global layers use rope_theta and rope_freq_scale */
+    int pooling_type;      /* <arch>.pooling_type, llama.cpp's numbering (ENG_POOL_*), for
+                            * embeddings; ENG_POOL_UNSET when absent or not a known value */
 };
+
+/* Pooling of the per-token hidden states into one embedding vector, numbered
+ * as llama.cpp's pooling_type key (the scheduler pools; the engine only hands
+ * back hidden states, eng_seq.want_hidden). */
+enum { ENG_POOL_UNSET = -1, ENG_POOL_NONE = 0, ENG_POOL_MEAN = 1, ENG_POOL_CLS = 2, ENG_POOL_LAST = 3,
+       ENG_POOL_RANK = 4 };
 
 /* Per-layer weights; shapes in elements, ne[0] first.
  *   attn_norm [dim]            wq [dim -> n_heads*hd]   wk, wv [dim -> n_kv*hd]
@@ -267,6 +275,9 @@ struct eng_seq {
     int32_t n_past;
     int want_logits;      /* 1: produce logits of this sequence's last token */
     int all_logits;       /* 1: produce logits for every token of it (perplexity, echo) */
+    int want_hidden;      /* 1: produce the final hidden state of every token of it: the last
+                           * layer's residual after the output norm, before the output
+                           * projection (what embeddings pool); see eng_batch.hidden */
 
     /* ---- KV units and levels: see "KV units and levels" above. */
     const int32_t *const *layer_pages; /* [n_layers] per-layer block tables of unit ids */
@@ -280,6 +291,10 @@ struct eng_batch {
     int32_t n_tokens;
     const struct eng_seq *seqs;
     int32_t n_seqs;
+    /* out: host memory of eng_batch_n_hidden() * dim floats, row-major: for each
+     * sequence with want_hidden, in batch order, one row per token. May be NULL
+     * when no sequence wants hidden states. */
+    float *hidden;
 };
 
 /* Runs the model over the batch. Logits are written row-major [n_vocab] in this
@@ -289,6 +304,7 @@ struct eng_batch {
  * logits is host memory of at least eng_batch_n_logits() * n_vocab floats
  * (may be NULL when no logits are wanted).
  *
+ * Hidden states (want_hidden) go to b->hidden, which must then not be NULL.
  * Batch contract, checked before anything runs (an invalid batch changes
  * nothing, the KV cache included): 1 <= n_tokens <= max_batch_tokens; seqs tile
  * tokens in order (seqs[0].tok0 == 0, each tok0 = previous tok0 + n_tok,
@@ -301,5 +317,9 @@ struct eng_batch {
  * No allocation: all buffers are sized at load. Engine thread only. */
 int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits);
 int32_t eng_batch_n_logits(const struct eng_batch *b);
+/* Rows eng_forward writes into b->hidden: the tokens of the want_hidden
+ * sequences. A row is bitwise independent of the rest of the batch, like the
+ * logits. Any thread (pure). */
+int32_t eng_batch_n_hidden(const struct eng_batch *b);
 
 #endif

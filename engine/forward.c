@@ -3,7 +3,9 @@
  *
  * Reads like the model (llama2.c's run.c): embed (gemma3: times sqrt(dim)) ->
  * per layer {attention block, FFN block} -> final norm -> output projection of
- * the requested rows (-> final soft-capping if the file asks for it). The
+ * the requested rows (-> final soft-capping if the file asks for it); the
+ * normed rows of sequences that want hidden states (embeddings) are handed
+ * back before the projection. The
  * architecture differences are data (eng_config, eng_layer, the arch table):
  * optional q/k/v biases (qwen2), per-head q/k norms, post-sub-layer norms,
  * gelu-tanh gating and sliding-window layers with their own RoPE base
@@ -40,6 +42,14 @@ int32_t eng_batch_n_logits(const struct eng_batch *b) {
         if (s->all_logits) n += s->n_tok > 0 ? s->n_tok : 0;
         else if (s->want_logits) n += 1;
     }
+    return n > INT32_MAX ? INT32_MAX : (int32_t)n;
+}
+
+int32_t eng_batch_n_hidden(const struct eng_batch *b) {
+    if (!b || !b->seqs || b->n_seqs <= 0) return 0;
+    int64_t n = 0;
+    for (int32_t i = 0; i < b->n_seqs; i++)
+        if (b->seqs[i].want_hidden && b->seqs[i].n_tok > 0) n += b->seqs[i].n_tok;
     return n > INT32_MAX ? INT32_MAX : (int32_t)n;
 }
 
@@ -81,6 +91,7 @@ static int batch_validate(const struct eng_model *m, const struct eng_batch *b, 
     }
     if (next != b->n_tokens) return SS_EINVAL;
     if (eng_batch_n_logits(b) > 0 && !logits) return SS_EINVAL;
+    if (eng_batch_n_hidden(b) > 0 && !b->hidden) return SS_EINVAL;
     return 0;
 }
 
@@ -185,6 +196,23 @@ const float *eng_ffn_block(const struct eng_model *m, struct be *be, const struc
     return post_norm(m, be, B, B->xb2, L->post_ffn_norm, n);
 }
 
+/* Final norm of every token of the want_hidden sequences, gathered into xb
+ * in batch order (one rmsnorm call per sequence), then one download into
+ * b->hidden. Runs before output_logits, which reuses xb. */
+static void output_hidden(struct eng_model *m, const struct eng_batch *b) {
+    const struct eng_config *c = &m->cfg;
+    struct eng_scratch *s = &m->s;
+    size_t n_out = 0;
+    for (int32_t i = 0; i < b->n_seqs; i++) {
+        const struct eng_seq *q = &b->seqs[i];
+        if (!q->want_hidden) continue;
+        be_rmsnorm(&m->be, s->b.xb + n_out * (size_t)c->dim, s->x + (size_t)q->tok0 * c->dim,
+                   m->output_norm, q->n_tok, c->dim, c->norm_eps);
+        n_out += (size_t)q->n_tok;
+    }
+    if (n_out > 0) be_download(&m->be, b->hidden, s->b.xb, n_out * (size_t)c->dim * sizeof(float));
+}
+
 /* Final norm of the requested rows, gathered into xb in logits order (one
  * rmsnorm call per contiguous run), then the output projection in chunks of
  * ENG_LOGIT_CHUNK rows, each downloaded straight into the caller's logits. */
@@ -239,6 +267,7 @@ int eng_forward(struct eng_model *m, const struct eng_batch *b, float *logits) {
         be_add(&m->be, m->s.x, y, kv.n * dim);
     }
     eng_sub_steps(m, b, m->cfg.n_layers);
+    output_hidden(m, b);
     output_logits(m, b, logits);
     return 0;
 }

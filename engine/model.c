@@ -274,6 +274,12 @@ static int read_config(struct eng_model *m, const char *path, char *err, size_t 
         if (factor > 0.0f) c->rope_freq_scale = 1.0f / factor;
     }
     c->rope_neox = m->desc->rope_neox;
+    /* A hint for embeddings only: a value we do not know is no reason to
+     * refuse a model that generates fine (the server then pools by mean). */
+    int64_t pool;
+    snprintf(key, sizeof key, "%s.pooling_type", a);
+    c->pooling_type = gguf_get_i64(f, key, &pool) == 0 && pool >= ENG_POOL_NONE && pool <= ENG_POOL_RANK
+                          ? (int)pool : ENG_POOL_UNSET;
     return read_gemma_keys(m, err, err_len);
 }
 

@@ -146,6 +146,34 @@ int sched_check_lengths(const struct sched_limits *lim, int32_t n_prompt, int32_
     return 0;
 }
 
+/* An embedding request: prefill only, so the whole context is the input's. */
+static int check_embedding(const struct sched_limits *lim, const struct req_params *p, char *msg,
+                           size_t cap, int *field) {
+    *field = SCHED_FIELD_NONE;
+    if (p->pooling != ENG_POOL_MEAN && p->pooling != ENG_POOL_CLS && p->pooling != ENG_POOL_LAST) {
+        snprintf(msg, cap, "pooling %d is not mean, cls or last", p->pooling);
+        return SS_EINVAL;
+    }
+    if (p->max_tokens != 0) {
+        *field = SCHED_FIELD_MAX_TOKENS;
+        snprintf(msg, cap, "an embedding request generates nothing: max_tokens must be 0");
+        return SS_EINVAL;
+    }
+    *field = SCHED_FIELD_PROMPT;
+    if (p->n_prompt > lim->n_ctx) {
+        snprintf(msg, cap, "the input has %d tokens but this model's context is %d tokens", p->n_prompt,
+                 lim->n_ctx);
+        return SS_ETOOLONG;
+    }
+    if (lim->n_pages > 0 && kv_pages_for(p->n_prompt) > lim->n_pages) {
+        snprintf(msg, cap, "the input needs %d KV pages (%d tokens) but the KV cache has only %d pages of %d tokens",
+                 kv_pages_for(p->n_prompt), p->n_prompt, lim->n_pages, KV_PAGE_SLOTS);
+        return SS_ETOOLONG;
+    }
+    *field = SCHED_FIELD_NONE;
+    return 0;
+}
+
 int sched_check_params(const struct sched_limits *lim, const struct req_params *p, char *msg,
                        size_t cap, int *field) {
     *field = SCHED_FIELD_PROMPT;
@@ -155,6 +183,7 @@ int sched_check_params(const struct sched_limits *lim, const struct req_params *
     }
     int rc = sched_check_prompt(lim, p->prompt, p->n_prompt, msg, cap);
     if (rc != 0) return rc;
+    if (p->pooling != ENG_POOL_NONE) return check_embedding(lim, p, msg, cap, field);
     *field = SCHED_FIELD_MAX_TOKENS;
     if (p->max_tokens < 1) {
         snprintf(msg, cap, "max_tokens must be at least 1");

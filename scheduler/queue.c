@@ -58,6 +58,7 @@ void sched_req_unref(struct sched_req *r) {
     req_params_free(&r->p);
     free(r->out.toks);
     free(r->out.text);
+    free(r->out.embd);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }
@@ -254,6 +255,14 @@ void req_out_admitted(struct sched *s, struct sched_req *r) {
     if (call && s->notify) s->notify(s->notify_ud, r);
 }
 
+void req_out_set_embedding(struct sched_req *r, float *v, int32_t n) {
+    pthread_mutex_lock(&r->lock);
+    free(r->out.embd);
+    r->out.embd = v;
+    r->out.n_embd = n;
+    pthread_mutex_unlock(&r->lock);
+}
+
 int req_out_push_tok(struct sched_req *r, const struct req_tok *t) {
     pthread_mutex_lock(&r->lock);
     struct req_out *o = &r->out;
@@ -280,6 +289,8 @@ int sched_req_take(struct sched_req *r, struct req_out *dst) {
     r->out.len = r->out.cap = 0;
     r->out.toks = NULL;
     r->out.n_toks = r->out.cap_toks = 0;
+    r->out.embd = NULL;
+    r->out.n_embd = 0;
     r->notified = 0;
     int done = r->out.finish != REQ_FINISH_NONE;
     pthread_mutex_unlock(&r->lock);

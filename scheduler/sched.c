@@ -192,8 +192,10 @@ static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n)
     e->layer_pages = lp;
     e->layer_n_pages = most; /* each level's table holds what it needs (seq_reserve) */
     e->level_kept = s->b_kept[pl->n_seqs];
-    e->want_logits = (q->n_computed + n == q->n_tokens);
-    e->all_logits = q->plp && q->n_computed < q->n_prompt;
+    /* an embedding sequence wants hidden states, never logits */
+    e->want_hidden = q->pool != NULL;
+    e->want_logits = !e->want_hidden && q->n_computed + n == q->n_tokens;
+    e->all_logits = !e->want_hidden && q->plp && q->n_computed < q->n_prompt;
     if (e->all_logits) pl->plp_used = 1;
     memcpy(s->b_tokens + pl->n_tokens, q->tokens + q->n_computed, sizeof(int32_t) * (size_t)n);
     s->b_owner[pl->n_seqs] = q;
@@ -235,8 +237,9 @@ static void schedule_waiting(struct sched *s, struct plan *pl, int32_t budget) {
     while (s->n_waiting > 0 && s->n_running < s->opt.max_num_seqs && budget > 0) {
         struct seq *q = s->waiting[0];
         /* Reuse cached full pages of the same prefix (prompt, plus the tokens
-         * generated before a preemption). */
-        int64_t hit = q->plp ? 0 : kv_table_match_prefix(s->pool, &q->tables[0], q->tokens, q->n_tokens);
+         * generated before a preemption). NOTE: not for embeddings, which
+         * pool the hidden state of every token, cached or not. */
+        int64_t hit = q->plp || q->pool ? 0 : kv_table_match_prefix(s->pool, &q->tables[0], q->tokens, q->n_tokens);
         q->n_computed = q->level_n_past[0] = (int32_t)hit;
         int32_t n = chunk_for(pl, q, budget);
         int rc = n == 0 ? SS_EAGAIN : seq_reserve(s, q, n);
@@ -291,7 +294,8 @@ static void advance_kv(struct sched *s, const struct plan *pl, uint64_t *level_t
             kv_table_trim(s->pool, &q->tables[k], q->level_n_past[k]);
             level_tokens[k] += (uint64_t)e->level_kept[k];
         }
-        kv_table_commit(s->pool, &q->tables[0], q->tokens, q->n_computed);
+        /* embeddings keep the prefix cache clean: their pages go back free */
+        if (!q->pool) kv_table_commit(s->pool, &q->tables[0], q->tokens, q->n_computed);
     }
 }
 
@@ -314,16 +318,38 @@ static float *entry_logits(struct sched *s, int i, int *row) {
     return s->logits + (size_t)(*row)++ * (size_t)s->n_vocab;
 }
 
+/* An embedding sequence's chunk: its hidden rows join the pool; the last
+ * chunk ends the request with the vector. */
+static void embed_update(struct sched *s, struct seq *q, const struct eng_seq *e, const float *rows) {
+    float *v = NULL;
+    int rc = seq_pool_rows(s, q, e->n_past, e->n_tok, rows, &v);
+    if (rc < 0) {
+        sched_finish(s, q->req, REQ_FINISH_ERROR, rc,
+                     rc == SS_ENOMEM ? "out of memory" : "the model produced a non-finite hidden state");
+    } else if (rc == 1) {
+        req_out_set_embedding(q->req, v, s->dim);
+        sched_finish(s, q->req, REQ_FINISH_STOP, 0, NULL);
+    }
+}
+
 /* Applies one forward pass: KV state, step counters (published before any
  * output, so whoever sees a token also sees the step that produced it), then
- * one sampled and accepted token per sequence with logits. */
+ * one sampled and accepted token per sequence with logits, and the pooled
+ * hidden rows of each embedding sequence. */
 static void update_from_output(struct sched *s, const struct plan *pl, double busy_s) {
     uint64_t lt[ENG_MAX_LEVELS] = {0};
     advance_kv(s, pl, lt);
     stats_on_step(s, pl->n_tokens, busy_s, lt);
     stats_publish(s);
     int row = 0;
+    size_t hrow = 0;
     for (int i = 0; i < pl->n_seqs; i++) {
+        const struct eng_seq *e = &s->b_seqs[i];
+        if (e->want_hidden) {
+            embed_update(s, s->b_owner[i], e, s->hidden + hrow * (size_t)s->dim);
+            hrow += (size_t)e->n_tok;
+            continue;
+        }
         float *lg = entry_logits(s, i, &row);
         if (!lg) continue;
         struct seq *q = s->b_owner[i];
@@ -343,7 +369,7 @@ static void update_from_output(struct sched *s, const struct plan *pl, double bu
 /* ---------- the engine thread ---------- */
 
 static void run_batch(struct sched *s, const struct plan *pl) {
-    struct eng_batch b = {s->b_tokens, pl->n_tokens, s->b_seqs, pl->n_seqs};
+    struct eng_batch b = {s->b_tokens, pl->n_tokens, s->b_seqs, pl->n_seqs, s->hidden};
     double t0 = sched_now();
     int rc = eng_forward(s->model, &b, s->logits);
     if (rc != 0) {
@@ -401,6 +427,7 @@ static void sched_release(struct sched *s, int queue_ok) {
     free(s->piece);
     free(s->eog_ids);
     free(s->eog_saved);
+    free(s->hidden);
     gram_vocab_free(s->gvocab);
     gram_store_free(s->gstore);
     free(s->layer_level);
@@ -444,6 +471,7 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->n_ctx = eng_model_n_ctx(m);
     s->n_vocab = eng_model_config(m)->n_vocab;
     s->n_sample = s->tok && tok_n_vocab(s->tok) < s->n_vocab ? tok_n_vocab(s->tok) : s->n_vocab;
+    s->dim = eng_model_config(m)->dim;
     s->lim.n_ctx = s->n_ctx;
     s->lim.n_vocab = s->n_sample;
     s->lim.n_pages = eng_model_n_pages(m);

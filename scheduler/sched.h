@@ -75,6 +75,10 @@ struct req_params {
                              * the params (req_params_free drops it, req_params_copy takes one); NULL = free */
     int32_t priority;       /* vLLM's "priority": lower runs first among waiting requests and is
                              * preempted last; 0 by default */
+    int pooling;            /* embedding request (ENG_POOL_MEAN, _CLS or _LAST): the prompt is
+                             * prefilled only, never sampled, and the request ends with the
+                             * pooled, L2-normalised final hidden state (req_out.embd);
+                             * max_tokens must be 0. 0 (ENG_POOL_NONE): generation */
 };
 
 #define REQ_MAX_LOGPROBS 20
@@ -104,6 +108,9 @@ struct req_out {
     int admitted;           /* 1 once the request left the waiting queue for the batch */
     struct req_tok *toks;   /* tokens since the last take, when logprobs >= 0 (caller frees) */
     int32_t n_toks, cap_toks;
+    float *embd;            /* embedding requests: the vector [n_embd], set with the STOP
+                             * finish (moved out by sched_req_take: the caller frees) */
+    int32_t n_embd;
 };
 
 struct sched_req {
@@ -179,8 +186,10 @@ int sched_check_prompt(const struct sched_limits *lim, const int32_t *ids, int32
 int sched_check_lengths(const struct sched_limits *lim, int32_t n_prompt, int32_t max_tokens,
                         char *msg, size_t cap, int *field);
 /* Everything sched_submit checks: a non-empty prompt, max_tokens >= 1,
- * logprobs <= REQ_MAX_LOGPROBS, then both checks above. 0, SS_EINVAL or
- * SS_ETOOLONG with msg and *field. */
+ * logprobs <= REQ_MAX_LOGPROBS, then both checks above. An embedding request
+ * (p->pooling) instead needs max_tokens 0, a known pooling and a prompt of at
+ * most n_ctx tokens that fits the KV pool. 0, SS_EINVAL or SS_ETOOLONG with
+ * msg and *field. */
 int sched_check_params(const struct sched_limits *lim, const struct req_params *p, char *msg,
                        size_t cap, int *field);
 
@@ -226,7 +235,7 @@ void sched_cancel(struct sched *s, struct sched_req *r);
 /* Loop thread: copies the output state into *dst and moves the pending text
  * out: dst->text becomes a malloc'd buffer (dst->len bytes, NUL-terminated, or
  * NULL when nothing is pending) that the caller frees; likewise dst->toks
- * (dst->n_toks entries, logprobs only). Clears r->notified, so
+ * (dst->n_toks entries, logprobs only) and dst->embd. Clears r->notified, so
  * the next output triggers a new notify. Returns 1 if the request is finished
  * (then all of its output has been taken). */
 int sched_req_take(struct sched_req *r, struct req_out *dst);
@@ -273,6 +282,8 @@ struct sched_stats {
     double busy_s;                  /* seconds spent in forward passes */
     uint64_t n_prompt_tokens, n_gen_tokens, n_requests_done, n_preemptions;
     uint64_t n_prefix_queries, n_prefix_hits; /* tokens looked up / found cached */
+    uint64_t n_embed_done, n_embed_tokens;    /* embedding sequences finished with a vector, and
+                                               * their prompt tokens (also in n_prompt_tokens) */
     /* KV memory in units (16 token slots of one layer; see engine.h) */
     int32_t pages_used;         /* units referenced by running or waiting sequences */
     int32_t pages_cached;       /* units unreferenced, kept for prefix reuse (evictable) */

@@ -43,6 +43,10 @@ struct seq {
      * recomputed from them, so its matcher state stays valid as it is. */
     struct gram_matcher *gm;
     const char *gram_msg;  /* why seq_sample failed (static text) */
+    /* Embedding (req->p.pooling): the pooled state of the tokens computed so
+     * far, in token order (a sum for mean pooling, else the chosen row); a
+     * chunk at position 0 (a recompute after preemption too) restarts it. */
+    double *pool;          /* [dim], NULL for generation */
 };
 
 /* Everything the loop and engine threads share besides each request's own
@@ -112,6 +116,9 @@ struct sched {
     float *eog_saved;      /* [64] end-of-generation logits around the grammar mask */
     char *piece;           /* detokenizer output for one token */
     size_t piece_cap;
+    int dim;               /* hidden size of the model */
+    float *hidden;         /* [max_batched_tokens][dim] hidden rows of the embedding sequences
+                            * of a step; allocated with the first embedding sequence */
 };
 
 /* Prompt tokens per step of a sequence that wants prompt logprobs (every row's
@@ -163,6 +170,11 @@ void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int3
  * calls sched_finish). On a decoding failure returns REQ_FINISH_ERROR with
  * *err and *msg set. Per-token state (a grammar matcher, say) advances here. */
 int seq_accept_token(struct sched *s, struct seq *q, int32_t tok, int *err, const char **msg);
+/* Embedding: folds the hidden rows [n][dim] of tokens [n_past, n_past + n)
+ * of q into its pool. Returns 0 while tokens remain; once the chunk ends the
+ * prompt, 1 with *out the pooled, L2-normalised vector (malloc'd, dim
+ * floats); SS_ENOMEM, or SS_EINTERNAL for a non-finite hidden state. */
+int seq_pool_rows(struct sched *s, struct seq *q, int32_t n_past, int32_t n, const float *rows, float **out);
 /* Room for n more tokens at every level (worst case: all kept). 0, SS_EAGAIN
  * or SS_ENOMEM; on EAGAIN some levels may have grown (harmless). */
 int seq_reserve(struct sched *s, struct seq *q, int32_t n);
@@ -219,6 +231,9 @@ void req_out_admitted(struct sched *s, struct sched_req *r);
 int req_is_cancelled(struct sched_req *r);
 /* Engine thread: records the prompt tokens served by the prefix cache. */
 void req_out_set_cached(struct sched_req *r, int32_t n);
+/* Engine thread: hands an embedding request its vector v [n] (ownership
+ * moves to the request; the finish that follows makes it visible). */
+void req_out_set_embedding(struct sched_req *r, float *v, int32_t n);
 /* Engine thread: appends one token record (logprobs); 0 or SS_ENOMEM. */
 int req_out_push_tok(struct sched_req *r, const struct req_tok *t);
 

@@ -35,7 +35,52 @@ struct seq *seq_new(struct sched *s, struct sched_req *r) {
     smp_init(&q->rng, &r->p.smp);
     tok_stream_init(&q->ts, 0); /* a continuation keeps its leading space */
     for (int k = 0; k < s->n_levels; k++) kv_table_init(&q->tables[k], s->level_layers[k]);
+    if (r->p.pooling != ENG_POOL_NONE) { /* the step's hidden rows land in s->hidden */
+        if (!s->hidden) s->hidden = malloc(sizeof(float) * (size_t)s->opt.max_batched_tokens * (size_t)s->dim);
+        q->pool = calloc((size_t)s->dim, sizeof(double));
+        if (!s->hidden || !q->pool) {
+            seq_free(s, q);
+            return NULL;
+        }
+    }
     return q;
+}
+
+/* NOTE: the sum runs in double, token by token in order, so the vector does
+ * not depend on how the prompt was split into chunks: with the engine's
+ * per-row bitwise rows, an input embedded alone or in any batch gives the
+ * same bits. */
+int seq_pool_rows(struct sched *s, struct seq *q, int32_t n_past, int32_t n, const float *rows, float **out) {
+    const int d = s->dim;
+    double *acc = q->pool;
+    if (n_past == 0) memset(acc, 0, sizeof(double) * (size_t)d);
+    switch (q->req->p.pooling) {
+    case ENG_POOL_MEAN:
+        for (int32_t t = 0; t < n; t++)
+            for (int j = 0; j < d; j++) acc[j] += rows[(size_t)t * d + j];
+        break;
+    case ENG_POOL_CLS:
+        if (n_past == 0)
+            for (int j = 0; j < d; j++) acc[j] = rows[j];
+        break;
+    default: /* ENG_POOL_LAST */
+        if (n_past + n == q->n_tokens)
+            for (int j = 0; j < d; j++) acc[j] = rows[(size_t)(n - 1) * d + j];
+        break;
+    }
+    if (n_past + n < q->n_tokens) return 0;
+    double den = q->req->p.pooling == ENG_POOL_MEAN ? (double)q->n_tokens : 1.0, ss = 0.0;
+    for (int j = 0; j < d; j++) {
+        acc[j] /= den;
+        ss += acc[j] * acc[j];
+    }
+    if (!isfinite(ss)) return SS_EINTERNAL; /* a broken model: no vector rather than NaNs */
+    float *v = malloc(sizeof(float) * (size_t)d);
+    if (!v) return SS_ENOMEM;
+    double inv = ss > 0.0 ? 1.0 / sqrt(ss) : 0.0; /* an all-zero state stays zero */
+    for (int j = 0; j < d; j++) v[j] = (float)(acc[j] * inv);
+    *out = v;
+    return 1;
 }
 
 int seq_reserve(struct sched *s, struct seq *q, int32_t n) {
@@ -60,6 +105,7 @@ void seq_free(struct sched *s, struct seq *q) {
     free(q->tokens);
     free(q->hold);
     gram_matcher_free(q->gm);
+    free(q->pool);
     if (q->req) q->req->eng = NULL;
     free(q);
 }

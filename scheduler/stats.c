@@ -36,8 +36,10 @@ void stats_init(struct sched_stats *st) {
 }
 
 void stats_on_admit(struct sched *s, const struct seq *q, int64_t hit) {
-    s->st.n_prefix_queries += (uint64_t)q->n_tokens;
-    s->st.n_prefix_hits += (uint64_t)hit;
+    if (!q->pool) { /* embeddings do not look the prefix cache up */
+        s->st.n_prefix_queries += (uint64_t)q->n_tokens;
+        s->st.n_prefix_hits += (uint64_t)hit;
+    }
     if (q->admit_order == 0) { /* first admission: it leaves the queue */
         sched_hist_observe(&s->st.queue_s, sched_now() - q->req->t_submit);
         s->st.n_prompt_tokens += (uint64_t)q->n_prompt;
@@ -68,6 +70,10 @@ void stats_on_finish(struct sched *s, const struct sched_req *r, int finish) {
     sched_hist_observe(&s->st.e2e_s, sched_now() - r->t_submit);
     if (finish >= 0 && finish < 5) s->st.n_finished[finish]++;
     s->st.n_requests_done++;
+    if (r->p.pooling != ENG_POOL_NONE && finish == REQ_FINISH_STOP) {
+        s->st.n_embed_done++;
+        s->st.n_embed_tokens += (uint64_t)r->p.n_prompt;
+    }
 }
 
 /* Gauges: queue lengths and KV units in use, per level. */

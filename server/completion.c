@@ -265,8 +265,14 @@ static void stream_take(struct srv_conn *c, struct srv_choice *ch, const struct 
     api_buf_free(&content);
 }
 
-/* Non-stream: keeps text and logprob records for the final body. */
+/* Non-stream: keeps text, logprob records and an embedding for the final body. */
 static void keep_take(struct srv_choice *ch, struct req_out *o) {
+    if (o->embd) {
+        free(ch->embd);
+        ch->embd = o->embd; /* moved */
+        ch->n_embd = o->n_embd;
+        o->embd = NULL;
+    }
     if (o->len)
         api_buf_append(&ch->text, o->text, o->len);
     if (o->n_toks <= 0)
@@ -316,7 +322,8 @@ void completion_pump_choice(struct srv_choice *ch) {
         c->admitted = 1;
     if (c->prompt_only)
         drop_generated(&o);
-    c->n_prompt = o.n_prompt;
+    if (c->route != API_ROUTE_EMBEDDINGS) /* there: the sum over the inputs (embed_submit) */
+        c->n_prompt = o.n_prompt;
     if (o.n_cached > c->meta.n_cached) /* n > 1: the best hit among the choices */
         c->meta.n_cached = o.n_cached;
     ch->n_gen = o.n_gen;
@@ -338,6 +345,7 @@ void completion_pump_choice(struct srv_choice *ch) {
     }
     free(o.text);
     free(o.toks);
+    free(o.embd);
     if (c->out.oom || ch->text.oom) {
         /* cannot even buffer the answer: drop the connection */
         completion_cancel(c, CANCEL_CLIENT);
@@ -387,6 +395,7 @@ void completion_free(struct srv_conn *c) {
         api_buf_free(&ch->text);
         free(ch->toks);
         api_tool_stream_free(&ch->ts);
+        free(ch->embd);
     }
     free(c->ch);
     c->ch = NULL;
@@ -462,11 +471,40 @@ static void submit_error(struct api_error *e, int rc, const struct sched_req *r)
                       r->out.errmsg[0] ? r->out.errmsg : ss_strerror(rc));
 }
 
+int completion_submit_choice(struct srv_conn *c, int i, struct req_params *p, struct api_error *e) {
+    struct srv_choice *ch = &c->ch[i];
+    ch->conn = c;
+    ch->index = i;
+    struct sched_req *r = sched_req_new();
+    if (!r) {
+        api_error_set(e, SS_ENOMEM, NULL, NULL, NULL);
+        return SS_ENOMEM;
+    }
+    r->p = *p; /* the request owns prompt, stop strings and bias from here */
+    memset(p, 0, sizeof(*p));
+    r->user = ch;
+    int rc = sched_submit(c->srv->sched, r);
+    if (rc < 0) {
+        submit_error(e, rc, r);
+        r->user = NULL;
+        sched_req_unref(r);
+        return rc;
+    }
+    ch->req = r;
+    return 0;
+}
+
+void completion_abort(struct srv_conn *c) {
+    for (int i = 0; i < c->n_ch; i++)
+        if (c->ch[i].req)
+            sched_cancel(c->srv->sched, c->ch[i].req);
+    completion_free(c); /* drops our references; the engine ends the cancelled ones */
+}
+
 /* Creates and submits the n requests of comp (its params move into the last
  * one; the others get deep copies, choice i seeded with seed + i). On failure
  * everything submitted is cancelled and released, and *e is filled. */
 static int submit_choices(struct srv_conn *c, struct api_completion *comp, struct api_error *e) {
-    struct srv *s = c->srv;
     int n = comp->n;
     c->ch = calloc((size_t)n, sizeof(*c->ch));
     if (!c->ch) {
@@ -476,45 +514,31 @@ static int submit_choices(struct srv_conn *c, struct api_completion *comp, struc
     c->n_ch = n;
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
-        struct srv_choice *ch = &c->ch[i];
-        ch->conn = c;
-        ch->index = i;
-        ch->lps.echo_len = comp->echo_len;
-        api_tool_stream_init(&ch->ts, comp->tools);
-        struct sched_req *r = sched_req_new();
-        if (!r) {
-            api_error_set(e, SS_ENOMEM, NULL, NULL, NULL);
-            rc = SS_ENOMEM;
-            break;
-        }
+        c->ch[i].lps.echo_len = comp->echo_len;
+        api_tool_stream_init(&c->ch[i].ts, comp->tools);
+        struct req_params p;
         if (i == n - 1) {
-            r->p = comp->p; /* the request owns prompt, stop strings and bias from here */
+            p = comp->p;
             memset(&comp->p, 0, sizeof(comp->p));
-        } else if (req_params_copy(&r->p, &comp->p) != 0) {
-            sched_req_unref(r);
+        } else if (req_params_copy(&p, &comp->p) != 0) {
             api_error_set(e, SS_ENOMEM, NULL, NULL, NULL);
             rc = SS_ENOMEM;
             break;
         }
-        if (r->p.smp.has_seed)
-            r->p.smp.seed += (uint64_t)i;
-        r->user = ch;
-        rc = sched_submit(s->sched, r);
-        if (rc < 0) {
-            submit_error(e, rc, r);
-            r->user = NULL;
-            sched_req_unref(r);
-            break;
-        }
-        ch->req = r;
+        if (p.smp.has_seed)
+            p.smp.seed += (uint64_t)i;
+        rc = completion_submit_choice(c, i, &p, e);
+        req_params_free(&p); /* empty unless the submission failed */
     }
-    if (rc < 0) {
-        for (int i = 0; i < c->n_ch; i++)
-            if (c->ch[i].req)
-                sched_cancel(s->sched, c->ch[i].req);
-        completion_free(c); /* drops our references; the engine ends the cancelled ones */
-    }
+    if (rc < 0)
+        completion_abort(c);
     return rc;
+}
+
+void completion_wait(struct srv_conn *c) {
+    inflight_add(c);
+    conn_set_state(c, CS_WAIT);
+    conn_suspend(c);
 }
 
 enum MHD_Result completion_submit(struct srv_conn *c, struct api_completion *comp) {
@@ -541,13 +565,11 @@ enum MHD_Result completion_submit(struct srv_conn *c, struct api_completion *com
     c->meta.model = s->mi.name;
     c->meta.kind = c->kind;
     c->meta.tok = s->mi.tok;
-    inflight_add(c);
     /* A stream too waits (suspended) until it is admitted: a request that
      * times out in the queue (--max-queue-time), or is refused before its
      * first seat, still gets a status code (503 + Retry-After) instead of a
      * 200 stream carrying an error event. See completion_resumed. */
-    conn_set_state(c, CS_WAIT);
-    conn_suspend(c);
+    completion_wait(c);
     return MHD_YES;
 }
 
@@ -623,7 +645,7 @@ enum MHD_Result completion_resumed(struct srv_conn *c) {
     if (!c->failed) {
         struct api_buf b;
         api_buf_init(&b);
-        int rc = response_body(c, &b);
+        int rc = c->route == API_ROUTE_EMBEDDINGS ? embed_body(c, &b) : response_body(c, &b);
         for (int i = 0; i < c->n_ch; i++)
             api_buf_free(&c->ch[i].text);
         if (rc < 0 || b.oom) {

@@ -645,6 +645,11 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     s->mi.created = (int64_t)time(NULL);
     s->mi.chat_family = cfg->chat_family;
     s->mi.chat_bos = cfg->chat_bos;
+    s->ec.pooling = cfg->pooling;
+    s->ec.n_embd = eng_model_config(m)->dim;
+    /* an embedding request's inputs all queue at once: never more than the queue takes */
+    int queue = cfg->max_queued > 0 ? cfg->max_queued : 256;
+    s->ec.max_inputs = queue < API_MAX_EMBED_INPUTS ? queue : API_MAX_EMBED_INPUTS;
     if (sched_ready_init(&s->ready) != 0) {
         fprintf(stderr, "slimserve: cannot create the event loop\n");
         free(s);

@@ -86,6 +86,8 @@ struct srv_choice {
     int finished;              /* final output taken */
     int finish;                /* enum req_finish */
     struct api_tool_stream ts; /* chat with tools: the output read as calls (conn->tools) */
+    float *embd;               /* embeddings: the vector (malloc'd, n_embd floats) once finished */
+    int32_t n_embd;
 };
 
 struct srv_conn {
@@ -141,6 +143,8 @@ struct srv_conn {
     char rid[136];             /* request id: X-Request-Id or generated (ops.c) */
     uint64_t t_sent;           /* stream: uv_now() when bytes last went to MHD (keep-alive) */
     int admitted;              /* a choice left the waiting queue (a stream starts then) */
+    struct api_embed embed;    /* /v1/embeddings: format, dimensions, usage (p moved out: NULL);
+                                * one choice per input */
 
     int suspended;
     uv_poll_t fdw;             /* watches the socket while suspended */
@@ -151,6 +155,7 @@ struct srv_conn {
 struct srv {
     const struct srv_config *cfg;
     struct api_model_info mi;
+    struct api_embed_config ec; /* /v1/embeddings (pooling from --pooling or the model) */
     struct sched *sched;
     struct MHD_Daemon *d;
     uv_loop_t loop;
@@ -212,6 +217,15 @@ void srv_body_release(struct srv_conn *c); /* frees c->body and its share */
 /* Submits a parsed request's n choices (moving comp's params and echo text
  * out; the caller still frees comp) and waits, suspended, for its output. */
 enum MHD_Result completion_submit(struct srv_conn *c, struct api_completion *comp);
+/* Submits choice i of c (c->ch allocated) with params p, which move into the
+ * request: p is left empty, except when the request could not even be
+ * allocated (SS_ENOMEM): the caller req_params_free()s p in every case. 0, or
+ * negative with *e filled. */
+int completion_submit_choice(struct srv_conn *c, int i, struct req_params *p, struct api_error *e);
+/* Cancels what was submitted and drops every choice (a failed submission). */
+void completion_abort(struct srv_conn *c);
+/* Every choice submitted: the conn waits (suspended, in flight) for output. */
+void completion_wait(struct srv_conn *c);
 enum MHD_Result completion_resumed(struct srv_conn *c);
 void completion_pump(struct srv_conn *c);   /* take every choice's output; resume if news */
 void completion_pump_choice(struct srv_choice *ch); /* one choice's output */
@@ -235,6 +249,11 @@ void srv_work_stop(struct srv *s);
 enum MHD_Result srv_work_start(struct srv_conn *c);
 enum MHD_Result srv_work_resumed(struct srv_conn *c); /* handler call in CS_WORK */
 void srv_work_conn_free(struct srv_conn *c);          /* drops an unanswered job */
+
+/* embed.c: /v1/embeddings on the completion lifecycle (one choice per input).
+ * embed_submit takes a parsed request (moved out of *em, which is left empty). */
+enum MHD_Result embed_submit(struct srv_conn *c, struct api_embed *em);
+int embed_body(struct srv_conn *c, struct api_buf *b); /* the 200 body; 0 or SS_ENOMEM */
 
 /* ops.c (loop thread) */
 #define SRV_RID_MAX_IN 128 /* longest X-Request-Id taken from a client */

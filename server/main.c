@@ -58,6 +58,7 @@ struct serve_opts {
     const char *lte;            /* --lte on|off */
     double lte_threshold;       /* --lte-threshold T in (0, 1); 0 = the file's */
     const char *act_precision;  /* --activation-precision f32|int8|auto (eng_act_parse) */
+    const char *pooling;        /* --pooling mean|last|cls (embeddings; default: the model's) */
 };
 
 struct opt {
@@ -133,6 +134,9 @@ static const struct opt serve_flags[] = {
     {"lte-threshold", OPT_DOUBLE, 0, 1, OFF(lte_threshold),
      "LTE: expert i runs iff sigmoid(router logit i) > T, T in (0, 1) (default: the file's "
      "lte.threshold, else 0.5)"},
+    {"pooling", OPT_STR, 0, 0, OFF(pooling),
+     "mean, last or cls: how /v1/embeddings pools the final hidden states of an input (default: "
+     "the model's <arch>.pooling_type key when it names one of those, else mean)"},
     {"activation-precision", OPT_STR, 0, 0, OFF(act_precision),
      "f32, int8 or auto: matmul activations in fp32 or quantised to int8 (integer dot "
      "products on quantised weights); auto = int8 where the CPU has AVX512-VNNI (default f32)"},
@@ -430,6 +434,33 @@ static void chat_template_from_model(const struct eng_model *m, struct srv_confi
     }
 }
 
+/* --pooling's value -> ENG_POOL_*; -1 if it is none of them. */
+static int pooling_by_name(const char *s) {
+    if (!strcmp(s, "mean")) return ENG_POOL_MEAN;
+    if (!strcmp(s, "last")) return ENG_POOL_LAST;
+    if (!strcmp(s, "cls")) return ENG_POOL_CLS;
+    return -1;
+}
+
+/* Embeddings' pooling: the flag, else the model's pooling_type when it is
+ * mean, cls or last, else mean (none and rank have no single vector). */
+static void choose_pooling(const char *flag, const struct eng_model *m, struct srv_config *cfg) {
+    static const char *names[] = {"none", "mean", "cls", "last", "rank"};
+    int pt = eng_model_config(m)->pooling_type;
+    const char *why = "the default";
+    if (flag) {
+        cfg->pooling = pooling_by_name(flag);
+        why = "--pooling";
+    } else if (pt == ENG_POOL_MEAN || pt == ENG_POOL_CLS || pt == ENG_POOL_LAST) {
+        cfg->pooling = pt;
+        why = "the model's pooling_type";
+    } else {
+        cfg->pooling = ENG_POOL_MEAN;
+        if (pt != ENG_POOL_UNSET) why = pt == ENG_POOL_NONE ? "the model's pooling_type is none" : "the model's pooling_type is rank";
+    }
+    srv_log(SRV_LOG_INFO, "embeddings: %s pooling (%s)", names[cfg->pooling], why);
+}
+
 static int cmd_serve(int argc, char **argv) {
     struct serve_opts o;
     int rc = parse_serve_args(&o, argc, argv);
@@ -471,6 +502,10 @@ static int cmd_serve(int argc, char **argv) {
     if (eng_act_parse(o.act_precision ? o.act_precision : "f32", &o.eng.act_precision) < 0) {
         fprintf(stderr, "slimserve serve: --activation-precision: '%s': use f32, int8 or auto\n",
                 o.act_precision);
+        return 2;
+    }
+    if (o.pooling && pooling_by_name(o.pooling) < 0) {
+        fprintf(stderr, "slimserve serve: --pooling: '%s': use mean, last or cls\n", o.pooling);
         return 2;
     }
     if (o.layer_parallel) {
@@ -519,6 +554,7 @@ static int cmd_serve(int argc, char **argv) {
     }
     if (o.srv.chat_family == API_TMPL_NONE)
         chat_template_from_model(m, &o.srv);
+    choose_pooling(o.pooling, m, &o.srv);
     int lp_s, lp_e;
     if (eng_model_layer_parallel(m, &lp_s, &lp_e))
         srv_log(SRV_LOG_INFO, "layer parallelism: layers %d..%d run as %d pairs", lp_s, lp_e - 1, (lp_e - lp_s) / 2);

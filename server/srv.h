@@ -38,6 +38,8 @@ struct srv_config {
     int no_prefix_cache;        /* 1: scheduler without prefix caching */
     int chat_family;            /* enum api_tmpl_family for /v1/chat/completions (0: none) */
     int chat_bos;               /* 1: the chat template emits the BOS token text */
+    int pooling;                /* /v1/embeddings: ENG_POOL_MEAN, _CLS or _LAST (main.c: --pooling,
+                                 * else the model's pooling_type, else mean) */
 
     /* operations (server/ops.c; issue 13) */
     const char *api_key_file;   /* --api-key-file: more keys, one per line */

@@ -33,6 +33,7 @@
 struct srv_job {
     int route;                  /* enum api_route: what to run */
     const struct api_model_info *mi;
+    const struct api_embed_config *ec; /* /v1/embeddings */
     struct api_buf body;        /* the request body (moved in from the conn) */
     struct srv_conn *conn;      /* loop thread only; the job holds one reference */
     /* results (written by the worker, read by the loop thread after the hand-back) */
@@ -41,6 +42,8 @@ struct srv_job {
     struct api_buf out;         /* /tokenize, /detokenize: the 200 body */
     struct api_completion comp; /* completions, chat: the parsed request */
     int have_comp;
+    struct api_embed embed;     /* /v1/embeddings: the parsed inputs */
+    int have_embed;
     struct srv_job *next;
 };
 
@@ -64,6 +67,8 @@ static void job_free(struct srv_job *j) {
     api_buf_free(&j->out);
     if (j->have_comp)
         api_completion_free(&j->comp);
+    if (j->have_embed)
+        api_embed_free(&j->embed);
     free(j);
 }
 
@@ -77,6 +82,10 @@ static void job_run(struct srv_job *j) {
         break;
     case API_ROUTE_DETOKENIZE:
         j->rc = api_detokenize(j->mi, b, n, &j->out, &j->err);
+        break;
+    case API_ROUTE_EMBEDDINGS:
+        j->rc = api_embed_parse(j->mi, j->ec, b, n, &j->embed, &j->err);
+        j->have_embed = j->rc == 0;
         break;
     case API_ROUTE_CHAT:
         j->rc = api_chat_parse(j->mi, b, n, &j->comp, &j->err);
@@ -230,6 +239,7 @@ enum MHD_Result srv_work_start(struct srv_conn *c) {
     }
     j->route = c->route;
     j->mi = &s->mi;
+    j->ec = &s->ec;
     j->body = c->body; /* moved */
     api_buf_init(&c->body);
     int full;
@@ -272,13 +282,15 @@ enum MHD_Result srv_work_resumed(struct srv_conn *c) {
     enum MHD_Result ret;
     if (j->rc < 0) {
         ret = srv_respond_error(c, &j->err);
-    } else if (!j->have_comp) {
+    } else if (!j->have_comp && !j->have_embed) {
         ret = srv_respond(c, 200, "application/json", &j->out, NULL, NULL);
     } else if (c->srv->phase >= SRV_CANCELLING) {
         struct api_error e;
         api_error_set(&e, SS_EAGAIN, NULL, "server_shutting_down",
                       "the server is shutting down; retry the request");
         ret = srv_respond_error(c, &e);
+    } else if (j->have_embed) {
+        ret = embed_submit(c, &j->embed); /* takes the inputs */
     } else {
         ret = completion_submit(c, &j->comp); /* takes what it keeps of comp */
     }

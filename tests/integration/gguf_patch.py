@@ -22,10 +22,11 @@ CHATML_TEMPLATE = (
 )
 
 
-def patch(src, dst, template, rename=None):
+def patch(src, dst, template, rename=None, u32=None):
     """Copies src to dst with tokenizer.chat_template = template (None: no
     template key at all); rename maps token texts to new texts (the renamed
-    tokens become control tokens)."""
+    tokens become control tokens); u32 maps more keys to uint32 values (set or
+    replaced)."""
     import gguf  # imported here so that conftest can import this module without it
 
     rename = dict(rename or {})
@@ -43,6 +44,8 @@ def patch(src, dst, template, rename=None):
     for name, f in r.fields.items():
         if name.startswith("GGUF.") or name in ("general.architecture", "tokenizer.chat_template"):
             continue
+        if name in (u32 or {}):
+            continue
         val = f.contents()
         if name == "tokenizer.ggml.tokens":
             val = [rename.get(t, t) for t in val]
@@ -52,6 +55,8 @@ def patch(src, dst, template, rename=None):
         w.add_key_value(name, val, f.types[0], sub_type=sub)
     if template is not None:
         w.add_key_value("tokenizer.chat_template", template, gguf.GGUFValueType.STRING)
+    for name, v in (u32 or {}).items():
+        w.add_key_value(name, v, gguf.GGUFValueType.UINT32)
     for t in r.tensors:
         w.add_tensor(t.name, t.data, raw_shape=list(reversed([int(x) for x in t.shape])),
                      raw_dtype=t.tensor_type)

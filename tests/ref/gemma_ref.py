@@ -212,6 +212,13 @@ class GemmaRef:
             y = self.softcap * np.tanh(y / self.softcap)
         return y
 
+    def hidden(self, tokens):
+        """Final hidden states [T][dim] after the output norm (what embeddings
+        pool), full forward from position 0."""
+        kv = [(None, None, None)] * self.n_layers
+        x = self._forward(tokens, np.arange(len(tokens)), kv)
+        return rmsnorm(x, self.W("output_norm.weight"), self.eps)
+
     def logits(self, tokens, last_only=False):
         """Full forward from position 0; logits [T][n_vocab] (or [n_vocab])."""
         kv = [(None, None, None)] * self.n_layers

@@ -124,9 +124,12 @@ def dense_ffn(il, h, W):
     return (silu(h @ W(p + "ffn_gate.weight").T) * (h @ W(p + "ffn_up.weight").T)) @ W(p + "ffn_down.weight").T
 
 
-def forward(path, tokens, ffn=dense_ffn):
+def forward(path, tokens, ffn=dense_ffn, hidden=False):
     """ffn(il, h, W) computes layer il's FFN of the normalised rows h (W
-    dequantises a tensor by name); lte_ref.py passes its sparse one."""
+    dequantises a tensor by name); lte_ref.py passes its sparse one.
+    hidden=True returns the final hidden states [T][dim] (after the output
+    norm, before the output projection: what embeddings pool) instead of
+    the logits."""
     r = GGUFReader(path)
     arch = field(r, "general.architecture")
     if arch not in ARCHS:
@@ -172,6 +175,8 @@ def forward(path, tokens, ffn=dense_ffn):
         h = rmsnorm(x, W(p + "ffn_norm.weight"), eps)
         x = x + ffn(il, h, W)
     x = rmsnorm(x, W("output_norm.weight"), eps)
+    if hidden:
+        return x
     return x @ out_w.T  # [T][n_vocab]
 
 

@@ -76,7 +76,7 @@ def parse_structure(s):
     return n_t, n_sub
 
 
-def forward(path, tokens, stats=None):
+def forward(path, tokens, stats=None, hidden=False):
     r = GGUFReader(path)
     arch = field(r, "general.architecture")
     if arch != "subllm":
@@ -142,6 +142,8 @@ def forward(path, tokens, stats=None):
             u = h @ W(p + "ffn_up.weight").T
             x = x + (g / (1.0 + np.exp(-g)) * u) @ W(p + "ffn_down.weight").T
     x = rmsnorm(x, W("output_norm.weight"), eps)
+    if hidden:  # the final hidden states [T][dim] (embeddings)
+        return x
     return x @ out_w.T
 
 

@@ -337,6 +337,8 @@ START_TEST(test_metrics_vllm_names) {
     st.level_units[1] = 10;
     st.n_preemptions = 3;
     st.n_finished[REQ_FINISH_LENGTH] = 9;
+    st.n_embed_done = 5;
+    st.n_embed_tokens = 44;
     st.ttft_s.n = 2;
     st.ttft_s.le[0] = 0.5;
     st.ttft_s.le[1] = 2;
@@ -384,12 +386,18 @@ START_TEST(test_metrics_vllm_names) {
     for (int i = 0; i < n; i++)
         ck_assert_msg(strncmp(s[i].name, "vllm:", 5) != 0 || strstr(s[i].labels, "level=\"") == NULL,
                       "%s%s", s[i].name, s[i].labels);
-    /* the two sets hold the same series, apart from the per-level ones */
+    /* embeddings: slimserve-only counters */
+    ck_assert(prom_get(s, n, "slimserve:embedding_inputs_total", NULL) == 5);
+    ck_assert(prom_get(s, n, "slimserve:embedding_prompt_tokens_total", NULL) == 44);
+    ck_assert_str_eq(prom_type(types, nt, "slimserve:embedding_inputs_total"), "counter");
+    ck_assert_str_eq(prom_type(types, nt, "vllm:embedding_inputs_total"), "");
+    /* the two sets hold the same series, apart from the per-level and embedding ones */
     int n_own = 0, n_vllm = 0;
     for (int i = 0; i < n; i++) {
         if (!strncmp(s[i].name, "vllm:", 5))
             n_vllm++;
-        else if (!strstr(s[i].labels, "level=\"") && strncmp(s[i].name, "slimserve:level_", 16))
+        else if (!strstr(s[i].labels, "level=\"") && strncmp(s[i].name, "slimserve:level_", 16) &&
+                 strncmp(s[i].name, "slimserve:embedding_", 20))
             n_own++;
     }
     ck_assert_int_eq(n_own, n_vllm);

@@ -299,6 +299,66 @@ START_TEST(test_ragged_batch_bitwise) {
 }
 END_TEST
 
+/* ---------------------------------------------------- hidden states (embeddings) */
+
+/* want_hidden: one row per token of the sequence, bitwise the same alone and
+ * inside a ragged batch (other sequences wanting logits or hidden rows too, in
+ * another chunking); hidden rows requested without a buffer are refused. */
+START_TEST(test_hidden_rows_bitwise) {
+    struct eng_model *m = load(models[M_F32].path, ENG_KV_F16, 128);
+    const int V = eng_model_config(m)->n_vocab, D = eng_model_config(m)->dim;
+    int32_t a[21], c[5];
+    tu_prompt(a, 21, V, 7);
+    tu_prompt(c, 5, V, 8);
+    int32_t pa[2] = {3, 9}, pb[2] = {20, 21}, pc[1] = {30};
+    struct eng_kv_tables ta, tb, tc;
+    ck_assert_int_eq(eng_kv_identity_tables(&ta, m, pa, 2), 0);
+    ck_assert_int_eq(eng_kv_identity_tables(&tb, m, pb, 2), 0);
+    ck_assert_int_eq(eng_kv_identity_tables(&tc, m, pc, 1), 0);
+    float *alone = malloc(sizeof(float) * 21 * (size_t)D), *h = malloc(sizeof(float) * 64 * (size_t)D);
+    float *lg = malloc(sizeof(float) * 4 * (size_t)V);
+    ck_assert(alone && h && lg);
+
+    /* A alone, one chunk, hidden rows only (no logits buffer needed) */
+    struct eng_seq s0 = {.tok0 = 0, .n_tok = 21, .layer_pages = ta.rows, .layer_n_pages = 2, .want_hidden = 1};
+    struct eng_batch b0 = {.tokens = a, .n_tokens = 21, .seqs = &s0, .n_seqs = 1, .hidden = alone};
+    ck_assert_int_eq(eng_batch_n_hidden(&b0), 21);
+    ck_assert_int_eq(eng_forward(m, &b0, NULL), 0);
+    b0.hidden = NULL;
+    ck_assert_int_eq(eng_forward(m, &b0, NULL), SS_EINVAL);
+
+    /* A again in two chunks (13 + 8) on other pages, beside C (logits) and
+     * a second want_hidden sequence (C's tokens) */
+    int32_t toks[64];
+    memcpy(toks, c, sizeof(c));
+    memcpy(toks + 5, a, 13 * sizeof(int32_t));
+    memcpy(toks + 18, c, sizeof(c));
+    struct eng_seq s1[3] = {
+        {.tok0 = 0, .n_tok = 5, .layer_pages = tc.rows, .layer_n_pages = 1, .want_logits = 1},
+        {.tok0 = 5, .n_tok = 13, .layer_pages = tb.rows, .layer_n_pages = 2, .want_hidden = 1},
+        {.tok0 = 18, .n_tok = 5, .layer_pages = ta.rows, .layer_n_pages = 2, .want_hidden = 1},
+    };
+    struct eng_batch b1 = {.tokens = toks, .n_tokens = 23, .seqs = s1, .n_seqs = 3, .hidden = h};
+    ck_assert_int_eq(eng_batch_n_hidden(&b1), 18);
+    ck_assert_int_eq(eng_forward(m, &b1, lg), 0);
+    ck_assert_msg(memcmp(h, alone, sizeof(float) * 13 * (size_t)D) == 0, "A's first chunk differs");
+    struct eng_seq s2 = {.tok0 = 0, .n_tok = 8, .n_past = 13, .layer_pages = tb.rows, .layer_n_pages = 2,
+                         .want_hidden = 1};
+    struct eng_batch b2 = {.tokens = a + 13, .n_tokens = 8, .seqs = &s2, .n_seqs = 1, .hidden = h};
+    ck_assert_int_eq(eng_forward(m, &b2, NULL), 0);
+    ck_assert_msg(memcmp(h, alone + (size_t)13 * D, sizeof(float) * 8 * (size_t)D) == 0,
+                  "A's second chunk differs");
+    for (int i = 0; i < 21 * D; i++) ck_assert(isfinite(alone[i]));
+    eng_kv_tables_free(&ta);
+    eng_kv_tables_free(&tb);
+    eng_kv_tables_free(&tc);
+    free(alone);
+    free(h);
+    free(lg);
+    eng_model_free(m);
+}
+END_TEST
+
 /* -------------------------------------------------------- invalid batches */
 
 START_TEST(test_invalid_batches) {
@@ -579,6 +639,7 @@ static Suite *forward_suite(void) {
     tcase_add_test(tc, test_incremental_f32_kv);
     tcase_add_test(tc, test_incremental_f16_kv);
     tcase_add_loop_test(tc, test_ragged_batch_bitwise, 0, 2);
+    tcase_add_test(tc, test_hidden_rows_bitwise);
     tcase_add_test(tc, test_invalid_batches);
     tcase_add_test(tc, test_bad_model_files);
     tcase_add_test(tc, test_load_fuzz);

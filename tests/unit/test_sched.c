@@ -353,7 +353,7 @@ START_TEST(test_logprobs) {
     ck_assert_int_eq(eng_kv_identity_tables(&kt, m, t.units[0], t.n_pages), 0);
     struct eng_seq es = {.tok0 = 0, .n_tok = 20, .n_past = 0, .layer_pages = kt.rows, .layer_n_pages = kt.n_pages,
                          .want_logits = 1, .all_logits = 1};
-    struct eng_batch b = {r->p.prompt, 20, &es, 1};
+    struct eng_batch b = {.tokens = r->p.prompt, .n_tokens = 20, .seqs = &es, .n_seqs = 1};
     ck_assert_int_eq(eng_forward(m, &b, lg), 0);
     ck_assert(c.toks[0].prompt && isnan(c.toks[0].lp));
     for (int i = 1; i < 20; i++) {
