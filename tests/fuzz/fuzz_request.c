@@ -1,0 +1,145 @@
+/* fuzz_request.c - libFuzzer target: the request parser of every route.
+ *
+ * Input: one selector byte, then the request body (JSON, any bytes).
+ *   selector bits 0-1  route: 0 /v1/completions, 1 /v1/chat/completions,
+ *                      2 /tokenize, 3 /detokenize
+ *   bits 2-4           chat template family (enum api_tmpl_family, mod 6)
+ *   bit 5              tokenizer: 0 SPM, 1 byte-level BPE
+ *   bit 6              KV pool checked (64 pages) or not
+ * Structured outputs (response_format, structured_outputs, guided_*, grammar,
+ * json_schema) compile through engine/grammar*; a compiled grammar is then
+ * run for a few steps through the token-mask matcher over the vocabulary.
+ *
+ * Properties checked beyond "no crash, no leak, no UB":
+ *   - a rejected request has a 4xx/5xx status and an error body that is JSON;
+ *   - an accepted generation request passes the scheduler's own checks
+ *     (sched_check_params) and keeps n, stop strings and lengths in range;
+ *   - /tokenize and /detokenize answers are JSON objects.
+ */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/api.h"
+#include "engine/grammar.h"
+#include "engine/tokenizer.h"
+#include "fuzz_util.h"
+#include "kernels/ss_error.h"
+
+#define N_CTX 512
+
+static struct gram_vocab *vocabs[2];
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    for (int k = 0; k < 2; k++)
+        if (gram_vocab_new(&vocabs[k], fz_tok(k)) != 0) fz_fail("gram_vocab_new");
+    return 0;
+}
+
+static void check_json(const char *what, const char *s, size_t n) {
+    cJSON *j = cJSON_ParseWithLength(s, n);
+    if (!j || !cJSON_IsObject(j)) fz_fail("%s is not a JSON object: %.*s", what, (int)(n > 400 ? 400 : n), s);
+    cJSON_Delete(j);
+}
+
+static void check_error(int rc, const struct api_error *err) {
+    if (rc >= 0) fz_fail("error path with rc %d", rc);
+    if (err->status < 400 || err->status > 599) fz_fail("status %d for rc %d", err->status, rc);
+    if (!err->message[0]) fz_fail("empty error message (status %d)", err->status);
+    struct api_buf b;
+    api_buf_init(&b);
+    if (api_error_json(&b, err) != 0) fz_fail("api_error_json failed");
+    check_json("error body", b.data, b.len);
+    api_buf_free(&b);
+}
+
+/* A few steps of constrained decoding: mask, then the first allowed token. */
+static void run_grammar(const struct gram *g, int kind) {
+    struct gram_store *st;
+    struct gram_matcher *m;
+    if (gram_store_new(&st, tok_n_vocab(fz_tok(kind)), 8) != 0) fz_fail("gram_store_new");
+    if (gram_matcher_new(&m, g, vocabs[kind], st) != 0) {
+        gram_store_free(st);
+        return;
+    }
+    int32_t V = tok_n_vocab(fz_tok(kind));
+    for (int step = 0; step < 6; step++) {
+        int err = 0;
+        const uint32_t *mask = gram_matcher_mask(m, &err);
+        if (!mask) break;
+        int32_t pick = -1;
+        for (int32_t i = (step * 97) % V, k = 0; k < V; k++, i = (i + 1) % V)
+            if (mask[i / 32] >> (i % 32) & 1) {
+                pick = i;
+                break;
+            }
+        if (pick < 0) break;
+        int rc = gram_matcher_accept_token(m, pick);
+        if (rc == SS_EINVAL) fz_fail("matcher rejected token %d that its mask allowed", (int)pick);
+        if (rc) break;
+        (void)gram_matcher_is_complete(m);
+    }
+    gram_matcher_free(m);
+    gram_store_free(st);
+}
+
+static void check_completion(const struct api_model_info *mi, const struct api_completion *c, int kind) {
+    const struct req_params *p = &c->p;
+    if (c->n < 1 || c->n > API_MAX_N) fz_fail("n = %d accepted", c->n);
+    if (p->n_stop < 0 || p->n_stop > REQ_MAX_STOP) fz_fail("n_stop = %d", p->n_stop);
+    for (int i = 0; i < p->n_stop; i++)
+        if (!p->stop[i]) fz_fail("stop[%d] NULL", i);
+    struct sched_limits lim = {mi->n_ctx, mi->n_vocab, mi->kv_pages};
+    char msg[320];
+    int field = 0;
+    if (sched_check_params(&lim, p, msg, sizeof msg, &field) != 0)
+        fz_fail("accepted by the api, refused by the scheduler: %s", msg);
+    if (p->grammar) run_grammar(p->grammar, kind);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 1) return 0;
+    uint8_t sel = data[0];
+    const char *body = (const char *)data + 1;
+    size_t len = size - 1;
+    int kind = sel >> 5 & 1;
+    const struct tok *t = fz_tok(kind);
+    int family = (sel >> 2 & 7) % 6;
+    struct api_model_info mi = {
+        .name = "fuzz-model",
+        .n_ctx = N_CTX,
+        .n_vocab = tok_n_vocab(t),
+        .tok = t,
+        .created = 1700000000,
+        .chat_family = family,
+        .chat_bos = family != API_TMPL_CHATML,
+        .kv_pages = sel & 0x40 ? 64 : 0,
+    };
+    struct api_error err;
+    memset(&err, 0, sizeof err);
+    int route = sel & 3;
+    if (route <= 1) {
+        struct api_completion c;
+        int rc = route == 0 ? api_completion_parse(&mi, body, len, &c, &err)
+                            : api_chat_parse(&mi, body, len, &c, &err);
+        if (rc == 0) {
+            check_completion(&mi, &c, kind);
+            api_completion_free(&c);
+        } else {
+            check_error(rc, &err);
+        }
+        return 0;
+    }
+    struct api_buf b;
+    api_buf_init(&b);
+    int rc = route == 2 ? api_tokenize(&mi, body, len, &b, &err) : api_detokenize(&mi, body, len, &b, &err);
+    if (rc == 0)
+        check_json(route == 2 ? "/tokenize answer" : "/detokenize answer", b.data, b.len);
+    else
+        check_error(rc, &err);
+    api_buf_free(&b);
+    return 0;
+}
