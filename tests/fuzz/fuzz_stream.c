@@ -183,7 +183,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (out.n_gen != n_acc) fz_fail("n_gen %d after %d tokens", out.n_gen, n_acc);
         if (stops_utf8 && !fz_utf8_ok(out.text ? out.text : "", out.len))
             fz_fail("released chunk is not valid UTF-8");
-        check_sse(tk, kind, out.text, out.len, out.finish, stops_utf8);
+        check_sse(tk, kind, out.text ? out.text : "", out.len, out.finish, stops_utf8);
         text_add(&got, out.text, out.len);
         free(out.text);
         free(out.toks);

@@ -9,8 +9,8 @@
  *   bit 2     add_bos         bit 3  parse_special
  *   bits 4-7  stream output buffer slack (tok_stream_push with small caps)
  * Text: tok_encode (counting call, short buffer, full buffer), every id in
- * range; for well-formed UTF-8 without special parsing,
- * tok_decode(tok_encode(x)) == x. Ids: tok_decode both ways, and the stream
+ * range; for well-formed UTF-8 without special parsing (and, for SPM,
+ * without U+2581, its space marker), tok_decode(tok_encode(x)) == x. Ids: tok_decode both ways, and the stream
  * decoder chunk by chunk: every chunk valid UTF-8, and the chunks plus the
  * flush equal tok_decode(skip_special = 1) of the same in-range ids.
  */
@@ -102,7 +102,10 @@ static void check_text(const struct tok *t, const char *s, size_t n, int add_bos
     if (tok_encode(t, s, n, add_bos, special, ids, cnt) != cnt) fz_fail("tok_encode count unstable");
     for (int64_t i = 0; i < cnt; i++)
         if (ids[i] < 0 || ids[i] >= tok_n_vocab(t)) fz_fail("tok_encode produced id %d", ids[i]);
-    if (!special && n > 0 && fz_utf8_ok(s, n) && !memchr(s, 0, n)) {
+    /* SPM reads U+2581 in the text as its space marker (as SentencePiece does):
+     * such text decodes with spaces, so it is left out of the round trip */
+    int marker = tok_kind(t) == TOK_SPM && memmem(s, n, "\xE2\x96\x81", 3) != NULL;
+    if (!special && !marker && n > 0 && fz_utf8_ok(s, n) && !memchr(s, 0, n)) {
         char *back = tok_decode(t, ids, cnt, 1);
         if (!back || strlen(back) != n || memcmp(back, s, n) != 0)
             fz_fail("round trip: \"%.*s\" -> \"%s\"", (int)n, s, back ? back : "(null)");

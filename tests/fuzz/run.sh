@@ -51,11 +51,13 @@ for t in "${TARGETS[@]}"; do
     dict=()
     [ -f "tests/fuzz/$t.dict" ] && dict=("-dict=$ROOT/tests/fuzz/$t.dict")
     log="$B/fuzz-$t.log"
+    jobs=()
+    [ "${FUZZ_JOBS:-1}" -gt 1 ] && jobs=("-jobs=$FUZZ_JOBS" "-workers=$FUZZ_JOBS")
     # -max_total_time bounds the run; a timeout per input catches hangs
     # shellcheck disable=SC2086
     "$bin" "$work" "${dict[@]}" -max_total_time="$SECS" -timeout=25 -rss_limit_mb=2048 \
         -malloc_limit_mb=1024 -artifact_prefix="$findings/" -print_final_stats=1 \
-        -jobs="${FUZZ_JOBS:-1}" -workers="${FUZZ_JOBS:-1}" ${FUZZ_ARGS:-} >"$log" 2>&1
+        ${jobs[@]+"${jobs[@]}"} ${FUZZ_ARGS:-} >"$log" 2>&1
     rc=$?
     [ "${FUZZ_JOBS:-1}" -gt 1 ] && cat fuzz-*.log >>"$log" 2>/dev/null && rm -f fuzz-*.log
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{s += $2} END {print s + 0}')
