@@ -41,6 +41,12 @@ Then, with every client stopped, the /metrics consistency check:
      generate tokens the client never received, so no client-side count can
      match the counter exactly.)
 
+--spawn BIN starts the server itself (BIN serve --model MODEL on a free loopback
+port, with any --server-arg), uses its pid, and at the end sends SIGTERM and
+checks that it exits with status 0 and that its log holds no sanitizer report
+(for ASan builds). Without --model it first writes a tiny model with
+`BIN gen-model`. This is how `deploy/quickstart.sh test` runs it.
+
 Report: outcomes by kind, errors by kind (with a sample message), stuck
 requests (no byte for --stuck-after seconds, or a client still busy at the
 end), /health latency (p50/p99/max, failures), RSS over time, and the checks.
@@ -56,8 +62,11 @@ import os
 import random
 import re
 import socket
-import statistics
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -625,6 +634,55 @@ def discover(cfg):
     cfg.chat = st == 200
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(cfg):
+    """Starts BIN serve; returns (Popen, log path, temp dir)."""
+    tmp = tempfile.mkdtemp(prefix="soak-")
+    model = cfg.model_path
+    if not model:
+        model = os.path.join(tmp, "soak-model.gguf")
+        subprocess.run([cfg.spawn, "gen-model", "--out", model, "--tokenizer", "bpe", "--ctx", "512",
+                        "--vocab", "1024", "--seed", "3"], check=True, stdout=subprocess.DEVNULL)
+    port = free_port()
+    log = os.path.join(tmp, "server.log")
+    cmd = [cfg.spawn, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port)] + cfg.server_arg
+    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    cfg.url = "http://127.0.0.1:%d" % port
+    cfg.host, cfg.port, cfg.pid = "127.0.0.1", port, proc.pid
+    t_end = time.monotonic() + cfg.start_timeout
+    while time.monotonic() < t_end:
+        if proc.poll() is not None:
+            raise SystemExit("soak: the server exited with %d at start:\n%s" % (proc.returncode, open(log).read()[-3000:]))
+        try:
+            if simple(cfg, "GET", "/health", timeout=2)[0] == 200:
+                return proc, log, tmp
+        except (OSError, HttpError, Stuck):
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("soak: the server did not answer /health in %.0f s" % cfg.start_timeout)
+
+
+def stop_spawned(proc, log, checks):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+        checks.append(("server exits on SIGTERM within 120 s", False, "killed"))
+    text = open(log, errors="replace").read()
+    checks.append(("server exit status 0 after SIGTERM", rc == 0, "status %d" % rc))
+    bad = re.search(r"(ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:).*", text)
+    checks.append(("no sanitizer report in the server log", bad is None,
+                   bad.group(0)[:200] if bad else "clean (%s)" % log))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -648,6 +706,11 @@ def main():
                     help="fail if RSS grows more than this from the first to the last sample (0: report only)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    ap.add_argument("--spawn", default=None, metavar="BIN", help="start BIN serve on a free port (see above)")
+    ap.add_argument("--model-path", default=None, help="with --spawn: the GGUF to serve (default: a tiny generated one)")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="with --spawn: one extra argument for serve (repeat; e.g. --server-arg=--max-queued-requests=8)")
+    ap.add_argument("--start-timeout", type=float, default=120)
     cfg = ap.parse_args()
     u = urllib.parse.urlparse(cfg.url)
     if u.scheme != "http" or not u.hostname:
@@ -655,6 +718,7 @@ def main():
     cfg.host, cfg.port = u.hostname, u.port or 80
     if cfg.clients < 1 or cfg.duration <= 0:
         ap.error("--clients >= 1 and --duration > 0")
+    spawned = spawn(cfg) if cfg.spawn else None
 
     discover(cfg)
     stats = Stats()
@@ -714,12 +778,16 @@ def main():
     rss = read_rss(cfg)
     if rss is not None:
         stats.rss.append((time.monotonic(), rss))
+    if spawned and alive:
+        stop_spawned(spawned[0], spawned[1], checks)
     if cfg.max_rss_growth_mb and len(stats.rss) >= 2:
         growth = (stats.rss[-1][1] - stats.rss[0][1]) / 2**20
         checks.append(("RSS growth under %.0f MiB" % cfg.max_rss_growth_mb, growth <= cfg.max_rss_growth_mb,
                        "%+.1f MiB" % growth))
     text, passed = report(cfg, stats, checks, t0, time.monotonic() - t0)
     print(text)
+    if spawned and passed:
+        shutil.rmtree(spawned[2], ignore_errors=True)  # kept on failure: the server log is there
     if cfg.json:
         with open(cfg.json, "w") as f:
             json.dump({"outcomes": stats.outcomes, "errors": stats.errors, "stuck": stats.stuck,

@@ -26,16 +26,21 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(request gguf tokenizer stream)
 B=${FUZZ_BUILD:-build-fuzz}
 
-command -v clang >/dev/null 2>&1 || { echo "fuzz: clang not found (apt-get install clang libclang-rt-dev libomp-dev)" >&2; exit 1; }
+verdict_fail() { # verdict_fail MESSAGE: no target could run
+    echo "fuzz: $1" >&2
+    echo "fuzz: 0 passed, ${#TARGETS[@]} failed"
+    exit 1
+}
+command -v clang >/dev/null 2>&1 || verdict_fail "clang not found (apt-get install clang libclang-rt-dev libomp-dev)"
 if [ ! -f "$B/build.ninja" ]; then
     CC=clang meson setup "$B" -Dfuzz=true -Dtests=disabled -Dcuda=disabled \
         -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false \
         -Dc_args="-fsanitize=fuzzer-no-link -fno-sanitize-recover=undefined" >"$B.setup.log" 2>&1 ||
-        { cat "$B.setup.log" >&2; echo "fuzz: meson setup failed" >&2; exit 1; }
+        { cat "$B.setup.log" >&2; verdict_fail "meson setup failed"; }
     rm -f "$B.setup.log"
 fi
 ninja -C "$B" -j"${FUZZ_NINJA_JOBS:-2}" $(printf 'tests/fuzz/fuzz_%s ' "${TARGETS[@]}") >"$B/fuzz-build.log" 2>&1 ||
-    { cat "$B/fuzz-build.log" >&2; echo "fuzz: build failed" >&2; exit 1; }
+    { cat "$B/fuzz-build.log" >&2; verdict_fail "build failed"; }
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
