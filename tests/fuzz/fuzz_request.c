@@ -6,6 +6,10 @@
  *   bits 2-4           chat template family (enum api_tmpl_family, mod 6)
  *   bit 5              tokenizer: 0 SPM, 1 byte-level BPE
  *   bit 6              KV pool checked (64 pages) or not
+ *   bit 7              instead of a body: "METHOD URL\nAUTHORIZATION" through
+ *                      routing (api_route_find, api_path_needs_auth,
+ *                      api_auth_ok) and the bytes as a GGUF chat template
+ *                      through api_tmpl_detect
  * Structured outputs (response_format, structured_outputs, guided_*, grammar,
  * json_schema) compile through engine/grammar*; a compiled grammar is then
  * run for a few steps through the token-mask matcher over the vocabulary.
@@ -100,11 +104,47 @@ static void check_completion(const struct api_model_info *mi, const struct api_c
     if (p->grammar) run_grammar(p->grammar, kind);
 }
 
+/* Routing and template detection over the raw bytes (selector bit 7). */
+static void route_and_template(const char *s, size_t n) {
+    int uses_bos = 0;
+    int fam = api_tmpl_detect(s, n, &uses_bos);
+    if (fam < API_TMPL_NONE || fam > API_TMPL_GEMMA) fz_fail("api_tmpl_detect = %d", fam);
+    char *z = malloc(n + 1); /* NUL-terminated copy, split at the first ' ' and '\n' */
+    if (!z) return;
+    memcpy(z, s, n);
+    z[n] = 0;
+    char *url = strchr(z, ' ');
+    char *auth = strchr(z, '\n');
+    if (url) *url++ = 0;
+    if (auth) *auth++ = 0;
+    if (url && auth && auth < url) auth = NULL;
+    int allowed = -1;
+    const char *allow = NULL;
+    int r = api_route_find(z, url ? url : "/", &allowed, &allow);
+    if (r < API_ROUTE_NONE || r > API_ROUTE_METRICS || (allowed != 0 && allowed != 1))
+        fz_fail("api_route_find = %d, allowed %d", r, allowed);
+    if (r != API_ROUTE_NONE && !allowed && !allow) fz_fail("405 without an Allow header");
+    (void)api_path_needs_auth(url ? url : z);
+    const char *a = auth ? auth : z;
+    if (api_auth_ok(a, "fuzz-key")) {
+        /* only "Bearer" (any case), blanks, the key, blanks */
+        const char *k = strcasestr(a, "fuzz-key");
+        int ok = k && strncasecmp(a, "bearer", 6) == 0 && strspn(a + 6, " \t") == (size_t)(k - a - 6) &&
+                 k - a > 6 && strspn(k + 8, " \t") == strlen(k + 8) && strncmp(k, "fuzz-key", 8) == 0;
+        if (!ok) fz_fail("api_auth_ok accepted '%s'", a);
+    }
+    free(z);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     uint8_t sel = data[0];
     const char *body = (const char *)data + 1;
     size_t len = size - 1;
+    if (sel & 0x80) {
+        route_and_template(body, len);
+        return 0;
+    }
     int kind = sel >> 5 & 1;
     const struct tok *t = fz_tok(kind);
     int family = (sel >> 2 & 7) % 6;
