@@ -61,7 +61,8 @@ test)
         log "sanitizer soak: ${SLIMSERVE_SOAK_SECONDS:-120} s"
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
             python3 tools/soak.py --spawn build-asan/server/slimserve --duration "${SLIMSERVE_SOAK_SECONDS:-120}" \
-            --clients 12 --storm-interval 30 --storm-size 32 --server-arg=--max-queued-requests=16 \
+            --clients 12 --storm-interval 30 --storm-size 40 --server-arg=--max-num-seqs=8 \
+            --server-arg=--max-queued-requests=8 \
             --stuck-after 60 --settle 60 2>&1 | tee build-asan/soak-summary.log || rc=1
         summaries+=(build-asan/soak-summary.log)
     fi

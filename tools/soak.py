@@ -19,8 +19,9 @@ What it does, for --duration seconds:
         cut_stream    read a few SSE events of a stream, then close
         slow_reader   read a stream slowly (a pause between reads)
   * every --storm-interval seconds a queue-cap storm: --storm-size requests at
-    once with long generations (expect 503 + Retry-After beyond the server's
-    --max-queued-requests), then most of them are cut while waiting;
+    once with the longest generations (ignore_eos), expecting 503 + Retry-After
+    beyond the server's --max-num-seqs + --max-queued-requests; 70% of them
+    are cut while waiting, the rest read to the end;
   * a prober times GET /health every second; RSS is sampled every
     --rss-interval seconds from /proc/PID/status (--pid) or, without it, from
     /metrics process_resident_memory_bytes when the server exposes it.
@@ -253,13 +254,14 @@ def words(rng, n):
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def make_request(cfg, rng, stream=None, cut_free=False):
-    """A random generation request: (path, body dict, expect_too_long)."""
+def make_request(cfg, rng, stream=None, cut_free=False, long_gen=False):
+    """A random generation request: (path, body dict, expect_too_long).
+    long_gen: the longest generation (storms, to fill the queue)."""
     chat = rng.random() < 0.5 and cfg.chat
-    max_tokens = rng.choice([1, 2, 4, 8, 16, 32, cfg.max_tokens])
+    max_tokens = cfg.max_tokens if long_gen else rng.choice([1, 2, 4, 8, 16, 32, cfg.max_tokens])
     # prompt length up to the context; ~6% beyond it on purpose (unless cut_free)
     if not cut_free and rng.random() < 0.06:
-        n_words = int(cfg.n_ctx / cfg.tok_per_word * rng.uniform(1.1, 1.6)) + 8
+        n_words = int(cfg.n_ctx / cfg.tok_per_word * rng.uniform(1.5, 2.5)) + 8
     else:
         room = max(1, cfg.n_ctx - max_tokens - 64)
         n_words = max(1, int(rng.choice([0.02, 0.1, 0.3, 0.6, 0.95]) * room / cfg.tok_per_word))
@@ -289,7 +291,7 @@ def make_request(cfg, rng, stream=None, cut_free=False):
         body["logit_bias"] = {str(rng.randrange(1, 256)): rng.uniform(-100, 100) for _ in range(3)}
     if r() < 0.3:
         body["stop"] = [rng.choice(WORDS) for _ in range(rng.randrange(1, 4))]
-    if r() < 0.2:
+    if long_gen or r() < 0.2:
         body["ignore_eos"] = True
     if r() < 0.15:
         body["logprobs"] = True if chat else rng.randrange(0, 4)
@@ -300,8 +302,16 @@ def make_request(cfg, rng, stream=None, cut_free=False):
     body["stream"] = bool(stream if stream is not None else r() < 0.6)
     if body["stream"]:
         body["stream_options"] = {"include_usage": True}
-    too_long = n_words * cfg.tok_per_word > cfg.n_ctx * 1.05
+    # 1: certainly over the context (must be a 400); 0.5: near it (a 400 is
+    # accepted when the server says context_length_exceeded); 0: well inside
+    est = n_words * cfg.tok_per_word
+    too_long = 1 if est > cfg.n_ctx * 1.4 else 0.5 if est + max_tokens > cfg.n_ctx * 0.8 else 0
     return ("/v1/chat/completions" if chat else "/v1/completions"), body, too_long
+
+
+def n_words_of(body):
+    text = body["messages"][0]["content"] if "messages" in body else body["prompt"]
+    return len(text.split())
 
 
 def read_sse(conn, headers, stats, limit_events=None, pause=0.0):
@@ -340,10 +350,10 @@ def read_sse(conn, headers, stats, limit_events=None, pause=0.0):
     return done, usage, finishes
 
 
-def run_one(cfg, stats, rng, ending, cut_free=False, stream=None):
+def run_one(cfg, stats, rng, ending, cut_free=False, stream=None, long_gen=False):
     """Sends one request with the given ending; records its outcome. Returns
     (usage completion tokens, finish reasons) for a completed request."""
-    path, body, too_long = make_request(cfg, rng, stream=stream, cut_free=cut_free)
+    path, body, too_long = make_request(cfg, rng, stream=stream, cut_free=cut_free, long_gen=long_gen)
     if ending in ("cut_stream", "slow_reader"):
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -376,15 +386,19 @@ def run_one(cfg, stats, rng, ending, cut_free=False, stream=None):
             stats.outcome("rejected_503")
             return None
         if status == 400 and too_long:
-            b"".join(conn.body_chunks(headers))
-            stats.outcome("ok_400_too_long")
+            text = b"".join(conn.body_chunks(headers))
+            if too_long == 1 or b"context_length_exceeded" in text:
+                stats.outcome("ok_400_too_long")
+                return None
+            stats.error("http_400", "%s: %s" % (path, text[:300].decode("utf-8", "replace")))
             return None
         if status != 200:
             text = b"".join(conn.body_chunks(headers))[:300].decode("utf-8", "replace")
             stats.error("http_%d" % status, "%s: %s" % (path, text))
             return None
-        if too_long:
-            stats.error("too_long_accepted", "a prompt over the context got 200")
+        if too_long == 1:
+            stats.error("too_long_accepted", "a prompt of ~%.0f tokens (context %d) got 200" % (
+                n_words_of(body) * cfg.tok_per_word, cfg.n_ctx))
         if body["stream"]:
             limit = rng.randrange(1, 4) if ending == "cut_stream" else None
             res = read_sse(conn, headers, stats, limit, pause=0.2 if ending == "slow_reader" else 0.0)
@@ -458,7 +472,7 @@ def storm(cfg, stats, seed, stop_at):
         for i in range(cfg.storm_size):
             ending = "cut_waiting" if rng.random() < 0.7 else "ok"
             th = threading.Thread(target=run_one, args=(cfg, stats, random.Random(rng.random()), ending),
-                                  kwargs={"stream": True}, daemon=True)
+                                  kwargs={"stream": True, "long_gen": True}, daemon=True)
             th.start()
             threads.append(th)
         for th in threads:
@@ -695,7 +709,9 @@ def main():
     ap.add_argument("--n-ctx", type=int, default=0, help="context length (default: /tokenize's max_model_len)")
     ap.add_argument("--max-tokens", type=int, default=64, help="largest max_tokens sent (default 64)")
     ap.add_argument("--storm-interval", type=float, default=30, help="seconds between queue-cap storms")
-    ap.add_argument("--storm-size", type=int, default=48, help="requests per storm (default 48)")
+    ap.add_argument("--storm-size", type=int, default=48,
+                    help="requests per storm (default 48; to see 503s it must exceed the server's "
+                         "--max-num-seqs + --max-queued-requests)")
     ap.add_argument("--rss-interval", type=float, default=5, help="seconds between RSS samples (default 5)")
     ap.add_argument("--stuck-after", type=float, default=60,
                     help="seconds without a byte after which a request counts as stuck (default 60)")
