@@ -9,7 +9,6 @@
  * the same bytes; small n_ctx and batch so the KV cache and scratch stay
  * small) and eng_model_free.
  */
-#define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
