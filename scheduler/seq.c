@@ -239,22 +239,26 @@ static int hold_decode(struct sched *s, struct seq *q, int32_t tok) {
     return n > 0 ? hold_append(q, s->piece, (size_t)n) : 0;
 }
 
-/* The first stop string found in the held text: the hold is cut where the
- * match starts. Returns 1 on a match. *max_stop receives the longest stop
- * string's length (the lookahead to keep). */
+/* The leftmost match of any stop string in the held text: the hold is cut
+ * where it starts (several stop strings can complete on one token; the one
+ * that starts first wins, whatever its place in the list, so no stop string
+ * reaches the client). Returns 1 on a match. *max_stop receives the longest
+ * stop string's length (the lookahead to keep). */
 static int hold_find_stop(struct seq *q, int search, size_t *max_stop) {
     const struct req_stops *st = q->req->p.stops;
     int found = 0;
+    size_t cut = 0;
     *max_stop = st ? st->max_len : 0;
-    for (int i = 0; st && search && i < st->n && !found; i++) {
+    for (int i = 0; st && search && i < st->n; i++) {
         size_t L = st->len[i];
         if (L == 0 || L > q->n_hold) continue;
         const char *m = memmem(q->hold, q->n_hold, st->s[i], L);
-        if (m) {
-            q->n_hold = (size_t)(m - q->hold); /* drop the match and what follows */
+        if (m && (!found || (size_t)(m - q->hold) < cut)) {
+            cut = (size_t)(m - q->hold);
             found = 1;
         }
     }
+    if (found) q->n_hold = cut; /* drop the match and what follows */
     return found;
 }
 

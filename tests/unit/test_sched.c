@@ -20,6 +20,7 @@
 #include "scheduler/kv.h"
 #include "engine/grammar.h"
 #include "scheduler/sched.h"
+#include "scheduler/sched_internal.h"
 #include "tools/genmodel.h"
 
 static char g_model_path[512];
@@ -616,6 +617,44 @@ START_TEST(test_stop_string) {
 }
 END_TEST
 
+/* Two stop strings complete on the same token: the text is cut where the
+ * leftmost one starts, whatever their order in the list, so no part of an
+ * earlier match reaches the client (found by tests/fuzz/fuzz_stream: stops
+ * ["e", "t"] and the token " the" sent " th"). Here the text "a", "b" with
+ * stops ["b", "ab"] must give "", not "a". The scheduler is not started: this
+ * thread plays the engine thread. */
+START_TEST(test_stop_strings_leftmost) {
+    struct eng_model *m = load_model(0);
+    const struct tok *t = eng_model_tok(m);
+    int32_t ids[2] = {tok_find(t, "a"), tok_find(t, "b")};
+    ck_assert_int_ge(ids[0], 0);
+    ck_assert_int_ge(ids[1], 0);
+    struct sched *s = sched_new(m, NULL, on_notify, NULL);
+    struct sched_req *r = make_req(4, 1, 8);
+    r->p.stop[0] = strdup("b");
+    r->p.stop[1] = strdup("ab");
+    r->p.n_stop = 2;
+    sched_req_ref(r); /* the engine's reference, as sched_submit takes it */
+    struct seq *q = seq_new(s, r);
+    ck_assert_ptr_nonnull(q);
+    q->admit_order = 1;
+    int err = 0;
+    const char *msg = NULL;
+    ck_assert_int_eq(seq_accept_token(s, q, ids[0], &err, &msg), REQ_FINISH_NONE);
+    int fin = seq_accept_token(s, q, ids[1], &err, &msg);
+    ck_assert_int_eq(fin, REQ_FINISH_STOP);
+    sched_finish(s, r, fin, 0, NULL);
+    struct req_out out;
+    ck_assert_int_eq(sched_req_take(r, &out), 1);
+    ck_assert_uint_eq(out.len, 0); /* "ab" starts first: nothing of it is sent */
+    free(out.text);
+    free(out.toks);
+    sched_req_unref(r);
+    sched_free(s);
+    eng_model_free(m);
+}
+END_TEST
+
 START_TEST(test_cancel_and_limits) {
     struct eng_model *m = load_model(0);
     struct sched_options so = {.max_queued = 2, .max_num_seqs = 1};
@@ -871,6 +910,7 @@ int main(void) {
     tcase_add_test(tc, test_preemption_keeps_output);
     tcase_add_test(tc, test_constrained_batch_preempt);
     tcase_add_test(tc, test_stop_string);
+    tcase_add_test(tc, test_stop_strings_leftmost);
     tcase_add_test(tc, test_cancel_and_limits);
     tcase_add_test(tc, test_seeded_sampling_batch_invariant);
     tcase_add_test(tc, test_stop_ends_everything);
