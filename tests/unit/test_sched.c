@@ -631,9 +631,10 @@ START_TEST(test_stop_strings_leftmost) {
     ck_assert_int_ge(ids[1], 0);
     struct sched *s = sched_new(m, NULL, on_notify, NULL);
     struct sched_req *r = make_req(4, 1, 8);
-    r->p.stop[0] = strdup("b");
-    r->p.stop[1] = strdup("ab");
-    r->p.n_stop = 2;
+    const char *stops[2] = {"b", "ab"};
+    size_t stop_len[2] = {1, 2};
+    r->p.stops = req_stops_new(stops, stop_len, 2);
+    ck_assert_ptr_nonnull(r->p.stops);
     sched_req_ref(r); /* the engine's reference, as sched_submit takes it */
     struct seq *q = seq_new(s, r);
     ck_assert_ptr_nonnull(q);
