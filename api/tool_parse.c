@@ -254,7 +254,9 @@ static long find_start(const struct api_tool_stream *s, const struct syntax *sx,
         return (long)(m - t);
     for (size_t h = ml - 1; h > 0; h--)
         if (h <= n - s->sent && memcmp(t + n - h, sx->marker, h) == 0) {
-            *hold = h;
+            /* blanks only before it: they are held too (dropped if a call
+             * follows, content if not), as a whole-text parse treats them */
+            *hold = k >= n - h ? n - s->sent : h;
             break;
         }
     return -1;
@@ -281,9 +283,9 @@ int api_tool_stream_feed(struct api_tool_stream *s, const char *text, size_t len
             emit(s, finish ? s->acc.len : s->acc.len - hold, content);
             return content->oom ? SS_ENOMEM : 0;
         }
-        if (skip_blank(s->acc.data, (size_t)at, 0) == (size_t)at)
-            s->sent = (size_t)at; /* only blanks before the call: not content */
-        else
+        /* only blanks before the call: held (dropped once a call parses, as
+         * CALLS and DONE emit nothing; content if it turns out PLAIN) */
+        if (skip_blank(s->acc.data, (size_t)at, 0) < (size_t)at)
             emit(s, (size_t)at, content);
         s->start = s->resume = (size_t)at;
         s->mode = M_FIRST;

@@ -357,6 +357,13 @@ START_TEST(test_output_parse) {
     check_parse(C, 1, "a <tool_call> oops", "a <tool_call> oops", 0, NULL);
     check_parse(C, 1, "a <tool_call>{\"name\":\"ping\"", "a <tool_call>{\"name\":\"ping\"", 0, NULL);
     check_parse(C, 1, "ends with <tool_c", "ends with <tool_c", 0, NULL);
+    /* blanks before a marker: dropped when a call follows, content (whole and
+     * streamed alike) when it turns out not to be one (found by fuzz_request) */
+    check_parse(C, 1, " <tool_call>\n{\"name\": \"get_weatcity\": 1}}\n</tool_call>",
+                " <tool_call>\n{\"name\": \"get_weatcity\": 1}}\n</tool_call>", 0, NULL);
+    check_parse(C, 1, "\n <tool_call>{\"name\":\"ping\",\"arguments\":{}}</tool_call>", "", 1, "{}");
+    check_parse(C, 1, "  <tool", "  <tool", 0, NULL);
+    check_parse(API_TMPL_LLAMA3, 1, "  {\"answer\": 1}", "  {\"answer\": 1}", 0, NULL);
     check_parse(API_TMPL_GEMMA, 1, "<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>",
                 "", 1, "{}");
     /* llama3: the whole answer, optionally after <|python_tag|>, several with ';' */
