@@ -19,6 +19,7 @@
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
 #include "testutil.h"
+#include "tu_check.h"
 
 /* A model with no tokenizer: token-id prompts only. */
 static struct api_model_info mi_ids(void) {
@@ -889,10 +890,7 @@ END_TEST
 
 static Suite *api_suite(void) {
     Suite *s = suite_create("api");
-    struct {
-        const char *name;
-        const TTest *fn;
-    } tests[] = {
+    const struct tu_case tests[] = {
         {"json_escape", test_json_escape},
         {"buf_ops", test_buf_ops},
         {"error_shape", test_error_shape},
@@ -913,18 +911,11 @@ static Suite *api_suite(void) {
         {"parse_sampling_extras", test_parse_sampling_extras},
         {"logprobs_json", test_logprobs_json},
     };
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
+    tu_check_add(s, tests, TU_NCASES(tests), 0);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(api_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(api_suite());
     return failed != 0;
 }

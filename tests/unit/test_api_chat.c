@@ -19,6 +19,7 @@
 #include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
 #include "testutil.h"
+#include "tu_check.h"
 
 /* A model with no tokenizer: token-id prompts only. */
 static struct api_model_info mi_ids(void) {
@@ -387,27 +388,17 @@ END_TEST
 
 static Suite *api_chat_suite(void) {
     Suite *s = suite_create("api_chat");
-    struct {
-        const char *name;
-        const TTest *fn;
-    } tests[] = {
+    const struct tu_case tests[] = {
         {"templates", test_templates},
         {"template_detect", test_template_detect},
         {"chat_parse", test_chat_parse},
         {"tokenize", test_tokenize},
     };
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
+    tu_check_add(s, tests, TU_NCASES(tests), 0);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(api_chat_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(api_chat_suite());
     return failed != 0;
 }

@@ -11,6 +11,7 @@
 
 #include "api/api.h"
 #include "scheduler/sched.h"
+#include "tu_check.h"
 
 /* ---------------------------------------------------------------- metrics */
 
@@ -416,9 +417,6 @@ static Suite *metrics_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(metrics_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(metrics_suite());
     return failed != 0;
 }

@@ -18,6 +18,7 @@
 #include "engine/tokenizer.h"
 #include "kernels/ss_error.h"
 #include "testutil.h"
+#include "tu_check.h"
 
 #define TOOL_JSON                                                                              \
     "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": "    \
@@ -396,27 +397,17 @@ END_TEST
 
 static Suite *api_tools_suite(void) {
     Suite *s = suite_create("api_tools");
-    struct {
-        const char *name;
-        const TTest *fn;
-    } tests[] = {
+    const struct tu_case tests[] = {
         {"render", test_render},
         {"validation", test_validation},
         {"grammar", test_grammar},
         {"output_parse", test_output_parse},
     };
-    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
+    tu_check_add(s, tests, TU_NCASES(tests), 0);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(api_tools_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(api_tools_suite());
     return failed ? 1 : 0;
 }

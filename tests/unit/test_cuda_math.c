@@ -20,6 +20,7 @@
 #include "kernels/cpu/kcpu.h"
 #include "kernels/cuda/kcu_math.h"
 #include "kerntest.h"
+#include "tu_check.h"
 
 static struct be open_generic(void) {
     struct be be;
@@ -427,9 +428,6 @@ static Suite *cuda_math_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(cuda_math_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(cuda_math_suite());
     return failed != 0;
 }

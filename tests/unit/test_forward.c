@@ -33,6 +33,7 @@
 #include "kernels/ss_error.h"
 #include "tools/genmodel.h"
 #include "testutil.h"
+#include "tu_check.h"
 
 /* ----------------------------------------------------------------- models */
 
@@ -653,10 +654,7 @@ int main(void) {
     tu_init("test_forward");
     if (gen_models() < 0) return 1;
     have_ref = tu_find_ref("llama_ref.py", ref_script, sizeof ref_script);
-    SRunner *sr = srunner_create(forward_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(forward_suite());
     for (int i = 0; i < M_COUNT; i++) unlink(models[i].path);
     return failed != 0;
 }

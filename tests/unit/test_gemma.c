@@ -47,6 +47,7 @@
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
 #include "testutil.h"
+#include "tu_check.h"
 
 static char ref_script[PATH_MAX];
 static int have_ref;
@@ -529,10 +530,7 @@ int main(void) {
     if (gen_models() < 0) return 1;
     have_ref = tu_find_ref("gemma_ref.py", ref_script, sizeof ref_script);
     find_real_model();
-    SRunner *sr = srunner_create(gemma_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(gemma_suite());
     for (int i = 0; i < G_COUNT; i++) unlink(gms[i].path);
     cJSON_Delete(fixture);
     return failed != 0;

@@ -23,6 +23,7 @@
  * copies are then simply not pulled in by the linker. */
 #include "tools/genmodel.c"
 #include "tools/genmodel_vocab.c"
+#include "tu_check.h"
 
 /* --------------------------------------------------------- generated models */
 
@@ -509,26 +510,18 @@ END_TEST
 
 static Suite *genmodel_suite(void) {
     Suite *s = suite_create("genmodel");
-    const struct { const char *name; const TTest *fn; } tests[] = {
+    const struct tu_case tests[] = {
         {"gen_spm", test_generated_spm},
         {"gen_bpe", test_generated_bpe},
         {"gen_weights", test_generated_weights},
         {"determinism_cli", test_determinism_and_cli},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 120);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
+    tu_check_add(s, tests, TU_NCASES(tests), 120);
     return s;
 }
 
 int main(void) {
     tu_init("test_genmodel");
-    SRunner *sr = srunner_create(genmodel_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(genmodel_suite());
     return failed != 0;
 }

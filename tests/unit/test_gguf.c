@@ -23,6 +23,7 @@
 #include "kernels/backend.h"
 #include "tools/genmodel.h"
 #include "tests/unit/testutil.h"
+#include "tu_check.h"
 
 
 /* ----------------------------------------------------------------- helpers */
@@ -749,7 +750,7 @@ END_TEST
 
 static Suite *gguf_suite(void) {
     Suite *s = suite_create("gguf");
-    const struct { const char *name; const TTest *fn; } tests[] = {
+    const struct tu_case tests[] = {
         {"roundtrip", test_roundtrip},
         {"alignment", test_alignment_and_empty},
         {"writer_errors", test_writer_errors},
@@ -759,19 +760,11 @@ static Suite *gguf_suite(void) {
         {"corruptions", test_corruptions},
         {"mutations", test_random_mutations},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 120);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
+    tu_check_add(s, tests, TU_NCASES(tests), 120);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(gguf_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(gguf_suite());
     return failed != 0;
 }

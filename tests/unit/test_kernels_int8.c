@@ -24,6 +24,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/kcpu.h"
 #include "kernels/cpu/q8.h"
+#include "tu_check.h"
 
 static const int q_types[] = {BE_Q4_0, BE_Q5_0, BE_Q8_0, BE_Q4_K, BE_Q5_K, BE_Q6_K};
 #define N_QTYPES 6
@@ -260,9 +261,6 @@ static Suite *int8_suite(void) {
 int main(void) {
     if (!kq8_available())
         fprintf(stderr, "test_kernels_int8: no AVX512-VNNI here, int8 kernels not exercised\n");
-    SRunner *sr = srunner_create(int8_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(int8_suite());
     return failed != 0;
 }

@@ -39,6 +39,7 @@
 #include "kernels/ss_error.h"
 #include "tools/genmodel.h"
 #include "testutil.h"
+#include "tu_check.h"
 
 static char ref_script[PATH_MAX];
 static int have_ref;
@@ -480,10 +481,7 @@ int main(void) {
     tu_init("test_lp");
     if (gen_models() < 0) return 1;
     have_ref = tu_find_ref("lp_ref.py", ref_script, sizeof ref_script);
-    SRunner *sr = srunner_create(lp_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(lp_suite());
     for (int i = 0; i < M_COUNT; i++) unlink(paths[i]);
     return failed != 0;
 }

@@ -19,6 +19,7 @@
 #include "tools/genmodel.h"
 #include "tools/lte_calibrate.h"
 #include "tools/perplexity.h"
+#include "tu_check.h"
 
 /* M_SUBLLM stacks LTE on SUBLLM levels ("T(T)T"): checked against its own
  * dense run (--lte off), not the NumPy reference (which has no SUBLLM hook). */
@@ -423,10 +424,7 @@ int main(void) {
     tu_init("test_lte");
     if (gen_models() < 0) return 1;
     have_ref = tu_find_ref("lte_ref.py", ref_script, sizeof ref_script);
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(suite());
     for (int i = 0; i < M_COUNT; i++) unlink(models[i].path);
     return failed != 0;
 }

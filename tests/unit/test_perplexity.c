@@ -35,6 +35,7 @@
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
 #include "tools/perplexity.h"
+#include "tu_check.h"
 
 #define CTX 64
 
@@ -461,10 +462,7 @@ int main(void) {
     make_models();
     write_texts();
     find_ref();
-    SRunner *sr = srunner_create(ppl_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(ppl_suite());
     for (int i = 0; i < M_COUNT; i++) unlink(model_path[i]);
     unlink(text_path);
     unlink(short_path);

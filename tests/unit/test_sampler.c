@@ -16,6 +16,7 @@
 #include "engine/sampler.h"
 #include "engine/sampler_internal.h"
 #include "kernels/rowops.h"
+#include "tu_check.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -902,7 +903,7 @@ END_TEST
 
 static Suite *sampler_suite(void) {
     Suite *s = suite_create("sampler");
-    const struct { const char *name; const TTest *fn; } tests[] = {
+    const struct tu_case tests[] = {
         {"defaults", test_defaults},
         {"greedy", test_greedy},
         {"seed", test_seed_reproducible},
@@ -919,19 +920,11 @@ static Suite *sampler_suite(void) {
         {"exp_kernels", test_exp_kernels},
         {"rank_select", test_rank_select},
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 60);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
+    tu_check_add(s, tests, TU_NCASES(tests), 60);
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(sampler_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_check_run(sampler_suite());
     return failed != 0;
 }

@@ -22,6 +22,7 @@
 #include "scheduler/sched.h"
 #include "scheduler/sched_internal.h"
 #include "tools/genmodel.h"
+#include "tu_check.h"
 
 static char g_model_path[512];
 static char g_sub_path[512];
@@ -916,10 +917,7 @@ int main(void) {
     tcase_add_test(tc, test_seeded_sampling_batch_invariant);
     tcase_add_test(tc, test_stop_ends_everything);
     suite_add_tcase(su, tc);
-    SRunner *sr = srunner_create(su);
-    srunner_run_all(sr, CK_NORMAL);
-    int nf = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int nf = tu_check_run(su);
     remove(g_model_path);
     remove(g_sub_path);
     return nf != 0;

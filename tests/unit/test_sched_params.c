@@ -13,6 +13,7 @@
 #include "scheduler/kv.h"
 #include "scheduler/sched.h"
 #include "scheduler/sched_internal.h"
+#include "tu_check.h"
 
 START_TEST(test_params_lifecycle) {
     struct req_params p;
@@ -234,9 +235,6 @@ int main(void) {
     tcase_add_test(tc, test_ready_list);
     tcase_add_test(tc, test_priority_policy);
     suite_add_tcase(su, tc);
-    SRunner *sr = srunner_create(su);
-    srunner_run_all(sr, CK_NORMAL);
-    int nf = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int nf = tu_check_run(su);
     return nf != 0;
 }

@@ -21,6 +21,7 @@
 #include "engine/tokenizer.h"
 #include "tools/genmodel.h"
 #include "testutil.h"
+#include "tu_check.h"
 
 #define NELEM(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -984,10 +985,7 @@ END_TEST
 
 int main(void) {
     Suite *s = suite_create("tokenizer");
-    struct {
-        const char *name;
-        const TTest *fn;
-    } tests[] = {
+    const struct tu_case tests[] = {
         { "spm_basics", spm_basics },   { "spm_merges", spm_merges },
         { "spm_no_prefix", spm_no_prefix }, { "spm_special", spm_special },
         { "spm_cross_marker", spm_cross_marker }, { "spm_roundtrip", spm_roundtrip }, { "stream_utf8", stream_utf8 },
@@ -999,15 +997,7 @@ int main(void) {
         { "genmodel_bpe", genmodel_bpe }, { "gemma3_real", gemma3_real },
         { "speed", speed },
     };
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        TCase *tc = tcase_create(tests[i].name);
-        tcase_set_timeout(tc, 120);
-        tcase_add_test(tc, tests[i].fn);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    tu_check_add(s, tests, TU_NCASES(tests), 120);
+    int failed = tu_check_run(s);
     return failed != 0;
 }
