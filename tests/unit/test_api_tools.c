@@ -281,6 +281,8 @@ START_TEST(test_grammar) {
         ck_assert_str_eq(s.calls[0].name, "get_weather");
         ck_assert_str_eq(s.calls[0].args, "{\"city\":\"Oslo\",\"days\":3}");
         ck_assert_uint_eq(content.len, 0);
+        api_tool_stream_free(&s);
+        api_buf_free(&content);
         ck_assert_int_eq(parse_calls(c.tools, cases[i].good2, &content, &s) >= 1, 1);
         api_tool_stream_free(&s);
         api_buf_free(&content);
