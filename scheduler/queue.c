@@ -141,6 +141,15 @@ void sched_cancel(struct sched *s, struct sched_req *r) {
     squeue_wake(&s->q);
 }
 
+void sched_queue_exempt(struct sched_req *r) {
+    if (r)
+        __atomic_store_n(&r->queue_exempt, 1, __ATOMIC_RELAXED);
+}
+
+int req_is_queue_exempt(const struct sched_req *r) {
+    return __atomic_load_n(&r->queue_exempt, __ATOMIC_RELAXED);
+}
+
 int req_is_cancelled(struct sched_req *r) {
     pthread_mutex_lock(&r->lock);
     int c = r->cancelled;

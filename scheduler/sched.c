@@ -128,12 +128,14 @@ static void preempt(struct sched *s, int i) {
 
 /* Requests that waited longer than --max-queue-time without ever being
  * admitted end with SS_EAGAIN (the server answers 503 + Retry-After).
- * Preempted sequences (admitted before) are not waiting for a first seat. */
+ * Preempted sequences (admitted before) are not waiting for a first seat, nor
+ * are choices whose sibling was admitted (sched_queue_exempt). */
 static void drop_expired(struct sched *s, double now) {
     if (s->opt.max_queue_time <= 0) return;
     for (int i = 0; i < s->n_waiting;) {
         struct seq *q = s->waiting[i];
-        if (q->admit_order == 0 && now - q->req->t_submit > s->opt.max_queue_time) {
+        if (q->admit_order == 0 && !req_is_queue_exempt(q->req) &&
+            now - q->req->t_submit > s->opt.max_queue_time) {
             char msg[96];
             snprintf(msg, sizeof(msg), "the request waited more than %g s in the queue; retry later",
                      s->opt.max_queue_time);

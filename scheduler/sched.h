@@ -124,6 +124,8 @@ struct sched_req {
     pthread_mutex_t lock;
     int refs;
     int cancelled;             /* set by sched_cancel */
+    int queue_exempt;          /* atomic, any thread: --max-queue-time no longer applies
+                                * (sched_queue_exempt: a sibling choice was admitted) */
     int notified;              /* loop thread has a pending wake-up for it */
     struct req_out out;
 
@@ -231,6 +233,10 @@ int sched_submit(struct sched *s, struct sched_req *r);
 /* Any thread. Marks the request cancelled; the engine ends it (finish
  * CANCELLED) at its next step. */
 void sched_cancel(struct sched *s, struct sched_req *r);
+/* The request's client is already being served (another choice of its
+ * submission was admitted): it keeps waiting for a seat past --max-queue-time
+ * instead of failing with queue_timeout. Any thread; r may be NULL. */
+void sched_queue_exempt(struct sched_req *r);
 
 /* Loop thread: copies the output state into *dst and moves the pending text
  * out: dst->text becomes a malloc'd buffer (dst->len bytes, NUL-terminated, or

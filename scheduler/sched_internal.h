@@ -229,6 +229,7 @@ void req_out_push(struct sched *s, struct sched_req *r, const char *text, size_t
 void req_out_admitted(struct sched *s, struct sched_req *r);
 /* Engine thread: 1 once sched_cancel was called on r. */
 int req_is_cancelled(struct sched_req *r);
+int req_is_queue_exempt(const struct sched_req *r); /* sched_queue_exempt was called */
 /* Engine thread: records the prompt tokens served by the prefix cache. */
 void req_out_set_cached(struct sched_req *r, int32_t n);
 /* Engine thread: hands an embedding request its vector v [n] (ownership

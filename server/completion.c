@@ -318,8 +318,11 @@ void completion_pump_choice(struct srv_choice *ch) {
     struct req_out o;
     memset(&o, 0, sizeof(o));
     int done = sched_req_take(ch->req, &o);
-    if (o.admitted)
-        c->admitted = 1;
+    if (o.admitted && !c->admitted) {
+        c->admitted = 1; /* the client is being served: its other choices wait for seats */
+        for (int i = 0; i < c->n_ch; i++)
+            sched_queue_exempt(c->ch[i].req);
+    }
     if (c->prompt_only)
         drop_generated(&o);
     if (c->route != API_ROUTE_EMBEDDINGS) /* there: the sum over the inputs (embed_submit) */

@@ -224,13 +224,39 @@ def test_max_queue_time(slow_model, tmp_path):
         assert samples[("slimserve:request_success_total", '{finished_reason="error"}')] >= 2
 
 
+def test_max_queue_time_spares_siblings_of_a_started_request(slow_model, tmp_path):
+    """n = 2 with one seat: choice 0 runs (the stream has started), choice 1
+    waits past --max-queue-time. The client is being served, so choice 1 must
+    wait for the seat rather than end the stream with a queue_timeout error
+    event (found by tools/soak.py)."""
+    with Server(slow_model, tmp_path, "--max-num-seqs", "1", "--max-queue-time", "0.3",
+                "--threads", "1", name="qsib") as srv:
+        c = open_stream(srv, {"prompt": "x", "max_tokens": 300, "ignore_eos": True, "n": 2})
+        try:
+            r = c.getresponse()
+            assert r.status == 200
+            text = r.read().decode()
+        finally:
+            c.close()
+        events = [l[6:] for l in text.split("\n") if l.startswith("data: ")]
+        assert events[-1] == "[DONE]", events[-3:]
+        assert not any('"error"' in e for e in events), [e for e in events if '"error"' in e]
+        finishes = {}
+        for e in events[:-1]:
+            for ch in json.loads(e).get("choices", []):
+                if ch.get("finish_reason"):
+                    finishes[ch["index"]] = ch["finish_reason"]
+        assert finishes == {0: "length", 1: "length"}, finishes
+
+
 def test_priority_orders_the_queue(slow_model, tmp_path):
     """One seat, held by a long stream; five requests queue with priorities;
     when the seat frees, they start lowest value first (arrival order among
-    equals). With one seat each runs to its end before the next is admitted,
-    so the order of their lines in the server's log (written by the loop
-    thread as each response completes, named by X-Request-Id) is the
-    admission order; the clients' threads could wake in any order."""
+    equals). With one seat each runs to its end (40 tokens) before the next is
+    admitted, so the order of their lines in the server's log (written as each
+    response completes, named by X-Request-Id) is the admission order; the
+    generations keep the completions apart in time (two that end in one MHD
+    pass may be logged in either order, and client threads wake in any)."""
     with Server(slow_model, tmp_path, "--max-num-seqs", "1", "--threads", "1",
                 name="prio") as srv:
         holder = open_stream(srv, {"prompt": "x", "max_tokens": 8000, "ignore_eos": True})
@@ -243,7 +269,8 @@ def test_priority_orders_the_queue(slow_model, tmp_path):
             c.getresponse().read()
 
         for i, (name, prio) in enumerate(prios):
-            c = open_stream(srv, {"prompt": name, "max_tokens": 2, "priority": prio},
+            c = open_stream(srv, {"prompt": name, "max_tokens": 40, "ignore_eos": True,
+                                  "priority": prio},
                             headers={"X-Request-Id": f"prio-{name}"})
             conns.append(c)
             wait_for(lambda: waiting(srv) == i + 1, f"{name} queued")
