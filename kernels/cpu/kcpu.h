@@ -83,6 +83,16 @@ struct kcpu_mm {
     int type;
     int64_t K;        /* elements per row */
     int n;            /* tokens */
+    /* gemv only (NULL = off, the default of every other caller):
+     *   yadd    the products are added instead of stored: yadd[t][r] += x[t] . W[r]
+     *           (one fp32 add of the very value gemv would store: same bits)
+     *   pf_lim  end of the rows being read: the running prefetch (one distance
+     *   pf_next ahead of the rows streamed) continues at pf_next instead of
+     *           pf_lim (rows of the same nb1), or stops there if pf_next is
+     *           NULL (LTE reads a few row ranges of a tensor: prefetching
+     *           past them would read bytes for nothing) */
+    float *const *yadd;
+    const uint8_t *pf_lim, *pf_next;
 };
 
 /* The kernels of one instruction set. All function pointers are non-NULL. */

@@ -64,14 +64,23 @@ static int build_lists(struct kcpu_ctx *c, const uint8_t *mask, int n, int E, st
     return 0;
 }
 
+/* Expert after e (in increasing order) with rows, or E. */
+static int next_active(const struct lte_lists *L, int e, int E) {
+    for (e++; e < E && L->off[e + 1] == L->off[e]; e++) {
+    }
+    return e;
+}
+
 /* y = W[r0..r0+nr) . x for nr weight rows starting at w (rows of K elements,
  * nb1 bytes) and c input rows x[c][ldx], into y[c][ldy]. tile: nr*ldd floats
- * (ldd >= K, multiple of 16), scr: NULL or KCPU_SCR_FLOATS(nr) floats. */
+ * (ldd >= K, multiple of 16), scr: NULL or KCPU_SCR_FLOATS(nr) floats.
+ * pf_next: NULL, or the rows (same nb1) read next, where the decode path's
+ * prefetch continues past these rows. */
 static void rows_times(const struct kcpu_isa *isa, const uint8_t *w, size_t nb1, int type, int64_t K,
                        int64_t nr, const float *x, int64_t ldx, int c, float *y, int64_t ldy,
-                       float *tile, int64_t ldd, float *scr) {
+                       float *tile, int64_t ldd, float *scr, const uint8_t *pf_next) {
     struct kcpu_mm mm = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .w = w, .nb1 = nb1,
-                         .type = type, .K = K, .n = c};
+                         .type = type, .K = K, .n = c, .pf_lim = w + (size_t)nr * nb1, .pf_next = pf_next};
     if (c <= KCPU_DECODE_MAX) {
         isa->gemv(&mm, 0, nr);
         return;
@@ -109,15 +118,21 @@ static void phase_a_grouped(struct kcpu_ctx *c, const float *x, const struct be_
                 continue;
             for (int32_t i0 = L->off[e]; i0 < L->off[e + 1]; i0 += LTE_CH) {
                 int cnt = L->off[e + 1] - i0 < LTE_CH ? L->off[e + 1] - i0 : LTE_CH;
-                for (int j = 0; j < cnt; j++)
-                    memcpy(xg + (size_t)j * dim, x + (size_t)L->tok[i0 + j] * dim, sizeof(float) * (size_t)dim);
-                size_t roff = (size_t)e * S;
-                for (int part = 0; part < 2; part++) {
-                    const struct be_tensor *w = part ? p->up : p->gate;
-                    const uint8_t *base = (part ? uw : gw) + roff * w->nb1;
-                    float *o = part ? u : g;
-                    rows_times(c->isa, base, w->nb1, w->type, dim, S, xg, dim, cnt, o, S, tile, ldd, scr);
+                const float *xs = x + (size_t)L->tok[i0] * dim; /* one row: read in place */
+                if (cnt > 1) {
+                    for (int j = 0; j < cnt; j++)
+                        memcpy(xg + (size_t)j * dim, x + (size_t)L->tok[i0 + j] * dim, sizeof(float) * (size_t)dim);
+                    xs = xg;
                 }
+                /* prefetch: gate rows of e, then its up rows, then the next active expert's gate rows */
+                const int en = next_active(L, e, E);
+                const uint8_t *g0 = gw + (size_t)e * S * p->gate->nb1, *u0 = uw + (size_t)e * S * p->up->nb1;
+                const uint8_t *gn = en < E ? gw + (size_t)en * S * p->gate->nb1 : NULL;
+                int same = p->gate->nb1 == p->up->nb1;
+                rows_times(c->isa, g0, p->gate->nb1, p->gate->type, dim, S, xs, dim, cnt, g, S, tile, ldd, scr,
+                           same ? u0 : NULL);
+                rows_times(c->isa, u0, p->up->nb1, p->up->type, dim, S, xs, dim, cnt, u, S, tile, ldd, scr,
+                           same ? gn : NULL);
                 c->isa->glu(hc + (size_t)i0 * S, g, u, (int64_t)cnt * S, p->act);
             }
         }
@@ -161,14 +176,25 @@ static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const str
         return;
     }
     float *tile = buf, *part = buf + (size_t)LTE_DBLK * ldd;
-    for (int e = 0; e < E; e++)
-        for (int64_t b0 = d0; b0 < d1; b0 += LTE_DBLK) {
-            int64_t nr = d1 - b0 < LTE_DBLK ? d1 - b0 : LTE_DBLK;
-            const uint8_t *w = base + ((size_t)e * dim + (size_t)b0) * dw->nb1;
-            for (int32_t i0 = L->off[e]; i0 < L->off[e + 1]; i0 += LTE_CH) {
-                int cnt = L->off[e + 1] - i0 < LTE_CH ? L->off[e + 1] - i0 : LTE_CH;
-                rows_times(c->isa, w, dw->nb1, dw->type, S, nr, hc + (size_t)i0 * S, S, cnt, part, nr, tile, ldd,
-                           NULL);
+    for (int e = 0; e < E; e++) {
+        const uint8_t *we = base + (size_t)e * (size_t)dim * dw->nb1; /* expert e, row 0 */
+        for (int32_t i0 = L->off[e]; i0 < L->off[e + 1]; i0 += LTE_CH) {
+            int cnt = L->off[e + 1] - i0 < LTE_CH ? L->off[e + 1] - i0 : LTE_CH;
+            if (cnt <= KCPU_DECODE_MAX) { /* gemv adding straight into y: no partials buffer */
+                float *yr[KCPU_DECODE_MAX];
+                for (int j = 0; j < cnt; j++)
+                    yr[j] = y + (size_t)L->tok[i0 + j] * dim;
+                int en = next_active(L, e, E);
+                const uint8_t *wn = en < E ? base + ((size_t)en * (size_t)dim + (size_t)d0) * dw->nb1 : NULL;
+                struct kcpu_mm mm = {.x = hc + (size_t)i0 * S, .ldx = S, .w = we, .nb1 = dw->nb1, .type = dw->type,
+                                     .K = S, .n = cnt, .yadd = yr, .pf_lim = we + (size_t)d1 * dw->nb1, .pf_next = wn};
+                c->isa->gemv(&mm, d0, d1);
+                continue;
+            }
+            for (int64_t b0 = d0; b0 < d1; b0 += LTE_DBLK) {
+                int64_t nr = d1 - b0 < LTE_DBLK ? d1 - b0 : LTE_DBLK;
+                rows_times(c->isa, we + (size_t)b0 * dw->nb1, dw->nb1, dw->type, S, nr, hc + (size_t)i0 * S, S, cnt,
+                           part, nr, tile, ldd, NULL, NULL);
                 for (int j = 0; j < cnt; j++) {
                     float *yr = y + (size_t)L->tok[i0 + j] * dim + b0;
                     const float *pr = part + (size_t)j * nr;
@@ -177,6 +203,7 @@ static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const str
                 }
             }
         }
+    }
 }
 
 void kcpu_lte_ffn(void *vctx, float *y, const float *x, const uint8_t *mask, int n,
