@@ -286,6 +286,43 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
         }                                                                                   \
         gv_out(mm, r, t0, RG, NT, acc);                                                     \
     }                                                                                       \
+    /* 16 rows of one block each (K == BS), tokens t0..t0+NT, added into yadd: the        \
+     * same per-row operations as gv_T (so the same bits), 16 rows per y access. */       \
+    AI void gv16_##T(const struct kcpu_mm *mm, int64_t r, int t0, int NT, const uint8_t *pfp) { \
+        const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
+        const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        for (size_t o = 0; pfp && o < 16 * mm->nb1; o += 64)                                \
+            _mm_prefetch((const char *)pfp + o, _MM_HINT_T1);                               \
+        __m128 res[KCPU_DECODE_MAX][4];                                                     \
+        for (int q = 0; q < 4; q++) {                                                       \
+            vf acc[4][KCPU_DECODE_MAX];                                                     \
+            st_##T st[4];                                                                   \
+            for (int i = 0; i < 4; i++) {                                                   \
+                for (int j = 0; j < NT; j++)                                                \
+                    acc[i][j] = _mm512_setzero_ps();                                        \
+                prep_##T(&st[i], wr + (size_t)(4 * q + i) * mm->nb1);                       \
+            }                                                                               \
+            for (int g = 0; g < (BS) / (V * GC_##T); g++)                                   \
+                for (int i = 0; i < 4; i++) {                                               \
+                    vf w[GC_##T];                                                           \
+                    grp_##T(&st[i], g, w);                                                  \
+                    for (int c = 0; c < GC_##T; c++)                                        \
+                        for (int j = 0; j < NT; j++)                                        \
+                            acc[i][j] = _mm512_fmadd_ps(                                    \
+                                w[c], _mm512_loadu_ps(xr + j * mm->ldx + (g * GC_##T + c) * V), acc[i][j]); \
+                }                                                                           \
+            for (int j = 0; j < NT; j++)                                                    \
+                res[j][q] = hsum16x4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);           \
+        }                                                                                   \
+        for (int j = 0; j < NT; j++) {                                                      \
+            vf s = _mm512_castps128_ps512(res[j][0]);                                       \
+            s = _mm512_insertf32x4(s, res[j][1], 1);                                        \
+            s = _mm512_insertf32x4(s, res[j][2], 2);                                        \
+            s = _mm512_insertf32x4(s, res[j][3], 3);                                        \
+            float *p = mm->yadd[t0 + j] + r;                                                \
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), s));                      \
+        }                                                                                   \
+    }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
         const int64_t nb = mm->K / (BS);                                                    \
@@ -308,6 +345,9 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
     }
 
 #define DEF_LINEAR(T)                                                                       \
+    AI void gv16_##T(const struct kcpu_mm *mm, int64_t r, int t0, int NT, const uint8_t *pfp) { \
+        (void)mm, (void)r, (void)t0, (void)NT, (void)pfp; /* never called (BS 0) */         \
+    }                                                                                       \
     AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
         for (int i = 0; i < RG; i++)                                                        \
@@ -376,12 +416,19 @@ DEF_LINEAR(bf16)
 /* Row groups of 4 (4*NT independent accumulators), leftover rows one by one. */
 /* Row groups of 4, except 2 for 3-4 tokens where RG34 says so (Q6_K: its
  * 8-chunk groups would spill registers), leftover rows one by one. */
-#define GEMV_DRIVER(T, RG34)                                                                      \
+#define GEMV_DRIVER(T, RG34, BS)                                                            \
     static void gemv_##T(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                \
         kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1);     \
         for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
             int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
             int64_t r = r0;                                                                 \
+            if ((BS) && mm->K == (BS) && mm->yadd && nt <= 2) { /* LTE down: 1 block/row */ \
+                const size_t pf16 = kcpu_pf_dist(16 * mm->nb1);                             \
+                for (; r + 16 <= r1; r += 16) {                                             \
+                    if (nt == 1) gv16_##T(mm, r, t0, 1, gv_pf(mm, r, 16, pf16));            \
+                    else gv16_##T(mm, r, t0, 2, gv_pf(mm, r, 16, pf16));                    \
+                }                                                                           \
+            }                                                                               \
             if (nt <= 2 || RG34 == 4) {                                                     \
                 for (; r + 4 <= r1; r += 4) {                                               \
                     switch (nt) {                                                           \
@@ -408,15 +455,15 @@ DEF_LINEAR(bf16)
         }                                                                                   \
     }
 
-GEMV_DRIVER(q8_0, 4)
-GEMV_DRIVER(q4_0, 4)
-GEMV_DRIVER(q5_0, 4)
-GEMV_DRIVER(q4_k, 4)
-GEMV_DRIVER(q5_k, 4)
-GEMV_DRIVER(q6_k, 2)
-GEMV_DRIVER(f32, 4)
-GEMV_DRIVER(f16, 4)
-GEMV_DRIVER(bf16, 4)
+GEMV_DRIVER(q8_0, 4, 32)
+GEMV_DRIVER(q4_0, 4, 32)
+GEMV_DRIVER(q5_0, 4, 32)
+GEMV_DRIVER(q4_k, 4, 256)
+GEMV_DRIVER(q5_k, 4, 256)
+GEMV_DRIVER(q6_k, 2, 256)
+GEMV_DRIVER(f32, 4, 0)
+GEMV_DRIVER(f16, 4, 0)
+GEMV_DRIVER(bf16, 4, 0)
 
 static void gemv(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {
     switch (mm->type) {
