@@ -90,9 +90,12 @@ struct kcpu_mm {
      *   pf_next ahead of the rows streamed) continues at pf_next instead of
      *           pf_lim (rows of the same nb1), or stops there if pf_next is
      *           NULL (LTE reads a few row ranges of a tensor: prefetching
-     *           past them would read bytes for nothing) */
+     *           past them would read bytes for nothing)
+     *   pf_warm 1: a previous call's pf_next already prefetched the first rows:
+     *           no head prefetch (kcpu_prefetch_head) */
     float *const *yadd;
     const uint8_t *pf_lim, *pf_next;
+    int pf_warm;
 };
 
 /* The kernels of one instruction set. All function pointers are non-NULL. */

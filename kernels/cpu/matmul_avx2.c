@@ -325,7 +325,8 @@ DEF_LINEAR(bf16)
  * leftover rows one by one. */
 #define GEMV_DRIVER(T)                                                                      \
     static void gemv_##T(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                \
-        kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1);     \
+        if (!mm->pf_warm)                                                                   \
+            kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1); \
         for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
             int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
             int64_t r = r0;                                                                 \
