@@ -2,24 +2,32 @@
  *
  *   lists    host CSR of the mask: for each expert e, the rows that chose it
  *            (increasing row order); hc row off[e] + i holds h of the i-th of
- *            them, S floats.
+ *            them, S floats; plus the list of active experts (with rows).
  *   phase A  h of every (row, active expert) pair into hc:
- *              grouped: per active expert (dynamic over threads), its rows
- *                gathered in chunks of LTE_CH, S gate rows and S up rows times
- *                the chunk (gemv for <= KCPU_DECODE_MAX rows, else one
- *                dequantised tile reused over the chunk), act(g) * u;
+ *              grouped: per active expert, its rows gathered in chunks of
+ *                LTE_CH (a single row is read in place), S gate rows and S up
+ *                rows times the chunk (gemv for <= KCPU_DECODE_MAX rows, else
+ *                one dequantised tile reused over the chunk), act(g) * u.
+ *                Decode-sized steps give each thread one contiguous run of
+ *                active experts, larger ones balance them dynamically;
  *              dense: gate and up as two plain matmuls over all rows, then
  *                act(g) * u of the active pairs packed into hc.
  *   phase B  each thread owns a range of output dims d; for each active expert
  *            in increasing order and each chunk of its rows, the partial
- *            down_e[d0..d1) . hc rows, added into y.
+ *            down_e[d0..d1) . hc rows, added into y: chunks of <= KCPU_DECODE_MAX
+ *            rows by gemv's add mode (kcpu_mm.yadd) over the whole range,
+ *            larger ones by tiles of LTE_DBLK dims and a partials buffer.
  * Only the bytes of active experts are read in the grouped path (gate/up
- * rows of the expert, its expert-major down block).
+ * rows of the expert, its expert-major down block), and the decode path's
+ * prefetch (kcpu_mm.pf_lim / pf_next) follows them: it runs from the rows
+ * being read into the next ones this thread reads (gate of e -> up of e ->
+ * gate of the next expert; down of e -> down of the next expert) instead of
+ * into the bytes of inactive experts that follow in memory.
  *
  * Determinism (backend.h): every g, u and partial is computed by the ISA's
- * gemv or gemm_tile, which give the same value for a (weight row, input row)
- * pair (kcpu.h contract); y[t][d] is +0 plus the partials of t's experts in
- * increasing e, added by the one thread owning d.
+ * gemv (store or add mode) or gemm_tile, which give the same value for a
+ * (weight row, input row) pair (kcpu.h contract); y[t][d] is +0 plus the
+ * partials of t's experts in increasing e, added by the one thread owning d.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -131,7 +139,7 @@ static void a_expert(struct kcpu_ctx *c, const float *x, const struct be_lte_ffn
  * on from one expert into its next; larger steps balance them dynamically. */
 static void phase_a_grouped(struct kcpu_ctx *c, const float *x, int n, const struct be_lte_ffn *p,
                             const struct lte_lists *L, float *hc, int *failed) {
-    const int S = p->expert_size, na = L->n_act;
+    const int S = p->expert_size, na = L->n_act, same = p->gate->nb1 == p->up->nb1;
     const int64_t dim = p->gate->ne[0], ldd = pad16(dim);
     const size_t scr_n = dim > KCPU_KBLOCK_MIN ? KCPU_SCR_FLOATS(S) : 0;
     const size_t need = (size_t)LTE_CH * (size_t)dim + 2 * (size_t)LTE_CH * S + (size_t)S * ldd + scr_n;
@@ -151,7 +159,7 @@ static void phase_a_grouped(struct kcpu_ctx *c, const float *x, int n, const str
         if (n <= KCPU_DECODE_MAX) {
             int k0 = (int)((int64_t)na * tid / nt), k1 = (int)((int64_t)na * (tid + 1) / nt);
             for (int k = k0; buf && k < k1; k++)
-                a_expert(c, x, p, L, hc, &b, L->act[k], k + 1 < k1 ? L->act[k + 1] : -1, k > k0);
+                a_expert(c, x, p, L, hc, &b, L->act[k], k + 1 < k1 ? L->act[k + 1] : -1, k > k0 && same);
         } else {
 #pragma omp for schedule(dynamic, 1)
             for (int k = 0; k < na; k++)
