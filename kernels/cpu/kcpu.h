@@ -103,7 +103,8 @@ struct kcpu_isa {
     const char *name;
     int vlen; /* V of the determinism contract */
     /* Fused decode for rows [r0, r1), all n tokens (processed in groups of
-     * KCPU_DECODE_MAX); streams each weight row once per token group. */
+     * KCPU_DECODE_MAX); streams each weight row once per token group. Stores
+     * into y, or adds into mm->yadd rows; prefetches as mm->pf_* say. */
     void (*gemv)(const struct kcpu_mm *mm, int64_t r0, int64_t r1);
     /* Dequantise rows [r0, r0+nr) into dst[nr][ldd] (ldd >= K): exactly the
      * weights the decode path uses, bit for bit; elements [K, ldd) of each row
