@@ -82,12 +82,13 @@ AI void gv_out(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, vf a
 }
 
 /* Where a gv_T call on rows r.. prefetches: the row group pf bytes ahead, or
- * its continuation past mm->pf_lim at mm->pf_next, or nowhere (NULL). */
+ * its continuation past mm->pf_lim at mm->pf_next, or else the rows being
+ * read (already in L1: the loops keep one unconditional prefetch). */
 AI const uint8_t *gv_pf(const struct kcpu_mm *mm, int64_t r, int RG, size_t pf) {
-    const uint8_t *p = mm->w + (size_t)r * mm->nb1 + pf;
+    const uint8_t *w = mm->w + (size_t)r * mm->nb1, *p = w + pf;
     if (!mm->pf_lim || p + (size_t)RG * mm->nb1 <= mm->pf_lim)
         return p;
-    return p >= mm->pf_lim && mm->pf_next ? mm->pf_next + (p - mm->pf_lim) : NULL;
+    return p >= mm->pf_lim && mm->pf_next ? mm->pf_next + (p - mm->pf_lim) : w;
 }
 
 AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
@@ -268,7 +269,7 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
             for (int i = 0; i < RG; i++) {                                                  \
                 const size_t bo = (size_t)i * mm->nb1 + (size_t)ib * (SZ);                  \
                 const uint8_t *bp = wr + bo;                                                \
-                for (int o = 0; pfp && o < (SZ); o += 64) /* same block, next row group */  \
+                for (int o = 0; o < (SZ); o += 64) /* same block, next row group */         \
                     _mm_prefetch((const char *)pfp + bo + o, _MM_HINT_T1);                  \
                 prep_##T(&st[i], bp);                                                       \
             }                                                                               \
@@ -291,7 +292,7 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
     AI void gv16_##T(const struct kcpu_mm *mm, int64_t r, int t0, int NT, const uint8_t *pfp) { \
         const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
-        for (size_t o = 0; pfp && o < 16 * mm->nb1; o += 64)                                \
+        for (size_t o = 0; o < 16 * mm->nb1; o += 64)                                       \
             _mm_prefetch((const char *)pfp + o, _MM_HINT_T1);                               \
         __m128 res[KCPU_DECODE_MAX][4];                                                     \
         for (int q = 0; q < 4; q++) {                                                       \
@@ -364,9 +365,8 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
             for (int j = 0; j < NT; j++)                                                    \
                 xv[j] = _mm512_loadu_ps(xr + j * mm->ldx + k);                              \
             for (int i = 0; i < RG; i++) {                                                  \
-                if (pfp)                                                                    \
-                    _mm_prefetch((const char *)pfp + (size_t)i * mm->nb1 + (size_t)k * esz,     \
-                                 _MM_HINT_T1);                                              \
+                _mm_prefetch((const char *)pfp + (size_t)i * mm->nb1 + (size_t)k * esz,         \
+                             _MM_HINT_T1);                                                  \
                 vf wv = ld_##T(wr + (size_t)i * mm->nb1, k);                                \
                 for (int j = 0; j < NT; j++)                                                \
                     acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);                      \
