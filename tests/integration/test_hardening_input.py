@@ -63,9 +63,11 @@ def test_health_answers_while_a_big_tokenize_runs(gemma):
 
     def tokenize():
         t0 = time.monotonic()
-        result["status"], _, data = request(gemma, "POST", "/tokenize", body, timeout=120)
+        result["status"], _, result["data"] = request(gemma, "POST", "/tokenize", body,
+                                                      timeout=120)
         result["elapsed"] = time.monotonic() - t0
-        result["count"] = json.loads(data).get("count") if result["status"] == 200 else None
+        # The answer (several MB of JSON) is parsed after the probing ends: json.loads
+        # holds the GIL for ~100 ms and would show up as a slow /health here.
 
     th = threading.Thread(target=tokenize)
     th.start()
@@ -78,7 +80,9 @@ def test_health_answers_while_a_big_tokenize_runs(gemma):
         assert st == 200
         time.sleep(0.02)
     th.join()
-    assert result["status"] == 200 and result["count"] > 1_000_000, result
+    assert result["status"] == 200, result["status"]
+    count = json.loads(result["data"]).get("count")
+    assert count > 1_000_000, count
     assert max(lat) < 0.1, f"/health took {max(lat) * 1000:.0f} ms while /tokenize ran ({lat})"
     assert len(lat) >= 3, f"the tokenize was too quick to measure ({result['elapsed']:.2f}s)"
 
