@@ -91,18 +91,20 @@ def test_a_prompt_far_over_the_context_is_refused_without_tokenising_it(gemma):
     """13 MB of text against a 4096-token context: the answer must not wait
     for the whole text to be tokenised (compared with /tokenize of the same)."""
     text = words(13_000_000)
-    t0 = time.monotonic()
-    st, body, _ = post_json(gemma, "/v1/completions", {"prompt": text, "max_tokens": 1},
-                            timeout=120)
-    refuse = time.monotonic() - t0
-    err = assert_error(st, body, 400, "prompt")
-    assert err["code"] == "context_length_exceeded", err
-    assert "4096" in err["message"], err
-    t0 = time.monotonic()
-    st, _, _ = request(gemma, "POST", "/tokenize", {"prompt": text}, timeout=120)
-    full = time.monotonic() - t0
-    assert st == 200
-    assert refuse < 0.5 * full, f"refused in {refuse:.2f}s, a full tokenize takes {full:.2f}s"
+    refuse, full = [], []
+    for _ in range(2):  # alternating, the best of two: a loaded machine slows either one
+        t0 = time.monotonic()
+        st, body, _ = post_json(gemma, "/v1/completions", {"prompt": text, "max_tokens": 1},
+                                timeout=120)
+        refuse.append(time.monotonic() - t0)
+        err = assert_error(st, body, 400, "prompt")
+        assert err["code"] == "context_length_exceeded", err
+        assert "4096" in err["message"], err
+        t0 = time.monotonic()
+        st, _, _ = request(gemma, "POST", "/tokenize", {"prompt": text}, timeout=120)
+        full.append(time.monotonic() - t0)
+        assert st == 200
+    assert min(refuse) < 0.5 * min(full), f"refused in {refuse} s, a full tokenize takes {full} s"
     # chat prompts too
     st, body, _ = post_json(gemma, "/v1/chat/completions",
                             {"messages": [{"role": "user", "content": text[:4_000_000]}]},

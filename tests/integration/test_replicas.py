@@ -216,8 +216,9 @@ def test_request_id_passes_through(farm):
     assert st == 200 and hdrs["x-request-id"] == "trace-123", hdrs
     st, hdrs, _ = post(farm.proxy, {"model": "tiny", "prompt": "a", "max_tokens": 1})
     assert st == 200 and re.fullmatch(r"[0-9a-f]{32}", hdrs["x-request-id"]), hdrs
-    logs = "".join(r.log() for r in farm.replicas)
-    assert "[trace-123] POST /v1/completions 200" in logs
+    # the access log line is written once the answer has gone out: poll for it
+    wait_until(lambda: any("[trace-123] POST /v1/completions 200" in r.log()
+                           for r in farm.replicas), "the replica's access log names trace-123")
 
 
 def test_session_affinity(farm):
