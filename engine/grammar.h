@@ -136,5 +136,12 @@ void gram_matcher_counters(const struct gram_matcher *m, uint64_t *walks, uint64
 
 /* logits[i] = -inf for every i whose mask bit is clear (i < n_vocab). */
 void gram_apply_mask(float *logits, int32_t n_vocab, const uint32_t *mask);
+/* The ids i < n whose mask bit is set, in increasing order, into ids[] and
+ * their logits into vals[]; the count. When more than cap are set it writes
+ * nothing and returns -1 (the caller masks the whole row instead). A sampler
+ * run on the few allowed entries reads a few KB where a masked 262144-entry
+ * row costs a write pass and the sampler's passes over 1 MB. */
+int32_t gram_mask_gather(const uint32_t *mask, int32_t n, const float *logits, int32_t cap, int32_t *ids,
+                         float *vals);
 
 #endif

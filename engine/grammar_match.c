@@ -721,3 +721,23 @@ void gram_apply_mask(float *logits, int32_t n_vocab, const uint32_t *mask) {
     for (int32_t i = full * 32; i < n_vocab; i++)
         if (!((mask[i >> 5] >> (i & 31)) & 1u)) logits[i] = ninf;
 }
+
+int32_t gram_mask_gather(const uint32_t *mask, int32_t n, const float *logits, int32_t cap, int32_t *ids,
+                         float *vals) {
+    int32_t nw = n / 32, tail = n % 32, count = 0;
+    uint32_t last = tail ? mask[nw] & ((1u << tail) - 1u) : 0;
+    for (int32_t w = 0; w < nw; w++) count += __builtin_popcount(mask[w]);
+    count += __builtin_popcount(last);
+    if (count > cap) return -1;
+    int32_t k = 0;
+    for (int32_t w = 0; w <= nw; w++) {
+        uint32_t bits = w < nw ? mask[w] : last;
+        while (bits) {
+            int32_t id = w * 32 + __builtin_ctz(bits);
+            bits &= bits - 1;
+            ids[k] = id;
+            vals[k++] = logits[id];
+        }
+    }
+    return k;
+}

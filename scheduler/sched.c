@@ -429,6 +429,8 @@ static void sched_release(struct sched *s, int queue_ok) {
     free(s->piece);
     free(s->eog_ids);
     free(s->eog_saved);
+    free(s->cand_ids);
+    free(s->cand_vals);
     free(s->hidden);
     gram_vocab_free(s->gvocab);
     gram_store_free(s->gstore);

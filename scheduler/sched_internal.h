@@ -114,6 +114,8 @@ struct sched {
     struct gram_vocab *gvocab; /* byte trie of the vocabulary, built at the first constrained request */
     struct gram_store *gstore; /* token masks shared by the matchers of equal grammars */
     float *eog_saved;      /* [64] end-of-generation logits around the grammar mask */
+    int32_t *cand_ids;     /* [SCHED_GRAM_GATHER + 64] a narrow mask's allowed ids, */
+    float *cand_vals;      /* and their logits (with the first constrained request) */
     char *piece;           /* detokenizer output for one token */
     size_t piece_cap;
     int dim;               /* hidden size of the model */
@@ -127,6 +129,9 @@ struct sched {
 /* Masks kept for constrained decoding: 512 x n_vocab bits (16 MiB for a
  * 262,144-token vocabulary). */
 #define SCHED_GRAM_MASKS 512
+/* A mask allowing at most this many tokens is sampled from the gathered
+ * allowed entries (gram_mask_gather), a wider one by masking the row. */
+#define SCHED_GRAM_GATHER 16384
 
 /* ---- sched.c (engine thread) ---- */
 

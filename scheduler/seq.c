@@ -165,12 +165,44 @@ void seq_prompt_logprobs(struct sched *s, struct seq *q, const float *rows, int3
     }
 }
 
+/* The end-of-generation ids in the gathered candidates (sorted, both): each
+ * one in when keep (at its logit), out otherwise; the new count. */
+static int32_t cand_set_eog(struct sched *s, int32_t n, const float *logits, int keep) {
+    int32_t *ids = s->cand_ids;
+    float *vals = s->cand_vals;
+    for (int32_t e = 0; e < s->n_eog; e++) {
+        int32_t id = s->eog_ids[e], lo = 0, hi = n;
+        while (lo < hi) {
+            int32_t mid = (lo + hi) / 2;
+            if (ids[mid] < id) lo = mid + 1;
+            else hi = mid;
+        }
+        int present = lo < n && ids[lo] == id;
+        if (keep && !present && id < s->n_sample) {
+            memmove(ids + lo + 1, ids + lo, sizeof(int32_t) * (size_t)(n - lo));
+            memmove(vals + lo + 1, vals + lo, sizeof(float) * (size_t)(n - lo));
+            ids[lo] = id, vals[lo] = logits[id], n++;
+        } else if (!keep && present) {
+            memmove(ids + lo, ids + lo + 1, sizeof(int32_t) * (size_t)(n - lo - 1));
+            memmove(vals + lo, vals + lo + 1, sizeof(float) * (size_t)(n - lo - 1));
+            n--;
+        }
+    }
+    return n;
+}
+
 /* The grammar mask over logits (after bias and penalties): rejected tokens
  * get -inf; end-of-generation tokens keep their logits only when the grammar
- * is complete (and min_tokens allows). 0 or a negative code (q->gram_msg). */
-static int seq_apply_grammar(struct sched *s, struct seq *q, float *logits, int eog_ok) {
+ * is complete (and min_tokens allows). A narrow mask leaves the row alone:
+ * *n_cand > 0 allowed entries are gathered into s->cand_ids / cand_vals
+ * instead (masked entries carry no mass: the same distribution, the same
+ * greedy pick); else *n_cand = -1 and the row is masked. Which of the two a
+ * step takes depends on the mask only, so seeded draws stay reproducible.
+ * 0 or a negative code (q->gram_msg). */
+static int seq_apply_grammar(struct sched *s, struct seq *q, float *logits, int eog_ok, int32_t *n_cand) {
     const struct req_params *p = &q->req->p;
     int rc = 0;
+    *n_cand = -1;
     if (!s->gvocab && ((rc = gram_vocab_new(&s->gvocab, s->tok)) != 0 ||
                        (rc = gram_store_new(&s->gstore, s->n_vocab, SCHED_GRAM_MASKS)) != 0)) {
         gram_vocab_free(s->gvocab);
@@ -178,6 +210,8 @@ static int seq_apply_grammar(struct sched *s, struct seq *q, float *logits, int 
         q->gram_msg = "constrained decoding: could not index the vocabulary";
         return rc;
     }
+    if (!s->cand_ids) s->cand_ids = malloc(sizeof(int32_t) * (SCHED_GRAM_GATHER + 64));
+    if (!s->cand_vals) s->cand_vals = malloc(sizeof(float) * (SCHED_GRAM_GATHER + 64));
     if (!q->gm) {
         rc = gram_matcher_new(&q->gm, p->grammar, s->gvocab, s->gstore);
         for (int32_t i = q->n_prompt; rc == 0 && i < q->n_tokens; i++) /* never needed today: defensive */
@@ -197,6 +231,13 @@ static int seq_apply_grammar(struct sched *s, struct seq *q, float *logits, int 
     /* ignore_eos: an end token would not end the text, and the grammar cannot
      * take it as text either, so it stays banned */
     int keep_eog = eog_ok && !p->ignore_eos && gram_matcher_is_complete(q->gm);
+    if (s->cand_ids && s->cand_vals) {
+        int32_t n = gram_mask_gather(mask, s->n_sample, logits, SCHED_GRAM_GATHER, s->cand_ids, s->cand_vals);
+        if (n >= 0 && (n = cand_set_eog(s, n, logits, keep_eog)) > 0) {
+            *n_cand = n;
+            return 0;
+        }
+    }
     for (int32_t i = 0; i < s->n_eog; i++) s->eog_saved[i] = keep_eog ? logits[s->eog_ids[i]] : -INFINITY;
     gram_apply_mask(logits, s->n_vocab, mask);
     for (int32_t i = 0; i < s->n_eog; i++) logits[s->eog_ids[i]] = s->eog_saved[i];
@@ -221,11 +262,15 @@ int32_t seq_sample(struct sched *s, struct seq *q, float *logits) {
     int eog_ok = !(q->n_gen < p->min_tokens && !p->ignore_eos);
     if (!eog_ok)
         for (int32_t i = 0; i < s->n_eog; i++) logits[s->eog_ids[i]] = -INFINITY;
+    int32_t n_cand = -1, tok;
     if (p->grammar) {
-        int rc = seq_apply_grammar(s, q, logits, eog_ok);
+        int rc = seq_apply_grammar(s, q, logits, eog_ok, &n_cand);
         if (rc) return rc;
     }
-    int32_t tok = smp_sample(&q->rng, &p->smp, logits, V, s->smp_work, NULL);
+    if (n_cand > 0)
+        tok = s->cand_ids[smp_sample(&q->rng, &p->smp, s->cand_vals, n_cand, s->smp_work, NULL)];
+    else
+        tok = smp_sample(&q->rng, &p->smp, logits, V, s->smp_work, NULL);
     if (p->logprobs >= 0) record_logprobs(q->req, s->raw_row, V, lse, tok, 0, NAN);
     return tok;
 }

@@ -18,6 +18,7 @@
 
 #include "engine/gguf.h"
 #include "engine/grammar.h"
+#include "engine/sampler.h"
 #include "engine/tokenizer.h"
 #include "kernels/ss_error.h"
 #include "tools/genmodel.h"
@@ -549,6 +550,47 @@ START_TEST(apply_mask) {
 }
 END_TEST
 
+/* gram_mask_gather against a bit-by-bit reading of the mask (densities from
+ * one bit to all, a partial last word, the cap), and the greedy pick over the
+ * gathered entries equals the pick over the masked row (the scheduler samples
+ * narrow masks that way). */
+START_TEST(mask_gather) {
+    const int32_t sizes[] = {70, 1000, 262144};
+    const uint32_t keep_below[] = {1, 1u << 20, 1u << 28, 0xFFFFFFFFu};
+    uint64_t x = 88172645463325252ull;
+    for (size_t a = 0; a < sizeof sizes / sizeof *sizes; a++)
+        for (size_t d = 0; d < sizeof keep_below / sizeof *keep_below; d++) {
+            int32_t n = sizes[a], nw = (n + 31) / 32, want = 0;
+            uint32_t *mask = calloc((size_t)nw, sizeof *mask);
+            float *lg = malloc(sizeof(float) * (size_t)n), *vals = malloc(sizeof(float) * (size_t)n);
+            int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
+            void *work = malloc((size_t)n * 8);
+            for (int32_t i = 0; i < n; i++) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                lg[i] = (float)(x % 20011) / 1000.0f;
+                if ((uint32_t)(x >> 32) < keep_below[d] || i == n - 1) mask[i >> 5] |= 1u << (i & 31);
+            }
+            mask[nw - 1] |= n % 32 ? ~0u << (n % 32) : 0; /* bits past n: never gathered */
+            for (int32_t i = 0; i < n; i++) want += (mask[i >> 5] >> (i & 31)) & 1;
+            ck_assert_int_eq(gram_mask_gather(mask, n, lg, want - 1, ids, vals), -1);
+            ck_assert_int_eq(gram_mask_gather(mask, n, lg, want, ids, vals), want);
+            for (int32_t i = 0, k = 0; i < n; i++)
+                if ((mask[i >> 5] >> (i & 31)) & 1) {
+                    ck_assert_int_eq(ids[k], i);
+                    ck_assert(vals[k] == lg[i]);
+                    k++;
+                }
+            struct smp_params sp;
+            smp_params_default(&sp);
+            sp.temperature = 0;
+            int32_t g = ids[smp_sample(NULL, &sp, vals, want, work, NULL)];
+            gram_apply_mask(lg, n, mask);
+            ck_assert_int_eq(g, smp_sample(NULL, &sp, lg, n, work, NULL));
+            free(mask), free(lg), free(vals), free(ids), free(work);
+        }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("grammar");
     const struct tu_case tests[] = {
@@ -556,6 +598,7 @@ int main(void) {
         {"gbnf_hostile", gbnf_hostile},     {"regex_basics", regex_basics},   {"choice_basics", choice_basics},
         {"schema_object", schema_object},   {"schema_refs", schema_refs},     {"schema_errors", schema_errors},
         {"mask_oracle_gen", mask_oracle_gen}, {"store_sharing", store_sharing}, {"mask_oracle_gemma", mask_oracle_gemma}, {"apply_mask", apply_mask},
+        {"mask_gather", mask_gather},
     };
     tu_check_add(s, tests, TU_NCASES(tests), 300);
     int failed = tu_check_run(s);
