@@ -66,8 +66,12 @@ static void g_gemv(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {
                 for (int j = 0; j < nt; j++)
                     g_dot8(acc[j], buf, mm->x + (size_t)(t0 + j) * mm->ldx + k0, len);
             }
-            for (int j = 0; j < nt; j++)
-                mm->y[(size_t)(t0 + j) * mm->ldy + r] = g_hsum8(acc[j]);
+            for (int j = 0; j < nt; j++) {
+                if (mm->yadd)
+                    mm->yadd[t0 + j][r] += g_hsum8(acc[j]);
+                else
+                    mm->y[(size_t)(t0 + j) * mm->ldy + r] = g_hsum8(acc[j]);
+            }
         }
     }
 }

@@ -28,6 +28,46 @@ AI float hsum8(vf v) {
     return _mm_cvtss_f32(b);
 }
 
+/* hsum8 of four vectors at once, same pairings and operand order (so the
+ * same bits), as the four lanes of the result. */
+AI __m128 hsum8x4(vf a, vf b, vf c, vf d) {
+    vf ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31)); /* (l, l+4) */
+    vf cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    vf w = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2))); /* (l, l+2) */
+    vf z = _mm256_hadd_ps(w, w);                                                /* (0, 1): a c a c | b d b d */
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
+}
+
+/* End of a gv_T call: the RG x NT dot products of rows r.. and tokens t0..,
+ * stored into y, or added into yadd rows (kcpu_mm) with hsum8x4 for 4 rows. */
+AI void gv_out(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, vf acc[4][KCPU_DECODE_MAX]) {
+    if (!mm->yadd) {
+        for (int i = 0; i < RG; i++)
+            for (int j = 0; j < NT; j++)
+                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum8(acc[i][j]);
+    } else if (RG == 4) {
+        for (int j = 0; j < NT; j++) {
+            float *p = mm->yadd[t0 + j] + r;
+            _mm_storeu_ps(p, _mm_add_ps(_mm_loadu_ps(p), hsum8x4(acc[0][j], acc[1][j], acc[2][j], acc[3][j])));
+        }
+    } else {
+        for (int i = 0; i < RG; i++)
+            for (int j = 0; j < NT; j++)
+                mm->yadd[t0 + j][r + i] += hsum8(acc[i][j]);
+    }
+}
+
+/* Where a gv_T call on rows r.. prefetches: the row group pf bytes ahead, or
+ * its continuation past mm->pf_lim at mm->pf_next, or else the rows being
+ * read (already in L1: the loops keep one unconditional prefetch). */
+AI const uint8_t *gv_pf(const struct kcpu_mm *mm, int64_t r, int RG, size_t pf) {
+    const uint8_t *w = mm->w + (size_t)r * mm->nb1, *p = w + pf;
+    if (!mm->pf_lim || p + (size_t)RG * mm->nb1 <= mm->pf_lim)
+        return p;
+    return p >= mm->pf_lim && mm->pf_next ? mm->pf_next + (p - mm->pf_lim) : w;
+}
+
 AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
 AI __m256i ld_u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 AI __m256i c32(int v) { return _mm256_set1_epi32(v); }
@@ -179,12 +219,14 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
         const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
         const size_t pf = kcpu_pf_dist((size_t)RG * mm->nb1);                              \
+        const uint8_t *pfp = gv_pf(mm, r, RG, pf);                                         \
         for (int64_t ib = 0; ib < nb; ib++) {                                               \
             st_##T st[4];                                                                   \
             for (int i = 0; i < RG; i++) {                                                  \
-                const uint8_t *bp = wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ);           \
+                const size_t bo = (size_t)i * mm->nb1 + (size_t)ib * (SZ);                  \
+                const uint8_t *bp = wr + bo;                                                \
                 for (int o = 0; o < (SZ); o += 64) /* same block, next row group */         \
-                    _mm_prefetch((const char *)bp + pf + o, _MM_HINT_T1);                   \
+                    _mm_prefetch((const char *)pfp + bo + o, _MM_HINT_T1);                  \
                 prep_##T(&st[i], bp);                                                       \
             }                                                                               \
             for (int c = 0; c < (BS) / V; c++) {                                            \
@@ -198,9 +240,7 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
-        for (int i = 0; i < RG; i++)                                                        \
-            for (int j = 0; j < NT; j++)                                                    \
-                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum8(acc[i][j]);               \
+        gv_out(mm, r, t0, RG, NT, acc);                                                     \
     }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
@@ -230,12 +270,13 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
         const int64_t K = mm->K;                                                            \
         int64_t k = 0;                                                                      \
         const size_t pf = kcpu_pf_dist((size_t)RG * mm->nb1), esz = ESZ_##T;               \
+        const uint8_t *pfp = gv_pf(mm, r, RG, pf);                                         \
         for (; k + V <= K; k += V) {                                                        \
             vf xv[KCPU_DECODE_MAX];                                                         \
             for (int j = 0; j < NT; j++)                                                    \
                 xv[j] = _mm256_loadu_ps(xr + j * mm->ldx + k);                              \
             for (int i = 0; i < RG; i++) {                                                  \
-                _mm_prefetch((const char *)wr + (size_t)i * mm->nb1 + pf + (size_t)k * esz,  \
+                _mm_prefetch((const char *)pfp + (size_t)i * mm->nb1 + (size_t)k * esz,         \
                              _MM_HINT_T1);                                                  \
                 vf wv = ld_##T(wr + (size_t)i * mm->nb1, k);                                \
                 for (int j = 0; j < NT; j++)                                                \
@@ -252,9 +293,7 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
                     acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);                      \
             }                                                                               \
         }                                                                                   \
-        for (int i = 0; i < RG; i++)                                                        \
-            for (int j = 0; j < NT; j++)                                                    \
-                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum8(acc[i][j]);               \
+        gv_out(mm, r, t0, RG, NT, acc);                                                     \
     }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
@@ -286,7 +325,8 @@ DEF_LINEAR(bf16)
  * leftover rows one by one. */
 #define GEMV_DRIVER(T)                                                                      \
     static void gemv_##T(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                \
-        kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1);     \
+        if (!mm->pf_warm)                                                                   \
+            kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1); \
         for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
             int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
             int64_t r = r0;                                                                 \
