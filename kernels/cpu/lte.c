@@ -90,7 +90,7 @@ static void rows_times(const struct kcpu_isa *isa, const uint8_t *w, size_t nb1,
     struct kcpu_mm mm = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .w = w, .nb1 = nb1, .type = type, .K = K,
                          .n = c, .pf_lim = w + (size_t)nr * nb1, .pf_next = pf_next, .pf_warm = warm};
     if (c <= KCPU_DECODE_MAX) {
-        isa->gemv(&mm, 0, nr);
+        isa->gemv_lte(&mm, 0, nr);
         return;
     }
     isa->dequant_rows(&mm, 0, nr, tile, ldd);
@@ -220,7 +220,7 @@ static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const str
                 struct kcpu_mm mm = {.x = hc + (size_t)i0 * S, .ldx = S, .w = we, .nb1 = dw->nb1, .type = dw->type,
                                      .K = S, .n = cnt, .yadd = yr, .pf_lim = we + (size_t)d1 * dw->nb1,
                                      .pf_next = wn, .pf_warm = warm};
-                c->isa->gemv(&mm, d0, d1);
+                c->isa->gemv_lte(&mm, d0, d1);
                 warm = wn != NULL;
                 continue;
             }

@@ -147,6 +147,7 @@ const struct kcpu_isa kcpu_isa_generic = {
     .name = "generic",
     .vlen = GV,
     .gemv = g_gemv,
+    .gemv_lte = g_gemv,
     .dequant_rows = g_dequant_rows,
     .gemm_tile = g_gemm_tile,
     .attn_scores = g_attn_scores,

@@ -1,5 +1,5 @@
 /* test_kernels_lte.c - the CPU kernel pieces of LTE's decode path
- * (kernels/cpu/lte.c phase B): gemv's add mode (kcpu_mm.yadd: an expert's
+ * (kernels/cpu/lte.c phase B): gemv_lte: gemv's store mode (gemv's bits) and add mode (kcpu_mm.yadd: an expert's
  * down product added straight into the output rows; on AVX-512, one-block
  * rows go 16 at a time) and its prefetch bounds (pf_lim / pf_next / pf_warm),
  * for every instruction set this CPU runs. The whole LTE FFN is checked in
@@ -51,6 +51,13 @@ static void gemv_add_case(int type, int64_t K) {
                                   "%s type %d K %ld n %d: row %d token %d %g vs %g", isas[s], type, (long)K, n, r, j,
                                   y[j * R + r], ref[j * R + r]);
                 }
+            float yl[4 * R]; /* gemv_lte in store mode: gemv's bits */
+            memset(yl, 0, sizeof yl);
+            mm.y = yl;
+            isa->gemv_lte(&mm, R0, R1);
+            mm.y = y;
+            ck_assert_msg(memcmp(yl, y, sizeof y) == 0, "%s type %d K %ld n %d: gemv_lte store != gemv", isas[s],
+                          type, (long)K, n);
             float *rows[4] = {ya, ya + R, ya + 2 * R, ya + 3 * R};
             struct kcpu_mm ma = mm;
             ma.yadd = rows;
@@ -58,7 +65,7 @@ static void gemv_add_case(int type, int64_t K) {
             ma.pf_next = w;
             ma.pf_warm = n & 1;
             memcpy(ya, prior, sizeof ya);
-            isa->gemv(&ma, R0, R1);
+            isa->gemv_lte(&ma, R0, R1);
             for (int j = 0; j < 4; j++)
                 for (int r = 0; r < R; r++) {
                     float want = j < n && r >= R0 && r < R1 ? prior[j * R + r] + y[j * R + r] : prior[j * R + r];
