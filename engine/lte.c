@@ -190,7 +190,9 @@ void eng_lte_free(struct eng_model *m) {
  * n 1 and 1.0 at n 4, F16 0.9 at n 1 and 4); from n = 16 on grouped was faster
  * at every fraction up to 1.0 for all three types (its gate/up work shrinks
  * with the fraction while the fallback's does not). The crossover did not
- * depend on the type within the noise, hence one rule. */
+ * depend on the type within the noise, hence one rule. Rechecked after the
+ * decode path's prefetch and down-product work (README "LTE"): crossovers at
+ * n 1 and 4 between 0.7 and 1.0, grouped ahead at 0.5 for Q8_0/Q4_0. */
 static int use_dense(int n, double active_frac) { return n <= 4 && active_frac >= 0.9; }
 
 void eng_lte_ffn(const struct eng_model *m, struct be *be, const struct eng_layer *L,

@@ -2,6 +2,7 @@
  *
  *   bench_forward MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]
  *                       [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]
+ *                       [-B SEQS]
  *
  * One sequence: prefills a context of synthetic token ids, then decodes
  * N_DECODE tokens one at a time (greedy on the logits, so the work is real).
@@ -18,6 +19,11 @@
  * eng_model_kv_bytes_per_token()). Times are the median of REPEATS runs
  * (each from an empty cache; the runs are identical). Not a test: no
  * pass/fail.
+ *
+ * -B SEQS (> 1, models with one KV level): batched decode. SEQS sequences on
+ * disjoint pages, each prefilled alone with its own token ids (the prefill
+ * figure counts all of them), then decoded together: every step is one
+ * forward of SEQS sequences x 1 token; decode tokens/s counts every sequence.
  *
  * Levels (engine.h "KV units and levels"): identity per-layer tables over
  * every page of the pool (eng_kv_identity_tables), whose first pages every
@@ -94,10 +100,79 @@ static double bench_kv_bytes(const struct bench *B) {
     return sum;
 }
 
+/* -B: n_seqs sequences prefilled one by one, then decoded together (file
+ * comment). Prints the figures; returns 0 or a negative SS_E* code. */
+static int bench_batch(struct eng_model *m, int n_seqs, int ctx, int chunk, int n_decode, int repeats) {
+    const struct eng_config *c = eng_model_config(m);
+    const int32_t np = eng_model_n_pages(m), pps = np / n_seqs, V = c->n_vocab;
+    if (eng_model_n_levels(m) != 1) {
+        fprintf(stderr, "-B: only models with one KV level\n");
+        return SS_EINVAL;
+    }
+    if (pps < (ctx + n_decode + 15) / 16) {
+        fprintf(stderr, "-B: %d pages are too few for %d sequences\n", np, n_seqs);
+        return SS_EINVAL;
+    }
+    int32_t *pages = malloc((size_t)np * sizeof *pages), *past = calloc((size_t)n_seqs, sizeof *past);
+    int32_t *toks = malloc((size_t)(ctx > n_seqs ? ctx : n_seqs) * sizeof *toks);
+    struct eng_kv_tables *kvt = calloc((size_t)n_seqs, sizeof *kvt);
+    struct eng_seq *seqs = calloc((size_t)n_seqs, sizeof *seqs);
+    float *logits = malloc((size_t)n_seqs * (size_t)V * sizeof *logits);
+    double *t_pre = malloc((size_t)repeats * sizeof *t_pre), *t_dec = malloc((size_t)repeats * sizeof *t_dec);
+    int rc = pages && past && toks && kvt && seqs && logits && t_pre && t_dec ? 0 : SS_ENOMEM;
+    for (int32_t i = 0; rc == 0 && i < np; i++) pages[i] = i;
+    for (int s = 0; rc == 0 && s < n_seqs; s++) rc = eng_kv_identity_tables(&kvt[s], m, pages + (size_t)s * pps, pps);
+    for (int rep = 0; rep < repeats && rc == 0; rep++) {
+        double t0 = now_s();
+        for (int s = 0; s < n_seqs && rc == 0; s++) { /* prefill: one sequence at a time */
+            past[s] = 0;
+            for (int i = 0; i < ctx && rc == 0; i += chunk) {
+                int n = ctx - i < chunk ? ctx - i : chunk;
+                for (int j = 0; j < n; j++) toks[j] = (int32_t)(((int64_t)(i + j) * 7919 + 13 + 104729 * s) % V);
+                seqs[0] = (struct eng_seq){.n_tok = n, .n_past = past[s], .layer_pages = kvt[s].rows,
+                                           .layer_n_pages = kvt[s].n_pages, .want_logits = 1};
+                struct eng_batch b = {.tokens = toks, .n_tokens = n, .seqs = seqs, .n_seqs = 1};
+                rc = eng_forward(m, &b, logits + (size_t)s * V);
+                past[s] += n;
+            }
+        }
+        double t1 = now_s();
+        for (int s = 0; s < n_seqs && rc == 0; s++) toks[s] = argmax(logits + (size_t)s * V, V);
+        for (int step = 0; step < n_decode && rc == 0; step++) {
+            for (int s = 0; s < n_seqs; s++)
+                seqs[s] = (struct eng_seq){.tok0 = s, .n_tok = 1, .n_past = past[s], .layer_pages = kvt[s].rows,
+                                           .layer_n_pages = kvt[s].n_pages, .want_logits = 1};
+            struct eng_batch b = {.tokens = toks, .n_tokens = n_seqs, .seqs = seqs, .n_seqs = n_seqs};
+            rc = eng_forward(m, &b, logits);
+            for (int s = 0; s < n_seqs && rc == 0; s++) {
+                past[s]++;
+                toks[s] = argmax(logits + (size_t)s * V, V);
+            }
+        }
+        t_pre[rep] = t1 - t0;
+        t_dec[rep] = now_s() - t1;
+    }
+    if (rc == 0) {
+        double pre_s = median(t_pre, repeats), dec_s = median(t_dec, repeats);
+        printf("model %s (%s): %d layers, dim %d, ffn %d, vocab %d\n", c->name, c->arch_name, c->n_layers, c->dim,
+               c->ffn_dim, c->n_vocab);
+        printf("prefill %d sequences x %d tokens, one at a time: %.1f tokens/s (median of %d)\n", n_seqs, ctx,
+               (double)n_seqs * ctx / pre_s, repeats);
+        printf("decode %d sequences x %d tokens at context %d: %.2f tokens/s, %.2f ms/step\n", n_seqs, n_decode,
+               ctx, (double)n_seqs * n_decode / dec_s, 1e3 * dec_s / n_decode);
+    } else {
+        fprintf(stderr, "batch: %s\n", ss_strerror(rc));
+    }
+    for (int s = 0; kvt && s < n_seqs; s++) eng_kv_tables_free(&kvt[s]);
+    free(pages), free(past), free(toks), free(kvt), free(seqs), free(logits), free(t_pre), free(t_dec);
+    return rc;
+}
+
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]\n"
-            "          [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]  (-a: activation precision)\n",
+            "          [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]  (-a: activation precision)\n"
+            "          [-B SEQS]  (batched decode of SEQS sequences)\n",
             argv0);
 }
 
@@ -106,7 +181,7 @@ int main(int argc, char **argv) {
         usage(argv[0]);
         return 2;
     }
-    int n_decode = 64, n_ctx_arg = 0, n_prefill = 32, chunk = 0, repeats = 3;
+    int n_decode = 64, n_ctx_arg = 0, n_prefill = 32, chunk = 0, repeats = 3, n_seqs = 1;
     struct eng_options opt = {0};
     for (int i = 2; i < argc; i += 2) {
         if (i + 1 >= argc) {
@@ -120,6 +195,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-b")) chunk = atoi(v);
         else if (!strcmp(argv[i], "-t")) opt.n_threads = atoi(v);
         else if (!strcmp(argv[i], "-r")) repeats = atoi(v);
+        else if (!strcmp(argv[i], "-B") && atoi(v) >= 1 && atoi(v) <= 256) n_seqs = atoi(v);
         else if (!strcmp(argv[i], "-kv")) opt.kv_type = !strcmp(v, "f32") ? ENG_KV_F32 : ENG_KV_F16;
         else if (!strcmp(argv[i], "-lte")) opt.lte_off = !strcmp(v, "off"); /* on | off (LTE files) */
         else if (!strcmp(argv[i], "-a") && eng_act_parse(v, &opt.act_precision) == 0) continue;
@@ -135,8 +211,8 @@ int main(int argc, char **argv) {
     if (chunk < 1) chunk = long_ctx ? 512 : ctx;
     if (chunk > ctx) chunk = ctx;
     opt.n_ctx = ctx + n_decode;
-    opt.kv_default_seqs = 1;
-    opt.max_batch_tokens = chunk;
+    opt.kv_default_seqs = n_seqs;
+    opt.max_batch_tokens = chunk > n_seqs ? chunk : n_seqs;
 
     char err[256];
     struct eng_model *m;
@@ -151,6 +227,11 @@ int main(int argc, char **argv) {
                 eng_model_n_ctx(m));
         eng_model_free(m);
         return 1;
+    }
+    if (n_seqs > 1) {
+        rc = bench_batch(m, n_seqs, ctx, chunk, n_decode, repeats);
+        eng_model_free(m);
+        return rc < 0 ? 1 : 0;
     }
     struct bench B = {.m = m, .n_vocab = c->n_vocab, .n_levels = eng_model_n_levels(m),
                       .n_pages = eng_model_n_pages(m)};

@@ -80,13 +80,14 @@ static const char *wtype_name(int t) {
     case BE_F16: return "f16";
     case BE_BF16: return "bf16";
     case BE_Q8_0: return "q8_0";
+    case BE_Q4_0: return "q4_0";
     default: return NULL;
     }
 }
 
 /* llama.cpp's general.file_type (enum llama_ftype) for the matrix type. */
 static uint32_t wtype_ftype(int t) {
-    return t == BE_F16 ? 1 : t == BE_Q8_0 ? 7 : t == BE_BF16 ? 32 : 0;
+    return t == BE_F16 ? 1 : t == BE_Q8_0 ? 7 : t == BE_Q4_0 ? 2 : t == BE_BF16 ? 32 : 0;
 }
 
 /* Architecture of the options: 0 llama, 1 qwen2, 2 gemma3, 3 subllm, -1 unknown. */
@@ -189,10 +190,11 @@ static int opts_check(const struct genmodel_opts *o, char *err, size_t err_len) 
     else if (o->n_heads % o->n_kv_heads != 0)
         why = "heads must be a multiple of kv-heads";
     else if (!wtype_name(o->wtype))
-        why = "type must be f32, f16, bf16 or q8_0";
-    else if (o->wtype == BE_Q8_0 && (o->dim % 32 != 0 || o->ffn_dim % 32 != 0 ||
-                                     (hd * o->n_kv_heads) % 32 != 0 || (hd * o->n_heads) % 32 != 0))
-        why = "q8_0 needs dim, ffn, q and kv widths to be multiples of 32";
+        why = "type must be f32, f16, bf16, q8_0 or q4_0";
+    else if ((o->wtype == BE_Q8_0 || o->wtype == BE_Q4_0) &&
+             (o->dim % 32 != 0 || o->ffn_dim % 32 != 0 || (hd * o->n_kv_heads) % 32 != 0 ||
+              (hd * o->n_heads) % 32 != 0))
+        why = "q8_0 and q4_0 need dim, ffn, q and kv widths to be multiples of 32";
     else if (!(o->rope_theta > 0.0f) || !(o->norm_eps > 0.0f))
         why = "rope_theta and norm_eps must be positive";
     else if (gm_arch(o) != GM_SUBLLM && o->structure)
@@ -212,8 +214,8 @@ static int opts_check(const struct genmodel_opts *o, char *err, size_t err_len) 
               "need --lte-expert-size";
     else if (!why && o->lte_expert_size &&
         (o->lte_expert_size < 0 || o->ffn_dim % o->lte_expert_size != 0 ||
-         (o->wtype == BE_Q8_0 && o->lte_expert_size % 32 != 0)))
-        why = "lte expert size must divide ffn (and be a multiple of 32 for q8_0)";
+         ((o->wtype == BE_Q8_0 || o->wtype == BE_Q4_0) && o->lte_expert_size % 32 != 0)))
+        why = "lte expert size must divide ffn (and be a multiple of 32 for q8_0 and q4_0)";
     else if (!why && (!(o->lte_sparsity > 0.0f && o->lte_sparsity < 1.0f) ||
                       !(o->lte_threshold >= 0.0f && o->lte_threshold < 1.0f)))
         why = "lte sparsity must be in (0, 1) and the lte threshold in (0, 1)";
@@ -328,6 +330,27 @@ void genmodel_q8_0_block(const float *x, uint8_t *out) {
     }
 }
 
+/* One Q4_0 block: m = the value of largest magnitude (first one on ties), fp16
+ * d = m / -8, q = round(x/d) + 8 clamped to [0, 15]; element j in the low
+ * nibble of byte j, element j+16 in its high nibble. */
+void genmodel_q4_0_block(const float *x, uint8_t *out) {
+    float m = 0.0f;
+    for (int i = 0; i < 32; i++)
+        if ((x[i] < 0 ? -x[i] : x[i]) > (m < 0 ? -m : m))
+            m = x[i];
+    uint16_t dh = f32_to_f16(m / -8.0f);
+    float d = f16_to_f32(dh);
+    memcpy(out, &dh, 2);
+    int q[32];
+    for (int i = 0; i < 32; i++) {
+        float v = d != 0.0f ? x[i] / d : 0.0f;
+        int r = (int)(v < 0 ? v - 0.5f : v + 0.5f) + 8; /* round half away from zero */
+        q[i] = r < 0 ? 0 : r > 15 ? 15 : r;
+    }
+    for (int j = 0; j < 16; j++)
+        out[2 + j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+}
+
 /* ----------------------------------------------------------------- tensors */
 
 /* Everything the writer's callback needs to produce one tensor. */
@@ -402,6 +425,9 @@ static int gm_fill(void *ctx, void *dst, size_t nbytes) {
                 uint16_t h = t->type == BE_F16 ? f32_to_f16(row[i]) : f32_to_bf16(row[i]);
                 memcpy(o + 2 * i, &h, 2);
             }
+        } else if (t->type == BE_Q4_0) {
+            for (int64_t b = 0; b < t->ne0 / 32; b++)
+                genmodel_q4_0_block(row + 32 * b, o + 18 * b);
         } else {
             for (int64_t b = 0; b < t->ne0 / 32; b++)
                 genmodel_q8_0_block(row + 32 * b, o + 34 * b);
@@ -691,7 +717,7 @@ static void usage(FILE *fp) {
             "  --size 1M|10M|100M|300M  preset shape (flags below override it)\n"
             "  --tokenizer spm|bpe   tokenizer kind (default spm)\n"
             "  --dim N --layers N --heads N --kv-heads N --ffn N --vocab N --ctx N\n"
-            "  --type f32|f16|bf16|q8_0  matrix type (default f32; norms stay f32)\n"
+            "  --type f32|f16|bf16|q8_0|q4_0  matrix type (default f32; norms stay f32)\n"
             "  --seed N              PRNG seed (default 1)\n"
             "  --tied                no output.weight (share token_embd)\n"
             "  --rope-theta X --norm-eps X --name NAME\n"
@@ -761,9 +787,9 @@ static int apply_flag(struct genmodel_opts *o, const char *flag, const char *val
         if (errno || end == val || *end)
             return -1;
     } else if (strcmp(flag, "--type") == 0) {
-        static const int types[] = {BE_F32, BE_F16, BE_BF16, BE_Q8_0};
+        static const int types[] = {BE_F32, BE_F16, BE_BF16, BE_Q8_0, BE_Q4_0};
         int found = 0;
-        for (size_t i = 0; i < 4; i++)
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
             if (strcmp(val, wtype_name(types[i])) == 0)
                 o->wtype = types[i], found = 1;
         if (!found)

@@ -9,7 +9,7 @@
  * Keys (arch "llama"; other architectures will reuse the scheme with their own
  * prefix):
  *   general.architecture = "llama"      general.name = "genmodel-<size>"
- *   general.file_type (u32: 0 f32, 1 f16, 7 q8_0, 32 bf16)
+ *   general.file_type (u32: 0 f32, 1 f16, 2 q4_0, 7 q8_0, 32 bf16)
  *   llama.block_count, llama.context_length, llama.embedding_length,
  *   llama.feed_forward_length, llama.attention.head_count,
  *   llama.attention.head_count_kv, llama.rope.dimension_count (= head_dim),
@@ -81,6 +81,8 @@
  * output 2/sqrt(dim) (logits have std ~2: peaked but not greedy), attn_q/k/v,
  * ffn_gate/up 1/sqrt(fan_in), attn_output/ffn_down 0.5/sqrt(fan_in), norms
  * 1 +- 0.05. Q8_0 blocks: d = max|x|/127 stored as fp16, q = round(x/d).
+ * Q4_0 blocks: d = m/-8 stored as fp16 (m: the value of largest magnitude),
+ * q = round(x/d) + 8 clamped to [0, 15].
  *
  * ----------------------------------------------------- tokenizer metadata
  * Both vocabularies are learned by byte-pair merging on an embedded English
@@ -132,7 +134,7 @@ struct genmodel_opts {
     int ffn_dim;
     int n_vocab;           /* total tokens, control/byte tokens included */
     int n_ctx;
-    int wtype;             /* enum be_type: BE_F32, BE_F16, BE_BF16 or BE_Q8_0 */
+    int wtype;             /* enum be_type: BE_F32, BE_F16, BE_BF16, BE_Q8_0 or BE_Q4_0 */
     uint64_t seed;
     int tied;              /* 1 = no output.weight (output shares token_embd) */
     float rope_theta;
@@ -172,6 +174,8 @@ int genmodel_write(const struct genmodel_opts *o, const char *path, char *err, s
 /* One Q8_0 block (34 bytes) of 32 floats: d = max|x|/127 stored as fp16, q =
  * round(x/d) half away from zero (also used by lte-calibrate). Reentrant. */
 void genmodel_q8_0_block(const float *x, uint8_t *out);
+/* One Q4_0 block (18 bytes) of 32 floats (genmodel.c). */
+void genmodel_q4_0_block(const float *x, uint8_t *out);
 
 /* CLI: argv[0] = "gen-model". Returns a process exit status (0 ok, 1 error,
  * 2 usage). Prints a one-line summary on success, errors on stderr. */

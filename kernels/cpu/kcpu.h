@@ -83,6 +83,19 @@ struct kcpu_mm {
     int type;
     int64_t K;        /* elements per row */
     int n;            /* tokens */
+    /* gemv_lte only (NULL = off; gemv ignores them):
+     *   yadd    the products are added instead of stored: yadd[t][r] += x[t] . W[r]
+     *           (one fp32 add of the very value gemv would store: same bits)
+     *   pf_lim  end of the rows being read: the running prefetch (one distance
+     *   pf_next ahead of the rows streamed) continues at pf_next instead of
+     *           pf_lim (rows of the same nb1), or stops there if pf_next is
+     *           NULL (LTE reads a few row ranges of a tensor: prefetching
+     *           past them would read bytes for nothing)
+     *   pf_warm 1: a previous call's pf_next already prefetched the first rows:
+     *           no head prefetch (kcpu_prefetch_head) */
+    float *const *yadd;
+    const uint8_t *pf_lim, *pf_next;
+    int pf_warm;
 };
 
 /* The kernels of one instruction set. All function pointers are non-NULL. */
@@ -90,8 +103,12 @@ struct kcpu_isa {
     const char *name;
     int vlen; /* V of the determinism contract */
     /* Fused decode for rows [r0, r1), all n tokens (processed in groups of
-     * KCPU_DECODE_MAX); streams each weight row once per token group. */
+     * KCPU_DECODE_MAX); streams each weight row once per token group; stores
+     * into y. */
     void (*gemv)(const struct kcpu_mm *mm, int64_t r0, int64_t r1);
+    /* gemv with the kcpu_mm yadd / pf_* modes honoured (LTE's callers); gemv
+     * itself ignores them, so the dense decode loops carry none of it. */
+    void (*gemv_lte)(const struct kcpu_mm *mm, int64_t r0, int64_t r1);
     /* Dequantise rows [r0, r0+nr) into dst[nr][ldd] (ldd >= K): exactly the
      * weights the decode path uses, bit for bit; elements [K, ldd) of each row
      * are set to 0 (nothing is written past ldd, so ldd == K is fine). */

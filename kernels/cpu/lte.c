@@ -2,24 +2,32 @@
  *
  *   lists    host CSR of the mask: for each expert e, the rows that chose it
  *            (increasing row order); hc row off[e] + i holds h of the i-th of
- *            them, S floats.
+ *            them, S floats; plus the list of active experts (with rows).
  *   phase A  h of every (row, active expert) pair into hc:
- *              grouped: per active expert (dynamic over threads), its rows
- *                gathered in chunks of LTE_CH, S gate rows and S up rows times
- *                the chunk (gemv for <= KCPU_DECODE_MAX rows, else one
- *                dequantised tile reused over the chunk), act(g) * u;
+ *              grouped: per active expert, its rows gathered in chunks of
+ *                LTE_CH (a single row is read in place), S gate rows and S up
+ *                rows times the chunk (gemv for <= KCPU_DECODE_MAX rows, else
+ *                one dequantised tile reused over the chunk), act(g) * u.
+ *                Decode-sized steps give each thread one contiguous run of
+ *                active experts, larger ones balance them dynamically;
  *              dense: gate and up as two plain matmuls over all rows, then
  *                act(g) * u of the active pairs packed into hc.
  *   phase B  each thread owns a range of output dims d; for each active expert
  *            in increasing order and each chunk of its rows, the partial
- *            down_e[d0..d1) . hc rows, added into y.
+ *            down_e[d0..d1) . hc rows, added into y: chunks of <= KCPU_DECODE_MAX
+ *            rows by gemv's add mode (kcpu_mm.yadd) over the whole range,
+ *            larger ones by tiles of LTE_DBLK dims and a partials buffer.
  * Only the bytes of active experts are read in the grouped path (gate/up
- * rows of the expert, its expert-major down block).
+ * rows of the expert, its expert-major down block), and the decode path's
+ * prefetch (kcpu_mm.pf_lim / pf_next) follows them: it runs from the rows
+ * being read into the next ones this thread reads (gate of e -> up of e ->
+ * gate of the next expert; down of e -> down of the next expert) instead of
+ * into the bytes of inactive experts that follow in memory.
  *
  * Determinism (backend.h): every g, u and partial is computed by the ISA's
- * gemv or gemm_tile, which give the same value for a (weight row, input row)
- * pair (kcpu.h contract); y[t][d] is +0 plus the partials of t's experts in
- * increasing e, added by the one thread owning d.
+ * gemv (store or add mode) or gemm_tile, which give the same value for a
+ * (weight row, input row) pair (kcpu.h contract); y[t][d] is +0 plus the
+ * partials of t's experts in increasing e, added by the one thread owning d.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -32,12 +40,14 @@
 
 struct lte_lists {
     int32_t *off;  /* [E + 1] */
+    int32_t *act;  /* [n_act] experts with rows, increasing */
     int32_t *tok;  /* [sum of counts] rows, grouped by expert */
+    int n_act;
 };
 
 /* CSR of the mask into ctx->lte_idx (grown on demand). Returns 0 or -1. */
 static int build_lists(struct kcpu_ctx *c, const uint8_t *mask, int n, int E, struct lte_lists *L) {
-    size_t need = (size_t)E + 1 + (size_t)n * (size_t)E;
+    size_t need = 2 * (size_t)E + 1 + (size_t)n * (size_t)E;
     if (c->lte_idx_len < need) {
         int32_t *p = realloc(c->lte_idx, need * sizeof *p);
         if (!p)
@@ -46,13 +56,18 @@ static int build_lists(struct kcpu_ctx *c, const uint8_t *mask, int n, int E, st
         c->lte_idx_len = need;
     }
     L->off = c->lte_idx;
-    L->tok = c->lte_idx + E + 1;
+    L->act = c->lte_idx + E + 1;
+    L->tok = L->act + E;
     memset(L->off, 0, ((size_t)E + 1) * sizeof *L->off);
     for (int t = 0; t < n; t++)
         for (int e = 0; e < E; e++)
             L->off[e + 1] += mask[(size_t)t * E + e] != 0;
-    for (int e = 0; e < E; e++)
+    L->n_act = 0;
+    for (int e = 0; e < E; e++) {
+        if (L->off[e + 1])
+            L->act[L->n_act++] = e;
         L->off[e + 1] += L->off[e];
+    }
     int32_t *fill = L->off; /* reuse: count per expert while filling, then restore */
     for (int t = 0; t < n; t++)
         for (int e = 0; e < E; e++)
@@ -66,14 +81,16 @@ static int build_lists(struct kcpu_ctx *c, const uint8_t *mask, int n, int E, st
 
 /* y = W[r0..r0+nr) . x for nr weight rows starting at w (rows of K elements,
  * nb1 bytes) and c input rows x[c][ldx], into y[c][ldy]. tile: nr*ldd floats
- * (ldd >= K, multiple of 16), scr: NULL or KCPU_SCR_FLOATS(nr) floats. */
+ * (ldd >= K, multiple of 16), scr: NULL or KCPU_SCR_FLOATS(nr) floats.
+ * Decode path prefetch (kcpu_mm): pf_next NULL or the rows (same nb1) read
+ * next, warm 1 if a previous call's pf_next were these rows. */
 static void rows_times(const struct kcpu_isa *isa, const uint8_t *w, size_t nb1, int type, int64_t K,
                        int64_t nr, const float *x, int64_t ldx, int c, float *y, int64_t ldy,
-                       float *tile, int64_t ldd, float *scr) {
-    struct kcpu_mm mm = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .w = w, .nb1 = nb1,
-                         .type = type, .K = K, .n = c};
+                       float *tile, int64_t ldd, float *scr, const uint8_t *pf_next, int warm) {
+    struct kcpu_mm mm = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .w = w, .nb1 = nb1, .type = type, .K = K,
+                         .n = c, .pf_lim = w + (size_t)nr * nb1, .pf_next = pf_next, .pf_warm = warm};
     if (c <= KCPU_DECODE_MAX) {
-        isa->gemv(&mm, 0, nr);
+        isa->gemv_lte(&mm, 0, nr);
         return;
     }
     isa->dequant_rows(&mm, 0, nr, tile, ldd);
@@ -82,44 +99,72 @@ static void rows_times(const struct kcpu_isa *isa, const uint8_t *w, size_t nb1,
 
 static int64_t pad16(int64_t k) { return (k + 15) / 16 * 16; }
 
-/* Phase A, grouped: hc rows of expert e for its rows. */
-static void phase_a_grouped(struct kcpu_ctx *c, const float *x, const struct be_lte_ffn *p,
-                            const struct lte_lists *L, float *hc, int *failed) {
-    const int E = p->n_experts, S = p->expert_size;
+/* Per-thread buffers of phase A: gathered inputs, g, u, tile, scratch. */
+struct a_bufs {
+    float *xg, *g, *u, *tile, *scr;
+};
+
+/* Phase A of expert e: hc rows of its rows. en: the expert this thread runs
+ * next (-1: unknown or none), where the prefetch continues; warm: this
+ * thread ran the expert before e just before (its prefetch reached e). */
+static void a_expert(struct kcpu_ctx *c, const float *x, const struct be_lte_ffn *p, const struct lte_lists *L,
+                     float *hc, const struct a_bufs *b, int e, int en, int warm) {
+    const int S = p->expert_size;
     const int64_t dim = p->gate->ne[0], ldd = pad16(dim);
-    const uint8_t *gw = p->gate->be_data ? p->gate->be_data : p->gate->data;
-    const uint8_t *uw = p->up->be_data ? p->up->be_data : p->up->data;
+    const struct be_tensor *gt = p->gate, *ut = p->up;
+    const uint8_t *gw = gt->be_data ? gt->be_data : gt->data, *uw = ut->be_data ? ut->be_data : ut->data;
+    const uint8_t *g0 = gw + (size_t)e * S * gt->nb1, *u0 = uw + (size_t)e * S * ut->nb1;
+    const uint8_t *gn = en >= 0 ? gw + (size_t)en * S * gt->nb1 : NULL;
+    const int same = gt->nb1 == ut->nb1; /* the prefetch runs on: gate of e, up of e, gate of en */
+    for (int32_t i0 = L->off[e]; i0 < L->off[e + 1]; i0 += LTE_CH) {
+        int cnt = L->off[e + 1] - i0 < LTE_CH ? L->off[e + 1] - i0 : LTE_CH;
+        const float *xs = x + (size_t)L->tok[i0] * dim; /* one row: read in place */
+        if (cnt > 1) {
+            for (int j = 0; j < cnt; j++)
+                memcpy(b->xg + (size_t)j * dim, x + (size_t)L->tok[i0 + j] * dim, sizeof(float) * (size_t)dim);
+            xs = b->xg;
+        }
+        int last = i0 + LTE_CH >= L->off[e + 1];
+        rows_times(c->isa, g0, gt->nb1, gt->type, dim, S, xs, dim, cnt, b->g, S, b->tile, ldd, b->scr,
+                   same ? u0 : NULL, warm && i0 == L->off[e]);
+        rows_times(c->isa, u0, ut->nb1, ut->type, dim, S, xs, dim, cnt, b->u, S, b->tile, ldd, b->scr,
+                   same && last ? gn : NULL, same);
+        c->isa->glu(hc + (size_t)i0 * S, b->g, b->u, (int64_t)cnt * S, p->act);
+    }
+}
+
+/* Phase A, grouped: hc rows of every active expert. Decode-sized steps
+ * (n <= KCPU_DECODE_MAX: about the same work per expert) split the active
+ * experts into one contiguous run per thread, so each thread's prefetch runs
+ * on from one expert into its next; larger steps balance them dynamically. */
+static void phase_a_grouped(struct kcpu_ctx *c, const float *x, int n, const struct be_lte_ffn *p,
+                            const struct lte_lists *L, float *hc, int *failed) {
+    const int S = p->expert_size, na = L->n_act, same = p->gate->nb1 == p->up->nb1;
+    const int64_t dim = p->gate->ne[0], ldd = pad16(dim);
     const size_t scr_n = dim > KCPU_KBLOCK_MIN ? KCPU_SCR_FLOATS(S) : 0;
     const size_t need = (size_t)LTE_CH * (size_t)dim + 2 * (size_t)LTE_CH * S + (size_t)S * ldd + scr_n;
 #pragma omp parallel num_threads(c->n_threads)
     {
-        int tid = omp_get_thread_num();
+        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
         float *buf = kcpu_thread_buf(c, tid, need + 16);
+        struct a_bufs b = {0};
         if (!buf) {
 #pragma omp atomic write
             *failed = 1;
+        } else {
+            /* tile and scr stay 64-byte aligned: every offset is a multiple of 16 floats */
+            b.xg = buf, b.g = b.xg + (size_t)LTE_CH * dim, b.u = b.g + (size_t)LTE_CH * S;
+            b.tile = b.u + (size_t)LTE_CH * S, b.scr = scr_n ? b.tile + (size_t)S * ldd : NULL;
         }
-        float *xg = buf, *g = buf ? xg + (size_t)LTE_CH * dim : NULL, *u = g ? g + (size_t)LTE_CH * S : NULL;
-        float *tile = u ? u + (size_t)LTE_CH * S : NULL;
-        float *scr = scr_n && tile ? tile + (size_t)S * ldd : NULL;
-        /* tile and scr stay 64-byte aligned: every offset is a multiple of 16 floats */
+        if (n <= KCPU_DECODE_MAX) {
+            int k0 = (int)((int64_t)na * tid / nt), k1 = (int)((int64_t)na * (tid + 1) / nt);
+            for (int k = k0; buf && k < k1; k++)
+                a_expert(c, x, p, L, hc, &b, L->act[k], k + 1 < k1 ? L->act[k + 1] : -1, k > k0 && same);
+        } else {
 #pragma omp for schedule(dynamic, 1)
-        for (int e = 0; e < E; e++) {
-            if (!buf)
-                continue;
-            for (int32_t i0 = L->off[e]; i0 < L->off[e + 1]; i0 += LTE_CH) {
-                int cnt = L->off[e + 1] - i0 < LTE_CH ? L->off[e + 1] - i0 : LTE_CH;
-                for (int j = 0; j < cnt; j++)
-                    memcpy(xg + (size_t)j * dim, x + (size_t)L->tok[i0 + j] * dim, sizeof(float) * (size_t)dim);
-                size_t roff = (size_t)e * S;
-                for (int part = 0; part < 2; part++) {
-                    const struct be_tensor *w = part ? p->up : p->gate;
-                    const uint8_t *base = (part ? uw : gw) + roff * w->nb1;
-                    float *o = part ? u : g;
-                    rows_times(c->isa, base, w->nb1, w->type, dim, S, xg, dim, cnt, o, S, tile, ldd, scr);
-                }
-                c->isa->glu(hc + (size_t)i0 * S, g, u, (int64_t)cnt * S, p->act);
-            }
+            for (int k = 0; k < na; k++)
+                if (buf)
+                    a_expert(c, x, p, L, hc, &b, L->act[k], -1, 0);
         }
     }
 }
@@ -148,7 +193,7 @@ static void phase_a_dense(struct kcpu_ctx *c, const float *x, int n, const struc
 /* Phase B: y rows [d0, d1) of every row, for one thread. */
 static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const struct be_lte_ffn *p,
                          const struct lte_lists *L, const float *hc, int64_t d0, int64_t d1, int *failed) {
-    const int E = p->n_experts, S = p->expert_size;
+    const int S = p->expert_size;
     const int64_t dim = p->gate->ne[0], ldd = pad16(S);
     const struct be_tensor *dw = p->down;
     const uint8_t *base = dw->be_data ? dw->be_data : dw->data;
@@ -161,14 +206,28 @@ static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const str
         return;
     }
     float *tile = buf, *part = buf + (size_t)LTE_DBLK * ldd;
-    for (int e = 0; e < E; e++)
-        for (int64_t b0 = d0; b0 < d1; b0 += LTE_DBLK) {
-            int64_t nr = d1 - b0 < LTE_DBLK ? d1 - b0 : LTE_DBLK;
-            const uint8_t *w = base + ((size_t)e * dim + (size_t)b0) * dw->nb1;
-            for (int32_t i0 = L->off[e]; i0 < L->off[e + 1]; i0 += LTE_CH) {
-                int cnt = L->off[e + 1] - i0 < LTE_CH ? L->off[e + 1] - i0 : LTE_CH;
-                rows_times(c->isa, w, dw->nb1, dw->type, S, nr, hc + (size_t)i0 * S, S, cnt, part, nr, tile, ldd,
-                           NULL);
+    int warm = 0; /* the previous gemv's prefetch ran on into these rows */
+    for (int k = 0; k < L->n_act; k++) {
+        const int e = L->act[k], en = k + 1 < L->n_act ? L->act[k + 1] : -1;
+        const uint8_t *we = base + (size_t)e * (size_t)dim * dw->nb1; /* expert e, row 0 */
+        for (int32_t i0 = L->off[e]; i0 < L->off[e + 1]; i0 += LTE_CH) {
+            int cnt = L->off[e + 1] - i0 < LTE_CH ? L->off[e + 1] - i0 : LTE_CH, last = i0 + LTE_CH >= L->off[e + 1];
+            if (cnt <= KCPU_DECODE_MAX) { /* gemv adding straight into y: no partials buffer */
+                float *yr[KCPU_DECODE_MAX];
+                for (int j = 0; j < cnt; j++)
+                    yr[j] = y + (size_t)L->tok[i0 + j] * dim;
+                const uint8_t *wn = last && en >= 0 ? base + ((size_t)en * (size_t)dim + (size_t)d0) * dw->nb1 : NULL;
+                struct kcpu_mm mm = {.x = hc + (size_t)i0 * S, .ldx = S, .w = we, .nb1 = dw->nb1, .type = dw->type,
+                                     .K = S, .n = cnt, .yadd = yr, .pf_lim = we + (size_t)d1 * dw->nb1,
+                                     .pf_next = wn, .pf_warm = warm};
+                c->isa->gemv_lte(&mm, d0, d1);
+                warm = wn != NULL;
+                continue;
+            }
+            for (int64_t b0 = d0; b0 < d1; b0 += LTE_DBLK) {
+                int64_t nr = d1 - b0 < LTE_DBLK ? d1 - b0 : LTE_DBLK;
+                rows_times(c->isa, we + (size_t)b0 * dw->nb1, dw->nb1, dw->type, S, nr, hc + (size_t)i0 * S, S, cnt,
+                           part, nr, tile, ldd, NULL, NULL, 0);
                 for (int j = 0; j < cnt; j++) {
                     float *yr = y + (size_t)L->tok[i0 + j] * dim + b0;
                     const float *pr = part + (size_t)j * nr;
@@ -176,7 +235,9 @@ static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const str
                         yr[r] += pr[r];
                 }
             }
+            warm = 0;
         }
+    }
 }
 
 void kcpu_lte_ffn(void *vctx, float *y, const float *x, const uint8_t *mask, int n,
@@ -195,7 +256,7 @@ void kcpu_lte_ffn(void *vctx, float *y, const float *x, const uint8_t *mask, int
     if (p->dense)
         phase_a_dense(c, x, n, p, &L, scr_a, scr_b);
     else
-        phase_a_grouped(c, x, p, &L, hc, &failed);
+        phase_a_grouped(c, x, n, p, &L, hc, &failed);
 #pragma omp parallel num_threads(c->n_threads)
     {
         int tid = omp_get_thread_num(), nt = omp_get_num_threads();

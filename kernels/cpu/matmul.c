@@ -66,8 +66,12 @@ static void g_gemv(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {
                 for (int j = 0; j < nt; j++)
                     g_dot8(acc[j], buf, mm->x + (size_t)(t0 + j) * mm->ldx + k0, len);
             }
-            for (int j = 0; j < nt; j++)
-                mm->y[(size_t)(t0 + j) * mm->ldy + r] = g_hsum8(acc[j]);
+            for (int j = 0; j < nt; j++) {
+                if (mm->yadd)
+                    mm->yadd[t0 + j][r] += g_hsum8(acc[j]);
+                else
+                    mm->y[(size_t)(t0 + j) * mm->ldy + r] = g_hsum8(acc[j]);
+            }
         }
     }
 }
@@ -143,6 +147,7 @@ const struct kcpu_isa kcpu_isa_generic = {
     .name = "generic",
     .vlen = GV,
     .gemv = g_gemv,
+    .gemv_lte = g_gemv,
     .dequant_rows = g_dequant_rows,
     .gemm_tile = g_gemm_tile,
     .attn_scores = g_attn_scores,

@@ -28,6 +28,47 @@ AI float hsum8(vf v) {
     return _mm_cvtss_f32(b);
 }
 
+/* hsum8 of four vectors at once, same pairings and operand order (so the
+ * same bits), as the four lanes of the result. */
+AI __m128 hsum8x4(vf a, vf b, vf c, vf d) {
+    vf ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31)); /* (l, l+4) */
+    vf cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+    vf w = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2))); /* (l, l+2) */
+    vf z = _mm256_hadd_ps(w, w);                                                /* (0, 1): a c a c | b d b d */
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
+}
+
+/* End of a gv_T call: the RG x NT dot products of rows r.. and tokens t0..,
+ * stored into y, or added into yadd rows (kcpu_mm) with hsum8x4 for 4 rows. */
+AI void gv_out(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, vf acc[4][KCPU_DECODE_MAX],
+               int LTE) {
+    if (!LTE || !mm->yadd) {
+        for (int i = 0; i < RG; i++)
+            for (int j = 0; j < NT; j++)
+                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum8(acc[i][j]);
+    } else if (RG == 4) {
+        for (int j = 0; j < NT; j++) {
+            float *p = mm->yadd[t0 + j] + r;
+            _mm_storeu_ps(p, _mm_add_ps(_mm_loadu_ps(p), hsum8x4(acc[0][j], acc[1][j], acc[2][j], acc[3][j])));
+        }
+    } else {
+        for (int i = 0; i < RG; i++)
+            for (int j = 0; j < NT; j++)
+                mm->yadd[t0 + j][r + i] += hsum8(acc[i][j]);
+    }
+}
+
+/* Where a gv_T call on rows r.. prefetches: the row group pf bytes ahead, or
+ * its continuation past mm->pf_lim at mm->pf_next, or else the rows being
+ * read (already in L1: the loops keep one unconditional prefetch). */
+AI const uint8_t *gv_pf(const struct kcpu_mm *mm, int64_t r, int RG, size_t pf, int LTE) {
+    const uint8_t *w = mm->w + (size_t)r * mm->nb1, *p = w + pf;
+    if (!LTE || !mm->pf_lim || p + (size_t)RG * mm->nb1 <= mm->pf_lim)
+        return p;
+    return p >= mm->pf_lim && mm->pf_next ? mm->pf_next + (p - mm->pf_lim) : w;
+}
+
 AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
 AI __m256i ld_u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
 AI __m256i c32(int v) { return _mm256_set1_epi32(v); }
@@ -170,7 +211,7 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
 /* ---------------------------------------------------------------- decode (fused) */
 
 #define DEF_BLOCKED(T, BS, SZ)                                                              \
-    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
+    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, int LTE) { \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
         for (int i = 0; i < RG; i++)                                                        \
             for (int j = 0; j < NT; j++)                                                    \
@@ -179,12 +220,14 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
         const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
         const size_t pf = kcpu_pf_dist((size_t)RG * mm->nb1);                              \
+        const uint8_t *pfp = gv_pf(mm, r, RG, pf, LTE);                                    \
         for (int64_t ib = 0; ib < nb; ib++) {                                               \
             st_##T st[4];                                                                   \
             for (int i = 0; i < RG; i++) {                                                  \
-                const uint8_t *bp = wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ);           \
+                const size_t bo = (size_t)i * mm->nb1 + (size_t)ib * (SZ);                  \
+                const uint8_t *bp = wr + bo;                                                \
                 for (int o = 0; o < (SZ); o += 64) /* same block, next row group */         \
-                    _mm_prefetch((const char *)bp + pf + o, _MM_HINT_T1);                   \
+                    _mm_prefetch((LTE ? (const char *)pfp + bo : (const char *)bp + pf) + o, _MM_HINT_T1); \
                 prep_##T(&st[i], bp);                                                       \
             }                                                                               \
             for (int c = 0; c < (BS) / V; c++) {                                            \
@@ -198,9 +241,7 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
-        for (int i = 0; i < RG; i++)                                                        \
-            for (int j = 0; j < NT; j++)                                                    \
-                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum8(acc[i][j]);               \
+        gv_out(mm, r, t0, RG, NT, acc, LTE);                                                \
     }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
@@ -220,7 +261,7 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
     }
 
 #define DEF_LINEAR(T)                                                                       \
-    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
+    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, int LTE) { \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
         for (int i = 0; i < RG; i++)                                                        \
             for (int j = 0; j < NT; j++)                                                    \
@@ -230,12 +271,14 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
         const int64_t K = mm->K;                                                            \
         int64_t k = 0;                                                                      \
         const size_t pf = kcpu_pf_dist((size_t)RG * mm->nb1), esz = ESZ_##T;               \
+        const uint8_t *pfp = gv_pf(mm, r, RG, pf, LTE);                                    \
         for (; k + V <= K; k += V) {                                                        \
             vf xv[KCPU_DECODE_MAX];                                                         \
             for (int j = 0; j < NT; j++)                                                    \
                 xv[j] = _mm256_loadu_ps(xr + j * mm->ldx + k);                              \
             for (int i = 0; i < RG; i++) {                                                  \
-                _mm_prefetch((const char *)wr + (size_t)i * mm->nb1 + pf + (size_t)k * esz,  \
+                _mm_prefetch((LTE ? (const char *)pfp + (size_t)i * mm->nb1                      \
+                              : (const char *)wr + (size_t)i * mm->nb1 + pf) + (size_t)k * esz, \
                              _MM_HINT_T1);                                                  \
                 vf wv = ld_##T(wr + (size_t)i * mm->nb1, k);                                \
                 for (int j = 0; j < NT; j++)                                                \
@@ -252,9 +295,7 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
                     acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);                      \
             }                                                                               \
         }                                                                                   \
-        for (int i = 0; i < RG; i++)                                                        \
-            for (int j = 0; j < NT; j++)                                                    \
-                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum8(acc[i][j]);               \
+        gv_out(mm, r, t0, RG, NT, acc, LTE);                                                \
     }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
@@ -284,33 +325,39 @@ DEF_LINEAR(bf16)
 
 /* Row groups of 4 for 1-2 tokens, 2 for 3-4 tokens (<= 8 accumulators), then
  * leftover rows one by one. */
-#define GEMV_DRIVER(T)                                                                      \
-    static void gemv_##T(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                \
-        kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1);     \
+#define GEMV_BODY(FN, T, LTE)                                                               \
+    static void FN(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                      \
+        if (!LTE || !mm->pf_warm)                                                           \
+            kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1); \
         for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
             int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
             int64_t r = r0;                                                                 \
             if (nt <= 2) {                                                                  \
                 for (; r + 4 <= r1; r += 4) {                                               \
-                    if (nt == 1) gv_##T(mm, r, t0, 4, 1);                                   \
-                    else gv_##T(mm, r, t0, 4, 2);                                           \
+                    if (nt == 1) gv_##T(mm, r, t0, 4, 1, LTE);                                   \
+                    else gv_##T(mm, r, t0, 4, 2, LTE);                                           \
                 }                                                                           \
             } else {                                                                        \
                 for (; r + 2 <= r1; r += 2) {                                               \
-                    if (nt == 3) gv_##T(mm, r, t0, 2, 3);                                   \
-                    else gv_##T(mm, r, t0, 2, 4);                                           \
+                    if (nt == 3) gv_##T(mm, r, t0, 2, 3, LTE);                                   \
+                    else gv_##T(mm, r, t0, 2, 4, LTE);                                           \
                 }                                                                           \
             }                                                                               \
             for (; r < r1; r++) {                                                           \
                 switch (nt) {                                                               \
-                case 1: gv_##T(mm, r, t0, 1, 1); break;                                     \
-                case 2: gv_##T(mm, r, t0, 1, 2); break;                                     \
-                case 3: gv_##T(mm, r, t0, 1, 3); break;                                     \
-                default: gv_##T(mm, r, t0, 1, 4); break;                                    \
+                case 1: gv_##T(mm, r, t0, 1, 1, LTE); break;                                     \
+                case 2: gv_##T(mm, r, t0, 1, 2, LTE); break;                                     \
+                case 3: gv_##T(mm, r, t0, 1, 3, LTE); break;                                     \
+                default: gv_##T(mm, r, t0, 1, 4, LTE); break;                                    \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
     }
+
+/* Two copies: gemv stores and prefetches as dense layers need, gemv_lte adds
+ * the kcpu_mm yadd/pf_* modes (LTE). Kept apart so the dense decode loops stay
+ * free of LTE's extra state (they measured 8% slower with it). */
+#define GEMV_DRIVER(T) GEMV_BODY(gemv_##T, T, 0) GEMV_BODY(gemv_lte_##T, T, 1)
 
 GEMV_DRIVER(q8_0)
 GEMV_DRIVER(q4_0)
@@ -322,20 +369,23 @@ GEMV_DRIVER(f32)
 GEMV_DRIVER(f16)
 GEMV_DRIVER(bf16)
 
-static void gemv(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {
-    switch (mm->type) {
-    case BE_F32: gemv_f32(mm, r0, r1); break;
-    case BE_F16: gemv_f16(mm, r0, r1); break;
-    case BE_BF16: gemv_bf16(mm, r0, r1); break;
-    case BE_Q8_0: gemv_q8_0(mm, r0, r1); break;
-    case BE_Q4_0: gemv_q4_0(mm, r0, r1); break;
-    case BE_Q5_0: gemv_q5_0(mm, r0, r1); break;
-    case BE_Q4_K: gemv_q4_k(mm, r0, r1); break;
-    case BE_Q5_K: gemv_q5_k(mm, r0, r1); break;
-    case BE_Q6_K: gemv_q6_k(mm, r0, r1); break;
-    default: break;
+#define GEMV_SWITCH(FN, P)                                                               \
+    static void FN(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                  \
+        switch (mm->type) {                                                             \
+        case BE_F32: P##_f32(mm, r0, r1); break;                                        \
+        case BE_F16: P##_f16(mm, r0, r1); break;                                        \
+        case BE_BF16: P##_bf16(mm, r0, r1); break;                                      \
+        case BE_Q8_0: P##_q8_0(mm, r0, r1); break;                                      \
+        case BE_Q4_0: P##_q4_0(mm, r0, r1); break;                                      \
+        case BE_Q5_0: P##_q5_0(mm, r0, r1); break;                                      \
+        case BE_Q4_K: P##_q4_k(mm, r0, r1); break;                                      \
+        case BE_Q5_K: P##_q5_k(mm, r0, r1); break;                                      \
+        case BE_Q6_K: P##_q6_k(mm, r0, r1); break;                                      \
+        default: break;                                                                 \
+        }                                                                               \
     }
-}
+GEMV_SWITCH(gemv, gemv)
+GEMV_SWITCH(gemv_lte, gemv_lte)
 
 static void dequant_rows(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst, int64_t ldd) {
     switch (mm->type) {
@@ -559,6 +609,7 @@ const struct kcpu_isa kcpu_isa_avx2 = {
     .name = "avx2",
     .vlen = V,
     .gemv = gemv,
+    .gemv_lte = gemv_lte,
     .dequant_rows = dequant_rows,
     .gemm_tile = gemm_tile,
     .attn_scores = attn_scores,

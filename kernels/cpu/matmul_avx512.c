@@ -61,6 +61,37 @@ AI __m128 hsum16x4(vf a, vf b, vf c, vf d) {
         _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), z));
 }
 
+/* End of a gv_T call: the RG x NT dot products of rows r.. and tokens t0..,
+ * stored into y, or added into yadd rows (kcpu_mm) with hsum16x4 (same bits
+ * as hsum16, fewer instructions: LTE's down product has one block per row). */
+AI void gv_out(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, vf acc[4][KCPU_DECODE_MAX],
+               int LTE) {
+    if (!LTE || !mm->yadd) {
+        for (int i = 0; i < RG; i++)
+            for (int j = 0; j < NT; j++)
+                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum16(acc[i][j]);
+    } else if (RG == 4) {
+        for (int j = 0; j < NT; j++) {
+            float *p = mm->yadd[t0 + j] + r;
+            _mm_storeu_ps(p, _mm_add_ps(_mm_loadu_ps(p), hsum16x4(acc[0][j], acc[1][j], acc[2][j], acc[3][j])));
+        }
+    } else {
+        for (int i = 0; i < RG; i++)
+            for (int j = 0; j < NT; j++)
+                mm->yadd[t0 + j][r + i] += hsum16(acc[i][j]);
+    }
+}
+
+/* Where a gv_T call on rows r.. prefetches: the row group pf bytes ahead, or
+ * its continuation past mm->pf_lim at mm->pf_next, or else the rows being
+ * read (already in L1: the loops keep one unconditional prefetch). */
+AI const uint8_t *gv_pf(const struct kcpu_mm *mm, int64_t r, int RG, size_t pf, int LTE) {
+    const uint8_t *w = mm->w + (size_t)r * mm->nb1, *p = w + pf;
+    if (!LTE || !mm->pf_lim || p + (size_t)RG * mm->nb1 <= mm->pf_lim)
+        return p;
+    return p >= mm->pf_lim && mm->pf_next ? mm->pf_next + (p - mm->pf_lim) : w;
+}
+
 AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
 AI __m512i ld_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
 
@@ -224,7 +255,7 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
 /* ---------------------------------------------------------------- decode (fused) */
 
 #define DEF_BLOCKED(T, BS, SZ)                                                              \
-    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
+    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, int LTE) { \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
         for (int i = 0; i < RG; i++)                                                        \
             for (int j = 0; j < NT; j++)                                                    \
@@ -233,12 +264,14 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
         const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
         const size_t pf = kcpu_pf_dist((size_t)RG * mm->nb1);                              \
+        const uint8_t *pfp = gv_pf(mm, r, RG, pf, LTE);                                    \
         for (int64_t ib = 0; ib < nb; ib++) {                                               \
             st_##T st[4];                                                                   \
             for (int i = 0; i < RG; i++) {                                                  \
-                const uint8_t *bp = wr + (size_t)i * mm->nb1 + (size_t)ib * (SZ);           \
+                const size_t bo = (size_t)i * mm->nb1 + (size_t)ib * (SZ);                  \
+                const uint8_t *bp = wr + bo;                                                \
                 for (int o = 0; o < (SZ); o += 64) /* same block, next row group */         \
-                    _mm_prefetch((const char *)bp + pf + o, _MM_HINT_T1);                   \
+                    _mm_prefetch((LTE ? (const char *)pfp + bo : (const char *)bp + pf) + o, _MM_HINT_T1); \
                 prep_##T(&st[i], bp);                                                       \
             }                                                                               \
             for (int g = 0; g < (BS) / (V * GC_##T); g++) {                                 \
@@ -253,9 +286,44 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
-        for (int i = 0; i < RG; i++)                                                        \
+        gv_out(mm, r, t0, RG, NT, acc, LTE);                                                \
+    }                                                                                       \
+    /* 16 rows of one block each (K == BS), tokens t0..t0+NT, added into yadd: the        \
+     * same per-row operations as gv_T (so the same bits), 16 rows per y access. */       \
+    AI void gv16_##T(const struct kcpu_mm *mm, int64_t r, int t0, int NT, const uint8_t *pfp) { \
+        const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
+        const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        for (size_t o = 0; o < 16 * mm->nb1; o += 64)                                       \
+            _mm_prefetch((const char *)pfp + o, _MM_HINT_T1);                               \
+        __m128 res[KCPU_DECODE_MAX][4];                                                     \
+        for (int q = 0; q < 4; q++) {                                                       \
+            vf acc[4][KCPU_DECODE_MAX];                                                     \
+            st_##T st[4];                                                                   \
+            for (int i = 0; i < 4; i++) {                                                   \
+                for (int j = 0; j < NT; j++)                                                \
+                    acc[i][j] = _mm512_setzero_ps();                                        \
+                prep_##T(&st[i], wr + (size_t)(4 * q + i) * mm->nb1);                       \
+            }                                                                               \
+            for (int g = 0; g < (BS) / (V * GC_##T); g++)                                   \
+                for (int i = 0; i < 4; i++) {                                               \
+                    vf w[GC_##T];                                                           \
+                    grp_##T(&st[i], g, w);                                                  \
+                    for (int c = 0; c < GC_##T; c++)                                        \
+                        for (int j = 0; j < NT; j++)                                        \
+                            acc[i][j] = _mm512_fmadd_ps(                                    \
+                                w[c], _mm512_loadu_ps(xr + j * mm->ldx + (g * GC_##T + c) * V), acc[i][j]); \
+                }                                                                           \
             for (int j = 0; j < NT; j++)                                                    \
-                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum16(acc[i][j]);              \
+                res[j][q] = hsum16x4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);           \
+        }                                                                                   \
+        for (int j = 0; j < NT; j++) {                                                      \
+            vf s = _mm512_castps128_ps512(res[j][0]);                                       \
+            s = _mm512_insertf32x4(s, res[j][1], 1);                                        \
+            s = _mm512_insertf32x4(s, res[j][2], 2);                                        \
+            s = _mm512_insertf32x4(s, res[j][3], 3);                                        \
+            float *p = mm->yadd[t0 + j] + r;                                                \
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), s));                      \
+        }                                                                                   \
     }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
@@ -279,7 +347,10 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
     }
 
 #define DEF_LINEAR(T)                                                                       \
-    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT) {          \
+    AI void gv16_##T(const struct kcpu_mm *mm, int64_t r, int t0, int NT, const uint8_t *pfp) { \
+        (void)mm, (void)r, (void)t0, (void)NT, (void)pfp; /* never called (BS 0) */         \
+    }                                                                                       \
+    AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, int LTE) { \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
         for (int i = 0; i < RG; i++)                                                        \
             for (int j = 0; j < NT; j++)                                                    \
@@ -289,12 +360,14 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
         const int64_t K = mm->K;                                                            \
         int64_t k = 0;                                                                      \
         const size_t pf = kcpu_pf_dist((size_t)RG * mm->nb1), esz = ESZ_##T;               \
+        const uint8_t *pfp = gv_pf(mm, r, RG, pf, LTE);                                    \
         for (; k + V <= K; k += V) {                                                        \
             vf xv[KCPU_DECODE_MAX];                                                         \
             for (int j = 0; j < NT; j++)                                                    \
                 xv[j] = _mm512_loadu_ps(xr + j * mm->ldx + k);                              \
             for (int i = 0; i < RG; i++) {                                                  \
-                _mm_prefetch((const char *)wr + (size_t)i * mm->nb1 + pf + (size_t)k * esz,  \
+                _mm_prefetch((LTE ? (const char *)pfp + (size_t)i * mm->nb1                      \
+                              : (const char *)wr + (size_t)i * mm->nb1 + pf) + (size_t)k * esz, \
                              _MM_HINT_T1);                                                  \
                 vf wv = ld_##T(wr + (size_t)i * mm->nb1, k);                                \
                 for (int j = 0; j < NT; j++)                                                \
@@ -312,9 +385,7 @@ AI vf ldm_bf16(const uint8_t *r, int64_t k, __mmask16 m) {
                     acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);                      \
             }                                                                               \
         }                                                                                   \
-        for (int i = 0; i < RG; i++)                                                        \
-            for (int j = 0; j < NT; j++)                                                    \
-                mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum16(acc[i][j]);              \
+        gv_out(mm, r, t0, RG, NT, acc, LTE);                                                \
     }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
@@ -344,65 +415,80 @@ DEF_LINEAR(f32)
 DEF_LINEAR(f16)
 DEF_LINEAR(bf16)
 
-/* Row groups of 4 (4*NT independent accumulators), leftover rows one by one. */
 /* Row groups of 4, except 2 for 3-4 tokens where RG34 says so (Q6_K: its
  * 8-chunk groups would spill registers), leftover rows one by one. */
-#define GEMV_DRIVER(T, RG34)                                                                      \
-    static void gemv_##T(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                \
-        kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1);     \
+#define GEMV_BODY(FN, T, RG34, BS, LTE)                                                     \
+    static void FN(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                      \
+        if (!LTE || !mm->pf_warm)                                                           \
+            kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1); \
         for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
             int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
             int64_t r = r0;                                                                 \
+            if (LTE && (BS) && mm->K == (BS) && mm->yadd && nt <= 2) { /* LTE down: 1 block/row */ \
+                const size_t pf16 = kcpu_pf_dist(16 * mm->nb1);                             \
+                for (; r + 16 <= r1; r += 16) {                                             \
+                    if (nt == 1) gv16_##T(mm, r, t0, 1, gv_pf(mm, r, 16, pf16, 1));            \
+                    else gv16_##T(mm, r, t0, 2, gv_pf(mm, r, 16, pf16, 1));                    \
+                }                                                                           \
+            }                                                                               \
             if (nt <= 2 || RG34 == 4) {                                                     \
                 for (; r + 4 <= r1; r += 4) {                                               \
                     switch (nt) {                                                           \
-                    case 1: gv_##T(mm, r, t0, 4, 1); break;                                 \
-                    case 2: gv_##T(mm, r, t0, 4, 2); break;                                 \
-                    case 3: gv_##T(mm, r, t0, 4, 3); break;                                 \
-                    default: gv_##T(mm, r, t0, 4, 4); break;                                \
+                    case 1: gv_##T(mm, r, t0, 4, 1, LTE); break;                                 \
+                    case 2: gv_##T(mm, r, t0, 4, 2, LTE); break;                                 \
+                    case 3: gv_##T(mm, r, t0, 4, 3, LTE); break;                                 \
+                    default: gv_##T(mm, r, t0, 4, 4, LTE); break;                                \
                     }                                                                       \
                 }                                                                           \
             } else {                                                                        \
                 for (; r + 2 <= r1; r += 2) {                                               \
-                    if (nt == 3) gv_##T(mm, r, t0, 2, 3);                                   \
-                    else gv_##T(mm, r, t0, 2, 4);                                           \
+                    if (nt == 3) gv_##T(mm, r, t0, 2, 3, LTE);                                   \
+                    else gv_##T(mm, r, t0, 2, 4, LTE);                                           \
                 }                                                                           \
             }                                                                               \
             for (; r < r1; r++) {                                                           \
                 switch (nt) {                                                               \
-                case 1: gv_##T(mm, r, t0, 1, 1); break;                                     \
-                case 2: gv_##T(mm, r, t0, 1, 2); break;                                     \
-                case 3: gv_##T(mm, r, t0, 1, 3); break;                                     \
-                default: gv_##T(mm, r, t0, 1, 4); break;                                    \
+                case 1: gv_##T(mm, r, t0, 1, 1, LTE); break;                                     \
+                case 2: gv_##T(mm, r, t0, 1, 2, LTE); break;                                     \
+                case 3: gv_##T(mm, r, t0, 1, 3, LTE); break;                                     \
+                default: gv_##T(mm, r, t0, 1, 4, LTE); break;                                    \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
     }
 
-GEMV_DRIVER(q8_0, 4)
-GEMV_DRIVER(q4_0, 4)
-GEMV_DRIVER(q5_0, 4)
-GEMV_DRIVER(q4_k, 4)
-GEMV_DRIVER(q5_k, 4)
-GEMV_DRIVER(q6_k, 2)
-GEMV_DRIVER(f32, 4)
-GEMV_DRIVER(f16, 4)
-GEMV_DRIVER(bf16, 4)
+/* Two copies: gemv stores and prefetches as dense layers need, gemv_lte adds
+ * the kcpu_mm yadd/pf_* modes (LTE). Kept apart so the dense decode loops stay
+ * free of LTE's extra state (they measured 8% slower with it). */
+#define GEMV_DRIVER(T, RG34, BS) GEMV_BODY(gemv_##T, T, RG34, BS, 0) GEMV_BODY(gemv_lte_##T, T, RG34, BS, 1)
 
-static void gemv(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {
-    switch (mm->type) {
-    case BE_F32: gemv_f32(mm, r0, r1); break;
-    case BE_F16: gemv_f16(mm, r0, r1); break;
-    case BE_BF16: gemv_bf16(mm, r0, r1); break;
-    case BE_Q8_0: gemv_q8_0(mm, r0, r1); break;
-    case BE_Q4_0: gemv_q4_0(mm, r0, r1); break;
-    case BE_Q5_0: gemv_q5_0(mm, r0, r1); break;
-    case BE_Q4_K: gemv_q4_k(mm, r0, r1); break;
-    case BE_Q5_K: gemv_q5_k(mm, r0, r1); break;
-    case BE_Q6_K: gemv_q6_k(mm, r0, r1); break;
-    default: break;
+GEMV_DRIVER(q8_0, 4, 32)
+GEMV_DRIVER(q4_0, 4, 32)
+GEMV_DRIVER(q5_0, 4, 32)
+GEMV_DRIVER(q4_k, 4, 256)
+GEMV_DRIVER(q5_k, 4, 256)
+GEMV_DRIVER(q6_k, 2, 256)
+GEMV_DRIVER(f32, 4, 0)
+GEMV_DRIVER(f16, 4, 0)
+GEMV_DRIVER(bf16, 4, 0)
+
+#define GEMV_SWITCH(FN, P)                                                               \
+    static void FN(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                  \
+        switch (mm->type) {                                                             \
+        case BE_F32: P##_f32(mm, r0, r1); break;                                        \
+        case BE_F16: P##_f16(mm, r0, r1); break;                                        \
+        case BE_BF16: P##_bf16(mm, r0, r1); break;                                      \
+        case BE_Q8_0: P##_q8_0(mm, r0, r1); break;                                      \
+        case BE_Q4_0: P##_q4_0(mm, r0, r1); break;                                      \
+        case BE_Q5_0: P##_q5_0(mm, r0, r1); break;                                      \
+        case BE_Q4_K: P##_q4_k(mm, r0, r1); break;                                      \
+        case BE_Q5_K: P##_q5_k(mm, r0, r1); break;                                      \
+        case BE_Q6_K: P##_q6_k(mm, r0, r1); break;                                      \
+        default: break;                                                                 \
+        }                                                                               \
     }
-}
+GEMV_SWITCH(gemv, gemv)
+GEMV_SWITCH(gemv_lte, gemv_lte)
 
 static void dequant_rows(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst, int64_t ldd) {
     switch (mm->type) {
@@ -761,6 +847,7 @@ const struct kcpu_isa kcpu_isa_avx512 = {
     .name = "avx512",
     .vlen = V,
     .gemv = gemv,
+    .gemv_lte = gemv_lte,
     .dequant_rows = dequant_rows,
     .gemm_tile = gemm_tile,
     .attn_scores = attn_scores,

@@ -339,7 +339,7 @@ static void stats(const struct gguf_file *f, const char *name, double *mean, dou
 START_TEST(test_generated_weights) {
     struct genmodel_opts o;
     genmodel_opts_default(&o);
-    char p32[512], p16[512], pbf[512], pq8[512];
+    char p32[512], p16[512], pbf[512], pq8[512], pq4[512];
     struct gguf_file *f32 = gen_open(&o, "w32.gguf", p32, sizeof p32);
     o.wtype = BE_F16;
     struct gguf_file *f16 = gen_open(&o, "w16.gguf", p16, sizeof p16);
@@ -347,6 +347,8 @@ START_TEST(test_generated_weights) {
     struct gguf_file *fbf = gen_open(&o, "wbf.gguf", pbf, sizeof pbf);
     o.wtype = BE_Q8_0;
     struct gguf_file *fq8 = gen_open(&o, "wq8.gguf", pq8, sizeof pq8);
+    o.wtype = BE_Q4_0;
+    struct gguf_file *fq4 = gen_open(&o, "wq4.gguf", pq4, sizeof pq4);
     double m, sd;
     stats(f32, "blk.0.attn_q.weight", &m, &sd);
     ck_assert_msg(fabs(sd - 1.0 / 8) < 0.125 * 0.05 && fabs(m) < 0.01, "attn_q sd %g", sd);
@@ -410,6 +412,31 @@ START_TEST(test_generated_weights) {
         ck_assert_int_eq(qmax, 127);
         ck_assert(fabsf(d - amax / 127) <= amax / 127 / 1024);
     }
+    /* Q4_0: the value of largest magnitude is -8 d (code 0), the others
+     * within |d|/2 (+ the fp16 rounding of d), or |d| where clamped to code
+     * 15 (values of the other sign above 7.5 |d|) */
+    const struct gguf_tensor_info *q4 = gguf_find_tensor(fq4, "blk.0.ffn_up.weight");
+    ck_assert(q4 && q4->type == BE_Q4_0);
+    for (int64_t blk = 0; blk < n / 32; blk++) {
+        const uint8_t *bp = (const uint8_t *)q4->data + 18 * blk;
+        uint16_t dh;
+        memcpy(&dh, bp, 2);
+        float d = tu_half(dh), amax = 0;
+        int at = 0;
+        for (int i = 0; i < 32; i++)
+            if (fabsf(xa[blk * 32 + i]) > amax) amax = fabsf(xa[blk * 32 + i]), at = i;
+        ck_assert(fabsf(fabsf(d) - amax / 8) <= amax / 8 / 1024);
+        for (int i = 0; i < 32; i++) {
+            int qi = i < 16 ? bp[2 + i] & 15 : bp[2 + i - 16] >> 4;
+            float err = fabsf((float)(qi - 8) * d - xa[blk * 32 + i]);
+            ck_assert_msg(err <= fabsf(d) * (qi == 15 ? 1.0f : 0.5f) + amax * 1e-3f + 1e-7f,
+                          "q4_0 block %lld elem %d err %g d %g",
+                          (long long)blk, i, err, d);
+            if (i == at) ck_assert_int_eq(qi, 0);
+        }
+    }
+    uint32_t ft = 99;
+    ck_assert(gguf_get_u32(fq4, "general.file_type", &ft) == 0 && ft == 2);
     /* the raw fp16 codes match an independent round-to-nearest-even check */
     ck_assert(tu_half(f32_to_f16(1.0f)) == 1.0f && f32_to_f16(65520.0f) == 0x7c00 &&
               f32_to_f16(65519.0f) == 0x7bff && f32_to_f16(5.9604645e-8f) == 1 &&
@@ -419,10 +446,12 @@ START_TEST(test_generated_weights) {
     gguf_close(f16);
     gguf_close(fbf);
     gguf_close(fq8);
+    gguf_close(fq4);
     unlink(p32);
     unlink(p16);
     unlink(pbf);
     unlink(pq8);
+    unlink(pq4);
 }
 END_TEST
 
