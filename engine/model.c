@@ -620,6 +620,11 @@ int eng_model_layer_level(const struct eng_model *m, int layer) {
     return layer >= 0 && layer < m->cfg.n_layers ? m->layers[layer].level : -1;
 }
 
+int eng_model_layer_window(const struct eng_model *m, int layer) {
+    if (layer < 0 || layer >= m->cfg.n_layers || !m->layers[layer].swa) return 0;
+    return m->cfg.swa_window > 0 ? m->cfg.swa_window : 0;
+}
+
 const struct gguf_file *eng_model_gguf(const struct eng_model *m) { return m->gguf; }
 size_t eng_model_weight_bytes(const struct eng_model *m) { return m->weight_bytes; }
 
