@@ -105,8 +105,11 @@ struct eng_model; /* opaque: config, weights, KV pool, scratch buffers */
 struct eng_options {
     const char *backend;     /* "cpu" (default) or "cuda" */
     int n_threads;           /* 0 = all cores */
-    int n_ctx;               /* max tokens per sequence; 0 = n_ctx_train (capped at 8192) */
-    size_t kv_bytes;         /* KV pool size in bytes; 0 = room for kv_default_seqs * n_ctx */
+    int n_ctx;               /* max tokens per sequence; 0 = n_ctx_train capped at 8192, but
+                              * uncapped (as far as the pool holds one sequence with every
+                              * page) for models with sliding-window layers: Gemma 3 32768 */
+    size_t kv_bytes;         /* KV pool size in bytes; 0 = room for kv_default_seqs sequences
+                              * of n_ctx tokens (of 8192 when n_ctx was left 0) */
     int kv_default_seqs;     /* used when kv_bytes == 0; 0 -> 4 */
     int kv_type;             /* K/V element type: 0 or ENG_KV_F16 = fp16 (default), ENG_KV_F32 = fp32 */
     int max_batch_tokens;    /* scratch sizing: max tokens per forward; 0 -> 2048 */

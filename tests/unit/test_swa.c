@@ -407,44 +407,105 @@ END_TEST
 
 /* ---- memory per sequence ---- */
 
-/* Peak units one sequence holds on kv.c's tables with Gemma 3 270M's shape
- * (18 layers, 15 local, window 512): prefill in chunks of 2048 (reserve,
- * then slide), then one decode step. */
-static int64_t seq_peak_units(int64_t n_tokens, int recycle) {
+/* Units one sequence holds on kv.c's tables with Gemma 3 270M's shape (18
+ * layers, 15 local, window 512): prefill in chunks of 2048 (reserve, step,
+ * slide), then one decode step. *peak: the most during the run (a prefill
+ * chunk's pages are all reserved before its step); returns what it holds
+ * while decoding (after the last slide). */
+static int64_t seq_units(int64_t n_tokens, int recycle, int64_t *peak) {
     const int L = 18, n_local = 15;
     struct kv_pool *p = kv_pool_new((int32_t)(L * kv_pages_for(n_tokens + 1)), L, 0);
     ck_assert_ptr_nonnull(p);
     struct kv_table t;
     kv_table_init_swa(&t, L, recycle ? n_local : 0, 512);
-    int64_t done = 0, peak = 0;
+    int64_t done = 0;
+    *peak = 0;
     while (done <= n_tokens) {
         int64_t chunk = done < n_tokens ? (n_tokens - done < 2048 ? n_tokens - done : 2048) : 1;
         ck_assert_int_eq(kv_table_reserve(p, &t, done + chunk), 0);
-        if (kv_table_n_units(&t) > peak) peak = kv_table_n_units(&t);
+        if (kv_table_n_units(&t) > *peak) *peak = kv_table_n_units(&t);
         done += chunk;
         kv_table_slide(p, &t, done);
     }
+    int64_t held = kv_table_n_units(&t);
+    ck_assert_int_eq(held, (int64_t)kv_pool_n_units(p) - kv_pool_n_free(p));
     kv_table_release(p, &t);
     kv_table_free(&t);
     kv_pool_free(p);
-    return peak;
+    return held;
 }
 
 START_TEST(test_memory_per_sequence) {
     /* unit = 16 slots * (K + V) * kv_dim 256 * fp16 = 16 KiB for Gemma 3 270M */
-    const int64_t unit = 16 * 2 * 256 * 2;
+    const double mib = 16.0 * 2 * 256 * 2 / 1048576.0;
     const int64_t lens[3] = {2048, 8192, 32768};
     for (int i = 0; i < 3; i++) {
-        int64_t before = seq_peak_units(lens[i], 0), after = seq_peak_units(lens[i], 1);
+        int64_t pk_before, pk_after;
+        int64_t before = seq_units(lens[i], 0, &pk_before), after = seq_units(lens[i], 1, &pk_after);
         ck_assert_int_eq(before, 18 * kv_pages_for(lens[i] + 1));
+        ck_assert_int_eq(pk_before, before);
         ck_assert_int_lt(after, before);
-        printf("KV per sequence at %lld tokens (Gemma 3 270M, fp16): %.1f MiB kept, %.1f MiB recycled (%.0f%%)\n",
-               (long long)lens[i], (double)(before * unit) / 1048576.0, (double)(after * unit) / 1048576.0,
-               100.0 * (double)after / (double)before);
+        printf("KV per sequence at %5lld tokens (Gemma 3 270M, fp16): kept %6.1f MiB; recycled %6.1f MiB "
+               "decoding (%3.0f%%), %6.1f MiB peak in 2048-token prefill chunks\n",
+               (long long)lens[i], (double)before * mib, (double)after * mib,
+               100.0 * (double)after / (double)before, (double)pk_after * mib);
     }
-    /* 32k: 3 global layers hold 2049 pages; 15 local ones hold at most the
-     * window plus one chunk: ceil((511 + 2048) / 16) + 1 pages each */
-    ck_assert_int_le(seq_peak_units(32768, 1), 3 * 2049 + 15 * 162);
+    /* 32k decoding: 3 global layers hold 2049 pages; 15 local ones the pages
+     * from (32768 - 511) / 16 = 2016 on: 33 each */
+    int64_t pk;
+    ck_assert_int_eq(seq_units(32768, 1, &pk), 3 * 2049 + 15 * 33);
+    /* peak: the window plus one chunk, ceil((511 + 2048) / 16) + 1 pages at most */
+    ck_assert_int_le(pk, 3 * 2049 + 15 * 162);
+}
+END_TEST
+
+/* The default context: Gemma 3's context_length where the pool holds it,
+ * the 8192 cap for models without sliding-window layers. */
+START_TEST(test_default_context) {
+    struct genmodel_opts o;
+    genmodel_opts_default(&o);
+    o.arch = "gemma3";
+    o.dim = 32;
+    o.n_layers = 6;
+    o.n_heads = 2;
+    o.n_kv_heads = 1;
+    o.head_dim = 16;
+    o.ffn_dim = 64;
+    o.n_vocab = 300;
+    o.n_ctx = 32768;
+    o.swa_window = 64;
+    char path[512], err[256];
+    tu_tmp_file(path, sizeof path, "ctx_gemma.gguf");
+    ck_assert_msg(genmodel_write(&o, path, err, sizeof err) == 0, "genmodel: %s", err);
+    struct eng_options eo = {.n_threads = 1};
+    struct eng_model *m = tu_load(path, &eo);
+    ck_assert_int_eq(eng_model_n_ctx(m), 32768);
+    ck_assert_int_eq(eng_model_n_pages(m), 4 * 8192 / 16); /* the default pool is unchanged */
+    size_t per_page = eng_model_kv_bytes_per_token(m) * 16;
+    eng_model_free(m);
+    eo.kv_bytes = per_page * 1000; /* a pool of 16000 tokens: the context follows it */
+    m = tu_load(path, &eo);
+    ck_assert_int_eq(eng_model_n_ctx(m), 16000);
+    eng_model_free(m);
+    eo.kv_bytes = per_page * 100; /* never below the old cap */
+    m = tu_load(path, &eo);
+    ck_assert_int_eq(eng_model_n_ctx(m), 8192);
+    eng_model_free(m);
+    eo.kv_bytes = 0;
+    eo.n_ctx = 4096; /* an explicit context wins */
+    m = tu_load(path, &eo);
+    ck_assert_int_eq(eng_model_n_ctx(m), 4096);
+    eng_model_free(m);
+    remove(path);
+    o.arch = "llama"; /* no sliding window: capped at 8192 */
+    o.swa_window = 0;
+    o.head_dim = 0;
+    ck_assert_msg(genmodel_write(&o, path, err, sizeof err) == 0, "genmodel: %s", err);
+    eo.n_ctx = 0;
+    m = tu_load(path, &eo);
+    ck_assert_int_eq(eng_model_n_ctx(m), 8192);
+    eng_model_free(m);
+    remove(path);
 }
 END_TEST
 
@@ -461,6 +522,7 @@ int main(void) {
     tcase_add_test(tc, test_sched_prefix_longer_than_window);
     tcase_add_test(tc, test_gemma_real_recycle);
     tcase_add_test(tc, test_memory_per_sequence);
+    tcase_add_test(tc, test_default_context);
     suite_add_tcase(su, tc);
     int nf = tu_check_run(su);
     remove(g_gemma_gen);
