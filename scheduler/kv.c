@@ -43,6 +43,7 @@ struct kv_pool {
     struct kv_lru lru, llru; /* cached blocks, cached local parts */
     uint64_t tick;
     int32_t n_cached_units; /* units held by cached blocks and cached local parts */
+    int32_t n_cached_blocks; /* blocks on the LRU of whole cached blocks */
     int32_t *map;          /* open addressing (linear probing), block ids or KV_NONE */
     uint64_t map_mask;
 };
@@ -127,6 +128,7 @@ static void lru_push_tail(struct kv_pool *p, int32_t id, int local) {
     L->tail = id;
     *(local ? &pg->ltick : &pg->tick) = ++p->tick;
     p->n_cached_units += lru_units(pg, local);
+    p->n_cached_blocks += !local;
 }
 
 static void lru_unlink(struct kv_pool *p, int32_t id, int local) {
@@ -143,6 +145,7 @@ static void lru_unlink(struct kv_pool *p, int32_t id, int local) {
         L->tail = prev;
     *link_prev(pg, local) = *link_next(pg, local) = KV_NONE;
     p->n_cached_units -= lru_units(pg, local);
+    p->n_cached_blocks -= !local;
 }
 
 /* ---------- pool ---------- */
@@ -215,19 +218,24 @@ static void block_drop(struct kv_pool *p, int32_t id) {
     p->free_blocks[p->n_free_blocks++] = id;
 }
 
-/* Evicts the oldest cached entry: a whole block (its identity dies) or a
- * local part (the block keeps its identity and global part). 0 if none. */
+/* Evicts a cached block: its identity dies, every unit it has goes free. */
+static void evict_block(struct kv_pool *p, int32_t b) {
+    struct kv_block *pg = &p->pg[b];
+    lru_unlink(p, b, 0);
+    if (pg->has_local) lru_unlink(p, b, 1); /* lrefs <= refs == 0: it is cached */
+    map_remove(p, b);
+    pg->hashed = 0;
+    pg->gen++;
+    block_drop(p, b);
+}
+
+/* Evicts the oldest cached entry: a whole block, or a local part (the block
+ * keeps its identity and global part). 0 if none. */
 static int evict_one(struct kv_pool *p) {
     int32_t b = p->lru.head, l = p->llru.head;
     if (b == KV_NONE && l == KV_NONE) return 0;
     if (b != KV_NONE && (l == KV_NONE || p->pg[b].tick < p->pg[l].ltick)) {
-        struct kv_block *pg = &p->pg[b];
-        lru_unlink(p, b, 0);
-        if (pg->has_local) lru_unlink(p, b, 1); /* lrefs <= refs == 0: it is cached */
-        map_remove(p, b);
-        pg->hashed = 0;
-        pg->gen++;
-        block_drop(p, b);
+        evict_block(p, b);
     } else {
         lru_unlink(p, l, 1);
         local_free(p, l);
@@ -236,11 +244,13 @@ static int evict_one(struct kv_pool *p) {
 }
 
 /* Takes a block of L units, the last n_local of them local: free units
- * first, evicting the oldest cached entries while short. The caller checked
- * kv_pool_n_free() >= L. */
+ * first, evicting the oldest cached entries while short of units, then
+ * cached blocks while short of block ids. The caller checked
+ * kv_pool_n_free() >= L and that a block id is free or cached. */
 static int32_t block_alloc(struct kv_pool *p, int L, int n_local) {
     while (p->n_free_units < L && evict_one(p)) {
     }
+    while (p->n_free_blocks == 0 && p->lru.head != KV_NONE) evict_block(p, p->lru.head);
     if (p->n_free_units < L || p->n_free_blocks == 0) return KV_NONE;
     int32_t id = p->free_blocks[--p->n_free_blocks];
     struct kv_block *pg = &p->pg[id];
@@ -343,7 +353,9 @@ int kv_table_reserve(struct kv_pool *p, struct kv_table *t, int64_t n_tokens) {
     if (need <= t->n_pages) return 0;
     if (t->n_layers < 1 || t->n_layers > p->max_layers) return SS_EINVAL;
     int64_t more = need - t->n_pages;
-    if (more * t->n_layers > kv_pool_n_free(p) || more > p->n_free_blocks) return SS_EAGAIN;
+    /* a block id per page: free ones, or cached blocks to evict (a block
+     * that lost its local part holds fewer units than a whole one) */
+    if (more * t->n_layers > kv_pool_n_free(p) || more > p->n_free_blocks + p->n_cached_blocks) return SS_EAGAIN;
     if (table_grow(t, need) != 0) return SS_ENOMEM;
     while (t->n_pages < need) {
         int32_t id = block_alloc(p, t->n_layers, t->n_local);

@@ -135,6 +135,41 @@ START_TEST(test_kv_slide_prefix_rule) {
 }
 END_TEST
 
+/* Cached blocks that lost their local part hold fewer units than a whole
+ * block: a reservation may need to evict them for their block ids. */
+START_TEST(test_kv_block_ids) {
+    struct kv_pool *p = kv_pool_new(8, 2, 1);
+    int32_t x[64], y[32];
+    for (int i = 0; i < 64; i++) x[i] = 100 + i;
+    for (int i = 0; i < 32; i++) y[i] = 900 + i;
+    struct kv_table a, c, e;
+    kv_table_init_swa(&a, 2, 1, 1); /* window 1: every full page slides */
+    kv_table_init_swa(&c, 2, 1, 1);
+    kv_table_init_swa(&e, 2, 1, 1);
+    ck_assert_int_eq(kv_table_reserve(p, &a, 64), 0);
+    kv_table_commit(p, &a, x, 64);
+    kv_table_slide(p, &a, 64);
+    kv_table_release(p, &a);
+    ck_assert_int_eq(kv_pool_n_cached(p), 8);
+    ck_assert_int_eq(kv_table_reserve(p, &c, 32), 0); /* evicts a's 4 local parts */
+    kv_table_commit(p, &c, y, 32);
+    kv_table_slide(p, &c, 32);
+    kv_table_release(p, &c);
+    /* 6 cached blocks (4 of one unit), 2 free block ids, 8 evictable units */
+    ck_assert_int_eq(kv_pool_n_free(p), 8);
+    ck_assert_int_eq(kv_table_reserve(p, &e, 48), 0);
+    ck_assert_int_eq(e.n_pages, 3);
+    kv_table_release(p, &e);
+    ck_assert_int_eq(kv_table_match_prefix(p, &c, y, 33), 32); /* the newest entries survived */
+    kv_table_release(p, &c);
+    ck_assert_int_eq(kv_pool_n_free(p), 8);
+    kv_table_free(&a);
+    kv_table_free(&c);
+    kv_table_free(&e);
+    kv_pool_free(p);
+}
+END_TEST
+
 /* ---- a generated gemma3 model with a 32-token window ---- */
 
 static void make_gemma_gen(void) {
@@ -517,6 +552,7 @@ int main(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_kv_slide);
     tcase_add_test(tc, test_kv_slide_prefix_rule);
+    tcase_add_test(tc, test_kv_block_ids);
     tcase_add_test(tc, test_engine_unset_entries);
     tcase_add_test(tc, test_sched_recycle_equal);
     tcase_add_test(tc, test_sched_prefix_longer_than_window);
