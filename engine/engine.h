@@ -105,8 +105,11 @@ struct eng_model; /* opaque: config, weights, KV pool, scratch buffers */
 struct eng_options {
     const char *backend;     /* "cpu" (default) or "cuda" */
     int n_threads;           /* 0 = all cores */
-    int n_ctx;               /* max tokens per sequence; 0 = n_ctx_train (capped at 8192) */
-    size_t kv_bytes;         /* KV pool size in bytes; 0 = room for kv_default_seqs * n_ctx */
+    int n_ctx;               /* max tokens per sequence; 0 = n_ctx_train capped at 8192, but
+                              * uncapped (as far as the pool holds one sequence with every
+                              * page) for models with sliding-window layers: Gemma 3 32768 */
+    size_t kv_bytes;         /* KV pool size in bytes; 0 = room for kv_default_seqs sequences
+                              * of n_ctx tokens (of 8192 when n_ctx was left 0) */
     int kv_default_seqs;     /* used when kv_bytes == 0; 0 -> 4 */
     int kv_type;             /* K/V element type: 0 or ENG_KV_F16 = fp16 (default), ENG_KV_F32 = fp32 */
     int max_batch_tokens;    /* scratch sizing: max tokens per forward; 0 -> 2048 */
@@ -171,11 +174,18 @@ int32_t eng_model_n_pages(const struct eng_model *m);  /* n_units / n_layers: pa
  *     level_n_past[0] and entries k >= n_levels are ignored);
  *   - layer_pages != NULL, and each layer_pages[l] != NULL holds at least
  *     ceil((level_n_past[k] + n_tok) / 16) unit ids in [0, n_units), k = the
- *     layer's level, and layer_n_pages >= that count.
+ *     layer's level, and layer_n_pages >= that count;
+ *   - sliding-window layers (eng_model_layer_window W > 0) never read a
+ *     position before P - W + 1 for a query at P, so their entries for pages
+ *     before (level_n_past[k] - W + 1) / 16 may be negative (unset: the caller
+ *     recycled those units); every later entry must be a unit id.
  * level_kept, when not NULL, receives n_levels entries (only on success). */
 int32_t eng_model_n_units(const struct eng_model *m);
 int eng_model_n_levels(const struct eng_model *m);
 int eng_model_layer_level(const struct eng_model *m, int layer);
+/* The layer's sliding window in KV entries (a query at P reads [P - W + 1, P]),
+ * or 0 for a layer that reads every earlier position. */
+int eng_model_layer_window(const struct eng_model *m, int layer);
 size_t eng_model_unit_bytes(const struct eng_model *m); /* K+V bytes of one unit */
 size_t eng_model_kv_bytes_per_token(const struct eng_model *m);
 size_t eng_model_weight_bytes(const struct eng_model *m); /* bytes read per token (decode) */

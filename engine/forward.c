@@ -65,10 +65,16 @@ static int seq_validate_kv(const struct eng_model *m, const struct eng_seq *s) {
     if (!s->layer_pages) return SS_EINVAL;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const int32_t *t = s->layer_pages[l];
-        int32_t need = (past[m->layers[l].level] + s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
+        const int32_t n_past = past[m->layers[l].level];
+        int32_t need = (n_past + s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
         if (!t || s->layer_n_pages < need) return SS_EINVAL;
+        /* a local layer's first query reads from n_past - window + 1: the pages
+         * before that one may be unset (recycled by the caller) */
+        int32_t first = 0;
+        if (m->layers[l].swa && m->cfg.swa_window > 0 && n_past - m->cfg.swa_window + 1 > 0)
+            first = (n_past - m->cfg.swa_window + 1) / BE_PAGE_SLOTS;
         for (int32_t p = 0; p < need; p++)
-            if (t[p] < 0 || t[p] >= m->n_units) return SS_EINVAL;
+            if ((p >= first && t[p] < 0) || t[p] >= m->n_units) return SS_EINVAL;
     }
     return 0;
 }

@@ -435,15 +435,34 @@ size_t eng_model_unit_bytes(const struct eng_model *m) {
 
 /* The unit pool: n_pages pages' worth of units (n_pages * n_layers), one
  * allocation for K and one for V (see model_internal.h). */
+/* The default context: n_ctx_train capped at ENG_CTX_CAP, except for models
+ * with sliding-window layers (and at least one global layer), whose local
+ * layers recycle their pages (scheduler/kv.h): those get n_ctx_train where
+ * the pool holds one such sequence with every page kept (the admission check
+ * is that worst case), never less than the cap. The default pool stays sized
+ * for kv_default_seqs sequences of the capped length. */
+#define ENG_CTX_CAP 8192
+static void default_ctx(struct eng_model *m, int64_t n_pages) {
+    const struct eng_config *c = &m->cfg;
+    int base = c->n_ctx_train < ENG_CTX_CAP ? c->n_ctx_train : ENG_CTX_CAP;
+    m->n_ctx = base;
+    if (c->swa_window > 0 && c->n_swa_layers > 0 && c->n_swa_layers < c->n_layers) {
+        int64_t fit = n_pages * BE_PAGE_SLOTS;
+        m->n_ctx = (int)(fit < c->n_ctx_train ? (fit > base ? fit : base) : c->n_ctx_train);
+    }
+}
+
 static int alloc_kv(struct eng_model *m, const struct eng_options *o, char *err, size_t err_len) {
     size_t per_page = eng_model_kv_bytes_per_token(m) * BE_PAGE_SLOTS;
     int64_t n_pages;
+    int ctx = m->n_ctx > 0 ? m->n_ctx : (m->cfg.n_ctx_train < ENG_CTX_CAP ? m->cfg.n_ctx_train : ENG_CTX_CAP);
     if (o->kv_bytes > 0) {
         n_pages = (int64_t)(o->kv_bytes / per_page);
     } else {
         int seqs = o->kv_default_seqs > 0 ? o->kv_default_seqs : 4;
-        n_pages = (int64_t)seqs * ((m->n_ctx + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS);
+        n_pages = (int64_t)seqs * ((ctx + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS);
     }
+    if (m->n_ctx == 0) default_ctx(m, n_pages);
     if (n_pages < 1)
         return eng_fail(err, err_len, SS_EINVAL, "KV cache of %zu bytes holds no page (one page = %zu bytes)",
                     o->kv_bytes, per_page);
@@ -514,7 +533,7 @@ static int load_options(struct eng_model *m, const struct eng_options *o, char *
         return eng_fail(err, err_len, SS_EINVAL, "max_batch_tokens %d too large", o->max_batch_tokens);
     if (o->n_ctx < 0 || o->n_ctx > (1 << 24))
         return eng_fail(err, err_len, SS_EINVAL, "n_ctx %d out of range", o->n_ctx);
-    m->n_ctx = o->n_ctx > 0 ? o->n_ctx : (m->cfg.n_ctx_train < 8192 ? m->cfg.n_ctx_train : 8192);
+    m->n_ctx = o->n_ctx; /* 0: chosen with the pool (alloc_kv) */
     return 0;
 }
 
@@ -618,6 +637,11 @@ int32_t eng_model_n_units(const struct eng_model *m) { return m->n_units; }
 int eng_model_n_levels(const struct eng_model *m) { return m->n_levels; }
 int eng_model_layer_level(const struct eng_model *m, int layer) {
     return layer >= 0 && layer < m->cfg.n_layers ? m->layers[layer].level : -1;
+}
+
+int eng_model_layer_window(const struct eng_model *m, int layer) {
+    if (layer < 0 || layer >= m->cfg.n_layers || !m->layers[layer].swa) return 0;
+    return m->cfg.swa_window > 0 ? m->cfg.swa_window : 0;
 }
 
 const struct gguf_file *eng_model_gguf(const struct eng_model *m) { return m->gguf; }

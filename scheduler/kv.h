@@ -23,6 +23,24 @@
  * unreachable. Prefix caching applies to single-level models only (the owner
  * passes prefix_cache = 0 otherwise).
  *
+ * Sliding-window layers (Gemma 3's local layers). A table may mark its last
+ * n_local unit rows as local layers of window W (kv_table_init_swa): a query
+ * at position P of such a layer reads only positions [P - W + 1, P]. Once
+ * every position still to be computed is >= n_next, page i is dead for the
+ * local rows when (i + 1) * 16 <= n_next - W + 1; kv_table_slide then drops
+ * the table's hold on those local units (its rows read KV_NONE there; the
+ * engine never reads them and rejects a missing unit it does need). A block
+ * thus has two parts with their own reference counts: the global part (refs,
+ * the rows every holder reads) and the local part (lrefs <= refs). A local
+ * part nobody holds is freed at once, unless the block has an identity: then
+ * it stays cached (evictable, on its own LRU) so a later prefix hit ending
+ * near it can still use it. Eviction takes the older of the two LRU heads; a
+ * whole-block eviction frees its cached local part with it.
+ * Prefix rule: a hit of H tokens is used only if every matched block has its
+ * global part (always) and every block that the next query reads on local
+ * layers, [max(0, H - W + 1) / 16, H / 16), still has its local part; the
+ * longest such H among the matched blocks is taken (possibly 0).
+ *
  * Engine thread only: no locking.
  */
 #ifndef SS_KV_H
@@ -44,6 +62,9 @@ struct kv_table {
     int32_t n_pages;      /* blocks held */
     int32_t cap;
     int32_t n_committed;  /* leading blocks that have a prefix-cache identity */
+    int n_local;          /* the last n_local unit rows are sliding-window layers (0: none) */
+    int32_t window;       /* their window in KV entries (> 0 when n_local > 0) */
+    int32_t n_slid;       /* leading blocks whose local part this table no longer holds */
 };
 
 /* n_units units; blocks own at most max_layers units. prefix_cache: 1 to keep
@@ -62,6 +83,16 @@ static inline int32_t kv_pages_for(int64_t n_tokens) {
 
 /* An empty table for a level of n_layers layers (no allocation yet). */
 void kv_table_init(struct kv_table *t, int n_layers);
+/* The same, with the last n_local rows (0 <= n_local < n_layers: at least one
+ * global row) local layers of window > 0 whose dead pages kv_table_slide
+ * returns; n_local 0 or window <= 0 is kv_table_init. Every table of a pool
+ * with prefix caching must use the same n_local and window. */
+void kv_table_init_swa(struct kv_table *t, int n_layers, int n_local, int32_t window);
+/* Every position still to be computed is >= n_next: drops the local part of
+ * each block entirely before n_next - window + 1 (see the header comment). */
+void kv_table_slide(struct kv_pool *p, struct kv_table *t, int64_t n_next);
+/* Units t holds (global rows of every block, local rows of the blocks not slid). */
+int64_t kv_table_n_units(const struct kv_table *t);
 /* Grows t so it can hold n_tokens entries. All or nothing: returns 0, or
  * SS_EAGAIN when the pool lacks units (t unchanged), or SS_ENOMEM. */
 int kv_table_reserve(struct kv_pool *p, struct kv_table *t, int64_t n_tokens);
@@ -77,7 +108,9 @@ void kv_table_free(struct kv_table *t);
 /* Prefix lookup for an empty table: appends the longest run of cached full
  * blocks matching tokens[0, n) from the start, taking a reference on each. The
  * block holding token n-1 is never matched (it is recomputed privately, so no
- * shared block is ever written). Returns the tokens covered (multiple of 16). */
+ * shared block is ever written). With local rows, the run is cut to the
+ * longest prefix the prefix rule allows and the local parts before its window
+ * are not taken (n_slid set). Returns the tokens covered (multiple of 16). */
 int64_t kv_table_match_prefix(struct kv_pool *p, struct kv_table *t, const int32_t *tokens, int64_t n);
 /* Gives identities to t's full blocks [t->n_committed, n_computed / 16);
  * tokens are the sequence's ids. A block whose identity exists elsewhere stays

@@ -298,6 +298,8 @@ static void advance_kv(struct sched *s, const struct plan *pl, uint64_t *level_t
         }
         /* embeddings keep the prefix cache clean: their pages go back free */
         if (!q->pool) kv_table_commit(s->pool, &q->tables[0], q->tokens, q->n_computed);
+        /* sliding-window layers: pages no later query reads go back (kv.h) */
+        for (int k = 0; k < s->n_levels; k++) kv_table_slide(s->pool, &q->tables[k], q->level_n_past[k]);
     }
 }
 
@@ -442,19 +444,38 @@ static void sched_release(struct sched *s, int queue_ok) {
     free(s);
 }
 
-/* Levels and layers: which level each layer belongs to, its index there.
- * Returns the most layers of any level, or 0 on OOM. */
+/* Levels and layers: which level each layer belongs to, its index there
+ * (global layers first, then the sliding-window ones, whose rows are the
+ * last level_local[k] of the level's tables), and the window whose pages
+ * are recycled (s->swa_window, 0 when off: no such layer, opt.no_swa_recycle,
+ * windows that differ, or a level of local layers only). Returns the most
+ * layers of any level, or 0 on OOM. */
 static int map_layers(struct sched *s) {
     s->layer_level = calloc((size_t)s->n_layers, sizeof(int));
     s->layer_index = calloc((size_t)s->n_layers, sizeof(int));
     if (!s->layer_level || !s->layer_index) return 0;
-    int max_layers = 1;
+    int max_layers = 1, window = 0, uniform = 1;
     for (int l = 0; l < s->n_layers; l++) {
-        int k = eng_model_layer_level(s->model, l);
+        int k = eng_model_layer_level(s->model, l), w = eng_model_layer_window(s->model, l);
         s->layer_level[l] = k;
-        s->layer_index[l] = s->level_layers[k]++;
+        s->level_layers[k]++;
+        if (w > 0) {
+            s->level_local[k]++;
+            if (window > 0 && w != window) uniform = 0;
+            window = w;
+        }
         if (s->level_layers[k] > max_layers) max_layers = s->level_layers[k];
     }
+    int next_global[ENG_MAX_LEVELS] = {0}, next_local[ENG_MAX_LEVELS];
+    for (int k = 0; k < ENG_MAX_LEVELS; k++) {
+        next_local[k] = s->level_layers[k] - s->level_local[k];
+        if (s->level_local[k] > 0 && next_local[k] == 0) uniform = 0;
+    }
+    for (int l = 0; l < s->n_layers; l++) {
+        int k = s->layer_level[l];
+        s->layer_index[l] = eng_model_layer_window(s->model, l) > 0 ? next_local[k]++ : next_global[k]++;
+    }
+    s->swa_window = uniform && !s->opt.no_swa_recycle ? window : 0;
     return max_layers;
 }
 
@@ -472,6 +493,7 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->opt.no_prefix_cache = o ? o->no_prefix_cache : 0;
     s->opt.max_queue_time = o && o->max_queue_time > 0 ? o->max_queue_time : 0;
     s->opt.notify_admitted = o ? o->notify_admitted : 0;
+    s->opt.no_swa_recycle = o ? o->no_swa_recycle : 0;
     s->n_ctx = eng_model_n_ctx(m);
     s->n_vocab = eng_model_config(m)->n_vocab;
     s->n_sample = s->tok && tok_n_vocab(s->tok) < s->n_vocab ? tok_n_vocab(s->tok) : s->n_vocab;

@@ -149,6 +149,7 @@ struct sched_options {
                                  * then it ends with finish ERROR, error SS_EAGAIN. 0: no limit */
     int notify_admitted;        /* 1: notify also when a request is first admitted (out.admitted
                                  * set, no output yet): a server answers a stream's headers then */
+    int no_swa_recycle;         /* 1: sliding-window layers keep every page (no recycling) */
 };
 
 /* ---- request parameters (params.c; any thread, pure) ---- */

@@ -99,6 +99,8 @@ struct sched {
     int *layer_level;      /* [n_layers] level of each layer */
     int *layer_index;      /* [n_layers] its index among the layers of its level */
     int level_layers[ENG_MAX_LEVELS];
+    int level_local[ENG_MAX_LEVELS]; /* sliding-window layers of each level (the last rows) */
+    int swa_window;        /* > 0: local layers' dead pages are recycled (kv_table_slide) */
     struct sched_stats st; /* recorded here (stats.c), published to q.stats */
     /* step scratch */
     const int32_t **b_layer_pages; /* [max_num_seqs][n_layers] per-layer unit tables */

@@ -34,7 +34,9 @@ struct seq *seq_new(struct sched *s, struct sched_req *r) {
     q->plp = r->p.prompt_logprobs && r->p.logprobs >= 0;
     smp_init(&q->rng, &r->p.smp);
     tok_stream_init(&q->ts, 0); /* a continuation keeps its leading space */
-    for (int k = 0; k < s->n_levels; k++) kv_table_init(&q->tables[k], s->level_layers[k]);
+    for (int k = 0; k < s->n_levels; k++)
+        kv_table_init_swa(&q->tables[k], s->level_layers[k], s->swa_window > 0 ? s->level_local[k] : 0,
+                          s->swa_window);
     if (r->p.pooling != ENG_POOL_NONE) { /* the step's hidden rows land in s->hidden */
         if (!s->hidden) s->hidden = malloc(sizeof(float) * (size_t)s->opt.max_batched_tokens * (size_t)s->dim);
         q->pool = calloc((size_t)s->dim, sizeof(double));

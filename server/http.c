@@ -681,6 +681,7 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     so.max_batched_tokens = cfg->max_batched_tokens;
     so.max_queued = cfg->max_queued;
     so.no_prefix_cache = cfg->no_prefix_cache;
+    so.no_swa_recycle = cfg->no_swa_recycle;
     so.max_queue_time = cfg->max_queue_time;
     so.notify_admitted = 1; /* streams answer their headers when admitted (completion.c) */
     s->sched = sched_new(m, &so, on_notify, s);

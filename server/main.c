@@ -111,6 +111,8 @@ static const struct opt serve_flags[] = {
     {"log-level", OPT_LOGLEVEL, 0, 0, OFF(srv.log_level), "error, warn, info (default), debug"},
     {"no-prefix-cache", OPT_BOOL, 0, 0, OFF(srv.no_prefix_cache),
      "disable prefix caching (a flag; also --no-prefix-cache=true|false)"},
+    {"no-swa-recycle", OPT_BOOL, 0, 0, OFF(srv.no_swa_recycle),
+     "sliding-window layers keep every KV page instead of recycling those behind the window"},
     {"chat-template", OPT_STR, 0, 0, OFF(chat_template),
      "chat template: chatml, llama3, llama2, mistral, gemma, or a file holding a Jinja "
      "template of one of those families (default: the model's tokenizer.chat_template)"},
@@ -566,6 +568,12 @@ static int cmd_serve(int argc, char **argv) {
     srv_log(SRV_LOG_INFO, "model %s: arch %s, %d layers, dim %d, vocab %d, context %d, %d KV pages",
             o.srv.served_name, cfg->arch_name, cfg->n_layers, cfg->dim, cfg->n_vocab,
             eng_model_n_ctx(m), (int)eng_model_n_pages(m));
+    if (cfg->n_swa_layers > 0)
+        srv_log(SRV_LOG_INFO, "sliding window: %d of %d layers see the last %d tokens; %s", cfg->n_swa_layers,
+                cfg->n_layers, cfg->swa_window,
+                o.srv.no_swa_recycle || cfg->n_swa_layers == cfg->n_layers
+                    ? "their KV pages are all kept"
+                    : "their KV pages behind the window go back to the pool (--no-swa-recycle keeps them)");
     const struct tok *tk = eng_model_tok(m);
     if (tk && tok_n_vocab(tk) < cfg->n_vocab)
         srv_log(SRV_LOG_INFO, "the embedding has %d rows but the tokenizer %d tokens: ids %d..%d "

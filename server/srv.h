@@ -36,6 +36,7 @@ struct srv_config {
     size_t max_stream_buffer;   /* per-stream unsent bytes before the request is cancelled */
     int log_level;              /* enum srv_log_level */
     int no_prefix_cache;        /* 1: scheduler without prefix caching */
+    int no_swa_recycle;         /* 1: sliding-window layers keep every KV page */
     int chat_family;            /* enum api_tmpl_family for /v1/chat/completions (0: none) */
     int chat_bos;               /* 1: the chat template emits the BOS token text */
     int pooling;                /* /v1/embeddings: ENG_POOL_MEAN, _CLS or _LAST (main.c: --pooling,
