@@ -11,8 +11,9 @@
  * kernels/cpu/kcpu.h), the online softmax (running max and sum) and the
  * split-K combine of partial (max, sum, acc) triples, RoPE angles for both pair
  * conventions with freq factors, RMSNorm, SiLU / GELU(tanh), attention and
- * logit soft-capping, and the SUBLLM compaction index (exclusive prefix sum of
- * the keep flags).
+ * logit soft-capping, the paged attention's KV range and cache offsets, the
+ * GEMM operand conversions (F16 saturating, BF16) and the SUBLLM compaction
+ * index (exclusive prefix sum of the keep flags).
  *
  * NOTE (bitwise agreement): nvcc fuses a*b+c into one FMA by default, the CPU
  * backend is compiled with -ffp-contract=off. Products and sums that must
@@ -117,6 +118,36 @@ KCU_FN uint16_t kcu_f32_to_f16(float f) {
 }
 
 KCU_FN float kcu_bf16_to_f32(uint16_t h) { return kcu_bits_f32((uint32_t)h << 16); }
+
+/* float -> bfloat16, round to nearest even; NaN stays a quiet NaN. (The
+ * activations fed to a BF16 GEMM.) */
+KCU_FN uint16_t kcu_f32_to_bf16(float f) {
+    uint32_t u = kcu_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+/* float -> half for a GEMM operand (weights dequantised at load, activations
+ * before each F16 GEMM): round to nearest even, but a finite value past the
+ * half range saturates to +-65504 instead of becoming inf (one huge
+ * activation must not turn a whole output row into inf/NaN). NaN stays NaN. */
+KCU_FN uint16_t kcu_f32_to_f16_sat(float f) {
+    if (f > 65504.0f)
+        f = 65504.0f;
+    else if (f < -65504.0f)
+        f = -65504.0f;
+    return kcu_f32_to_f16(f);
+}
+
+/* The element type a weight of `type` is stored in on the device for cuBLAS:
+ * F32 stays F32 (FP32 GEMM), BF16 stays BF16, F16 and every quantised type
+ * become F16 (11 significant bits: closer to the dequantised value than BF16's
+ * 8). The activations are converted to the same type on the device. */
+KCU_FN int kcu_gemm_type(int type) {
+    return type == BE_F32 ? BE_F32 : type == BE_BF16 ? BE_BF16 : BE_F16;
+}
 
 /* ------------------------------------------------------ dequantisation */
 
@@ -264,6 +295,27 @@ KCU_FN void kcu_sm_combine(struct kcu_sm *a, const struct kcu_sm *b, float *ca, 
 }
 KCU_FN float kcu_sm_mix(float acc_a, float ca, float acc_b, float cb) {
     return kcu_add(kcu_mul(acc_a, ca), kcu_mul(acc_b, cb));
+}
+
+/* ------------------------------------------------------ paged attention */
+
+/* KV positions token j of a sequence attends: [*lo, *hi] with
+ * hi = n_past + j, lo = max(0, hi - window + 1) (window 0 = full causal). */
+KCU_FN void kcu_attn_range(int32_t n_past, int32_t j, int32_t window, int64_t *lo, int64_t *hi) {
+    *hi = (int64_t)n_past + j;
+    int64_t l = window > 0 ? *hi - window + 1 : 0;
+    *lo = l < 0 ? 0 : l;
+}
+/* Element offset of position P's K (or V) row of KV head g in a layer's cache
+ * (pages = the sequence's block table):
+ *   slot = pages[P / 16] * 16 + P % 16;  offset = slot * kv_dim + g * head_dim */
+KCU_FN size_t kcu_kv_offset(const int32_t *pages, int64_t P, int kv_dim, int g, int head_dim) {
+    size_t slot = (size_t)pages[P / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + (size_t)(P % BE_PAGE_SLOTS);
+    return slot * (size_t)kv_dim + (size_t)g * (size_t)head_dim;
+}
+/* Element i of a K/V cache of kv_type (BE_F16 or BE_F32). */
+KCU_FN float kcu_kv_load(const void *cache, int kv_type, size_t i) {
+    return kv_type == BE_F16 ? kcu_f16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
 }
 
 /* ------------------------------------------------------ soft-capping */
