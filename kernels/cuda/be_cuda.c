@@ -395,7 +395,7 @@ static void kcu_kv_store(void *ctx, struct be_kv_layer *kv, const float *k, cons
 }
 
 /* The rows (one per query token) and the concatenated block tables of a
- * ragged batch, packed for one upload:
+ * ragged batch (kcu_attn_pack), packed for one upload:
  *   [kcu_attn_row x n_rows][int32 pages: seq 0's table | seq 1's | ...] */
 static void kcu_attention(void *ctx, float *out, const float *q, const struct be_kv_layer *kv,
                           const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p) {
@@ -403,35 +403,15 @@ static void kcu_attention(void *ctx, float *out, const float *q, const struct be
     if (n_seqs <= 0 || p->n_heads <= 0 || p->n_kv_heads <= 0 || p->head_dim <= 0 ||
         p->head_dim > KCU_ATT_MAX_HEAD || p->n_heads % p->n_kv_heads != 0)
         return;
-    size_t n_rows = 0, n_pages = 0;
-    for (int s = 0; s < n_seqs; s++) {
-        if (seqs[s].n_tok <= 0)
-            continue;
-        n_rows += (size_t)seqs[s].n_tok;
-        n_pages += ((size_t)seqs[s].n_past + (size_t)seqs[s].n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
-    }
+    size_t n_rows, n_pages;
+    kcu_attn_count(seqs, n_seqs, &n_rows, &n_pages);
     if (n_rows == 0 || n_rows > INT_MAX || n_pages > INT_MAX)
         return;
     const size_t rows_b = sizeof(struct kcu_attn_row) * n_rows;
     uint8_t *h = host_scratch(c, rows_b + sizeof(int32_t) * n_pages);
     if (!h)
         return;
-    struct kcu_attn_row *rows = (struct kcu_attn_row *)h;
-    int32_t *pages = (int32_t *)(h + rows_b);
-    size_t r = 0, pg = 0;
-    for (int s = 0; s < n_seqs; s++) {
-        const struct be_attn_seq *q0 = &seqs[s];
-        if (q0->n_tok <= 0)
-            continue;
-        size_t np = ((size_t)q0->n_past + (size_t)q0->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
-        memcpy(pages + pg, q0->pages, sizeof(int32_t) * np);
-        for (int32_t j = 0; j < q0->n_tok; j++, r++) {
-            kcu_attn_range(q0->n_past, j, p->window, &rows[r].lo, &rows[r].hi);
-            rows[r].row = q0->tok0 + j;
-            rows[r].pages_off = (int32_t)pg;
-        }
-        pg += np;
-    }
+    kcu_attn_pack(seqs, n_seqs, p->window, (struct kcu_attn_row *)h, (int32_t *)(h + rows_b));
     uint8_t *d = upload_idx(c, h, rows_b + sizeof(int32_t) * n_pages);
     if (d)
         cu_ok(c, kcu_launch_attention(c->st, out, q, kv->k, kv->v, kv->kv_type,

@@ -13,9 +13,11 @@
  *   at the end:       out[d] = acc[d] / l
  *
  * so a head's result depends only on its q row and the cache (never on the
- * batch), and its arithmetic is the host function model that
- * tests/unit/test_cuda_math.c (test_attention_split, one split) holds bitwise
- * to the CPU backend's generic attention, up to CUDA's expf/tanhf.
+ * batch). The inner steps are kcu_math.h functions (kcu_attn_score,
+ * kcu_attn_accum) and the rows come from kcu_attn_pack: tests/unit/
+ * test_cuda_math.c (test_attention_emulated) runs this kernel's walk on the
+ * host with them and holds it bitwise to the CPU backend's generic attention;
+ * on the device only CUDA's expf/tanhf differ.
  * The q row is copied to shared memory before anything is written, so out
  * may alias q (each block reads and writes only its own (row, head)).
  * NOTE: never run on a GPU yet (tools/gpu_check.sh checks it against the CPU).
@@ -55,10 +57,7 @@ __global__ void __launch_bounds__(AT) kcu_attn_kernel(float *out, const float *q
             const int cnt = R.hi - p0 + 1 < CH ? (int)(R.hi - p0 + 1) : CH;
             if (tid < cnt) {
                 const size_t off = kcu_kv_offset(pg, p0 + tid, kv_dim, g, D);
-                float dot = 0.0f;
-                for (int d = 0; d < D; d++)
-                    dot = kcu_add(dot, kcu_mul(qs[d], kcu_kv_load(kc, kv_type, off + d)));
-                sc[tid] = kcu_att_logit(dot, scale, softcap);
+                sc[tid] = kcu_attn_score(qs, kc, kv_type, off, D, scale, softcap);
                 offs[tid] = off;
             }
             __syncthreads();
@@ -72,12 +71,8 @@ __global__ void __launch_bounds__(AT) kcu_attn_kernel(float *out, const float *q
             __syncthreads();
             for (int i = 0; i < cnt; i++)
                 s.l = kcu_add(s.l, sc[i]);
-            for (int d = tid; d < D; d += AT) {
-                float a = kcu_mul(acc[d], corr);
-                for (int i = 0; i < cnt; i++)
-                    a = kcu_add(a, kcu_mul(sc[i], kcu_kv_load(vc, kv_type, offs[i] + d)));
-                acc[d] = a;
-            }
+            for (int d = tid; d < D; d += AT)
+                acc[d] = kcu_attn_accum(acc[d], corr, sc, offs, cnt, vc, kv_type, d);
             __syncthreads(); /* the next chunk overwrites sc and offs */
         }
         const float inv = kcu_sm_inv(&s);

@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/kcu_math.h" /* struct kcu_attn_row */
 
 #ifdef __cplusplus
 extern "C" {
@@ -44,8 +45,6 @@ extern "C" {
 
 #define KCU_ROWS_THREADS 256  /* threads per block of every row kernel */
 #define KCU_ATT_THREADS 128   /* threads per block of the attention kernel */
-#define KCU_ATT_CHUNK 32      /* keys per step of the online softmax (as the CPU's) */
-#define KCU_ATT_MAX_HEAD 1024 /* head_dim limit (backend.h) */
 
 /* out[n][K] = rows ids[n] (device ids) of the weight rows at w (R rows of nb1
  * bytes, type with kcu_type_blck(type) dividing K); an id outside [0, R) or
@@ -77,16 +76,9 @@ cudaError_t kcu_launch_kv_store(cudaStream_t stream, void *kc, void *vc, int kv_
                                 const float *k, const float *v, const int32_t *slots, int n,
                                 int kv_dim);
 
-/* One query row of a ragged batch, as the attention kernel sees it: q/out
- * row `row`, keys [lo, hi] (kcu_attn_range) of the block table at
- * pages + pages_off. Built on the host by be_cuda.c. */
-struct kcu_attn_row {
-    int64_t lo, hi;
-    int32_t row;
-    int32_t pages_off;
-};
 /* out[row] = attention of q[row] over the paged caches kc, vc (kv_type) for
- * the n_rows rows (device array), every head; out may be q. p as backend.h
+ * the n_rows rows (device array, packed by kcu_attn_pack with the block
+ * tables at pages, device), every head; out may be q. p as backend.h
  * (head_dim <= KCU_ATT_MAX_HEAD, n_heads a multiple of n_kv_heads). */
 cudaError_t kcu_launch_attention(cudaStream_t stream, float *out, const float *q, const void *kc,
                                  const void *vc, int kv_type, const struct kcu_attn_row *rows,

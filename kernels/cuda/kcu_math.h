@@ -318,12 +318,79 @@ KCU_FN float kcu_kv_load(const void *cache, int kv_type, size_t i) {
     return kv_type == BE_F16 ? kcu_f16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
 }
 
+#define KCU_ATT_CHUNK 32      /* keys per step of the online softmax (as the CPU's) */
+#define KCU_ATT_MAX_HEAD 1024 /* head_dim limit (backend.h) */
+
+/* One query row of a ragged batch as the attention kernel sees it: q/out row
+ * `row`, keys [lo, hi] (kcu_attn_range) of the block table at
+ * pages + pages_off of the packed tables (kcu_attn_pack). */
+struct kcu_attn_row {
+    int64_t lo, hi;
+    int32_t row;
+    int32_t pages_off;
+};
+/* Pages of a sequence's block table that the step reads (n_past + n_tok
+ * entries); 0 for a sequence without tokens. */
+KCU_FN size_t kcu_attn_seq_pages(const struct be_attn_seq *s) {
+    return s->n_tok <= 0 ? 0 : ((size_t)s->n_past + (size_t)s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
+}
+/* Rows and pages of a batch, for sizing kcu_attn_pack's arrays. */
+KCU_FN void kcu_attn_count(const struct be_attn_seq *seqs, int n_seqs, size_t *n_rows, size_t *n_pages) {
+    *n_rows = *n_pages = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        *n_rows += seqs[s].n_tok > 0 ? (size_t)seqs[s].n_tok : 0;
+        *n_pages += kcu_attn_seq_pages(&seqs[s]);
+    }
+}
+/* The host side of the attention launch: one row per query token, the
+ * sequences' block tables concatenated (host memory; be_cuda.c uploads both
+ * in one copy):
+ *   rows:  s0 j0, s0 j1, ..., s1 j0, ...  -> {lo, hi, tok0 + j, offset of s's table}
+ *   pages: [s0's table | s1's table | ...] */
+KCU_FN void kcu_attn_pack(const struct be_attn_seq *seqs, int n_seqs, int32_t window,
+                          struct kcu_attn_row *rows, int32_t *pages) {
+    size_t r = 0, pg = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const struct be_attn_seq *q = &seqs[s];
+        const size_t np = kcu_attn_seq_pages(q);
+        for (size_t i = 0; i < np; i++)
+            pages[pg + i] = q->pages[i];
+        for (int32_t j = 0; j < q->n_tok; j++, r++) {
+            kcu_attn_range(q->n_past, j, window, &rows[r].lo, &rows[r].hi);
+            rows[r].row = q->tok0 + j;
+            rows[r].pages_off = (int32_t)pg;
+        }
+        pg += np;
+    }
+}
+
 /* ------------------------------------------------------ soft-capping */
 
 /* cap * tanh(x / cap) for cap > 0, x unchanged otherwise (final logits). */
 KCU_FN float kcu_softcap(float x, float cap) { return cap > 0.0f ? cap * tanhf(x / cap) : x; }
 /* One attention logit: scale * q.k, then soft-capped (as the CPU attention). */
 KCU_FN float kcu_att_logit(float dot, float scale, float cap) { return kcu_softcap(kcu_mul(dot, scale), cap); }
+
+/* The attention kernel's two inner steps (kcu_attn.cu), shared with the
+ * host emulation in test_cuda_math:
+ * the soft-capped, scaled logit of q [D] against the K row at element off,
+ * a sequential dot product (as the CPU's generic kernel); */
+KCU_FN float kcu_attn_score(const float *q, const void *kc, int kv_type, size_t off, int D,
+                            float scale, float softcap) {
+    float dot = 0.0f;
+    for (int d = 0; d < D; d++)
+        dot = kcu_add(dot, kcu_mul(q[d], kcu_kv_load(kc, kv_type, off + d)));
+    return kcu_att_logit(dot, scale, softcap);
+}
+/* and element d of the accumulator after a chunk of cnt keys with softmax
+ * weights w[] and V rows at offs[]: acc*corr + sum_i w_i v_i[d], in key order. */
+KCU_FN float kcu_attn_accum(float acc, float corr, const float *w, const size_t *offs, int cnt,
+                            const void *vc, int kv_type, int d) {
+    float a = kcu_mul(acc, corr);
+    for (int i = 0; i < cnt; i++)
+        a = kcu_add(a, kcu_mul(w[i], kcu_kv_load(vc, kv_type, offs[i] + d)));
+    return a;
+}
 
 /* ------------------------------------------------------ RoPE */
 
