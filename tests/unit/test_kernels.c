@@ -909,6 +909,16 @@ END_TEST
 START_TEST(test_registry) {
     struct be be;
     ck_assert_int_lt(be_open(&be, "tpu", 1), 0);
+    /* CUDA names: "cuda", "cuda:N"; anything else is not found */
+    ck_assert_int_eq(be_open(&be, "cuda:", 1), SS_ENOTFOUND);
+    ck_assert_int_eq(be_open(&be, "cuda:x", 1), SS_ENOTFOUND);
+    ck_assert_int_eq(be_open(&be, "cuda:-1", 1), SS_ENOTFOUND);
+    ck_assert_int_eq(be_open(&be, "cudax", 1), SS_ENOTFOUND);
+    char why[256] = "";
+    if (!be_cuda_device_available(7, why, sizeof why)) { /* no device 7 here: the reason, not "not found" */
+        ck_assert_int_ne(be_open(&be, "cuda:7", 1), SS_ENOTFOUND);
+        ck_assert_msg(strstr(why, "CUDA") != NULL, "why: %s", why);
+    }
     ck_assert_int_eq(be_open(&be, "cpu", 0), 0); /* 0 threads = all cores */
     ck_assert_str_eq(be.ops->name, "cpu");
     ck_assert_ptr_nonnull(kcpu_ctx_isa_name(&be));
