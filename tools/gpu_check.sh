@@ -2,7 +2,11 @@
 # gpu_check.sh - the whole check of the CUDA backend on a GPU host, in one
 # command, within ~5 minutes on one H200:
 #
-#   bash tools/gpu_check.sh [--device N]
+#   bash tools/gpu_check.sh [--device N] [--dry-run]
+#
+# --dry-run: the same steps with the CPU backend in the GPU's place (the
+# runner's --self-test, CPU servers on both sides, bench_forward -e cpu): checks
+# the script itself on a machine without a GPU. Its verdict says DRY RUN.
 #
 # NOTE: the CUDA backend was written without a GPU; this script is its first
 # run. Until it has passed on a host, `--backend cuda` refuses to start there
@@ -38,6 +42,9 @@
 # compiler and the loader at it. Without those .debs (or with no meson/pkg-
 # config found), steps 2-3 are SKIPPED, said so, and the summary says PARTIAL.
 #
+# The .debs must come from the same distribution release as the GPU host's
+# base system (their libraries link against its glibc).
+#
 # Exit: 0 every step that ran passed (PARTIAL if 2-3 were skipped), 1 a
 # failure, 2 no CUDA toolkit or no CUDA device (nothing could be checked).
 # Environment: CUDA_HOME (default /usr/local/cuda), CC (default cc),
@@ -47,12 +54,18 @@ set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 2
 dev=0
+dry=0
 while (($#)); do
     case $1 in
     --device) dev=${2:?--device N}; shift 2 ;;
-    *) echo "usage: tools/gpu_check.sh [--device N]" >&2; exit 2 ;;
+    --dry-run) dry=1; shift ;;
+    *) echo "usage: tools/gpu_check.sh [--device N] [--dry-run]" >&2; exit 2 ;;
     esac
 done
+gpu_be=cuda conform_args=(--device "$dev")
+if ((dry)); then
+    gpu_be=cpu conform_args=(--self-test)
+fi
 cuda=${CUDA_HOME:-/usr/local/cuda}
 cc=${CC:-cc}
 out=$root/build-gpu
@@ -61,7 +74,11 @@ t0=$SECONDS
 summary=()
 say() { printf '[gpu_check] %s\n' "$*"; }
 finish() { # finish EXIT_CODE VERDICT
-    printf 'gpu_check: %s: %s (%ds)\n' "$2" "${summary[*]:-nothing ran}" $((SECONDS - t0))
+    local v=$2
+    ((dry)) && v="DRY RUN (cpu in the GPU's place) $v"
+    local all="" part
+    for part in "${summary[@]}"; do all+="${all:+; }$part"; done
+    printf 'gpu_check: %s: %s (%ds)\n' "$v" "${all:-nothing ran}" $((SECONDS - t0))
     exit "$1"
 }
 
@@ -119,7 +136,7 @@ if ! ((ok)); then
     summary+=("conformance runner did not build (see $build_log)")
     finish 1 FAIL
 fi
-"$obj/cuda_conform" --device "$dev" | tee "$obj/conform.txt"
+"$obj/cuda_conform" "${conform_args[@]}" | tee "$obj/conform.txt"
 rc=${PIPESTATUS[0]}
 case $rc in
 0) summary+=("conformance $(tail -n 1 "$obj/conform.txt" | sed 's/^cuda_conform: //')") ;;
@@ -162,20 +179,22 @@ ninja -C "$bdir" >"$out/ninja.log" 2>&1 ||
 bin=$bdir/server/slimserve
 
 # ------------------------------------------------------------ 2b. engine + HTTP
-python3 "$root/tools/gpu_check_http.py" --bin "$bin" --device "$dev" --workdir "$out/http" |
+python3 "$root/tools/gpu_check_http.py" --bin "$bin" --device "$dev" --workdir "$out/http" --gpu-backend "$gpu_be" |
     tee "$out/http.txt"
 rc=${PIPESTATUS[0]}
 summary+=("$(tail -n 1 "$out/http.txt")")
 ((rc == 0)) || finish 1 FAIL
 
 # ------------------------------------------------------------ 3. benchmark
-model=${SLIMSERVE_GEMMA_GGUF:-$out/http/bench.gguf}
-[ -f "$model" ] || "$bin" gen-model --out "$model" --size 100M --type q8_0 >/dev/null
+bench_size=100M
+((dry)) && bench_size=1M # the CPU in the GPU's place: keep the dry run short
+model=${SLIMSERVE_GEMMA_GGUF:-$out/http/bench-$bench_size.gguf}
+[ -f "$model" ] || "$bin" gen-model --out "$model" --size "$bench_size" --type q8_0 >/dev/null
 bf=$bdir/tools/bench_forward
 bench_line=""
 bpt="" # weight bytes (GB) read per step, from the batch-1 line: GB/s / tok/s
 for B in 1 16 64; do
-    line=$(timeout 120 "$bf" "$model" -e cuda -d "$dev" -p 32 -n 64 -r 1 -B "$B" 2>&1 | grep '^decode' | tail -n 1)
+    line=$(timeout 120 "$bf" "$model" -e "$gpu_be" -d "$dev" -p 32 -n 64 -r 1 -B "$B" 2>&1 | grep '^decode' | tail -n 1)
     [ -n "$line" ] || { summary+=("bench_forward -B $B failed"); finish 1 FAIL; }
     say "batch $B: $line"
     tps=$(grep -oE '[0-9.]+ tokens/s' <<<"$line" | head -n 1)
@@ -188,7 +207,7 @@ for B in 1 16 64; do
     frac=$(awk -v b="$bpt" -v t="$tps" -v B="$B" 'BEGIN { g = b * t / B; printf "%.1f GB/s, %.2f%%", g, 100 * g / 4800 }')
     bench_line+=" decode@$B $tps tok/s ($frac of 4.8 TB/s)"
 done
-line=$(timeout 120 "$bf" "$model" -e cuda -d "$dev" -p 1024 -n 1 -r 1 2>&1 | grep '^prefill' | tail -n 1)
+line=$(timeout 120 "$bf" "$model" -e "$gpu_be" -d "$dev" -p 1024 -n 1 -r 1 2>&1 | grep '^prefill' | tail -n 1)
 [ -n "$line" ] || { summary+=("bench_forward prefill failed"); finish 1 FAIL; }
 say "prefill 1024: $line"
 bench_line+=" prefill $(grep -oE '[0-9.]+ tokens/s' <<<"$line" | head -n 1)"
