@@ -99,34 +99,35 @@ say "building the conformance runner with $nvcc and $cc (arch $arch)"
 cflags=(-O2 -std=gnu11 -fopenmp -ffp-contract=off -I"$root" -I"$root/tests/unit" -I"$cuda/include" -DHAVE_CUDA=1)
 build_log=$obj/build.log
 : >"$build_log"
-compile() { # compile OUT SRC FLAGS...
-    local o=$1 s=$2
-    shift 2
-    "$cc" "${cflags[@]}" "$@" -c -o "$o" "$s" >>"$build_log" 2>&1
-}
-ok=1
+# every object compiles in the background (the GPU host has cores); its log is OUT.log
+pids=()
 objs=()
+compile() { # compile OUT COMMAND...: runs COMMAND -o OUT in the background
+    local o=$1
+    shift
+    "$@" -o "$o" >"$o.log" 2>&1 &
+    pids+=($!)
+    objs+=("$o")
+}
 for f in kernels/cpu/attention.c kernels/cpu/be_cpu.c kernels/cpu/lte.c kernels/cpu/fork.c \
     kernels/cpu/matmul.c kernels/cpu/quant_act.c kernels/cpu/ref.c kernels/cpu/rowops.c \
     kernels/cpu/types.c kernels/registry.c kernels/cuda/be_cuda.c tests/unit/cuda_conform.c; do
-    o=$obj/$(basename "$f" .c).o
-    compile "$o" "$f" || ok=0
-    objs+=("$o")
+    compile "$obj/$(basename "$f" .c).o" "$cc" "${cflags[@]}" -c "$f"
 done
 if [ "$(uname -m)" = x86_64 ]; then # the SIMD libraries, flags as kernels/meson.build
     avx2=(-mavx2 -mfma -mf16c)
     avx512=("${avx2[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq)
-    compile "$obj/matmul_avx2.o" kernels/cpu/matmul_avx2.c "${avx2[@]}" || ok=0
-    compile "$obj/rowops_avx2.o" kernels/cpu/rowops_avx2.c "${avx2[@]}" || ok=0
-    compile "$obj/matmul_avx512.o" kernels/cpu/matmul_avx512.c "${avx512[@]}" || ok=0
-    compile "$obj/matmul_q8_avx512.o" kernels/cpu/matmul_q8_avx512.c "${avx512[@]}" -mavx512vnni || ok=0
-    objs+=("$obj/matmul_avx2.o" "$obj/rowops_avx2.o" "$obj/matmul_avx512.o" "$obj/matmul_q8_avx512.o")
+    compile "$obj/matmul_avx2.o" "$cc" "${cflags[@]}" "${avx2[@]}" -c kernels/cpu/matmul_avx2.c
+    compile "$obj/rowops_avx2.o" "$cc" "${cflags[@]}" "${avx2[@]}" -c kernels/cpu/rowops_avx2.c
+    compile "$obj/matmul_avx512.o" "$cc" "${cflags[@]}" "${avx512[@]}" -c kernels/cpu/matmul_avx512.c
+    compile "$obj/matmul_q8_avx512.o" "$cc" "${cflags[@]}" "${avx512[@]}" -mavx512vnni -c kernels/cpu/matmul_q8_avx512.c
 fi
 for f in kernels/cuda/kcu_rows.cu kernels/cuda/kcu_attn.cu; do
-    o=$obj/$(basename "$f" .cu).o
-    "$nvcc" -O2 -I"$root" -arch="$arch" -c -o "$o" "$f" >>"$build_log" 2>&1 || ok=0
-    objs+=("$o")
+    compile "$obj/$(basename "$f" .cu).o" "$nvcc" -O2 -I"$root" -arch="$arch" -c "$f"
 done
+ok=1
+for p in "${pids[@]}"; do wait "$p" || ok=0; done
+for o in "${objs[@]}"; do cat "$o.log" >>"$build_log"; done
 if ((ok)); then
     "$nvcc" -o "$obj/cuda_conform" "${objs[@]}" -Xcompiler -fopenmp -lcublas -lcudart -lm \
         >>"$build_log" 2>&1 || ok=0
