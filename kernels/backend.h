@@ -239,6 +239,11 @@ void be_close(struct be *be);
  * written into why. On success why describes the device. */
 int be_cuda_available(char *why, size_t why_len);
 int be_cuda_device_available(int dev, char *why, size_t why_len);
+/* The gate of the never-yet-run CUDA backend: 1 if SLIMSERVE_CUDA_UNVERIFIED
+ * is "1" (tools/gpu_check.sh sets it once its conformance run has passed),
+ * else 0 with what to do in why. be_open("cuda") checks it after finding a
+ * device. Any thread (reads the environment). */
+int be_cuda_gate_open(char *why, size_t why_len);
 
 /* Wrappers (inline, so calls cost nothing). */
 static inline void *be_alloc(struct be *b, size_t n) { return b->ops->alloc(b->ctx, n); }

@@ -27,6 +27,17 @@ static void say(char *why, size_t len, const char *msg) {
 
 #define CUDA_GATE_ENV "SLIMSERVE_CUDA_UNVERIFIED"
 
+int be_cuda_gate_open(char *why, size_t len) {
+    const char *gate = getenv(CUDA_GATE_ENV);
+    if (gate && strcmp(gate, "1") == 0) {
+        say(why, len, "unverified CUDA backend enabled by " CUDA_GATE_ENV "=1");
+        return 1;
+    }
+    say(why, len, "the CUDA backend has not been verified on a GPU yet: run tools/gpu_check.sh "
+                  "on this host, then set " CUDA_GATE_ENV "=1 to use it");
+    return 0;
+}
+
 /* 0 if the CUDA backend could be opened on device dev, else a negative code
  * + reason */
 static int cuda_status(int dev, char *why, size_t len) {
@@ -37,17 +48,11 @@ static int cuda_status(int dev, char *why, size_t len) {
         say(why, len, desc);
         return SS_ENODEVICE;
     }
-    const char *gate = getenv(CUDA_GATE_ENV);
-    if (!gate || strcmp(gate, "1") != 0) {
-        if (why && len)
-            snprintf(why, len,
-                     "the CUDA backend has not been verified on a GPU yet: run tools/gpu_check.sh "
-                     "on this host, then set " CUDA_GATE_ENV "=1 to use it (%s)", desc);
-        return SS_EUNSUPPORTED;
-    }
-    if (why && len)
-        snprintf(why, len, "%s (unverified CUDA backend enabled by " CUDA_GATE_ENV "=1)", desc);
-    return 0;
+    char gate[200];
+    const int open = be_cuda_gate_open(gate, sizeof gate);
+    if (why && len) /* the device, then the gate's word; or what to do, then the device */
+        snprintf(why, len, "%s (%s)", open ? desc : gate, open ? gate : desc);
+    return open ? 0 : SS_EUNSUPPORTED;
 #else
     (void)dev;
     say(why, len, "CUDA backend not compiled in (built without HAVE_CUDA)");
