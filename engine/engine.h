@@ -103,7 +103,8 @@ struct eng_model; /* opaque: config, weights, KV pool, scratch buffers */
 #define ENG_KV_F32 256
 
 struct eng_options {
-    const char *backend;     /* "cpu" (default) or "cuda" */
+    const char *backend;     /* "cpu" (default), "cuda" or "auto" (eng_backend_choose) */
+    int device;              /* CUDA device number for "cuda" (default 0) */
     int n_threads;           /* 0 = all cores */
     int n_ctx;               /* max tokens per sequence; 0 = n_ctx_train capped at 8192, but
                               * uncapped (as far as the pool holds one sequence with every
@@ -131,6 +132,14 @@ struct eng_options {
      * the backend has fast int8 kernels, else fp32. */
     int act_precision;
 };
+
+/* The backend name to load with: "cpu" stays "cpu"; "cuda" stays "cuda";
+ * "auto" (or NULL) becomes "cuda" where CUDA device `device` exists and the
+ * CUDA backend may be opened (kernels/registry.c: built in, device present,
+ * SLIMSERVE_CUDA_UNVERIFIED=1), else "cpu". why gets one line saying which and
+ * why (for the log). Any thread. */
+const char *eng_backend_choose(const char *want, int device, char *why, size_t why_len);
+
 enum { ENG_ACT_F32 = 0, ENG_ACT_INT8 = 1, ENG_ACT_AUTO = 2 };
 /* "f32" | "int8" | "auto" -> ENG_ACT_*; returns 0, or -1 for anything else. */
 int eng_act_parse(const char *s, int *out);

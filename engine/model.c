@@ -537,6 +537,20 @@ static int load_options(struct eng_model *m, const struct eng_options *o, char *
     return 0;
 }
 
+const char *eng_backend_choose(const char *want, int device, char *why, size_t why_len) {
+    char dev[320] = "";
+    if (want && strcmp(want, "auto") != 0) {
+        if (why && why_len) snprintf(why, why_len, "backend %s (asked for)", want);
+        return want;
+    }
+    if (be_cuda_device_available(device, dev, sizeof dev)) {
+        if (why && why_len) snprintf(why, why_len, "backend auto: cuda (%s)", dev);
+        return "cuda";
+    }
+    if (why && why_len) snprintf(why, why_len, "backend auto: cpu (CUDA not used: %s)", dev);
+    return "cpu";
+}
+
 int eng_model_load(struct eng_model **out, const char *path, const struct eng_options *opt,
                    char *err, size_t err_len) {
     static const struct eng_options defaults;
@@ -554,8 +568,17 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
     if ((rc = tok_load(&m->tok, m->gguf, err, err_len)) < 0) goto fail;
 
     const char *bname = o->backend && o->backend[0] ? o->backend : "cpu";
+    char bdev[32];
+    if (strcmp(bname, "auto") == 0) bname = eng_backend_choose(bname, o->device, NULL, 0);
+    if (strcmp(bname, "cuda") == 0) {
+        snprintf(bdev, sizeof bdev, "cuda:%d", o->device);
+        bname = bdev;
+    }
     if ((rc = be_open(&m->be, bname, o->n_threads)) < 0) {
-        eng_fail(err, err_len, rc, "cannot open backend '%s': %s", bname, ss_strerror(rc));
+        char why[320] = "";
+        if (strncmp(bname, "cuda", 4) == 0) be_cuda_device_available(o->device, why, sizeof why);
+        eng_fail(err, err_len, rc, "cannot open backend '%s': %s%s%s", bname, ss_strerror(rc),
+                 why[0] ? ": " : "", why);
         goto fail;
     }
     m->be_open = 1;

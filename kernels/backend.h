@@ -147,7 +147,10 @@ struct be_ops {
     /* y[n][w->ne[1]] = x[n][w->ne[0]] . W^T
      * DETERMINISM: y[t][r] is bitwise identical whatever n is, whatever the
      * other rows of x are and whatever the thread count is (within one process:
-     * the CPU backend picks one instruction set at be_open). An unsupported
+     * the CPU backend picks one instruction set at be_open). The CUDA backend
+     * (cuBLAS) keeps this only within tolerance: cuBLAS may pick another
+     * algorithm for another n, so y[t] may change in the last bits with the
+     * batch size (repeatable for one shape on one GPU model). An unsupported
      * type or a row size that is not a whole number of blocks gives y = 0.
      * y must not overlap x. */
     void (*matmul)(void *ctx, float *y, const float *x, const struct be_tensor *w, int n);
@@ -220,17 +223,27 @@ struct be {
     void *ctx;
 };
 
-/* Backend registry. name: "cpu" (NULL means "cpu") or "cuda"; n_threads <= 0
- * means one per core. Returns 0, or a negative SS_E* code: -11 no CUDA
- * device/driver, -7 CUDA not compiled in or its backend not implemented yet,
- * -9 unknown name, -1 no memory. The CPU backend honours SLIMSERVE_CPU_ISA
+/* Backend registry. name: "cpu" (NULL means "cpu"), "cuda" (device 0) or
+ * "cuda:N" (device N); n_threads <= 0 means one per core (the CUDA backend
+ * ignores it). Returns 0, or a negative SS_E* code: -11 no CUDA
+ * device/driver (or no device N), -7 CUDA not compiled in or not enabled
+ * (the CUDA backend has not been verified on a GPU yet: it opens only with
+ * SLIMSERVE_CUDA_UNVERIFIED=1, see tools/gpu_check.sh), -9 unknown name, -1
+ * no memory. The CPU backend honours SLIMSERVE_CPU_ISA
  * (generic | avx2 | avx512) when the CPU supports the named set, and
  * SLIMSERVE_LP_EXEC (seq | split) for how fork2 runs (kernels/cpu/fork.c). */
 int be_open(struct be *be, const char *name, int n_threads);
 void be_close(struct be *be);
-/* 1 if be_open("cuda") would succeed; 0 otherwise, with the reason (no
- * driver, no device, not built, not implemented) written into why. */
+/* 1 if be_open("cuda") (device 0) / be_open("cuda:N") would succeed; 0
+ * otherwise, with the reason (no driver, no device, not built, not enabled)
+ * written into why. On success why describes the device. */
 int be_cuda_available(char *why, size_t why_len);
+int be_cuda_device_available(int dev, char *why, size_t why_len);
+/* The gate of the never-yet-run CUDA backend: 1 if SLIMSERVE_CUDA_UNVERIFIED
+ * is "1" (tools/gpu_check.sh sets it once its conformance run has passed),
+ * else 0 with what to do in why. be_open("cuda") checks it after finding a
+ * device. Any thread (reads the environment). */
+int be_cuda_gate_open(char *why, size_t why_len);
 
 /* Wrappers (inline, so calls cost nothing). */
 static inline void *be_alloc(struct be *b, size_t n) { return b->ops->alloc(b->ctx, n); }

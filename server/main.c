@@ -76,7 +76,9 @@ static const struct opt serve_flags[] = {
     {"port", OPT_INT, 0, 65535, OFF(port), "TCP port (default 8080; 0 = any free port)"},
     {"threads", OPT_INT, 0, 1024, OFF(threads), "CPU threads for the forward pass (0 = all cores)"},
     {"ctx", OPT_INT, 0, 1 << 24, OFF(ctx), "max tokens per sequence (0 = model default)"},
-    {"backend", OPT_BACKEND, 0, 0, OFF(eng.backend), "cpu (default) or cuda"},
+    {"backend", OPT_BACKEND, 0, 0, OFF(eng.backend),
+     "cpu (default), cuda or auto (cuda where a device is found and enabled, else cpu)"},
+    {"device", OPT_INT, 0, 1023, OFF(eng.device), "CUDA device number (default 0)"},
     {"api-key", OPT_STR, 0, 0, OFF(srv.api_key), "require 'Authorization: Bearer KEY' on /v1/*"},
     {"max-body", OPT_SIZE, 1, 1LL << 40, OFF(srv.max_body), "request body limit (default 16MiB)"},
     {"max-num-seqs", OPT_INT, 1, 65536, OFF(srv.max_num_seqs), "running sequences (default 64)"},
@@ -231,8 +233,8 @@ static int set_opt(struct serve_opts *o, const struct opt *f, const char *value,
         return 0;
     }
     case OPT_BACKEND:
-        if (strcmp(value, "cpu") && strcmp(value, "cuda")) {
-            fprintf(stderr, "slimserve: %s: expected 'cpu' or 'cuda', got '%s'\n", src, value);
+        if (strcmp(value, "cpu") && strcmp(value, "cuda") && strcmp(value, "auto")) {
+            fprintf(stderr, "slimserve: %s: expected 'cpu', 'cuda' or 'auto', got '%s'\n", src, value);
             return -1;
         }
         *(const char **)dst = value;
@@ -535,6 +537,11 @@ static int cmd_serve(int argc, char **argv) {
     }
     struct eng_model *m = NULL;
     char err[512] = "";
+    if (strcmp(o.eng.backend, "auto") == 0) { /* one line saying which, and why */
+        char why[400];
+        o.eng.backend = eng_backend_choose(o.eng.backend, o.eng.device, why, sizeof why);
+        srv_log(SRV_LOG_INFO, "%s", why);
+    }
     srv_log(SRV_LOG_INFO, "loading model %s (backend %s)", o.srv.model_path, o.eng.backend);
     /* A --layer-parallel range is applied after the load, so that a range the
      * model cannot take is told apart (a usage error) from a bad file. */

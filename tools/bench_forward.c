@@ -2,7 +2,7 @@
  *
  *   bench_forward MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]
  *                       [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]
- *                       [-B SEQS]
+ *                       [-B SEQS] [-e cpu|cuda|auto] [-d DEVICE]
  *
  * One sequence: prefills a context of synthetic token ids, then decodes
  * N_DECODE tokens one at a time (greedy on the logits, so the work is real).
@@ -19,6 +19,9 @@
  * eng_model_kv_bytes_per_token()). Times are the median of REPEATS runs
  * (each from an empty cache; the runs are identical). Not a test: no
  * pass/fail.
+ *
+ * -e BACKEND (default cpu) and -d DEVICE (CUDA device number) choose the
+ * backend (eng_options.backend / device; tools/gpu_check.sh runs -e cuda).
  *
  * -B SEQS (> 1, models with one KV level): batched decode. SEQS sequences on
  * disjoint pages, each prefilled alone with its own token ids (the prefill
@@ -172,7 +175,7 @@ static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]\n"
             "          [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]  (-a: activation precision)\n"
-            "          [-B SEQS]  (batched decode of SEQS sequences)\n",
+            "          [-B SEQS]  (batched decode of SEQS sequences) [-e cpu|cuda|auto] [-d DEVICE]\n",
             argv0);
 }
 
@@ -195,6 +198,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-b")) chunk = atoi(v);
         else if (!strcmp(argv[i], "-t")) opt.n_threads = atoi(v);
         else if (!strcmp(argv[i], "-r")) repeats = atoi(v);
+        else if (!strcmp(argv[i], "-e")) opt.backend = v;
+        else if (!strcmp(argv[i], "-d")) opt.device = atoi(v);
         else if (!strcmp(argv[i], "-B") && atoi(v) >= 1 && atoi(v) <= 256) n_seqs = atoi(v);
         else if (!strcmp(argv[i], "-kv")) opt.kv_type = !strcmp(v, "f32") ? ENG_KV_F32 : ENG_KV_F16;
         else if (!strcmp(argv[i], "-lte")) opt.lte_off = !strcmp(v, "off"); /* on | off (LTE files) */

@@ -11,8 +11,9 @@
  * kernels/cpu/kcpu.h), the online softmax (running max and sum) and the
  * split-K combine of partial (max, sum, acc) triples, RoPE angles for both pair
  * conventions with freq factors, RMSNorm, SiLU / GELU(tanh), attention and
- * logit soft-capping, and the SUBLLM compaction index (exclusive prefix sum of
- * the keep flags).
+ * logit soft-capping, the paged attention's KV range and cache offsets, the
+ * GEMM operand conversions (F16 saturating, BF16) and the SUBLLM compaction
+ * index (exclusive prefix sum of the keep flags).
  *
  * NOTE (bitwise agreement): nvcc fuses a*b+c into one FMA by default, the CPU
  * backend is compiled with -ffp-contract=off. Products and sums that must
@@ -117,6 +118,36 @@ KCU_FN uint16_t kcu_f32_to_f16(float f) {
 }
 
 KCU_FN float kcu_bf16_to_f32(uint16_t h) { return kcu_bits_f32((uint32_t)h << 16); }
+
+/* float -> bfloat16, round to nearest even; NaN stays a quiet NaN. (The
+ * activations fed to a BF16 GEMM.) */
+KCU_FN uint16_t kcu_f32_to_bf16(float f) {
+    uint32_t u = kcu_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+/* float -> half for a GEMM operand (weights dequantised at load, activations
+ * before each F16 GEMM): round to nearest even, but a finite value past the
+ * half range saturates to +-65504 instead of becoming inf (one huge
+ * activation must not turn a whole output row into inf/NaN). NaN stays NaN. */
+KCU_FN uint16_t kcu_f32_to_f16_sat(float f) {
+    if (f > 65504.0f)
+        f = 65504.0f;
+    else if (f < -65504.0f)
+        f = -65504.0f;
+    return kcu_f32_to_f16(f);
+}
+
+/* The element type a weight of `type` is stored in on the device for cuBLAS:
+ * F32 stays F32 (FP32 GEMM), BF16 stays BF16, F16 and every quantised type
+ * become F16 (11 significant bits: closer to the dequantised value than BF16's
+ * 8). The activations are converted to the same type on the device. */
+KCU_FN int kcu_gemm_type(int type) {
+    return type == BE_F32 ? BE_F32 : type == BE_BF16 ? BE_BF16 : BE_F16;
+}
 
 /* ------------------------------------------------------ dequantisation */
 
@@ -266,12 +297,100 @@ KCU_FN float kcu_sm_mix(float acc_a, float ca, float acc_b, float cb) {
     return kcu_add(kcu_mul(acc_a, ca), kcu_mul(acc_b, cb));
 }
 
+/* ------------------------------------------------------ paged attention */
+
+/* KV positions token j of a sequence attends: [*lo, *hi] with
+ * hi = n_past + j, lo = max(0, hi - window + 1) (window 0 = full causal). */
+KCU_FN void kcu_attn_range(int32_t n_past, int32_t j, int32_t window, int64_t *lo, int64_t *hi) {
+    *hi = (int64_t)n_past + j;
+    int64_t l = window > 0 ? *hi - window + 1 : 0;
+    *lo = l < 0 ? 0 : l;
+}
+/* Element offset of position P's K (or V) row of KV head g in a layer's cache
+ * (pages = the sequence's block table):
+ *   slot = pages[P / 16] * 16 + P % 16;  offset = slot * kv_dim + g * head_dim */
+KCU_FN size_t kcu_kv_offset(const int32_t *pages, int64_t P, int kv_dim, int g, int head_dim) {
+    size_t slot = (size_t)pages[P / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + (size_t)(P % BE_PAGE_SLOTS);
+    return slot * (size_t)kv_dim + (size_t)g * (size_t)head_dim;
+}
+/* Element i of a K/V cache of kv_type (BE_F16 or BE_F32). */
+KCU_FN float kcu_kv_load(const void *cache, int kv_type, size_t i) {
+    return kv_type == BE_F16 ? kcu_f16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+}
+
+#define KCU_ATT_CHUNK 32      /* keys per step of the online softmax (as the CPU's) */
+#define KCU_ATT_MAX_HEAD 1024 /* head_dim limit (backend.h) */
+
+/* One query row of a ragged batch as the attention kernel sees it: q/out row
+ * `row`, keys [lo, hi] (kcu_attn_range) of the block table at
+ * pages + pages_off of the packed tables (kcu_attn_pack). */
+struct kcu_attn_row {
+    int64_t lo, hi;
+    int32_t row;
+    int32_t pages_off;
+};
+/* Pages of a sequence's block table that the step reads (n_past + n_tok
+ * entries); 0 for a sequence without tokens. */
+KCU_FN size_t kcu_attn_seq_pages(const struct be_attn_seq *s) {
+    return s->n_tok <= 0 ? 0 : ((size_t)s->n_past + (size_t)s->n_tok + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
+}
+/* Rows and pages of a batch, for sizing kcu_attn_pack's arrays. */
+KCU_FN void kcu_attn_count(const struct be_attn_seq *seqs, int n_seqs, size_t *n_rows, size_t *n_pages) {
+    *n_rows = *n_pages = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        *n_rows += seqs[s].n_tok > 0 ? (size_t)seqs[s].n_tok : 0;
+        *n_pages += kcu_attn_seq_pages(&seqs[s]);
+    }
+}
+/* The host side of the attention launch: one row per query token, the
+ * sequences' block tables concatenated (host memory; be_cuda.c uploads both
+ * in one copy):
+ *   rows:  s0 j0, s0 j1, ..., s1 j0, ...  -> {lo, hi, tok0 + j, offset of s's table}
+ *   pages: [s0's table | s1's table | ...] */
+KCU_FN void kcu_attn_pack(const struct be_attn_seq *seqs, int n_seqs, int32_t window,
+                          struct kcu_attn_row *rows, int32_t *pages) {
+    size_t r = 0, pg = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const struct be_attn_seq *q = &seqs[s];
+        const size_t np = kcu_attn_seq_pages(q);
+        for (size_t i = 0; i < np; i++)
+            pages[pg + i] = q->pages[i];
+        for (int32_t j = 0; j < q->n_tok; j++, r++) {
+            kcu_attn_range(q->n_past, j, window, &rows[r].lo, &rows[r].hi);
+            rows[r].row = q->tok0 + j;
+            rows[r].pages_off = (int32_t)pg;
+        }
+        pg += np;
+    }
+}
+
 /* ------------------------------------------------------ soft-capping */
 
 /* cap * tanh(x / cap) for cap > 0, x unchanged otherwise (final logits). */
 KCU_FN float kcu_softcap(float x, float cap) { return cap > 0.0f ? cap * tanhf(x / cap) : x; }
 /* One attention logit: scale * q.k, then soft-capped (as the CPU attention). */
 KCU_FN float kcu_att_logit(float dot, float scale, float cap) { return kcu_softcap(kcu_mul(dot, scale), cap); }
+
+/* The attention kernel's two inner steps (kcu_attn.cu), shared with the
+ * host emulation in test_cuda_math:
+ * the soft-capped, scaled logit of q [D] against the K row at element off,
+ * a sequential dot product (as the CPU's generic kernel); */
+KCU_FN float kcu_attn_score(const float *q, const void *kc, int kv_type, size_t off, int D,
+                            float scale, float softcap) {
+    float dot = 0.0f;
+    for (int d = 0; d < D; d++)
+        dot = kcu_add(dot, kcu_mul(q[d], kcu_kv_load(kc, kv_type, off + d)));
+    return kcu_att_logit(dot, scale, softcap);
+}
+/* and element d of the accumulator after a chunk of cnt keys with softmax
+ * weights w[] and V rows at offs[]: acc*corr + sum_i w_i v_i[d], in key order. */
+KCU_FN float kcu_attn_accum(float acc, float corr, const float *w, const size_t *offs, int cnt,
+                            const void *vc, int kv_type, int d) {
+    float a = kcu_mul(acc, corr);
+    for (int i = 0; i < cnt; i++)
+        a = kcu_add(a, kcu_mul(w[i], kcu_kv_load(vc, kv_type, offs[i] + d)));
+    return a;
+}
 
 /* ------------------------------------------------------ RoPE */
 

@@ -1,9 +1,9 @@
-/* kcu_rows.cu - CUDA row kernels: get_rows (dequantisation), rmsnorm, glu, rope.
+/* kcu_rows.cu - CUDA row kernels: get_rows (dequantisation), rmsnorm, glu, rope,
+ * add, scale, the GEMM operand conversion and kv_store.
  *
- * Contracts: kernels/cuda/kcu_kernels.cuh. The arithmetic of every element is
+ * Contracts: kernels/cuda/kcu_launch.h. The arithmetic of every element is
  * a kcu_math.h function, the one tests/unit/test_cuda_math.c checks against
- * the CPU backend on the CPU. NOT registered in any backend table yet (see
- * kcu_kernels.cuh); compiled for sm_80 and sm_90 + PTX with warnings as errors
+ * the CPU backend on the CPU. Used by the backend table (be_cuda.c); compiled for sm_80 and sm_90 + PTX with warnings as errors
  * and checked for register spills and shared memory by the meson test
  * cuda_resources. Nothing here has run on a GPU yet.
  *
@@ -11,7 +11,7 @@
  */
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/kcu_kernels.cuh"
+#include "kernels/cuda/kcu_launch.h"
 #include "kernels/cuda/kcu_math.h"
 
 #define T KCU_ROWS_THREADS
@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(T) kcu_get_rows_kernel(float *out, const uint8
     }
 }
 
-cudaError_t kcu_launch_get_rows(cudaStream_t stream, float *out, const uint8_t *w, size_t nb1,
+extern "C" cudaError_t kcu_launch_get_rows(cudaStream_t stream, float *out, const uint8_t *w, size_t nb1,
                                 int type, int64_t K, int64_t R, const int32_t *ids, int n) {
     if (n <= 0 || K <= 0)
         return cudaSuccess;
@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(T) kcu_rmsnorm_kernel(float *out, const float 
     }
 }
 
-cudaError_t kcu_launch_rmsnorm(cudaStream_t stream, float *out, const float *x, const float *w,
+extern "C" cudaError_t kcu_launch_rmsnorm(cudaStream_t stream, float *out, const float *x, const float *w,
                                int n, int dim, float eps) {
     if (n <= 0 || dim <= 0)
         return cudaSuccess;
@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(T) kcu_glu_kernel(float *out, const float *g, 
         out[i] = kcu_glu(g[i], u[i], act);
 }
 
-cudaError_t kcu_launch_glu(cudaStream_t stream, float *out, const float *gate, const float *up,
+extern "C" cudaError_t kcu_launch_glu(cudaStream_t stream, float *out, const float *gate, const float *up,
                            int64_t n, int act) {
     if (n <= 0)
         return cudaSuccess;
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(T) kcu_rope_kernel(float *x, const int32_t *po
     }
 }
 
-cudaError_t kcu_launch_rope(cudaStream_t stream, float *x, const int32_t *pos, int n,
+extern "C" cudaError_t kcu_launch_rope(cudaStream_t stream, float *x, const int32_t *pos, int n,
                             const struct be_rope_params *p) {
     const int nr = p->n_rot;
     if (n <= 0 || p->n_heads <= 0 || p->head_dim <= 0 || nr <= 1 || nr > p->head_dim || nr % 2)
@@ -126,5 +126,79 @@ cudaError_t kcu_launch_rope(cudaStream_t stream, float *x, const int32_t *pos, i
     kcu_rope_kernel<<<grid_for((int64_t)n * (nr / 2)), T, 0, stream>>>(
         x, pos, n, p->n_heads, p->head_dim, nr, p->theta_base, p->freq_scale, p->neox,
         p->freq_factors);
+    return cudaGetLastError();
+}
+
+/* ------------------------------------------------------------ add, scale */
+
+__global__ void __launch_bounds__(T) kcu_add_kernel(float *y, const float *x, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * T + threadIdx.x; i < n; i += (int64_t)gridDim.x * T)
+        y[i] = kcu_add(y[i], x[i]);
+}
+
+extern "C" cudaError_t kcu_launch_add(cudaStream_t stream, float *y, const float *x, int64_t n) {
+    if (n <= 0)
+        return cudaSuccess;
+    kcu_add_kernel<<<grid_for(n), T, 0, stream>>>(y, x, n);
+    return cudaGetLastError();
+}
+
+__global__ void __launch_bounds__(T) kcu_scale_kernel(float *y, float s, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * T + threadIdx.x; i < n; i += (int64_t)gridDim.x * T)
+        y[i] = kcu_mul(y[i], s);
+}
+
+extern "C" cudaError_t kcu_launch_scale(cudaStream_t stream, float *y, float s, int64_t n) {
+    if (n <= 0)
+        return cudaSuccess;
+    kcu_scale_kernel<<<grid_for(n), T, 0, stream>>>(y, s, n);
+    return cudaGetLastError();
+}
+
+/* ------------------------------------------------------------ GEMM operands */
+
+__global__ void __launch_bounds__(T) kcu_to_half_kernel(uint16_t *dst, const float *x, int64_t n,
+                                                        int bf16) {
+    for (int64_t i = (int64_t)blockIdx.x * T + threadIdx.x; i < n; i += (int64_t)gridDim.x * T)
+        dst[i] = bf16 ? kcu_f32_to_bf16(x[i]) : kcu_f32_to_f16_sat(x[i]);
+}
+
+extern "C" cudaError_t kcu_launch_to_half(cudaStream_t stream, uint16_t *dst, const float *x,
+                                          int64_t n, int gtype) {
+    if (n <= 0)
+        return cudaSuccess;
+    kcu_to_half_kernel<<<grid_for(n), T, 0, stream>>>(dst, x, n, gtype == BE_BF16);
+    return cudaGetLastError();
+}
+
+/* ------------------------------------------------------------ kv_store */
+
+/* One thread per element of the n x kv_dim rows. */
+__global__ void __launch_bounds__(T) kcu_kv_store_kernel(void *kc, void *vc, int f16, const float *k,
+                                                         const float *v, const int32_t *slots,
+                                                         int n, int kv_dim) {
+    const int64_t total = (int64_t)n * kv_dim;
+    for (int64_t it = (int64_t)blockIdx.x * T + threadIdx.x; it < total; it += (int64_t)gridDim.x * T) {
+        const int32_t slot = slots[it / kv_dim];
+        if (slot < 0)
+            continue; /* row not stored */
+        const size_t off = (size_t)slot * (size_t)kv_dim + (size_t)(it % kv_dim);
+        if (f16) {
+            ((uint16_t *)kc)[off] = kcu_f32_to_f16(k[it]);
+            ((uint16_t *)vc)[off] = kcu_f32_to_f16(v[it]);
+        } else {
+            ((float *)kc)[off] = k[it];
+            ((float *)vc)[off] = v[it];
+        }
+    }
+}
+
+extern "C" cudaError_t kcu_launch_kv_store(cudaStream_t stream, void *kc, void *vc, int kv_type,
+                                           const float *k, const float *v, const int32_t *slots,
+                                           int n, int kv_dim) {
+    if (n <= 0 || kv_dim <= 0)
+        return cudaSuccess;
+    kcu_kv_store_kernel<<<grid_for((int64_t)n * kv_dim), T, 0, stream>>>(
+        kc, vc, kv_type == BE_F16, k, v, slots, n, kv_dim);
     return cudaGetLastError();
 }

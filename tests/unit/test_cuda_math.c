@@ -410,6 +410,165 @@ START_TEST(test_sub_compact) {
 }
 END_TEST
 
+/* ------------------------------------------------------------ GEMM operands */
+
+/* nearest bfloat16 of x from the definition (double distances, ties to the
+ * even mantissa) */
+static uint16_t bf16_ref(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
+    if ((u & 0xffff) == 0)
+        return lo;
+    double dl = fabs((double)kcu_bf16_to_f32(lo) - x), dh = fabs((double)kcu_bf16_to_f32(hi) - x);
+    if (dl != dh)
+        return dl < dh ? lo : hi;
+    return (lo & 1) ? hi : lo;
+}
+
+START_TEST(test_gemm_operands) {
+    ck_assert_int_eq(kcu_gemm_type(BE_F32), BE_F32);
+    ck_assert_int_eq(kcu_gemm_type(BE_BF16), BE_BF16);
+    const int f16_types[] = {BE_F16, BE_Q8_0, BE_Q4_0, BE_Q5_0, BE_Q4_K, BE_Q5_K, BE_Q6_K};
+    for (int i = 0; i < 7; i++)
+        ck_assert_int_eq(kcu_gemm_type(f16_types[i]), BE_F16);
+    for (int i = 0; i < 200000; i++) {
+        uint32_t u = rnd() ^ (rnd() << 16);
+        float x;
+        memcpy(&x, &u, 4);
+        if (isnan(x)) {
+            ck_assert(isnan(kcu_bf16_to_f32(kcu_f32_to_bf16(x))));
+            ck_assert(isnan(kcu_f16_to_f32(kcu_f32_to_f16_sat(x))));
+            continue;
+        }
+        if (!isinf(x) && fabsf(x) < 3.3e38f) /* past bf16's largest finite: rounds to inf */
+            ck_assert_msg(kcu_f32_to_bf16(x) == bf16_ref(x), "bf16 of %a: %04x vs %04x", x,
+                          kcu_f32_to_bf16(x), bf16_ref(x));
+        const float small = x / 1e34f; /* also values in half's range */
+        ck_assert_int_eq(kcu_f32_to_f16_sat(small), kref_fp32_to_fp16(small));
+        const uint16_t h = kcu_f32_to_f16_sat(x);
+        if (fabsf(x) <= 65504.0f)
+            ck_assert_int_eq(h, kref_fp32_to_fp16(x));
+        else /* saturates (never inf) */
+            ck_assert_int_eq(h, x > 0 ? 0x7bff : 0xfbff);
+    }
+    ck_assert_int_eq(kcu_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);          /* tie, even stays */
+    ck_assert_int_eq(kcu_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);      /* tie, odd rounds up */
+    ck_assert_int_eq(kcu_f32_to_f16_sat(1e6f), 0x7bff);
+    ck_assert_int_eq(kcu_f32_to_f16_sat(-INFINITY), 0xfbff);
+}
+END_TEST
+
+/* ------------------------------------------------------------ attention kernel, emulated */
+
+/* The walk of kcu_attn.cu's kernel, block by block, on the host: rows from
+ * kcu_attn_pack, the kernel's own inner steps (kcu_attn_score,
+ * kcu_attn_accum) in its order. */
+static void attn_emulate(float *out, const float *q, const struct be_kv_layer *kv,
+                         const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p) {
+    size_t nr, np;
+    kcu_attn_count(seqs, n_seqs, &nr, &np);
+    struct kcu_attn_row *rows = malloc(sizeof *rows * nr);
+    int32_t *pages = malloc(sizeof *pages * (np ? np : 1));
+    ck_assert(rows && pages);
+    kcu_attn_pack(seqs, n_seqs, p->window, rows, pages);
+    const int D = p->head_dim, group = p->n_heads / p->n_kv_heads;
+    const int kv_dim = p->n_kv_heads * D, qdim = p->n_heads * D;
+    for (size_t r = 0; r < nr; r++)
+        for (int h = 0; h < p->n_heads; h++) {
+            float qs[KCU_ATT_MAX_HEAD], acc[KCU_ATT_MAX_HEAD], sc[KCU_ATT_CHUNK];
+            size_t offs[KCU_ATT_CHUNK];
+            memcpy(qs, q + (size_t)rows[r].row * qdim + (size_t)h * D, sizeof(float) * D);
+            for (int d = 0; d < D; d++)
+                acc[d] = 0.0f;
+            struct kcu_sm s;
+            kcu_sm_init(&s);
+            const int32_t *pg = pages + rows[r].pages_off;
+            for (int64_t p0 = rows[r].lo; p0 <= rows[r].hi; p0 += KCU_ATT_CHUNK) {
+                int cnt = rows[r].hi - p0 + 1 < KCU_ATT_CHUNK ? (int)(rows[r].hi - p0 + 1) : KCU_ATT_CHUNK;
+                float mx = -INFINITY;
+                for (int i = 0; i < cnt; i++) {
+                    offs[i] = kcu_kv_offset(pg, p0 + i, kv_dim, h / group, D);
+                    sc[i] = kcu_attn_score(qs, kv->k, kv->kv_type, offs[i], D, p->scale, p->softcap);
+                    mx = sc[i] > mx ? sc[i] : mx;
+                }
+                const float corr = kcu_sm_rescale(&s, mx);
+                for (int i = 0; i < cnt; i++)
+                    sc[i] = kcu_sm_weight(&s, sc[i]);
+                for (int i = 0; i < cnt; i++)
+                    s.l = kcu_add(s.l, sc[i]);
+                for (int d = 0; d < D; d++)
+                    acc[d] = kcu_attn_accum(acc[d], corr, sc, offs, cnt, kv->v, kv->kv_type, d);
+            }
+            const float inv = kcu_sm_inv(&s);
+            float *o = out + (size_t)rows[r].row * qdim + (size_t)h * D;
+            for (int d = 0; d < D; d++)
+                o[d] = kcu_mul(acc[d], inv);
+        }
+    free(rows);
+    free(pages);
+}
+
+/* A ragged batch (prefill, decode at 3 pages, a prefill chunk after 40
+ * cached entries, a long decode over 13 pages) on shuffled pages, both cache
+ * types, windows and soft-capping: the emulated kernel equals the CPU
+ * backend's generic attention bitwise, rows outside the batch untouched. */
+START_TEST(test_attention_emulated) {
+    enum { H = 4, KVH = 2, D = 64, NSEQ = 4, NPAGE = 24, KVD = KVH * D, QD = H * D };
+    static const int past[NSEQ] = {0, 35, 40, 190}, ntok[NSEQ] = {21, 1, 9, 1};
+    int32_t perm[NPAGE], slots[NPAGE * BE_PAGE_SLOTS];
+    for (int i = 0; i < NPAGE; i++)
+        perm[i] = i;
+    for (int i = NPAGE - 1; i > 0; i--) {
+        int j = (int)(rnd() % (uint32_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    struct be be = open_generic();
+    struct be_attn_seq seqs[NSEQ];
+    int pg = 0, tok = 0;
+    for (int s = 0; s < NSEQ; s++) {
+        seqs[s] = (struct be_attn_seq){.tok0 = tok, .n_tok = ntok[s], .n_past = past[s], .pages = perm + pg};
+        pg += (int)kcu_attn_seq_pages(&seqs[s]);
+        tok += ntok[s];
+    }
+    ck_assert_int_le(pg, NPAGE);
+    const int n_rows = tok + 2; /* two rows no sequence covers */
+    float *kin = malloc(sizeof(float) * NPAGE * BE_PAGE_SLOTS * KVD), *vin = malloc(sizeof(float) * NPAGE * BE_PAGE_SLOTS * KVD);
+    float *q = malloc(sizeof(float) * n_rows * QD), *o_cpu = malloc(sizeof(float) * n_rows * QD),
+          *o_emu = malloc(sizeof(float) * n_rows * QD);
+    ck_assert(kin && vin && q && o_cpu && o_emu);
+    for (int i = 0; i < NPAGE * BE_PAGE_SLOTS * KVD; i++)
+        kin[i] = frnd(), vin[i] = frnd();
+    for (int i = 0; i < n_rows * QD; i++)
+        q[i] = 2.0f * frnd();
+    for (int i = 0; i < NPAGE * BE_PAGE_SLOTS; i++)
+        slots[i] = i;
+    for (int v = 0; v < 8; v++) {
+        const int kv_type = v & 1 ? BE_F16 : BE_F32;
+        struct be_kv_layer kv = {.k = be_alloc(&be, sizeof(float) * NPAGE * BE_PAGE_SLOTS * KVD),
+                                 .v = be_alloc(&be, sizeof(float) * NPAGE * BE_PAGE_SLOTS * KVD),
+                                 .kv_type = kv_type};
+        be_kv_store(&be, &kv, kin, vin, slots, NPAGE * BE_PAGE_SLOTS, KVD);
+        struct be_attn_params p = {.n_heads = H, .n_kv_heads = KVH, .head_dim = D, .scale = 0.125f,
+                                   .window = v & 2 ? 20 : 0, .softcap = v & 4 ? 30.0f : 0.0f};
+        memcpy(o_cpu, q, sizeof(float) * n_rows * QD);
+        memcpy(o_emu, q, sizeof(float) * n_rows * QD);
+        be_attention(&be, o_cpu, q, &kv, seqs, NSEQ, &p);
+        attn_emulate(o_emu, q, &kv, seqs, NSEQ, &p);
+        for (int i = 0; i < n_rows * QD; i++)
+            ck_assert_msg(same_bits(o_emu[i], o_cpu[i]), "variant %d row %d col %d: %g vs cpu %g", v,
+                          i / QD, i % QD, o_emu[i], o_cpu[i]);
+        for (int i = tok * QD; i < n_rows * QD; i++)
+            ck_assert(same_bits(o_emu[i], q[i]));
+        be_dealloc(&be, kv.k);
+        be_dealloc(&be, kv.v);
+    }
+    free(kin), free(vin), free(q), free(o_cpu), free(o_emu);
+    be_close(&be);
+}
+END_TEST
+
 static Suite *cuda_math_suite(void) {
     Suite *s = suite_create("cuda_math");
     TCase *tc = tcase_create("core");
@@ -423,6 +582,8 @@ static Suite *cuda_math_suite(void) {
     tcase_add_test(tc, test_combine_empty);
     tcase_add_test(tc, test_softcap);
     tcase_add_test(tc, test_sub_compact);
+    tcase_add_test(tc, test_gemm_operands);
+    tcase_add_test(tc, test_attention_emulated);
     suite_add_tcase(s, tc);
     return s;
 }

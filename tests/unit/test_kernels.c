@@ -909,6 +909,31 @@ END_TEST
 START_TEST(test_registry) {
     struct be be;
     ck_assert_int_lt(be_open(&be, "tpu", 1), 0);
+    /* CUDA names: "cuda", "cuda:N"; anything else is not found */
+    ck_assert_int_eq(be_open(&be, "cuda:", 1), SS_ENOTFOUND);
+    ck_assert_int_eq(be_open(&be, "cuda:x", 1), SS_ENOTFOUND);
+    ck_assert_int_eq(be_open(&be, "cuda:-1", 1), SS_ENOTFOUND);
+    ck_assert_int_eq(be_open(&be, "cudax", 1), SS_ENOTFOUND);
+    char why[256] = "";
+    if (!be_cuda_device_available(7, why, sizeof why)) { /* no device 7 here: the reason, not "not found" */
+        ck_assert_int_ne(be_open(&be, "cuda:7", 1), SS_ENOTFOUND);
+        ck_assert_msg(strstr(why, "CUDA") != NULL, "why: %s", why);
+    }
+    /* the gate of the unverified CUDA backend: only SLIMSERVE_CUDA_UNVERIFIED=1 opens it */
+    const char *old = getenv("SLIMSERVE_CUDA_UNVERIFIED");
+    char *saved = old ? strdup(old) : NULL;
+    unsetenv("SLIMSERVE_CUDA_UNVERIFIED");
+    ck_assert_int_eq(be_cuda_gate_open(why, sizeof why), 0);
+    ck_assert_msg(strstr(why, "tools/gpu_check.sh") && strstr(why, "SLIMSERVE_CUDA_UNVERIFIED=1"), "%s", why);
+    setenv("SLIMSERVE_CUDA_UNVERIFIED", "yes", 1);
+    ck_assert_int_eq(be_cuda_gate_open(NULL, 0), 0);
+    setenv("SLIMSERVE_CUDA_UNVERIFIED", "1", 1);
+    ck_assert_int_eq(be_cuda_gate_open(why, sizeof why), 1);
+    if (saved)
+        setenv("SLIMSERVE_CUDA_UNVERIFIED", saved, 1);
+    else
+        unsetenv("SLIMSERVE_CUDA_UNVERIFIED");
+    free(saved);
     ck_assert_int_eq(be_open(&be, "cpu", 0), 0); /* 0 threads = all cores */
     ck_assert_str_eq(be.ops->name, "cpu");
     ck_assert_ptr_nonnull(kcpu_ctx_isa_name(&be));

@@ -1,0 +1,517 @@
+/* be_cuda.c - the CUDA backend: the ops table of kernels/backend.h on device
+ * memory (C, CUDA runtime + cuBLAS C API; the kernels are in kcu_rows.cu and
+ * kcu_attn.cu, launched through kcu_launch.h), plus the device probe.
+ *
+ * NOTE: written and checked without a GPU (compiled, resource-checked, its
+ * arithmetic tested on the CPU by test_cuda_math). It has NOT run on a GPU
+ * yet: be_open("cuda") refuses unless SLIMSERVE_CUDA_UNVERIFIED=1
+ * (kernels/registry.c), which tools/gpu_check.sh sets for its runs.
+ *
+ * Memory: every buffer of be_alloc is device memory (cudaMalloc, zeroed).
+ * Index arrays the engine passes in host memory (token ids, positions, slots,
+ * block tables) are copied to a device scratch per call; pageable-memory
+ * cudaMemcpyAsync returns once the host bytes are staged, so the host buffer
+ * may be reused at once, and stream order keeps the scratch alive for the
+ * kernel that reads it.
+ * Weights (weight_prepare): uploaded once, dequantised on the host by the CPU
+ * backend's reference dequantiser (kref_dequant_row) and stored in the type
+ * kcu_gemm_type() names: F32 weights as F32 (4 bytes per element), BF16 as
+ * BF16 and F16 and every quantised type as F16 (2 bytes per element: a Q4_K
+ * matrix takes ~3.6x its file size). Released by be_close.
+ * get_rows reads the host copy (the mmapped file) and dequantises there, so
+ * the embedding rows are bitwise the CPU backend's; only n rows are uploaded.
+ *
+ * Streams: one per context; every op enqueues on it and returns; download
+ * waits for it. cuBLAS runs on the same stream.
+ * Errors: the entries return void, so the first CUDA/cuBLAS error is kept in
+ * the context and printed once on stderr; later results are undefined (the
+ * conformance runner and gpu_check.sh catch that).
+ * DETERMINISM: every kernel here computes a row (a head) from that row only,
+ * in a fixed order: bitwise independent of the batch. matmul is cuBLAS: its
+ * algorithm (tiling, split-K) may change with n, so y[t] may differ in the
+ * last bits between batch sizes; for one shape it is repeatable on one GPU
+ * model. So the GPU keeps "a token's output does not depend on the batch" only
+ * within tolerance (backend.h matmul contract, README "CUDA").
+ * Thread: one host thread at a time per context (any thread: each entry makes
+ * the context's device current first).
+ */
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/ss_error.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/kcpu.h"
+#include "kernels/cuda/kcu.h"
+#include "kernels/cuda/kcu_launch.h"
+#include "kernels/cuda/kcu_math.h"
+
+/* one weight copy on the device (freed by kcu_free) */
+struct kcu_wbuf {
+    struct kcu_wbuf *next;
+    void *dev;
+};
+
+struct kcu_ctx {
+    int dev;
+    cudaStream_t st;
+    cublasHandle_t blas;
+    void *idx;           /* device scratch: index arrays of one call */
+    size_t idx_cap;
+    void *act;           /* device scratch: activations converted for a GEMM */
+    size_t act_cap;
+    void *host;          /* host scratch: staging of index arrays / dequantised rows */
+    size_t host_cap;
+    struct kcu_wbuf *weights;
+    size_t weight_bytes; /* device bytes of the prepared weights */
+    int err;             /* first error seen (cudaError_t or 1000 + cublasStatus_t), 0 = none */
+};
+
+/* ---------------------------------------------------------------- errors */
+
+static int cu_ok(struct kcu_ctx *c, cudaError_t e, const char *what) {
+    if (e == cudaSuccess)
+        return 1;
+    if (!c->err) {
+        c->err = (int)e;
+        fprintf(stderr, "slimserve: CUDA error in %s: %s (%d)\n", what, cudaGetErrorString(e), (int)e);
+    }
+    return 0;
+}
+
+static int blas_ok(struct kcu_ctx *c, cublasStatus_t s, const char *what) {
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return 1;
+    if (!c->err) {
+        c->err = 1000 + (int)s;
+        fprintf(stderr, "slimserve: cuBLAS error in %s: status %d\n", what, (int)s);
+    }
+    return 0;
+}
+
+/* the context, with its device current on this thread */
+static struct kcu_ctx *use(void *ctx) {
+    struct kcu_ctx *c = ctx;
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != c->dev)
+        cu_ok(c, cudaSetDevice(c->dev), "cudaSetDevice");
+    return c;
+}
+
+/* ---------------------------------------------------------------- scratch */
+
+/* device scratch of at least `need` bytes (grown geometrically; NULL on failure) */
+static void *dev_scratch(struct kcu_ctx *c, void **p, size_t *cap, size_t need) {
+    if (need <= *cap)
+        return *p;
+    size_t n = need < 2 * *cap ? 2 * *cap : need;
+    cu_ok(c, cudaStreamSynchronize(c->st), "cudaStreamSynchronize");
+    cudaFree(*p);
+    *p = NULL;
+    *cap = 0;
+    if (!cu_ok(c, cudaMalloc(p, n), "cudaMalloc (scratch)")) {
+        *p = NULL;
+        return NULL;
+    }
+    *cap = n;
+    return *p;
+}
+
+static void *host_scratch(struct kcu_ctx *c, size_t need) {
+    if (need <= c->host_cap)
+        return c->host;
+    size_t n = need < 2 * c->host_cap ? 2 * c->host_cap : need;
+    void *p = realloc(c->host, n);
+    if (!p) {
+        if (!c->err) {
+            c->err = 2000;
+            fprintf(stderr, "slimserve: CUDA backend: out of host memory (%zu bytes)\n", n);
+        }
+        return NULL;
+    }
+    c->host = p;
+    c->host_cap = n;
+    return p;
+}
+
+/* bytes of host memory copied to the device index scratch; NULL on failure */
+static void *upload_idx(struct kcu_ctx *c, const void *src, size_t bytes) {
+    void *d = dev_scratch(c, &c->idx, &c->idx_cap, bytes ? bytes : 1);
+    if (!d || !cu_ok(c, cudaMemcpyAsync(d, src, bytes, cudaMemcpyHostToDevice, c->st), "upload (index)"))
+        return NULL;
+    return d;
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+int kcu_ctx_open(void **out, int dev) {
+    struct kcu_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return SS_ENOMEM;
+    c->dev = dev;
+    if (cudaSetDevice(dev) != cudaSuccess || cudaStreamCreate(&c->st) != cudaSuccess) {
+        (void)cudaGetLastError();
+        free(c);
+        return SS_ENODEVICE;
+    }
+    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS) {
+        cudaStreamDestroy(c->st);
+        free(c);
+        return SS_ENODEVICE;
+    }
+    *out = c;
+    return 0;
+}
+
+static int kcu_init(void **out, int n_threads) {
+    (void)n_threads; /* the GPU parallelises itself */
+    return kcu_ctx_open(out, 0);
+}
+
+static void kcu_free(void *ctx) {
+    struct kcu_ctx *c = ctx;
+    if (!c)
+        return;
+    use(c);
+    cudaStreamSynchronize(c->st);
+    for (struct kcu_wbuf *w = c->weights, *nx; w; w = nx) {
+        nx = w->next;
+        cudaFree(w->dev);
+        free(w);
+    }
+    cudaFree(c->idx);
+    cudaFree(c->act);
+    free(c->host);
+    cublasDestroy(c->blas);
+    cudaStreamDestroy(c->st);
+    free(c);
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static void *kcu_alloc(void *ctx, size_t bytes) {
+    struct kcu_ctx *c = use(ctx);
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        (void)cudaGetLastError(); /* out of memory is an answer (NULL), not a sticky error */
+        return NULL;
+    }
+    if (!cu_ok(c, cudaMemsetAsync(p, 0, bytes, c->st), "cudaMemsetAsync")) {
+        cudaFree(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void kcu_dealloc(void *ctx, void *p) {
+    use(ctx);
+    cudaFree(p); /* waits for the device to finish with it */
+}
+
+static void kcu_upload(void *ctx, void *dst, const void *src, size_t bytes) {
+    struct kcu_ctx *c = use(ctx);
+    if (bytes)
+        cu_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st), "upload");
+}
+
+static void kcu_download(void *ctx, void *dst, const void *src, size_t bytes) {
+    struct kcu_ctx *c = use(ctx);
+    if (bytes)
+        cu_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "download");
+    cu_ok(c, cudaStreamSynchronize(c->st), "download (synchronize)");
+}
+
+static int kcu_type_supported(void *ctx, int type) {
+    (void)ctx;
+    return kcpu_type_supported(type); /* the host dequantiser is the CPU backend's */
+}
+
+/* Converts rows [r0, r0+nr) of w to the GEMM type gt into dst (host). */
+static void convert_rows(const struct be_tensor *w, int gt, int64_t r0, int64_t nr, void *dst, float *row) {
+    const int64_t K = w->ne[0];
+    const size_t es = gt == BE_F32 ? 4 : 2;
+    for (int64_t r = 0; r < nr; r++) {
+        const uint8_t *src = (const uint8_t *)w->data + (size_t)(r0 + r) * w->nb1;
+        uint8_t *o = (uint8_t *)dst + (size_t)r * (size_t)K * es;
+        if (w->type == gt) { /* F32, F16, BF16: the bytes as they are */
+            memcpy(o, src, (size_t)K * es);
+            continue;
+        }
+        kref_dequant_row(w->type, src, row, K);
+        uint16_t *h = (uint16_t *)o;
+        for (int64_t k = 0; k < K; k++)
+            h[k] = gt == BE_BF16 ? kcu_f32_to_bf16(row[k]) : kcu_f32_to_f16_sat(row[k]);
+    }
+}
+
+#define PREP_CHUNK ((size_t)8 << 20) /* host bytes converted per upload */
+
+static int kcu_weight_prepare(void *ctx, struct be_tensor *w) {
+    struct kcu_ctx *c = use(ctx);
+    if (!kcpu_type_supported(w->type))
+        return SS_EUNSUPPORTED;
+    const int64_t K = w->ne[0], R = w->ne[1];
+    size_t rb = be_row_bytes(w->type, K);
+    if (K <= 0 || R <= 0 || K > INT_MAX || R > INT_MAX || rb == 0 || (w->nb1 && w->nb1 < rb) || !w->data)
+        return SS_EINVAL;
+    if (w->be_data)
+        return 0; /* already on the device */
+    if (!w->nb1)
+        w->nb1 = rb;
+    const int gt = kcu_gemm_type(w->type);
+    const size_t es = gt == BE_F32 ? 4 : 2, row_out = (size_t)K * es;
+    if ((size_t)R > SIZE_MAX / row_out)
+        return SS_ENOMEM;
+    const size_t total = row_out * (size_t)R;
+    int64_t per = (int64_t)(PREP_CHUNK / row_out);
+    if (per < 1)
+        per = 1;
+    if (per > R)
+        per = R;
+    struct kcu_wbuf *wb = calloc(1, sizeof *wb);
+    float *row = malloc(sizeof(float) * (size_t)K);
+    void *stage = malloc(row_out * (size_t)per);
+    int rc = 0;
+    if (!wb || !row || !stage) {
+        rc = SS_ENOMEM;
+    } else if (cudaMalloc(&wb->dev, total) != cudaSuccess) {
+        (void)cudaGetLastError();
+        wb->dev = NULL;
+        rc = SS_ENOMEM;
+    } else {
+        for (int64_t r0 = 0; r0 < R && rc == 0; r0 += per) {
+            int64_t nr = R - r0 < per ? R - r0 : per;
+            convert_rows(w, gt, r0, nr, stage, row);
+            if (cudaMemcpy((uint8_t *)wb->dev + (size_t)r0 * row_out, stage, (size_t)nr * row_out,
+                           cudaMemcpyHostToDevice) != cudaSuccess)
+                rc = SS_EIO;
+        }
+    }
+    free(row);
+    free(stage);
+    if (rc < 0) {
+        if (wb && wb->dev)
+            cudaFree(wb->dev);
+        free(wb);
+        (void)cudaGetLastError();
+        return rc;
+    }
+    wb->next = c->weights;
+    c->weights = wb;
+    c->weight_bytes += total;
+    w->be_data = wb->dev;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- compute */
+
+static void zero(struct kcu_ctx *c, void *p, size_t bytes) {
+    if (bytes)
+        cu_ok(c, cudaMemsetAsync(p, 0, bytes, c->st), "cudaMemsetAsync");
+}
+
+/* y[n][R] = x[n][K] . W^T with W [R][K] row-major = a K x R column-major
+ * matrix: in cuBLAS's column-major terms y^T (R x n) = W^T-op(A) . x^T. */
+static void kcu_matmul(void *ctx, float *y, const float *x, const struct be_tensor *w, int n) {
+    struct kcu_ctx *c = use(ctx);
+    const int64_t K = w->ne[0], R = w->ne[1];
+    if (n <= 0 || R <= 0)
+        return;
+    const size_t ybytes = sizeof(float) * (size_t)n * (size_t)R;
+    if (!w->be_data || !kcpu_type_supported(w->type) || K <= 0 || K > INT_MAX || R > INT_MAX ||
+        be_row_bytes(w->type, K) == 0) {
+        zero(c, y, ybytes); /* the contract: unsupported -> y = 0 */
+        return;
+    }
+    const int gt = kcu_gemm_type(w->type);
+    const void *b = x;
+    cudaDataType dt = CUDA_R_32F;
+    if (gt != BE_F32) {
+        uint16_t *a = dev_scratch(c, &c->act, &c->act_cap, sizeof(uint16_t) * (size_t)n * (size_t)K);
+        if (!a || !cu_ok(c, kcu_launch_to_half(c->st, a, x, (int64_t)n * K, gt), "to_half")) {
+            zero(c, y, ybytes);
+            return;
+        }
+        b = a;
+        dt = gt == BE_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    }
+    const float one = 1.0f, nil = 0.0f;
+    blas_ok(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)R, n, (int)K, &one, w->be_data, dt,
+                            (int)K, b, dt, (int)K, &nil, y, CUDA_R_32F, (int)R, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx");
+}
+
+static void kcu_get_rows(void *ctx, float *out, const struct be_tensor *w, const int32_t *ids, int n) {
+    struct kcu_ctx *c = use(ctx);
+    const int64_t K = w->ne[0], R = w->ne[1];
+    if (n <= 0 || K <= 0)
+        return;
+    float *h = host_scratch(c, sizeof(float) * (size_t)n * (size_t)K);
+    if (!h)
+        return;
+    const size_t nb1 = w->nb1 ? w->nb1 : be_row_bytes(w->type, K);
+    const int ok = w->data && kcpu_type_supported(w->type) && be_row_bytes(w->type, K) != 0;
+    for (int i = 0; i < n; i++) {
+        float *o = h + (size_t)i * (size_t)K;
+        if (ok && ids[i] >= 0 && ids[i] < R)
+            kref_dequant_row(w->type, (const uint8_t *)w->data + (size_t)ids[i] * nb1, o, K);
+        else
+            memset(o, 0, sizeof(float) * (size_t)K);
+    }
+    cu_ok(c, cudaMemcpyAsync(out, h, sizeof(float) * (size_t)n * (size_t)K, cudaMemcpyHostToDevice, c->st),
+          "get_rows (upload)");
+}
+
+static void kcu_rmsnorm(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps) {
+    struct kcu_ctx *c = use(ctx);
+    cu_ok(c, kcu_launch_rmsnorm(c->st, out, x, w, n, dim, eps), "rmsnorm");
+}
+
+static void kcu_rope(void *ctx, float *x, const int32_t *pos, int n, const struct be_rope_params *p) {
+    struct kcu_ctx *c = use(ctx);
+    const int nr = p->n_rot;
+    if (n <= 0 || p->n_heads <= 0 || p->head_dim <= 0 || nr <= 1 || nr > p->head_dim || nr % 2 ||
+        nr / 2 > 512)
+        return; /* as the CPU backend: nonsense shapes leave x alone */
+    const int32_t *dpos = upload_idx(c, pos, sizeof(int32_t) * (size_t)n);
+    if (dpos)
+        cu_ok(c, kcu_launch_rope(c->st, x, dpos, n, p), "rope");
+}
+
+static void kcu_kv_store(void *ctx, struct be_kv_layer *kv, const float *k, const float *v,
+                         const int32_t *slots, int n, int kv_dim) {
+    struct kcu_ctx *c = use(ctx);
+    if (n <= 0 || kv_dim <= 0)
+        return;
+    const int32_t *ds = upload_idx(c, slots, sizeof(int32_t) * (size_t)n);
+    if (ds)
+        cu_ok(c, kcu_launch_kv_store(c->st, kv->k, kv->v, kv->kv_type, k, v, ds, n, kv_dim), "kv_store");
+}
+
+/* The rows (one per query token) and the concatenated block tables of a
+ * ragged batch (kcu_attn_pack), packed for one upload:
+ *   [kcu_attn_row x n_rows][int32 pages: seq 0's table | seq 1's | ...] */
+static void kcu_attention(void *ctx, float *out, const float *q, const struct be_kv_layer *kv,
+                          const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p) {
+    struct kcu_ctx *c = use(ctx);
+    if (n_seqs <= 0 || p->n_heads <= 0 || p->n_kv_heads <= 0 || p->head_dim <= 0 ||
+        p->head_dim > KCU_ATT_MAX_HEAD || p->n_heads % p->n_kv_heads != 0)
+        return;
+    size_t n_rows, n_pages;
+    kcu_attn_count(seqs, n_seqs, &n_rows, &n_pages);
+    if (n_rows == 0 || n_rows > INT_MAX || n_pages > INT_MAX)
+        return;
+    const size_t rows_b = sizeof(struct kcu_attn_row) * n_rows;
+    uint8_t *h = host_scratch(c, rows_b + sizeof(int32_t) * n_pages);
+    if (!h)
+        return;
+    kcu_attn_pack(seqs, n_seqs, p->window, (struct kcu_attn_row *)h, (int32_t *)(h + rows_b));
+    uint8_t *d = upload_idx(c, h, rows_b + sizeof(int32_t) * n_pages);
+    if (d)
+        cu_ok(c, kcu_launch_attention(c->st, out, q, kv->k, kv->v, kv->kv_type,
+                                      (const struct kcu_attn_row *)d, (const int32_t *)(d + rows_b),
+                                      (int)n_rows, p),
+              "attention");
+}
+
+static void kcu_glu_op(void *ctx, float *out, const float *g, const float *u, int64_t n, int act) {
+    struct kcu_ctx *c = use(ctx);
+    cu_ok(c, kcu_launch_glu(c->st, out, g, u, n, act), "glu");
+}
+
+static void kcu_add_op(void *ctx, float *y, const float *x, int64_t n) {
+    struct kcu_ctx *c = use(ctx);
+    cu_ok(c, kcu_launch_add(c->st, y, x, n), "add");
+}
+
+static void kcu_scale_op(void *ctx, float *y, float s, int64_t n) {
+    struct kcu_ctx *c = use(ctx);
+    cu_ok(c, kcu_launch_scale(c->st, y, s, n), "scale");
+}
+
+/* fp32 activations only (the GEMM operands are converted to the weight's
+ * F16/BF16 for cuBLAS, see kcu_gemm_type: that is the F32 path here) */
+static int kcu_set_act_precision(void *ctx, int prec) {
+    (void)ctx;
+    if (prec == BE_ACT_F32 || prec == BE_ACT_AUTO)
+        return BE_ACT_F32;
+    return prec == BE_ACT_INT8 ? SS_EUNSUPPORTED : SS_EINVAL;
+}
+
+const struct be_ops kcu_ops = {
+    .name = "cuda",
+    .init = kcu_init,
+    .free = kcu_free,
+    .alloc = kcu_alloc,
+    .dealloc = kcu_dealloc,
+    .upload = kcu_upload,
+    .download = kcu_download,
+    .weight_prepare = kcu_weight_prepare,
+    .type_supported = kcu_type_supported,
+    .matmul = kcu_matmul,
+    .get_rows = kcu_get_rows,
+    .rmsnorm = kcu_rmsnorm,
+    .rope = kcu_rope,
+    .kv_store = kcu_kv_store,
+    .attention = kcu_attention,
+    .glu = kcu_glu_op,
+    .add = kcu_add_op,
+    .scale = kcu_scale_op,
+    .lte_ffn = NULL,  /* LTE models refuse on CUDA (engine/lte.c: "use --lte off") */
+    .fork2 = NULL,    /* layer-parallel pairs run one after the other */
+    .set_act_precision = kcu_set_act_precision,
+};
+
+int kcu_ctx_error(const struct be *be) {
+    if (!be || be->ops != &kcu_ops)
+        return 0;
+    const struct kcu_ctx *c = be->ctx;
+    return c->err;
+}
+
+size_t kcu_ctx_weight_bytes(const struct be *be) {
+    if (!be || be->ops != &kcu_ops)
+        return 0;
+    const struct kcu_ctx *c = be->ctx;
+    return c->weight_bytes;
+}
+
+/* ---------------------------------------------------------------- probe */
+
+int kcu_probe(int dev, int *n_dev, char *why, size_t why_len) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    *n_dev = 0;
+    if (e != cudaSuccess) {
+        const char *kind = e == cudaErrorInsufficientDriver ? "no CUDA driver"
+                           : e == cudaErrorNoDevice         ? "no CUDA device"
+                                                            : "CUDA runtime error";
+        if (why && why_len)
+            snprintf(why, why_len, "%s (cudaGetDeviceCount: error %d, %s)", kind, (int)e,
+                     cudaGetErrorString(e));
+        (void)cudaGetLastError();
+        return SS_ENODEVICE;
+    }
+    if (n <= 0 || dev < 0 || dev >= n) {
+        if (why && why_len)
+            snprintf(why, why_len, "no CUDA device %d (%d found)", dev, n);
+        return SS_ENODEVICE;
+    }
+    struct cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) {
+        if (why && why_len)
+            snprintf(why, why_len, "%d CUDA device(s); device %d: %s (sm_%d%d, %.1f GiB)", n, dev,
+                     prop.name, prop.major, prop.minor,
+                     (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    } else if (why && why_len) {
+        snprintf(why, why_len, "%d CUDA device(s)", n);
+    }
+    *n_dev = n;
+    return 0;
+}

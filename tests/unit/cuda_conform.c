@@ -1,0 +1,398 @@
+/* cuda_conform.c - conformance of the CUDA backend against the CPU backend:
+ * every op of the backend table on both, on the same random inputs, with the
+ * max abs / rel error per case and its tolerance. Needs a GPU: it is the
+ * first thing tools/gpu_check.sh runs.
+ *
+ *   cuda_conform [--device N] [--seed S] [--self-test]
+ *
+ * --self-test runs every case with a second CPU backend in the GPU's place
+ * (no device needed): every case must pass, which checks the runner itself
+ * (its inputs, block tables and comparisons) on a machine without a GPU;
+ * --self-test-int8 does the same with int8 activations in the stand-in's
+ * matmul, which the GEMM tolerances must catch (the runner can fail).
+ * Links kernels/ only (CPU backend + CUDA backend; no libuv, MHD or check),
+ * so tools/gpu_check.sh builds it with nvcc + cc + libc alone on a host that
+ * has nothing but the CUDA toolkit. It opens the CUDA backend itself (it is
+ * the check that the SLIMSERVE_CUDA_UNVERIFIED gate waits for).
+ * Exit: 0 all cases pass, 1 a case failed, 77 no CUDA device (or CUDA not
+ * compiled in): the meson test 'cuda_conform' then shows SKIP.
+ *
+ * Errors are measured as max |gpu - cpu| and max |gpu - cpu| / max |cpu| over
+ * the case (relative to the output's scale, so near-zero outputs do not blow
+ * up the ratio). Tolerances: bitwise (0) where both backends do the same IEEE
+ * steps (get_rows, kv_store, add, scale, memory); the GEMMs by the precision
+ * of the GPU operands (kcu_gemm_type: F32 1e-5, F16 2e-3, BF16 1e-2 of the
+ * scale); libm-dependent ops (glu, rope, attention) a few ulp.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+#include "kerntest.h"
+#if HAVE_CUDA
+#include "kernels/cuda/kcu.h"
+#endif
+
+static struct be cpu, gpu;
+static int n_fail, n_case, self_test;
+
+/* ---------------------------------------------------------------- helpers */
+
+/* n floats of host data copied into a new buffer of each backend */
+static void *put(struct be *b, const void *h, size_t bytes) {
+    void *d = be_alloc(b, bytes);
+    if (!d) {
+        fprintf(stderr, "cuda_conform: be_alloc(%s, %zu) failed\n", b->ops->name, bytes);
+        exit(1);
+    }
+    if (h)
+        be_upload(b, d, h, bytes);
+    return d;
+}
+static void get(struct be *b, void *h, const void *d, size_t bytes) { be_download(b, h, d, bytes); }
+
+/* Compares GPU output g with CPU output c (n floats); prints one line. */
+static void check(const char *op, const char *what, const float *g, const float *c, size_t n, double tol) {
+    double mabs = 0.0, scale = 0.0;
+    int nan = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(g[i]) != isnan(c[i]))
+            nan = 1;
+        double d = fabs((double)g[i] - c[i]);
+        if (d > mabs || d != d)
+            mabs = d;
+        if (fabs(c[i]) > scale)
+            scale = fabs(c[i]);
+    }
+    double rel = scale > 0.0 ? mabs / scale : mabs;
+    int ok = !nan && (tol == 0.0 ? memcmp(g, c, n * sizeof *g) == 0 : rel <= tol);
+    n_case++;
+    n_fail += !ok;
+    printf("%-10s %-34s max_abs %.3e max_rel %.3e tol %.1e %s\n", op, what, mabs, rel, tol,
+           ok ? "ok" : "FAIL");
+}
+
+static float *frand_buf(size_t n, float amp) {
+    float *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = amp * frnd();
+    return p;
+}
+
+/* ---------------------------------------------------------------- memory */
+
+static void case_memory(void) {
+    enum { N = 4099 };
+    float *h = frand_buf(N, 1.0f), back[N], zero[N] = {0};
+    float *d = put(&gpu, NULL, sizeof back);
+    get(&gpu, back, d, sizeof back);
+    check("memory", "alloc is zeroed", back, zero, N, 0);
+    be_upload(&gpu, d, h, sizeof back);
+    get(&gpu, back, d, sizeof back);
+    check("memory", "upload/download round trip", back, h, N, 0);
+    be_dealloc(&gpu, d);
+    free(h);
+    int bad = 0;
+    for (int t = 0; t < BE_TYPE_COUNT; t++)
+        bad += be_type_supported(&gpu, t) != be_type_supported(&cpu, t);
+    n_case++;
+    n_fail += bad != 0;
+    printf("%-10s %-34s %s\n", "types", "type_supported as the CPU's", bad ? "FAIL" : "ok");
+    if (self_test) /* the CPU has int8 kernels: nothing to check here */
+        return;
+    int p8 = be_set_act_precision(&gpu, BE_ACT_INT8), pa = be_set_act_precision(&gpu, BE_ACT_AUTO);
+    be_set_act_precision(&gpu, BE_ACT_F32);
+    n_case++;
+    n_fail += !(p8 == -7 && pa == BE_ACT_F32);
+    printf("%-10s %-34s %s\n", "precision", "int8 refused, auto = f32", p8 == -7 && pa == BE_ACT_F32 ? "ok" : "FAIL");
+}
+
+/* ---------------------------------------------------------------- weights */
+
+static double gemm_tol(int type) {
+    return type == BE_F32 ? 1e-5 : type == BE_BF16 ? 1e-2 : 2e-3;
+}
+
+static void case_weights(int type) {
+    const int64_t K = 512, R = 96;
+    const char *tn = be_type_get(type)->name;
+    char what[64];
+    size_t rb = be_row_bytes(type, K);
+    uint8_t *wdata = malloc(rb * (size_t)R);
+    fill_weights(type, wdata, R, K);
+    struct be_tensor wc = {.type = type, .ne = {K, R, 1, 1}, .nb1 = rb, .data = wdata};
+    struct be_tensor wg = wc;
+    if (be_weight_prepare(&cpu, &wc) < 0 || be_weight_prepare(&gpu, &wg) < 0) {
+        printf("%-10s %-34s FAIL (weight_prepare)\n", "prepare", tn);
+        n_fail++;
+        free(wdata);
+        return;
+    }
+    /* get_rows: ids inside, and outside (-1, R): rows of zeros */
+    const int32_t ids[] = {0, 5, (int32_t)R - 1, -1, (int32_t)R, 17, 17};
+    const int ni = 7;
+    float *oc = put(&cpu, NULL, sizeof(float) * ni * K), *og = put(&gpu, NULL, sizeof(float) * ni * K);
+    float *hc = malloc(sizeof(float) * ni * K), *hg = malloc(sizeof(float) * ni * K);
+    be_get_rows(&cpu, oc, &wc, ids, ni);
+    be_get_rows(&gpu, og, &wg, ids, ni);
+    get(&cpu, hc, oc, sizeof(float) * ni * K);
+    get(&gpu, hg, og, sizeof(float) * ni * K);
+    snprintf(what, sizeof what, "%s K=%lld", tn, (long long)K);
+    check("get_rows", what, hg, hc, (size_t)ni * K, 0);
+    be_dealloc(&cpu, oc);
+    be_dealloc(&gpu, og);
+    free(hc);
+    free(hg);
+
+    /* matmul at several batch sizes; row 0 of each against n = 1 on the GPU */
+    static const int ns[] = {1, 7, 64};
+    float *row0 = malloc(sizeof(float) * R), *x = frand_buf((size_t)64 * K, 1.0f);
+    for (int k = 0; k < 3; k++) {
+        const int n = ns[k];
+        float *xc = put(&cpu, x, sizeof(float) * n * K), *xg = put(&gpu, x, sizeof(float) * n * K);
+        float *yc = put(&cpu, NULL, sizeof(float) * n * R), *yg = put(&gpu, NULL, sizeof(float) * n * R);
+        float *hyc = malloc(sizeof(float) * n * R), *hyg = malloc(sizeof(float) * n * R);
+        be_matmul(&cpu, yc, xc, &wc, n);
+        be_matmul(&gpu, yg, xg, &wg, n);
+        get(&cpu, hyc, yc, sizeof(float) * n * R);
+        get(&gpu, hyg, yg, sizeof(float) * n * R);
+        snprintf(what, sizeof what, "%s K=%lld R=%lld n=%d", tn, (long long)K, (long long)R, n);
+        check("matmul", what, hyg, hyc, (size_t)n * R, gemm_tol(type));
+        if (n == 1) {
+            memcpy(row0, hyg, sizeof(float) * R);
+        } else {
+            snprintf(what, sizeof what, "%s row 0, n=%d vs n=1 (gpu)", tn, n);
+            check("batch-inv", what, hyg, row0, (size_t)R, 1e-5);
+        }
+        be_dealloc(&cpu, xc), be_dealloc(&gpu, xg), be_dealloc(&cpu, yc), be_dealloc(&gpu, yg);
+        free(hyc);
+        free(hyg);
+    }
+    free(row0);
+    free(x);
+    free(wdata);
+}
+
+/* ---------------------------------------------------------------- row ops */
+
+/* runs op on both backends over copies of the same inputs, compares out */
+static void case_rows(void) {
+    const int n = 5, dim = 640;
+    const size_t N = (size_t)n * dim;
+    float *x = frand_buf(N, 3.0f), *w = frand_buf(dim, 1.0f), *hc = malloc(N * 4), *hg = malloc(N * 4);
+    float *xc = put(&cpu, x, N * 4), *xg = put(&gpu, x, N * 4), *wc = put(&cpu, w, dim * 4), *wg = put(&gpu, w, dim * 4);
+    float *oc = put(&cpu, NULL, N * 4), *og = put(&gpu, NULL, N * 4);
+    for (int withw = 0; withw < 2; withw++) {
+        be_rmsnorm(&cpu, oc, xc, withw ? wc : NULL, n, dim, 1e-6f);
+        be_rmsnorm(&gpu, og, xg, withw ? wg : NULL, n, dim, 1e-6f);
+        get(&cpu, hc, oc, N * 4);
+        get(&gpu, hg, og, N * 4);
+        check("rmsnorm", withw ? "5 x 640, weight" : "5 x 640, no weight", hg, hc, N, 1e-6);
+    }
+    for (int act = 0; act < 2; act++) { /* glu(x, w-broadcast-free): gate = x, up = x reversed */
+        be_upload(&cpu, oc, x, N * 4);
+        be_upload(&gpu, og, x, N * 4);
+        be_glu(&cpu, oc, oc, xc, (int64_t)N, act); /* out aliases gate, as the engine does */
+        be_glu(&gpu, og, og, xg, (int64_t)N, act);
+        get(&cpu, hc, oc, N * 4);
+        get(&gpu, hg, og, N * 4);
+        check("glu", act ? "gelu-tanh, out = gate" : "silu, out = gate", hg, hc, N, 1e-6);
+    }
+    be_upload(&cpu, oc, x, N * 4);
+    be_upload(&gpu, og, x, N * 4);
+    be_add(&cpu, oc, xc, (int64_t)N);
+    be_add(&gpu, og, xg, (int64_t)N);
+    be_scale(&cpu, oc, 0.37f, (int64_t)N);
+    be_scale(&gpu, og, 0.37f, (int64_t)N);
+    get(&cpu, hc, oc, N * 4);
+    get(&gpu, hg, og, N * 4);
+    check("add+scale", "3200 elements", hg, hc, N, 0);
+    be_dealloc(&cpu, xc), be_dealloc(&gpu, xg), be_dealloc(&cpu, wc), be_dealloc(&gpu, wg);
+    be_dealloc(&cpu, oc), be_dealloc(&gpu, og);
+    free(x), free(w), free(hc), free(hg);
+}
+
+static void case_rope(void) {
+    const int n = 6, H = 4, D = 128;
+    const size_t N = (size_t)n * H * D;
+    const int32_t pos[] = {0, 1, 17, 511, 4096, 100000};
+    float *x = frand_buf(N, 2.0f), *ff = malloc(64 * 4), *hc = malloc(N * 4), *hg = malloc(N * 4);
+    for (int i = 0; i < 64; i++)
+        ff[i] = 1.0f + (float)(i % 7);
+    float *ffc = put(&cpu, ff, 64 * 4), *ffg = put(&gpu, ff, 64 * 4);
+    float *xc = put(&cpu, NULL, N * 4), *xg = put(&gpu, NULL, N * 4);
+    for (int v = 0; v < 6; v++) {
+        struct be_rope_params p = {.n_heads = H, .head_dim = D, .n_rot = v >= 4 ? 64 : D,
+                                   .theta_base = v & 1 ? 1000000.0f : 10000.0f,
+                                   .freq_scale = v == 3 ? 0.25f : 1.0f, .neox = v & 1};
+        be_upload(&cpu, xc, x, N * 4);
+        be_upload(&gpu, xg, x, N * 4);
+        p.freq_factors = v == 2 ? ffc : NULL;
+        be_rope(&cpu, xc, pos, n, &p);
+        p.freq_factors = v == 2 ? ffg : NULL;
+        be_rope(&gpu, xg, pos, n, &p);
+        get(&cpu, hc, xc, N * 4);
+        get(&gpu, hg, xg, N * 4);
+        char what[64];
+        snprintf(what, sizeof what, "%s n_rot=%d%s%s", p.neox ? "neox" : "adjacent", p.n_rot,
+                 v == 2 ? " freq_factors" : "", v == 3 ? " freq_scale" : "");
+        check("rope", what, hg, hc, N, 1e-6);
+    }
+    be_dealloc(&cpu, ffc), be_dealloc(&gpu, ffg), be_dealloc(&cpu, xc), be_dealloc(&gpu, xg);
+    free(x), free(ff), free(hc), free(hg);
+}
+
+/* ---------------------------------------------------------------- KV + attention */
+
+struct att_case {
+    const char *name;
+    int H, KVH, D, window;
+    float softcap;
+    int kv_type;
+};
+
+/* A ragged batch: prefill from 0, a decode over 19 pages, a prefill chunk
+ * after 50 cached entries, a long decode (2000 cached: 126 pages), a
+ * 1-token prefill; block tables use shuffled physical pages. */
+#define AT_NSEQ 5
+static const int at_past[AT_NSEQ] = {0, 300, 50, 2000, 0};
+static const int at_ntok[AT_NSEQ] = {37, 1, 20, 1, 1};
+
+static void case_attention(const struct att_case *ac, int in_place) {
+    const int kvd = ac->KVH * ac->D, qd = ac->H * ac->D;
+    int n_pages = 0, n_tok = 0, np[AT_NSEQ];
+    for (int s = 0; s < AT_NSEQ; s++) {
+        np[s] = (at_past[s] + at_ntok[s] + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
+        n_pages += np[s];
+        n_tok += at_ntok[s];
+    }
+    int32_t *perm = malloc(sizeof(int32_t) * n_pages);
+    for (int i = 0; i < n_pages; i++)
+        perm[i] = i;
+    for (int i = n_pages - 1; i > 0; i--) {
+        int j = (int)(rnd() % (uint32_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    /* fill every cached position (past + this step) with kv_store, slots from the tables */
+    struct be_attn_seq seqs[AT_NSEQ];
+    const size_t es = ac->kv_type == BE_F16 ? 2 : 4, cache_b = (size_t)n_pages * BE_PAGE_SLOTS * kvd * es;
+    struct be_kv_layer kc = {.k = put(&cpu, NULL, cache_b), .v = put(&cpu, NULL, cache_b), .kv_type = ac->kv_type};
+    struct be_kv_layer kg = {.k = put(&gpu, NULL, cache_b), .v = put(&gpu, NULL, cache_b), .kv_type = ac->kv_type};
+    int pg = 0, tok = 0;
+    for (int s = 0; s < AT_NSEQ; s++) {
+        const int total = at_past[s] + at_ntok[s];
+        int32_t *slots = malloc(sizeof(int32_t) * total);
+        for (int P = 0; P < total; P++)
+            slots[P] = perm[pg + P / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + P % BE_PAGE_SLOTS;
+        if (s == 0)
+            slots[3] = -1; /* a skipped row: the slot keeps what it had (zeros) on both */
+        float *k = frand_buf((size_t)total * kvd, 1.0f), *v = frand_buf((size_t)total * kvd, 1.0f);
+        float *k1 = put(&cpu, k, (size_t)total * kvd * 4), *v1 = put(&cpu, v, (size_t)total * kvd * 4);
+        float *k2 = put(&gpu, k, (size_t)total * kvd * 4), *v2 = put(&gpu, v, (size_t)total * kvd * 4);
+        be_kv_store(&cpu, &kc, k1, v1, slots, total, kvd);
+        be_kv_store(&gpu, &kg, k2, v2, slots, total, kvd);
+        be_dealloc(&cpu, k1), be_dealloc(&cpu, v1), be_dealloc(&gpu, k2), be_dealloc(&gpu, v2);
+        free(k), free(v), free(slots);
+        seqs[s] = (struct be_attn_seq){.tok0 = tok, .n_tok = at_ntok[s], .n_past = at_past[s], .pages = perm + pg};
+        pg += np[s];
+        tok += at_ntok[s];
+    }
+    char what[96];
+    if (!in_place) { /* the caches, bitwise (the kv_store check) */
+        uint8_t *c1 = malloc(cache_b), *c2 = malloc(cache_b);
+        get(&cpu, c1, kc.k, cache_b);
+        get(&gpu, c2, kg.k, cache_b);
+        int same = memcmp(c1, c2, cache_b) == 0;
+        get(&cpu, c1, kc.v, cache_b);
+        get(&gpu, c2, kg.v, cache_b);
+        same = same && memcmp(c1, c2, cache_b) == 0;
+        n_case++;
+        n_fail += !same;
+        printf("%-10s %-34s %s\n", "kv_store", ac->kv_type == BE_F16 ? "f16 cache, a skipped slot" : "f32 cache, a skipped slot",
+               same ? "ok" : "FAIL");
+        free(c1), free(c2);
+    }
+    /* rows past the batch's tokens stay as they were: one spare row */
+    const size_t N = (size_t)(n_tok + 1) * qd;
+    float *q = frand_buf(N, 2.0f), *hc = malloc(N * 4), *hg = malloc(N * 4);
+    float *qc = put(&cpu, q, N * 4), *qg = put(&gpu, q, N * 4);
+    float *oc = in_place ? qc : put(&cpu, q, N * 4), *og = in_place ? qg : put(&gpu, q, N * 4);
+    struct be_attn_params p = {.n_heads = ac->H, .n_kv_heads = ac->KVH, .head_dim = ac->D,
+                               .scale = 1.0f / sqrtf((float)ac->D), .window = ac->window,
+                               .softcap = ac->softcap};
+    be_attention(&cpu, oc, qc, &kc, seqs, AT_NSEQ, &p);
+    be_attention(&gpu, og, qg, &kg, seqs, AT_NSEQ, &p);
+    get(&cpu, hc, oc, N * 4);
+    get(&gpu, hg, og, N * 4);
+    snprintf(what, sizeof what, "%s%s", ac->name, in_place ? " out=q" : "");
+    check("attention", what, hg, hc, N, 2e-5);
+    be_dealloc(&cpu, kc.k), be_dealloc(&cpu, kc.v), be_dealloc(&gpu, kg.k), be_dealloc(&gpu, kg.v);
+    be_dealloc(&cpu, qc), be_dealloc(&gpu, qg);
+    if (!in_place)
+        be_dealloc(&cpu, oc), be_dealloc(&gpu, og);
+    free(q), free(hc), free(hg), free(perm);
+}
+
+int main(int argc, char **argv) {
+    int dev = 0, self = 0, int8 = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--device") && i + 1 < argc)
+            dev = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+            rs = strtoull(argv[++i], NULL, 0) | 1;
+        else if (!strcmp(argv[i], "--self-test"))
+            self = 1;
+        else if (!strcmp(argv[i], "--self-test-int8")) /* must FAIL: int8 activations in the GPU's place */
+            self = int8 = 1;
+        else {
+            fprintf(stderr, "usage: cuda_conform [--device N] [--seed S] [--self-test]\n");
+            return 2;
+        }
+    }
+    setenv("SLIMSERVE_CUDA_UNVERIFIED", "1", 1); /* this runner is the verification */
+    char why[320] = "", name[32];
+    if (self) {
+        snprintf(why, sizeof why, "self-test: a second CPU backend in the GPU's place");
+        snprintf(name, sizeof name, "cpu");
+    } else if (!be_cuda_device_available(dev, why, sizeof why)) {
+        printf("cuda_conform: SKIP: %s\n", why);
+        return 77;
+    } else {
+        snprintf(name, sizeof name, "cuda:%d", dev);
+    }
+    if (be_open(&cpu, "cpu", 0) < 0 || be_open(&gpu, name, 0) < 0) {
+        printf("cuda_conform: FAIL: cannot open the backends (%s)\n", why);
+        return 1;
+    }
+    printf("cuda_conform: %s\n", why);
+    self_test = self;
+    if (int8)
+        be_set_act_precision(&gpu, BE_ACT_INT8);
+    case_memory();
+    for (int t = 0; t < N_TYPES; t++)
+        case_weights(all_types[t]);
+    case_rows();
+    case_rope();
+    static const struct att_case acs[] = {
+        {"gqa 8/2 d128 f16", 8, 2, 128, 0, 0.0f, BE_F16},
+        {"gqa 8/2 d128 f32", 8, 2, 128, 0, 0.0f, BE_F32},
+        {"mha 4/4 d256 window 40 f16", 4, 4, 256, 40, 0.0f, BE_F16},
+        {"gqa 4/1 d64 window 512 cap 50 f32", 4, 1, 64, 512, 50.0f, BE_F32},
+    };
+    for (size_t i = 0; i < sizeof acs / sizeof acs[0]; i++)
+        case_attention(&acs[i], 0);
+    case_attention(&acs[0], 1);
+#if HAVE_CUDA
+    int err = kcu_ctx_error(&gpu);
+    n_case++;
+    n_fail += err != 0;
+    printf("%-10s %-34s %s (%d)\n", "errors", "no CUDA/cuBLAS error", err ? "FAIL" : "ok", err);
+#endif
+    be_close(&gpu);
+    be_close(&cpu);
+    printf("cuda_conform: %d/%d cases passed%s\n", n_case - n_fail, n_case, n_fail ? " -- FAILED" : "");
+    return n_fail ? 1 : 0;
+}
