@@ -39,6 +39,19 @@ AI __m128 hsum8x4(vf a, vf b, vf c, vf d) {
     return _mm_unpacklo_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
 }
 
+/* hsum8 of eight vectors at once, same pairings (float adds commute bitwise),
+ * lane i of the result = hsum8(a[i]). */
+AI vf hsum8x8(const vf a[8]) {
+    vf p[4];
+    for (int k = 0; k < 4; k++) /* (l, l+4) of a[k] | of a[k+4] */
+        p[k] = _mm256_add_ps(_mm256_permute2f128_ps(a[k], a[k + 4], 0x20), _mm256_permute2f128_ps(a[k], a[k + 4], 0x31));
+    vf q0 = _mm256_add_ps(_mm256_shuffle_ps(p[0], p[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm256_shuffle_ps(p[0], p[1], _MM_SHUFFLE(3, 2, 3, 2))); /* (l, l+2) */
+    vf q1 = _mm256_add_ps(_mm256_shuffle_ps(p[2], p[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm256_shuffle_ps(p[2], p[3], _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm256_hadd_ps(q0, q1); /* (0, 1): a0 a1 a2 a3 | a4 a5 a6 a7 */
+}
+
 /* End of a gv_T call: the RG x NT dot products of rows r.. and tokens t0..,
  * stored into y, or added into yadd rows (kcpu_mm) with hsum8x4 for 4 rows. */
 AI void gv_out(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, vf acc[4][KCPU_DECODE_MAX],
@@ -243,6 +256,27 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
         }                                                                                   \
         gv_out(mm, r, t0, RG, NT, acc, LTE);                                                \
     }                                                                                       \
+    /* 8 rows of one 32-element block each (K == BS == 32: LTE's down), one token,      \
+     * added into yadd: per row the operations of gv_T (so the same bits), the input   \
+     * in registers, one prefetch per cache line, 8 rows per y access. */              \
+    AI void gv8_##T(const struct kcpu_mm *mm, int64_t r, int t0, const uint8_t *pfp) {  \
+        const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
+        const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
+        for (size_t o = 0; o < 8 * mm->nb1; o += 64)                                        \
+            _mm_prefetch((const char *)pfp + o, _MM_HINT_T1);                               \
+        vf xv[4], acc[8];                                                                   \
+        for (int c = 0; c < 4; c++)                                                         \
+            xv[c] = _mm256_loadu_ps(xr + c * V);                                            \
+        for (int i = 0; i < 8; i++) {                                                       \
+            st_##T st;                                                                      \
+            prep_##T(&st, wr + (size_t)i * mm->nb1);                                        \
+            acc[i] = _mm256_setzero_ps();                                                   \
+            for (int c = 0; c < 4; c++)                                                     \
+                acc[i] = _mm256_fmadd_ps(chk_##T(&st, c), xv[c], acc[i]);                   \
+        }                                                                                   \
+        float *p = mm->yadd[t0] + r;                                                        \
+        _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), hsum8x8(acc)));               \
+    }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
         const int64_t nb = mm->K / (BS);                                                    \
@@ -261,6 +295,9 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
     }
 
 #define DEF_LINEAR(T)                                                                       \
+    AI void gv8_##T(const struct kcpu_mm *mm, int64_t r, int t0, const uint8_t *pfp) {  \
+        (void)mm, (void)r, (void)t0, (void)pfp; /* never called (BS 0) */                  \
+    }                                                                                       \
     AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, int LTE) { \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
         for (int i = 0; i < RG; i++)                                                        \
@@ -325,13 +362,18 @@ DEF_LINEAR(bf16)
 
 /* Row groups of 4 for 1-2 tokens, 2 for 3-4 tokens (<= 8 accumulators), then
  * leftover rows one by one. */
-#define GEMV_BODY(FN, T, LTE)                                                               \
+#define GEMV_BODY(FN, T, BS, LTE)                                                               \
     static void FN(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                      \
         if (!LTE || !mm->pf_warm)                                                           \
             kcpu_prefetch_head(mm->w + (size_t)r0 * mm->nb1, (size_t)(r1 - r0) * mm->nb1); \
         for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
             int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
             int64_t r = r0;                                                                 \
+            if (LTE && (BS) == 32 && mm->K == 32 && mm->yadd && nt == 1) { /* LTE down */   \
+                const size_t pf8 = kcpu_pf_dist(8 * mm->nb1);                               \
+                for (; r + 8 <= r1; r += 8)                                                 \
+                    gv8_##T(mm, r, t0, gv_pf(mm, r, 8, pf8, 1));                            \
+            }                                                                               \
             if (nt <= 2) {                                                                  \
                 for (; r + 4 <= r1; r += 4) {                                               \
                     if (nt == 1) gv_##T(mm, r, t0, 4, 1, LTE);                                   \
@@ -357,17 +399,17 @@ DEF_LINEAR(bf16)
 /* Two copies: gemv stores and prefetches as dense layers need, gemv_lte adds
  * the kcpu_mm yadd/pf_* modes (LTE). Kept apart so the dense decode loops stay
  * free of LTE's extra state (they measured 8% slower with it). */
-#define GEMV_DRIVER(T) GEMV_BODY(gemv_##T, T, 0) GEMV_BODY(gemv_lte_##T, T, 1)
+#define GEMV_DRIVER(T, BS) GEMV_BODY(gemv_##T, T, BS, 0) GEMV_BODY(gemv_lte_##T, T, BS, 1)
 
-GEMV_DRIVER(q8_0)
-GEMV_DRIVER(q4_0)
-GEMV_DRIVER(q5_0)
-GEMV_DRIVER(q4_k)
-GEMV_DRIVER(q5_k)
-GEMV_DRIVER(q6_k)
-GEMV_DRIVER(f32)
-GEMV_DRIVER(f16)
-GEMV_DRIVER(bf16)
+GEMV_DRIVER(q8_0, 32)
+GEMV_DRIVER(q4_0, 32)
+GEMV_DRIVER(q5_0, 32)
+GEMV_DRIVER(q4_k, 256)
+GEMV_DRIVER(q5_k, 256)
+GEMV_DRIVER(q6_k, 256)
+GEMV_DRIVER(f32, 0)
+GEMV_DRIVER(f16, 0)
+GEMV_DRIVER(bf16, 0)
 
 #define GEMV_SWITCH(FN, P)                                                               \
     static void FN(const struct kcpu_mm *mm, int64_t r0, int64_t r1) {                  \
