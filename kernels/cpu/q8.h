@@ -4,8 +4,8 @@
  * With activation precision int8 (be_set_act_precision), a matmul over a
  * quantised weight type quantises each row of x once into Q8 blocks that match
  * the weight's block structure, and computes integer dot products (AVX512-VNNI
- * vpdpbusd) scaled in fp32. F32/F16/BF16 weights, and CPUs without VNNI, keep
- * the fp32 path (matmul.c), which stays the exact reference.
+ * vpdpbusd, or AVX2 vpmaddubsw) scaled in fp32. F32/F16/BF16 weights, and CPUs
+ * without AVX2, keep the fp32 path (matmul.c), which stays the exact reference.
  *
  * Activation formats (one row of K elements; K a multiple of the block):
  *   KQ8_32  (Q4_0, Q5_0, Q8_0 weights): blocks of 32, fp32 scale d per block
@@ -21,7 +21,7 @@
  * token) pair with one fixed sequence of operations whatever n, the grouping
  * of tokens or the thread count is. The integer part of each block's dot
  * product is exact; the fp32 combination follows the lane order documented in
- * matmul_q8_avx512.c.
+ * matmul_q8_avx512.c / matmul_q8_avx2.c.
  */
 #ifndef SS_KCPU_Q8_H
 #define SS_KCPU_Q8_H
@@ -82,6 +82,7 @@ typedef void (*kq8_rows_fn)(const struct kq8_mm *mm, int64_t r0, int64_t r1, int
 
 #if defined(__x86_64__)
 void kq8_rows_vnni(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1);
+void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1);
 #endif
 
 /* Backend state (struct kcpu_ctx.q8): the precision in effect and the cache of
@@ -93,7 +94,7 @@ int kq8_set_precision(void *ctx, int prec);
 /* 1 when the CPU context ctx computes with int8 activations. */
 int kq8_is_int8(const void *ctx);
 void kq8_state_free(struct kq8_state *s);
-/* 1 if this CPU has the int8 kernels (AVX512-VNNI with BW/VL). */
+/* 1 if this CPU has int8 kernels (AVX512-VNNI with BW/VL, or AVX2 with FMA/F16C). */
 int kq8_available(void);
 /* Runs y = x . W^T on the int8 path and returns 0, or returns 1 (nothing
  * written) if this matmul stays on the fp32 path (precision f32, weight type

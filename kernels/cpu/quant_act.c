@@ -1,7 +1,8 @@
 /* quant_act.c - the quantised-activation matmul path of the CPU backend: the
  * activation quantiser (one implementation, used by every ISA), the per-backend
  * cache that lets Q/K/V and gate/up share one quantisation, the precision
- * switch and the driver (threads, row blocks). Kernels: matmul_q8_avx512.c.
+ * switch and the driver (threads, row blocks). Kernels: matmul_q8_avx512.c
+ * (AVX512-VNNI) and matmul_q8_avx2.c (AVX2).
  * Formats and the determinism argument: q8.h.
  */
 #include <math.h>
@@ -122,13 +123,40 @@ struct kq8_state {
     struct q8_entry e[2]; /* [kind - 1] */
 };
 
-int kq8_available(void) {
+/* CPU features of the int8 kernels: AVX512-VNNI (with BW/VL), AVX2 (with FMA, F16C). */
+static int has_vnni(void) {
 #if defined(__x86_64__)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 #else
     return 0;
+#endif
+}
+static int has_avx2(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
+int kq8_available(void) { return has_vnni() || has_avx2(); }
+
+/* The int8 kernel of a context: the one of its fp32 ISA (kcpu_ctx_set_isa
+ * picks it in tests and benchmarks): avx512 -> VNNI where the CPU has it, else
+ * the AVX2 kernel; generic -> none (the fp32 path answers). */
+static kq8_rows_fn kq8_kernel(const struct kcpu_ctx *ctx) {
+#if defined(__x86_64__)
+    if (!ctx->isa || strcmp(ctx->isa->name, "generic") == 0)
+        return NULL;
+    if (strcmp(ctx->isa->name, "avx512") == 0 && has_vnni())
+        return kq8_rows_vnni;
+    return has_avx2() ? kq8_rows_avx2 : NULL;
+#else
+    (void)ctx;
+    return NULL;
 #endif
 }
 
@@ -207,14 +235,6 @@ static struct q8_entry *lookup(struct kq8_state *s, int kind, const float *x, in
 
 /* ---------------------------------------------------------------- driver */
 
-#if defined(__x86_64__)
-#define kq8_rows kq8_rows_vnni
-#else /* never reached: kq8_available() is 0, so the state never says int8 */
-static void kq8_rows(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1) {
-    (void)mm, (void)r0, (void)r1, (void)t0, (void)t1;
-}
-#endif
-
 #define KQ8_RB 16 /* rows per block: their weights stay in L1 across token groups */
 
 static void rows_of(int64_t R, int tid, int nt, int64_t *r0, int64_t *r1) {
@@ -227,7 +247,8 @@ int kq8_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w, 
     struct kcpu_ctx *ctx = vctx;
     struct kq8_state *s = ctx->q8;
     int kind = kq8_kind(w->type);
-    if (!s || !s->int8 || kind == KQ8_NONE || n <= 0)
+    kq8_rows_fn kq8_rows = kq8_kernel(ctx);
+    if (!s || !s->int8 || kind == KQ8_NONE || n <= 0 || !kq8_rows)
         return 1;
     int64_t K = w->ne[0], R = w->ne[1];
     const uint8_t *data = w->be_data ? w->be_data : w->data;

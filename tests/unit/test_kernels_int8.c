@@ -10,7 +10,8 @@
  *     any batch, with 1 or 2 threads; the activation cache never serves a
  *     stale quantisation when the engine rewrites a buffer in place;
  *   - the precision switch (be_set_act_precision).
- * On a CPU without AVX512-VNNI the int8 cases check only that int8 is refused.
+ * Each case runs the kernel of every ISA this CPU has (AVX2's vpmaddubsw and
+ * AVX512-VNNI's vpdpbusd); on a CPU with neither, only that int8 is refused.
  * (A separate runner from test_kernels.c, which is near the size limit.)
  */
 #include <check.h>
@@ -34,11 +35,21 @@ static uint64_t rs = 0x2545F4914F6CDD1Dull;
 static uint32_t rnd(void) { return (uint32_t)((rs = rs * 6364136223846793005ull + 1442695040888963407ull) >> 33); }
 static float frnd(void) { return (float)(rnd() % 2000001) * 1e-6f - 1.0f; } /* [-1, 1] */
 
-static struct be open_int8(int threads) {
-    struct be be;
-    ck_assert_int_eq(be_open(&be, "cpu", threads), 0);
-    ck_assert_int_eq(be_set_act_precision(&be, BE_ACT_INT8), BE_ACT_INT8);
-    return be;
+/* The fp32 ISAs whose contexts have an int8 kernel (quant_act.c kq8_kernel:
+ * avx2 -> the AVX2 kernel, avx512 -> VNNI, or AVX2 without VNNI): every case
+ * runs on each of them that this CPU has. */
+static const char *const isas[] = {"avx2", "avx512"};
+#define N_ISAS 2
+
+/* 1 and an int8 backend on isa, or 0 if this CPU lacks it */
+static int open_int8(struct be *be, int threads, const char *isa) {
+    ck_assert_int_eq(be_open(be, "cpu", threads), 0);
+    if (kcpu_ctx_set_isa(be, isa) != 0) {
+        be_close(be);
+        return 0;
+    }
+    ck_assert_int_eq(be_set_act_precision(be, BE_ACT_INT8), BE_ACT_INT8);
+    return 1;
 }
 
 static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); } /* x86: little endian */
@@ -73,9 +84,9 @@ static void fill_x_exact(float *x, int64_t n) {
 }
 
 START_TEST(test_int8_exact_vs_scalar) {
-    if (!kq8_available())
+    struct be be;
+    if (!open_int8(&be, 1, isas[_i]))
         return;
-    struct be be = open_int8(1);
     const int64_t K = 512, R = 13;
     const int n = 6;
     for (int ti = 0; ti < N_QTYPES; ti++) {
@@ -90,8 +101,8 @@ START_TEST(test_int8_exact_vs_scalar) {
         for (int i = 0; i < n; i++)
             for (int64_t r = 0; r < R; r++) {
                 double want = kref_dot_q8(type, w + r * rb, x + i * K, K);
-                ck_assert_msg(y[i * R + r] == (float)want, "type %d t %d r %ld: %.9g vs exact %.9g",
-                              type, i, (long)r, y[i * R + r], want);
+                ck_assert_msg(y[i * R + r] == (float)want, "%s type %d t %d r %ld: %.9g vs exact %.9g",
+                              isas[_i], type, i, (long)r, y[i * R + r], want);
             }
         free(w);
         free(x);
@@ -137,9 +148,9 @@ static void check_bound(int type, const uint8_t *w, size_t rb, int64_t K, int64_
 }
 
 START_TEST(test_int8_vs_fp32_ref) {
-    if (!kq8_available())
+    struct be be;
+    if (!open_int8(&be, 2, isas[_i]))
         return;
-    struct be be = open_int8(2);
     static const int ns[] = {1, 3, 4, 5, 40};
     for (int ti = 0; ti < N_QTYPES; ti++) {
         int type = q_types[ti];
@@ -169,9 +180,10 @@ END_TEST
 /* a token alone == in a batch (and in another batch) with 1 or 2 threads;
  * a buffer rewritten in place between two matmuls is requantised */
 START_TEST(test_int8_batch_invariance_and_cache) {
-    if (!kq8_available())
+    struct be b1, b2;
+    if (!open_int8(&b1, 1, isas[_i]))
         return;
-    struct be b1 = open_int8(1), b2 = open_int8(2);
+    ck_assert(open_int8(&b2, 2, isas[_i]));
     const int64_t R = 203;
     const int n = 37;
     for (int ti = 0; ti < N_QTYPES; ti++) {
@@ -250,9 +262,9 @@ static Suite *int8_suite(void) {
     Suite *s = suite_create("kernels_int8");
     TCase *tc = tcase_create("int8");
     tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_int8_exact_vs_scalar);
-    tcase_add_test(tc, test_int8_vs_fp32_ref);
-    tcase_add_test(tc, test_int8_batch_invariance_and_cache);
+    tcase_add_loop_test(tc, test_int8_exact_vs_scalar, 0, N_ISAS);
+    tcase_add_loop_test(tc, test_int8_vs_fp32_ref, 0, N_ISAS);
+    tcase_add_loop_test(tc, test_int8_batch_invariance_and_cache, 0, N_ISAS);
     tcase_add_test(tc, test_int8_precision_switch);
     suite_add_tcase(s, tc);
     return s;
@@ -260,7 +272,7 @@ static Suite *int8_suite(void) {
 
 int main(void) {
     if (!kq8_available())
-        fprintf(stderr, "test_kernels_int8: no AVX512-VNNI here, int8 kernels not exercised\n");
+        fprintf(stderr, "test_kernels_int8: no AVX2 here, int8 kernels not exercised\n");
     int failed = tu_check_run(int8_suite());
     return failed != 0;
 }

@@ -1,0 +1,296 @@
+/* matmul_q8_avx2.c - int8 dot products of quantised weights with quantised
+ * activations (q8.h) on plain AVX2 (compiled with -mavx2 -mfma -mf16c
+ * -ffp-contract=off; only called after kq8_available() checked the CPU).
+ *
+ * AVX2 has no vpdpbusd: vpmaddubsw multiplies unsigned by signed bytes and
+ * adds adjacent pairs into int16 with saturation, vpmaddwd adds int16 pairs
+ * into int32. Every sum below stays inside int16 before vpmaddwd, so the
+ * integer part is exact:
+ *   Q4_0 / Q5_0: x stored +128 (0..255) times the signed weight (|w| <= 16):
+ *     |pair| <= 2*255*16; the lane starts at -128 * (sum of its weights).
+ *   Q8_0: |w| <= 128 would overflow that, so |w| times x with w's sign moved
+ *     onto x (x - 128, |x| <= 127): |pair| <= 2*128*127 = 32512.
+ *   K-quants: the stored 4/5/6-bit weight (unsigned, <= 63) times the signed x:
+ *     |pair| <= 2*63*127; vpmaddwd by the sub-block scale adds the sub-block's
+ *     pairs into int32 lanes; mins / the Q6_K offset are removed exactly in
+ *     integers through the per-16 activation sums (q8.h), as on AVX-512.
+ *
+ * fp32 combination, fixed for every (row, token) pair whatever n is:
+ *   acc (8 lanes) = +0
+ *   32-blocks: per block pair (2p, 2p+1), in order:
+ *       acc[l] = fma((float)isum[l], scale[l], acc[l]), lanes alternating
+ *       between the pair's blocks (x's interleave), scale = dw*dx
+ *   K-quants: per super-block, in order: acc[l] = fma((float)isum[l], d*dx,
+ *       acc[l]) with isum the exact scale-weighted sum, and
+ *       mac = mac + (c*dx) * (float)B as on AVX-512
+ *   y = hsum8(acc) [- mac]  (hsum8: (l, l+4), (l, l+2), (0, 1))
+ * Tokens are processed four at a time sharing the unpacked weights; a token's
+ * arithmetic never involves another token. The lane order differs from the
+ * AVX-512 kernel's, so the two ISAs may differ in the last bits (each is
+ * deterministic on its own: kcpu.h).
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/cpu/kcpu.h"
+#include "kernels/cpu/q8.h"
+
+#define AI static inline __attribute__((always_inline))
+#define TG 4    /* tokens sharing one weight unpack */
+#define PF 1024 /* weight prefetch distance in bytes (the decode stream) */
+
+AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
+
+AI float hsum8(__m256 v) {
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+AI int hsum_i32x8(__m256i v) {
+    __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    a = _mm_add_epi32(a, _mm_shuffle_epi32(a, _MM_SHUFFLE(1, 0, 3, 2)));
+    a = _mm_add_epi32(a, _mm_shuffle_epi32(a, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(a);
+}
+
+/* low and high nibbles of 16 bytes as 32 bytes in element order */
+AI __m256i nib16(const uint8_t *p) {
+    __m128i q = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(15);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_and_si128(q, m)),
+                                   _mm_and_si128(_mm_srli_epi16(q, 4), m), 1);
+}
+
+/* byte i = 0xFF if bit i of the 32-bit word at p is set, else 0 */
+AI __m256i bits32(const uint8_t *p) {
+    __m256i v = _mm256_set1_epi32((int)kcpu_rd32(p));
+    v = _mm256_shuffle_epi8(v, _mm256_setr_epi64x(0x0000000000000000LL, 0x0101010101010101LL,
+                                                  0x0202020202020202LL, 0x0303030303030303LL));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+}
+
+/* ---------------------------------------------------------------- 32-blocks */
+
+AI size_t bsz32(int type) { return type == BE_Q4_0 ? 18 : (type == BE_Q5_0 ? 22 : 34); }
+
+/* signed weights of one block, element order */
+AI __m256i unpack32(int type, const uint8_t *p) {
+    if (type == BE_Q4_0)
+        return _mm256_sub_epi8(nib16(p + 2), _mm256_set1_epi8(8));
+    if (type == BE_Q5_0) {
+        __m256i hi = _mm256_and_si256(bits32(p + 2), _mm256_set1_epi8(16));
+        return _mm256_sub_epi8(_mm256_or_si256(nib16(p + 6), hi), _mm256_set1_epi8(16));
+    }
+    return _mm256_loadu_si256((const __m256i *)(p + 2));
+}
+
+/* broadcast of the pair (a, b) to lanes (a, b, a, b, ...) */
+AI __m256 pair_ps(const float *p) {
+    double v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_castpd_ps(_mm256_set1_pd(v));
+}
+
+AI void dot32(int type, int nt, const uint8_t *w, const struct kq8_x *x, int t, float *y, int64_t ldy) {
+    const size_t bs = bsz32(type);
+    const int64_t nb = x->nb;
+    const __m256i ones16 = _mm256_set1_epi16(1), k128 = _mm256_set1_epi8((char)0x80);
+    __m256 acc[TG];
+    const uint8_t *xq[TG];
+    const float *dx[TG];
+    for (int j = 0; j < nt; j++) {
+        acc[j] = _mm256_setzero_ps();
+        xq[j] = kq8_qu(x, t + j);
+        dx[j] = kq8_d(x, t + j);
+    }
+    for (int64_t b = 0; b < nb; b += 2) {
+        const uint8_t *p = w + (size_t)b * bs;
+        _mm_prefetch((const char *)p + PF, _MM_HINT_T0);
+        int two = b + 1 < nb;
+        __m256i w0 = unpack32(type, p), w1 = two ? unpack32(type, p + bs) : _mm256_setzero_si256();
+        /* the pair in x's order: 4-byte groups alternating between the blocks */
+        __m256i lo = _mm256_unpacklo_epi32(w0, w1), hi = _mm256_unpackhi_epi32(w0, w1);
+        __m256i wa = _mm256_permute2x128_si256(lo, hi, 0x20), wb = _mm256_permute2x128_si256(lo, hi, 0x31);
+        float dw[2] = {h2f(p), two ? h2f(p + bs) : 0.0f};
+        __m256 dwv = pair_ps(dw);
+        if (type == BE_Q8_0) {
+            __m256i ua = _mm256_abs_epi8(wa), ub = _mm256_abs_epi8(wb);
+            for (int j = 0; j < nt; j++) {
+                const uint8_t *q = xq[j] + 32 * b;
+                __m256i xa = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)q), k128);
+                __m256i xb = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + 32)), k128);
+                __m256i pa = _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(xa, wa)), ones16);
+                __m256i pb = _mm256_madd_epi16(_mm256_maddubs_epi16(ub, _mm256_sign_epi8(xb, wb)), ones16);
+                __m256 sc = _mm256_mul_ps(dwv, pair_ps(dx[j] + b));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(pa, pb)), sc, acc[j]);
+            }
+        } else {
+            /* -128 * (sum of the lane's 8 weights) */
+            const __m256i one8 = _mm256_set1_epi8(1);
+            __m256i ws = _mm256_add_epi16(_mm256_maddubs_epi16(one8, wa), _mm256_maddubs_epi16(one8, wb));
+            __m256i neg = _mm256_madd_epi16(ws, _mm256_set1_epi16(-128));
+            for (int j = 0; j < nt; j++) {
+                const uint8_t *q = xq[j] + 32 * b;
+                __m256i pp = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)q), wa),
+                                              _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(q + 32)), wb));
+                __m256i is = _mm256_add_epi32(_mm256_madd_epi16(pp, ones16), neg);
+                __m256 sc = _mm256_mul_ps(dwv, pair_ps(dx[j] + b));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), sc, acc[j]);
+            }
+        }
+    }
+    for (int j = 0; j < nt; j++)
+        y[(size_t)j * ldy] = hsum8(acc[j]);
+}
+
+/* ---------------------------------------------------------------- K-quants */
+
+AI size_t bsz256(int type) { return type == BE_Q4_K ? 144 : (type == BE_Q5_K ? 176 : 210); }
+
+/* One super-block, unpacked: u[8] (32 elements each, element order), the
+ * int16 scale vector of each chunk (sub-block scales over its pair sums), the
+ * int16 weights mv of the 16 activation sums in B, and the coefficients d (of
+ * the scaled sum) and c (of B). */
+struct sb {
+    __m256i u[8], sv[8];
+    __m256i mv;
+    float d, c;
+};
+
+/* shuffle control: every int16 lane of a 128-bit half takes word i of it */
+AI __m256i word_ctl(int lo, int hi) {
+    return _mm256_setr_m128i(_mm_set1_epi16((short)(0x0100 + 0x0202 * lo)), _mm_set1_epi16((short)(0x0100 + 0x0202 * hi)));
+}
+
+AI void unpack_k45(int type, const uint8_t *p, struct sb *s) {
+    /* the 8 (scale, min) pairs of kcpu_k_scale_min, from 32-bit words */
+    uint32_t a0 = kcpu_rd32(p + 4), a1 = kcpu_rd32(p + 8), a2 = kcpu_rd32(p + 12);
+    uint32_t sc_lo = a0 & 0x3f3f3f3fu, m_lo = a1 & 0x3f3f3f3fu;
+    uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
+    uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
+    __m128i sc8 = _mm_cvtepu8_epi16(_mm_setr_epi32((int)sc_lo, (int)sc_hi, 0, 0));
+    __m128i m8 = _mm_cvtepu8_epi16(_mm_setr_epi32((int)m_lo, (int)m_hi, 0, 0));
+    __m256i scb = _mm256_broadcastsi128_si256(sc8);
+    s->d = h2f(p);
+    s->c = h2f(p + 2);
+    s->mv = _mm256_setr_m128i(_mm_unpacklo_epi16(m8, m8), _mm_unpackhi_epi16(m8, m8)); /* m0 m0 m1 m1 .. */
+    const uint8_t *qs = p + (type == BE_Q5_K ? 48 : 16);
+    const __m256i mask = _mm256_set1_epi8(15), one = _mm256_set1_epi8(1);
+    __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 16));
+    for (int i = 0; i < 4; i++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * i));
+        __m256i lo = _mm256_and_si256(q, mask), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+        if (type == BE_Q5_K) { /* bit s of each byte: srli_epi16 keeps it inside its byte for s < 8 */
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * i), one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * i + 1), one), 4));
+        }
+        s->u[2 * i] = lo;
+        s->u[2 * i + 1] = hi;
+        s->sv[2 * i] = _mm256_shuffle_epi8(scb, word_ctl(2 * i, 2 * i));
+        s->sv[2 * i + 1] = _mm256_shuffle_epi8(scb, word_ctl(2 * i + 1, 2 * i + 1));
+    }
+}
+
+AI void unpack_q6k(const uint8_t *p, struct sb *s) {
+    __m128i sc8 = _mm_loadu_si128((const __m128i *)(p + 192));
+    __m128i lo8 = _mm_cvtepi8_epi16(sc8), hi8 = _mm_cvtepi8_epi16(_mm_srli_si128(sc8, 8));
+    s->d = h2f(p + 208);
+    s->c = s->d;
+    s->mv = _mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 5); /* 32 * sc */
+    const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = p + 64 * h, *qhp = p + 128 + 32 * h;
+        __m256i a = _mm256_loadu_si256((const __m256i *)ql), b = _mm256_loadu_si256((const __m256i *)(ql + 32));
+        __m256i H = _mm256_loadu_si256((const __m256i *)qhp);
+        __m256i scb = _mm256_broadcastsi128_si256(h ? hi8 : lo8); /* scales 8h .. 8h+7 */
+        for (int k = 0; k < 4; k++) { /* elements 128h + 32k + l, l < 32 */
+            __m256i src = k & 1 ? b : a;
+            __m256i low = k < 2 ? _mm256_and_si256(src, m4) : _mm256_and_si256(_mm256_srli_epi16(src, 4), m4);
+            __m256i top = _mm256_and_si256(_mm256_srli_epi16(H, 2 * k), m2);
+            s->u[4 * h + k] = _mm256_or_si256(low, _mm256_slli_epi16(top, 4));
+            /* the chunk's two runs of 16 use scales 8h + 2k and 8h + 2k + 1 */
+            s->sv[4 * h + k] = _mm256_shuffle_epi8(scb, word_ctl(2 * k, 2 * k + 1));
+        }
+    }
+}
+
+AI void dot256(int type, int nt, const uint8_t *w, const struct kq8_x *x, int t, float *y, int64_t ldy) {
+    const size_t bs = bsz256(type);
+    __m256 acc[TG];
+    float mac[TG];
+    const int8_t *xq[TG];
+    const float *dx[TG];
+    const int16_t *xs[TG];
+    for (int j = 0; j < nt; j++) {
+        acc[j] = _mm256_setzero_ps();
+        mac[j] = 0.0f;
+        xq[j] = kq8_qs(x, t + j);
+        dx[j] = kq8_d(x, t + j);
+        xs[j] = kq8_bs(x, t + j);
+    }
+    for (int64_t b = 0; b < x->nb; b++) {
+        const uint8_t *p = w + (size_t)b * bs;
+        for (int o = 0; o < (int)bs; o += 64)
+            _mm_prefetch((const char *)p + PF + o, _MM_HINT_T0);
+        struct sb s;
+        if (type == BE_Q6_K)
+            unpack_q6k(p, &s);
+        else
+            unpack_k45(type, p, &s);
+        for (int j = 0; j < nt; j++) {
+            const int8_t *q = xq[j] + 256 * b;
+            __m256i is = _mm256_setzero_si256();
+            for (int i = 0; i < 8; i++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(q + 32 * i));
+                is = _mm256_add_epi32(is, _mm256_madd_epi16(_mm256_maddubs_epi16(s.u[i], xv), s.sv[i]));
+            }
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(s.d * dx[j][b]), acc[j]);
+            __m256i bsv = _mm256_loadu_si256((const __m256i *)(xs[j] + 16 * b));
+            int B = hsum_i32x8(_mm256_madd_epi16(s.mv, bsv));
+            mac[j] = mac[j] + (s.c * dx[j][b]) * (float)B;
+        }
+    }
+    for (int j = 0; j < nt; j++)
+        y[(size_t)j * ldy] = hsum8(acc[j]) - mac[j];
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+/* one row, tokens t..t+nt-1 (nt <= TG), specialised per type and nt */
+#define ROW_FN(name, dot, TYPE)                                                              \
+    static void name(const struct kq8_mm *mm, int64_t r, int t, int nt) {                   \
+        const uint8_t *w = mm->w + (size_t)r * mm->nb1;                                      \
+        float *y = mm->y + (size_t)t * mm->ldy + r;                                          \
+        switch (nt) {                                                                        \
+        case 1: dot(TYPE, 1, w, mm->x, t, y, mm->ldy); break;                                \
+        case 2: dot(TYPE, 2, w, mm->x, t, y, mm->ldy); break;                                \
+        case 3: dot(TYPE, 3, w, mm->x, t, y, mm->ldy); break;                                \
+        default: dot(TYPE, 4, w, mm->x, t, y, mm->ldy); break;                               \
+        }                                                                                    \
+    }
+ROW_FN(row_q4_0, dot32, BE_Q4_0)
+ROW_FN(row_q5_0, dot32, BE_Q5_0)
+ROW_FN(row_q8_0, dot32, BE_Q8_0)
+ROW_FN(row_q4_k, dot256, BE_Q4_K)
+ROW_FN(row_q5_k, dot256, BE_Q5_K)
+ROW_FN(row_q6_k, dot256, BE_Q6_K)
+
+void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1) {
+    void (*row)(const struct kq8_mm *, int64_t, int, int);
+    switch (mm->type) {
+    case BE_Q4_0: row = row_q4_0; break;
+    case BE_Q5_0: row = row_q5_0; break;
+    case BE_Q8_0: row = row_q8_0; break;
+    case BE_Q4_K: row = row_q4_k; break;
+    case BE_Q5_K: row = row_q5_k; break;
+    case BE_Q6_K: row = row_q6_k; break;
+    default: return;
+    }
+    for (int t = t0; t < t1; t += TG) {
+        int nt = t1 - t < TG ? t1 - t : TG;
+        for (int64_t r = r0; r < r1; r++)
+            row(mm, r, t, nt);
+    }
+}
