@@ -21,9 +21,10 @@
  *       acc[l] = fma((float)isum[l], scale[l], acc[l]), lanes alternating
  *       between the pair's blocks (x's interleave), scale = dw*dx
  *   K-quants: per super-block, in order: acc[l] = fma((float)isum[l], d*dx,
- *       acc[l]) with isum the exact scale-weighted sum, and
- *       mac = mac + (c*dx) * (float)B as on AVX-512
- *   y = hsum8(acc) [- mac]  (hsum8: (l, l+4), (l, l+2), (0, 1))
+ *       acc[l]) with isum the exact scale-weighted sum, and mac[l] =
+ *       fma((float)B[l], c*dx, mac[l]) with B[l] the exact integer sum of the
+ *       lane's min (Q4_K/Q5_K: c = dmin) or offset (Q6_K: c = d, 32*sc*bsum) terms
+ *   y = hsum8(acc) [- hsum8(mac)]  (hsum8: (l, l+4), (l, l+2), (0, 1))
  * Tokens are processed four at a time sharing the unpacked weights; a token's
  * arithmetic never involves another token. The lane order differs from the
  * AVX-512 kernel's, so the two ISAs may differ in the last bits (each is
@@ -46,13 +47,6 @@ AI float hsum8(__m256 v) {
     b = _mm_add_ps(b, _mm_movehl_ps(b, b));
     b = _mm_add_ss(b, _mm_movehdup_ps(b));
     return _mm_cvtss_f32(b);
-}
-
-AI int hsum_i32x8(__m256i v) {
-    __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    a = _mm_add_epi32(a, _mm_shuffle_epi32(a, _MM_SHUFFLE(1, 0, 3, 2)));
-    a = _mm_add_epi32(a, _mm_shuffle_epi32(a, _MM_SHUFFLE(2, 3, 0, 1)));
-    return _mm_cvtsi128_si32(a);
 }
 
 /* low and high nibbles of 16 bytes as 32 bytes in element order */
@@ -93,10 +87,58 @@ AI __m256 pair_ps(const float *p) {
     return _mm256_castpd_ps(_mm256_set1_pd(v));
 }
 
-AI void dot32(int type, int nt, const uint8_t *w, const struct kq8_x *x, int t, float *y, int64_t ldy) {
+/* One block pair of a row, unpacked for the per-token step: Q4_0 / Q5_0:
+ * a, b = the pair's signed weights in x's order, c = -128 * (sum of each
+ * lane's weights); Q8_0: a, b = |w|, c, d = w (its signs). dw = the two
+ * scales, alternating over the lanes (x's order). */
+struct pair32 {
+    __m256i a, b, c, d;
+    __m256 dw;
+};
+
+_Static_assert(sizeof(struct pair32) == 160, "KQ8_SCR_BYTES (q8.h) assumes 160 bytes per pair");
+
+AI void unpack_pair(int type, const uint8_t *p, int two, struct pair32 *u) {
+    const size_t bs = bsz32(type);
+    __m256i w0 = unpack32(type, p), w1 = two ? unpack32(type, p + bs) : _mm256_setzero_si256();
+    /* the pair in x's order: 4-byte groups alternating between the blocks */
+    __m256i lo = _mm256_unpacklo_epi32(w0, w1), hi = _mm256_unpackhi_epi32(w0, w1);
+    __m256i wa = _mm256_permute2x128_si256(lo, hi, 0x20), wb = _mm256_permute2x128_si256(lo, hi, 0x31);
+    float dw[2] = {h2f(p), two ? h2f(p + bs) : 0.0f};
+    u->dw = pair_ps(dw);
+    if (type == BE_Q8_0) {
+        u->a = _mm256_abs_epi8(wa), u->b = _mm256_abs_epi8(wb), u->c = wa, u->d = wb;
+        return;
+    }
+    const __m256i one8 = _mm256_set1_epi8(1);
+    __m256i ws = _mm256_add_epi16(_mm256_maddubs_epi16(one8, wa), _mm256_maddubs_epi16(one8, wb));
+    u->a = wa, u->b = wb, u->c = _mm256_madd_epi16(ws, _mm256_set1_epi16(-128));
+}
+
+/* acc += the pair's products with x (64 quantised bytes at q, scales dx) */
+AI __m256 step_pair(int type, const struct pair32 *u, const uint8_t *q, const float *dx, __m256 acc) {
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    __m256i xa = _mm256_loadu_si256((const __m256i *)q), xb = _mm256_loadu_si256((const __m256i *)(q + 32)), is;
+    if (type == BE_Q8_0) {
+        const __m256i k128 = _mm256_set1_epi8((char)0x80);
+        xa = _mm256_xor_si256(xa, k128), xb = _mm256_xor_si256(xb, k128);
+        __m256i pa = _mm256_madd_epi16(_mm256_maddubs_epi16(u->a, _mm256_sign_epi8(xa, u->c)), ones16);
+        __m256i pb = _mm256_madd_epi16(_mm256_maddubs_epi16(u->b, _mm256_sign_epi8(xb, u->d)), ones16);
+        is = _mm256_add_epi32(pa, pb);
+    } else {
+        __m256i pp = _mm256_add_epi16(_mm256_maddubs_epi16(xa, u->a), _mm256_maddubs_epi16(xb, u->b));
+        is = _mm256_add_epi32(_mm256_madd_epi16(pp, ones16), u->c);
+    }
+    __m256 sc = _mm256_mul_ps(u->dw, pair_ps(dx));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), sc, acc);
+}
+
+/* y[j*ldy] = row . token t+j (j < nt), the row read from w (pre NULL) or
+ * from its unpacked pairs pre[nb/2 rounded up] (the same operations) */
+AI void dot32(int type, int nt, const uint8_t *w, const struct pair32 *pre, const struct kq8_x *x, int t,
+              float *y, int64_t ldy) {
     const size_t bs = bsz32(type);
     const int64_t nb = x->nb;
-    const __m256i ones16 = _mm256_set1_epi16(1), k128 = _mm256_set1_epi8((char)0x80);
     __m256 acc[TG];
     const uint8_t *xq[TG];
     const float *dx[TG];
@@ -106,40 +148,17 @@ AI void dot32(int type, int nt, const uint8_t *w, const struct kq8_x *x, int t, 
         dx[j] = kq8_d(x, t + j);
     }
     for (int64_t b = 0; b < nb; b += 2) {
+        if (pre) {
+            for (int j = 0; j < nt; j++)
+                acc[j] = step_pair(type, pre + b / 2, xq[j] + 32 * b, dx[j] + b, acc[j]);
+            continue;
+        }
+        struct pair32 u;
         const uint8_t *p = w + (size_t)b * bs;
         _mm_prefetch((const char *)p + PF, _MM_HINT_T0);
-        int two = b + 1 < nb;
-        __m256i w0 = unpack32(type, p), w1 = two ? unpack32(type, p + bs) : _mm256_setzero_si256();
-        /* the pair in x's order: 4-byte groups alternating between the blocks */
-        __m256i lo = _mm256_unpacklo_epi32(w0, w1), hi = _mm256_unpackhi_epi32(w0, w1);
-        __m256i wa = _mm256_permute2x128_si256(lo, hi, 0x20), wb = _mm256_permute2x128_si256(lo, hi, 0x31);
-        float dw[2] = {h2f(p), two ? h2f(p + bs) : 0.0f};
-        __m256 dwv = pair_ps(dw);
-        if (type == BE_Q8_0) {
-            __m256i ua = _mm256_abs_epi8(wa), ub = _mm256_abs_epi8(wb);
-            for (int j = 0; j < nt; j++) {
-                const uint8_t *q = xq[j] + 32 * b;
-                __m256i xa = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)q), k128);
-                __m256i xb = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + 32)), k128);
-                __m256i pa = _mm256_madd_epi16(_mm256_maddubs_epi16(ua, _mm256_sign_epi8(xa, wa)), ones16);
-                __m256i pb = _mm256_madd_epi16(_mm256_maddubs_epi16(ub, _mm256_sign_epi8(xb, wb)), ones16);
-                __m256 sc = _mm256_mul_ps(dwv, pair_ps(dx[j] + b));
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(pa, pb)), sc, acc[j]);
-            }
-        } else {
-            /* -128 * (sum of the lane's 8 weights) */
-            const __m256i one8 = _mm256_set1_epi8(1);
-            __m256i ws = _mm256_add_epi16(_mm256_maddubs_epi16(one8, wa), _mm256_maddubs_epi16(one8, wb));
-            __m256i neg = _mm256_madd_epi16(ws, _mm256_set1_epi16(-128));
-            for (int j = 0; j < nt; j++) {
-                const uint8_t *q = xq[j] + 32 * b;
-                __m256i pp = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)q), wa),
-                                              _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(q + 32)), wb));
-                __m256i is = _mm256_add_epi32(_mm256_madd_epi16(pp, ones16), neg);
-                __m256 sc = _mm256_mul_ps(dwv, pair_ps(dx[j] + b));
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), sc, acc[j]);
-            }
-        }
+        unpack_pair(type, p, b + 1 < nb, &u);
+        for (int j = 0; j < nt; j++)
+            acc[j] = step_pair(type, &u, xq[j] + 32 * b, dx[j] + b, acc[j]);
     }
     for (int j = 0; j < nt; j++)
         y[(size_t)j * ldy] = hsum8(acc[j]);
@@ -216,16 +235,17 @@ AI void unpack_q6k(const uint8_t *p, struct sb *s) {
     }
 }
 
-AI void dot256(int type, int nt, const uint8_t *w, const struct kq8_x *x, int t, float *y, int64_t ldy) {
+AI void dot256(int type, int nt, const uint8_t *w, const struct pair32 *pre, const struct kq8_x *x, int t,
+               float *y, int64_t ldy) {
+    (void)pre;
     const size_t bs = bsz256(type);
-    __m256 acc[TG];
-    float mac[TG];
+    __m256 acc[TG], mac[TG];
     const int8_t *xq[TG];
     const float *dx[TG];
     const int16_t *xs[TG];
     for (int j = 0; j < nt; j++) {
         acc[j] = _mm256_setzero_ps();
-        mac[j] = 0.0f;
+        mac[j] = _mm256_setzero_ps();
         xq[j] = kq8_qs(x, t + j);
         dx[j] = kq8_d(x, t + j);
         xs[j] = kq8_bs(x, t + j);
@@ -248,26 +268,26 @@ AI void dot256(int type, int nt, const uint8_t *w, const struct kq8_x *x, int t,
             }
             acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(s.d * dx[j][b]), acc[j]);
             __m256i bsv = _mm256_loadu_si256((const __m256i *)(xs[j] + 16 * b));
-            int B = hsum_i32x8(_mm256_madd_epi16(s.mv, bsv));
-            mac[j] = mac[j] + (s.c * dx[j][b]) * (float)B;
+            mac[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s.mv, bsv)),
+                                     _mm256_set1_ps(s.c * dx[j][b]), mac[j]);
         }
     }
     for (int j = 0; j < nt; j++)
-        y[(size_t)j * ldy] = hsum8(acc[j]) - mac[j];
+        y[(size_t)j * ldy] = hsum8(acc[j]) - hsum8(mac[j]);
 }
 
 /* ---------------------------------------------------------------- dispatch */
 
 /* one row, tokens t..t+nt-1 (nt <= TG), specialised per type and nt */
 #define ROW_FN(name, dot, TYPE)                                                              \
-    static void name(const struct kq8_mm *mm, int64_t r, int t, int nt) {                   \
+    static void name(const struct kq8_mm *mm, int64_t r, const struct pair32 *pre, int t, int nt) { \
         const uint8_t *w = mm->w + (size_t)r * mm->nb1;                                      \
         float *y = mm->y + (size_t)t * mm->ldy + r;                                          \
         switch (nt) {                                                                        \
-        case 1: dot(TYPE, 1, w, mm->x, t, y, mm->ldy); break;                                \
-        case 2: dot(TYPE, 2, w, mm->x, t, y, mm->ldy); break;                                \
-        case 3: dot(TYPE, 3, w, mm->x, t, y, mm->ldy); break;                                \
-        default: dot(TYPE, 4, w, mm->x, t, y, mm->ldy); break;                               \
+        case 1: dot(TYPE, 1, w, pre, mm->x, t, y, mm->ldy); break;                           \
+        case 2: dot(TYPE, 2, w, pre, mm->x, t, y, mm->ldy); break;                           \
+        case 3: dot(TYPE, 3, w, pre, mm->x, t, y, mm->ldy); break;                           \
+        default: dot(TYPE, 4, w, pre, mm->x, t, y, mm->ldy); break;                          \
         }                                                                                    \
     }
 ROW_FN(row_q4_0, dot32, BE_Q4_0)
@@ -277,8 +297,12 @@ ROW_FN(row_q4_k, dot256, BE_Q4_K)
 ROW_FN(row_q5_k, dot256, BE_Q5_K)
 ROW_FN(row_q6_k, dot256, BE_Q6_K)
 
-void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1) {
-    void (*row)(const struct kq8_mm *, int64_t, int, int);
+/* Rows [r0, r1) x tokens [t0, t1). With more tokens than one group and room
+ * in scr (scr_len bytes, 32-byte aligned), the 32-block rows are unpacked
+ * once into scr and every token group reads them there (the same operations
+ * as the direct path, so the same bits whatever n is). */
+void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len) {
+    void (*row)(const struct kq8_mm *, int64_t, const struct pair32 *, int, int);
     switch (mm->type) {
     case BE_Q4_0: row = row_q4_0; break;
     case BE_Q5_0: row = row_q5_0; break;
@@ -288,9 +312,20 @@ void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int 
     case BE_Q6_K: row = row_q6_k; break;
     default: return;
     }
+    const int64_t nb = mm->x->nb, np = (nb + 1) / 2;
+    struct pair32 *pre = NULL;
+    if (t1 - t0 > TG && kq8_kind(mm->type) == KQ8_32 && scr && ((uintptr_t)scr & 31) == 0 &&
+        (size_t)(r1 - r0) * (size_t)np * sizeof *pre <= scr_len) {
+        pre = scr;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *w = mm->w + (size_t)r * mm->nb1;
+            for (int64_t b = 0; b < nb; b += 2)
+                unpack_pair(mm->type, w + (size_t)b * bsz32(mm->type), b + 1 < nb, pre + (r - r0) * np + b / 2);
+        }
+    }
     for (int t = t0; t < t1; t += TG) {
         int nt = t1 - t < TG ? t1 - t : TG;
         for (int64_t r = r0; r < r1; r++)
-            row(mm, r, t, nt);
+            row(mm, r, pre ? pre + (r - r0) * np : NULL, t, nt);
     }
 }

@@ -243,7 +243,8 @@ ROW_FN(row_q4_k, dot256, BE_Q4_K)
 ROW_FN(row_q5_k, dot256, BE_Q5_K)
 ROW_FN(row_q6_k, dot256, BE_Q6_K)
 
-void kq8_rows_vnni(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1) {
+void kq8_rows_vnni(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len) {
+    (void)scr, (void)scr_len;
     void (*row)(const struct kq8_mm *, int64_t, int, int);
     switch (mm->type) {
     case BE_Q4_0: row = row_q4_0; break;

@@ -77,12 +77,17 @@ struct kq8_mm {
     size_t nb1;
     int type;
 };
-/* Kernel of one ISA: rows [r0, r1) times tokens [t0, t1). */
-typedef void (*kq8_rows_fn)(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1);
+/* Kernel of one ISA: rows [r0, r1) times tokens [t0, t1); scr: the calling
+ * thread's scratch of scr_len bytes (64-byte aligned; NULL / 0: none), which
+ * a kernel may use to unpack the rows once for many tokens. */
+typedef void (*kq8_rows_fn)(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr,
+                            size_t scr_len);
+/* Scratch bytes kq8_rows_avx2 uses for rows rows of K elements of a 32-block type. */
+#define KQ8_SCR_BYTES(rows, K) ((size_t)(rows) * (size_t)(((K) / 32 + 1) / 2) * 160)
 
 #if defined(__x86_64__)
-void kq8_rows_vnni(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1);
-void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1);
+void kq8_rows_vnni(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len);
+void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len);
 #endif
 
 /* Backend state (struct kcpu_ctx.q8): the precision in effect and the cache of

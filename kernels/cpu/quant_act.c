@@ -272,8 +272,10 @@ int kq8_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w, 
 #pragma omp barrier
         int64_t r0, r1;
         rows_of(R, tid, nt, &r0, &r1);
+        size_t scr_len = n > 4 && kind == KQ8_32 ? KQ8_SCR_BYTES(KQ8_RB, K) : 0;
+        void *scr = scr_len ? kcpu_thread_buf(ctx, tid, scr_len / sizeof(float)) : NULL;
         for (int64_t b = r0; b < r1; b += KQ8_RB)
-            kq8_rows(&mm, b, r1 - b < KQ8_RB ? r1 : b + KQ8_RB, 0, n);
+            kq8_rows(&mm, b, r1 - b < KQ8_RB ? r1 : b + KQ8_RB, 0, n, scr, scr ? scr_len : 0);
     }
     return 0;
 }
