@@ -256,26 +256,30 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
         }                                                                                   \
         gv_out(mm, r, t0, RG, NT, acc, LTE);                                                \
     }                                                                                       \
-    /* 8 rows of one 32-element block each (K == BS == 32: LTE's down), one token,      \
-     * added into yadd: per row the operations of gv_T (so the same bits), the input   \
-     * in registers, one prefetch per cache line, 8 rows per y access. */              \
-    AI void gv8_##T(const struct kcpu_mm *mm, int64_t r, int t0, const uint8_t *pfp) {  \
+    /* 8 rows of one 32-element block each (K == BS == 32: LTE's down), NT tokens     \
+     * (1..4), added into yadd: per row the operations of gv_T (so the same bits),     \
+     * one prefetch per cache line, 8 rows per y access (hsum8x8). */                  \
+    AI void gv8_##T(const struct kcpu_mm *mm, int64_t r, int t0, int NT, const uint8_t *pfp) { \
         const uint8_t *wr = mm->w + (size_t)r * mm->nb1;                                    \
         const float *xr = mm->x + (size_t)t0 * mm->ldx;                                     \
         for (size_t o = 0; o < 8 * mm->nb1; o += 64)                                        \
             _mm_prefetch((const char *)pfp + o, _MM_HINT_T1);                               \
-        vf xv[4], acc[8];                                                                   \
-        for (int c = 0; c < 4; c++)                                                         \
-            xv[c] = _mm256_loadu_ps(xr + c * V);                                            \
+        vf acc[KCPU_DECODE_MAX][8];                                                         \
         for (int i = 0; i < 8; i++) {                                                       \
             st_##T st;                                                                      \
             prep_##T(&st, wr + (size_t)i * mm->nb1);                                        \
-            acc[i] = _mm256_setzero_ps();                                                   \
-            for (int c = 0; c < 4; c++)                                                     \
-                acc[i] = _mm256_fmadd_ps(chk_##T(&st, c), xv[c], acc[i]);                   \
+            for (int j = 0; j < NT; j++)                                                    \
+                acc[j][i] = _mm256_setzero_ps();                                            \
+            for (int c = 0; c < 4; c++) {                                                   \
+                vf w = chk_##T(&st, c);                                                     \
+                for (int j = 0; j < NT; j++)                                                \
+                    acc[j][i] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + j * mm->ldx + c * V), acc[j][i]); \
+            }                                                                               \
         }                                                                                   \
-        float *p = mm->yadd[t0] + r;                                                        \
-        _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), hsum8x8(acc)));               \
+        for (int j = 0; j < NT; j++) {                                                      \
+            float *p = mm->yadd[t0 + j] + r;                                                \
+            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), hsum8x8(acc[j])));        \
+        }                                                                                   \
     }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
@@ -295,8 +299,8 @@ AI vf ldm_bf16(const uint8_t *p, int64_t k, int64_t r) {
     }
 
 #define DEF_LINEAR(T)                                                                       \
-    AI void gv8_##T(const struct kcpu_mm *mm, int64_t r, int t0, const uint8_t *pfp) {  \
-        (void)mm, (void)r, (void)t0, (void)pfp; /* never called (BS 0) */                  \
+    AI void gv8_##T(const struct kcpu_mm *mm, int64_t r, int t0, int NT, const uint8_t *pfp) { \
+        (void)mm, (void)r, (void)t0, (void)NT, (void)pfp; /* never called (BS 0) */        \
     }                                                                                       \
     AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, int LTE) { \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
@@ -369,10 +373,17 @@ DEF_LINEAR(bf16)
         for (int t0 = 0; t0 < mm->n; t0 += KCPU_DECODE_MAX) {                               \
             int nt = mm->n - t0 < KCPU_DECODE_MAX ? mm->n - t0 : KCPU_DECODE_MAX;           \
             int64_t r = r0;                                                                 \
-            if (LTE && (BS) == 32 && mm->K == 32 && mm->yadd && nt == 1) { /* LTE down */   \
+            if (LTE && (BS) == 32 && mm->K == 32 && mm->yadd) { /* LTE down */              \
                 const size_t pf8 = kcpu_pf_dist(8 * mm->nb1);                               \
-                for (; r + 8 <= r1; r += 8)                                                 \
-                    gv8_##T(mm, r, t0, gv_pf(mm, r, 8, pf8, 1));                            \
+                for (; r + 8 <= r1; r += 8) {                                               \
+                    const uint8_t *pfp = gv_pf(mm, r, 8, pf8, 1);                           \
+                    switch (nt) {                                                           \
+                    case 1: gv8_##T(mm, r, t0, 1, pfp); break;                              \
+                    case 2: gv8_##T(mm, r, t0, 2, pfp); break;                              \
+                    case 3: gv8_##T(mm, r, t0, 3, pfp); break;                              \
+                    default: gv8_##T(mm, r, t0, 4, pfp); break;                             \
+                    }                                                                       \
+                }                                                                           \
             }                                                                               \
             if (nt <= 2) {                                                                  \
                 for (; r + 4 <= r1; r += 4) {                                               \
