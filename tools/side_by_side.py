@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def forward_llama(a):
 
 
 def forward_slim(a):
-    out = run([a.bench_forward, a.model, "-p", "512", "-n", "128", "-t", str(a.threads), "-r", "1"],
+    out = run([a.bench_forward, a.model, "-p", "512", "-n", "128", "-t", str(a.threads), "-r", "1"] + shlex.split(a.forward_args),
               a.timeout_s)
     pp = re.search(r"^prefill .*?: ([0-9.]+) tokens/s", out, re.M)
     tg = re.search(r"^decode .*?: ([0-9.]+) tokens/s", out, re.M)
@@ -155,6 +156,9 @@ def main():
     ap.add_argument("--skip-serving", action="store_true")
     ap.add_argument("--slim-args", nargs="*", default=[], help="extra slimserve serve flags")
     ap.add_argument("--llama-args", nargs="*", default=[], help="extra llama-server flags")
+    ap.add_argument("--forward-args", default="",
+                    help="extra bench_forward flags as one string, e.g. --forward-args='-a int8' "
+                         "beside --slim-args=--activation-precision=int8")
     ap.add_argument("--json", action="store_true", help="also print the raw rounds as JSON")
     a = ap.parse_args()
     if a.slot_ctx < a.prompt_len + a.output_len + 8:
