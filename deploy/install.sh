@@ -15,11 +15,11 @@
 # Environment: SLIMSERVE_MODEL=path.gguf makes `model` print that path instead.
 set -euo pipefail
 
-APT_RUNTIME=(libmicrohttpd12 libcjson1 libuv1 libpcre2-8-0 libgomp1 ca-certificates)
+APT_RUNTIME=(libmicrohttpd12 libcjson1 libuv1 libpcre2-8-0 ca-certificates)
 APT_BUILD=(build-essential pkg-config meson ninja-build libmicrohttpd-dev libcjson-dev libuv1-dev
            check libpcre2-dev python3 python3-pip curl)
 APT_TEST=(nginx   # the reverse-proxy integration tests run real nginx
-          clang libclang-rt-dev libomp-dev)   # the libFuzzer targets (tests/fuzz/run.sh)
+          clang libclang-rt-dev)   # the libFuzzer targets (tests/fuzz/run.sh)
 # PyPI packages of the tests, as pip-name:import-name where the two differ.
 PIP_TEST=(numpy gguf pytest prometheus_client kubernetes-validate:kubernetes_validate pyyaml:yaml
           promql-parser:promql_parser openai jsonschema pydantic aiperf

@@ -96,7 +96,7 @@ fi
 obj=$out/conform
 mkdir -p "$obj"
 say "building the conformance runner with $nvcc and $cc (arch $arch)"
-cflags=(-O2 -std=gnu11 -fopenmp -ffp-contract=off -I"$root" -I"$root/tests/unit" -I"$cuda/include" -DHAVE_CUDA=1)
+cflags=(-O2 -std=gnu11 -pthread -ffp-contract=off -I"$root" -I"$root/tests/unit" -I"$cuda/include" -DHAVE_CUDA=1)
 build_log=$obj/build.log
 : >"$build_log"
 # every object compiles in the background (the GPU host has cores); its log is OUT.log
@@ -110,7 +110,7 @@ compile() { # compile OUT COMMAND...: runs COMMAND -o OUT in the background
     objs+=("$o")
 }
 for f in kernels/cpu/attention.c kernels/cpu/be_cpu.c kernels/cpu/lte.c kernels/cpu/fork.c \
-    kernels/cpu/matmul.c kernels/cpu/quant_act.c kernels/cpu/ref.c kernels/cpu/rowops.c \
+    kernels/cpu/matmul.c kernels/cpu/pool.c kernels/cpu/quant_act.c kernels/cpu/ref.c kernels/cpu/rowops.c \
     kernels/cpu/types.c kernels/registry.c kernels/cuda/be_cuda.c tests/unit/cuda_conform.c; do
     compile "$obj/$(basename "$f" .c).o" "$cc" "${cflags[@]}" -c "$f"
 done
@@ -129,7 +129,7 @@ ok=1
 for p in "${pids[@]}"; do wait "$p" || ok=0; done
 for o in "${objs[@]}"; do cat "$o.log" >>"$build_log"; done
 if ((ok)); then
-    "$nvcc" -o "$obj/cuda_conform" "${objs[@]}" -Xcompiler -fopenmp -lcublas -lcudart -lm \
+    "$nvcc" -o "$obj/cuda_conform" "${objs[@]}" -Xcompiler -pthread -lcublas -lcudart -lm \
         >>"$build_log" 2>&1 || ok=0
 fi
 if ! ((ok)); then

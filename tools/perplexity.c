@@ -23,7 +23,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <omp.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,6 +34,7 @@
 #include "engine/gguf.h"
 #include "kernels/ss_error.h"
 #include "engine/tokenizer.h"
+#include "kernels/cpu/pool.h"
 #include "tools/perplexity.h"
 
 #define PPL_MAX_CTX (1 << 20)
@@ -175,6 +175,7 @@ struct ppl_eval {
     const int32_t *text;  /* [n_windows * N] tokens of the evaluated windows */
     int32_t bos;          /* -1: keep the window's own first token */
     int N, h, B, P, V, n_threads;
+    struct kcpu_pool *pool; /* n_threads threads for the scoring of rows */
     int C;                /* tokens per window per forward in the context half */
     int Cs;               /* the same in the scored half (Cs <= C: the logits budget) */
     int32_t *in;          /* [B*C] batch tokens */
@@ -253,6 +254,23 @@ static double row_nll(const float *row, int V, int32_t target) {
     return (double)mx + log(s) - (double)row[target];
 }
 
+/* The negative log-likelihoods of rows [r0, r1) of the last forward's logits
+ * (window w0 + r / len, position a + r % len). */
+struct nll_job {
+    struct ppl_eval *e;
+    int w0, a, len;
+};
+
+static void nll_rows(void *arg, int64_t r0, int64_t r1) {
+    const struct nll_job *J = arg;
+    struct ppl_eval *e = J->e;
+    for (int64_t r = r0; r < r1; r++) {
+        int w = (int)(r / J->len), p = J->a + (int)(r % J->len);
+        int32_t target = e->text[(size_t)(J->w0 + w) * e->N + p + 1];
+        e->row_nll[r] = row_nll(e->logits + (size_t)r * e->V, e->V, target);
+    }
+}
+
 /* Runs one chunk [a, a+len) of the nw windows starting at window w0 of the
  * text. When scored, adds each row's NLL into win_nll[w0 + w] in position
  * order. */
@@ -280,13 +298,9 @@ static int eval_chunk(struct ppl_eval *e, int w0, int nw, int a, int len, int sc
     for (int w = 0; w < nw; w++)
         for (int k = 1; k < eng_model_n_levels(e->m); k++) e->lnp[w][k] += e->kept[w][k];
     if (!scored) return 0;
-    const int rows = nw * len, V = e->V;
-#pragma omp parallel for schedule(static) num_threads(e->n_threads)
-    for (int r = 0; r < rows; r++) {
-        int w = r / len, p = a + r % len;
-        int32_t target = e->text[(size_t)(w0 + w) * e->N + p + 1];
-        e->row_nll[r] = row_nll(e->logits + (size_t)r * V, V, target);
-    }
+    const int rows = nw * len;
+    struct nll_job J = {e, w0, a, len};
+    kcpu_pool_for(e->pool, e->n_threads, rows, 1, nll_rows, &J);
     for (int r = 0; r < rows; r++) {
         if (!isfinite(e->row_nll[r]))
             return fail(err, err_len, SS_EINTERNAL, "non-finite logits in window %d at position %d",
@@ -394,7 +408,12 @@ int ppl_run(const struct ppl_opts *o, struct ppl_result *res, char *err, size_t 
         return rc;
     }
     e.V = eng_model_config(e.m)->n_vocab;
-    e.n_threads = o->eng.n_threads > 0 ? o->eng.n_threads : omp_get_max_threads();
+    if (kcpu_pool_init(&e.pool, o->eng.n_threads, -1) < 0) { /* <= 0: one per CPU */
+        eng_model_free(e.m);
+        free(ids);
+        return fail(err, err_len, SS_ENOMEM, "out of memory");
+    }
+    e.n_threads = kcpu_pool_size(e.pool);
     size_t budget = o->logits_budget ? o->logits_budget : (size_t)128 << 20;
     size_t budget_rows = budget / ((size_t)e.V * sizeof(float));
     e.Cs = e.C;
@@ -428,6 +447,7 @@ int ppl_run(const struct ppl_opts *o, struct ppl_result *res, char *err, size_t 
     free(e.kept);
     free(e.logits);
     free(e.row_nll);
+    kcpu_pool_free(e.pool);
     eng_model_free(e.m);
     free(ids);
     return rc;

@@ -22,7 +22,6 @@
  *            of other load on the machine.
  */
 #include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,29 +104,45 @@ __attribute__((target("avx2"))) static double read_sum_part(const float *a, size
     return s[0] + s[7];
 }
 
+struct bw_job {
+    const float *a;
+    size_t n;
+    double tot[KCPU_POOL_MAX_THREADS];
+};
+
+static void bw_task(void *arg, int t, int k) {
+    struct bw_job *J = arg;
+    size_t per = J->n / k / 32 * 32;
+    J->tot[t] = read_sum_part(J->a + per * t, per);
+}
+
 static double read_bw(size_t bytes, int nth) {
-    float *a = aligned_alloc(64, bytes);
-    if (!a)
+    struct kcpu_pool *pool;
+    if (kcpu_pool_init(&pool, nth, -1) < 0)
         return 0;
+    float *a = aligned_alloc(64, bytes);
+    if (!a) {
+        kcpu_pool_free(pool);
+        return 0;
+    }
     size_t n = bytes / sizeof(float);
     memset(a, 0, bytes);
     double best = 0;
     volatile double sink = 0;
     for (int rep = 0; rep < 5; rep++) {
+        struct bw_job J = {a, n, {0}};
         double t0 = clk(), tot = 0;
-#pragma omp parallel num_threads(nth) reduction(+ : tot)
-        {
-            int t = omp_get_thread_num(), k = omp_get_num_threads();
-            size_t per = n / k / 32 * 32;
-            tot += read_sum_part(a + per * t, per);
-        }
+        kcpu_pool_run(pool, nth, bw_task, &J);
         double t = clk() - t0;
+        for (int k = 0; k < kcpu_pool_size(pool); k++)
+            tot += J.tot[k];
         sink += tot;
         if (bytes / t > best)
             best = bytes / t;
     }
     (void)sink;
     free(a);
+    kcpu_pool_free(pool);
     return best / 1e9;
 }
 
@@ -516,7 +531,7 @@ int main(int argc, char **argv) {
         be_close(&be);
         return 0;
     }
-    int nth = argc > 1 ? atoi(argv[1]) : omp_get_num_procs();
+    int nth = argc > 1 ? atoi(argv[1]) : kcpu_pool_cpus();
     struct be be;
     if (be_open(&be, "cpu", nth) != 0) {
         fprintf(stderr, "be_open failed\n");

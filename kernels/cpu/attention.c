@@ -17,7 +17,7 @@
  *   K row of kv head g: k + ((page*16 + slot) * kv_dim + g*head_dim) elements
  */
 #include <math.h>
-#include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +34,11 @@ struct att_job {
     const struct be_kv_layer *kv;
     const struct be_attn_params *p;
     int kv_dim, qdim, group, nsub; /* nsub = sub-groups of <= NQ heads per KV head */
+    /* the items: (sequence, token, head sub-group), numbered sequence by sequence */
+    const struct be_attn_seq *seqs;
+    const int64_t *first; /* [n_seqs+1]: first item of each sequence */
+    int64_t per_tok, n_items;
+    atomic_llong next; /* the next item nobody has taken */
 };
 
 /* Heads [h0, h0+nq) of one KV group, token j of sequence s. */
@@ -98,6 +103,30 @@ static void att_item(const struct att_job *J, const struct be_attn_seq *s, int j
     }
 }
 
+/* Threads take items one at a time from a shared counter (items differ in
+ * cost: a causal row attends to as many keys as its position). Which thread
+ * runs an item never changes its values: att_item depends on the item only. */
+static void att_task(void *arg, int tid, int nt) {
+    (void)tid, (void)nt;
+    struct att_job *J = arg;
+    const int64_t *first = J->first;
+    const int64_t per_tok = J->per_tok;
+    int s = 0;
+    for (;;) {
+        int64_t it = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed);
+        if (it >= J->n_items)
+            break;
+        while (it >= first[s + 1]) /* a thread's items come in increasing order */
+            s++;
+        int64_t local = it - first[s];
+        int j = (int)(local / per_tok), rest = (int)(local % per_tok);
+        int g = rest / J->nsub, sub = rest % J->nsub;
+        int h0 = g * J->group + sub * NQ;
+        int nq = J->group - sub * NQ < NQ ? J->group - sub * NQ : NQ;
+        att_item(J, &J->seqs[s], j, h0, nq);
+    }
+}
+
 void kcpu_attention(void *vctx, float *out, const float *q, const struct be_kv_layer *kv,
                     const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p) {
     struct kcpu_ctx *ctx = vctx;
@@ -123,23 +152,12 @@ void kcpu_attention(void *vctx, float *out, const float *q, const struct be_kv_l
     const int64_t n_items = first[n_seqs];
     int nth = n_items >= 2 ? ctx->n_threads : 1;
 
-#pragma omp parallel num_threads(nth)
-    {
-        int s = 0;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < n_items; it++) {
-            while (s > 0 && it < first[s]) /* items come in increasing order per thread */
-                s--;
-            while (it >= first[s + 1])
-                s++;
-            int64_t local = it - first[s];
-            int j = (int)(local / per_tok), rest = (int)(local % per_tok);
-            int g = rest / nsub, sub = rest % nsub;
-            int h0 = g * group + sub * NQ;
-            int nq = group - sub * NQ < NQ ? group - sub * NQ : NQ;
-            att_item(&J, &seqs[s], j, h0, nq);
-        }
-    }
+    J.seqs = seqs;
+    J.first = first;
+    J.per_tok = per_tok;
+    J.n_items = n_items;
+    atomic_init(&J.next, 0);
+    kcpu_pool_run(ctx->pool, nth, att_task, &J);
     if (first != stack_first)
         free(first);
 }

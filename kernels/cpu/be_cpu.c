@@ -4,11 +4,11 @@
  * matmul_avx512.c.
  *
  * Memory is host memory: alloc is 64-byte aligned and zeroed, upload/download
- * are memcpy. Threads: OpenMP teams of ctx->n_threads inside each call; the
- * context itself is used by one thread at a time (the engine thread).
+ * are memcpy. Threads: each call runs on the context's pool (pool.h) of
+ * ctx->n_threads threads, the calling one included; the context itself is
+ * used by one thread at a time (the engine thread).
  */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,17 +26,17 @@ static void free_bufs(struct kcpu_ctx *c) {
     free(c->tbuf_len);
     c->tbuf = NULL;
     c->tbuf_len = NULL;
+    kcpu_pool_free(c->pool); /* joins the workers */
+    c->pool = NULL;
+    c->n_threads = 0;
 }
 
+/* n_threads <= 0: one per CPU this process may use (kcpu_pool_init) */
 static int set_threads(struct kcpu_ctx *c, int n_threads) {
     free_bufs(c);
-    if (n_threads <= 0)
-        n_threads = omp_get_num_procs();
-    if (n_threads < 1)
-        n_threads = 1;
-    if (n_threads > 256)
-        n_threads = 256;
-    c->n_threads = n_threads;
+    if (kcpu_pool_init(&c->pool, n_threads, -1) < 0)
+        return SS_ENOMEM;
+    c->n_threads = kcpu_pool_size(c->pool);
     c->tbuf = calloc((size_t)n_threads, sizeof(float *));
     c->tbuf_len = calloc((size_t)n_threads, sizeof(size_t));
     if (!c->tbuf || !c->tbuf_len) {
@@ -124,12 +124,20 @@ static int team(const struct kcpu_ctx *c, double work) {
     return work < 65536.0 ? 1 : c->n_threads;
 }
 
-static void cpu_rmsnorm(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps) {
-    struct kcpu_ctx *c = ctx;
-    if (n <= 0 || dim <= 0)
-        return;
-#pragma omp parallel for num_threads(team(c, (double)n * dim)) schedule(static)
-    for (int i = 0; i < n; i++) {
+struct rmsnorm_job {
+    float *out;
+    const float *x, *w;
+    int dim;
+    float eps;
+};
+
+static void rmsnorm_rows(void *arg, int64_t i0, int64_t i1) {
+    const struct rmsnorm_job *J = arg;
+    float *out = J->out;
+    const float *x = J->x, *w = J->w;
+    const int dim = J->dim;
+    const float eps = J->eps;
+    for (int64_t i = i0; i < i1; i++) {
         const float *xi = x + (size_t)i * dim;
         float *oi = out + (size_t)i * dim;
         double ss = 0.0;
@@ -145,25 +153,32 @@ static void cpu_rmsnorm(void *ctx, float *out, const float *x, const float *w, i
     }
 }
 
+static void cpu_rmsnorm(void *ctx, float *out, const float *x, const float *w, int n, int dim, float eps) {
+    struct kcpu_ctx *c = ctx;
+    if (n <= 0 || dim <= 0)
+        return;
+    struct rmsnorm_job J = {out, x, w, dim, eps};
+    kcpu_pool_for(c->pool, team(c, (double)n * dim), n, 1, rmsnorm_rows, &J);
+}
+
 #define ROPE_MAX_PAIRS 512
 
-static void cpu_rope(void *ctx, float *x, const int32_t *pos, int n, const struct be_rope_params *p) {
-    struct kcpu_ctx *c = ctx;
-    const int H = p->n_heads, D = p->head_dim, nr = p->n_rot;
-    if (n <= 0 || H <= 0 || D <= 0 || nr <= 1 || nr > D || nr % 2 || nr / 2 > ROPE_MAX_PAIRS)
-        return;
-    const int half = nr / 2;
-    /* inv[i] = base^(-2i/n_rot), in double (exact enough at any position) */
-    double inv[ROPE_MAX_PAIRS];
-    for (int i = 0; i < half; i++) {
-        inv[i] = pow((double)p->theta_base, -2.0 * i / nr);
-        if (p->freq_factors)
-            inv[i] /= (double)p->freq_factors[i];
-    }
-#pragma omp parallel for num_threads(team(c, (double)n * H * D)) schedule(static)
-    for (int t = 0; t < n; t++) {
+struct rope_job {
+    float *x;
+    const int32_t *pos;
+    const struct be_rope_params *p;
+    const double *inv; /* [n_rot/2] */
+};
+
+static void rope_rows(void *arg, int64_t t0, int64_t t1) {
+    const struct rope_job *J = arg;
+    const struct be_rope_params *p = J->p;
+    const int H = p->n_heads, D = p->head_dim, half = p->n_rot / 2;
+    const double *inv = J->inv;
+    float *x = J->x;
+    for (int64_t t = t0; t < t1; t++) {
         float cs[ROPE_MAX_PAIRS], sn[ROPE_MAX_PAIRS];
-        double pt = (double)pos[t] * (double)p->freq_scale;
+        double pt = (double)J->pos[t] * (double)p->freq_scale;
         for (int i = 0; i < half; i++) {
             double th = pt * inv[i];
             cs[i] = (float)cos(th);
@@ -179,6 +194,23 @@ static void cpu_rope(void *ctx, float *x, const int32_t *pos, int n, const struc
             }
         }
     }
+}
+
+static void cpu_rope(void *ctx, float *x, const int32_t *pos, int n, const struct be_rope_params *p) {
+    struct kcpu_ctx *c = ctx;
+    const int H = p->n_heads, D = p->head_dim, nr = p->n_rot;
+    if (n <= 0 || H <= 0 || D <= 0 || nr <= 1 || nr > D || nr % 2 || nr / 2 > ROPE_MAX_PAIRS)
+        return;
+    const int half = nr / 2;
+    /* inv[i] = base^(-2i/n_rot), in double (exact enough at any position) */
+    double inv[ROPE_MAX_PAIRS];
+    for (int i = 0; i < half; i++) {
+        inv[i] = pow((double)p->theta_base, -2.0 * i / nr);
+        if (p->freq_factors)
+            inv[i] /= (double)p->freq_factors[i];
+    }
+    struct rope_job J = {x, pos, p, inv};
+    kcpu_pool_for(c->pool, team(c, (double)n * H * D), n, 1, rope_rows, &J);
 }
 
 static void cpu_kv_store(void *ctx, struct be_kv_layer *kv, const float *k, const float *v,
@@ -201,44 +233,53 @@ static void cpu_kv_store(void *ctx, struct be_kv_layer *kv, const float *k, cons
 
 /* Elementwise ops split the range in per-thread pieces of whole 64-float lines;
  * values are lane-wise, so the split never changes a result. */
-#define SPLIT_BEGIN(N)                                                          \
-    int nth_ = team(c, (double)(N));                                            \
-    _Pragma("omp parallel num_threads(nth_)") {                                  \
-        int64_t per_ = ((N) / omp_get_num_threads() + 63) / 64 * 64;            \
-        int64_t i0_ = per_ * omp_get_thread_num();                              \
-        int64_t i1_ = i0_ + per_ < (N) ? i0_ + per_ : (N);                      \
-        if (i0_ < i1_) {
-#define SPLIT_END \
-    }             \
+enum { EW_GLU, EW_ADD, EW_SCALE };
+
+struct ew_job {
+    int op, act;
+    const struct kcpu_isa *isa;
+    float *y;
+    const float *a, *b;
+    float s;
+};
+
+static void ew_range(void *arg, int64_t i0, int64_t i1) {
+    const struct ew_job *J = arg;
+    float *y = J->y;
+    switch (J->op) {
+    case EW_GLU:
+        J->isa->glu(y + i0, J->a + i0, J->b + i0, i1 - i0, J->act);
+        break;
+    case EW_ADD:
+        for (int64_t i = i0; i < i1; i++)
+            y[i] += J->a[i];
+        break;
+    default:
+        for (int64_t i = i0; i < i1; i++)
+            y[i] *= J->s;
+        break;
     }
+}
+
+static void ew_run(struct kcpu_ctx *c, const struct ew_job *J, int64_t n) {
+    if (n > 0)
+        kcpu_pool_for(c->pool, team(c, (double)n), n, 64, ew_range, (void *)J);
+}
 
 static void cpu_glu(void *ctx, float *out, const float *g, const float *u, int64_t n, int act) {
     struct kcpu_ctx *c = ctx;
-    if (n <= 0)
-        return;
-    SPLIT_BEGIN(n)
-    c->isa->glu(out + i0_, g + i0_, u + i0_, i1_ - i0_, act);
-    SPLIT_END
+    struct ew_job J = {.op = EW_GLU, .act = act, .isa = c->isa, .y = out, .a = g, .b = u};
+    ew_run(c, &J, n);
 }
 
 static void cpu_add(void *ctx, float *y, const float *x, int64_t n) {
-    struct kcpu_ctx *c = ctx;
-    if (n <= 0)
-        return;
-    SPLIT_BEGIN(n)
-    for (int64_t i = i0_; i < i1_; i++)
-        y[i] += x[i];
-    SPLIT_END
+    struct ew_job J = {.op = EW_ADD, .y = y, .a = x};
+    ew_run(ctx, &J, n);
 }
 
 static void cpu_scale(void *ctx, float *y, float s, int64_t n) {
-    struct kcpu_ctx *c = ctx;
-    if (n <= 0)
-        return;
-    SPLIT_BEGIN(n)
-    for (int64_t i = i0_; i < i1_; i++)
-        y[i] *= s;
-    SPLIT_END
+    struct ew_job J = {.op = EW_SCALE, .y = y, .s = s};
+    ew_run(ctx, &J, n);
 }
 
 const struct be_ops kcpu_ops = {

@@ -1,7 +1,7 @@
 /* fork.c - the CPU backend's fork/join of two tasks (be_ops.fork2), used by
  * layer parallelism to run the two branches of a layer pair at once.
  *
- * Split execution: an OpenMP team of two threads, each running one task on
+ * Split execution: two threads of the parent's pool, each running one task on
  * its own single-threaded CPU context (its own tile scratch, the parent's
  * instruction set), so a pair's sub-layer costs one fork and one join instead
  * of one per operation. The two contexts are made on the first split and
@@ -12,14 +12,14 @@
  * When to split (kcpu_ctx.fork_mode, from SLIMSERVE_LP_EXEC at be_open, a
  * measuring knob): "seq" never, "split" always (two one-thread halves,
  * whatever the backend's thread count), unset/other: iff the backend runs
- * exactly two threads (one task per core).
+ * exactly two threads (one task per core). A pool of one thread runs the
+ * two halves one after the other.
  * NOTE: with more than two threads the tasks run one after the other, each
- * with every thread: splitting 2k threads into two teams of k would need
- * nested OpenMP teams (issue 12 replaces OpenMP by the backend's own pool).
+ * with every thread: splitting 2k threads into two teams of k would need a
+ * pool per half (their workers nested in the parent's).
  *
  * Thread: the thread that owns the parent context; task 1 runs on a worker.
  */
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +43,18 @@ static int make_halves(struct kcpu_ctx *c) {
         c->half[j] = h;
     }
     return 0;
+}
+
+struct fork_job {
+    be_task_fn fn;
+    struct be *half; /* [2] */
+    void **arg;      /* [2] */
+};
+
+static void fork_task(void *v, int tid, int nt) {
+    const struct fork_job *J = v;
+    for (int j = tid; j < 2; j += nt) /* a team of one (nested or a one-thread pool) runs both */
+        J->fn(&J->half[j], J->arg[j]);
 }
 
 void kcpu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1) {
@@ -70,11 +82,8 @@ void kcpu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1) {
         }
         half[j] = (struct be){&kcpu_ops, c->half[j]};
     }
-#pragma omp parallel num_threads(2)
-    {
-        /* a team of one (nested or limited) runs both */
-        for (int j = omp_get_thread_num(); j < 2; j += omp_get_num_threads()) fn(&half[j], arg[j]);
-    }
+    struct fork_job J = {fn, half, arg};
+    kcpu_pool_run(c->pool, 2, fork_task, &J);
 }
 
 void kcpu_fork_free(struct kcpu_ctx *c) {

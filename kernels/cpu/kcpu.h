@@ -41,6 +41,7 @@
 #include <string.h>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/pool.h"
 
 /* Largest batch handled by the fused decode path; larger batches use tiles. */
 #define KCPU_DECODE_MAX 4
@@ -161,7 +162,8 @@ extern const struct be_ops kcpu_ops;
 
 /* CPU backend context (one per be_open). */
 struct kcpu_ctx {
-    int n_threads;
+    int n_threads;            /* = kcpu_pool_size(pool) */
+    struct kcpu_pool *pool;   /* the worker threads of every parallel op (pool.h) */
     const struct kcpu_isa *isa;
     /* per-thread scratch for dequantised weight tiles, grown on demand */
     float **tbuf;

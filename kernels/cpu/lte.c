@@ -29,7 +29,7 @@
  * (weight row, input row) pair (kcpu.h contract); y[t][d] is +0 plus the
  * partials of t's experts in increasing e, added by the one thread owning d.
  */
-#include <omp.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,66 +133,91 @@ static void a_expert(struct kcpu_ctx *c, const float *x, const struct be_lte_ffn
     }
 }
 
+/* One call's state, shared by the threads of each phase. */
+struct lte_job {
+    struct kcpu_ctx *c;
+    const float *x;
+    float *y;
+    int n;
+    const struct be_lte_ffn *p;
+    const struct lte_lists *L;
+    float *hc, *scr_a, *scr_b;
+    atomic_int failed; /* a thread had no scratch: the output is zeros */
+    atomic_int next;   /* dynamically balanced loops: the next index nobody took */
+};
+
 /* Phase A, grouped: hc rows of every active expert. Decode-sized steps
  * (n <= KCPU_DECODE_MAX: about the same work per expert) split the active
  * experts into one contiguous run per thread, so each thread's prefetch runs
- * on from one expert into its next; larger steps balance them dynamically. */
-static void phase_a_grouped(struct kcpu_ctx *c, const float *x, int n, const struct be_lte_ffn *p,
-                            const struct lte_lists *L, float *hc, int *failed) {
+ * on from one expert into its next; larger steps balance them dynamically
+ * (an expert's values do not depend on the thread that computes them). */
+static void phase_a_grouped(void *arg, int tid, int nt) {
+    struct lte_job *J = arg;
+    struct kcpu_ctx *c = J->c;
+    const struct be_lte_ffn *p = J->p;
+    const struct lte_lists *L = J->L;
     const int S = p->expert_size, na = L->n_act, same = p->gate->nb1 == p->up->nb1;
     const int64_t dim = p->gate->ne[0], ldd = pad16(dim);
     const size_t scr_n = dim > KCPU_KBLOCK_MIN ? KCPU_SCR_FLOATS(S) : 0;
     const size_t need = (size_t)LTE_CH * (size_t)dim + 2 * (size_t)LTE_CH * S + (size_t)S * ldd + scr_n;
-#pragma omp parallel num_threads(c->n_threads)
-    {
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        float *buf = kcpu_thread_buf(c, tid, need + 16);
-        struct a_bufs b = {0};
-        if (!buf) {
-#pragma omp atomic write
-            *failed = 1;
-        } else {
-            /* tile and scr stay 64-byte aligned: every offset is a multiple of 16 floats */
-            b.xg = buf, b.g = b.xg + (size_t)LTE_CH * dim, b.u = b.g + (size_t)LTE_CH * S;
-            b.tile = b.u + (size_t)LTE_CH * S, b.scr = scr_n ? b.tile + (size_t)S * ldd : NULL;
-        }
-        if (n <= KCPU_DECODE_MAX) {
-            int k0 = (int)((int64_t)na * tid / nt), k1 = (int)((int64_t)na * (tid + 1) / nt);
-            for (int k = k0; buf && k < k1; k++)
-                a_expert(c, x, p, L, hc, &b, L->act[k], k + 1 < k1 ? L->act[k + 1] : -1, k > k0 && same);
-        } else {
-#pragma omp for schedule(dynamic, 1)
-            for (int k = 0; k < na; k++)
-                if (buf)
-                    a_expert(c, x, p, L, hc, &b, L->act[k], -1, 0);
-        }
+    float *buf = kcpu_thread_buf(c, tid, need + 16);
+    if (!buf) {
+        atomic_store_explicit(&J->failed, 1, memory_order_relaxed);
+        return;
+    }
+    /* tile and scr stay 64-byte aligned: every offset is a multiple of 16 floats */
+    struct a_bufs b;
+    b.xg = buf, b.g = b.xg + (size_t)LTE_CH * dim, b.u = b.g + (size_t)LTE_CH * S;
+    b.tile = b.u + (size_t)LTE_CH * S, b.scr = scr_n ? b.tile + (size_t)S * ldd : NULL;
+    if (J->n <= KCPU_DECODE_MAX) {
+        int k0 = (int)((int64_t)na * tid / nt), k1 = (int)((int64_t)na * (tid + 1) / nt);
+        for (int k = k0; k < k1; k++)
+            a_expert(c, J->x, p, L, J->hc, &b, L->act[k], k + 1 < k1 ? L->act[k + 1] : -1, k > k0 && same);
+    } else {
+        for (int k; (k = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed)) < na;)
+            a_expert(c, J->x, p, L, J->hc, &b, L->act[k], -1, 0);
     }
 }
 
 /* Phase A, dense fallback: plain matmuls into scr_a (gate) and scr_b (up),
- * then act(g) * u of the active pairs, in place in scr_a, packed into hc
- * (= scr_b, read only after every pair was computed). */
-static void phase_a_dense(struct kcpu_ctx *c, const float *x, int n, const struct be_lte_ffn *p,
-                          const struct lte_lists *L, float *scr_a, float *scr_b) {
-    const int E = p->n_experts, S = p->expert_size;
+ * then act(g) * u of the active pairs, in place in scr_a (dense_glu), packed
+ * into hc (= scr_b, read only after every pair was computed: dense_pack). */
+static void dense_glu(void *arg, int tid, int nt) {
+    (void)tid, (void)nt;
+    struct lte_job *J = arg;
+    const struct lte_lists *L = J->L;
+    const int E = J->p->n_experts, S = J->p->expert_size;
     const size_t ffn = (size_t)E * S;
-    kcpu_matmul(c, scr_a, x, p->gate, n);
-    kcpu_matmul(c, scr_b, x, p->up, n);
-#pragma omp parallel for num_threads(c->n_threads) schedule(dynamic, 1)
-    for (int e = 0; e < E; e++)
+    for (int e; (e = atomic_fetch_add_explicit(&J->next, 1, memory_order_relaxed)) < E;)
         for (int32_t i = L->off[e]; i < L->off[e + 1]; i++) {
             size_t at = (size_t)L->tok[i] * ffn + (size_t)e * S;
-            c->isa->glu(scr_a + at, scr_a + at, scr_b + at, S, p->act);
+            J->c->isa->glu(J->scr_a + at, J->scr_a + at, J->scr_b + at, S, J->p->act);
         }
-#pragma omp parallel for num_threads(c->n_threads) schedule(static)
-    for (int e = 0; e < E; e++)
+}
+
+static void dense_pack(void *arg, int64_t e0, int64_t e1) {
+    struct lte_job *J = arg;
+    const struct lte_lists *L = J->L;
+    const int E = J->p->n_experts, S = J->p->expert_size;
+    const size_t ffn = (size_t)E * S;
+    for (int64_t e = e0; e < e1; e++)
         for (int32_t i = L->off[e]; i < L->off[e + 1]; i++)
-            memcpy(scr_b + (size_t)i * S, scr_a + (size_t)L->tok[i] * ffn + (size_t)e * S, sizeof(float) * (size_t)S);
+            memcpy(J->scr_b + (size_t)i * S, J->scr_a + (size_t)L->tok[i] * ffn + (size_t)e * S,
+                   sizeof(float) * (size_t)S);
+}
+
+static void phase_a_dense(struct lte_job *J) {
+    struct kcpu_ctx *c = J->c;
+    kcpu_matmul(c, J->scr_a, J->x, J->p->gate, J->n);
+    kcpu_matmul(c, J->scr_b, J->x, J->p->up, J->n);
+    atomic_store_explicit(&J->next, 0, memory_order_relaxed);
+    kcpu_pool_run(c->pool, c->n_threads, dense_glu, J);
+    kcpu_pool_for(c->pool, c->n_threads, J->p->n_experts, 1, dense_pack, J);
 }
 
 /* Phase B: y rows [d0, d1) of every row, for one thread. */
 static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const struct be_lte_ffn *p,
-                         const struct lte_lists *L, const float *hc, int64_t d0, int64_t d1, int *failed) {
+                         const struct lte_lists *L, const float *hc, int64_t d0, int64_t d1, atomic_int *failed) {
     const int S = p->expert_size;
     const int64_t dim = p->gate->ne[0], ldd = pad16(S);
     const struct be_tensor *dw = p->down;
@@ -201,8 +226,7 @@ static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const str
         memset(y + (size_t)t * dim + d0, 0, sizeof(float) * (size_t)(d1 - d0));
     float *buf = kcpu_thread_buf(c, tid, (size_t)LTE_DBLK * ldd + (size_t)LTE_CH * LTE_DBLK);
     if (!buf) {
-#pragma omp atomic write
-        *failed = 1;
+        atomic_store_explicit(failed, 1, memory_order_relaxed);
         return;
     }
     float *tile = buf, *part = buf + (size_t)LTE_DBLK * ldd;
@@ -240,33 +264,34 @@ static void phase_b_rows(struct kcpu_ctx *c, int tid, float *y, int n, const str
     }
 }
 
+/* Phase B on thread tid: its dims, split in multiples of 16. */
+static void phase_b(void *arg, int tid, int nt) {
+    struct lte_job *J = arg;
+    int64_t d0, d1;
+    kcpu_pool_piece(J->p->gate->ne[0], 16, tid, nt, &d0, &d1);
+    if (d0 < d1)
+        phase_b_rows(J->c, tid, J->y, J->n, J->p, J->L, J->hc, d0, d1, &J->failed);
+}
+
 void kcpu_lte_ffn(void *vctx, float *y, const float *x, const uint8_t *mask, int n,
                   const struct be_lte_ffn *p, float *scr_a, float *scr_b) {
     struct kcpu_ctx *c = vctx;
     const int64_t dim = p->gate->ne[0];
     struct lte_lists L;
-    int failed = 0;
     if (n <= 0)
         return;
     if (build_lists(c, mask, n, p->n_experts, &L) < 0) {
         memset(y, 0, sizeof(float) * (size_t)n * (size_t)dim); /* no memory: zeros, never a stray read */
         return;
     }
-    float *hc = scr_b;
+    struct lte_job J = {.c = c, .x = x, .y = y, .n = n, .p = p, .L = &L, .hc = scr_b, .scr_a = scr_a, .scr_b = scr_b};
+    atomic_init(&J.failed, 0);
+    atomic_init(&J.next, 0);
     if (p->dense)
-        phase_a_dense(c, x, n, p, &L, scr_a, scr_b);
+        phase_a_dense(&J);
     else
-        phase_a_grouped(c, x, n, p, &L, hc, &failed);
-#pragma omp parallel num_threads(c->n_threads)
-    {
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        int64_t units = (dim + 15) / 16; /* split dims in multiples of 16 */
-        int64_t d0 = units * tid / nt * 16, d1 = units * (tid + 1) / nt * 16;
-        if (d1 > dim)
-            d1 = dim;
-        if (d0 < d1)
-            phase_b_rows(c, tid, y, n, p, &L, hc, d0, d1, &failed);
-    }
-    if (failed)
+        kcpu_pool_run(c->pool, c->n_threads, phase_a_grouped, &J);
+    kcpu_pool_run(c->pool, c->n_threads, phase_b, &J);
+    if (atomic_load_explicit(&J.failed, memory_order_relaxed))
         memset(y, 0, sizeof(float) * (size_t)n * (size_t)dim);
 }

@@ -13,7 +13,6 @@
  * computes a (row, token) pair, never HOW.
  */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -263,6 +262,24 @@ static void prefill_rows(struct kcpu_ctx *ctx, const struct kcpu_mm *mm, int tid
     }
 }
 
+struct mm_job {
+    struct kcpu_ctx *ctx;
+    const struct kcpu_mm *mm;
+    int64_t R;
+};
+
+static void mm_task(void *arg, int tid, int nt) {
+    const struct mm_job *J = arg;
+    int64_t r0, r1;
+    split_rows(J->R, tid, nt, &r0, &r1);
+    if (r0 < r1) {
+        if (J->mm->n <= KCPU_DECODE_MAX)
+            J->ctx->isa->gemv(J->mm, r0, r1);
+        else
+            prefill_rows(J->ctx, J->mm, tid, r0, r1);
+    }
+}
+
 void kcpu_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w, int n) {
     struct kcpu_ctx *ctx = vctx;
     int64_t K = w->ne[0], R = w->ne[1];
@@ -284,25 +301,8 @@ void kcpu_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w
     /* tiny problems are not worth waking the other threads */
     if ((double)R * (double)K * n < 32768.0 || R < 8)
         nth = 1;
-    if (nth <= 1) {
-        if (n <= KCPU_DECODE_MAX)
-            ctx->isa->gemv(&mm, 0, R);
-        else
-            prefill_rows(ctx, &mm, 0, 0, R);
-        return;
-    }
-#pragma omp parallel num_threads(nth)
-    {
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        int64_t r0, r1;
-        split_rows(R, tid, nt, &r0, &r1);
-        if (r0 < r1) {
-            if (n <= KCPU_DECODE_MAX)
-                ctx->isa->gemv(&mm, r0, r1);
-            else
-                prefill_rows(ctx, &mm, tid, r0, r1);
-        }
-    }
+    struct mm_job J = {ctx, &mm, R};
+    kcpu_pool_run(ctx->pool, nth, mm_task, &J);
 }
 
 void kcpu_get_rows(void *vctx, float *out, const struct be_tensor *w, const int32_t *ids, int n) {

@@ -6,7 +6,6 @@
  * Formats and the determinism argument: q8.h.
  */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -243,6 +242,32 @@ static void rows_of(int64_t R, int tid, int nt, int64_t *r0, int64_t *r1) {
     *r1 = u1 * 4 < R ? u1 * 4 : R;
 }
 
+/* One matmul with int8 activations: the threads quantise their share of
+ * the tokens (unless cached), meet at a barrier, then take their rows. */
+struct q8_job {
+    struct kcpu_ctx *ctx;
+    kq8_rows_fn rows;
+    const struct kq8_mm *mm;
+    struct kq8_x *xq;
+    const float *x;
+    int n, hit, kind;
+    int64_t R, K;
+};
+
+static void q8_task(void *arg, int tid, int nt) {
+    const struct q8_job *J = arg;
+    if (!J->hit) {
+        kq8_quantize(J->xq, J->x, (int)((int64_t)J->n * tid / nt), (int)((int64_t)J->n * (tid + 1) / nt));
+        kcpu_pool_barrier(J->ctx->pool, nt);
+    }
+    int64_t r0, r1;
+    rows_of(J->R, tid, nt, &r0, &r1);
+    size_t scr_len = J->n > 4 && J->kind == KQ8_32 ? KQ8_SCR_BYTES(KQ8_RB, J->K) : 0;
+    void *scr = scr_len ? kcpu_thread_buf(J->ctx, tid, scr_len / sizeof(float)) : NULL;
+    for (int64_t b = r0; b < r1; b += KQ8_RB)
+        J->rows(J->mm, b, r1 - b < KQ8_RB ? r1 : b + KQ8_RB, 0, J->n, scr, scr ? scr_len : 0);
+}
+
 int kq8_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w, int n) {
     struct kcpu_ctx *ctx = vctx;
     struct kq8_state *s = ctx->q8;
@@ -264,18 +289,8 @@ int kq8_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w, 
     int nth = ctx->n_threads;
     if ((double)R * (double)K * n < 32768.0 || R < 8)
         nth = 1;
-#pragma omp parallel num_threads(nth)
-    {
-        int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-        if (!hit)
-            kq8_quantize(&e->x, x, (int)((int64_t)n * tid / nt), (int)((int64_t)n * (tid + 1) / nt));
-#pragma omp barrier
-        int64_t r0, r1;
-        rows_of(R, tid, nt, &r0, &r1);
-        size_t scr_len = n > 4 && kind == KQ8_32 ? KQ8_SCR_BYTES(KQ8_RB, K) : 0;
-        void *scr = scr_len ? kcpu_thread_buf(ctx, tid, scr_len / sizeof(float)) : NULL;
-        for (int64_t b = r0; b < r1; b += KQ8_RB)
-            kq8_rows(&mm, b, r1 - b < KQ8_RB ? r1 : b + KQ8_RB, 0, n, scr, scr ? scr_len : 0);
-    }
+    struct q8_job J = {.ctx = ctx, .rows = kq8_rows, .mm = &mm, .xq = &e->x, .x = x, .n = n, .hit = hit,
+                       .kind = kind, .R = R, .K = K};
+    kcpu_pool_run(ctx->pool, nth, q8_task, &J);
     return 0;
 }

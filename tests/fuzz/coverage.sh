@@ -39,7 +39,6 @@ focus() { # the files a target is written for
     *) echo '.' ;;
     esac
 }
-export OMP_NUM_THREADS=1
 for t in "${TARGETS[@]}"; do
     bin="$B/tests/fuzz/fuzz_$t"
     prof="$B/cov-$t"
