@@ -97,18 +97,28 @@ static void futex_wake_all(atomic_uint *word) {
     syscall(SYS_futex, (unsigned *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Waits until *word != old (spins up to spin_ns, then sleeps); returns the
- * new value, read with acquire. */
+/* Waits until *word != old; returns the new value, read with acquire.
+ * Three stages: pause-spin for the first PAUSE_NS (a job that follows at
+ * once is seen within a few hundred cycles), then sched_yield until spin_ns
+ * have passed (on an idle core it returns at once; on a busy machine it hands
+ * the core to whatever is runnable there, maybe the very thread this one waits
+ * for), then sleep on the futex. */
+#define PAUSE_NS 5000
 static unsigned wait_change(atomic_uint *word, unsigned old, atomic_int *sleepers, int64_t spin_ns) {
     unsigned v;
     if (spin_ns > 0) {
-        int64_t t0 = now_ns();
+        int64_t t0 = now_ns(), t;
         for (unsigned i = 1;; i++) {
             if ((v = atomic_load_explicit(word, memory_order_acquire)) != old)
                 return v;
             cpu_relax();
-            if (i % 32 == 0 && now_ns() - t0 >= spin_ns)
+            if (i % 32 == 0 && ((t = now_ns() - t0) >= spin_ns || t >= PAUSE_NS))
                 break;
+        }
+        while (now_ns() - t0 < spin_ns) {
+            if ((v = atomic_load_explicit(word, memory_order_acquire)) != old)
+                return v;
+            sched_yield();
         }
     }
     for (;;) {
