@@ -31,9 +31,6 @@ serve)
     ;;
 test)
     install_deps test
-    # Tests share the machine with whatever else runs there: let idle OpenMP
-    # workers sleep instead of spinning (see README, "Threads").
-    export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
     # The real-model fixture test (tests/unit/test_gemma.c) runs on the default model.
     SLIMSERVE_GEMMA_GGUF=$(SLIMSERVE_MODEL= default_model)
     export SLIMSERVE_GEMMA_GGUF

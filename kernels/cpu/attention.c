@@ -2,8 +2,8 @@
  *
  * One work item = (sequence, token, up to KCPU_ATT_NQ query heads of one KV
  * group), so each cached K/V row loaded feeds several heads. Items are
- * independent and run in parallel (OpenMP, dynamic schedule: later tokens see
- * more keys). Each item
+ * independent and run in parallel (the backend's pool, taken one at a time
+ * from a shared counter: later tokens see more keys). Each item
  * walks its KV range in chunks of ATT_CHUNK positions (chunk boundaries depend
  * only on the item's own range) with an online softmax in fp32:
  *     s_i = scale * q.k_i  (then softcap * tanh(s_i / softcap) if softcap > 0)

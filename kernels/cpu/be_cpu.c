@@ -18,7 +18,8 @@
 
 /* ---------------------------------------------------------------- lifecycle */
 
-static void free_bufs(struct kcpu_ctx *c) {
+/* Frees the per-thread scratch and joins the pool's workers. */
+static void free_threads(struct kcpu_ctx *c) {
     if (c->tbuf)
         for (int i = 0; i < c->n_threads; i++)
             free(c->tbuf[i]);
@@ -33,14 +34,14 @@ static void free_bufs(struct kcpu_ctx *c) {
 
 /* n_threads <= 0: one per CPU this process may use (kcpu_pool_init) */
 static int set_threads(struct kcpu_ctx *c, int n_threads) {
-    free_bufs(c);
+    free_threads(c);
     if (kcpu_pool_init(&c->pool, n_threads, -1) < 0)
         return SS_ENOMEM;
     c->n_threads = kcpu_pool_size(c->pool);
-    c->tbuf = calloc((size_t)n_threads, sizeof(float *));
-    c->tbuf_len = calloc((size_t)n_threads, sizeof(size_t));
+    c->tbuf = calloc((size_t)c->n_threads, sizeof(float *));
+    c->tbuf_len = calloc((size_t)c->n_threads, sizeof(size_t));
     if (!c->tbuf || !c->tbuf_len) {
-        free_bufs(c);
+        free_threads(c);
         return SS_ENOMEM;
     }
     return 0;
@@ -65,7 +66,7 @@ static void cpu_free(void *ctx) {
     if (!c)
         return;
     kcpu_fork_free(c);
-    free_bufs(c);
+    free_threads(c);
     free(c->lte_idx);
     kq8_state_free(c->q8);
     free(c);

@@ -100,8 +100,7 @@ def cases(lte_model):
 
 def start(model, tmp_path_factory, *args):
     return Server(model, tmp_path_factory.mktemp("lte-srv"), "--kv-cache-memory", "16MiB",
-                  "--served-model-name", "lte", *args, name="lte",
-                  env={"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")})
+                  "--served-model-name", "lte", *args, name="lte")
 
 
 @pytest.fixture(scope="module")

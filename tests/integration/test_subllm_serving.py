@@ -179,8 +179,7 @@ def cases(sub_model):
 @pytest.fixture(scope="module")
 def srv(sub_model, tmp_path_factory):
     s = Server(sub_model, tmp_path_factory.mktemp("subllm-srv"), "--kv-cache-memory", "32MiB",
-               "--served-model-name", "sub", name="subllm",
-               env={"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")})
+               "--served-model-name", "sub", name="subllm")
     try:
         yield s
     finally:

@@ -451,7 +451,7 @@ START_TEST(test_real_model) {
     /* 0: F16 K/V (the server's default), prompts and greedy continuations;
      * 1: F32 K/V, prompts only, with a tighter tolerance. One thread: the
      * result does not depend on it (kernels' determinism contract) and a
-     * shared, oversubscribed test machine cannot stall OpenMP barriers. */
+     * shared, oversubscribed test machine cannot stall the pool's joins. */
     const int kv_type = _i == 0 ? ENG_KV_F16 : ENG_KV_F32;
     const double tol = _i == 0 ? REAL_TOL_F16 : REAL_TOL_F32;
     struct eng_options o = {.kv_type = kv_type, .max_batch_tokens = REAL_CHUNK, .n_ctx = 2048, .n_threads = 1};

@@ -110,8 +110,8 @@ static int gen_models(void) {
 
 /* ---------------------------------------------------------------- helpers */
 
-/* One thread: these models are tiny, and on a shared 2-core machine OpenMP
- * barriers cost more than the work (the batch test uses two threads). */
+/* One thread: these models are tiny, and on a shared 2-core machine the
+ * pool's joins cost more than the work (the batch test uses two threads). */
 static int n_threads = 1;
 
 static struct eng_model *load(const char *path, int kv_type, int max_batch) {
