@@ -255,9 +255,13 @@ int kcpu_pool_init(struct kcpu_pool **out, int n_threads, int spin_us) {
         free(p);
         return SS_ENOMEM;
     }
-    /* workers take no signals: they go to the process's other threads */
+    /* workers take no asynchronous signals (SIGINT, SIGTERM, ...: they go to
+     * the process's other threads); faults still reach their handlers */
     sigset_t all, old;
     sigfillset(&all);
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
+        sigdelset(&all, faults[i]);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     for (int i = 1; i < n_threads; i++) {
         struct worker *w = &p->w[i - 1];

@@ -203,7 +203,7 @@ START_TEST(test_back_to_back) {
         for (int n = 2; n <= 3; n++) {
             struct kcpu_pool *p = make(n, spins[s]);
             struct count_job J = {{0}};
-            const int jobs = spins[s] ? 20000 : 5000;
+            const int jobs = spins[s] ? 10000 : 4000;
             for (int j = 0; j < jobs; j++)
                 kcpu_pool_run(p, j % 3 == 2 ? 2 : n, count_task, &J); /* some jobs leave a worker out */
             ck_assert_int_eq(J.per_tid[0], jobs);
