@@ -46,11 +46,13 @@ struct worker {
     struct kcpu_pool *p;
     int tid; /* 1..n-1 */
     pthread_t th;
+    int64_t spin_ns; /* its current spin (wait_change), 0 when spin_ns of the pool is */
 };
 
 struct kcpu_pool {
     int n;           /* threads, the caller included */
-    int64_t spin_ns; /* how long a waiter spins before it sleeps */
+    int64_t spin_ns;  /* the longest a waiter spins before it sleeps */
+    int64_t caller_spin_ns; /* the caller's current spin (wait_change) */
     struct worker *w; /* [n-1] */
     /* the job: written by the caller before gen moves, read by workers after */
     kcpu_pool_fn fn;
@@ -70,6 +72,8 @@ struct kcpu_pool {
 /* 1 on a worker thread, and on the caller while it runs its part of a job:
  * a pool call from there runs on that thread alone. */
 static _Thread_local int in_job;
+/* this thread's current spin at barriers (wait_change); -1: not set yet */
+static _Thread_local int64_t bar_spin_ns = -1;
 
 /* ---------------------------------------------------------------- waiting */
 
@@ -98,28 +102,32 @@ static void futex_wake_all(atomic_uint *word) {
 }
 
 /* Waits until *word != old; returns the new value, read with acquire.
- * Three stages: pause-spin for the first PAUSE_NS (a job that follows at
- * once is seen within a few hundred cycles), then sched_yield until spin_ns
- * have passed (on an idle core it returns at once; on a busy machine it hands
- * the core to whatever is runnable there, maybe the very thread this one waits
- * for), then sleep on the futex. */
-#define PAUSE_NS 5000
-static unsigned wait_change(atomic_uint *word, unsigned old, atomic_int *sleepers, int64_t spin_ns) {
+ * Spins (pause) for up to *spin_ns, then sleeps on the futex. *spin_ns
+ * adapts, per waiter: a wait that ends while spinning doubles it (up to
+ * max_ns), one that had to sleep halves it (down to SPIN_MIN_NS). On an idle
+ * machine the waits inside a forward pass end within microseconds, so it
+ * stays at max_ns; when the cores are shared with busy processes a spinning
+ * thread mostly burns the time slice the thread it waits for needs, its
+ * waits end asleep, and the spin shrinks to almost nothing.
+ * NOTE: no sched_yield while spinning: against busy processes that never
+ * sleep, each yield handed them a whole time slice (decode fell from 14 to
+ * 1.6 tokens/s, see README "Threads"). */
+#define SPIN_MIN_NS 2000
+static unsigned wait_change(atomic_uint *word, unsigned old, atomic_int *sleepers, int64_t *spin_ns,
+                            int64_t max_ns) {
     unsigned v;
-    if (spin_ns > 0) {
-        int64_t t0 = now_ns(), t;
+    if (*spin_ns > 0) {
+        int64_t t0 = now_ns();
         for (unsigned i = 1;; i++) {
-            if ((v = atomic_load_explicit(word, memory_order_acquire)) != old)
+            if ((v = atomic_load_explicit(word, memory_order_acquire)) != old) {
+                *spin_ns = *spin_ns * 2 < max_ns ? *spin_ns * 2 : max_ns;
                 return v;
+            }
             cpu_relax();
-            if (i % 32 == 0 && ((t = now_ns() - t0) >= spin_ns || t >= PAUSE_NS))
+            if (i % 32 == 0 && now_ns() - t0 >= *spin_ns)
                 break;
         }
-        while (now_ns() - t0 < spin_ns) {
-            if ((v = atomic_load_explicit(word, memory_order_acquire)) != old)
-                return v;
-            sched_yield();
-        }
+        *spin_ns = *spin_ns / 2 > SPIN_MIN_NS ? *spin_ns / 2 : SPIN_MIN_NS;
     }
     for (;;) {
         atomic_fetch_add_explicit(sleepers, 1, memory_order_seq_cst);
@@ -147,7 +155,7 @@ static void *worker_main(void *v) {
     in_job = 1;
     unsigned seen = 0; /* gen is 0 until the first job */
     for (;;) {
-        seen = wait_change(&p->gen, seen, &p->sleepers, p->spin_ns);
+        seen = wait_change(&p->gen, seen, &p->sleepers, &w->spin_ns, p->spin_ns);
         if (p->stop)
             return NULL;
         if (w->tid < p->nt)
@@ -173,7 +181,7 @@ void kcpu_pool_run(struct kcpu_pool *p, int nt, kcpu_pool_fn fn, void *arg) {
     in_job = 1;
     fn(arg, 0, nt);
     in_job = 0;
-    wait_change(&p->done, d0, &p->done_sleepers, p->spin_ns);
+    wait_change(&p->done, d0, &p->done_sleepers, &p->caller_spin_ns, p->spin_ns);
 }
 
 void kcpu_pool_barrier(struct kcpu_pool *p, int nt) {
@@ -185,7 +193,9 @@ void kcpu_pool_barrier(struct kcpu_pool *p, int nt) {
         atomic_store_explicit(&p->bar_count, 0, memory_order_relaxed);
         bump_and_wake(&p->bar_gen, &p->bar_sleepers);
     } else {
-        wait_change(&p->bar_gen, g, &p->bar_sleepers, p->spin_ns);
+        if (bar_spin_ns < 0 || bar_spin_ns > p->spin_ns)
+            bar_spin_ns = p->spin_ns;
+        wait_change(&p->bar_gen, g, &p->bar_sleepers, &bar_spin_ns, p->spin_ns);
     }
 }
 
@@ -250,6 +260,7 @@ int kcpu_pool_init(struct kcpu_pool **out, int n_threads, int spin_us) {
     if (!p)
         return SS_ENOMEM;
     p->spin_ns = (int64_t)(spin_us < 0 ? kcpu_pool_spin_us_env() : spin_us) * 1000;
+    p->caller_spin_ns = p->spin_ns;
     p->n = 1;
     if (n_threads > 1 && !(p->w = calloc((size_t)n_threads - 1, sizeof *p->w))) {
         free(p);
@@ -267,6 +278,7 @@ int kcpu_pool_init(struct kcpu_pool **out, int n_threads, int spin_us) {
         struct worker *w = &p->w[i - 1];
         w->p = p;
         w->tid = i;
+        w->spin_ns = p->spin_ns;
         if (pthread_create(&w->th, NULL, worker_main, w) != 0)
             break; /* NOTE: a smaller pool, not an error (kcpu_pool_size) */
         p->n = i + 1;

@@ -10,16 +10,18 @@
  * kernels/backend.h). Items claimed dynamically from a shared counter are
  * fine when each item's values do not depend on the thread that runs it.
  *
- * Waiting: a worker with no job spins on the job counter for a bounded time
- * (spin_us, from SLIMSERVE_POOL_SPIN_US, default KCPU_POOL_SPIN_US_DEFAULT),
+ * Waiting: a worker with no job spins (pause) on the job counter for at
+ * most spin_us (from SLIMSERVE_POOL_SPIN_US, default KCPU_POOL_SPIN_US_DEFAULT),
  * then sleeps on a futex; the caller wakes sleepers only when some are
  * asleep (no system call per job while they all spin). The caller waiting for
  * the workers, and a thread at a barrier, spin and then sleep the same way.
- * So back-to-back jobs (the operations of one forward pass) cost no system
- * call on an idle machine, and an idle server uses no CPU; on a machine
- * shared with other busy processes, a descheduled worker costs the others at
- * most one spin before they give their core away.
- *
+ * Each waiter adapts its spin: doubled (up to spin_us) by a wait that ended
+ * while spinning, halved (down to 2 us) by one that had to sleep. So the
+ * back-to-back jobs of a forward pass cost no system call on an idle machine,
+ * an idle server uses no CPU, and on cores shared with busy processes (where
+ * spinning only burns the time slice the awaited thread needs) the spins
+ * shrink until the threads mostly sleep and are woken.
+
  * Nesting: kcpu_pool_run called from inside a job (of any pool) runs
  * fn(arg, 0, 1) on the calling thread: one thread, no deadlock.
  *
