@@ -21,7 +21,7 @@
  * an idle server uses no CPU, and on cores shared with busy processes (where
  * spinning only burns the time slice the awaited thread needs) the spins
  * shrink until the threads mostly sleep and are woken.
-
+ *
  * Nesting: kcpu_pool_run called from inside a job (of any pool) runs
  * fn(arg, 0, 1) on the calling thread: one thread, no deadlock.
  *
