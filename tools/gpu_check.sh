@@ -118,6 +118,7 @@ if [ "$(uname -m)" = x86_64 ]; then # the SIMD libraries, flags as kernels/meson
     avx2=(-mavx2 -mfma -mf16c)
     avx512=("${avx2[@]}" -mavx512f -mavx512bw -mavx512vl -mavx512dq)
     compile "$obj/matmul_avx2.o" "$cc" "${cflags[@]}" "${avx2[@]}" -c kernels/cpu/matmul_avx2.c
+    compile "$obj/matmul_q8_avx2.o" "$cc" "${cflags[@]}" "${avx2[@]}" -c kernels/cpu/matmul_q8_avx2.c
     compile "$obj/rowops_avx2.o" "$cc" "${cflags[@]}" "${avx2[@]}" -c kernels/cpu/rowops_avx2.c
     compile "$obj/matmul_avx512.o" "$cc" "${cflags[@]}" "${avx512[@]}" -c kernels/cpu/matmul_avx512.c
     compile "$obj/matmul_q8_avx512.o" "$cc" "${cflags[@]}" "${avx512[@]}" -mavx512vnni -c kernels/cpu/matmul_q8_avx512.c
