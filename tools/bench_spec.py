@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Speculative decoding benchmark: single-stream decode speed with n-gram
+drafts on and off, on a workload whose output repeats its prompt and on one
+that does not.
+
+    python3 tools/bench_spec.py --bin build/server/slimserve --model M.gguf [--rounds 5]
+
+Starts one slimserve (prefix cache off, so every request prefills the same
+way) and alternates requests with "speculative": true and false (the
+per-request opt-out: both run on the same process, under the same machine
+load). Each request streams; decode speed is (tokens - 1) / (time of the
+last token - time of the first), so prefill is left out. Per workload:
+the median decode tok/s of each side over --rounds rounds, their ratio
+(spec / plain), the acceptance counters from /metrics, and a check that
+both sides produced the same text (speculation must not change it).
+
+Workloads (prompts below):
+  repeat    "rewrite this code with one change": greedy, the answer copies
+            most of the prompt;
+  sampled   open-ended prompts, temperature 0.8, fixed seeds: text that
+            does not repeat its prompt;
+  greedy    the same open-ended prompts, greedy (a small model's greedy
+            text often loops, which drafts pick up).
+Extra server flags go after `--`.
+"""
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+CODE = '''def parse_config(path):
+    config = {}
+    with open(path) as handle:
+        for line in handle:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, value = line.split("=", 1)
+            config[key.strip()] = value.strip()
+    return config
+
+
+def load_users(path):
+    users = []
+    with open(path) as handle:
+        for line in handle:
+            name, email = line.strip().split(",")
+            users.append({"name": name, "email": email})
+    return users
+'''
+
+WORKLOADS = {
+    "repeat": [
+        {"prompt": "Rewrite the following Python code, renaming the variable `handle` to `f`. "
+                   "Output only the code.\n\n" + CODE + "\nRewritten code:\n",
+         "temperature": 0},
+        {"prompt": "Here is some Python code:\n\n" + CODE + "\nThe same code with type hints "
+                   "added to every function:\n", "temperature": 0},
+    ],
+    "sampled": [
+        {"prompt": "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+         "temperature": 0.8, "seed": 11},
+        {"prompt": "Explain why the sky is blue to a ten-year-old.", "temperature": 0.8, "seed": 12},
+    ],
+    "greedy": [
+        {"prompt": "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+         "temperature": 0},
+        {"prompt": "Explain why the sky is blue to a ten-year-old.", "temperature": 0},
+    ],
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(port, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not become healthy")
+
+
+def stream(port, body, timeout):
+    """Returns (text, decode tok/s) of one streamed completion."""
+    body = dict(body, stream=True, stream_options={"include_usage": True})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    text, t_first, t_last, n = [], None, None, 0
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            if ev.get("usage"):
+                n = ev["usage"]["completion_tokens"]
+            for c in ev.get("choices", []):
+                if c.get("text"):
+                    now = time.perf_counter()
+                    t_first = t_first or now
+                    t_last = now
+                    text.append(c["text"])
+    rate = (n - 1) / (t_last - t_first) if t_first and t_last > t_first and n > 1 else 0.0
+    return "".join(text), rate, n
+
+
+def spec_counters(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        out = {}
+        for line in r.read().decode().splitlines():
+            for k in ("num_draft_tokens_total", "num_accepted_tokens_total", "num_drafts_total"):
+                if line.startswith("slimserve:spec_decode_" + k + " "):
+                    out[k] = float(line.split()[1])
+        return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default="build/server/slimserve")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--workloads", default="repeat,sampled,greedy")
+    ap.add_argument("--timeout-s", type=float, default=600)
+    ap.add_argument("--json", action="store_true")
+    a, extra = ap.parse_known_args()
+    extra = [x for x in extra if x != "--"]
+    port = free_port()
+    proc = subprocess.Popen([a.bin, "serve", "--model", a.model, "--port", str(port), "--no-prefix-cache",
+                             "--log-level", "warn"] + extra,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_health(port, proc)
+        stream(port, {"prompt": "Hello", "max_tokens": 4, "temperature": 0}, a.timeout_s)  # warm-up
+        rows = []
+        for wl in a.workloads.split(","):
+            rates = {True: [], False: []}
+            same = True
+            c0 = spec_counters(port)
+            for rnd in range(a.rounds):
+                for body in WORKLOADS[wl]:
+                    texts = {}
+                    # alternate which side goes first, round by round
+                    for spec in ((True, False) if rnd % 2 == 0 else (False, True)):
+                        b = dict(body, max_tokens=a.max_tokens, speculative=spec, ignore_eos=True)
+                        texts[spec], rate, _ = stream(port, b, a.timeout_s)
+                        rates[spec].append(rate)
+                    same = same and texts[True] == texts[False]
+            c1 = spec_counters(port)
+            drafted = c1["num_draft_tokens_total"] - c0["num_draft_tokens_total"]
+            acc = c1["num_accepted_tokens_total"] - c0["num_accepted_tokens_total"]
+            on, off = statistics.median(rates[True]), statistics.median(rates[False])
+            row = {"workload": wl, "spec_tok_s": round(on, 2), "plain_tok_s": round(off, 2),
+                   "ratio": round(on / off, 3) if off else None, "draft_tokens": int(drafted),
+                   "accepted": int(acc), "acceptance": round(acc / drafted, 3) if drafted else None,
+                   "same_text": same, "requests_per_side": len(rates[True])}
+            rows.append(row)
+            if a.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(f"{wl:8s} spec {on:7.2f} tok/s  plain {off:7.2f} tok/s  ratio {row['ratio']}  "
+                      f"drafts {int(drafted)} accepted {int(acc)} same_text {same}", flush=True)
+        return 0 if all(r["same_text"] for r in rows) else 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
