@@ -606,6 +606,14 @@ static int cmd_serve(int argc, char **argv) {
                 o.srv.no_swa_recycle || cfg->n_swa_layers == cfg->n_layers
                     ? "their KV pages are all kept"
                     : "their KV pages behind the window go back to the pool (--no-swa-recycle keeps them)");
+    if (o.srv.spec_ngram && eng_model_n_levels(m) > 1)
+        srv_log(SRV_LOG_INFO, "speculative decoding: off (not for SUBLLM models)");
+    else if (o.srv.spec_ngram)
+        srv_log(SRV_LOG_INFO, "speculative decoding: n-gram drafts of up to %d tokens (n-grams of %d..%d), while a "
+                "step's decode tokens and drafts stay within %d (--speculative off disables it)",
+                o.srv.spec_tokens ? o.srv.spec_tokens : 3, o.srv.spec_ngram_min ? o.srv.spec_ngram_min : 2,
+                o.srv.spec_ngram_max ? o.srv.spec_ngram_max : 5,
+                o.srv.spec_max_batch_tokens ? o.srv.spec_max_batch_tokens : 4);
     const struct tok *tk = eng_model_tok(m);
     if (tk && tok_n_vocab(tk) < cfg->n_vocab)
         srv_log(SRV_LOG_INFO, "the embedding has %d rows but the tokenizer %d tokens: ids %d..%d "

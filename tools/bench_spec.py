@@ -25,12 +25,13 @@ Extra server flags go after `--`.
 """
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
+
+from bench_serving import free_port, wait_health  # tools/ is this script's directory
 
 CODE = '''def parse_config(path):
     config = {}
@@ -72,26 +73,6 @@ WORKLOADS = {
         {"prompt": "Explain why the sky is blue to a ten-year-old.", "temperature": 0},
     ],
 }
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_health(port, proc, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("server did not become healthy")
 
 
 def stream(port, body, timeout):
