@@ -518,10 +518,10 @@ static void spec_options(struct sched_options *opt, const struct sched_options *
     opt->spec_ngram = o && o->spec_ngram ? 1 : 0;
     if (!opt->spec_ngram) return;
 #define SPEC_OPT(f, def, lo, hi) opt->f = o->f <= 0 ? (def) : o->f < (lo) ? (lo) : o->f > (hi) ? (hi) : o->f
-    SPEC_OPT(spec_tokens, 3, 1, REQ_SPEC_MAX_TOKENS);
-    SPEC_OPT(spec_ngram_min, 2, 1, SCHED_SPEC_NGRAM_MAX);
-    SPEC_OPT(spec_ngram_max, 5, opt->spec_ngram_min, SCHED_SPEC_NGRAM_MAX);
-    SPEC_OPT(spec_max_batch_tokens, 4, 1, 1024);
+    SPEC_OPT(spec_tokens, SCHED_SPEC_DEF_TOKENS, 1, REQ_SPEC_MAX_TOKENS);
+    SPEC_OPT(spec_ngram_min, SCHED_SPEC_DEF_NGRAM_MIN, 1, SCHED_SPEC_NGRAM_MAX);
+    SPEC_OPT(spec_ngram_max, SCHED_SPEC_DEF_NGRAM_MAX, opt->spec_ngram_min, SCHED_SPEC_NGRAM_MAX);
+    SPEC_OPT(spec_max_batch_tokens, SCHED_SPEC_DEF_BATCH_TOKENS, 1, 1024);
 #undef SPEC_OPT
     if (opt->spec_ngram_max < opt->spec_ngram_min) opt->spec_ngram_max = opt->spec_ngram_min;
 }

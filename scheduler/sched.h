@@ -165,6 +165,11 @@ struct sched_options {
                                  * drafts stay within this (default 4) */
 };
 #define SCHED_SPEC_NGRAM_MAX 16
+/* the defaults (a 0 field in sched_options takes them) */
+#define SCHED_SPEC_DEF_TOKENS 3
+#define SCHED_SPEC_DEF_NGRAM_MIN 2
+#define SCHED_SPEC_DEF_NGRAM_MAX 5
+#define SCHED_SPEC_DEF_BATCH_TOKENS 4
 
 /* ---- request parameters (params.c; any thread, pure) ---- */
 

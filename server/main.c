@@ -299,6 +299,10 @@ static void opts_default(struct serve_opts *o) {
     o->srv.max_stream_buffer = 4u << 20;
     o->srv.log_level = SRV_LOG_INFO;
     o->srv.sse_keepalive_s = 15.0;
+    o->srv.spec_tokens = SCHED_SPEC_DEF_TOKENS;
+    o->srv.spec_ngram_min = SCHED_SPEC_DEF_NGRAM_MIN;
+    o->srv.spec_ngram_max = SCHED_SPEC_DEF_NGRAM_MAX;
+    o->srv.spec_max_batch_tokens = SCHED_SPEC_DEF_BATCH_TOKENS;
 }
 
 /* Environment first, then argv. Returns 0, or 2 on a usage error (message
@@ -520,12 +524,10 @@ static int cmd_serve(int argc, char **argv) {
         return 2;
     }
     o.srv.spec_ngram = !o.speculative || strcmp(o.speculative, "ngram") == 0;
-    {
-        int lo = o.srv.spec_ngram_min ? o.srv.spec_ngram_min : 2, hi = o.srv.spec_ngram_max ? o.srv.spec_ngram_max : 5;
-        if (lo > hi) {
-            fprintf(stderr, "slimserve serve: --spec-ngram-min (%d) is above --spec-ngram-max (%d)\n", lo, hi);
-            return 2;
-        }
+    if (o.srv.spec_ngram_min > o.srv.spec_ngram_max) {
+        fprintf(stderr, "slimserve serve: --spec-ngram-min (%d) is above --spec-ngram-max (%d)\n",
+                o.srv.spec_ngram_min, o.srv.spec_ngram_max);
+        return 2;
     }
     o.eng.lte_threshold = (float)o.lte_threshold;
     if (eng_act_parse(o.act_precision ? o.act_precision : "f32", &o.eng.act_precision) < 0) {
@@ -611,9 +613,7 @@ static int cmd_serve(int argc, char **argv) {
     else if (o.srv.spec_ngram)
         srv_log(SRV_LOG_INFO, "speculative decoding: n-gram drafts of up to %d tokens (n-grams of %d..%d), while a "
                 "step's decode tokens and drafts stay within %d (--speculative off disables it)",
-                o.srv.spec_tokens ? o.srv.spec_tokens : 3, o.srv.spec_ngram_min ? o.srv.spec_ngram_min : 2,
-                o.srv.spec_ngram_max ? o.srv.spec_ngram_max : 5,
-                o.srv.spec_max_batch_tokens ? o.srv.spec_max_batch_tokens : 4);
+                o.srv.spec_tokens, o.srv.spec_ngram_min, o.srv.spec_ngram_max, o.srv.spec_max_batch_tokens);
     const struct tok *tk = eng_model_tok(m);
     if (tk && tok_n_vocab(tk) < cfg->n_vocab)
         srv_log(SRV_LOG_INFO, "the embedding has %d rows but the tokenizer %d tokens: ids %d..%d "
