@@ -194,10 +194,10 @@ static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n)
     e->layer_pages = lp;
     e->layer_n_pages = most; /* each level's table holds what it needs (seq_reserve) */
     e->level_kept = s->b_kept[pl->n_seqs];
-    /* an embedding sequence wants hidden states, never logits */
     /* n tokens: n - n_draft of the sequence's own, then its drafts (spec.c),
      * each of which wants its row of logits */
     const int32_t n_own = n - q->sp.n_draft;
+    /* an embedding sequence wants hidden states, never logits */
     e->want_hidden = q->pool != NULL;
     e->want_logits = !e->want_hidden && q->n_computed + n_own == q->n_tokens;
     e->all_logits = !e->want_hidden && q->plp && q->n_computed < q->n_prompt;
@@ -521,7 +521,7 @@ static void spec_options(struct sched_options *opt, const struct sched_options *
     SPEC_OPT(spec_tokens, SCHED_SPEC_DEF_TOKENS, 1, REQ_SPEC_MAX_TOKENS);
     SPEC_OPT(spec_ngram_min, SCHED_SPEC_DEF_NGRAM_MIN, 1, SCHED_SPEC_NGRAM_MAX);
     SPEC_OPT(spec_ngram_max, SCHED_SPEC_DEF_NGRAM_MAX, opt->spec_ngram_min, SCHED_SPEC_NGRAM_MAX);
-    SPEC_OPT(spec_max_batch_tokens, SCHED_SPEC_DEF_BATCH_TOKENS, 1, 1024);
+    SPEC_OPT(spec_max_batch_tokens, SCHED_SPEC_DEF_BATCH_TOKENS, 1, SCHED_SPEC_MAX_BATCH_TOKENS);
 #undef SPEC_OPT
     if (opt->spec_ngram_max < opt->spec_ngram_min) opt->spec_ngram_max = opt->spec_ngram_min;
 }

@@ -162,9 +162,11 @@ struct sched_options {
     int spec_ngram_min;         /* shortest suffix looked up, >= 1 (default 2) */
     int spec_ngram_max;         /* longest, >= spec_ngram_min, <= SCHED_SPEC_NGRAM_MAX (default 5) */
     int spec_max_batch_tokens;  /* drafts go into a step only while its decode tokens plus its
-                                 * drafts stay within this (default 4) */
+                                 * drafts stay within this (default 4, at most
+                                 * SCHED_SPEC_MAX_BATCH_TOKENS) */
 };
 #define SCHED_SPEC_NGRAM_MAX 16
+#define SCHED_SPEC_MAX_BATCH_TOKENS 64 /* each is a logits row the scheduler keeps room for */
 /* the defaults (a 0 field in sched_options takes them) */
 #define SCHED_SPEC_DEF_TOKENS 3
 #define SCHED_SPEC_DEF_NGRAM_MIN 2

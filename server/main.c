@@ -138,13 +138,13 @@ static const struct opt serve_flags[] = {
      "ngram (default) or off: n-gram (prompt-lookup) draft tokens verified in the batch; the "
      "output stays the same, only faster where it repeats its context"},
     {"spec-tokens", OPT_INT, 1, 16, OFF(srv.spec_tokens),
-     "most draft tokens per sequence and step (default 3)"},
+     "most draft tokens per sequence and step (default 3, at most 16)"},
     {"spec-ngram-min", OPT_INT, 1, 16, OFF(srv.spec_ngram_min),
      "shortest n-gram looked up for drafts (default 2)"},
     {"spec-ngram-max", OPT_INT, 1, 16, OFF(srv.spec_ngram_max),
      "longest n-gram looked up for drafts (default 5, at least --spec-ngram-min)"},
-    {"spec-max-batch-tokens", OPT_INT, 1, 1024, OFF(srv.spec_max_batch_tokens),
-     "drafts join a step only while its decode tokens plus drafts stay within this (default 4)"},
+    {"spec-max-batch-tokens", OPT_INT, 1, SCHED_SPEC_MAX_BATCH_TOKENS, OFF(srv.spec_max_batch_tokens),
+     "drafts join a step only while its decode tokens plus drafts stay within this (default 4, at most 64)"},
     /* LTE (engine/lte.c) */
     {"lte", OPT_STR, 0, 0, OFF(lte),
      "on (default) or off: off runs a model with LTE routers densely, every expert on"},
