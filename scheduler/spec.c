@@ -78,13 +78,14 @@ void spec_seq_free(struct spec_seq *sp) {
     sp->n_indexed = 0;
 }
 
-/* Allocates the index on first use (bucket count: a power of two near twice
- * the sequence's capacity). 0 or SS_ENOMEM. */
+/* Allocates the index on first use (buckets: the power of two at or above
+ * the sequence's capacity, at most 2^20; chains absorb the collisions). 0 or
+ * SS_ENOMEM. */
 static int index_init(struct seq *q) {
     struct spec_seq *sp = &q->sp;
     if (sp->head) return 0;
     uint32_t size = 64;
-    while (size < 2u * (uint32_t)q->cap && size < (1u << 20)) size *= 2;
+    while (size < (uint32_t)q->cap && size < (1u << 20)) size *= 2;
     sp->head = malloc(sizeof(int32_t) * size);
     sp->chain = malloc(sizeof(int32_t) * (size_t)q->cap);
     if (!sp->head || !sp->chain) {
