@@ -11,8 +11,12 @@ per-request opt-out: both run on the same process, under the same machine
 load). Each request streams; decode speed is (tokens - 1) / (time of the
 last token - time of the first), so prefill is left out. Per workload:
 the median decode tok/s of each side over --rounds rounds, their ratio
-(spec / plain), the acceptance counters from /metrics, and a check that
-both sides produced the same text (speculation must not change it).
+(spec / plain), the median of the per-pair ratios (each spec request over
+the plain one run next to it), the CPU-time ratio (the server's user+system
+CPU seconds per generated token, plain / spec, from /proc: the work each
+side did, which the machine's other load does not stretch the way it
+stretches wall time), the acceptance counters from /metrics, and a check
+that both sides produced the same text (speculation must not change it).
 
 Workloads (prompts below):
   repeat    "rewrite this code with one change": greedy, the answer copies
@@ -25,6 +29,7 @@ Extra server flags go after `--`.
 """
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -100,6 +105,13 @@ def stream(port, body, timeout):
     return "".join(text), rate, n
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def spec_counters(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         out = {}
@@ -131,23 +143,35 @@ def main():
         rows = []
         for wl in a.workloads.split(","):
             rates = {True: [], False: []}
+            cpu = {True: [0.0, 0], False: [0.0, 0]}  # CPU seconds, tokens
+            pairs = []
             same = True
             c0 = spec_counters(port)
             for rnd in range(a.rounds):
                 for body in WORKLOADS[wl]:
-                    texts = {}
+                    texts, pair = {}, {}
                     # alternate which side goes first, round by round
                     for spec in ((True, False) if rnd % 2 == 0 else (False, True)):
                         b = dict(body, max_tokens=a.max_tokens, speculative=spec, ignore_eos=True)
-                        texts[spec], rate, _ = stream(port, b, a.timeout_s)
+                        c_0 = cpu_seconds(proc.pid)
+                        texts[spec], rate, n = stream(port, b, a.timeout_s)
+                        cpu[spec][0] += cpu_seconds(proc.pid) - c_0
+                        cpu[spec][1] += n
                         rates[spec].append(rate)
+                        pair[spec] = rate
+                    if pair[False] > 0:
+                        pairs.append(pair[True] / pair[False])
                     same = same and texts[True] == texts[False]
             c1 = spec_counters(port)
             drafted = c1["num_draft_tokens_total"] - c0["num_draft_tokens_total"]
             acc = c1["num_accepted_tokens_total"] - c0["num_accepted_tokens_total"]
             on, off = statistics.median(rates[True]), statistics.median(rates[False])
+            cpu_ratio = (cpu[False][0] / cpu[False][1]) / (cpu[True][0] / cpu[True][1]) \
+                if cpu[True][0] > 0 and cpu[False][1] > 0 else None
             row = {"workload": wl, "spec_tok_s": round(on, 2), "plain_tok_s": round(off, 2),
-                   "ratio": round(on / off, 3) if off else None, "draft_tokens": int(drafted),
+                   "ratio": round(on / off, 3) if off else None,
+                   "pair_ratio": round(statistics.median(pairs), 3) if pairs else None,
+                   "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio else None, "draft_tokens": int(drafted),
                    "accepted": int(acc), "acceptance": round(acc / drafted, 3) if drafted else None,
                    "same_text": same, "requests_per_side": len(rates[True])}
             rows.append(row)
@@ -155,6 +179,7 @@ def main():
                 print(json.dumps(row), flush=True)
             else:
                 print(f"{wl:8s} spec {on:7.2f} tok/s  plain {off:7.2f} tok/s  ratio {row['ratio']}  "
+                      f"pair ratio {row['pair_ratio']}  cpu ratio {row['cpu_ratio']}  "
                       f"drafts {int(drafted)} accepted {int(acc)} same_text {same}", flush=True)
         return 0 if all(r["same_text"] for r in rows) else 1
     finally:
