@@ -12,7 +12,9 @@ load). Each request streams; decode speed is (tokens - 1) / (time of the
 last token - time of the first), so prefill is left out. Per workload:
 the median decode tok/s of each side over --rounds rounds, their ratio
 (spec / plain), the median of the per-pair ratios (each spec request over
-the plain one run next to it), the CPU-time ratio (the server's user+system
+the plain one run next to it), the engine steps each side took (from
+/metrics: fewer steps for the same tokens is the work speculation saves),
+the CPU-time ratio (the server's user+system
 CPU seconds per generated token, plain / spec, from /proc: the work each
 side did, which the machine's other load does not stretch the way it
 stretches wall time), the acceptance counters from /metrics, and a check
@@ -119,6 +121,8 @@ def spec_counters(port):
             for k in ("num_draft_tokens_total", "num_accepted_tokens_total", "num_drafts_total"):
                 if line.startswith("slimserve:spec_decode_" + k + " "):
                     out[k] = float(line.split()[1])
+            if line.startswith("slimserve:iteration_tokens_total_count "):
+                out["steps"] = float(line.split()[1])
         return out
 
 
@@ -144,6 +148,7 @@ def main():
         for wl in a.workloads.split(","):
             rates = {True: [], False: []}
             cpu = {True: [0.0, 0], False: [0.0, 0]}  # CPU seconds, tokens
+            steps = {True: 0, False: 0}  # engine steps (prefill included; one request at a time)
             pairs = []
             same = True
             c0 = spec_counters(port)
@@ -153,9 +158,10 @@ def main():
                     # alternate which side goes first, round by round
                     for spec in ((True, False) if rnd % 2 == 0 else (False, True)):
                         b = dict(body, max_tokens=a.max_tokens, speculative=spec, ignore_eos=True)
-                        c_0 = cpu_seconds(proc.pid)
+                        c_0, s_0 = cpu_seconds(proc.pid), spec_counters(port)["steps"]
                         texts[spec], rate, n = stream(port, b, a.timeout_s)
                         cpu[spec][0] += cpu_seconds(proc.pid) - c_0
+                        steps[spec] += spec_counters(port)["steps"] - s_0
                         cpu[spec][1] += n
                         rates[spec].append(rate)
                         pair[spec] = rate
@@ -172,6 +178,7 @@ def main():
                    "ratio": round(on / off, 3) if off else None,
                    "pair_ratio": round(statistics.median(pairs), 3) if pairs else None,
                    "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio else None, "draft_tokens": int(drafted),
+                   "steps_spec": int(steps[True]), "steps_plain": int(steps[False]),
                    "accepted": int(acc), "acceptance": round(acc / drafted, 3) if drafted else None,
                    "same_text": same, "requests_per_side": len(rates[True])}
             rows.append(row)
@@ -180,7 +187,8 @@ def main():
             else:
                 print(f"{wl:8s} spec {on:7.2f} tok/s  plain {off:7.2f} tok/s  ratio {row['ratio']}  "
                       f"pair ratio {row['pair_ratio']}  cpu ratio {row['cpu_ratio']}  "
-                      f"drafts {int(drafted)} accepted {int(acc)} same_text {same}", flush=True)
+                      f"drafts {int(drafted)} accepted {int(acc)} steps {int(steps[True])}/{int(steps[False])} "
+                      f"same_text {same}", flush=True)
         return 0 if all(r["same_text"] for r in rows) else 1
     finally:
         proc.terminate()
