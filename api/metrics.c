@@ -280,6 +280,20 @@ static void name_set(const struct emit *e, const struct sched_stats *st,
               "Histogram of time spent waiting in the queue in seconds.", &st->queue_s);
     histogram(e, "iteration_tokens_total", "Histogram of tokens per engine step.",
               &st->batch_tokens);
+
+    /* speculative decoding (scheduler/spec.c), vLLM's counter names */
+    counter(e, "spec_decode_num_drafts_total",
+            "Speculative decoding: verifications (one sequence's draft tokens in one step).",
+            st->n_spec_drafts);
+    counter(e, "spec_decode_num_draft_tokens_total", "Speculative decoding: draft tokens verified.",
+            st->n_spec_draft_tokens);
+    counter(e, "spec_decode_num_accepted_tokens_total",
+            "Speculative decoding: draft tokens accepted.", st->n_spec_accepted);
+    if (per_level) /* slimserve: only */
+        histogram(e, "spec_decode_accepted_tokens_per_step",
+                  "Speculative decoding: draft tokens accepted per verification (one sequence, "
+                  "one step).",
+                  &st->spec_accepted);
 }
 
 int api_metrics_text(struct api_buf *b, const struct sched_stats *st,

@@ -387,6 +387,42 @@ static int parse_stream(const cJSON *root, struct api_completion *c, struct api_
     return rc < 0 ? rc : 0;
 }
 
+/* "speculative": true (the server's setting, the default), false (off for
+ * this request), or {"n_max": K}: at most K draft tokens per step (0 = off,
+ * at most REQ_SPEC_MAX_TOKENS). Speculation never changes the output, only
+ * its speed (scheduler/spec.c). */
+static int parse_speculative(const cJSON *root, struct req_params *p, struct api_error *err) {
+    const cJSON *v = api_field(root, "speculative");
+    if (!v)
+        return 0;
+    if (cJSON_IsBool(v)) {
+        p->spec_max = cJSON_IsTrue(v) ? REQ_SPEC_DEFAULT : 0;
+        return 0;
+    }
+    if (!cJSON_IsObject(v)) {
+        api_error_set(err, SS_EINVAL, "speculative", "invalid_type",
+                      "'speculative' must be a boolean or an object such as {\"n_max\": 3}");
+        return SS_EINVAL;
+    }
+    for (const cJSON *f = v->child; f; f = f->next) {
+        if (!f->string || strcmp(f->string, "n_max") != 0) {
+            api_error_set(err, SS_EINVAL, "speculative", "invalid_value",
+                          "'speculative' has an unknown field '%s' (known: n_max)",
+                          f->string ? f->string : "");
+            return SS_EINVAL;
+        }
+    }
+    int64_t k;
+    int rc = api_get_integer(v, "n_max", 0, REQ_SPEC_MAX_TOKENS, &k, err);
+    if (rc < 0) {
+        snprintf(err->param, sizeof(err->param), "speculative.n_max");
+        return rc;
+    }
+    if (rc)
+        p->spec_max = (int32_t)k;
+    return 0;
+}
+
 int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct api_completion *c,
                      struct api_error *err) {
     struct req_params *p = &c->p;
@@ -420,6 +456,8 @@ int api_parse_common(const struct api_model_info *mi, const cJSON *root, struct 
     if (rc)
         p->priority = (int32_t)i;
     if ((rc = parse_stop(root, p, err)) < 0)
+        return rc;
+    if ((rc = parse_speculative(root, p, err)) < 0)
         return rc;
     return api_parse_structured(root, p, err);
 }

@@ -21,6 +21,7 @@ void req_params_init(struct req_params *p) {
     smp_params_default(&p->smp);
     p->repetition_penalty = 1.0f; /* off */
     p->logprobs = -1;             /* none */
+    p->spec_max = REQ_SPEC_DEFAULT;
 }
 
 void req_params_free(struct req_params *p) {
@@ -192,6 +193,10 @@ int sched_check_params(const struct sched_limits *lim, const struct req_params *
     *field = SCHED_FIELD_NONE;
     if (p->logprobs > REQ_MAX_LOGPROBS) {
         snprintf(msg, cap, "logprobs must be at most %d", REQ_MAX_LOGPROBS);
+        return SS_EINVAL;
+    }
+    if (p->spec_max != REQ_SPEC_DEFAULT && (p->spec_max < 0 || p->spec_max > REQ_SPEC_MAX_TOKENS)) {
+        snprintf(msg, cap, "speculative tokens must be between 0 and %d", REQ_SPEC_MAX_TOKENS);
         return SS_EINVAL;
     }
     return sched_check_lengths(lim, p->n_prompt, p->max_tokens, msg, cap, field);

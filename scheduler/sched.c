@@ -194,24 +194,49 @@ static void plan_add(struct sched *s, struct plan *pl, struct seq *q, int32_t n)
     e->layer_pages = lp;
     e->layer_n_pages = most; /* each level's table holds what it needs (seq_reserve) */
     e->level_kept = s->b_kept[pl->n_seqs];
+    /* n tokens: n - n_draft of the sequence's own, then its drafts (spec.c),
+     * each of which wants its row of logits */
+    const int32_t n_own = n - q->sp.n_draft;
     /* an embedding sequence wants hidden states, never logits */
     e->want_hidden = q->pool != NULL;
-    e->want_logits = !e->want_hidden && q->n_computed + n == q->n_tokens;
+    e->want_logits = !e->want_hidden && q->n_computed + n_own == q->n_tokens;
     e->all_logits = !e->want_hidden && q->plp && q->n_computed < q->n_prompt;
     if (e->all_logits) pl->plp_used = 1;
-    memcpy(s->b_tokens + pl->n_tokens, q->tokens + q->n_computed, sizeof(int32_t) * (size_t)n);
+    e->all_logits |= q->sp.n_draft > 0;
+    memcpy(s->b_tokens + pl->n_tokens, q->tokens + q->n_computed, sizeof(int32_t) * (size_t)n_own);
+    memcpy(s->b_tokens + pl->n_tokens + n_own, q->sp.draft, sizeof(int32_t) * (size_t)q->sp.n_draft);
     s->b_owner[pl->n_seqs] = q;
     pl->n_seqs++;
     pl->n_tokens += n;
 }
 
+/* Draft tokens this step may carry: --spec-max-batch-tokens less the decode
+ * tokens of the running sequences (0 when speculation is off). */
+static int spec_step_room(const struct sched *s) {
+    if (!s->opt.spec_ngram) return 0;
+    int room = s->opt.spec_max_batch_tokens;
+    for (int i = 0; i < s->n_running && room > 0; i++)
+        if (s->running[i]->n_tokens - s->running[i]->n_computed == 1) room--;
+    return room;
+}
+
 /* Running sequences, in admission order: the next chunk of each, preempting
  * the most recently admitted ones when pages run out. Returns the budget left. */
 static int32_t schedule_running(struct sched *s, struct plan *pl, int32_t budget) {
+    int spec_room = spec_step_room(s);
     for (int i = 0; i < s->n_running && budget > 0; i++) {
         struct seq *q = s->running[i];
         int32_t n = chunk_for(pl, q, budget);
         if (n == 0) continue;
+        /* drafts (spec.c) only where the pool has room for them: they never preempt */
+        int k = n == 1 && spec_room > 0 ? spec_propose(s, q, spec_room < budget - 1 ? spec_room : budget - 1) : 0;
+        if (k > 0 && seq_reserve(s, q, 1 + k) == 0) {
+            q->sp.n_draft = k;
+            spec_room -= k;
+            plan_add(s, pl, q, 1 + k);
+            budget -= 1 + k;
+            continue;
+        }
         int rc;
         while ((rc = seq_reserve(s, q, n)) == SS_EAGAIN) {
             /* Preempt a sequence not yet in the batch (sched_preempt_victim). */
@@ -288,9 +313,11 @@ static void advance_kv(struct sched *s, const struct plan *pl, uint64_t *level_t
     for (int i = 0; i < pl->n_seqs; i++) {
         struct seq *q = s->b_owner[i];
         const struct eng_seq *e = &s->b_seqs[i];
-        q->n_computed += e->n_tok;
+        /* drafts are not part of the sequence until spec_verify accepts them */
+        const int32_t n_own = e->n_tok - q->sp.n_draft;
+        q->n_computed += n_own;
         q->level_n_past[0] = q->n_computed;
-        level_tokens[0] += (uint64_t)e->n_tok;
+        level_tokens[0] += (uint64_t)n_own;
         for (int k = 1; k < s->n_levels; k++) {
             q->level_n_past[k] += e->level_kept[k];
             kv_table_trim(s->pool, &q->tables[k], q->level_n_past[k]);
@@ -354,9 +381,15 @@ static void update_from_output(struct sched *s, const struct plan *pl, double bu
             hrow += (size_t)e->n_tok;
             continue;
         }
+        struct seq *q = s->b_owner[i];
+        if (q->sp.n_draft > 0) { /* 1 + n_draft rows: spec.c samples and accepts */
+            float *rows = s->logits + (size_t)row * (size_t)s->n_vocab;
+            row += e->n_tok;
+            spec_verify(s, q, rows);
+            continue;
+        }
         float *lg = entry_logits(s, i, &row);
         if (!lg) continue;
-        struct seq *q = s->b_owner[i];
         int32_t tok = seq_sample(s, q, lg);
         if (tok < 0) {
             sched_finish(s, q->req, REQ_FINISH_ERROR, tok, q->gram_msg);
@@ -479,6 +512,20 @@ static int map_layers(struct sched *s) {
     return max_layers;
 }
 
+/* The speculative-decoding options in force: o's, with defaults and bounds
+ * (off unless o->spec_ngram). */
+static void spec_options(struct sched_options *opt, const struct sched_options *o) {
+    opt->spec_ngram = o && o->spec_ngram ? 1 : 0;
+    if (!opt->spec_ngram) return;
+#define SPEC_OPT(f, def, lo, hi) opt->f = o->f <= 0 ? (def) : o->f < (lo) ? (lo) : o->f > (hi) ? (hi) : o->f
+    SPEC_OPT(spec_tokens, SCHED_SPEC_DEF_TOKENS, 1, REQ_SPEC_MAX_TOKENS);
+    SPEC_OPT(spec_ngram_min, SCHED_SPEC_DEF_NGRAM_MIN, 1, SCHED_SPEC_NGRAM_MAX);
+    SPEC_OPT(spec_ngram_max, SCHED_SPEC_DEF_NGRAM_MAX, opt->spec_ngram_min, SCHED_SPEC_NGRAM_MAX);
+    SPEC_OPT(spec_max_batch_tokens, SCHED_SPEC_DEF_BATCH_TOKENS, 1, SCHED_SPEC_MAX_BATCH_TOKENS);
+#undef SPEC_OPT
+    if (opt->spec_ngram_max < opt->spec_ngram_min) opt->spec_ngram_max = opt->spec_ngram_min;
+}
+
 struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sched_notify_fn notify,
                         void *ud) {
     struct sched *s = calloc(1, sizeof(*s));
@@ -494,6 +541,7 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->opt.max_queue_time = o && o->max_queue_time > 0 ? o->max_queue_time : 0;
     s->opt.notify_admitted = o ? o->notify_admitted : 0;
     s->opt.no_swa_recycle = o ? o->no_swa_recycle : 0;
+    spec_options(&s->opt, o);
     s->n_ctx = eng_model_n_ctx(m);
     s->n_vocab = eng_model_config(m)->n_vocab;
     s->n_sample = s->tok && tok_n_vocab(s->tok) < s->n_vocab ? tok_n_vocab(s->tok) : s->n_vocab;
@@ -518,7 +566,9 @@ struct sched *sched_new(struct eng_model *m, const struct sched_options *o, sche
     s->b_tokens = malloc(sizeof(int32_t) * (size_t)s->opt.max_batched_tokens);
     s->b_seqs = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_seqs));
     s->b_owner = calloc((size_t)s->opt.max_num_seqs, sizeof(*s->b_owner));
-    s->logits = malloc(sizeof(float) * (size_t)(s->opt.max_num_seqs + SCHED_PLP_CHUNK) * (size_t)s->n_vocab);
+    /* rows: one per sequence, a prompt-logprobs chunk, the drafts of a step */
+    s->logits = malloc(sizeof(float) * (size_t)(s->opt.max_num_seqs + SCHED_PLP_CHUNK + s->opt.spec_max_batch_tokens) *
+                       (size_t)s->n_vocab);
     s->smp_work = malloc((size_t)s->n_vocab * (sizeof(float) + sizeof(int32_t)));
     s->raw_row = malloc(sizeof(float) * (size_t)s->n_vocab);
     s->piece_cap = 3 * ((size_t)tok_max_piece_len(s->tok) + 4);

@@ -79,7 +79,12 @@ struct req_params {
                              * prefilled only, never sampled, and the request ends with the
                              * pooled, L2-normalised final hidden state (req_out.embd);
                              * max_tokens must be 0. 0 (ENG_POOL_NONE): generation */
+    int32_t spec_max;       /* speculative decoding (scheduler/spec.c): the most draft tokens a
+                             * step may verify for this request; REQ_SPEC_DEFAULT (-1) = the
+                             * server's --spec-tokens, 0 = off ("speculative": false) */
 };
+#define REQ_SPEC_DEFAULT (-1)
+#define REQ_SPEC_MAX_TOKENS 16 /* the most draft tokens per sequence and step (flag and request) */
 
 #define REQ_MAX_LOGPROBS 20
 
@@ -150,7 +155,23 @@ struct sched_options {
     int notify_admitted;        /* 1: notify also when a request is first admitted (out.admitted
                                  * set, no output yet): a server answers a stream's headers then */
     int no_swa_recycle;         /* 1: sliding-window layers keep every page (no recycling) */
+    /* Speculative decoding without a draft model (scheduler/spec.c): n-gram
+     * (prompt-lookup) drafts verified in the normal batch. All 0: off. */
+    int spec_ngram;             /* 1: on (--speculative ngram) */
+    int spec_tokens;            /* drafts per sequence and step, 1..REQ_SPEC_MAX_TOKENS (default 3) */
+    int spec_ngram_min;         /* shortest suffix looked up, >= 1 (default 2) */
+    int spec_ngram_max;         /* longest, >= spec_ngram_min, <= SCHED_SPEC_NGRAM_MAX (default 5) */
+    int spec_max_batch_tokens;  /* drafts go into a step only while its decode tokens plus its
+                                 * drafts stay within this (default 4, at most
+                                 * SCHED_SPEC_MAX_BATCH_TOKENS) */
 };
+#define SCHED_SPEC_NGRAM_MAX 16
+#define SCHED_SPEC_MAX_BATCH_TOKENS 64 /* each is a logits row the scheduler keeps room for */
+/* the defaults (a 0 field in sched_options takes them) */
+#define SCHED_SPEC_DEF_TOKENS 3
+#define SCHED_SPEC_DEF_NGRAM_MIN 2
+#define SCHED_SPEC_DEF_NGRAM_MAX 5
+#define SCHED_SPEC_DEF_BATCH_TOKENS 4
 
 /* ---- request parameters (params.c; any thread, pure) ---- */
 
@@ -299,6 +320,11 @@ struct sched_stats {
     int32_t level_units[8];     /* units held per level (index < n_levels) */
     uint64_t level_tokens[8];   /* tokens that reached each level ([0]: every computed token) */
     struct eng_lte_stats lte;   /* LTE sparsity (engine.h; n_layers 0 without LTE) */
+    /* speculative decoding (vLLM's spec_decode_* counters) */
+    uint64_t n_spec_drafts;         /* verifications: one sequence's drafts in one step */
+    uint64_t n_spec_draft_tokens;   /* draft tokens verified */
+    uint64_t n_spec_accepted;       /* draft tokens accepted */
+    struct sched_hist spec_accepted; /* accepted draft tokens per verification */
 };
 /* Any thread: the snapshot the engine published last. Counters, pages and
  * queue lengths are exact for everything a caller has already seen finish:

@@ -4,6 +4,8 @@
  *   sched.c   engine thread: the step (schedule -> forward -> update), the one
  *             finish path, admission, preemption, scheduler lifecycle
  *   seq.c     engine thread: one sequence (sampling, accepting a token)
+ *   spec.c    engine thread: speculative decoding (n-gram drafts, their
+ *             verification, the KV rollback of rejected drafts)
  *   stats.c   engine thread: histograms and counters (published by queue.c)
  *   queue.c   every lock and atomic shared by the loop and engine threads
  *   params.c  request parameters: lifecycle and validation (pure, any thread)
@@ -19,6 +21,23 @@
 #include "engine/tokenizer.h"
 #include "scheduler/kv.h"
 #include "scheduler/sched.h"
+
+/* Speculative decoding state of one sequence (spec.c).
+ * The n-gram index: every start i of an n-gram of ngram_min tokens with a
+ * token after it is chained from head[hash(tokens[i, i + ngram_min))], most
+ * recent first (chain[i] = the previous start in that bucket, -1 at the end).
+ * It covers the starts [0, n_indexed); tokens never change once appended
+ * (a preemption keeps them), so the index is only ever extended. */
+struct spec_seq {
+    int32_t draft[REQ_SPEC_MAX_TOKENS]; /* this step's drafts (n_draft > 0: in the batch) */
+    int n_draft;
+    int32_t *head;         /* [mask + 1] bucket -> latest start, -1 none; NULL until the first lookup */
+    int32_t *chain;        /* [seq cap] */
+    uint32_t mask;
+    int32_t n_indexed;
+    double acc, trials;    /* decayed counts of accepted drafts and of drafts put to the test */
+    int32_t idle;          /* steps the policy said no while a draft was at hand (probe timer) */
+};
 
 /* Engine-side state of one request (engine thread only). */
 struct seq {
@@ -47,6 +66,7 @@ struct seq {
      * far, in token order (a sum for mean pooling, else the chosen row); a
      * chunk at position 0 (a recompute after preemption too) restarts it. */
     double *pool;          /* [dim], NULL for generation */
+    struct spec_seq sp;    /* speculative decoding (spec.c) */
 };
 
 /* Everything the loop and engine threads share besides each request's own
@@ -188,6 +208,31 @@ int seq_reserve(struct sched *s, struct seq *q, int32_t n);
 /* Returns every level's blocks to the pool and forgets the cached K/V. */
 void seq_release_kv(struct sched *s, struct seq *q);
 
+/* ---- spec.c (engine thread) ----
+ * Speculative decoding without a draft model. A decoding sequence whose
+ * tokens end with an n-gram seen earlier in its prompt or output gets the
+ * tokens that followed it as drafts: the step computes its last token and
+ * the drafts (1 + k rows of logits); spec_verify then samples each row with
+ * the sequence's own sampler, exactly as plain decoding would, accepting
+ * while the sample equals the draft; the first mismatch is emitted and ends
+ * the run. Same RNG draws, same rows bitwise (engine.h): the same tokens as
+ * without speculation. Rejected drafts' KV entries are dropped. */
+
+/* Drafts for q (decoding: exactly its last token is not computed) into
+ * q->sp.draft, at most max_k; 0 when off for q, nothing found, or the
+ * acceptance the sequence has shown does not pay for the rows. Does not set
+ * q->sp.n_draft (the caller does, once the step has room for them). */
+int spec_propose(struct sched *s, struct seq *q, int max_k);
+/* The step ran q's last token and its q->sp.n_draft drafts (advance_kv moved
+ * n_computed past the last token only); rows are their 1 + n_draft logits
+ * rows. Samples and accepts tokens through the normal path (stop strings,
+ * logprobs, length), fixes the KV state (rejected entries dropped, prefix
+ * cache and sliding window updated for the verified tokens only) or finishes
+ * the request. */
+void spec_verify(struct sched *s, struct seq *q, float *rows);
+/* What q's index owns (seq_free). */
+void spec_seq_free(struct spec_seq *sp);
+
 /* ---- stats.c (engine thread; s->st has no lock) ---- */
 
 void stats_init(struct sched_stats *st);
@@ -200,6 +245,8 @@ void stats_on_step(struct sched *s, int32_t n_tokens, double busy_s, const uint6
 void stats_on_token(struct sched *s, struct seq *q, double now);
 /* A request ends with finish (enum req_finish). */
 void stats_on_finish(struct sched *s, const struct sched_req *r, int finish);
+/* One verification: n_draft drafts of a sequence, n_accepted of them accepted. */
+void stats_on_spec(struct sched *s, int n_draft, int n_accepted);
 /* Updates the gauges (queues, KV units) and publishes a copy for readers:
  * whoever reads the stats after seeing an output sees the state before it. */
 void stats_publish(struct sched *s);

@@ -108,6 +108,7 @@ void seq_free(struct sched *s, struct seq *q) {
     free(q->hold);
     gram_matcher_free(q->gm);
     free(q->pool);
+    spec_seq_free(&q->sp);
     if (q->req) q->req->eng = NULL;
     free(q);
 }

@@ -33,6 +33,15 @@ void stats_init(struct sched_stats *st) {
     hist_init(&st->e2e_s, lat, 20);
     hist_init(&st->queue_s, lat, 20);
     hist_init(&st->batch_tokens, bt, 14);
+    static const double acc[] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16};
+    hist_init(&st->spec_accepted, acc, 12);
+}
+
+void stats_on_spec(struct sched *s, int n_draft, int n_accepted) {
+    s->st.n_spec_drafts++;
+    s->st.n_spec_draft_tokens += (uint64_t)n_draft;
+    s->st.n_spec_accepted += (uint64_t)n_accepted;
+    sched_hist_observe(&s->st.spec_accepted, n_accepted);
 }
 
 void stats_on_admit(struct sched *s, const struct seq *q, int64_t hit) {

@@ -682,6 +682,11 @@ int srv_run(const struct srv_config *cfg, struct eng_model *m) {
     so.max_queued = cfg->max_queued;
     so.no_prefix_cache = cfg->no_prefix_cache;
     so.no_swa_recycle = cfg->no_swa_recycle;
+    so.spec_ngram = cfg->spec_ngram;
+    so.spec_tokens = cfg->spec_tokens;
+    so.spec_ngram_min = cfg->spec_ngram_min;
+    so.spec_ngram_max = cfg->spec_ngram_max;
+    so.spec_max_batch_tokens = cfg->spec_max_batch_tokens;
     so.max_queue_time = cfg->max_queue_time;
     so.notify_admitted = 1; /* streams answer their headers when admitted (completion.c) */
     s->sched = sched_new(m, &so, on_notify, s);

@@ -59,6 +59,7 @@ struct serve_opts {
     double lte_threshold;       /* --lte-threshold T in (0, 1); 0 = the file's */
     const char *act_precision;  /* --activation-precision f32|int8|auto (eng_act_parse) */
     const char *pooling;        /* --pooling mean|last|cls (embeddings; default: the model's) */
+    const char *speculative;    /* --speculative ngram|off */
 };
 
 struct opt {
@@ -132,6 +133,18 @@ static const struct opt serve_flags[] = {
      "seconds a request may wait for its first seat before 503 + Retry-After (default 0 = no limit)"},
     {"sse-keepalive", OPT_DOUBLE, 0, 3600, OFF(srv.sse_keepalive_s),
      "seconds of silence on a stream before an SSE ': keep-alive' comment (default 15; 0 = off)"},
+    /* speculative decoding (scheduler/spec.c) */
+    {"speculative", OPT_STR, 0, 0, OFF(speculative),
+     "ngram (default) or off: n-gram (prompt-lookup) draft tokens verified in the batch; the "
+     "output stays the same, only faster where it repeats its context"},
+    {"spec-tokens", OPT_INT, 1, 16, OFF(srv.spec_tokens),
+     "most draft tokens per sequence and step (default 3, at most 16)"},
+    {"spec-ngram-min", OPT_INT, 1, 16, OFF(srv.spec_ngram_min),
+     "shortest n-gram looked up for drafts (default 2)"},
+    {"spec-ngram-max", OPT_INT, 1, 16, OFF(srv.spec_ngram_max),
+     "longest n-gram looked up for drafts (default 5, at least --spec-ngram-min)"},
+    {"spec-max-batch-tokens", OPT_INT, 1, SCHED_SPEC_MAX_BATCH_TOKENS, OFF(srv.spec_max_batch_tokens),
+     "drafts join a step only while its decode tokens plus drafts stay within this (default 4, at most 64)"},
     /* LTE (engine/lte.c) */
     {"lte", OPT_STR, 0, 0, OFF(lte),
      "on (default) or off: off runs a model with LTE routers densely, every expert on"},
@@ -286,6 +299,10 @@ static void opts_default(struct serve_opts *o) {
     o->srv.max_stream_buffer = 4u << 20;
     o->srv.log_level = SRV_LOG_INFO;
     o->srv.sse_keepalive_s = 15.0;
+    o->srv.spec_tokens = SCHED_SPEC_DEF_TOKENS;
+    o->srv.spec_ngram_min = SCHED_SPEC_DEF_NGRAM_MIN;
+    o->srv.spec_ngram_max = SCHED_SPEC_DEF_NGRAM_MAX;
+    o->srv.spec_max_batch_tokens = SCHED_SPEC_DEF_BATCH_TOKENS;
 }
 
 /* Environment first, then argv. Returns 0, or 2 on a usage error (message
@@ -502,6 +519,16 @@ static int cmd_serve(int argc, char **argv) {
         return 2;
     }
     o.eng.lte_off = o.lte && strcmp(o.lte, "off") == 0;
+    if (o.speculative && strcmp(o.speculative, "ngram") != 0 && strcmp(o.speculative, "off") != 0) {
+        fprintf(stderr, "slimserve serve: --speculative: expected ngram or off, got '%s'\n", o.speculative);
+        return 2;
+    }
+    o.srv.spec_ngram = !o.speculative || strcmp(o.speculative, "ngram") == 0;
+    if (o.srv.spec_ngram_min > o.srv.spec_ngram_max) {
+        fprintf(stderr, "slimserve serve: --spec-ngram-min (%d) is above --spec-ngram-max (%d)\n",
+                o.srv.spec_ngram_min, o.srv.spec_ngram_max);
+        return 2;
+    }
     o.eng.lte_threshold = (float)o.lte_threshold;
     if (eng_act_parse(o.act_precision ? o.act_precision : "f32", &o.eng.act_precision) < 0) {
         fprintf(stderr, "slimserve serve: --activation-precision: '%s': use f32, int8 or auto\n",
@@ -581,6 +608,12 @@ static int cmd_serve(int argc, char **argv) {
                 o.srv.no_swa_recycle || cfg->n_swa_layers == cfg->n_layers
                     ? "their KV pages are all kept"
                     : "their KV pages behind the window go back to the pool (--no-swa-recycle keeps them)");
+    if (o.srv.spec_ngram && eng_model_n_levels(m) > 1)
+        srv_log(SRV_LOG_INFO, "speculative decoding: off (not for SUBLLM models)");
+    else if (o.srv.spec_ngram)
+        srv_log(SRV_LOG_INFO, "speculative decoding: n-gram drafts of up to %d tokens (n-grams of %d..%d), while a "
+                "step's decode tokens and drafts stay within %d (--speculative off disables it)",
+                o.srv.spec_tokens, o.srv.spec_ngram_min, o.srv.spec_ngram_max, o.srv.spec_max_batch_tokens);
     const struct tok *tk = eng_model_tok(m);
     if (tk && tok_n_vocab(tk) < cfg->n_vocab)
         srv_log(SRV_LOG_INFO, "the embedding has %d rows but the tokenizer %d tokens: ids %d..%d "

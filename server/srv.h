@@ -37,6 +37,10 @@ struct srv_config {
     int log_level;              /* enum srv_log_level */
     int no_prefix_cache;        /* 1: scheduler without prefix caching */
     int no_swa_recycle;         /* 1: sliding-window layers keep every KV page */
+    int spec_ngram;             /* --speculative: 1 ngram (default), 0 off (scheduler/spec.c) */
+    int spec_tokens;            /* --spec-tokens: drafts per sequence and step (0: default) */
+    int spec_ngram_min, spec_ngram_max; /* --spec-ngram-min/-max (0: defaults) */
+    int spec_max_batch_tokens;  /* --spec-max-batch-tokens (0: default) */
     int chat_family;            /* enum api_tmpl_family for /v1/chat/completions (0: none) */
     int chat_bos;               /* 1: the chat template emits the BOS token text */
     int pooling;                /* /v1/embeddings: ENG_POOL_MEAN, _CLS or _LAST (main.c: --pooling,

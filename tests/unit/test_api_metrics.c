@@ -340,6 +340,13 @@ START_TEST(test_metrics_vllm_names) {
     st.n_finished[REQ_FINISH_LENGTH] = 9;
     st.n_embed_done = 5;
     st.n_embed_tokens = 44;
+    st.n_spec_drafts = 6;
+    st.n_spec_draft_tokens = 15;
+    st.n_spec_accepted = 9;
+    st.spec_accepted.n = 2;
+    st.spec_accepted.le[0] = 0;
+    st.spec_accepted.le[1] = 2;
+    sched_hist_observe(&st.spec_accepted, 3);
     st.ttft_s.n = 2;
     st.ttft_s.le[0] = 0.5;
     st.ttft_s.le[1] = 2;
@@ -392,13 +399,23 @@ START_TEST(test_metrics_vllm_names) {
     ck_assert(prom_get(s, n, "slimserve:embedding_prompt_tokens_total", NULL) == 44);
     ck_assert_str_eq(prom_type(types, nt, "slimserve:embedding_inputs_total"), "counter");
     ck_assert_str_eq(prom_type(types, nt, "vllm:embedding_inputs_total"), "");
-    /* the two sets hold the same series, apart from the per-level and embedding ones */
+    /* speculative decoding: vLLM's counters in both sets, the histogram slimserve-only */
+    ck_assert(prom_get(s, n, "slimserve:spec_decode_num_drafts_total", NULL) == 6);
+    ck_assert(prom_get(s, n, "vllm:spec_decode_num_draft_tokens_total", ml) == 15);
+    ck_assert(prom_get(s, n, "vllm:spec_decode_num_accepted_tokens_total", ml) == 9);
+    ck_assert_str_eq(prom_type(types, nt, "vllm:spec_decode_num_drafts_total"), "counter");
+    ck_assert(prom_get(s, n, "slimserve:spec_decode_accepted_tokens_per_step_bucket", "{le=\"2\"}") == 0);
+    ck_assert(prom_get(s, n, "slimserve:spec_decode_accepted_tokens_per_step_bucket", "{le=\"+Inf\"}") == 1);
+    ck_assert_str_eq(prom_type(types, nt, "vllm:spec_decode_accepted_tokens_per_step"), "");
+    /* the two sets hold the same series, apart from the per-level, embedding
+     * and accepted-per-step ones */
     int n_own = 0, n_vllm = 0;
     for (int i = 0; i < n; i++) {
         if (!strncmp(s[i].name, "vllm:", 5))
             n_vllm++;
         else if (!strstr(s[i].labels, "level=\"") && strncmp(s[i].name, "slimserve:level_", 16) &&
-                 strncmp(s[i].name, "slimserve:embedding_", 20))
+                 strncmp(s[i].name, "slimserve:embedding_", 20) &&
+                 strncmp(s[i].name, "slimserve:spec_decode_accepted_tokens_per_step", 46))
             n_own++;
     }
     ck_assert_int_eq(n_own, n_vllm);
