@@ -135,12 +135,14 @@ def main():
     ap.add_argument("--workloads", default="repeat,sampled,greedy")
     ap.add_argument("--timeout-s", type=float, default=600)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--server-log", default=None, help="file for the server's stdout/stderr (default: discarded)")
     a, extra = ap.parse_known_args()
     extra = [x for x in extra if x != "--"]
     port = free_port()
+    log = open(a.server_log, "wb") if a.server_log else subprocess.DEVNULL
     proc = subprocess.Popen([a.bin, "serve", "--model", a.model, "--port", str(port), "--no-prefix-cache",
                              "--log-level", "warn"] + extra,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT if a.server_log else subprocess.DEVNULL)
     try:
         wait_health(port, proc)
         stream(port, {"prompt": "Hello", "max_tokens": 4, "temperature": 0}, a.timeout_s)  # warm-up
@@ -191,6 +193,9 @@ def main():
                       f"same_text {same}", flush=True)
         return 0 if all(r["same_text"] for r in rows) else 1
     finally:
+        if proc.poll() is not None:
+            print(f"bench_spec: the server exited with status {proc.returncode}"
+                  + (f" (log: {a.server_log})" if a.server_log else " (rerun with --server-log FILE)"), file=sys.stderr)
         proc.terminate()
         try:
             proc.wait(timeout=30)
