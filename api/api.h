@@ -180,6 +180,7 @@ enum api_route {
     API_ROUTE_DETOKENIZE,   /* POST /detokenize */
     API_ROUTE_METRICS,      /* GET /metrics */
     API_ROUTE_EMBEDDINGS,   /* POST /v1/embeddings */
+    API_ROUTE_COUNT,        /* number of values above (keep last) */
 };
 /* Looks up a path (query string ignored) and method. Returns the route, and in
  * *allowed 1 if the method is allowed for it (GET routes also allow HEAD).

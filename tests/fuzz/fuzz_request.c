@@ -194,7 +194,7 @@ static void route_and_template(const char *s, size_t n) {
     int allowed = -1;
     const char *allow = NULL;
     int r = api_route_find(z, url ? url : "/", &allowed, &allow);
-    if (r < API_ROUTE_NONE || r > API_ROUTE_METRICS || (allowed != 0 && allowed != 1))
+    if (r < API_ROUTE_NONE || r >= API_ROUTE_COUNT || (allowed != 0 && allowed != 1))
         fz_fail("api_route_find = %d, allowed %d", r, allowed);
     if (r != API_ROUTE_NONE && !allowed && !allow) fz_fail("405 without an Allow header");
     (void)api_path_needs_auth(url ? url : z);
