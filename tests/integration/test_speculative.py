@@ -44,6 +44,11 @@ def model(request, model_dir):
         path = os.environ.get("SLIMSERVE_GEMMA_GGUF")
         if not path or not os.path.exists(path):
             pytest.skip("SLIMSERVE_GEMMA_GGUF not set")
+        if os.environ.get("SLIMSERVE_SANITIZED"):
+            # the sanitizer pass: the real model's module takes many minutes under ASan
+            # and pushed the whole integration suite past its timeout; the release
+            # pass runs it, the generated gemma3 model runs in both
+            pytest.skip("real Gemma speculative cases run in the release pass, not under the sanitizer")
         return path
     return gen_model(model_dir / "spec-gemma3.gguf", "spm", "--arch", "gemma3", "--swa-window", "32",
                      "--layers", "5", "--ctx", "1024", "--seed", "29")
