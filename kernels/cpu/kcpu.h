@@ -215,6 +215,16 @@ static inline uint32_t kcpu_rd32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
            ((uint32_t)p[3] << 24);
 }
+/* kcpu_k_scale_min for all 8 sub-blocks at once: w[0] / w[1] = the scales of
+ * sub-blocks 0-3 / 4-7, w[2] / w[3] = their mins, one byte each (little
+ * endian), from the scales[12] array q. */
+static inline void kcpu_k_scale_min_words(const uint8_t *q, uint32_t w[4]) {
+    uint32_t a0 = kcpu_rd32(q), a1 = kcpu_rd32(q + 4), a2 = kcpu_rd32(q + 8);
+    w[0] = a0 & 0x3f3f3f3fu;
+    w[1] = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
+    w[2] = a1 & 0x3f3f3f3fu;
+    w[3] = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
+}
 /* 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K scales[12] array. */
 static inline void kcpu_k_scale_min(int j, const uint8_t *q, int *sc, int *m) {
     if (j < 4) {

@@ -140,11 +140,9 @@ typedef st_qk st_q4_k;
 typedef st_qk st_q5_k;
 /* kcpu_k_scale_min for all 8 pairs at once, from 32-bit words */
 AI void prep_qk(st_qk *s, const uint8_t *b, int five) {
-    uint32_t a0 = kcpu_rd32(b + 4), a1 = kcpu_rd32(b + 8), a2 = kcpu_rd32(b + 12);
-    uint32_t sc_lo = a0 & 0x3f3f3f3fu, m_lo = a1 & 0x3f3f3f3fu;
-    uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
-    uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
-    __m128i bytes = _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi);
+    uint32_t sm[4];
+    kcpu_k_scale_min_words(b + 4, sm);
+    __m128i bytes = _mm_setr_epi32((int)sm[0], (int)sm[1], (int)sm[2], (int)sm[3]);
     vf sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
     vf m = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)));
     _mm256_storeu_ps(s->ds, _mm256_mul_ps(_mm256_set1_ps(h2f(b)), sc));

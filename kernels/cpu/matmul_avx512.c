@@ -162,11 +162,9 @@ typedef st_qk st_q5_k;
 /* The 8 (scale, min) pairs of kcpu_k_scale_min, unpacked four at a time from
  * 32-bit words, widened and multiplied by d / dmin in one vector. */
 AI void prep_qk(st_qk *s, const uint8_t *b, int five) {
-    uint32_t a0 = kcpu_rd32(b + 4), a1 = kcpu_rd32(b + 8), a2 = kcpu_rd32(b + 12);
-    uint32_t sc_lo = a0 & 0x3f3f3f3fu, m_lo = a1 & 0x3f3f3f3fu;
-    uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
-    uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
-    __m128i bytes = _mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi);
+    uint32_t sm[4];
+    kcpu_k_scale_min_words(b + 4, sm);
+    __m128i bytes = _mm_setr_epi32((int)sm[0], (int)sm[1], (int)sm[2], (int)sm[3]);
     __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128((int)kcpu_rd32(b))); /* d, dmin */
     vf mul = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
                                    _mm512_castps128_ps512(dd));

@@ -184,13 +184,10 @@ AI __m256i word_ctl(int lo, int hi) {
 }
 
 AI void unpack_k45(int type, const uint8_t *p, struct sb *s) {
-    /* the 8 (scale, min) pairs of kcpu_k_scale_min, from 32-bit words */
-    uint32_t a0 = kcpu_rd32(p + 4), a1 = kcpu_rd32(p + 8), a2 = kcpu_rd32(p + 12);
-    uint32_t sc_lo = a0 & 0x3f3f3f3fu, m_lo = a1 & 0x3f3f3f3fu;
-    uint32_t sc_hi = (a2 & 0x0f0f0f0fu) | (((a0 >> 6) & 0x03030303u) << 4);
-    uint32_t m_hi = ((a2 >> 4) & 0x0f0f0f0fu) | (((a1 >> 6) & 0x03030303u) << 4);
-    __m128i sc8 = _mm_cvtepu8_epi16(_mm_setr_epi32((int)sc_lo, (int)sc_hi, 0, 0));
-    __m128i m8 = _mm_cvtepu8_epi16(_mm_setr_epi32((int)m_lo, (int)m_hi, 0, 0));
+    uint32_t sm[4];
+    kcpu_k_scale_min_words(p + 4, sm);
+    __m128i sc8 = _mm_cvtepu8_epi16(_mm_setr_epi32((int)sm[0], (int)sm[1], 0, 0));
+    __m128i m8 = _mm_cvtepu8_epi16(_mm_setr_epi32((int)sm[2], (int)sm[3], 0, 0));
     __m256i scb = _mm256_broadcastsi128_si256(sc8);
     s->d = h2f(p);
     s->c = h2f(p + 2);
