@@ -7,8 +7,8 @@
 # Environment: SLIMSERVE_MODEL=path.gguf serves that file instead of the default;
 # SLIMSERVE_HOST / SLIMSERVE_PORT change the address; SLIMSERVE_SKIP_ASAN=1 skips
 # the sanitizer pass of `test` (its soak included); SLIMSERVE_SKIP_FUZZ=1 skips the
-# bounded fuzz runs, SLIMSERVE_FUZZ_SECONDS (default 45) sets their time per
-# target; SLIMSERVE_SOAK_SECONDS (default 120) sets the sanitizer soak's length.
+# bounded fuzz runs, SLIMSERVE_FUZZ_SECONDS (default 30) sets their time per
+# target; SLIMSERVE_SOAK_SECONDS (default 90) sets the sanitizer soak's length.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,8 +41,8 @@ test)
     summaries=(build/test-summary.log)
     if [ "${SLIMSERVE_SKIP_FUZZ:-0}" != 1 ]; then
         # libFuzzer targets (tests/fuzz/), clang + ASan + UBSan, a bounded time each
-        log "fuzz pass: ${SLIMSERVE_FUZZ_SECONDS:-45} s per target"
-        bash tests/fuzz/run.sh "${SLIMSERVE_FUZZ_SECONDS:-45}" 2>&1 | tee build/fuzz-summary.log || rc=1
+        log "fuzz pass: ${SLIMSERVE_FUZZ_SECONDS:-30} s per target"
+        bash tests/fuzz/run.sh "${SLIMSERVE_FUZZ_SECONDS:-30}" 2>&1 | tee build/fuzz-summary.log || rc=1
         summaries+=(build/fuzz-summary.log)
     fi
     if [ "${SLIMSERVE_SKIP_ASAN:-0}" != 1 ]; then
@@ -55,9 +55,9 @@ test)
         summaries+=(build-asan/test-summary.log)
         # A short soak of the sanitized server: streaming clients cut at every
         # phase, queue-cap storms, /metrics consistency (tools/soak.py).
-        log "sanitizer soak: ${SLIMSERVE_SOAK_SECONDS:-120} s"
+        log "sanitizer soak: ${SLIMSERVE_SOAK_SECONDS:-90} s"
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-            python3 tools/soak.py --spawn build-asan/server/slimserve --duration "${SLIMSERVE_SOAK_SECONDS:-120}" \
+            python3 tools/soak.py --spawn build-asan/server/slimserve --duration "${SLIMSERVE_SOAK_SECONDS:-90}" \
             --clients 12 --storm-interval 30 --storm-size 40 --server-arg=--max-num-seqs=8 \
             --server-arg=--max-queued-requests=8 \
             --stuck-after 60 --settle 60 2>&1 | tee build-asan/soak-summary.log || rc=1

@@ -173,7 +173,9 @@ def test_jsonschema_cases_gemma(tmp_path, capsys):
     if not gguf or not os.path.exists(gguf):
         pytest.skip("SLIMSERVE_GEMMA_GGUF not set")
     with Server(gguf, tmp_path, name="gemma-structured") as s:
-        cases = make_cases(8, 7)
+        # under the sanitizers (CI's second pass) 3 of the 8 cases: each takes ~5 s there
+        k = 3 if os.environ.get("SLIMSERVE_SANITIZED") else 8
+        cases = make_cases(8, 7)[:k]
         ok, length, fails = run_cases(s, cases, 120, 4)
-        report(capsys, "Gemma 3 270M, 8 cases", ok, length, fails)
+        report(capsys, f"Gemma 3 270M, {k} cases", ok, length, fails)
         assert not fails, "\n".join(fails[:5])

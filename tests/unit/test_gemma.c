@@ -468,7 +468,23 @@ START_TEST(test_real_model) {
     for (int i = 0; i < 128; i++) pages[i] = 127 - i; /* not in order */
     double worst = 0;
     const cJSON *p;
-    cJSON_ArrayForEach(p, jget(fixture, "prompts")) check_real_prompt(m, p, pages, 128, tol, _i == 0, &worst);
+    /* Under the sanitizers (SLIMSERVE_SANITIZED, the CI's second pass) this
+     * model is ~20x slower (a decode step ~0.5 s, the 620-token prompt ~70 s):
+     * there the F16 pass prefills every prompt and decodes only after the long
+     * one (past its window), and the F32 pass (same code, other K/V type;
+     * test_forward covers F32 K/V under the sanitizers) is left out. The
+     * release pass runs everything. */
+    const int quick = getenv("SLIMSERVE_SANITIZED") != NULL;
+    if (quick && _i != 0) {
+        printf("SKIP real model, f32 KV: sanitizer build (the release pass runs it)\n");
+        eng_model_free(m);
+        return;
+    }
+    cJSON_ArrayForEach(p, jget(fixture, "prompts")) {
+        const int is_long = strcmp(jget(p, "name")->valuestring, "long_window") == 0;
+        check_real_prompt(m, p, pages, 128, tol, _i == 0 && (!quick || is_long), &worst);
+    }
+    if (quick) printf("real model: sanitizer build, greedy decoding only after the long prompt\n");
     printf("real model, %s KV: worst top-5 |logit - ref| %.2e (tolerance %.0e)\n",
            kv_type == ENG_KV_F16 ? "f16" : "f32", worst, tol);
     eng_model_free(m);
