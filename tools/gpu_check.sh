@@ -24,7 +24,11 @@
 #      streams (Gemma 3 270M if SLIMSERVE_GEMMA_GGUF names it, else a generated
 #      100M model) compared with the CPU backend;
 #   3. a short benchmark with bench_forward -e cuda: decode tok/s at batch
-#      1/16/64, prefill tok/s, GB/s and the fraction of the H200's 4.8 TB/s.
+#      1/16/64, prefill tok/s, GB/s and the fraction of the H200's 4.8 TB/s;
+#      and (3a, run right after step 1: it needs only the conformance runner)
+#      decode attention at long contexts (B=1 at 32768 keys, 16 at 8192, 64
+#      at 4096; 32/8 heads, d128, F16 cache), split-K against the unsplit
+#      path forced (cuda_conform --bench-attention).
 #
 # Preparing a GPU host that has only the CUDA toolkit, a C compiler, CMake,
 # ninja and Python 3 (no network, no Debian packages beyond a base system):
@@ -147,6 +151,19 @@ case $rc in
 *) summary+=("conformance FAILED: $(grep -c 'FAIL$' "$obj/conform.txt") case(s), see $obj/conform.txt")
    finish 1 FAIL ;;
 esac
+
+# ------------------------------------------------------------ 3a. attention benchmark
+# Part of the benchmark step, run here because it needs only the conformance
+# runner (so it runs even where steps 2-3 are skipped): decode attention at
+# long contexts with the split-K path and with the unsplit one forced.
+"$obj/cuda_conform" "${conform_args[@]}" --bench-attention | tee "$obj/bench_attn.txt"
+rc=${PIPESTATUS[0]}
+if ((rc != 0)) || ! grep -q '^bench-attn decode' "$obj/bench_attn.txt"; then
+    summary+=("attention benchmark FAILED (see $obj/bench_attn.txt)")
+    finish 1 FAIL
+fi
+summary+=("attention $(grep '^bench-attn decode' "$obj/bench_attn.txt" |
+    sed -E 's/^bench-attn decode //; s/ \([0-9.]+ GB\/s of KV\)//' | paste -sd ';' - | sed 's/;/; /g')")
 
 # ------------------------------------------------------------ 2. meson build
 export SLIMSERVE_CUDA_UNVERIFIED=1 # the conformance passed: the steps below use the backend

@@ -27,7 +27,10 @@
  * the context and printed once on stderr; later results are undefined (the
  * conformance runner and gpu_check.sh catch that).
  * DETERMINISM: every kernel here computes a row (a head) from that row only,
- * in a fixed order: bitwise independent of the batch. matmul is cuBLAS: its
+ * in a fixed order: bitwise independent of the batch. Attention's split-K
+ * plan for a row depends only on its number of keys and the layer's shape
+ * (kcu_split_plan), never on the batch or on how the batch is grouped
+ * through the partial scratch. matmul is cuBLAS: its
  * algorithm (tiling, split-K) may change with n, so y[t] may differ in the
  * last bits between batch sizes; for one shape it is repeatable on one GPU
  * model. So the GPU keeps "a token's output does not depend on the batch" only
@@ -66,6 +69,8 @@ struct kcu_ctx {
     size_t act_cap;
     void *host;          /* host scratch: staging of index arrays / dequantised rows */
     size_t host_cap;
+    float *part;         /* device scratch of split-K partials: KCU_SPLIT_SCRATCH bytes, from open */
+    int split;           /* 1: long rows go split-K (the default); 0: every row unsplit */
     struct kcu_wbuf *weights;
     size_t weight_bytes; /* device bytes of the prepared weights */
     int err;             /* first error seen (cudaError_t or 1000 + cublasStatus_t), 0 = none */
@@ -164,6 +169,17 @@ int kcu_ctx_open(void **out, int dev) {
         free(c);
         return SS_ENODEVICE;
     }
+    /* NOTE: the split-K scratch is sized once here, never per call: a batch
+     * whose partials do not fit runs in launch groups through it
+     * (kcu_split_group), and kcu_split_cap keeps one row within it. */
+    if (cudaMalloc((void **)&c->part, KCU_SPLIT_SCRATCH) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cublasDestroy(c->blas);
+        cudaStreamDestroy(c->st);
+        free(c);
+        return SS_ENOMEM;
+    }
+    c->split = 1;
     *out = c;
     return 0;
 }
@@ -186,6 +202,7 @@ static void kcu_free(void *ctx) {
     }
     cudaFree(c->idx);
     cudaFree(c->act);
+    cudaFree(c->part);
     free(c->host);
     cublasDestroy(c->blas);
     cudaStreamDestroy(c->st);
@@ -394,30 +411,70 @@ static void kcu_kv_store(void *ctx, struct be_kv_layer *kv, const float *k, cons
         cu_ok(c, kcu_launch_kv_store(c->st, kv->k, kv->v, kv->kv_type, k, v, ds, n, kv_dim), "kv_store");
 }
 
-/* The rows (one per query token) and the concatenated block tables of a
- * ragged batch (kcu_attn_pack), packed for one upload:
- *   [kcu_attn_row x n_rows][int32 pages: seq 0's table | seq 1's | ...] */
+/* Runs the split rows comb[0..n[2]) (host copy; device copies at dparts,
+ * dcomb) in launch groups that fit the partial scratch. */
+static void attn_split_groups(struct kcu_ctx *c, float *out, const float *q, const struct be_kv_layer *kv,
+                              const struct kcu_split_row *comb, size_t n_comb,
+                              const struct kcu_attn_row *dparts, const struct kcu_split_row *dcomb,
+                              const int32_t *dpages, const struct be_attn_params *p) {
+    const int64_t slots = kcu_split_slots(p->n_heads, p->head_dim);
+    for (size_t c0 = 0, c1; c0 < n_comb; c0 = c1) {
+        c1 = kcu_split_group(comb, n_comb, c0, slots);
+        const int base = comb[c0].part0, np = comb[c1 - 1].part0 + comb[c1 - 1].n_part - base;
+        if (!cu_ok(c, kcu_launch_attention_split(c->st, out, q, kv->k, kv->v, kv->kv_type, dparts + base, np,
+                                                 dcomb + c0, (int)(c1 - c0), base, dpages, c->part, p),
+                   "attention (split-K)"))
+            return;
+    }
+}
+
+/* The rows (one per query token) and block tables of a ragged batch
+ * (kcu_attn_pack), sorted by the split-K plan (kcu_split_pack) and packed
+ * for one upload (host scratch; the first two parts are staging):
+ *   [rows x n_rows | pages | pad] [plain x n0 | parts x n1 | comb x n2 | pages]
+ *                                  \____________ uploaded ______________/
+ * Plain rows run the unsplit kernel, split rows the partial + combine
+ * kernels (attn_split_groups). */
 static void kcu_attention(void *ctx, float *out, const float *q, const struct be_kv_layer *kv,
                           const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p) {
     struct kcu_ctx *c = use(ctx);
     if (n_seqs <= 0 || p->n_heads <= 0 || p->n_kv_heads <= 0 || p->head_dim <= 0 ||
         p->head_dim > KCU_ATT_MAX_HEAD || p->n_heads % p->n_kv_heads != 0)
         return;
-    size_t n_rows, n_pages;
+    size_t n_rows, n_pages, n[3];
     kcu_attn_count(seqs, n_seqs, &n_rows, &n_pages);
     if (n_rows == 0 || n_rows > INT_MAX || n_pages > INT_MAX)
         return;
-    const size_t rows_b = sizeof(struct kcu_attn_row) * n_rows;
-    uint8_t *h = host_scratch(c, rows_b + sizeof(int32_t) * n_pages);
+    const size_t rows_b = sizeof(struct kcu_attn_row) * n_rows, pages_b = sizeof(int32_t) * n_pages;
+    uint8_t *h = host_scratch(c, rows_b + pages_b);
     if (!h)
         return;
+    const struct kcu_attn_row *rows = (const struct kcu_attn_row *)h;
     kcu_attn_pack(seqs, n_seqs, p->window, (struct kcu_attn_row *)h, (int32_t *)(h + rows_b));
-    uint8_t *d = upload_idx(c, h, rows_b + sizeof(int32_t) * n_pages);
-    if (d)
-        cu_ok(c, kcu_launch_attention(c->st, out, q, kv->k, kv->v, kv->kv_type,
-                                      (const struct kcu_attn_row *)d, (const int32_t *)(d + rows_b),
-                                      (int)n_rows, p),
-              "attention");
+    const int pcap = c->split ? kcu_split_cap(p->n_heads, p->head_dim) : 1;
+    kcu_split_pack(rows, n_rows, pcap, NULL, NULL, NULL, n);
+    if (n[1] > INT_MAX)
+        return;
+    const size_t fin = (rows_b + pages_b + 7) & ~(size_t)7;
+    const size_t plain_b = sizeof(struct kcu_attn_row) * (n[0] + n[1]), comb_b = sizeof(struct kcu_split_row) * n[2];
+    if (!(h = host_scratch(c, fin + plain_b + comb_b + pages_b))) /* realloc: the staging is kept */
+        return;
+    rows = (const struct kcu_attn_row *)h;
+    struct kcu_attn_row *plain = (struct kcu_attn_row *)(h + fin);
+    struct kcu_split_row *comb = (struct kcu_split_row *)(h + fin + plain_b);
+    kcu_split_pack(rows, n_rows, pcap, plain, plain + n[0], comb, n);
+    memcpy(h + fin + plain_b + comb_b, h + rows_b, pages_b);
+    uint8_t *d = upload_idx(c, h + fin, plain_b + comb_b + pages_b);
+    if (!d)
+        return;
+    const struct kcu_attn_row *dplain = (const struct kcu_attn_row *)d;
+    const int32_t *dpages = (const int32_t *)(d + plain_b + comb_b);
+    if (n[0] && !cu_ok(c, kcu_launch_attention(c->st, out, q, kv->k, kv->v, kv->kv_type, dplain, dpages,
+                                               (int)n[0], p),
+                       "attention"))
+        return;
+    attn_split_groups(c, out, q, kv, comb, n[2], dplain + n[0], (const struct kcu_split_row *)(d + plain_b),
+                      dpages, p);
 }
 
 static void kcu_glu_op(void *ctx, float *out, const float *g, const float *u, int64_t n, int act) {
@@ -473,6 +530,15 @@ int kcu_ctx_error(const struct be *be) {
         return 0;
     const struct kcu_ctx *c = be->ctx;
     return c->err;
+}
+
+int kcu_ctx_set_attn_split(struct be *be, int on) {
+    if (!be || be->ops != &kcu_ops)
+        return SS_EINVAL;
+    struct kcu_ctx *c = be->ctx;
+    const int was = c->split;
+    c->split = on != 0;
+    return was;
 }
 
 size_t kcu_ctx_weight_bytes(const struct be *be) {

@@ -27,6 +27,12 @@ int kcu_ctx_open(void **ctx, int dev);
 /* The first CUDA/cuBLAS error the backend `be` met (0 = none; 0 for another
  * backend): the entries return void, so callers that must know ask here. */
 int kcu_ctx_error(const struct be *be);
+/* Attention's split-K path for long rows (kcu_math.h "split-K attention"):
+ * on = 1 (the default) splits rows longer than KCU_SPLIT_KEYS keys, on = 0
+ * runs every row unsplit (one block per (row, head): the benchmark's and the
+ * conformance runner's baseline). Returns the previous setting, SS_EINVAL for
+ * another backend. Takes effect at the next attention call. */
+int kcu_ctx_set_attn_split(struct be *be, int on);
 /* Device bytes of the weights prepared so far (0 for another backend). */
 size_t kcu_ctx_weight_bytes(const struct be *be);
 

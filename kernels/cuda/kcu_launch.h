@@ -24,7 +24,11 @@
  *   attention: one block per (query row, head), the CPU's walk over the keys
  *             (chunks of 32, sequential dot products, running-max softmax):
  *             differs from the CPU only through expf/tanhf and, for the SIMD
- *             CPU kernels, their summation order.
+ *             CPU kernels, their summation order. Rows longer than
+ *             KCU_SPLIT_KEYS keys go split-K (partitions merged in order):
+ *             the same sums grouped otherwise, so within float rounding of
+ *             the CPU (test_cuda_math states the tolerance); still a function
+ *             of the row alone.
  *
  * NOTE: nothing here has run on a GPU yet (tools/gpu_check.sh is the first
  * run); compiled for sm_80 and sm_90 + PTX with warnings as errors and
@@ -83,6 +87,17 @@ cudaError_t kcu_launch_kv_store(cudaStream_t stream, void *kc, void *vc, int kv_
 cudaError_t kcu_launch_attention(cudaStream_t stream, float *out, const float *q, const void *kc,
                                  const void *vc, int kv_type, const struct kcu_attn_row *rows,
                                  const int32_t *pages, int n_rows, const struct be_attn_params *p);
+/* The split-K path (kcu_math.h "split-K attention"): the n_parts partition
+ * rows at parts (device; the partitions of the split rows comb[0..n_comb),
+ * whose part0 - base index parts) each leave their partial in scratch
+ * (device, n_parts * n_heads * kcu_split_rec(head_dim) floats), then each
+ * split row's out is merged from them. Two kernels on `stream`; out may be q. */
+cudaError_t kcu_launch_attention_split(cudaStream_t stream, float *out, const float *q,
+                                       const void *kc, const void *vc, int kv_type,
+                                       const struct kcu_attn_row *parts, int n_parts,
+                                       const struct kcu_split_row *comb, int n_comb, int base,
+                                       const int32_t *pages, float *scratch,
+                                       const struct be_attn_params *p);
 
 #ifdef __cplusplus
 }

@@ -9,7 +9,8 @@
  * Contents: half/bfloat conversions, dequantisation of one element of a block
  * (Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K, F16, BF16, F32; layouts in
  * kernels/cpu/kcpu.h), the online softmax (running max and sum) and the
- * split-K combine of partial (max, sum, acc) triples, RoPE angles for both pair
+ * split-K combine of partial (max, sum, acc) triples with the split-K plan
+ * (partitions of a long row, launch groups, the merged output), RoPE angles for both pair
  * conventions with freq factors, RMSNorm, SiLU / GELU(tanh), attention and
  * logit soft-capping, the paged attention's KV range and cache offsets, the
  * GEMM operand conversions (F16 saturating, BF16) and the SUBLLM compaction
@@ -275,6 +276,23 @@ KCU_FN float kcu_sm_rescale(struct kcu_sm *s, float mx) {
 }
 KCU_FN float kcu_sm_weight(const struct kcu_sm *s, float score) { return expf(kcu_sub(score, s->m)); }
 KCU_FN float kcu_sm_inv(const struct kcu_sm *s) { return s->l > 0.0f ? 1.0f / s->l : 0.0f; }
+/* The two sequential steps of a chunk of cnt scores (every thread of the
+ * attention kernel runs them alike, so all hold the same m and l): the
+ * chunk's largest score (-inf for none), and l += the chunk's weights in key
+ * order. A chunk is then
+ *     corr = kcu_sm_rescale(&s, kcu_chunk_max(sc, cnt));
+ *     w_i = kcu_sm_weight(&s, sc_i);  kcu_sm_add(&s, w, cnt);
+ *     acc[d] = kcu_attn_accum(acc[d], corr, w, ...)  */
+KCU_FN float kcu_chunk_max(const float *sc, int cnt) {
+    float mx = -INFINITY;
+    for (int i = 0; i < cnt; i++)
+        mx = sc[i] > mx ? sc[i] : mx;
+    return mx;
+}
+KCU_FN void kcu_sm_add(struct kcu_sm *s, const float *w, int cnt) {
+    for (int i = 0; i < cnt; i++)
+        s->l = kcu_add(s->l, w[i]);
+}
 
 /* Split-K combine (flash decoding): partial a (max ma, sum la, acc_a) and
  * partial b over disjoint key ranges give the partial over their union:
@@ -362,6 +380,137 @@ KCU_FN void kcu_attn_pack(const struct be_attn_seq *seqs, int n_seqs, int32_t wi
         }
         pg += np;
     }
+}
+
+/* ------------------------------------------------------ split-K attention */
+
+/* Split-K (flash decoding) for long rows: the keys [lo, hi] of a row are cut
+ * into P partitions of ps keys (the last one shorter); one block per (row,
+ * head, partition) walks its partition as the unsplit kernel walks a row
+ * (chunks of KCU_ATT_CHUNK from the partition's first key) and leaves the
+ * unnormalised partial (m, l, acc[D]) in a scratch record; a combine block
+ * per (row, head) merges the records in increasing partition order
+ * (kcu_split_out) and normalises.
+ *
+ *   keys  lo                                                   hi
+ *         |<-- ps -->|<-- ps -->|<-- ps -->| ...  |<- rest ->|
+ *         part 0      part 1     part 2            part P-1
+ *
+ * The plan (kcu_split_plan) depends only on the row's own number of keys L
+ * and on the layer's shape through pcap (kcu_split_cap): never on the batch,
+ * the device or the thread count, so a row's output never depends on the
+ * rest of the batch. L <= KCU_SPLIT_KEYS: one partition, i.e. the unsplit
+ * kernel (bitwise its walk). Otherwise ps = KCU_SPLIT_KEYS (8 chunks: enough
+ * work per block to hide the combine) until P would pass pcap; beyond that ps
+ * grows (rounded up to whole chunks) so that P <= pcap. Every partition is
+ * non-empty and starts on a chunk boundary of the unsplit walk, so partition 0
+ * walks exactly the unsplit walk's first chunks.
+ * NOTE: no number of SMs goes in: a fixed partition size keeps a row's
+ * result the same on every GPU model (only CUDA's libm differs), and with
+ * P up to 64 partitions times the heads a long decode row already yields
+ * hundreds of blocks. */
+#define KCU_SPLIT_KEYS 256 /* keys per partition up to the cap */
+#define KCU_SPLIT_MAX 64   /* partitions per row at most */
+/* Bytes of the device scratch of the partials, allocated once per context
+ * (be_cuda.c kcu_ctx_open): a launch group holds as many partials as fit. */
+#define KCU_SPLIT_SCRATCH ((size_t)32 << 20)
+
+/* Floats of one partial record of a head: m, l, acc[head_dim]. */
+KCU_FN size_t kcu_split_rec(int head_dim) { return (size_t)head_dim + 2; }
+/* Partitions (all heads of each) the scratch holds for this layer shape. */
+KCU_FN int64_t kcu_split_slots(int n_heads, int head_dim) {
+    return (int64_t)(KCU_SPLIT_SCRATCH / sizeof(float) / ((size_t)n_heads * kcu_split_rec(head_dim)));
+}
+/* The most partitions a row of this layer shape gets: KCU_SPLIT_MAX, less if
+ * one row's partials would not fit the scratch (< 2: never split). */
+KCU_FN int kcu_split_cap(int n_heads, int head_dim) {
+    int64_t s = kcu_split_slots(n_heads, head_dim);
+    return s < KCU_SPLIT_MAX ? (int)s : KCU_SPLIT_MAX;
+}
+/* Partitions P of a row of L keys (L >= 1) under the cap pcap, and their
+ * size in keys *ps (a multiple of KCU_ATT_CHUNK); P = 1 (ps = L): unsplit. */
+KCU_FN int kcu_split_plan(int64_t L, int pcap, int64_t *ps) {
+    if (pcap < 2 || L <= KCU_SPLIT_KEYS) {
+        *ps = L;
+        return 1;
+    }
+    int64_t s = KCU_SPLIT_KEYS;
+    if ((L + s - 1) / s > pcap) {
+        s = (L + pcap - 1) / pcap;
+        s = (s + KCU_ATT_CHUNK - 1) / KCU_ATT_CHUNK * KCU_ATT_CHUNK;
+    }
+    *ps = s;
+    return (int)((L + s - 1) / s);
+}
+
+/* One split row as the combine kernel sees it: q/out row `row`, its
+ * partitions part0 .. part0 + n_part - 1 (indices into the partition rows). */
+struct kcu_split_row {
+    int32_t row;
+    int32_t part0;
+    int32_t n_part;
+    int32_t pad;
+};
+/* Sorts the rows of kcu_attn_pack by the plan: rows with one partition to
+ * plain[] (the unsplit kernel), every partition of the others to parts[] as a
+ * row of its own (same row and table, keys of the partition; in row order,
+ * then partition order) and one entry per split row to comb[]. Any output
+ * may be NULL to count only; n[0..2] = entries of plain, parts, comb.
+ * pcap 1 (or less): nothing is split. */
+KCU_FN void kcu_split_pack(const struct kcu_attn_row *rows, size_t n_rows, int pcap,
+                           struct kcu_attn_row *plain, struct kcu_attn_row *parts,
+                           struct kcu_split_row *comb, size_t n[3]) {
+    n[0] = n[1] = n[2] = 0;
+    for (size_t r = 0; r < n_rows; r++) {
+        int64_t ps;
+        const int P = kcu_split_plan(rows[r].hi - rows[r].lo + 1, pcap, &ps);
+        if (P == 1) {
+            if (plain)
+                plain[n[0]] = rows[r];
+            n[0]++;
+            continue;
+        }
+        if (comb) {
+            comb[n[2]].row = rows[r].row;
+            comb[n[2]].part0 = (int32_t)n[1];
+            comb[n[2]].n_part = P;
+            comb[n[2]].pad = 0;
+        }
+        n[2]++;
+        for (int k = 0; k < P; k++, n[1]++) {
+            if (!parts)
+                continue;
+            parts[n[1]] = rows[r];
+            parts[n[1]].lo = rows[r].lo + (int64_t)k * ps;
+            parts[n[1]].hi = k == P - 1 ? rows[r].hi : parts[n[1]].lo + ps - 1;
+        }
+    }
+}
+/* A launch group: split rows [c0, returned end) whose partitions fit `slots`
+ * records of the scratch (at least one row: kcu_split_cap keeps one row's
+ * partitions within it). Groups run one after the other through the scratch. */
+KCU_FN size_t kcu_split_group(const struct kcu_split_row *comb, size_t n_comb, size_t c0, int64_t slots) {
+    size_t c = c0 + 1;
+    const int64_t base = comb[c0].part0;
+    while (c < n_comb && comb[c].part0 + comb[c].n_part - base <= slots)
+        c++;
+    return c;
+}
+/* Element d of a split row's output (one head): the records of its n
+ * partitions, rec[k * stride] = {m_k, l_k, acc_k[D]}, merged in increasing k
+ * by kcu_sm_combine / kcu_sm_mix, then normalised. Partition 0 comes out of
+ * the first merge bitwise (merging into an empty partial). */
+KCU_FN float kcu_split_out(const float *rec, size_t stride, int n, int d) {
+    struct kcu_sm t;
+    float a = 0.0f, ca, cb;
+    kcu_sm_init(&t);
+    for (int k = 0; k < n; k++) {
+        const float *r = rec + (size_t)k * stride;
+        struct kcu_sm pk = {r[0], r[1]};
+        kcu_sm_combine(&t, &pk, &ca, &cb);
+        a = kcu_sm_mix(a, ca, r[2 + d], cb);
+    }
+    return kcu_mul(a, kcu_sm_inv(&t));
 }
 
 /* ------------------------------------------------------ soft-capping */

@@ -3,13 +3,16 @@
  * max abs / rel error per case and its tolerance. Needs a GPU: it is the
  * first thing tools/gpu_check.sh runs.
  *
- *   cuda_conform [--device N] [--seed S] [--self-test]
+ *   cuda_conform [--device N] [--seed S] [--self-test] [--bench-attention]
  *
  * --self-test runs every case with a second CPU backend in the GPU's place
  * (no device needed): every case must pass, which checks the runner itself
  * (its inputs, block tables and comparisons) on a machine without a GPU;
  * --self-test-int8 does the same with int8 activations in the stand-in's
  * matmul, which the GEMM tolerances must catch (the runner can fail).
+ * --bench-attention runs no cases: it times decode attention at long
+ * contexts with the split-K path and with the unsplit one (the benchmark step
+ * of tools/gpu_check.sh; see bench_attention).
  * Links kernels/ only (CPU backend + CUDA backend; no libuv, MHD or check),
  * so tools/gpu_check.sh builds it with nvcc + cc + libc alone on a host that
  * has nothing but the CUDA toolkit. It opens the CUDA backend itself (it is
@@ -28,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels/backend.h"
 #include "kerntest.h"
@@ -253,20 +257,76 @@ struct att_case {
     int kv_type;
 };
 
-/* A ragged batch: prefill from 0, a decode over 19 pages, a prefill chunk
- * after 50 cached entries, a long decode (2000 cached: 126 pages), a
- * 1-token prefill; block tables use shuffled physical pages. */
-#define AT_NSEQ 5
-static const int at_past[AT_NSEQ] = {0, 300, 50, 2000, 0};
-static const int at_ntok[AT_NSEQ] = {37, 1, 20, 1, 1};
+/* A ragged batch of sequences (n_past cached entries, n_tok rows this step);
+ * block tables use shuffled physical pages. */
+#define AT_MAXSEQ 8
+struct att_batch {
+    const char *name;
+    int n;
+    int past[AT_MAXSEQ], ntok[AT_MAXSEQ];
+};
+/* short: prefill from 0, a decode over 19 pages, a prefill chunk after 50
+ * cached entries, a long decode (2000 cached: 126 pages), a 1-token prefill.
+ * Rows of more than KCU_SPLIT_KEYS (256) keys take the CUDA split-K path. */
+static const struct att_batch at_short = {"", 5, {0, 300, 50, 2000, 0}, {37, 1, 20, 1, 1}};
+/* long: decodes at 4000, 9000 and 20000 cached entries (250 to 1250 pages:
+ * 16 to 64 partitions, the last past the partition cap so its partitions
+ * grow), a 16-row prefill chunk after 2500 entries (every row split) next to
+ * short prefills and decodes just past the split threshold. */
+static const struct att_batch at_long = {
+    "long ", 8, {0, 4000, 50, 9000, 2500, 20000, 700, 300}, {37, 1, 20, 1, 16, 1, 1, 3}};
 
-static void case_attention(const struct att_case *ac, int in_place) {
+/* Each sequence of the batch alone on the GPU: its rows bitwise as in the
+ * batch (ref = the batch's output, N floats; qg the GPU's q). */
+static void check_alone(const struct att_batch *B, const struct be_attn_seq *seqs, const struct be_kv_layer *kg,
+                        const float *qg, const float *ref, size_t N, int qd, const struct be_attn_params *p,
+                        const char *name) {
+    float *o = put(&gpu, NULL, N * 4), *h = malloc(N * 4), *r = malloc(N * 4);
+    for (int s = 0; s < B->n; s++) {
+        be_attention(&gpu, o, qg, kg, &seqs[s], 1, p);
+        get(&gpu, h, o, N * 4);
+        const size_t r0 = (size_t)seqs[s].tok0 * qd, nr = (size_t)seqs[s].n_tok * qd;
+        memcpy(r + r0, h + r0, nr * 4);
+    }
+    const size_t n_tok_f = (size_t)(seqs[B->n - 1].tok0 + seqs[B->n - 1].n_tok) * qd;
+    char what[160];
+    snprintf(what, sizeof what, "%s, each seq alone", name);
+    check("batch-inv", what, r, ref, n_tok_f, 0);
+    be_dealloc(&gpu, o);
+    free(h), free(r);
+}
+
+/* The GPU's split-K output against its unsplit path (kcu_ctx_set_attn_split),
+ * same inputs: the same sums grouped by partition (ref = split output). */
+static void check_unsplit(const struct att_batch *B, const struct be_attn_seq *seqs, const struct be_kv_layer *kg,
+                          const float *qg, const float *ref, size_t N, const struct be_attn_params *p,
+                          const char *name) {
+#if HAVE_CUDA
+    if (self_test)
+        return; /* the CPU in the GPU's place has one path */
+    float *o = put(&gpu, NULL, N * 4), *h = malloc(N * 4);
+    kcu_ctx_set_attn_split(&gpu, 0);
+    be_attention(&gpu, o, qg, kg, seqs, B->n, p);
+    kcu_ctx_set_attn_split(&gpu, 1);
+    get(&gpu, h, o, N * 4);
+    char what[160];
+    snprintf(what, sizeof what, "%s, split vs unsplit (gpu)", name);
+    const size_t n_tok_f = (size_t)(seqs[B->n - 1].tok0 + seqs[B->n - 1].n_tok) * p->n_heads * p->head_dim;
+    check("split-k", what, h, ref, n_tok_f, 2e-5);
+    be_dealloc(&gpu, o);
+    free(h);
+#else
+    (void)B, (void)seqs, (void)kg, (void)qg, (void)ref, (void)N, (void)p, (void)name;
+#endif
+}
+
+static void case_attention(const struct att_batch *B, const struct att_case *ac, int in_place) {
     const int kvd = ac->KVH * ac->D, qd = ac->H * ac->D;
-    int n_pages = 0, n_tok = 0, np[AT_NSEQ];
-    for (int s = 0; s < AT_NSEQ; s++) {
-        np[s] = (at_past[s] + at_ntok[s] + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
+    int n_pages = 0, n_tok = 0, np[AT_MAXSEQ];
+    for (int s = 0; s < B->n; s++) {
+        np[s] = (B->past[s] + B->ntok[s] + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
         n_pages += np[s];
-        n_tok += at_ntok[s];
+        n_tok += B->ntok[s];
     }
     int32_t *perm = malloc(sizeof(int32_t) * n_pages);
     for (int i = 0; i < n_pages; i++)
@@ -277,13 +337,13 @@ static void case_attention(const struct att_case *ac, int in_place) {
         perm[j] = t;
     }
     /* fill every cached position (past + this step) with kv_store, slots from the tables */
-    struct be_attn_seq seqs[AT_NSEQ];
+    struct be_attn_seq seqs[AT_MAXSEQ];
     const size_t es = ac->kv_type == BE_F16 ? 2 : 4, cache_b = (size_t)n_pages * BE_PAGE_SLOTS * kvd * es;
     struct be_kv_layer kc = {.k = put(&cpu, NULL, cache_b), .v = put(&cpu, NULL, cache_b), .kv_type = ac->kv_type};
     struct be_kv_layer kg = {.k = put(&gpu, NULL, cache_b), .v = put(&gpu, NULL, cache_b), .kv_type = ac->kv_type};
     int pg = 0, tok = 0;
-    for (int s = 0; s < AT_NSEQ; s++) {
-        const int total = at_past[s] + at_ntok[s];
+    for (int s = 0; s < B->n; s++) {
+        const int total = B->past[s] + B->ntok[s];
         int32_t *slots = malloc(sizeof(int32_t) * total);
         for (int P = 0; P < total; P++)
             slots[P] = perm[pg + P / BE_PAGE_SLOTS] * BE_PAGE_SLOTS + P % BE_PAGE_SLOTS;
@@ -296,9 +356,9 @@ static void case_attention(const struct att_case *ac, int in_place) {
         be_kv_store(&gpu, &kg, k2, v2, slots, total, kvd);
         be_dealloc(&cpu, k1), be_dealloc(&cpu, v1), be_dealloc(&gpu, k2), be_dealloc(&gpu, v2);
         free(k), free(v), free(slots);
-        seqs[s] = (struct be_attn_seq){.tok0 = tok, .n_tok = at_ntok[s], .n_past = at_past[s], .pages = perm + pg};
+        seqs[s] = (struct be_attn_seq){.tok0 = tok, .n_tok = B->ntok[s], .n_past = B->past[s], .pages = perm + pg};
         pg += np[s];
-        tok += at_ntok[s];
+        tok += B->ntok[s];
     }
     char what[96];
     if (!in_place) { /* the caches, bitwise (the kv_store check) */
@@ -311,8 +371,8 @@ static void case_attention(const struct att_case *ac, int in_place) {
         same = same && memcmp(c1, c2, cache_b) == 0;
         n_case++;
         n_fail += !same;
-        printf("%-10s %-34s %s\n", "kv_store", ac->kv_type == BE_F16 ? "f16 cache, a skipped slot" : "f32 cache, a skipped slot",
-               same ? "ok" : "FAIL");
+        snprintf(what, sizeof what, "%s%s cache, a skipped slot", B->name, ac->kv_type == BE_F16 ? "f16" : "f32");
+        printf("%-10s %-34s %s\n", "kv_store", what, same ? "ok" : "FAIL");
         free(c1), free(c2);
     }
     /* rows past the batch's tokens stay as they were: one spare row */
@@ -323,12 +383,16 @@ static void case_attention(const struct att_case *ac, int in_place) {
     struct be_attn_params p = {.n_heads = ac->H, .n_kv_heads = ac->KVH, .head_dim = ac->D,
                                .scale = 1.0f / sqrtf((float)ac->D), .window = ac->window,
                                .softcap = ac->softcap};
-    be_attention(&cpu, oc, qc, &kc, seqs, AT_NSEQ, &p);
-    be_attention(&gpu, og, qg, &kg, seqs, AT_NSEQ, &p);
+    be_attention(&cpu, oc, qc, &kc, seqs, B->n, &p);
+    be_attention(&gpu, og, qg, &kg, seqs, B->n, &p);
     get(&cpu, hc, oc, N * 4);
     get(&gpu, hg, og, N * 4);
-    snprintf(what, sizeof what, "%s%s", ac->name, in_place ? " out=q" : "");
+    snprintf(what, sizeof what, "%s%s%s", B->name, ac->name, in_place ? " out=q" : "");
     check("attention", what, hg, hc, N, 2e-5);
+    if (!in_place) { /* q is intact: the GPU's own consistency */
+        check_alone(B, seqs, &kg, qg, hg, N, qd, &p, what);
+        check_unsplit(B, seqs, &kg, qg, hg, N, &p, what);
+    }
     be_dealloc(&cpu, kc.k), be_dealloc(&cpu, kc.v), be_dealloc(&gpu, kg.k), be_dealloc(&gpu, kg.v);
     be_dealloc(&cpu, qc), be_dealloc(&gpu, qg);
     if (!in_place)
@@ -336,8 +400,82 @@ static void case_attention(const struct att_case *ac, int in_place) {
     free(q), free(hc), free(hg), free(perm);
 }
 
+/* ---------------------------------------------------------------- benchmark */
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/* ms per attention call on b (one warm-up call; each timed call includes the
+ * host packing and the upload of its index arrays, as in the server) */
+static double time_attention(struct be *b, float *o, const float *q, const struct be_kv_layer *kv,
+                             const struct be_attn_seq *seqs, int n, const struct be_attn_params *p, int iters) {
+    float sink;
+    be_attention(b, o, q, kv, seqs, n, p);
+    get(b, &sink, o, sizeof sink);
+    const double t0 = now_ms();
+    for (int i = 0; i < iters; i++)
+        be_attention(b, o, q, kv, seqs, n, p);
+    get(b, &sink, o, sizeof sink);
+    return (now_ms() - t0) / iters;
+}
+
+/* --bench-attention: decode attention (one row per sequence) over long
+ * contexts on the GPU backend, split-K against the unsplit path
+ * (kcu_ctx_set_attn_split), Llama-3-8B's shape (32 query heads, 8 KV heads,
+ * head_dim 128, F16 cache). One line per batch:
+ *   bench-attn decode B=.. ctx=..: split-K X ms (G GB/s of KV), unsplit Y ms, Z.ZZx
+ * With --self-test (the CPU in the GPU's place) contexts are 8x shorter and
+ * there is no unsplit switch: it checks the runner only. */
+static int bench_attention(void) {
+    static const int cfg[][2] = {{1, 32768}, {16, 8192}, {64, 4096}}; /* batch, context */
+    const int H = 32, KVH = 8, D = 128, kvd = KVH * D, iters = self_test ? 1 : 20;
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        const int B = cfg[c][0], ctx = self_test ? cfg[c][1] / 8 : cfg[c][1];
+        const int pps = (ctx + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS, n_slots = B * pps * BE_PAGE_SLOTS;
+        const size_t cache_b = (size_t)n_slots * kvd * 2;
+        uint16_t *hk = malloc(cache_b);
+        int32_t *pages = malloc(sizeof(int32_t) * B * pps);
+        struct be_attn_seq *seqs = malloc(sizeof *seqs * B);
+        for (size_t i = 0; i < (size_t)n_slots * kvd; i++) /* halves in about [-1, 1] */
+            hk[i] = (uint16_t)((rnd() & 0x83ff) | ((10 + rnd() % 5) << 10));
+        for (int i = 0; i < B * pps; i++)
+            pages[i] = i;
+        for (int s = 0; s < B; s++)
+            seqs[s] = (struct be_attn_seq){.tok0 = s, .n_tok = 1, .n_past = ctx - 1, .pages = pages + s * pps};
+        struct be_kv_layer kv = {.k = put(&gpu, hk, cache_b), .v = put(&gpu, hk, cache_b), .kv_type = BE_F16};
+        float *hq = frand_buf((size_t)B * H * D, 1.0f), *q = put(&gpu, hq, sizeof(float) * B * H * D),
+              *o = put(&gpu, NULL, sizeof(float) * B * H * D);
+        struct be_attn_params p = {.n_heads = H, .n_kv_heads = KVH, .head_dim = D,
+                                   .scale = 1.0f / sqrtf((float)D)};
+        const double ms = time_attention(&gpu, o, q, &kv, seqs, B, &p, iters);
+        const double gbs = 2.0 * B * (double)ctx * kvd * 2 / (ms * 1e6); /* K and V, 2 bytes each */
+        printf("bench-attn decode B=%d ctx=%d: split-K %.3f ms (%.1f GB/s of KV)", B, ctx, ms, gbs);
+#if HAVE_CUDA
+        if (!self_test) {
+            kcu_ctx_set_attn_split(&gpu, 0);
+            const double mu = time_attention(&gpu, o, q, &kv, seqs, B, &p, iters);
+            kcu_ctx_set_attn_split(&gpu, 1);
+            printf(", unsplit %.3f ms, %.2fx", mu, mu / ms);
+        }
+#endif
+        printf("%s\n", self_test ? ", unsplit n/a (cpu in the GPU's place)" : "");
+        be_dealloc(&gpu, kv.k), be_dealloc(&gpu, kv.v), be_dealloc(&gpu, q), be_dealloc(&gpu, o);
+        free(hk), free(pages), free(seqs), free(hq);
+    }
+#if HAVE_CUDA
+    if (kcu_ctx_error(&gpu)) {
+        printf("bench-attn: FAIL: CUDA error %d\n", kcu_ctx_error(&gpu));
+        return 1;
+    }
+#endif
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    int dev = 0, self = 0, int8 = 0;
+    int dev = 0, self = 0, int8 = 0, bench = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc)
             dev = atoi(argv[++i]);
@@ -347,8 +485,10 @@ int main(int argc, char **argv) {
             self = 1;
         else if (!strcmp(argv[i], "--self-test-int8")) /* must FAIL: int8 activations in the GPU's place */
             self = int8 = 1;
+        else if (!strcmp(argv[i], "--bench-attention")) /* the benchmark only, no cases */
+            bench = 1;
         else {
-            fprintf(stderr, "usage: cuda_conform [--device N] [--seed S] [--self-test]\n");
+            fprintf(stderr, "usage: cuda_conform [--device N] [--seed S] [--self-test] [--bench-attention]\n");
             return 2;
         }
     }
@@ -371,6 +511,12 @@ int main(int argc, char **argv) {
     self_test = self;
     if (int8)
         be_set_act_precision(&gpu, BE_ACT_INT8);
+    if (bench) {
+        const int rc = bench_attention();
+        be_close(&gpu);
+        be_close(&cpu);
+        return rc;
+    }
     case_memory();
     for (int t = 0; t < N_TYPES; t++)
         case_weights(all_types[t]);
@@ -383,8 +529,16 @@ int main(int argc, char **argv) {
         {"gqa 4/1 d64 window 512 cap 50 f32", 4, 1, 64, 512, 50.0f, BE_F32},
     };
     for (size_t i = 0; i < sizeof acs / sizeof acs[0]; i++)
-        case_attention(&acs[i], 0);
-    case_attention(&acs[0], 1);
+        case_attention(&at_short, &acs[i], 0);
+    case_attention(&at_short, &acs[0], 1);
+    static const struct att_case lcs[] = {
+        {"gqa 8/2 d128 f16", 8, 2, 128, 0, 0.0f, BE_F16},
+        {"gqa 8/2 d128 window 4096 cap 50 f32", 8, 2, 128, 4096, 50.0f, BE_F32},
+        {"mha 4/4 d256 f32", 4, 4, 256, 0, 0.0f, BE_F32},
+    };
+    for (size_t i = 0; i < sizeof lcs / sizeof lcs[0]; i++)
+        case_attention(&at_long, &lcs[i], 0);
+    case_attention(&at_long, &lcs[0], 1);
 #if HAVE_CUDA
     int err = kcu_ctx_error(&gpu);
     n_case++;

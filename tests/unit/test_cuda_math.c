@@ -461,52 +461,172 @@ END_TEST
 
 /* ------------------------------------------------------------ attention kernel, emulated */
 
-/* The walk of kcu_attn.cu's kernel, block by block, on the host: rows from
- * kcu_attn_pack, the kernel's own inner steps (kcu_attn_score,
- * kcu_attn_accum) in its order. */
-static void attn_emulate(float *out, const float *q, const struct be_kv_layer *kv,
-                         const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p) {
-    size_t nr, np;
-    kcu_attn_count(seqs, n_seqs, &nr, &np);
-    struct kcu_attn_row *rows = malloc(sizeof *rows * nr);
-    int32_t *pages = malloc(sizeof *pages * (np ? np : 1));
-    ck_assert(rows && pages);
-    kcu_attn_pack(seqs, n_seqs, p->window, rows, pages);
+/* The walk of kcu_attn.cu's kernel (attn_walk) for (row R, head h) on the
+ * host: the kernel's own inner steps (kcu_attn_score, kcu_chunk_max,
+ * kcu_sm_rescale, kcu_sm_weight, kcu_sm_add, kcu_attn_accum) in its order;
+ * leaves (m, l) in s and the unnormalised accumulator in acc[D]. */
+static void emu_walk(struct kcu_sm *s, float *acc, const struct kcu_attn_row *R, const int32_t *pages,
+                     const float *q, const struct be_kv_layer *kv, const struct be_attn_params *p, int h) {
     const int D = p->head_dim, group = p->n_heads / p->n_kv_heads;
     const int kv_dim = p->n_kv_heads * D, qdim = p->n_heads * D;
+    float qs[KCU_ATT_MAX_HEAD], sc[KCU_ATT_CHUNK];
+    size_t offs[KCU_ATT_CHUNK];
+    memcpy(qs, q + (size_t)R->row * qdim + (size_t)h * D, sizeof(float) * D);
+    for (int d = 0; d < D; d++)
+        acc[d] = 0.0f;
+    kcu_sm_init(s);
+    const int32_t *pg = pages + R->pages_off;
+    for (int64_t p0 = R->lo; p0 <= R->hi; p0 += KCU_ATT_CHUNK) {
+        int cnt = R->hi - p0 + 1 < KCU_ATT_CHUNK ? (int)(R->hi - p0 + 1) : KCU_ATT_CHUNK;
+        for (int i = 0; i < cnt; i++) {
+            offs[i] = kcu_kv_offset(pg, p0 + i, kv_dim, h / group, D);
+            sc[i] = kcu_attn_score(qs, kv->k, kv->kv_type, offs[i], D, p->scale, p->softcap);
+        }
+        const float corr = kcu_sm_rescale(s, kcu_chunk_max(sc, cnt));
+        for (int i = 0; i < cnt; i++)
+            sc[i] = kcu_sm_weight(s, sc[i]);
+        kcu_sm_add(s, sc, cnt);
+        for (int d = 0; d < D; d++)
+            acc[d] = kcu_attn_accum(acc[d], corr, sc, offs, cnt, kv->v, kv->kv_type, d);
+    }
+}
+
+/* The unsplit kernel (kcu_attn_kernel<0>) row by row: walk, then acc / l. */
+static void emu_plain(float *out, const struct kcu_attn_row *rows, size_t nr, const int32_t *pages,
+                      const float *q, const struct be_kv_layer *kv, const struct be_attn_params *p) {
+    const int D = p->head_dim, qdim = p->n_heads * D;
+    float acc[KCU_ATT_MAX_HEAD];
     for (size_t r = 0; r < nr; r++)
         for (int h = 0; h < p->n_heads; h++) {
-            float qs[KCU_ATT_MAX_HEAD], acc[KCU_ATT_MAX_HEAD], sc[KCU_ATT_CHUNK];
-            size_t offs[KCU_ATT_CHUNK];
-            memcpy(qs, q + (size_t)rows[r].row * qdim + (size_t)h * D, sizeof(float) * D);
-            for (int d = 0; d < D; d++)
-                acc[d] = 0.0f;
             struct kcu_sm s;
-            kcu_sm_init(&s);
-            const int32_t *pg = pages + rows[r].pages_off;
-            for (int64_t p0 = rows[r].lo; p0 <= rows[r].hi; p0 += KCU_ATT_CHUNK) {
-                int cnt = rows[r].hi - p0 + 1 < KCU_ATT_CHUNK ? (int)(rows[r].hi - p0 + 1) : KCU_ATT_CHUNK;
-                float mx = -INFINITY;
-                for (int i = 0; i < cnt; i++) {
-                    offs[i] = kcu_kv_offset(pg, p0 + i, kv_dim, h / group, D);
-                    sc[i] = kcu_attn_score(qs, kv->k, kv->kv_type, offs[i], D, p->scale, p->softcap);
-                    mx = sc[i] > mx ? sc[i] : mx;
-                }
-                const float corr = kcu_sm_rescale(&s, mx);
-                for (int i = 0; i < cnt; i++)
-                    sc[i] = kcu_sm_weight(&s, sc[i]);
-                for (int i = 0; i < cnt; i++)
-                    s.l = kcu_add(s.l, sc[i]);
-                for (int d = 0; d < D; d++)
-                    acc[d] = kcu_attn_accum(acc[d], corr, sc, offs, cnt, kv->v, kv->kv_type, d);
-            }
+            emu_walk(&s, acc, &rows[r], pages, q, kv, p, h);
             const float inv = kcu_sm_inv(&s);
             float *o = out + (size_t)rows[r].row * qdim + (size_t)h * D;
             for (int d = 0; d < D; d++)
                 o[d] = kcu_mul(acc[d], inv);
         }
-    free(rows);
-    free(pages);
+}
+
+/* The backend's attention on the host, as be_cuda.c launches it: rows from
+ * kcu_attn_pack sorted by kcu_split_pack under the cap pcap (1: all
+ * unsplit); plain rows as the unsplit kernel; split rows in launch groups of
+ * at most `slots` partitions (kcu_split_group) through a scratch laid out as
+ * the device's (record (i - base) * H + h of kcu_split_rec floats), the
+ * partial kernel's walk per partition, then kcu_split_out per element. */
+static void attn_emulate_split(float *out, const float *q, const struct be_kv_layer *kv,
+                               const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p,
+                               int pcap, int64_t slots) {
+    size_t nr, np, n[3];
+    kcu_attn_count(seqs, n_seqs, &nr, &np);
+    struct kcu_attn_row *rows = malloc(sizeof *rows * nr), *plain = malloc(sizeof *plain * nr);
+    int32_t *pages = malloc(sizeof *pages * (np ? np : 1));
+    ck_assert(rows && plain && pages);
+    kcu_attn_pack(seqs, n_seqs, p->window, rows, pages);
+    kcu_split_pack(rows, nr, pcap, NULL, NULL, NULL, n);
+    struct kcu_attn_row *parts = malloc(sizeof *parts * (n[1] + 1));
+    struct kcu_split_row *comb = malloc(sizeof *comb * (n[2] + 1));
+    const int H = p->n_heads, D = p->head_dim, qdim = H * D;
+    const size_t rec = kcu_split_rec(D), stride = (size_t)H * rec;
+    float *scr = malloc(sizeof(float) * (size_t)slots * stride);
+    ck_assert(parts && comb && scr);
+    kcu_split_pack(rows, nr, pcap, plain, parts, comb, n);
+    emu_plain(out, plain, n[0], pages, q, kv, p);
+    for (size_t c0 = 0, c1; c0 < n[2]; c0 = c1) {
+        c1 = kcu_split_group(comb, n[2], c0, slots);
+        const int base = comb[c0].part0, npart = comb[c1 - 1].part0 + comb[c1 - 1].n_part - base;
+        ck_assert_int_le(npart, slots);
+        for (int r = 0; r < npart; r++) /* the partial kernel: record r of head h */
+            for (int h = 0; h < H; h++) {
+                struct kcu_sm s;
+                float *rc = scr + (size_t)r * stride + (size_t)h * rec;
+                emu_walk(&s, rc + 2, &parts[base + r], pages, q, kv, p, h);
+                rc[0] = s.m;
+                rc[1] = s.l;
+            }
+        for (size_t c = c0; c < c1; c++) /* the combine kernel */
+            for (int h = 0; h < H; h++)
+                for (int d = 0; d < D; d++)
+                    out[(size_t)comb[c].row * qdim + (size_t)h * D + d] =
+                        kcu_split_out(scr + (size_t)(comb[c].part0 - base) * stride + (size_t)h * rec, stride,
+                                      comb[c].n_part, d);
+    }
+    free(rows), free(plain), free(pages), free(parts), free(comb), free(scr);
+}
+
+/* The unsplit walk for every row (the kernel before split-K, and the
+ * backend with kcu_ctx_set_attn_split(be, 0)). */
+static void attn_emulate(float *out, const float *q, const struct be_kv_layer *kv,
+                         const struct be_attn_seq *seqs, int n_seqs, const struct be_attn_params *p) {
+    attn_emulate_split(out, q, kv, seqs, n_seqs, p, 1, 1);
+}
+
+/* A ragged batch over a shuffled block table for the emulation tests:
+ * sequences (n_past, n_tok) with tables drawn from a permutation of n_pages
+ * physical pages, random K/V for every slot, q with two spare rows past the
+ * batch (no sequence covers them). */
+enum { EB_H = 4, EB_KVH = 2, EB_D = 64, EB_KVD = EB_KVH * EB_D, EB_QD = EB_H * EB_D, EB_MAXSEQ = 16 };
+struct emu_batch {
+    struct be_attn_seq seqs[EB_MAXSEQ];
+    int n_seqs, n_tok, n_rows, n_pages;
+    int32_t *perm;
+    float *kin, *vin, *q, *o_cpu, *o_emu;
+};
+
+static void emu_batch_init(struct emu_batch *b, const int *past, const int *ntok, int n) {
+    ck_assert_int_le(n, EB_MAXSEQ);
+    b->n_seqs = n;
+    b->n_tok = b->n_pages = 0;
+    for (int s = 0; s < n; s++)
+        b->n_pages += (past[s] + ntok[s] + BE_PAGE_SLOTS - 1) / BE_PAGE_SLOTS;
+    b->n_pages += 3; /* pages no table uses */
+    b->perm = malloc(sizeof(int32_t) * b->n_pages);
+    ck_assert(b->perm);
+    for (int i = 0; i < b->n_pages; i++)
+        b->perm[i] = i;
+    for (int i = b->n_pages - 1; i > 0; i--) {
+        int j = (int)(rnd() % (uint32_t)(i + 1)), t = b->perm[i];
+        b->perm[i] = b->perm[j];
+        b->perm[j] = t;
+    }
+    int pg = 0;
+    for (int s = 0; s < n; s++) {
+        b->seqs[s] = (struct be_attn_seq){.tok0 = b->n_tok, .n_tok = ntok[s], .n_past = past[s], .pages = b->perm + pg};
+        pg += (int)kcu_attn_seq_pages(&b->seqs[s]);
+        b->n_tok += ntok[s];
+    }
+    b->n_rows = b->n_tok + 2;
+    const size_t nkv = (size_t)b->n_pages * BE_PAGE_SLOTS * EB_KVD, nq = (size_t)b->n_rows * EB_QD;
+    b->kin = malloc(sizeof(float) * nkv), b->vin = malloc(sizeof(float) * nkv);
+    b->q = malloc(sizeof(float) * nq), b->o_cpu = malloc(sizeof(float) * nq), b->o_emu = malloc(sizeof(float) * nq);
+    ck_assert(b->kin && b->vin && b->q && b->o_cpu && b->o_emu);
+    for (size_t i = 0; i < nkv; i++)
+        b->kin[i] = frnd(), b->vin[i] = frnd();
+    for (size_t i = 0; i < nq; i++)
+        b->q[i] = 2.0f * frnd();
+}
+
+static void emu_batch_free(struct emu_batch *b) {
+    free(b->perm), free(b->kin), free(b->vin), free(b->q), free(b->o_cpu), free(b->o_emu);
+}
+
+/* A cache of kv_type on be holding the batch's K/V in every slot (kv_store). */
+static struct be_kv_layer emu_batch_cache(struct be *be, const struct emu_batch *b, int kv_type) {
+    const int ns = b->n_pages * BE_PAGE_SLOTS;
+    const size_t bytes = sizeof(float) * (size_t)ns * EB_KVD;
+    struct be_kv_layer kv = {.k = be_alloc(be, bytes), .v = be_alloc(be, bytes), .kv_type = kv_type};
+    int32_t *slots = malloc(sizeof(int32_t) * ns);
+    ck_assert(kv.k && kv.v && slots);
+    for (int i = 0; i < ns; i++)
+        slots[i] = i;
+    be_kv_store(be, &kv, b->kin, b->vin, slots, ns, EB_KVD);
+    free(slots);
+    return kv;
+}
+
+/* Variant v (0..7) of the layer: cache type, window, soft-capping. */
+static struct be_attn_params emu_params(int v, int window) {
+    return (struct be_attn_params){.n_heads = EB_H, .n_kv_heads = EB_KVH, .head_dim = EB_D, .scale = 0.125f,
+                                   .window = v & 2 ? window : 0, .softcap = v & 4 ? 30.0f : 0.0f};
 }
 
 /* A ragged batch (prefill, decode at 3 pages, a prefill chunk after 40
@@ -514,57 +634,135 @@ static void attn_emulate(float *out, const float *q, const struct be_kv_layer *k
  * types, windows and soft-capping: the emulated kernel equals the CPU
  * backend's generic attention bitwise, rows outside the batch untouched. */
 START_TEST(test_attention_emulated) {
-    enum { H = 4, KVH = 2, D = 64, NSEQ = 4, NPAGE = 24, KVD = KVH * D, QD = H * D };
-    static const int past[NSEQ] = {0, 35, 40, 190}, ntok[NSEQ] = {21, 1, 9, 1};
-    int32_t perm[NPAGE], slots[NPAGE * BE_PAGE_SLOTS];
-    for (int i = 0; i < NPAGE; i++)
-        perm[i] = i;
-    for (int i = NPAGE - 1; i > 0; i--) {
-        int j = (int)(rnd() % (uint32_t)(i + 1)), t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    static const int past[] = {0, 35, 40, 190}, ntok[] = {21, 1, 9, 1};
+    struct emu_batch b;
+    emu_batch_init(&b, past, ntok, 4);
     struct be be = open_generic();
-    struct be_attn_seq seqs[NSEQ];
-    int pg = 0, tok = 0;
-    for (int s = 0; s < NSEQ; s++) {
-        seqs[s] = (struct be_attn_seq){.tok0 = tok, .n_tok = ntok[s], .n_past = past[s], .pages = perm + pg};
-        pg += (int)kcu_attn_seq_pages(&seqs[s]);
-        tok += ntok[s];
-    }
-    ck_assert_int_le(pg, NPAGE);
-    const int n_rows = tok + 2; /* two rows no sequence covers */
-    float *kin = malloc(sizeof(float) * NPAGE * BE_PAGE_SLOTS * KVD), *vin = malloc(sizeof(float) * NPAGE * BE_PAGE_SLOTS * KVD);
-    float *q = malloc(sizeof(float) * n_rows * QD), *o_cpu = malloc(sizeof(float) * n_rows * QD),
-          *o_emu = malloc(sizeof(float) * n_rows * QD);
-    ck_assert(kin && vin && q && o_cpu && o_emu);
-    for (int i = 0; i < NPAGE * BE_PAGE_SLOTS * KVD; i++)
-        kin[i] = frnd(), vin[i] = frnd();
-    for (int i = 0; i < n_rows * QD; i++)
-        q[i] = 2.0f * frnd();
-    for (int i = 0; i < NPAGE * BE_PAGE_SLOTS; i++)
-        slots[i] = i;
+    const size_t nq = (size_t)b.n_rows * EB_QD;
     for (int v = 0; v < 8; v++) {
-        const int kv_type = v & 1 ? BE_F16 : BE_F32;
-        struct be_kv_layer kv = {.k = be_alloc(&be, sizeof(float) * NPAGE * BE_PAGE_SLOTS * KVD),
-                                 .v = be_alloc(&be, sizeof(float) * NPAGE * BE_PAGE_SLOTS * KVD),
-                                 .kv_type = kv_type};
-        be_kv_store(&be, &kv, kin, vin, slots, NPAGE * BE_PAGE_SLOTS, KVD);
-        struct be_attn_params p = {.n_heads = H, .n_kv_heads = KVH, .head_dim = D, .scale = 0.125f,
-                                   .window = v & 2 ? 20 : 0, .softcap = v & 4 ? 30.0f : 0.0f};
-        memcpy(o_cpu, q, sizeof(float) * n_rows * QD);
-        memcpy(o_emu, q, sizeof(float) * n_rows * QD);
-        be_attention(&be, o_cpu, q, &kv, seqs, NSEQ, &p);
-        attn_emulate(o_emu, q, &kv, seqs, NSEQ, &p);
-        for (int i = 0; i < n_rows * QD; i++)
-            ck_assert_msg(same_bits(o_emu[i], o_cpu[i]), "variant %d row %d col %d: %g vs cpu %g", v,
-                          i / QD, i % QD, o_emu[i], o_cpu[i]);
-        for (int i = tok * QD; i < n_rows * QD; i++)
-            ck_assert(same_bits(o_emu[i], q[i]));
+        struct be_kv_layer kv = emu_batch_cache(&be, &b, v & 1 ? BE_F16 : BE_F32);
+        struct be_attn_params p = emu_params(v, 20);
+        memcpy(b.o_cpu, b.q, sizeof(float) * nq);
+        memcpy(b.o_emu, b.q, sizeof(float) * nq);
+        be_attention(&be, b.o_cpu, b.q, &kv, b.seqs, b.n_seqs, &p);
+        attn_emulate(b.o_emu, b.q, &kv, b.seqs, b.n_seqs, &p);
+        for (size_t i = 0; i < nq; i++)
+            ck_assert_msg(same_bits(b.o_emu[i], b.o_cpu[i]), "variant %d row %zu col %zu: %g vs cpu %g", v,
+                          i / EB_QD, i % EB_QD, b.o_emu[i], b.o_cpu[i]);
+        for (size_t i = (size_t)b.n_tok * EB_QD; i < nq; i++)
+            ck_assert(same_bits(b.o_emu[i], b.q[i]));
         be_dealloc(&be, kv.k);
         be_dealloc(&be, kv.v);
     }
-    free(kin), free(vin), free(q), free(o_cpu), free(o_emu);
+    emu_batch_free(&b);
+    be_close(&be);
+}
+END_TEST
+
+/* The split-K plan for every L up to 40000 keys under several caps: P = 1
+ * exactly when L <= KCU_SPLIT_KEYS (or the cap forbids splitting), P <= cap,
+ * whole chunks per partition, every partition non-empty, and kcu_split_pack
+ * tiles [lo, hi] with them in order. */
+START_TEST(test_split_plan) {
+    static const int caps[] = {KCU_SPLIT_MAX, 5, 2, 1};
+    for (int ci = 0; ci < 4; ci++)
+        for (int64_t L = 1; L <= 40000; L++) {
+            int64_t ps;
+            const int cap = caps[ci], P = kcu_split_plan(L, cap, &ps);
+            if (cap < 2 || L <= KCU_SPLIT_KEYS) {
+                ck_assert_msg(P == 1 && ps == L, "L %lld cap %d: P %d", (long long)L, cap, P);
+                continue;
+            }
+            ck_assert_msg(P >= 2 && P <= cap && ps % KCU_ATT_CHUNK == 0 && ps >= KCU_SPLIT_KEYS &&
+                              (P - 1) * ps < L && L <= P * ps,
+                          "L %lld cap %d: P %d ps %lld", (long long)L, cap, P, (long long)ps);
+            ck_assert(ps == KCU_SPLIT_KEYS || P * KCU_SPLIT_KEYS < L); /* grown only at the cap */
+        }
+    struct kcu_attn_row row = {.lo = 7, .hi = 7 + 9999, .row = 3, .pages_off = 11}, parts[KCU_SPLIT_MAX];
+    struct kcu_split_row comb[1];
+    size_t n[3];
+    kcu_split_pack(&row, 1, KCU_SPLIT_MAX, NULL, parts, comb, n);
+    ck_assert(n[0] == 0 && n[2] == 1 && (int)n[1] == comb[0].n_part && comb[0].part0 == 0 && comb[0].row == 3);
+    for (size_t k = 0; k < n[1]; k++) {
+        ck_assert_int_eq(parts[k].lo, k ? parts[k - 1].hi + 1 : row.lo);
+        ck_assert(parts[k].lo <= parts[k].hi && parts[k].row == 3 && parts[k].pages_off == 11);
+    }
+    ck_assert_int_eq(parts[n[1] - 1].hi, row.hi);
+    ck_assert_int_eq(kcu_split_cap(EB_H, EB_D), KCU_SPLIT_MAX);
+    ck_assert_int_lt(kcu_split_cap(128, 1024), KCU_SPLIT_MAX); /* a shape whose row fills the scratch */
+    ck_assert_int_ge(kcu_split_slots(128, 1024), kcu_split_cap(128, 1024));
+}
+END_TEST
+
+/* Split-K emulated (the partial and combine kernels' walk, from the same
+ * kcu_math.h functions) against the CPU backend's generic attention, for
+ * contexts of 1 to 4000 keys: decode rows around the split threshold and up
+ * to 250 pages, a prefill chunk after 3000 cached entries, a prefill from 0;
+ * F32 and F16 caches, a 1000-key window, soft-capping. Checked:
+ *  - rows of one partition (L <= 256) are bitwise the CPU's (the unsplit walk);
+ *  - split rows within |emu - cpu| <= 2e-6 + 2e-5 |cpu| (the same sums grouped
+ *    by partition: float rounding only; outputs are weighted means of values
+ *    in [-1, 1], and the largest error seen here is ~1.5e-7);
+ *  - the same result bitwise under a tight scratch (launch groups of 40
+ *    partitions) and each sequence run alone: the batch and its grouping do
+ *    not change a row;
+ *  - with the cap at 5 (partitions grown past KCU_SPLIT_KEYS) the same
+ *    tolerance. */
+START_TEST(test_attention_split_emulated) {
+    static const int past[] = {0, 255, 256, 300, 511, 1000, 2047, 3999, 3000, 0},
+                     ntok[] = {1, 1, 1, 1, 1, 1, 1, 1, 5, 40};
+    enum { NS = 10 };
+    struct emu_batch b;
+    emu_batch_init(&b, past, ntok, NS);
+    struct be be = open_generic();
+    const size_t nq = (size_t)b.n_rows * EB_QD;
+    float *o_alt = malloc(sizeof(float) * nq);
+    ck_assert(o_alt);
+    const int pcap = kcu_split_cap(EB_H, EB_D);
+    const int64_t slots = kcu_split_slots(EB_H, EB_D);
+    double worst = 0.0;
+    for (int v = 0; v < 8; v++) {
+        struct be_kv_layer kv = emu_batch_cache(&be, &b, v & 1 ? BE_F16 : BE_F32);
+        struct be_attn_params p = emu_params(v, 1000);
+        memcpy(b.o_cpu, b.q, sizeof(float) * nq);
+        memcpy(b.o_emu, b.q, sizeof(float) * nq);
+        be_attention(&be, b.o_cpu, b.q, &kv, b.seqs, NS, &p);
+        attn_emulate_split(b.o_emu, b.q, &kv, b.seqs, NS, &p, pcap, slots);
+        for (int s = 0; s < NS; s++)
+            for (int j = 0; j < b.seqs[s].n_tok; j++) {
+                int64_t lo, hi, ps;
+                kcu_attn_range(b.seqs[s].n_past, j, p.window, &lo, &hi);
+                const int P = kcu_split_plan(hi - lo + 1, pcap, &ps);
+                const size_t r0 = (size_t)(b.seqs[s].tok0 + j) * EB_QD;
+                for (size_t i = r0; i < r0 + EB_QD; i++) {
+                    const float e = b.o_emu[i], c = b.o_cpu[i];
+                    const double err = fabs((double)e - c);
+                    worst = err > worst ? err : worst;
+                    if (P == 1)
+                        ck_assert_msg(same_bits(e, c), "v %d seq %d tok %d: %g vs cpu %g", v, s, j, e, c);
+                    else
+                        ck_assert_msg(err <= 2e-6 + 2e-5 * fabs(c), "v %d seq %d tok %d P %d: %g vs cpu %g", v,
+                                      s, j, P, e, c);
+                }
+            }
+        for (size_t i = (size_t)b.n_tok * EB_QD; i < nq; i++)
+            ck_assert(same_bits(b.o_emu[i], b.q[i]));
+        memcpy(o_alt, b.q, sizeof(float) * nq); /* tight scratch: several launch groups */
+        attn_emulate_split(o_alt, b.q, &kv, b.seqs, NS, &p, pcap, 40);
+        ck_assert(memcmp(o_alt, b.o_emu, sizeof(float) * nq) == 0);
+        for (int s = 0; s < NS; s++) /* each sequence alone */
+            attn_emulate_split(o_alt, b.q, &kv, &b.seqs[s], 1, &p, pcap, slots);
+        ck_assert(memcmp(o_alt, b.o_emu, sizeof(float) * nq) == 0);
+        attn_emulate_split(o_alt, b.q, &kv, b.seqs, NS, &p, 5, slots); /* partitions grown at the cap */
+        for (size_t i = 0; i < (size_t)b.n_tok * EB_QD; i++)
+            ck_assert_msg(fabs((double)o_alt[i] - b.o_cpu[i]) <= 2e-6 + 2e-5 * fabs(b.o_cpu[i]),
+                          "v %d cap 5 row %zu: %g vs cpu %g", v, i / EB_QD, o_alt[i], b.o_cpu[i]);
+        be_dealloc(&be, kv.k);
+        be_dealloc(&be, kv.v);
+    }
+    printf("test_attention_split_emulated: largest |split - cpu| %.3e\n", worst);
+    free(o_alt);
+    emu_batch_free(&b);
     be_close(&be);
 }
 END_TEST
@@ -584,6 +782,8 @@ static Suite *cuda_math_suite(void) {
     tcase_add_test(tc, test_sub_compact);
     tcase_add_test(tc, test_gemm_operands);
     tcase_add_test(tc, test_attention_emulated);
+    tcase_add_test(tc, test_split_plan);
+    tcase_add_test(tc, test_attention_split_emulated);
     suite_add_tcase(s, tc);
     return s;
 }
