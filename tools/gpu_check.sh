@@ -123,7 +123,7 @@ if [ "$(uname -m)" = x86_64 ]; then # the SIMD libraries, flags as kernels/meson
     compile "$obj/matmul_avx512.o" "$cc" "${cflags[@]}" "${avx512[@]}" -c kernels/cpu/matmul_avx512.c
     compile "$obj/matmul_q8_avx512.o" "$cc" "${cflags[@]}" "${avx512[@]}" -mavx512vnni -c kernels/cpu/matmul_q8_avx512.c
 fi
-for f in kernels/cuda/kcu_rows.cu kernels/cuda/kcu_attn.cu; do
+for f in kernels/cuda/kcu_rows.cu kernels/cuda/kcu_attn.cu kernels/cuda/kcu_lte.cu; do
     compile "$obj/$(basename "$f" .cu).o" "$nvcc" -O2 -I"$root" -arch="$arch" -c "$f"
 done
 ok=1
