@@ -15,7 +15,8 @@
  * The backend's lte_ffn entry computes the last line; its determinism
  * contract (kernels/backend.h) makes out[t] independent of the batch and of
  * the path (grouped sparse or dense fallback), so the path choice below is a
- * pure speed decision.
+ * pure speed decision (bitwise on the CPU; on CUDA the dense path's cuBLAS
+ * gate/up make it within tolerance, backend.h).
  *
  * Thread: the engine thread (the scheduler publishes eng_model_lte_stats
  * with its own statistics; no lock here).

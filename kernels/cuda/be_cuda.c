@@ -9,10 +9,10 @@
  *
  * Memory: every buffer of be_alloc is device memory (cudaMalloc, zeroed).
  * Index arrays the engine passes in host memory (token ids, positions, slots,
- * block tables) are copied to a device scratch per call; pageable-memory
- * cudaMemcpyAsync returns once the host bytes are staged, so the host buffer
- * may be reused at once, and stream order keeps the scratch alive for the
- * kernel that reads it.
+ * block tables, LTE's expert grouping built from the host mask) are copied to
+ * a device scratch per call; pageable-memory cudaMemcpyAsync returns once the
+ * host bytes are staged, so the host buffer may be reused at once, and stream
+ * order keeps the scratch alive for the kernel that reads it.
  * Weights (weight_prepare): uploaded once, dequantised on the host by the CPU
  * backend's reference dequantiser (kref_dequant_row) and stored in the type
  * kcu_gemm_type() names: F32 weights as F32 (4 bytes per element), BF16 as
@@ -27,7 +27,8 @@
  * the context and printed once on stderr; later results are undefined (the
  * conformance runner and gpu_check.sh catch that).
  * DETERMINISM: every kernel here computes a row (a head) from that row only,
- * in a fixed order: bitwise independent of the batch. matmul is cuBLAS: its
+ * in a fixed order: bitwise independent of the batch (LTE's grouped path
+ * included; its dense fallback runs gate/up through cuBLAS, see below). matmul is cuBLAS: its
  * algorithm (tiling, split-K) may change with n, so y[t] may differ in the
  * last bits between batch sizes; for one shape it is repeatable on one GPU
  * model. So the GPU keeps "a token's output does not depend on the batch" only
