@@ -16,7 +16,7 @@
 
 #define T KCU_LTE_THREADS
 #define WARPS (T / KCU_LTE_LANES)
-#define GRID_MAX 65535 /* grid.y limit (rows of phase B: grid-stride beyond it) */
+#define GRID_MAX 65535 /* grid.y limit (row tiles of phase B: grid-stride beyond it) */
 
 /* One block per item: warp w computes neurons j = w, w + WARPS, ... of the
  * item's expert for the item's rows; lane r writes h[i0 + r][j]. */
@@ -62,23 +62,17 @@ extern "C" cudaError_t kcu_launch_lte_gate_up(cudaStream_t stream, float *h, con
     return cudaGetLastError();
 }
 
-/* grid.y walks the rows t, grid.x * T threads the outputs d of a row. */
+/* grid.y walks the tiles of KCU_LTE_DROWS rows, grid.x * T threads the
+ * outputs d of a tile (kcu_lte_down_tile). */
 __global__ void __launch_bounds__(T) kcu_lte_down_kernel(float *y, const float *h, const void *down, int gtd,
                                                          int64_t dim, int S, const int32_t *rowoff,
                                                          const struct kcu_lte_ent *ents, int n) {
     const int64_t d = (int64_t)blockIdx.x * T + threadIdx.x;
     if (d >= dim)
         return;
-    const size_t es = gtd == BE_F32 ? 4 : 2;
-    for (int t = blockIdx.y; t < n; t += gridDim.y) {
-        float acc = 0.0f;
-        for (int32_t k = rowoff[t]; k < rowoff[t + 1]; k++) {
-            const struct kcu_lte_ent en = ents[k];
-            const size_t wrow = (size_t)en.e * (size_t)dim + (size_t)d;
-            acc = kcu_add(acc, kcu_lte_down_dot((const uint8_t *)down + wrow * (size_t)S * es, gtd,
-                                                h + (size_t)en.h * (size_t)S, S));
-        }
-        y[(size_t)t * (size_t)dim + (size_t)d] = acc;
+    for (int t0 = (int)blockIdx.y * KCU_LTE_DROWS; t0 < n; t0 += (int)gridDim.y * KCU_LTE_DROWS) {
+        const int nr = n - t0 < KCU_LTE_DROWS ? n - t0 : KCU_LTE_DROWS;
+        kcu_lte_down_tile(y, h, down, gtd, dim, S, rowoff, ents, t0, nr, d);
     }
 }
 
@@ -87,7 +81,8 @@ extern "C" cudaError_t kcu_launch_lte_down(cudaStream_t stream, float *y, const 
                                            const struct kcu_lte_ent *ents, int n) {
     if (n <= 0 || dim <= 0)
         return cudaSuccess;
-    dim3 grid((unsigned)((dim + T - 1) / T), n < GRID_MAX ? (unsigned)n : GRID_MAX);
+    const int tiles = (n + KCU_LTE_DROWS - 1) / KCU_LTE_DROWS;
+    dim3 grid((unsigned)((dim + T - 1) / T), tiles < GRID_MAX ? (unsigned)tiles : GRID_MAX);
     kcu_lte_down_kernel<<<grid, T, 0, stream>>>(y, h, down, gtd, dim, S, rowoff, ents, n);
     return cudaGetLastError();
 }

@@ -34,9 +34,11 @@
  * h[i][j] = act(g) * u (kcu_glu). Nothing there depends on which item or
  * which place in it a row has: g and u of a row are a function of x[t] and
  * the weight rows alone.
- * Phase B (kcu_lte_down_kernel): one thread per (row t, output d):
- *   y = +0; for each entry of t in increasing e: y += dot(down_x row
- * e*dim+d, h of the entry) (kcu_lte_down_dot: K = S in increasing j).
+ * Phase B (kcu_lte_down_kernel): one thread per (tile of KCU_LTE_DROWS rows,
+ * output d), kcu_lte_down_tile: for each row t of the tile, y = +0; for
+ * each entry of t in increasing e: y += dot(down_x row e*dim+d, h of the
+ * entry) (K = S, increasing j); the tile's rows share the reads of a down_x
+ * row, never an addition.
  *
  * Weights are the device copies of weight_prepare: rows of K elements of
  * kcu_gemm_type(type) (F32, F16 or BF16), read one element at a time
@@ -62,6 +64,7 @@
 
 #define KCU_LTE_ROWS 8      /* rows of an expert per phase A block */
 #define KCU_LTE_LANES 32    /* lanes per dot product (one warp) */
+#define KCU_LTE_DROWS 4     /* rows per phase B tile (8 spilled registers on sm_80/90) */
 #define KCU_LTE_THREADS 256 /* threads per block of both LTE kernels */
 
 /* Phase A work item: pairs [i0, i0 + cnt) of expert e's CSR. */
@@ -173,13 +176,60 @@ KCU_FN float kcu_lte_butterfly(float *v) {
     return v[0];
 }
 
-/* dot(w[0..S), h[0..S)) in increasing j from +0: one expert's partial of an
- * output (w: a down_x row of type gt). */
-KCU_FN float kcu_lte_down_dot(const void *w, int gt, const float *h, int S) {
-    float s = 0.0f;
-    for (int j = 0; j < S; j++)
-        s = kcu_add(s, kcu_mul(kcu_lte_w(w, gt, (size_t)j), h[j]));
-    return s;
+/* Phase B for one output d of the rows [t0, t0 + nr) (nr <= KCU_LTE_DROWS),
+ * as one device thread runs it (kcu_lte_down_kernel; the host emulation
+ * calls it for every (row tile, d)): the rows' entry lists are merged in
+ * increasing expert order, so expert e's down_x row e*dim+d (type gt, S
+ * elements) is read once for all the tile's rows that chose e. For each row:
+ *   y = +0; per entry in increasing e: y += p, p = sum over j in increasing
+ *   j of w[j] * h[j] from +0
+ * the same arithmetic a row gets alone (a tile only shares the reads). */
+KCU_FN void kcu_lte_down_tile(float *y, const float *h, const void *down, int gt, int64_t dim, int S,
+                              const int32_t *rowoff, const struct kcu_lte_ent *ents, int t0, int nr,
+                              int64_t d) {
+    const size_t es = gt == BE_F32 ? 4 : 2;
+    uint32_t k[KCU_LTE_DROWS], end[KCU_LTE_DROWS]; /* cursors into ents (offsets are >= 0) */
+    float acc[KCU_LTE_DROWS];
+    KCU_UNROLL
+    for (int r = 0; r < KCU_LTE_DROWS; r++) { /* rows past nr: empty lists */
+        k[r] = r < nr ? (uint32_t)rowoff[t0 + r] : 0;
+        end[r] = r < nr ? (uint32_t)rowoff[t0 + r + 1] : 0;
+        acc[r] = 0.0f;
+    }
+    for (;;) {
+        int32_t e = -1; /* the smallest next expert of the tile's rows */
+        KCU_UNROLL
+        for (int r = 0; r < KCU_LTE_DROWS; r++)
+            if (k[r] < end[r] && (e < 0 || ents[k[r]].e < e))
+                e = ents[k[r]].e;
+        if (e < 0)
+            break;
+        const uint8_t *w = (const uint8_t *)down + ((size_t)e * (size_t)dim + (size_t)d) * (size_t)S * es;
+        int32_t hi[KCU_LTE_DROWS]; /* the row's h vector, -1: e is not one of its experts */
+        float part[KCU_LTE_DROWS];
+        KCU_UNROLL
+        for (int r = 0; r < KCU_LTE_DROWS; r++) {
+            hi[r] = k[r] < end[r] && ents[k[r]].e == e ? ents[k[r]].h : -1;
+            part[r] = 0.0f;
+        }
+        for (int j = 0; j < S; j++) {
+            const float wj = kcu_lte_w(w, gt, (size_t)j);
+            KCU_UNROLL
+            for (int r = 0; r < KCU_LTE_DROWS; r++)
+                if (hi[r] >= 0)
+                    part[r] = kcu_add(part[r], kcu_mul(wj, h[(size_t)hi[r] * (size_t)S + (size_t)j]));
+        }
+        KCU_UNROLL
+        for (int r = 0; r < KCU_LTE_DROWS; r++)
+            if (hi[r] >= 0) {
+                acc[r] = kcu_add(acc[r], part[r]);
+                k[r]++;
+            }
+    }
+    KCU_UNROLL
+    for (int r = 0; r < KCU_LTE_DROWS; r++)
+        if (r < nr)
+            y[(size_t)(t0 + r) * (size_t)dim + (size_t)d] = acc[r];
 }
 
 #endif

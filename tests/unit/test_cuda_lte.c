@@ -54,7 +54,7 @@ static void groups_build(struct groups *g, const uint8_t *mask, int n, int E, in
     g->off = malloc(sizeof(int32_t) * (E + 1));
     g->cur = malloc(sizeof(int32_t) * E);
     g->n_items = kcu_lte_offsets(mask, n, E, g->off);
-    const int32_t P = g->off[E];
+    const size_t P = (size_t)g->off[E]; /* >= 0 */
     g->tok = malloc(sizeof(int32_t) * (P + 1));
     g->rowoff = malloc(sizeof(int32_t) * (n + 1));
     g->items = malloc(sizeof *g->items * (g->n_items + 1));
@@ -189,21 +189,31 @@ static void emu_gate_up(float *h, const float *x, const struct devw *g, const st
     }
 }
 
-/* Phase B of kcu_lte_down_kernel: every (row, output) from +0 over the row's
- * entries in order. */
+/* Phase B of kcu_lte_down_kernel: kcu_lte_down_tile for every (tile of
+ * KCU_LTE_DROWS rows, output); then each row checked bitwise against the
+ * definition computed here row by row (+0, then each entry's dot over S in
+ * increasing j, added in increasing e): a tile shares reads, not sums. */
 static void emu_down(float *y, const float *h, const struct devw *dw, int64_t dim, int S, int n,
                      const struct groups *gr) {
     const size_t es = dw->gt == BE_F32 ? 4 : 2;
+    for (int t0 = 0; t0 < n; t0 += KCU_LTE_DROWS)
+        for (int64_t d = 0; d < dim; d++)
+            kcu_lte_down_tile(y, h, dw->mem, dw->gt, dim, S, gr->rowoff, gr->ents, t0,
+                              n - t0 < KCU_LTE_DROWS ? n - t0 : KCU_LTE_DROWS, d);
     for (int t = 0; t < n; t++)
         for (int64_t d = 0; d < dim; d++) {
             float acc = 0.0f;
             for (int32_t k = gr->rowoff[t]; k < gr->rowoff[t + 1]; k++) {
                 const struct kcu_lte_ent en = gr->ents[k];
-                const size_t wrow = (size_t)en.e * dim + d;
-                acc = kcu_add(acc, kcu_lte_down_dot((const uint8_t *)dw->mem + wrow * S * es, dw->gt,
-                                                    h + (size_t)en.h * S, S));
+                const uint8_t *w = (const uint8_t *)dw->mem + ((size_t)en.e * dim + d) * S * es;
+                float p = 0.0f;
+                for (int j = 0; j < S; j++)
+                    p += kcu_lte_w(w, dw->gt, (size_t)j) * h[(size_t)en.h * S + j];
+                acc += p;
             }
-            y[(size_t)t * dim + d] = acc;
+            const float got = y[(size_t)t * dim + d];
+            ck_assert_msg(memcmp(&acc, &got, sizeof acc) == 0, "down tile != row definition: row %d d %ld: %g vs %g",
+                          t, (long)d, got, acc);
         }
 }
 
