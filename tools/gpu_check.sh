@@ -19,10 +19,11 @@
 #   2. if the meson build dependencies are there: slimserve built with
 #      -Dcuda=enabled (build-gpu/), then tools/gpu_check_http.py: generated
 #      llama (f32, q8_0, q4_0), gemma3 (sliding window, soft-capping), SUBLLM
-#      and layer-parallel models and LTE models (grouped path; dense fallback)
-#      served on CPU and on CUDA with greedy outputs compared, and an HTTP run of 64 concurrent
-#      streams (Gemma 3 270M if SLIMSERVE_GEMMA_GGUF names it, else a generated
-#      100M model) compared with the CPU backend;
+#      and layer-parallel models and LTE models (grouped path; dense
+#      fallback) served on CPU and on CUDA with greedy outputs compared, and
+#      an HTTP run of 64 concurrent streams (Gemma 3 270M if
+#      SLIMSERVE_GEMMA_GGUF names it, else a generated 100M model) compared
+#      with the CPU backend;
 #   3. a short benchmark with bench_forward -e cuda: decode tok/s at batch
 #      1/16/64, prefill tok/s, GB/s and the fraction of the H200's 4.8 TB/s.
 #
