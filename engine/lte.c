@@ -15,7 +15,8 @@
  * The backend's lte_ffn entry computes the last line; its determinism
  * contract (kernels/backend.h) makes out[t] independent of the batch and of
  * the path (grouped sparse or dense fallback), so the path choice below is a
- * pure speed decision.
+ * pure speed decision (bitwise on the CPU; on CUDA the dense path's cuBLAS
+ * gate/up make it within tolerance, backend.h).
  *
  * Thread: the engine thread (the scheduler publishes eng_model_lte_stats
  * with its own statistics; no lock here).
@@ -68,29 +69,35 @@ static int count_routers(struct eng_model *m, int *n_routed, char *err, size_t e
 }
 
 /* The expert-major copy of layer il's ffn_down [ffn -> dim]: row d of expert e
- * is the file's blocks [e*S/blck, (e+1)*S/blck) of row d, moved unchanged. */
+ * is the file's blocks [e*S/blck, (e+1)*S/blck) of row d, moved unchanged.
+ * It is built in host memory, which is what be_weight_prepare reads (a
+ * backend with its own weight copies, CUDA, uploads it there and the host
+ * copy is freed; the CPU backend uses it in place, so it stays, 64-byte
+ * aligned as be_alloc's memory). */
 static int make_down_x(struct eng_model *m, int il, struct eng_lte_layer *LL, char *err, size_t err_len) {
     const struct be_tensor *down = &m->layers[il].w_down;
     const int S = m->lte.expert_size, E = m->lte.n_experts, dim = m->cfg.dim;
     size_t rbs = be_row_bytes(down->type, S); /* > 0: checked by bind_router */
     size_t per_expert = rbs * (size_t)dim;
-    LL->down_mem = be_alloc(&m->be, per_expert * (size_t)E);
-    uint8_t *host = malloc(per_expert);
-    if (!LL->down_mem || !host) {
-        free(host);
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, per_expert * (size_t)E) != 0)
         return eng_fail(err, err_len, SS_ENOMEM, "out of memory for the expert-major ffn_down of layer %d", il);
-    }
+    LL->down_mem = mem;
     const uint8_t *src = down->data;
     for (int e = 0; e < E; e++) {
+        uint8_t *dst = (uint8_t *)mem + (size_t)e * per_expert;
         size_t col = (size_t)e * rbs; /* byte offset of expert e's blocks in a row */
-        for (int d = 0; d < dim; d++) memcpy(host + (size_t)d * rbs, src + (size_t)d * down->nb1 + col, rbs);
-        be_upload(&m->be, (uint8_t *)LL->down_mem + (size_t)e * per_expert, host, per_expert);
+        for (int d = 0; d < dim; d++) memcpy(dst + (size_t)d * rbs, src + (size_t)d * down->nb1 + col, rbs);
     }
-    free(host);
     LL->down_x = (struct be_tensor){.type = down->type, .ne = {S, (int64_t)E * dim, 1, 1}, .nb1 = rbs,
-                                    .data = LL->down_mem};
+                                    .data = mem};
     int rc = be_weight_prepare(&m->be, &LL->down_x);
     if (rc < 0) return eng_fail(err, err_len, rc, "backend could not prepare the LTE ffn_down of layer %d", il);
+    if (LL->down_x.be_data) { /* the backend keeps its own copy: the host one is not read again */
+        free(LL->down_mem);
+        LL->down_mem = NULL;
+        LL->down_x.data = NULL;
+    }
     return 0;
 }
 
@@ -164,7 +171,7 @@ void eng_lte_free(struct eng_model *m) {
     if (lt->layers)
         for (int il = 0; il < m->cfg.n_layers; il++) {
             free(lt->layers[il].bias);
-            if (m->be_open) be_dealloc(&m->be, lt->layers[il].down_mem);
+            free(lt->layers[il].down_mem);
         }
     free(lt->layers);
     free(m->probe_buf);

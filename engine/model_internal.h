@@ -156,7 +156,8 @@ struct eng_subllm {
 struct eng_lte_layer {
     struct be_tensor router;  /* [dim -> n_experts]; router.data NULL = dense layer */
     float *bias;              /* host [n_experts] (zeros when the file has no bias) */
-    void *down_mem;           /* backend memory holding down_x's blocks */
+    void *down_mem;           /* host memory (posix_memalign) holding down_x's blocks; NULL
+                               * once the backend keeps its own copy (down_x.be_data) */
     struct be_tensor down_x;  /* [n_experts*dim rows][S], type of ffn_down */
     /* statistics (engine thread: the FFN block of this layer writes,
      * eng_model_lte_stats reads; the two layers of a layer-parallel pair

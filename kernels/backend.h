@@ -195,7 +195,11 @@ struct be_ops {
      * adds the partials of t's active experts one by one in increasing e
      * (inactive experts are skipped, never added as zeros). So y[t] depends
      * only on x[t] and mask[t]: bitwise the same whatever n, the other rows,
-     * the thread count and p->dense are. */
+     * the thread count and p->dense are. The CUDA backend keeps this bitwise
+     * on the grouped path only (its own gate/up kernel, a fixed order per
+     * row); its dense path's g and u are its matmul (cuBLAS) values, so
+     * there y[t] follows matmul's CUDA note: within tolerance of the grouped
+     * result and across batch sizes. */
     void (*lte_ffn)(void *ctx, float *y, const float *x, const uint8_t *mask, int n,
                     const struct be_lte_ffn *p, float *scr_a, float *scr_b);
     /* y[i] *= s */

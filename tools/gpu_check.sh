@@ -19,10 +19,11 @@
 #   2. if the meson build dependencies are there: slimserve built with
 #      -Dcuda=enabled (build-gpu/), then tools/gpu_check_http.py: generated
 #      llama (f32, q8_0, q4_0), gemma3 (sliding window, soft-capping), SUBLLM
-#      and layer-parallel models served on CPU and on CUDA with greedy outputs
-#      compared, LTE refused cleanly on CUDA, and an HTTP run of 64 concurrent
-#      streams (Gemma 3 270M if SLIMSERVE_GEMMA_GGUF names it, else a generated
-#      100M model) compared with the CPU backend;
+#      and layer-parallel models and LTE models (grouped path; dense
+#      fallback) served on CPU and on CUDA with greedy outputs compared, and
+#      an HTTP run of 64 concurrent streams (Gemma 3 270M if
+#      SLIMSERVE_GEMMA_GGUF names it, else a generated 100M model) compared
+#      with the CPU backend;
 #   3. a short benchmark with bench_forward -e cuda: decode tok/s at batch
 #      1/16/64, prefill tok/s, GB/s and the fraction of the H200's 4.8 TB/s;
 #      and (3a, run right after step 1: it needs only the conformance runner)
@@ -127,7 +128,7 @@ if [ "$(uname -m)" = x86_64 ]; then # the SIMD libraries, flags as kernels/meson
     compile "$obj/matmul_avx512.o" "$cc" "${cflags[@]}" "${avx512[@]}" -c kernels/cpu/matmul_avx512.c
     compile "$obj/matmul_q8_avx512.o" "$cc" "${cflags[@]}" "${avx512[@]}" -mavx512vnni -c kernels/cpu/matmul_q8_avx512.c
 fi
-for f in kernels/cuda/kcu_rows.cu kernels/cuda/kcu_attn.cu; do
+for f in kernels/cuda/kcu_rows.cu kernels/cuda/kcu_attn.cu kernels/cuda/kcu_lte.cu; do
     compile "$obj/$(basename "$f" .cu).o" "$nvcc" -O2 -I"$root" -arch="$arch" -c "$f"
 done
 ok=1

@@ -9,10 +9,10 @@
  *
  * Memory: every buffer of be_alloc is device memory (cudaMalloc, zeroed).
  * Index arrays the engine passes in host memory (token ids, positions, slots,
- * block tables) are copied to a device scratch per call; pageable-memory
- * cudaMemcpyAsync returns once the host bytes are staged, so the host buffer
- * may be reused at once, and stream order keeps the scratch alive for the
- * kernel that reads it.
+ * block tables, LTE's expert grouping built from the host mask) are copied to
+ * a device scratch per call; pageable-memory cudaMemcpyAsync returns once the
+ * host bytes are staged, so the host buffer may be reused at once, and stream
+ * order keeps the scratch alive for the kernel that reads it.
  * Weights (weight_prepare): uploaded once, dequantised on the host by the CPU
  * backend's reference dequantiser (kref_dequant_row) and stored in the type
  * kcu_gemm_type() names: F32 weights as F32 (4 bytes per element), BF16 as
@@ -27,10 +27,11 @@
  * the context and printed once on stderr; later results are undefined (the
  * conformance runner and gpu_check.sh catch that).
  * DETERMINISM: every kernel here computes a row (a head) from that row only,
- * in a fixed order: bitwise independent of the batch. Attention's split-K
- * plan for a row depends only on its number of keys and the layer's shape
- * (kcu_split_plan), never on the batch or on how the batch is grouped
- * through the partial scratch. matmul is cuBLAS: its
+ * in a fixed order: bitwise independent of the batch (LTE's grouped path
+ * included; its dense fallback runs gate/up through cuBLAS, see below).
+ * Attention's split-K plan for a row depends only on its number of keys and
+ * the layer's shape (kcu_split_plan), never on the batch or on how the batch
+ * is grouped through the partial scratch. matmul is cuBLAS: its
  * algorithm (tiling, split-K) may change with n, so y[t] may differ in the
  * last bits between batch sizes; for one shape it is repeatable on one GPU
  * model. So the GPU keeps "a token's output does not depend on the batch" only
@@ -51,6 +52,7 @@
 #include "kernels/cpu/kcpu.h"
 #include "kernels/cuda/kcu.h"
 #include "kernels/cuda/kcu_launch.h"
+#include "kernels/cuda/kcu_lte.h"
 #include "kernels/cuda/kcu_math.h"
 
 /* one weight copy on the device (freed by kcu_free) */
@@ -492,6 +494,89 @@ static void kcu_scale_op(void *ctx, float *y, float s, int64_t n) {
     cu_ok(c, kcu_launch_scale(c->st, y, s, n), "scale");
 }
 
+/* ---------------------------------------------------------------- LTE */
+
+/* 1 if p's tensors are on the device with the shapes of backend.h
+ * struct be_lte_ffn: gate, up [dim -> E*S], down [E*dim rows][S]. */
+static int lte_shapes_ok(const struct be_lte_ffn *p) {
+    const struct be_tensor *g = p->gate, *u = p->up, *d = p->down;
+    const int64_t E = p->n_experts, S = p->expert_size, dim = g->ne[0];
+    return E > 0 && S > 0 && dim > 0 && g->be_data && u->be_data && d->be_data && g->ne[1] == E * S &&
+           u->ne[0] == dim && u->ne[1] == E * S && d->ne[0] == S && d->ne[1] == E * dim &&
+           E * S <= INT_MAX && E * dim <= INT_MAX && dim <= INT_MAX;
+}
+
+/* The grouping of the host mask (kcu_lte.h) in the host scratch, uploaded in
+ * one copy:
+ *   host:   [off E+1][cur E][items n_items][tok P][rowoff n+1][ents P]
+ *   device:                 [items        ][tok  ][rowoff    ][ents  ]
+ * Returns the device address of items (NULL on failure). */
+static uint8_t *lte_upload_groups(struct kcu_ctx *c, const uint8_t *mask, int n, int E, int dense,
+                                  int64_t *n_items, size_t *o_tok, size_t *o_row, size_t *o_ents) {
+    const size_t head = sizeof(int32_t) * (2 * (size_t)E + 1);
+    int32_t *off = host_scratch(c, head);
+    if (!off)
+        return NULL;
+    *n_items = kcu_lte_offsets(mask, n, E, off);
+    const size_t P = (size_t)off[E];
+    *o_tok = sizeof(struct kcu_lte_item) * (size_t)*n_items;
+    *o_row = *o_tok + sizeof(int32_t) * P;
+    *o_ents = *o_row + sizeof(int32_t) * ((size_t)n + 1);
+    const size_t bytes = *o_ents + sizeof(struct kcu_lte_ent) * P;
+    uint8_t *h = host_scratch(c, head + bytes); /* realloc keeps off */
+    if (!h)
+        return NULL;
+    off = (int32_t *)h;
+    uint8_t *b = h + head;
+    kcu_lte_fill(mask, n, E, dense, off, off + E + 1, (int32_t *)(b + *o_tok), (struct kcu_lte_item *)b,
+                 (int32_t *)(b + *o_row), (struct kcu_lte_ent *)(b + *o_ents));
+    return upload_idx(c, b, bytes);
+}
+
+/* backend.h lte_ffn. Grouped: phase A (kcu_lte_gate_up_kernel) writes h of
+ * every active pair into scr_b; dense: gate and up as two cuBLAS matmuls over
+ * every row into scr_a, scr_b, then glu over all of scr_a in place (values of
+ * inactive experts are computed and never read: the mask acts in phase B).
+ * Phase B (kcu_lte_down_kernel) adds each row's active experts in increasing
+ * order. DETERMINISM: grouped, y[t] depends only on x[t] and mask[t]
+ * (kcu_lte.h: a fixed order per row), bitwise whatever the batch; dense, g
+ * and u are cuBLAS values (batch-independent only within tolerance, backend.h
+ * matmul), so the two paths agree within tolerance, not bitwise. Shapes that
+ * do not fit or tensors not prepared give y = 0 (as matmul). */
+static void kcu_lte_ffn(void *ctx, float *y, const float *x, const uint8_t *mask, int n,
+                        const struct be_lte_ffn *p, float *scr_a, float *scr_b) {
+    struct kcu_ctx *c = use(ctx);
+    if (n <= 0)
+        return;
+    const int E = p->n_experts, S = p->expert_size;
+    const int64_t dim = p->gate->ne[0];
+    int64_t n_items = 0;
+    size_t o_tok = 0, o_row = 0, o_ents = 0;
+    uint8_t *d = NULL;
+    if (lte_shapes_ok(p) && (int64_t)n * E <= INT_MAX)
+        d = lte_upload_groups(c, mask, n, E, p->dense, &n_items, &o_tok, &o_row, &o_ents);
+    if (!d || n_items > INT_MAX) {
+        zero(c, y, sizeof(float) * (size_t)n * (size_t)(dim > 0 ? dim : 0));
+        return;
+    }
+    const float *h = scr_b;
+    if (p->dense) {
+        kcu_matmul(c, scr_a, x, p->gate, n);
+        kcu_matmul(c, scr_b, x, p->up, n);
+        cu_ok(c, kcu_launch_glu(c->st, scr_a, scr_a, scr_b, (int64_t)n * E * S, p->act), "lte glu");
+        h = scr_a;
+    } else {
+        cu_ok(c, kcu_launch_lte_gate_up(c->st, scr_b, x, p->gate->be_data, kcu_gemm_type(p->gate->type),
+                                        p->up->be_data, kcu_gemm_type(p->up->type), dim, S,
+                                        (const struct kcu_lte_item *)d, (int)n_items,
+                                        (const int32_t *)(d + o_tok), p->act),
+              "lte gate_up");
+    }
+    cu_ok(c, kcu_launch_lte_down(c->st, y, h, p->down->be_data, kcu_gemm_type(p->down->type), dim, S,
+                                 (const int32_t *)(d + o_row), (const struct kcu_lte_ent *)(d + o_ents), n),
+          "lte down");
+}
+
 /* fp32 activations only (the GEMM operands are converted to the weight's
  * F16/BF16 for cuBLAS, see kcu_gemm_type: that is the F32 path here) */
 static int kcu_set_act_precision(void *ctx, int prec) {
@@ -520,7 +605,7 @@ const struct be_ops kcu_ops = {
     .glu = kcu_glu_op,
     .add = kcu_add_op,
     .scale = kcu_scale_op,
-    .lte_ffn = NULL,  /* LTE models refuse on CUDA (engine/lte.c: "use --lte off") */
+    .lte_ffn = kcu_lte_ffn,
     .fork2 = NULL,    /* layer-parallel pairs run one after the other */
     .set_act_precision = kcu_set_act_precision,
 };

@@ -1,4 +1,4 @@
-/* kcu_launch.h - launchers of the CUDA kernels (kcu_rows.cu, kcu_attn.cu),
+/* kcu_launch.h - launchers of the CUDA kernels (kcu_rows.cu, kcu_attn.cu, kcu_lte.cu),
  * callable from C (be_cuda.c, the backend table) and from the .cu files.
  *
  * All pointers are device memory unless stated; every launcher enqueues on
@@ -29,6 +29,9 @@
  *             the same sums grouped otherwise, so within float rounding of
  *             the CPU (test_cuda_math states the tolerance); still a function
  *             of the row alone.
+ *   lte (gate_up, down): the walk of kcu_lte.h, a fixed order per row (a
+ *             row's values never depend on the batch); differs from the CPU
+ *             through the summation order of the dot products and expf/tanhf.
  *
  * NOTE: nothing here has run on a GPU yet (tools/gpu_check.sh is the first
  * run); compiled for sm_80 and sm_90 + PTX with warnings as errors and
@@ -41,6 +44,7 @@
 #include <stdint.h>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/kcu_lte.h"  /* struct kcu_lte_item, kcu_lte_ent */
 #include "kernels/cuda/kcu_math.h" /* struct kcu_attn_row */
 
 #ifdef __cplusplus
@@ -98,6 +102,23 @@ cudaError_t kcu_launch_attention_split(cudaStream_t stream, float *out, const fl
                                        const struct kcu_split_row *comb, int n_comb, int base,
                                        const int32_t *pages, float *scratch,
                                        const struct be_attn_params *p);
+
+/* LTE phase A (grouped path, kcu_lte.h): for each of the n_items items
+ * (device), h[i][0..S) = act(gate_e x) * (up_e x) for the item's pairs i, x
+ * the row tok[i] (device) of x[.][dim]. gate, up: the device weight copies
+ * (rows of dim elements of gtg / gtu = kcu_gemm_type of their types); act as
+ * glu. h holds P*S floats. */
+cudaError_t kcu_launch_lte_gate_up(cudaStream_t stream, float *h, const float *x, const void *gate,
+                                   int gtg, const void *up, int gtu, int64_t dim, int S,
+                                   const struct kcu_lte_item *items, int n_items,
+                                   const int32_t *tok, int act);
+/* LTE phase B (both paths): y[t][d] = +0 plus, for t's entries
+ * ents[rowoff[t] .. rowoff[t+1]) (device) in order, dot(down row e*dim+d,
+ * h[ent.h*S ..]) (down: the device copy of the expert-major down_x, rows of
+ * S elements of gtd). Every y row of n is written. */
+cudaError_t kcu_launch_lte_down(cudaStream_t stream, float *y, const float *h, const void *down,
+                                int gtd, int64_t dim, int S, const int32_t *rowoff,
+                                const struct kcu_lte_ent *ents, int n);
 
 #ifdef __cplusplus
 }

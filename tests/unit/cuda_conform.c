@@ -25,7 +25,8 @@
  * up the ratio). Tolerances: bitwise (0) where both backends do the same IEEE
  * steps (get_rows, kv_store, add, scale, memory); the GEMMs by the precision
  * of the GPU operands (kcu_gemm_type: F32 1e-5, F16 2e-3, BF16 1e-2 of the
- * scale); libm-dependent ops (glu, rope, attention) a few ulp.
+ * scale); libm-dependent ops (glu, rope, attention) a few ulp; lte_ffn by path
+ * and type (lte_tol).
  */
 #include <math.h>
 #include <stdio.h>
@@ -246,6 +247,92 @@ static void case_rope(void) {
     }
     be_dealloc(&cpu, ffc), be_dealloc(&gpu, ffg), be_dealloc(&cpu, xc), be_dealloc(&gpu, xg);
     free(x), free(ff), free(hc), free(hg);
+}
+
+/* ---------------------------------------------------------------- LTE FFN */
+
+/* lte_ffn tolerance by path: grouped reads fp32 activations and the device
+ * weights (quantised types as F16) in a fixed order; dense runs gate/up
+ * through the GEMM (operands F16/BF16), then glu and the down product. */
+static double lte_tol(int type, int dense) {
+    if (dense)
+        return type == BE_F32 ? 2e-5 : type == BE_BF16 ? 2e-2 : 5e-3;
+    return type == BE_F32 || type == BE_F16 || type == BE_BF16 ? 2e-5 : 3e-3;
+}
+
+/* gate/up of `type` (down too where its blocks fit S = 32, else Q8_0, as an
+ * LTE file needs), dim 512, 8 experts; masks: row 1 all, row 2 none, the
+ * rest random, and whole batches with none / all. Both paths at n = 1, 7,
+ * 64 against the CPU backend; the grouped path's row 0 (a random row) and
+ * row 5 at n = 64 against n = 1 on the GPU, bitwise (its order is fixed per
+ * row); a row without experts is +0 on the GPU. */
+static void case_lte(int type) {
+    const int E = 8, S = 32, dim = 512, dtype = be_type_get(type)->blck > S ? BE_Q8_0 : type, NMAX = 64;
+    const char *tn = be_type_get(type)->name;
+    const size_t rb = be_row_bytes(type, dim), rbd = be_row_bytes(dtype, S);
+    uint8_t *g = malloc(rb * E * S), *u = malloc(rb * E * S), *d = malloc(rbd * E * dim), *mask = malloc(NMAX * E);
+    fill_weights(type, g, E * S, dim);
+    fill_weights(type, u, E * S, dim);
+    fill_weights(dtype, d, E * dim, S);
+    struct be_tensor tg = {.type = type, .ne = {dim, E * S, 1, 1}, .nb1 = rb, .data = g}, tu = tg;
+    tu.data = u;
+    struct be_tensor td = {.type = dtype, .ne = {S, E * dim, 1, 1}, .nb1 = rbd, .data = d};
+    struct be_tensor gg = tg, gu = tu, gd = td;
+    if (be_weight_prepare(&cpu, &tg) < 0 || be_weight_prepare(&cpu, &tu) < 0 || be_weight_prepare(&cpu, &td) < 0 ||
+        be_weight_prepare(&gpu, &gg) < 0 || be_weight_prepare(&gpu, &gu) < 0 || be_weight_prepare(&gpu, &gd) < 0) {
+        printf("%-10s %-34s FAIL (weight_prepare)\n", "lte_ffn", tn);
+        n_fail++;
+        free(g), free(u), free(d), free(mask);
+        return;
+    }
+    const size_t NX = (size_t)NMAX * dim, NS = (size_t)NMAX * E * S;
+    float *x = frand_buf(NX, 0.2f), *hc = malloc(NX * 4), *hg = malloc(NX * 4), *row1 = malloc(2 * (size_t)dim * 4);
+    float *xc = put(&cpu, x, NX * 4), *xg = put(&gpu, x, NX * 4), *yc = put(&cpu, NULL, NX * 4);
+    float *yg = put(&gpu, NULL, NX * 4), *ac = put(&cpu, NULL, NS * 4), *bc = put(&cpu, NULL, NS * 4);
+    float *ag = put(&gpu, NULL, NS * 4), *bg = put(&gpu, NULL, NS * 4);
+    struct be_lte_ffn pc = {.gate = &tg, .up = &tu, .down = &td, .n_experts = E, .expert_size = S, .act = type % 2};
+    struct be_lte_ffn pg = pc;
+    pg.gate = &gg, pg.up = &gu, pg.down = &gd;
+    static const int ns[] = {1, 7, 64};
+    char what[64];
+    for (int mode = 0; mode < 3; mode++) { /* 0: random rows, 1: no expert, 2: every expert */
+        for (int i = 0; i < NMAX * E; i++)
+            mask[i] = mode == 1 ? 0 : mode == 2 ? 1 : i < E || i >= 3 * E ? rnd() % 2 : i < 2 * E;
+        for (int k = 0; k < 3; k++)
+            for (int dense = 0; dense < 2; dense++) {
+                const int n = ns[k];
+                pc.dense = pg.dense = dense;
+                be_lte_ffn(&cpu, yc, xc, mask, n, &pc, ac, bc);
+                be_lte_ffn(&gpu, yg, xg, mask, n, &pg, ag, bg);
+                get(&cpu, hc, yc, (size_t)n * dim * 4);
+                get(&gpu, hg, yg, (size_t)n * dim * 4);
+                snprintf(what, sizeof what, "%s %s n=%d %s", tn, dense ? "dense" : "grouped", n,
+                         mode == 1 ? "none on" : mode == 2 ? "all on" : "mixed");
+                check("lte_ffn", what, hg, hc, (size_t)n * dim, lte_tol(type, dense));
+                if (dense || mode == 1)
+                    continue;
+                if (n == 1) {
+                    memcpy(row1, hg, (size_t)dim * 4);
+                    be_lte_ffn(&gpu, yg, xg + (size_t)5 * dim, mask + (size_t)5 * E, 1, &pg, ag, bg);
+                    get(&gpu, row1 + dim, yg, (size_t)dim * 4);
+                } else if (n == 64) {
+                    snprintf(what, sizeof what, "%s grouped rows 0, 5 n=64 vs n=1", tn);
+                    check("batch-inv", what, hg, row1, (size_t)dim, 0);
+                    check("batch-inv", what, hg + (size_t)5 * dim, row1 + dim, (size_t)dim, 0);
+                }
+                if (mode == 0 && n > 2) { /* row 2 has no expert on: +0 */
+                    int plus0 = 1;
+                    for (int i = 0; i < dim; i++)
+                        plus0 &= hg[2 * dim + i] == 0.0f && !signbit(hg[2 * dim + i]);
+                    n_case++;
+                    n_fail += !plus0;
+                    printf("%-10s %-34s %s\n", "lte_ffn", "a row without experts is +0", plus0 ? "ok" : "FAIL");
+                }
+            }
+    }
+    be_dealloc(&cpu, xc), be_dealloc(&gpu, xg), be_dealloc(&cpu, yc), be_dealloc(&gpu, yg);
+    be_dealloc(&cpu, ac), be_dealloc(&cpu, bc), be_dealloc(&gpu, ag), be_dealloc(&gpu, bg);
+    free(x), free(hc), free(hg), free(row1), free(g), free(u), free(d), free(mask);
 }
 
 /* ---------------------------------------------------------------- KV + attention */
@@ -522,6 +609,8 @@ int main(int argc, char **argv) {
         case_weights(all_types[t]);
     case_rows();
     case_rope();
+    for (int t = 0; t < N_TYPES; t++)
+        case_lte(all_types[t]);
     static const struct att_case acs[] = {
         {"gqa 8/2 d128 f16", 8, 2, 128, 0, 0.0f, BE_F16},
         {"gqa 8/2 d128 f32", 8, 2, 128, 0, 0.0f, BE_F32},
