@@ -22,7 +22,10 @@
  * the embedding rows are bitwise the CPU backend's; only n rows are uploaded.
  *
  * Streams: one per context; every op enqueues on it and returns; download
- * waits for it. cuBLAS runs on the same stream.
+ * waits for it. cuBLAS runs on the same stream, with the context's own
+ * workspace. fork2 (layer-parallel pairs) runs its two tasks on two shares,
+ * contexts with their own stream, cuBLAS handle and scratch, ordered after
+ * and joined back into the forking stream by events (kcu_fork2).
  * Errors: the entries return void, so the first CUDA/cuBLAS error is kept in
  * the context and printed once on stderr; later results are undefined (the
  * conformance runner and gpu_check.sh catch that).
@@ -66,10 +69,28 @@ struct kcu_ctx {
     size_t act_cap;
     void *host;          /* host scratch: staging of index arrays / dequantised rows */
     size_t host_cap;
+    void *blas_ws;       /* device: this handle's own cuBLAS workspace (KCU_BLAS_WS bytes) */
     struct kcu_wbuf *weights;
     size_t weight_bytes; /* device bytes of the prepared weights */
     int err;             /* first error seen (cudaError_t or 1000 + cublasStatus_t), 0 = none */
+    /* fork2 (kcu_fork2): a share is a context of its own (stream, cuBLAS
+     * handle + workspace, scratch) on the same device, whose weights belong
+     * to `root`; made on the first fork, kept until the root is freed. */
+    struct kcu_ctx *root;     /* the forking context (NULL: this is one) */
+    struct kcu_ctx *share[2]; /* the root's two shares (NULL until made) */
+    cudaEvent_t ev_fork;      /* recorded on st at a fork (root only) */
+    cudaEvent_t ev_join[2];   /* recorded on share[j]->st at the join (root only) */
+    int have_events;
 };
+
+/* Bytes of every handle's cuBLAS workspace. NOTE: each context's handle gets
+ * its own workspace of this one size (cublasSetWorkspace, after
+ * cublasSetStream, which resets it): cuBLAS promises bitwise repeatable
+ * results for concurrent streams only with a workspace per stream, and a
+ * handle's algorithm choice may depend on its workspace size, so a share
+ * computes exactly what the root would. 32 MiB is cuBLAS's default on
+ * Hopper (4 MiB before). */
+#define KCU_BLAS_WS ((size_t)32 << 20)
 
 /* ---------------------------------------------------------------- errors */
 
@@ -148,19 +169,47 @@ static void *upload_idx(struct kcu_ctx *c, const void *src, size_t bytes) {
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* Stream, cuBLAS handle on it and the handle's own workspace of c (device
+ * current): 0 or SS_ENODEVICE, with whatever was made released. */
+static int ctx_stream_open(struct kcu_ctx *c) {
+    if (cudaStreamCreate(&c->st) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return SS_ENODEVICE;
+    }
+    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
+        cudaStreamDestroy(c->st);
+        return SS_ENODEVICE;
+    }
+    if (cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
+        cudaMalloc(&c->blas_ws, KCU_BLAS_WS) != cudaSuccess ||
+        cublasSetWorkspace(c->blas, c->blas_ws, KCU_BLAS_WS) != CUBLAS_STATUS_SUCCESS) {
+        (void)cudaGetLastError();
+        cudaFree(c->blas_ws);
+        cublasDestroy(c->blas);
+        cudaStreamDestroy(c->st);
+        return SS_ENODEVICE;
+    }
+    return 0;
+}
+
+/* Releases what ctx_stream_open made and the scratch (not the weights). */
+static void ctx_stream_close(struct kcu_ctx *c) {
+    cudaStreamSynchronize(c->st);
+    cudaFree(c->idx);
+    cudaFree(c->act);
+    free(c->host);
+    cublasDestroy(c->blas);
+    cudaFree(c->blas_ws);
+    cudaStreamDestroy(c->st);
+}
+
 int kcu_ctx_open(void **out, int dev) {
     struct kcu_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return SS_ENOMEM;
     c->dev = dev;
-    if (cudaSetDevice(dev) != cudaSuccess || cudaStreamCreate(&c->st) != cudaSuccess) {
+    if (cudaSetDevice(dev) != cudaSuccess || ctx_stream_open(c) < 0) {
         (void)cudaGetLastError();
-        free(c);
-        return SS_ENODEVICE;
-    }
-    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS) {
-        cudaStreamDestroy(c->st);
         free(c);
         return SS_ENODEVICE;
     }
@@ -178,17 +227,24 @@ static void kcu_free(void *ctx) {
     if (!c)
         return;
     use(c);
+    for (int j = 0; j < 2; j++) {
+        if (c->share[j]) {
+            ctx_stream_close(c->share[j]);
+            free(c->share[j]);
+        }
+    }
+    if (c->have_events) {
+        cudaEventDestroy(c->ev_fork);
+        cudaEventDestroy(c->ev_join[0]);
+        cudaEventDestroy(c->ev_join[1]);
+    }
     cudaStreamSynchronize(c->st);
     for (struct kcu_wbuf *w = c->weights, *nx; w; w = nx) {
         nx = w->next;
         cudaFree(w->dev);
         free(w);
     }
-    cudaFree(c->idx);
-    cudaFree(c->act);
-    free(c->host);
-    cublasDestroy(c->blas);
-    cudaStreamDestroy(c->st);
+    ctx_stream_close(c);
     free(c);
 }
 
@@ -301,9 +357,10 @@ static int kcu_weight_prepare(void *ctx, struct be_tensor *w) {
         (void)cudaGetLastError();
         return rc;
     }
-    wb->next = c->weights;
-    c->weights = wb;
-    c->weight_bytes += total;
+    struct kcu_ctx *own = c->root ? c->root : c; /* a share's weights belong to its root */
+    wb->next = own->weights;
+    own->weights = wb;
+    own->weight_bytes += total;
     w->be_data = wb->dev;
     return 0;
 }
@@ -435,6 +492,92 @@ static void kcu_scale_op(void *ctx, float *y, float s, int64_t n) {
     cu_ok(c, kcu_launch_scale(c->st, y, s, n), "scale");
 }
 
+/* ---------------------------------------------------------------- fork2 */
+
+/* Makes the root's two shares and events if missing: 0, or a negative SS_E*
+ * code (then the caller runs the tasks on the root). */
+static int make_shares(struct kcu_ctx *c) {
+    if (!c->have_events) {
+        cudaEvent_t e[3];
+        int k = 0;
+        for (; k < 3; k++)
+            if (cudaEventCreateWithFlags(&e[k], cudaEventDisableTiming) != cudaSuccess)
+                break;
+        if (k < 3) {
+            while (k-- > 0)
+                cudaEventDestroy(e[k]);
+            (void)cudaGetLastError();
+            return SS_ENODEVICE;
+        }
+        c->ev_fork = e[0], c->ev_join[0] = e[1], c->ev_join[1] = e[2];
+        c->have_events = 1;
+    }
+    for (int j = 0; j < 2; j++) {
+        if (c->share[j])
+            continue;
+        struct kcu_ctx *h = calloc(1, sizeof *h);
+        if (!h)
+            return SS_ENOMEM;
+        h->dev = c->dev;
+        h->root = c;
+        if (ctx_stream_open(h) < 0) {
+            free(h);
+            return SS_ENODEVICE;
+        }
+        c->share[j] = h;
+    }
+    return 0;
+}
+
+/* fork2: task j issues its work on share j (own stream, cuBLAS handle +
+ * workspace, device and host scratch), so the GPU may run the two at once:
+ *
+ *   root st:  ...prior work... [ev_fork]                 wait(join0) wait(join1) ...
+ *   share 0:              wait(ev_fork) task 0 [join0] ---^
+ *   share 1:              wait(ev_fork) task 1 [join1] --------------^
+ *
+ * The host issues task 0 then task 1 on this thread (kernel launches return
+ * at once, so the GPU overlaps them); a host step inside a task (download,
+ * get_rows' host dequantisation + upload, index uploads) uses that share's
+ * own scratch and waits, if at all, for that share's stream only, which
+ * holds the fork's prior work through ev_fork. After the join the root's
+ * stream is ordered after both tasks, so later root work and downloads see
+ * their results; a share's first error is passed to the root.
+ * DETERMINISM: the tasks run the same kernels with the same launch shapes on
+ * the same inputs as on the root; each kernel computes its rows in a fixed
+ * order whatever else runs on the GPU, and every handle has its own
+ * workspace of one size (KCU_BLAS_WS), so cuBLAS picks the same algorithm and
+ * stays bitwise repeatable under concurrent streams. The results are bitwise
+ * those of running the tasks one after the other on the root (the runner's
+ * "fork2" case checks it on the GPU). If the shares cannot be made, or c is
+ * itself a share (no nested forks), the tasks run one after the other on c. */
+static void kcu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1) {
+    struct kcu_ctx *c = use(ctx);
+    struct be self = {&kcu_ops, c};
+    if (c->root || c->err || make_shares(c) < 0) {
+        fn(&self, a0);
+        fn(&self, a1);
+        return;
+    }
+    void *arg[2] = {a0, a1};
+    cu_ok(c, cudaEventRecord(c->ev_fork, c->st), "fork2 (record)");
+    for (int j = 0; j < 2; j++)
+        cu_ok(c, cudaStreamWaitEvent(c->share[j]->st, c->ev_fork, 0), "fork2 (wait)");
+    for (int j = 0; j < 2; j++) {
+        struct be h = {&kcu_ops, c->share[j]};
+        fn(&h, arg[j]);
+    }
+    use(c); /* a task may have left another device current */
+    for (int j = 0; j < 2; j++) {
+        struct kcu_ctx *s = c->share[j];
+        cu_ok(c, cudaEventRecord(c->ev_join[j], s->st), "fork2 (join record)");
+        cu_ok(c, cudaStreamWaitEvent(c->st, c->ev_join[j], 0), "fork2 (join wait)");
+        if (s->err && !c->err)
+            c->err = s->err; /* already printed by the share */
+        s->err = 0;
+    }
+}
+
 /* fp32 activations only (the GEMM operands are converted to the weight's
  * F16/BF16 for cuBLAS, see kcu_gemm_type: that is the F32 path here) */
 static int kcu_set_act_precision(void *ctx, int prec) {
@@ -464,7 +607,7 @@ const struct be_ops kcu_ops = {
     .add = kcu_add_op,
     .scale = kcu_scale_op,
     .lte_ffn = NULL,  /* LTE models refuse on CUDA (engine/lte.c: "use --lte off") */
-    .fork2 = NULL,    /* layer-parallel pairs run one after the other */
+    .fork2 = kcu_fork2, /* layer-parallel pairs: one stream per branch */
     .set_act_precision = kcu_set_act_precision,
 };
 
