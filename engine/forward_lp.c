@@ -63,6 +63,8 @@
 struct eng_lp {
     int start, end;      /* paired range; start == end: off */
     struct eng_bufs b;   /* branch b's buffer set (model backend memory), made when first set */
+    struct eng_lp_merged *merged; /* merged weights of the range's pairs (lp_merge.c), NULL:
+                                   * branch by branch */
 };
 
 /* ------------------------------------------------------------ one pair */
@@ -91,6 +93,7 @@ static void lp_sublayer(struct eng_model *m, int il, int ffn, const struct eng_k
         {.m = m, .L = &m->layers[il], .B = &m->s.b, .kv = &kv[0], .ffn = ffn},
         {.m = m, .L = &m->layers[il + 1], .B = &m->lp->b, .kv = &kv[1], .ffn = ffn},
     };
+    if (eng_lp_merge_sublayer(m, m->lp->merged, il, ffn, &m->lp->b, kv)) return;
     be_fork2(&m->be, lp_run_branch, &t[0], &t[1]);
     const int64_t len = (int64_t)kv[0].n * m->cfg.dim;
     be_add(&m->be, m->s.x, t[0].out, len);
@@ -112,6 +115,7 @@ int eng_lp_pair(struct eng_model *m, int il, const struct eng_kv_view *kv0) {
 
 void eng_lp_free(struct eng_model *m) {
     if (!m || !m->lp) return;
+    eng_lp_merge_free(m, m->lp->merged);
     eng_bufs_free(m, &m->lp->b);
     free(m->lp);
     m->lp = NULL;
@@ -143,7 +147,11 @@ int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *
     if (!m) return eng_fail(err, err_len, SS_EINVAL, "no model");
     const int nl = m->cfg.n_layers;
     if (start == 0 && end == 0) {
-        if (m->lp) m->lp->start = m->lp->end = 0;
+        if (m->lp) {
+            m->lp->start = m->lp->end = 0;
+            eng_lp_merge_free(m, m->lp->merged);
+            m->lp->merged = NULL;
+        }
         return 0;
     }
     if (start < 0 || end > nl || start >= end)
@@ -165,6 +173,12 @@ int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *
             return eng_fail(err, err_len, SS_ENOMEM, "out of memory for layer-parallel activations");
         }
     }
+    eng_lp_merge_free(m, m->lp->merged);
+    m->lp->merged = NULL;
+    m->lp->start = m->lp->end = 0;
+    const int merge = m->lp_exec == ENG_LP_EXEC_MERGED ||
+                      (m->lp_exec == ENG_LP_EXEC_AUTO && m->be.ops->merge_pairs && be_has_copy2d(&m->be));
+    if (merge && (rc = eng_lp_merge_build(m, start, end, &m->lp->merged, err, err_len)) < 0) return rc;
     m->lp->start = start;
     m->lp->end = end;
     return 0;
@@ -257,6 +271,7 @@ int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options
     if (mode == ENG_LP_RANGE && start == 0 && end == 0)
         return eng_fail(err, err_len, SS_EINVAL, "layer parallelism range 0:0 is empty; use off");
     char sub[200];
+    m->lp_exec = opt ? opt->lp_exec : ENG_LP_EXEC_AUTO;
     rc = eng_model_set_layer_parallel(m, start, end, sub, sizeof sub);
     if (rc < 0)
         return eng_fail(err, err_len, rc, "%s%s", mode == ENG_LP_FILE ? "file key lp.range: " : "", sub);

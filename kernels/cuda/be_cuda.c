@@ -578,6 +578,14 @@ static void kcu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1) {
     }
 }
 
+static void kcu_copy2d(void *ctx, float *dst, int64_t ds, const float *src, int64_t ss, int n, int64_t w) {
+    struct kcu_ctx *c = use(ctx);
+    if (n > 0 && w > 0)
+        cu_ok(c, cudaMemcpy2DAsync(dst, sizeof(float) * (size_t)ds, src, sizeof(float) * (size_t)ss,
+                                   sizeof(float) * (size_t)w, (size_t)n, cudaMemcpyDeviceToDevice, c->st),
+              "copy2d");
+}
+
 /* fp32 activations only (the GEMM operands are converted to the weight's
  * F16/BF16 for cuBLAS, see kcu_gemm_type: that is the F32 path here) */
 static int kcu_set_act_precision(void *ctx, int prec) {
@@ -608,6 +616,8 @@ const struct be_ops kcu_ops = {
     .scale = kcu_scale_op,
     .lte_ffn = NULL,  /* LTE models refuse on CUDA (engine/lte.c: "use --lte off") */
     .fork2 = kcu_fork2, /* layer-parallel pairs: one stream per branch */
+    .copy2d = kcu_copy2d,
+    .merge_pairs = 1,   /* pairs as wider GEMMs (engine/forward_lp.c) */
     .set_act_precision = kcu_set_act_precision,
 };
 

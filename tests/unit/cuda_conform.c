@@ -209,6 +209,21 @@ static void case_rows(void) {
     get(&cpu, hc, oc, N * 4);
     get(&gpu, hg, og, N * 4);
     check("add+scale", "3200 elements", hg, hc, N, 0);
+    /* copy2d: columns [100, 300) of x into the rows of a 200-wide buffer,
+     * then that into columns [440, 640) of the output */
+    be_upload(&cpu, oc, x, N * 4);
+    be_upload(&gpu, og, x, N * 4);
+    float *tc = put(&cpu, NULL, (size_t)n * 200 * 4), *tg = put(&gpu, NULL, (size_t)n * 200 * 4);
+    be_copy2d(&cpu, tc, 200, xc + 100, dim, n, 200);
+    be_copy2d(&gpu, tg, 200, xg + 100, dim, n, 200);
+    be_scale(&cpu, tc, -2.0f, (int64_t)n * 200);
+    be_scale(&gpu, tg, -2.0f, (int64_t)n * 200);
+    be_copy2d(&cpu, oc + 440, dim, tc, 200, n, 200);
+    be_copy2d(&gpu, og + 440, dim, tg, 200, n, 200);
+    get(&cpu, hc, oc, N * 4);
+    get(&gpu, hg, og, N * 4);
+    check("copy2d", "column blocks out and back", hg, hc, N, 0);
+    be_dealloc(&cpu, tc), be_dealloc(&gpu, tg);
     be_dealloc(&cpu, xc), be_dealloc(&gpu, xg), be_dealloc(&cpu, wc), be_dealloc(&gpu, wg);
     be_dealloc(&cpu, oc), be_dealloc(&gpu, og);
     free(x), free(w), free(hc), free(hg);
