@@ -244,6 +244,10 @@ int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options
                                    size_t err_len);
 /* The range in force: returns 1 and sets *start, *end, or 0 when off. */
 int eng_model_layer_parallel(const struct eng_model *m, int *start, int *end);
+/* 1 when the range in force runs merged (eng_options.lp_exec), else 0. */
+int eng_model_lp_merged(const struct eng_model *m);
+/* "auto" | "branches" | "merged" -> ENG_LP_EXEC_*; 0, or -1 for anything else. */
+int eng_lp_exec_parse(const char *s, int *out);
 /* Parses a --layer-parallel value, "START:END" or "off", into o->lp_*
  * (ENG_LP_RANGE or ENG_LP_OFF). Checks what it can without the model
  * (numbers, START < END, even length); the bounds are checked at load.

@@ -191,6 +191,20 @@ int eng_model_layer_parallel(const struct eng_model *m, int *start, int *end) {
     return 1;
 }
 
+int eng_model_lp_merged(const struct eng_model *m) {
+    return eng_model_layer_parallel(m, NULL, NULL) && m->lp->merged != NULL;
+}
+
+int eng_lp_exec_parse(const char *s, int *out) {
+    static const char *const names[] = {"auto", "branches", "merged"}; /* ENG_LP_EXEC_* order */
+    for (int i = 0; s && i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *out = i;
+            return 0;
+        }
+    return -1;
+}
+
 /* Parses "S:E" (or "off") of len bytes. Returns 0 and the range (0:0 = off),
  * or SS_EINVAL. */
 static int lp_parse(const char *s, size_t len, int *start, int *end) {
