@@ -40,6 +40,10 @@
  * 1.04-1.09x, a 16-sequence decode step 1.03-1.06x. The gain is the ~14
  * fork/joins of two sequential layers replaced by two joins, plus decode
  * attention (one KV head: a single work item) of both layers at once.
+ * On CUDA, fork2 issues the two tasks on two streams (kernels/cuda/be_cuda.c).
+ * Merged execution (eng_options.lp_exec, or the backend's merge_pairs: CUDA):
+ * both layers' projections as one wider GEMM each, lp_merge.c; then the
+ * sub-layer does not take the branch path below (and is not bitwise it).
  *
  * Buffers: branch a uses the model's buffer set (m->s.b), branch b its own
  * set of the same shapes (struct eng_bufs), allocated on the model's backend
@@ -173,12 +177,12 @@ int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *
             return eng_fail(err, err_len, SS_ENOMEM, "out of memory for layer-parallel activations");
         }
     }
-    eng_lp_merge_free(m, m->lp->merged);
-    m->lp->merged = NULL;
-    m->lp->start = m->lp->end = 0;
     const int merge = m->lp_exec == ENG_LP_EXEC_MERGED ||
                       (m->lp_exec == ENG_LP_EXEC_AUTO && m->be.ops->merge_pairs && be_has_copy2d(&m->be));
-    if (merge && (rc = eng_lp_merge_build(m, start, end, &m->lp->merged, err, err_len)) < 0) return rc;
+    struct eng_lp_merged *mg = NULL; /* built first: on failure the previous setting stays */
+    if (merge && (rc = eng_lp_merge_build(m, start, end, &mg, err, err_len)) < 0) return rc;
+    eng_lp_merge_free(m, m->lp->merged);
+    m->lp->merged = mg;
     m->lp->start = start;
     m->lp->end = end;
     return 0;
