@@ -540,7 +540,14 @@ static int make_shares(struct kcu_ctx *c) {
  * at once, so the GPU overlaps them); a host step inside a task (download,
  * get_rows' host dequantisation + upload, index uploads) uses that share's
  * own scratch and waits, if at all, for that share's stream only, which
- * holds the fork's prior work through ev_fork. After the join the root's
+ * holds the fork's prior work through ev_fork.
+ * NOTE (overlap): an upload from pageable host memory may synchronise with
+ * its stream (CUDA's API sync behaviour), so in the attention sub-layer
+ * (RoPE positions, K/V slots, attention rows are uploaded) the host may
+ * reach task 1 only once task 0's work before its last upload is done: the
+ * GPU then overlaps task 0's attention and output GEMM with task 1. The FFN
+ * sub-layer has no host step and overlaps whole. Pinned per-share staging
+ * of the index arrays would lift this; not done before it can be measured. After the join the root's
  * stream is ordered after both tasks, so later root work and downloads see
  * their results; a share's first error is passed to the root.
  * DETERMINISM: the tasks run the same kernels with the same launch shapes on
