@@ -8,11 +8,12 @@
  * (kernels/registry.c), which tools/gpu_check.sh sets for its runs.
  *
  * Memory: every buffer of be_alloc is device memory (cudaMalloc, zeroed).
- * Index arrays the engine passes in host memory (token ids, positions, slots,
- * block tables) are copied to a device scratch per call; pageable-memory
- * cudaMemcpyAsync returns once the host bytes are staged, so the host buffer
- * may be reused at once, and stream order keeps the scratch alive for the
- * kernel that reads it.
+ * Index arrays the engine passes in host memory (positions, slots, block
+ * tables) are copied to a device scratch per call, through a pinned host
+ * ring (pin_stage: the host buffer may be reused at once, and the copy does
+ * not wait for the stream); stream order keeps the scratch alive for the
+ * kernel that reads it. get_rows' rows go from pageable memory, whose
+ * cudaMemcpyAsync returns once the bytes are staged.
  * Weights (weight_prepare): uploaded once, dequantised on the host by the CPU
  * backend's reference dequantiser (kref_dequant_row) and stored in the type
  * kcu_gemm_type() names: F32 weights as F32 (4 bytes per element), BF16 as
@@ -69,6 +70,9 @@ struct kcu_ctx {
     size_t act_cap;
     void *host;          /* host scratch: staging of index arrays / dequantised rows */
     size_t host_cap;
+    uint8_t *pin;        /* pinned host ring (KCU_PIN_BYTES) staging index uploads, NULL: none */
+    size_t pin_off;      /* next free byte of the ring */
+    int pin_tried;       /* 1 once its allocation was tried */
     void *blas_ws;       /* device: this handle's own cuBLAS workspace (KCU_BLAS_WS bytes) */
     struct kcu_wbuf *weights;
     size_t weight_bytes; /* device bytes of the prepared weights */
@@ -159,10 +163,46 @@ static void *host_scratch(struct kcu_ctx *c, size_t need) {
     return p;
 }
 
+/* Index uploads are staged in a pinned ring: a copy from pinned memory
+ * returns at once, where one from pageable memory may first wait for the
+ * stream (CUDA's API sync behaviour), which would hold the host back from
+ * issuing fork2's other task. A staged region is reused only after the
+ * stream has drained (a wrap of the ring, or a download), so no copy reads
+ * bytes overwritten after it was enqueued. */
+#define KCU_PIN_BYTES ((size_t)1 << 20)
+
+/* src copied into the ring; NULL when it does not fit or there is no ring
+ * (the caller then copies from src itself) */
+static const void *pin_stage(struct kcu_ctx *c, const void *src, size_t bytes) {
+    if (!c->pin_tried) {
+        c->pin_tried = 1;
+        if (cudaMallocHost((void **)&c->pin, KCU_PIN_BYTES) != cudaSuccess) {
+            (void)cudaGetLastError(); /* no pinned memory: pageable copies, as before */
+            c->pin = NULL;
+        }
+    }
+    const size_t need = (bytes + 255) & ~(size_t)255;
+    if (!c->pin || need > KCU_PIN_BYTES)
+        return NULL;
+    if (c->pin_off + need > KCU_PIN_BYTES) { /* wrap: every copy out of the ring is done once the stream is */
+        if (!cu_ok(c, cudaStreamSynchronize(c->st), "cudaStreamSynchronize (pinned ring)"))
+            return NULL;
+        c->pin_off = 0;
+    }
+    uint8_t *p = c->pin + c->pin_off;
+    memcpy(p, src, bytes);
+    c->pin_off += need;
+    return p;
+}
+
 /* bytes of host memory copied to the device index scratch; NULL on failure */
 static void *upload_idx(struct kcu_ctx *c, const void *src, size_t bytes) {
     void *d = dev_scratch(c, &c->idx, &c->idx_cap, bytes ? bytes : 1);
-    if (!d || !cu_ok(c, cudaMemcpyAsync(d, src, bytes, cudaMemcpyHostToDevice, c->st), "upload (index)"))
+    if (!d)
+        return NULL;
+    const void *staged = bytes ? pin_stage(c, src, bytes) : NULL;
+    if (!cu_ok(c, cudaMemcpyAsync(d, staged ? staged : src, bytes, cudaMemcpyHostToDevice, c->st),
+               "upload (index)"))
         return NULL;
     return d;
 }
@@ -198,6 +238,7 @@ static void ctx_stream_close(struct kcu_ctx *c) {
     cudaFree(c->idx);
     cudaFree(c->act);
     free(c->host);
+    cudaFreeHost(c->pin);
     cublasDestroy(c->blas);
     cudaFree(c->blas_ws);
     cudaStreamDestroy(c->st);
@@ -279,7 +320,8 @@ static void kcu_download(void *ctx, void *dst, const void *src, size_t bytes) {
     struct kcu_ctx *c = use(ctx);
     if (bytes)
         cu_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "download");
-    cu_ok(c, cudaStreamSynchronize(c->st), "download (synchronize)");
+    if (cu_ok(c, cudaStreamSynchronize(c->st), "download (synchronize)"))
+        c->pin_off = 0; /* the stream has drained: the whole ring is free */
 }
 
 static int kcu_type_supported(void *ctx, int type) {
@@ -541,13 +583,13 @@ static int make_shares(struct kcu_ctx *c) {
  * get_rows' host dequantisation + upload, index uploads) uses that share's
  * own scratch and waits, if at all, for that share's stream only, which
  * holds the fork's prior work through ev_fork.
- * NOTE (overlap): an upload from pageable host memory may synchronise with
- * its stream (CUDA's API sync behaviour), so in the attention sub-layer
- * (RoPE positions, K/V slots, attention rows are uploaded) the host may
- * reach task 1 only once task 0's work before its last upload is done: the
- * GPU then overlaps task 0's attention and output GEMM with task 1. The FFN
- * sub-layer has no host step and overlaps whole. Pinned per-share staging
- * of the index arrays would lift this; not done before it can be measured. After the join the root's
+ * NOTE (overlap): the index arrays of RoPE, kv_store and attention go
+ * through each context's pinned ring (pin_stage), whose copies return at
+ * once, so issuing task 0 does not wait for its GPU work and task 1 follows
+ * right away. What still waits: a download inside a task, a ring wrap (1
+ * MiB of index data), growing a scratch, and get_rows (pageable: its rows
+ * may be large); the engine's pair tasks have none of these in the steady
+ * state. After the join the root's
  * stream is ordered after both tasks, so later root work and downloads see
  * their results; a share's first error is passed to the root.
  * DETERMINISM: the tasks run the same kernels with the same launch shapes on

@@ -351,6 +351,47 @@ static void case_attention(const struct att_case *ac, int in_place) {
     free(q), free(hc), free(hg), free(perm);
 }
 
+/* ---------------------------------------------------------------- index ring */
+
+/* 80 kv_store calls of 4096 slots each (16 KiB of index data per call, 1.3
+ * MiB in all, no download between them: the CUDA backend's 1 MiB pinned
+ * index ring wraps), each call skipping a random half of its rows and
+ * mapping the rest through its own permutation, so a slot's final value
+ * comes from the last call that wrote it: an index array overwritten before
+ * its copy ran would show. Bitwise against the CPU. */
+static void case_index_ring(void) {
+    enum { NS = 4096, KVD = 8, CALLS = 80 };
+    const size_t cache_b = sizeof(float) * NS * KVD;
+    float *k = frand_buf((size_t)NS * KVD, 1.0f), *v = frand_buf((size_t)NS * KVD, 1.0f);
+    float *kc = put(&cpu, k, cache_b), *vc = put(&cpu, v, cache_b), *kg = put(&gpu, k, cache_b), *vg = put(&gpu, v, cache_b);
+    struct be_kv_layer lc = {.k = put(&cpu, NULL, cache_b), .v = put(&cpu, NULL, cache_b), .kv_type = BE_F32};
+    struct be_kv_layer lg = {.k = put(&gpu, NULL, cache_b), .v = put(&gpu, NULL, cache_b), .kv_type = BE_F32};
+    int32_t *slots = malloc(sizeof(int32_t) * NS);
+    for (int c = 0; c < CALLS; c++) {
+        for (int i = 0; i < NS; i++)
+            slots[i] = i;
+        for (int i = NS - 1; i > 0; i--) {
+            int j = (int)(rnd() % (uint32_t)(i + 1)), t = slots[i];
+            slots[i] = slots[j];
+            slots[j] = t;
+        }
+        for (int i = 0; i < NS; i++)
+            if (rnd() & 1)
+                slots[i] = -1;
+        be_kv_store(&cpu, &lc, kc, vc, slots, NS, KVD);
+        be_kv_store(&gpu, &lg, kg, vg, slots, NS, KVD);
+    }
+    float *hc = malloc(2 * cache_b), *hg = malloc(2 * cache_b);
+    get(&cpu, hc, lc.k, cache_b);
+    get(&cpu, hc + NS * KVD, lc.v, cache_b);
+    get(&gpu, hg, lg.k, cache_b);
+    get(&gpu, hg + NS * KVD, lg.v, cache_b);
+    check("kv_store", "80 calls, 1.3 MiB of slots", hg, hc, (size_t)2 * NS * KVD, 0);
+    be_dealloc(&cpu, kc), be_dealloc(&cpu, vc), be_dealloc(&gpu, kg), be_dealloc(&gpu, vg);
+    be_dealloc(&cpu, lc.k), be_dealloc(&cpu, lc.v), be_dealloc(&gpu, lg.k), be_dealloc(&gpu, lg.v);
+    free(k), free(v), free(slots), free(hc), free(hg);
+}
+
 /* ---------------------------------------------------------------- fork2 */
 
 /* One branch of a layer pair as the engine runs it (engine/forward_lp.c),
@@ -563,6 +604,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof acs / sizeof acs[0]; i++)
         case_attention(&acs[i], 0);
     case_attention(&acs[0], 1);
+    case_index_ring();
     case_fork2();
 #if HAVE_CUDA
     int err = kcu_ctx_error(&gpu);
