@@ -589,9 +589,10 @@ static int make_shares(struct kcu_ctx *c) {
  * right away. What still waits: a download inside a task, a ring wrap (1
  * MiB of index data), growing a scratch, and get_rows (pageable: its rows
  * may be large); the engine's pair tasks have none of these in the steady
- * state. After the join the root's
- * stream is ordered after both tasks, so later root work and downloads see
- * their results; a share's first error is passed to the root.
+ * state.
+ * After the join the root's stream is ordered after both tasks, so later
+ * root work and downloads see their results; a share's first error is
+ * passed to the root.
  * DETERMINISM: the tasks run the same kernels with the same launch shapes on
  * the same inputs as on the root; each kernel computes its rows in a fixed
  * order whatever else runs on the GPU, and every handle has its own
