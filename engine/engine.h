@@ -119,6 +119,13 @@ struct eng_options {
      * ENG_LP_OFF = off whatever the file says; ENG_LP_RANGE = [lp_start, lp_end). */
     int lp_mode;
     int lp_start, lp_end;
+    /* How a pair runs (engine/forward_lp.c, lp_merge.c): ENG_LP_EXEC_AUTO (0)
+     * as the backend asks (be_ops.merge_pairs: merged on CUDA, branch by
+     * branch on the CPU); ENG_LP_EXEC_BRANCHES each layer's own sub-layer
+     * (bitwise the per-layer kernels); ENG_LP_EXEC_MERGED both layers'
+     * projections as one wider GEMM with the norm weights folded in (load
+     * fails with SS_EUNSUPPORTED where the backend has no copy2d). */
+    int lp_exec;
     /* LTE sparse FFNs (DESIGN.md sections 4, 5; engine/lte.c): lte_off = 1 runs a
      * file with routers densely (every expert on, the plain FFN); lte_threshold
      * in (0, 1) overrides the file's lte.threshold, 0 keeps it. */
@@ -145,6 +152,7 @@ enum { ENG_ACT_F32 = 0, ENG_ACT_INT8 = 1, ENG_ACT_AUTO = 2 };
 int eng_act_parse(const char *s, int *out);
 enum { ENG_LTE_AUTO = 0, ENG_LTE_GROUPED = 1, ENG_LTE_DENSE = 2 };
 enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };
+enum { ENG_LP_EXEC_AUTO = 0, ENG_LP_EXEC_BRANCHES = 1, ENG_LP_EXEC_MERGED = 2 };
 
 int eng_model_load(struct eng_model **out, const char *path, const struct eng_options *opt,
                    char *err, size_t err_len);
@@ -236,6 +244,10 @@ int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options
                                    size_t err_len);
 /* The range in force: returns 1 and sets *start, *end, or 0 when off. */
 int eng_model_layer_parallel(const struct eng_model *m, int *start, int *end);
+/* 1 when the range in force runs merged (eng_options.lp_exec), else 0. */
+int eng_model_lp_merged(const struct eng_model *m);
+/* "auto" | "branches" | "merged" -> ENG_LP_EXEC_*; 0, or -1 for anything else. */
+int eng_lp_exec_parse(const char *s, int *out);
 /* Parses a --layer-parallel value, "START:END" or "off", into o->lp_*
  * (ENG_LP_RANGE or ENG_LP_OFF). Checks what it can without the model
  * (numbers, START < END, even length); the bounds are checked at load.

@@ -101,17 +101,14 @@ static int batch_validate(const struct eng_model *m, const struct eng_batch *b, 
     return 0;
 }
 
-/* The sub-layer's output: y, or rmsnorm(y) * post_norm into B->xb when the
- * layer has a post-norm (gemma3). y is a [n][dim] buffer of B. */
-static const float *post_norm(const struct eng_model *m, struct be *be, const struct eng_bufs *B, const float *y,
-                              const float *norm, int n) {
+const float *eng_post_norm(const struct eng_model *m, struct be *be, const struct eng_bufs *B, const float *y,
+                           const float *norm, int n) {
     if (!norm) return y;
     be_rmsnorm(be, B->xb, y, norm, n, m->cfg.dim, m->cfg.norm_eps);
     return B->xb;
 }
 
-/* y[r] += bias for each of n rows of width d (qwen2's q/k/v biases). */
-static void add_bias(struct be *be, float *y, const float *bias, int n, int d) {
+void eng_add_bias(struct be *be, float *y, const float *bias, int n, int d) {
     if (!bias) return;
     for (int r = 0; r < n; r++) be_add(be, y + (size_t)r * d, bias, d);
 }
@@ -136,13 +133,29 @@ static float *norm_rope(const struct eng_model *m, struct be *be, const struct e
     return x;
 }
 
+/* B->att = attention(q, k, v) of the projections in B->q, B->k, B->v:
+ *   q, k: per-head rmsnorm (gemma3), then RoPE
+ * att takes the normed k (stored into the cache at once), then the normed q,
+ * then the attention output (out may be q). */
+void eng_attention_core(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                        const struct eng_bufs *B, const struct eng_kv_view *kv) {
+    const struct eng_config *c = &m->cfg;
+    const int n = kv->n, kvdim = eng_kvdim(c);
+    const float *k = norm_rope(m, be, L, B->att, B->k, L->k_norm, n, c->n_kv_heads);
+    be_kv_store(be, kv->kv, k, B->v, kv->slots, n, kvdim);
+    const float *q = norm_rope(m, be, L, B->att, B->q, L->q_norm, n, c->n_heads);
+    struct be_attn_params ap = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
+                                .head_dim = c->head_dim, .scale = c->attn_scale,
+                                .window = L->swa ? c->swa_window : 0, .softcap = 0.0f};
+    be_attention(be, B->att, q, kv->kv, kv->aseq, kv->n_seqs, &ap);
+}
+
 /* post_norm(Wo . attention(q, k, v)) of input x
  *   xn = rmsnorm(x) * attn_norm;  q = Wq xn (+bq), k = Wk xn (+bk), v = Wv xn (+bv)
- *   q, k: per-head rmsnorm (gemma3), then RoPE
+ *   attention: eng_attention_core
  *   post_norm: rmsnorm * post_attention_norm (gemma3), else identity
- * Buffers: xb = xn; q, k, v; att takes the normed k (stored into the cache at
- * once), then the normed q, then the attention output (out may be q); xb2 =
- * Wo . att; the post-norm goes to xb. */
+ * Buffers: xb = xn; q, k, v; att (eng_attention_core); xb2 = Wo . att; the
+ * post-norm goes to xb. */
 const float *eng_attention_block(const struct eng_model *m, struct be *be, const struct eng_layer *L,
                                  const struct eng_bufs *B, const float *x, const struct eng_kv_view *kv) {
     const struct eng_config *c = &m->cfg;
@@ -152,20 +165,12 @@ const float *eng_attention_block(const struct eng_model *m, struct be *be, const
     be_matmul(be, B->q, B->xb, &L->wq, n);
     be_matmul(be, B->k, B->xb, &L->wk, n);
     be_matmul(be, B->v, B->xb, &L->wv, n);
-    add_bias(be, B->q, L->bq, n, qdim);
-    add_bias(be, B->k, L->bk, n, kvdim);
-    add_bias(be, B->v, L->bv, n, kvdim);
-
-    const float *k = norm_rope(m, be, L, B->att, B->k, L->k_norm, n, c->n_kv_heads);
-    be_kv_store(be, kv->kv, k, B->v, kv->slots, n, kvdim);
-    const float *q = norm_rope(m, be, L, B->att, B->q, L->q_norm, n, c->n_heads);
-    struct be_attn_params ap = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads,
-                                .head_dim = c->head_dim, .scale = c->attn_scale,
-                                .window = L->swa ? c->swa_window : 0, .softcap = 0.0f};
-    be_attention(be, B->att, q, kv->kv, kv->aseq, kv->n_seqs, &ap);
-
+    eng_add_bias(be, B->q, L->bq, n, qdim);
+    eng_add_bias(be, B->k, L->bk, n, kvdim);
+    eng_add_bias(be, B->v, L->bv, n, kvdim);
+    eng_attention_core(m, be, L, B, kv);
     be_matmul(be, B->xb2, B->att, &L->wo, n);
-    return post_norm(m, be, B, B->xb2, L->post_attn_norm, n);
+    return eng_post_norm(m, be, B, B->xb2, L->post_attn_norm, n);
 }
 
 /* Dense FFN: Wdown . (act(Wgate xn) * Wup xn) into B->xb2, xn = B->xb;
@@ -199,7 +204,7 @@ const float *eng_ffn_block(const struct eng_model *m, struct be *be, const struc
         ffn_dense(m, be, L, B, n);
         break;
     }
-    return post_norm(m, be, B, B->xb2, L->post_ffn_norm, n);
+    return eng_post_norm(m, be, B, B->xb2, L->post_ffn_norm, n);
 }
 
 /* Final norm of every token of the want_hidden sequences, gathered into xb

@@ -40,6 +40,10 @@
  * 1.04-1.09x, a 16-sequence decode step 1.03-1.06x. The gain is the ~14
  * fork/joins of two sequential layers replaced by two joins, plus decode
  * attention (one KV head: a single work item) of both layers at once.
+ * On CUDA, fork2 issues the two tasks on two streams (kernels/cuda/be_cuda.c).
+ * Merged execution (eng_options.lp_exec, or the backend's merge_pairs: CUDA):
+ * both layers' projections as one wider GEMM each, lp_merge.c; then the
+ * sub-layer does not take the branch path below (and is not bitwise it).
  *
  * Buffers: branch a uses the model's buffer set (m->s.b), branch b its own
  * set of the same shapes (struct eng_bufs), allocated on the model's backend
@@ -63,6 +67,8 @@
 struct eng_lp {
     int start, end;      /* paired range; start == end: off */
     struct eng_bufs b;   /* branch b's buffer set (model backend memory), made when first set */
+    struct eng_lp_merged *merged; /* merged weights of the range's pairs (lp_merge.c), NULL:
+                                   * branch by branch */
 };
 
 /* ------------------------------------------------------------ one pair */
@@ -91,6 +97,7 @@ static void lp_sublayer(struct eng_model *m, int il, int ffn, const struct eng_k
         {.m = m, .L = &m->layers[il], .B = &m->s.b, .kv = &kv[0], .ffn = ffn},
         {.m = m, .L = &m->layers[il + 1], .B = &m->lp->b, .kv = &kv[1], .ffn = ffn},
     };
+    if (eng_lp_merge_sublayer(m, m->lp->merged, il, ffn, &m->lp->b, kv)) return;
     be_fork2(&m->be, lp_run_branch, &t[0], &t[1]);
     const int64_t len = (int64_t)kv[0].n * m->cfg.dim;
     be_add(&m->be, m->s.x, t[0].out, len);
@@ -112,6 +119,7 @@ int eng_lp_pair(struct eng_model *m, int il, const struct eng_kv_view *kv0) {
 
 void eng_lp_free(struct eng_model *m) {
     if (!m || !m->lp) return;
+    eng_lp_merge_free(m, m->lp->merged);
     eng_bufs_free(m, &m->lp->b);
     free(m->lp);
     m->lp = NULL;
@@ -143,7 +151,11 @@ int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *
     if (!m) return eng_fail(err, err_len, SS_EINVAL, "no model");
     const int nl = m->cfg.n_layers;
     if (start == 0 && end == 0) {
-        if (m->lp) m->lp->start = m->lp->end = 0;
+        if (m->lp) {
+            m->lp->start = m->lp->end = 0;
+            eng_lp_merge_free(m, m->lp->merged);
+            m->lp->merged = NULL;
+        }
         return 0;
     }
     if (start < 0 || end > nl || start >= end)
@@ -165,6 +177,12 @@ int eng_model_set_layer_parallel(struct eng_model *m, int start, int end, char *
             return eng_fail(err, err_len, SS_ENOMEM, "out of memory for layer-parallel activations");
         }
     }
+    const int merge = m->lp_exec == ENG_LP_EXEC_MERGED ||
+                      (m->lp_exec == ENG_LP_EXEC_AUTO && m->be.ops->merge_pairs && be_has_copy2d(&m->be));
+    struct eng_lp_merged *mg = NULL; /* built first: on failure the previous setting stays */
+    if (merge && (rc = eng_lp_merge_build(m, start, end, &mg, err, err_len)) < 0) return rc;
+    eng_lp_merge_free(m, m->lp->merged);
+    m->lp->merged = mg;
     m->lp->start = start;
     m->lp->end = end;
     return 0;
@@ -175,6 +193,20 @@ int eng_model_layer_parallel(const struct eng_model *m, int *start, int *end) {
     if (start) *start = m->lp->start;
     if (end) *end = m->lp->end;
     return 1;
+}
+
+int eng_model_lp_merged(const struct eng_model *m) {
+    return eng_model_layer_parallel(m, NULL, NULL) && m->lp->merged != NULL;
+}
+
+int eng_lp_exec_parse(const char *s, int *out) {
+    static const char *const names[] = {"auto", "branches", "merged"}; /* ENG_LP_EXEC_* order */
+    for (int i = 0; s && i < 3; i++)
+        if (!strcmp(s, names[i])) {
+            *out = i;
+            return 0;
+        }
+    return -1;
 }
 
 /* Parses "S:E" (or "off") of len bytes. Returns 0 and the range (0:0 = off),
@@ -257,6 +289,7 @@ int eng_model_apply_layer_parallel(struct eng_model *m, const struct eng_options
     if (mode == ENG_LP_RANGE && start == 0 && end == 0)
         return eng_fail(err, err_len, SS_EINVAL, "layer parallelism range 0:0 is empty; use off");
     char sub[200];
+    m->lp_exec = opt ? opt->lp_exec : ENG_LP_EXEC_AUTO;
     rc = eng_model_set_layer_parallel(m, start, end, sub, sizeof sub);
     if (rc < 0)
         return eng_fail(err, err_len, rc, "%s%s", mode == ENG_LP_FILE ? "file key lp.range: " : "", sub);

@@ -29,4 +29,21 @@ int eng_lp_pair(struct eng_model *m, int il, const struct eng_kv_view *kv0);
  * eng_model_free should call it before closing the model's backend. NULL ok. */
 void eng_lp_free(struct eng_model *m);
 
+/* Merged pairs (lp_merge.c): both layers' projections as one wider GEMM
+ * over the shared normalised input, with the norm weights folded in.
+ * eng_lp_merge_build makes the merged weights of every pair of [start, end)
+ * on the model's backend: 0, or SS_ENOMEM / SS_EUNSUPPORTED (no copy2d) /
+ * SS_EBADMODEL with a message. eng_lp_merge_free releases them (NULL ok).
+ * eng_lp_merge_sublayer runs sub-layer ffn (0 attention, 1 FFN) of the pair
+ * starting at il merged, branch b in buffer set b1, and returns 1; 0 when
+ * that sub-layer is not merged (an LTE FFN), which the caller then runs
+ * branch by branch. kv: the two layers' K/V views. */
+struct eng_lp_merged;
+struct eng_bufs;
+int eng_lp_merge_build(struct eng_model *m, int start, int end, struct eng_lp_merged **out, char *err,
+                       size_t err_len);
+void eng_lp_merge_free(struct eng_model *m, struct eng_lp_merged *g);
+int eng_lp_merge_sublayer(struct eng_model *m, const struct eng_lp_merged *g, int il, int ffn,
+                          const struct eng_bufs *b1, const struct eng_kv_view *kv);
+
 #endif

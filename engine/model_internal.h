@@ -208,6 +208,7 @@ struct eng_model {
     struct eng_scratch s;
     struct eng_subllm sub;    /* structure and frames (every model has frame 0) */
     struct eng_lp *lp;        /* layer parallelism (forward_lp.c), NULL = off */
+    int lp_exec;              /* ENG_LP_EXEC_* (eng_options.lp_exec), read when a range is set */
     struct eng_lte lte;       /* LTE routers (lte.c); lte.n_routed == 0 for dense files */
     eng_ffn_probe_fn probe;   /* eng_model_set_ffn_probe, NULL = none */
     void *probe_ctx;
@@ -259,6 +260,19 @@ const float *eng_attention_block(const struct eng_model *m, struct be *be, const
                                  const struct eng_bufs *B, const float *x, const struct eng_kv_view *kv);
 const float *eng_ffn_block(const struct eng_model *m, struct be *be, const struct eng_layer *L,
                            const struct eng_bufs *B, const float *x, int n, int ffn);
+
+/* forward.c, pieces of the layer body that a merged layer pair
+ * (lp_merge.c) runs around its wider GEMMs:
+ * eng_attention_core: B->att = attention of B->q, B->k, B->v (the layer's
+ * q/k norms, RoPE, K/V stored through kv) for kv->n rows;
+ * eng_post_norm: y, or rmsnorm(y) * norm into B->xb when norm (the layer's
+ * post-norm) is not NULL; eng_add_bias: y[r] += bias for n rows of width d
+ * (nothing when bias is NULL). Threads as the blocks above. */
+void eng_attention_core(const struct eng_model *m, struct be *be, const struct eng_layer *L,
+                        const struct eng_bufs *B, const struct eng_kv_view *kv);
+const float *eng_post_norm(const struct eng_model *m, struct be *be, const struct eng_bufs *B, const float *y,
+                           const float *norm, int n);
+void eng_add_bias(struct be *be, float *y, const float *bias, int n, int d);
 
 /* subllm.c. Load: eng_subllm_parse after the hyper-parameters (reads
  * subllm.structure, sets layer levels; dense models: one level),

@@ -214,6 +214,17 @@ struct be_ops {
      * contract the results are bitwise those of running them one after the
      * other. NULL: the wrapper runs fn(be, a0) then fn(be, a1). */
     void (*fork2)(void *ctx, be_task_fn fn, void *a0, void *a1);
+    /* optional: dst[r][0..w) = src[r][0..w) for the n rows r, rows dst_stride
+     * and src_stride floats apart (a column block of a wider buffer to or
+     * from a narrower one); bitwise copies, the regions must not overlap.
+     * NULL: the backend cannot run merged layer pairs (merge_pairs). */
+    void (*copy2d)(void *ctx, float *dst, int64_t dst_stride, const float *src, int64_t src_stride, int n,
+                   int64_t w);
+    /* 1: the engine should run layer-parallel pairs merged (both layers'
+     * projections as one wider GEMM over a shared normalised input,
+     * engine/forward_lp.c) on this backend; needs copy2d. 0: branch by
+     * branch through fork2 (bitwise the per-layer kernels). */
+    int merge_pairs;
     /* optional: choose the activation precision of matmul (BE_ACT_*); returns
      * the precision in effect (BE_ACT_F32 or BE_ACT_INT8), or SS_EUNSUPPORTED
      * (int8 asked, no int8 kernels here), SS_EINVAL, SS_ENOMEM. The
@@ -297,6 +308,10 @@ static inline void be_fork2(struct be *b, be_task_fn fn, void *a0, void *a1) {
     }
     fn(b, a0);
     fn(b, a1);
+}
+static inline int be_has_copy2d(const struct be *b) { return b->ops->copy2d != NULL; }
+static inline void be_copy2d(struct be *b, float *d, int64_t ds, const float *s, int64_t ss, int n, int64_t w) {
+    b->ops->copy2d(b->ctx, d, ds, s, ss, n, w);
 }
 /* a backend without the entry computes in fp32 (-7 = SS_EUNSUPPORTED if int8 is demanded) */
 static inline int be_set_act_precision(struct be *b, int prec) {

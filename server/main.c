@@ -55,6 +55,7 @@ struct serve_opts {
     size_t kv_bytes;
     const char *chat_template;  /* --chat-template: family name, file or template text */
     const char *layer_parallel; /* --layer-parallel START:END or off (eng_lp_parse_flag) */
+    const char *lp_exec;        /* --lp-exec auto|branches|merged (eng_lp_exec_parse) */
     const char *lte;            /* --lte on|off */
     double lte_threshold;       /* --lte-threshold T in (0, 1); 0 = the file's */
     const char *act_precision;  /* --activation-precision f32|int8|auto (eng_act_parse) */
@@ -122,6 +123,10 @@ static const struct opt serve_flags[] = {
     {"layer-parallel", OPT_STR, 0, 0, OFF(layer_parallel),
      "START:END runs layers [START, END) as pairs (layer parallelism), or off "
      "(default: the model file's lp.range key, else off)"},
+    {"lp-exec", OPT_STR, 0, 0, OFF(lp_exec),
+     "how a layer pair runs: branches (each layer's own projections), merged (both layers' "
+     "projections as one wider GEMM, norm weights folded in) or auto (default: as the backend "
+     "asks: merged on cuda, branches on cpu)"},
     /* operations and scale-out (server/ops.c; the scheduler's queue timeout) */
     {"api-key-file", OPT_STR, 0, 0, OFF(srv.api_key_file),
      "file of API keys, one per line (# comments); any of them (or --api-key) opens /v1/*"},
@@ -539,6 +544,10 @@ static int cmd_serve(int argc, char **argv) {
         fprintf(stderr, "slimserve serve: --pooling: '%s': use mean, last or cls\n", o.pooling);
         return 2;
     }
+    if (o.lp_exec && eng_lp_exec_parse(o.lp_exec, &o.eng.lp_exec) < 0) {
+        fprintf(stderr, "slimserve serve: --lp-exec: '%s': use auto, branches or merged\n", o.lp_exec);
+        return 2;
+    }
     if (o.layer_parallel) {
         char lperr[200];
         if (eng_lp_parse_flag(o.layer_parallel, &o.eng, lperr, sizeof lperr) < 0) {
@@ -593,7 +602,8 @@ static int cmd_serve(int argc, char **argv) {
     choose_pooling(o.pooling, m, &o.srv);
     int lp_s, lp_e;
     if (eng_model_layer_parallel(m, &lp_s, &lp_e))
-        srv_log(SRV_LOG_INFO, "layer parallelism: layers %d..%d run as %d pairs", lp_s, lp_e - 1, (lp_e - lp_s) / 2);
+        srv_log(SRV_LOG_INFO, "layer parallelism: layers %d..%d run as %d pairs (%s)", lp_s, lp_e - 1,
+                (lp_e - lp_s) / 2, eng_model_lp_merged(m) ? "merged GEMMs" : "branch by branch");
     struct eng_lte_info lte;
     if (eng_model_lte_info(m, &lte))
         srv_log(SRV_LOG_INFO, "LTE: %d routed layers, %d experts of %d neurons, threshold %g%s", lte.n_routed,

@@ -6,7 +6,9 @@ the CPU backend and by the CUDA backend, greedy outputs compared.
         [--device N] [--workdir DIR] [--gpu-backend cuda] [--streams 64]
 
 For each generated model (llama f32 / q8_0 / q4_0, gemma3 with a sliding
-window and final soft-capping, SUBLLM, llama with a layer-parallel range) a
+window and final soft-capping, SUBLLM, llama with a layer-parallel range run
+as the backend asks (merged GEMMs on CUDA) and branch by branch (fork2's two
+streams on CUDA), gemma3 with a layer-parallel range (post-norms) a
 CPU server and a CUDA server answer the same 8 greedy completions (16 tokens,
 ignore_eos); then 64 concurrent streams on the main model (Gemma 3 270M if
 SLIMSERVE_GEMMA_GGUF names it, else a generated 10M model). Two generated LTE
@@ -122,6 +124,10 @@ def main():
                          "--lte-sparsity", "0.5"], []),
         ("lte dense-fallback", ["--size", "1M", "--ffn", "256", "--lte-expert-size", "32",
                                 "--lte-sparsity", "0.02"], ["--max-num-seqs", "1"]),
+        ("llama layer-parallel 1:3 branches", ["--size", "1M"],
+         ["--layer-parallel", "1:3", "--lp-exec", "branches"]),
+        ("gemma3 layer-parallel 0:2 f16", ["--size", "1M", "--arch", "gemma3", "--type", "f16"],
+         ["--layer-parallel", "0:2"]),
     ]
     passed, total = 0, 0
     for name, gflags, sflags in checks:

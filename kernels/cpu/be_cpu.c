@@ -283,6 +283,12 @@ static void cpu_scale(void *ctx, float *y, float s, int64_t n) {
     ew_run(ctx, &J, n);
 }
 
+static void cpu_copy2d(void *ctx, float *dst, int64_t ds, const float *src, int64_t ss, int n, int64_t w) {
+    (void)ctx;
+    for (int r = 0; r < n; r++)
+        memcpy(dst + (size_t)r * (size_t)ds, src + (size_t)r * (size_t)ss, sizeof(float) * (size_t)w);
+}
+
 const struct be_ops kcpu_ops = {
     .name = "cpu",
     .init = cpu_init,
@@ -304,6 +310,8 @@ const struct be_ops kcpu_ops = {
     .scale = cpu_scale,
     .lte_ffn = kcpu_lte_ffn,
     .fork2 = kcpu_fork2,
+    .copy2d = cpu_copy2d,
+    .merge_pairs = 0, /* pairs run branch by branch (fork.c), bitwise the per-layer kernels */
     .set_act_precision = kq8_set_precision,
 };
 

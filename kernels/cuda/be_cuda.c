@@ -8,11 +8,13 @@
  * (kernels/registry.c), which tools/gpu_check.sh sets for its runs.
  *
  * Memory: every buffer of be_alloc is device memory (cudaMalloc, zeroed).
- * Index arrays the engine passes in host memory (token ids, positions, slots,
- * block tables, LTE's expert grouping built from the host mask) are copied to
- * a device scratch per call; pageable-memory cudaMemcpyAsync returns once the
- * host bytes are staged, so the host buffer may be reused at once, and stream
- * order keeps the scratch alive for the kernel that reads it.
+ * Index arrays the engine passes in host memory (positions, slots, block
+ * tables, LTE's expert grouping built from the host mask) are copied to a
+ * device scratch per call, through a pinned host ring (pin_stage: the host
+ * buffer may be reused at once, and the copy does not wait for the stream);
+ * stream order keeps the scratch alive for the kernel that reads it. get_rows'
+ * rows (and index arrays too big for the ring) go from pageable memory, whose
+ * cudaMemcpyAsync returns once the bytes are staged.
  * Weights (weight_prepare): uploaded once, dequantised on the host by the CPU
  * backend's reference dequantiser (kref_dequant_row) and stored in the type
  * kcu_gemm_type() names: F32 weights as F32 (4 bytes per element), BF16 as
@@ -22,7 +24,10 @@
  * the embedding rows are bitwise the CPU backend's; only n rows are uploaded.
  *
  * Streams: one per context; every op enqueues on it and returns; download
- * waits for it. cuBLAS runs on the same stream.
+ * waits for it. cuBLAS runs on the same stream, with the context's own
+ * workspace. fork2 (layer-parallel pairs) runs its two tasks on two shares,
+ * contexts with their own stream, cuBLAS handle and scratch, ordered after
+ * and joined back into the forking stream by events (kcu_fork2).
  * Errors: the entries return void, so the first CUDA/cuBLAS error is kept in
  * the context and printed once on stderr; later results are undefined (the
  * conformance runner and gpu_check.sh catch that).
@@ -73,10 +78,31 @@ struct kcu_ctx {
     size_t host_cap;
     float *part;         /* device scratch of split-K partials: KCU_SPLIT_SCRATCH bytes, from open */
     int split;           /* 1: long rows go split-K (the default); 0: every row unsplit */
+    uint8_t *pin;        /* pinned host ring (KCU_PIN_BYTES) staging index uploads, NULL: none */
+    size_t pin_off;      /* next free byte of the ring */
+    int pin_tried;       /* 1 once its allocation was tried */
+    void *blas_ws;       /* device: this handle's own cuBLAS workspace (KCU_BLAS_WS bytes) */
     struct kcu_wbuf *weights;
     size_t weight_bytes; /* device bytes of the prepared weights */
     int err;             /* first error seen (cudaError_t or 1000 + cublasStatus_t), 0 = none */
+    /* fork2 (kcu_fork2): a share is a context of its own (stream, cuBLAS
+     * handle + workspace, scratch) on the same device, whose weights belong
+     * to `root`; made on the first fork, kept until the root is freed. */
+    struct kcu_ctx *root;     /* the forking context (NULL: this is one) */
+    struct kcu_ctx *share[2]; /* the root's two shares (NULL until made) */
+    cudaEvent_t ev_fork;      /* recorded on st at a fork (root only) */
+    cudaEvent_t ev_join[2];   /* recorded on share[j]->st at the join (root only) */
+    int have_events;
 };
+
+/* Bytes of every handle's cuBLAS workspace. NOTE: each context's handle gets
+ * its own workspace of this one size (cublasSetWorkspace, after
+ * cublasSetStream, which resets it): cuBLAS promises bitwise repeatable
+ * results for concurrent streams only with a workspace per stream, and a
+ * handle's algorithm choice may depend on its workspace size, so a share
+ * computes exactly what the root would. 32 MiB is cuBLAS's default on
+ * Hopper (4 MiB before). */
+#define KCU_BLAS_WS ((size_t)32 << 20)
 
 /* ---------------------------------------------------------------- errors */
 
@@ -145,41 +171,103 @@ static void *host_scratch(struct kcu_ctx *c, size_t need) {
     return p;
 }
 
+/* Index uploads are staged in a pinned ring: a copy from pinned memory
+ * returns at once, where one from pageable memory may first wait for the
+ * stream (CUDA's API sync behaviour), which would hold the host back from
+ * issuing fork2's other task. A staged region is reused only after the
+ * stream has drained (a wrap of the ring, or a download), so no copy reads
+ * bytes overwritten after it was enqueued. */
+#define KCU_PIN_BYTES ((size_t)1 << 20)
+
+/* src copied into the ring; NULL when it does not fit or there is no ring
+ * (the caller then copies from src itself) */
+static const void *pin_stage(struct kcu_ctx *c, const void *src, size_t bytes) {
+    if (!c->pin_tried) {
+        c->pin_tried = 1;
+        if (cudaMallocHost((void **)&c->pin, KCU_PIN_BYTES) != cudaSuccess) {
+            (void)cudaGetLastError(); /* no pinned memory: pageable copies, as before */
+            c->pin = NULL;
+        }
+    }
+    const size_t need = (bytes + 255) & ~(size_t)255;
+    if (!c->pin || need > KCU_PIN_BYTES)
+        return NULL;
+    if (c->pin_off + need > KCU_PIN_BYTES) { /* wrap: every copy out of the ring is done once the stream is */
+        if (!cu_ok(c, cudaStreamSynchronize(c->st), "cudaStreamSynchronize (pinned ring)"))
+            return NULL;
+        c->pin_off = 0;
+    }
+    uint8_t *p = c->pin + c->pin_off;
+    memcpy(p, src, bytes);
+    c->pin_off += need;
+    return p;
+}
+
 /* bytes of host memory copied to the device index scratch; NULL on failure */
 static void *upload_idx(struct kcu_ctx *c, const void *src, size_t bytes) {
     void *d = dev_scratch(c, &c->idx, &c->idx_cap, bytes ? bytes : 1);
-    if (!d || !cu_ok(c, cudaMemcpyAsync(d, src, bytes, cudaMemcpyHostToDevice, c->st), "upload (index)"))
+    if (!d)
+        return NULL;
+    const void *staged = bytes ? pin_stage(c, src, bytes) : NULL;
+    if (!cu_ok(c, cudaMemcpyAsync(d, staged ? staged : src, bytes, cudaMemcpyHostToDevice, c->st),
+               "upload (index)"))
         return NULL;
     return d;
 }
 
 /* ---------------------------------------------------------------- lifecycle */
 
+/* Stream, cuBLAS handle on it and the handle's own workspace of c (device
+ * current): 0 or SS_ENODEVICE, with whatever was made released. */
+static int ctx_stream_open(struct kcu_ctx *c) {
+    if (cudaStreamCreate(&c->st) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return SS_ENODEVICE;
+    }
+    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
+        cudaStreamDestroy(c->st);
+        return SS_ENODEVICE;
+    }
+    /* NOTE: the split-K scratch is sized once here, never per call: a batch
+     * whose partials do not fit runs in launch groups through it
+     * (kcu_split_group), and kcu_split_cap keeps one row within it. Each
+     * share has its own: the two branches of a fork run at once. */
+    if (cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
+        cudaMalloc(&c->blas_ws, KCU_BLAS_WS) != cudaSuccess ||
+        cublasSetWorkspace(c->blas, c->blas_ws, KCU_BLAS_WS) != CUBLAS_STATUS_SUCCESS ||
+        cudaMalloc((void **)&c->part, KCU_SPLIT_SCRATCH) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cudaFree(c->part);
+        cudaFree(c->blas_ws);
+        cublasDestroy(c->blas);
+        cudaStreamDestroy(c->st);
+        return SS_ENODEVICE;
+    }
+    return 0;
+}
+
+/* Releases what ctx_stream_open made and the scratch (not the weights). */
+static void ctx_stream_close(struct kcu_ctx *c) {
+    cudaStreamSynchronize(c->st);
+    cudaFree(c->idx);
+    cudaFree(c->act);
+    free(c->host);
+    cudaFreeHost(c->pin);
+    cudaFree(c->part);
+    cublasDestroy(c->blas);
+    cudaFree(c->blas_ws);
+    cudaStreamDestroy(c->st);
+}
+
 int kcu_ctx_open(void **out, int dev) {
     struct kcu_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return SS_ENOMEM;
     c->dev = dev;
-    if (cudaSetDevice(dev) != cudaSuccess || cudaStreamCreate(&c->st) != cudaSuccess) {
+    if (cudaSetDevice(dev) != cudaSuccess || ctx_stream_open(c) < 0) {
         (void)cudaGetLastError();
         free(c);
         return SS_ENODEVICE;
-    }
-    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS) {
-        cudaStreamDestroy(c->st);
-        free(c);
-        return SS_ENODEVICE;
-    }
-    /* NOTE: the split-K scratch is sized once here, never per call: a batch
-     * whose partials do not fit runs in launch groups through it
-     * (kcu_split_group), and kcu_split_cap keeps one row within it. */
-    if (cudaMalloc((void **)&c->part, KCU_SPLIT_SCRATCH) != cudaSuccess) {
-        (void)cudaGetLastError();
-        cublasDestroy(c->blas);
-        cudaStreamDestroy(c->st);
-        free(c);
-        return SS_ENOMEM;
     }
     c->split = 1;
     *out = c;
@@ -196,18 +284,24 @@ static void kcu_free(void *ctx) {
     if (!c)
         return;
     use(c);
+    for (int j = 0; j < 2; j++) {
+        if (c->share[j]) {
+            ctx_stream_close(c->share[j]);
+            free(c->share[j]);
+        }
+    }
+    if (c->have_events) {
+        cudaEventDestroy(c->ev_fork);
+        cudaEventDestroy(c->ev_join[0]);
+        cudaEventDestroy(c->ev_join[1]);
+    }
     cudaStreamSynchronize(c->st);
     for (struct kcu_wbuf *w = c->weights, *nx; w; w = nx) {
         nx = w->next;
         cudaFree(w->dev);
         free(w);
     }
-    cudaFree(c->idx);
-    cudaFree(c->act);
-    cudaFree(c->part);
-    free(c->host);
-    cublasDestroy(c->blas);
-    cudaStreamDestroy(c->st);
+    ctx_stream_close(c);
     free(c);
 }
 
@@ -242,7 +336,8 @@ static void kcu_download(void *ctx, void *dst, const void *src, size_t bytes) {
     struct kcu_ctx *c = use(ctx);
     if (bytes)
         cu_ok(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st), "download");
-    cu_ok(c, cudaStreamSynchronize(c->st), "download (synchronize)");
+    if (cu_ok(c, cudaStreamSynchronize(c->st), "download (synchronize)"))
+        c->pin_off = 0; /* the stream has drained: the whole ring is free */
 }
 
 static int kcu_type_supported(void *ctx, int type) {
@@ -320,9 +415,10 @@ static int kcu_weight_prepare(void *ctx, struct be_tensor *w) {
         (void)cudaGetLastError();
         return rc;
     }
-    wb->next = c->weights;
-    c->weights = wb;
-    c->weight_bytes += total;
+    struct kcu_ctx *own = c->root ? c->root : c; /* a share's weights belong to its root */
+    wb->next = own->weights;
+    own->weights = wb;
+    own->weight_bytes += total;
     w->be_data = wb->dev;
     return 0;
 }
@@ -453,7 +549,8 @@ static void kcu_attention(void *ctx, float *out, const float *q, const struct be
         return;
     const struct kcu_attn_row *rows = (const struct kcu_attn_row *)h;
     kcu_attn_pack(seqs, n_seqs, p->window, (struct kcu_attn_row *)h, (int32_t *)(h + rows_b));
-    const int pcap = c->split ? kcu_split_cap(p->n_heads, p->head_dim) : 1;
+    const int split = (c->root ? c->root : c)->split; /* a share follows its root */
+    const int pcap = split ? kcu_split_cap(p->n_heads, p->head_dim) : 1;
     kcu_split_pack(rows, n_rows, pcap, NULL, NULL, NULL, n);
     if (n[1] > INT_MAX)
         return;
@@ -575,6 +672,107 @@ static void kcu_lte_ffn(void *ctx, float *y, const float *x, const uint8_t *mask
     cu_ok(c, kcu_launch_lte_down(c->st, y, h, p->down->be_data, kcu_gemm_type(p->down->type), dim, S,
                                  (const int32_t *)(d + o_row), (const struct kcu_lte_ent *)(d + o_ents), n),
           "lte down");
+
+/* ---------------------------------------------------------------- fork2 */
+
+/* Makes the root's two shares and events if missing: 0, or a negative SS_E*
+ * code (then the caller runs the tasks on the root). */
+static int make_shares(struct kcu_ctx *c) {
+    if (!c->have_events) {
+        cudaEvent_t e[3];
+        int k = 0;
+        for (; k < 3; k++)
+            if (cudaEventCreateWithFlags(&e[k], cudaEventDisableTiming) != cudaSuccess)
+                break;
+        if (k < 3) {
+            while (k-- > 0)
+                cudaEventDestroy(e[k]);
+            (void)cudaGetLastError();
+            return SS_ENODEVICE;
+        }
+        c->ev_fork = e[0], c->ev_join[0] = e[1], c->ev_join[1] = e[2];
+        c->have_events = 1;
+    }
+    for (int j = 0; j < 2; j++) {
+        if (c->share[j])
+            continue;
+        struct kcu_ctx *h = calloc(1, sizeof *h);
+        if (!h)
+            return SS_ENOMEM;
+        h->dev = c->dev;
+        h->root = c;
+        if (ctx_stream_open(h) < 0) {
+            free(h);
+            return SS_ENODEVICE;
+        }
+        c->share[j] = h;
+    }
+    return 0;
+}
+
+/* fork2: task j issues its work on share j (own stream, cuBLAS handle +
+ * workspace, device and host scratch), so the GPU may run the two at once:
+ *
+ *   root st:  ...prior work... [ev_fork]                 wait(join0) wait(join1) ...
+ *   share 0:              wait(ev_fork) task 0 [join0] ---^
+ *   share 1:              wait(ev_fork) task 1 [join1] --------------^
+ *
+ * The host issues task 0 then task 1 on this thread (kernel launches return
+ * at once, so the GPU overlaps them); a host step inside a task (download,
+ * get_rows' host dequantisation + upload, index uploads) uses that share's
+ * own scratch and waits, if at all, for that share's stream only, which
+ * holds the fork's prior work through ev_fork.
+ * NOTE (overlap): the index arrays of RoPE, kv_store and attention go
+ * through each context's pinned ring (pin_stage), whose copies return at
+ * once, so issuing task 0 does not wait for its GPU work and task 1 follows
+ * right away. What still waits: a download inside a task, a ring wrap (1
+ * MiB of index data), growing a scratch, and get_rows (pageable: its rows
+ * may be large); the engine's pair tasks have none of these in the steady
+ * state.
+ * After the join the root's stream is ordered after both tasks, so later
+ * root work and downloads see their results; a share's first error is
+ * passed to the root.
+ * DETERMINISM: the tasks run the same kernels with the same launch shapes on
+ * the same inputs as on the root; each kernel computes its rows in a fixed
+ * order whatever else runs on the GPU, and every handle has its own
+ * workspace of one size (KCU_BLAS_WS), so cuBLAS picks the same algorithm and
+ * stays bitwise repeatable under concurrent streams. The results are bitwise
+ * those of running the tasks one after the other on the root (the runner's
+ * "fork2" case checks it on the GPU). If the shares cannot be made, or c is
+ * itself a share (no nested forks), the tasks run one after the other on c. */
+static void kcu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1) {
+    struct kcu_ctx *c = use(ctx);
+    struct be self = {&kcu_ops, c};
+    if (c->root || c->err || make_shares(c) < 0) {
+        fn(&self, a0);
+        fn(&self, a1);
+        return;
+    }
+    void *arg[2] = {a0, a1};
+    cu_ok(c, cudaEventRecord(c->ev_fork, c->st), "fork2 (record)");
+    for (int j = 0; j < 2; j++)
+        cu_ok(c, cudaStreamWaitEvent(c->share[j]->st, c->ev_fork, 0), "fork2 (wait)");
+    for (int j = 0; j < 2; j++) {
+        struct be h = {&kcu_ops, c->share[j]};
+        fn(&h, arg[j]);
+    }
+    use(c); /* a task may have left another device current */
+    for (int j = 0; j < 2; j++) {
+        struct kcu_ctx *s = c->share[j];
+        cu_ok(c, cudaEventRecord(c->ev_join[j], s->st), "fork2 (join record)");
+        cu_ok(c, cudaStreamWaitEvent(c->st, c->ev_join[j], 0), "fork2 (join wait)");
+        if (s->err && !c->err)
+            c->err = s->err; /* already printed by the share */
+        s->err = 0;
+    }
+}
+
+static void kcu_copy2d(void *ctx, float *dst, int64_t ds, const float *src, int64_t ss, int n, int64_t w) {
+    struct kcu_ctx *c = use(ctx);
+    if (n > 0 && w > 0)
+        cu_ok(c, cudaMemcpy2DAsync(dst, sizeof(float) * (size_t)ds, src, sizeof(float) * (size_t)ss,
+                                   sizeof(float) * (size_t)w, (size_t)n, cudaMemcpyDeviceToDevice, c->st),
+              "copy2d");
 }
 
 /* fp32 activations only (the GEMM operands are converted to the weight's
@@ -606,7 +804,9 @@ const struct be_ops kcu_ops = {
     .add = kcu_add_op,
     .scale = kcu_scale_op,
     .lte_ffn = kcu_lte_ffn,
-    .fork2 = NULL,    /* layer-parallel pairs run one after the other */
+    .fork2 = kcu_fork2, /* layer-parallel pairs: one stream per branch */
+    .copy2d = kcu_copy2d,
+    .merge_pairs = 1,   /* pairs as wider GEMMs (engine/forward_lp.c) */
     .set_act_precision = kcu_set_act_precision,
 };
 

@@ -219,6 +219,24 @@ def test_cli_errors(models, tmp_path):
     assert r.returncode == 2 and b"layer-parallel" in r.stderr and b"0:64" in r.stderr, r.stderr
     r = run("serve", "--model", str(junk), "--port", "0", "--layer-parallel", "0:2")
     assert r.returncode == 1 and str(junk).encode() in r.stderr
+    r = run("serve", "--model", m, "--port", "0", "--layer-parallel", "0:2", "--lp-exec", "wide")
+    assert r.returncode == 2 and b"--lp-exec" in r.stderr and b"wide" in r.stderr, r.stderr
+
+
+def test_lp_exec_modes(models, tmp_path):
+    """--lp-exec: the log says how pairs run; on the CPU auto is branch by
+    branch; merged and branches answer the same greedy completion (their
+    logits differ only by rounding: test_lp holds both to the reference)."""
+    texts = {}
+    for mode, want in (("auto", "branch by branch"), ("branches", "branch by branch"),
+                       ("merged", "merged GEMMs")):
+        with Server(models["spm"], tmp_path, "--layer-parallel", "0:2", "--lp-exec", mode,
+                    name=mode) as srv:
+            line = [l for l in srv.log().splitlines() if "layer parallelism:" in l]
+            assert line and want in line[0], srv.log()
+            body = complete(srv, prompt="hello world", max_tokens=8, temperature=0, ignore_eos=True)
+            texts[mode] = body["choices"][0]["text"]
+    assert texts["merged"] == texts["branches"] == texts["auto"], texts
 
 
 def test_env_config(models, tmp_path):

@@ -214,6 +214,21 @@ static void case_rows(void) {
     get(&cpu, hc, oc, N * 4);
     get(&gpu, hg, og, N * 4);
     check("add+scale", "3200 elements", hg, hc, N, 0);
+    /* copy2d: columns [100, 300) of x into the rows of a 200-wide buffer,
+     * then that into columns [440, 640) of the output */
+    be_upload(&cpu, oc, x, N * 4);
+    be_upload(&gpu, og, x, N * 4);
+    float *tc = put(&cpu, NULL, (size_t)n * 200 * 4), *tg = put(&gpu, NULL, (size_t)n * 200 * 4);
+    be_copy2d(&cpu, tc, 200, xc + 100, dim, n, 200);
+    be_copy2d(&gpu, tg, 200, xg + 100, dim, n, 200);
+    be_scale(&cpu, tc, -2.0f, (int64_t)n * 200);
+    be_scale(&gpu, tg, -2.0f, (int64_t)n * 200);
+    be_copy2d(&cpu, oc + 440, dim, tc, 200, n, 200);
+    be_copy2d(&gpu, og + 440, dim, tg, 200, n, 200);
+    get(&cpu, hc, oc, N * 4);
+    get(&gpu, hg, og, N * 4);
+    check("copy2d", "column blocks out and back", hg, hc, N, 0);
+    be_dealloc(&cpu, tc), be_dealloc(&gpu, tg);
     be_dealloc(&cpu, xc), be_dealloc(&gpu, xg), be_dealloc(&cpu, wc), be_dealloc(&gpu, wg);
     be_dealloc(&cpu, oc), be_dealloc(&gpu, og);
     free(x), free(w), free(hc), free(hg);
@@ -559,6 +574,209 @@ static int bench_attention(void) {
     }
 #endif
     return 0;
+
+/* ---------------------------------------------------------------- index ring */
+
+/* 80 kv_store calls of 4096 slots each (16 KiB of index data per call, 1.3
+ * MiB in all, no download between them: the CUDA backend's 1 MiB pinned
+ * index ring wraps), each call skipping a random half of its rows and
+ * mapping the rest through its own permutation, so a slot's final value
+ * comes from the last call that wrote it: an index array overwritten before
+ * its copy ran would show. Bitwise against the CPU. */
+static void case_index_ring(void) {
+    enum { NS = 4096, KVD = 8, CALLS = 80 };
+    const size_t cache_b = sizeof(float) * NS * KVD;
+    float *k = frand_buf((size_t)NS * KVD, 1.0f), *v = frand_buf((size_t)NS * KVD, 1.0f);
+    float *kc = put(&cpu, k, cache_b), *vc = put(&cpu, v, cache_b), *kg = put(&gpu, k, cache_b), *vg = put(&gpu, v, cache_b);
+    struct be_kv_layer lc = {.k = put(&cpu, NULL, cache_b), .v = put(&cpu, NULL, cache_b), .kv_type = BE_F32};
+    struct be_kv_layer lg = {.k = put(&gpu, NULL, cache_b), .v = put(&gpu, NULL, cache_b), .kv_type = BE_F32};
+    int32_t *slots = malloc(sizeof(int32_t) * NS);
+    for (int c = 0; c < CALLS; c++) {
+        for (int i = 0; i < NS; i++)
+            slots[i] = i;
+        for (int i = NS - 1; i > 0; i--) {
+            int j = (int)(rnd() % (uint32_t)(i + 1)), t = slots[i];
+            slots[i] = slots[j];
+            slots[j] = t;
+        }
+        for (int i = 0; i < NS; i++)
+            if (rnd() & 1)
+                slots[i] = -1;
+        be_kv_store(&cpu, &lc, kc, vc, slots, NS, KVD);
+        be_kv_store(&gpu, &lg, kg, vg, slots, NS, KVD);
+    }
+    float *hc = malloc(2 * cache_b), *hg = malloc(2 * cache_b);
+    get(&cpu, hc, lc.k, cache_b);
+    get(&cpu, hc + NS * KVD, lc.v, cache_b);
+    get(&gpu, hg, lg.k, cache_b);
+    get(&gpu, hg + NS * KVD, lg.v, cache_b);
+    check("kv_store", "80 calls, 1.3 MiB of slots", hg, hc, (size_t)2 * NS * KVD, 0);
+    be_dealloc(&cpu, kc), be_dealloc(&cpu, vc), be_dealloc(&gpu, kg), be_dealloc(&gpu, vg);
+    be_dealloc(&cpu, lc.k), be_dealloc(&cpu, lc.v), be_dealloc(&gpu, lg.k), be_dealloc(&gpu, lg.v);
+    free(k), free(v), free(slots), free(hc), free(hg);
+}
+
+/* ---------------------------------------------------------------- fork2 */
+
+/* One branch of a layer pair as the engine runs it (engine/forward_lp.c),
+ * with every kind of step a task may hold: a be_alloc/be_dealloc of its own,
+ * get_rows from a host-only view (host dequantisation + upload), rmsnorm,
+ * GEMMs, RoPE and kv_store (host index uploads), a download into host
+ * memory in the middle, attention, GLU. */
+enum { FK_DIM = 256, FK_H = 4, FK_KVH = 2, FK_D = 64, FK_N = 13, FK_PAGES = 3, FK_PEEK = 96 };
+struct fk_task {
+    const float *x, *nw;                             /* shared input [FK_N][FK_DIM], norm weight */
+    const struct be_tensor *emb, *wq, *wk, *wv, *wo; /* this branch's weights (emb: host view) */
+    const int32_t *ids, *pos, *slots;                /* host */
+    const struct be_attn_seq *seqs;
+    struct be_kv_layer kv;  /* this branch's cache (zeroed) */
+    float *q, *k, *v, *xb;  /* this branch's buffers */
+    float peek[FK_PEEK];    /* host: q after RoPE, downloaded inside the task */
+};
+
+static void fk_run(struct be *b, void *arg) {
+    struct fk_task *t = arg;
+    const int64_t nd = (int64_t)FK_N * FK_DIM;
+    float *e = be_alloc(b, sizeof(float) * (size_t)nd);
+    if (!e)
+        return; /* the outputs stay zero: the comparison fails */
+    be_get_rows(b, e, t->emb, t->ids, FK_N);
+    be_add(b, e, t->x, nd);
+    be_rmsnorm(b, t->xb, e, t->nw, FK_N, FK_DIM, 1e-6f);
+    be_matmul(b, t->q, t->xb, t->wq, FK_N);
+    be_matmul(b, t->k, t->xb, t->wk, FK_N);
+    be_matmul(b, t->v, t->xb, t->wv, FK_N);
+    struct be_rope_params rp = {.n_heads = FK_H, .head_dim = FK_D, .n_rot = FK_D, .theta_base = 10000.0f,
+                                .freq_scale = 1.0f, .neox = 1};
+    be_rope(b, t->q, t->pos, FK_N, &rp);
+    rp.n_heads = FK_KVH;
+    be_rope(b, t->k, t->pos, FK_N, &rp);
+    be_download(b, t->peek, t->q, sizeof t->peek);
+    be_kv_store(b, &t->kv, t->k, t->v, t->slots, FK_N, FK_KVH * FK_D);
+    struct be_attn_params ap = {.n_heads = FK_H, .n_kv_heads = FK_KVH, .head_dim = FK_D,
+                                .scale = 0.125f, .window = 0, .softcap = 0.0f};
+    be_attention(b, t->q, t->q, &t->kv, t->seqs, 2, &ap);
+    be_matmul(b, t->xb, t->q, t->wo, FK_N);
+    be_glu(b, t->xb, t->xb, e, nd, 0);
+    be_dealloc(b, e);
+}
+
+/* the branch's buffers and cache on b, zeroed */
+static void fk_alloc(struct be *b, struct fk_task *t) {
+    const size_t cache = sizeof(float) * FK_PAGES * BE_PAGE_SLOTS * FK_KVH * FK_D;
+    t->kv = (struct be_kv_layer){.k = put(b, NULL, cache), .v = put(b, NULL, cache), .kv_type = BE_F32};
+    t->q = put(b, NULL, sizeof(float) * FK_N * FK_H * FK_D);
+    t->k = put(b, NULL, sizeof(float) * FK_N * FK_KVH * FK_D);
+    t->v = put(b, NULL, sizeof(float) * FK_N * FK_KVH * FK_D);
+    t->xb = put(b, NULL, sizeof(float) * FK_N * FK_DIM);
+}
+
+static void fk_free(struct be *b, struct fk_task *t) {
+    be_dealloc(b, t->kv.k), be_dealloc(b, t->kv.v), be_dealloc(b, t->q), be_dealloc(b, t->k);
+    be_dealloc(b, t->v), be_dealloc(b, t->xb);
+}
+
+/* what one run of the pair leaves: x + y_a + y_b, each branch's output,
+ * its cache and its peek (host copies) */
+struct fk_result {
+    float x[FK_N * FK_DIM], y[2][FK_N * FK_DIM], peek[2][FK_PEEK];
+    float kc[2][FK_PAGES * BE_PAGE_SLOTS * FK_KVH * FK_D];
+};
+
+/* Runs the pair on b (fork2 through be_fork2, else one task after the other
+ * on b itself), then x += y_a; x += y_b on b, as forward_lp.c does. */
+static void fk_pair(struct be *b, int fork, const float *hx, const float *nw, struct be_tensor w[2][5],
+                    const int32_t *ids, const int32_t *pos, const int32_t *slots,
+                    const struct be_attn_seq *seqs, struct fk_result *r) {
+    float *x = put(b, hx, sizeof r->x);
+    struct fk_task t[2];
+    for (int j = 0; j < 2; j++) {
+        t[j] = (struct fk_task){.x = x, .nw = nw, .emb = &w[j][0], .wq = &w[j][1], .wk = &w[j][2],
+                                .wv = &w[j][3], .wo = &w[j][4], .ids = ids + j * FK_N, .pos = pos,
+                                .slots = slots, .seqs = seqs};
+        fk_alloc(b, &t[j]);
+    }
+    if (fork) {
+        be_fork2(b, fk_run, &t[0], &t[1]);
+    } else {
+        fk_run(b, &t[0]);
+        fk_run(b, &t[1]);
+    }
+    for (int j = 0; j < 2; j++)
+        be_add(b, x, t[j].xb, (int64_t)FK_N * FK_DIM);
+    get(b, r->x, x, sizeof r->x);
+    for (int j = 0; j < 2; j++) {
+        get(b, r->y[j], t[j].xb, sizeof r->y[j]);
+        get(b, r->kc[j], t[j].kv.k, sizeof r->kc[j]);
+        memcpy(r->peek[j], t[j].peek, sizeof r->peek[j]);
+        fk_free(b, &t[j]);
+    }
+    be_dealloc(b, x);
+}
+
+static void fk_same(const char *what, const struct fk_result *a, const struct fk_result *b) {
+    int live = 0; /* the pair computed something: both outputs and peeks not all zero */
+    for (int j = 0; j < 2; j++) {
+        int y = 0, p = 0;
+        for (int i = 0; i < FK_N * FK_DIM; i++)
+            y |= b->y[j][i] != 0.0f;
+        for (int i = 0; i < FK_PEEK; i++)
+            p |= b->peek[j][i] != 0.0f;
+        live += y && p;
+    }
+    int same = live == 2 && memcmp(a, b, sizeof *a) == 0;
+    n_case++;
+    n_fail += !same;
+    printf("%-10s %-34s %s\n", "fork2", what, same ? "ok" : "FAIL");
+}
+
+/* fork2: the pair through be_fork2 (two streams on the GPU) must give
+ * bitwise what the same calls give one after the other on the backend
+ * itself (x, both outputs, both caches, the in-task downloads), twice (the
+ * second fork reuses the shares), and the CPU's values within tolerance. */
+static void case_fork2(void) {
+    static const int64_t rows[5] = {50, FK_H * FK_D, FK_KVH * FK_D, FK_KVH * FK_D, FK_DIM};
+    struct be_tensor wg[2][5], wc[2][5];
+    float *host[2][5];
+    for (int j = 0; j < 2; j++) {
+        for (int i = 0; i < 5; i++) {
+            const int64_t K = i == 4 ? FK_H * FK_D : FK_DIM;
+            host[j][i] = frand_buf((size_t)(rows[i] * K), 0.2f);
+            wc[j][i] = (struct be_tensor){.type = BE_F32, .ne = {K, rows[i], 1, 1},
+                                          .nb1 = sizeof(float) * (size_t)K, .data = host[j][i]};
+            wg[j][i] = wc[j][i];
+            if (i > 0 && (be_weight_prepare(&cpu, &wc[j][i]) < 0 || be_weight_prepare(&gpu, &wg[j][i]) < 0)) {
+                printf("%-10s %-34s FAIL (weight_prepare)\n", "fork2", "f32 weights");
+                n_fail++;
+                return; /* the test exits with a failure; the weights are the process's */
+            }
+        }
+    }
+    /* two sequences, prefill from 0: 9 tokens on page 2, 4 tokens on page 0 */
+    static const int32_t pages0[1] = {2}, pages1[1] = {0};
+    const struct be_attn_seq seqs[2] = {{.tok0 = 0, .n_tok = 9, .n_past = 0, .pages = pages0},
+                                        {.tok0 = 9, .n_tok = 4, .n_past = 0, .pages = pages1}};
+    int32_t ids[2 * FK_N], pos[FK_N], slots[FK_N];
+    for (int i = 0; i < FK_N; i++) {
+        pos[i] = i < 9 ? i : i - 9;
+        slots[i] = i < 9 ? 2 * BE_PAGE_SLOTS + i : i - 9;
+        ids[i] = (int32_t)(rnd() % 50);
+        ids[FK_N + i] = i == 5 ? 50 : (int32_t)(rnd() % 50); /* one id out of range: zeros */
+    }
+    float *hx = frand_buf((size_t)FK_N * FK_DIM, 1.0f), *nw = frand_buf(FK_DIM, 1.0f);
+    float *nwg = put(&gpu, nw, sizeof(float) * FK_DIM), *nwc = put(&cpu, nw, sizeof(float) * FK_DIM);
+    struct fk_result *seq = calloc(1, sizeof *seq), *fk = calloc(1, sizeof *fk), *ref = calloc(1, sizeof *ref);
+    fk_pair(&gpu, 0, hx, nwg, wg, ids, pos, slots, seqs, seq);
+    fk_pair(&gpu, 1, hx, nwg, wg, ids, pos, slots, seqs, fk);
+    fk_same("pair vs in sequence, bitwise", fk, seq);
+    memset(fk, 0, sizeof *fk);
+    fk_pair(&gpu, 1, hx, nwg, wg, ids, pos, slots, seqs, fk);
+    fk_same("second fork (shares reused)", fk, seq);
+    fk_pair(&cpu, 0, hx, nwc, wc, ids, pos, slots, seqs, ref);
+    check("fork2", "x + y_a + y_b vs cpu, f32", fk->x, ref->x, (size_t)FK_N * FK_DIM, 1e-4);
+    be_dealloc(&gpu, nwg), be_dealloc(&cpu, nwc);
+    free(seq), free(fk), free(ref), free(hx), free(nw);
+    /* host[][] stay: the prepared tensors may still point at them (freed at exit) */
 }
 
 int main(int argc, char **argv) {
@@ -628,6 +846,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof lcs / sizeof lcs[0]; i++)
         case_attention(&at_long, &lcs[i], 0);
     case_attention(&at_long, &lcs[0], 1);
+    case_index_ring();
+    case_fork2();
 #if HAVE_CUDA
     int err = kcu_ctx_error(&gpu);
     n_case++;

@@ -85,13 +85,15 @@ static int gen_models(void) {
 
 /* ---------------------------------------------------------------- helpers */
 
-/* eng_model_load applies the lp options (and the file's lp.range). */
-static struct eng_model *load(int which, int start, int end) {
+/* eng_model_load applies the lp options (and the file's lp.range); exec is
+ * eng_options.lp_exec (ENG_LP_EXEC_*). */
+static struct eng_model *load_x(int which, int start, int end, int exec) {
     struct eng_options o = {.kv_type = ENG_KV_F32, .max_batch_tokens = 64, .n_ctx = 128,
                             .lp_mode = start == end ? ENG_LP_OFF : ENG_LP_RANGE,
-                            .lp_start = start, .lp_end = end};
+                            .lp_start = start, .lp_end = end, .lp_exec = exec};
     return tu_load(paths[which], &o);
 }
+static struct eng_model *load(int which, int start, int end) { return load_x(which, start, end, ENG_LP_EXEC_AUTO); }
 
 static void unload(struct eng_model *m) { eng_model_free(m); }
 
@@ -104,10 +106,16 @@ static const struct ref_case ref_cases[] = {
     {M_LLAMA, 2, 6}, {M_LLAMA, 0, 6}, {M_GEMMA, 4, 6}, {M_GEMMA, 0, 6}, {M_GEMMA, 1, 7}, {M_QWEN2, 0, 4},
 };
 
+#define N_REF_CASES ((int)(sizeof ref_cases / sizeof ref_cases[0]))
+
+/* _i < N_REF_CASES: branch by branch; then the same cases merged (one wider
+ * GEMM per pair, norm weights folded: lp_merge.c), which must meet the same
+ * tolerance and differ from the branch-by-branch logits (it ran). */
 START_TEST(test_ref) {
-    const struct ref_case *rc = &ref_cases[_i];
+    const struct ref_case *rc = &ref_cases[_i % N_REF_CASES];
+    const int merged = _i >= N_REF_CASES;
     if (!tu_ref_available(have_ref, "lp reference comparison")) return;
-    struct eng_model *m = load(rc->model, rc->start, rc->end);
+    struct eng_model *m = load_x(rc->model, rc->start, rc->end, merged ? ENG_LP_EXEC_MERGED : ENG_LP_EXEC_BRANCHES);
     struct eng_model *plain = load(rc->model, 0, 0);
     const int n = 40, V = eng_model_config(m)->n_vocab;
     int32_t toks[40], pages[3] = {5, 0, 2};
@@ -121,10 +129,19 @@ START_TEST(test_ref) {
     snprintf(range, sizeof range, "--range %d:%d", rc->start, rc->end);
     float *want = tu_run_ref(ref_script, paths[rc->model], toks, n, range, (size_t)n * V);
     double d = tu_max_abs_diff(got, want, (size_t)n * V), dseq = tu_max_abs_diff(got, seq, (size_t)n * V);
-    printf("lp ref model %d range %d:%d: max |logit - ref| = %.3g over %d positions; differs from the "
-           "sequential model by %.3g\n", rc->model, rc->start, rc->end, d, n, dseq);
-    ck_assert_msg(d <= 1e-4, "model %d range %d:%d: max diff %g", rc->model, rc->start, rc->end, d);
+    printf("lp ref model %d range %d:%d%s: max |logit - ref| = %.3g over %d positions; differs from the "
+           "sequential model by %.3g\n", rc->model, rc->start, rc->end, merged ? " merged" : "", d, n, dseq);
+    ck_assert_msg(d <= 1e-4, "model %d range %d:%d%s: max diff %g", rc->model, rc->start, rc->end,
+                  merged ? " merged" : "", d);
     ck_assert_msg(dseq > 1e-2, "pairing changed nothing (%g): did the hook run?", dseq);
+    if (merged) { /* the merged path ran: another rounding order than the branches' */
+        struct eng_model *br = load_x(rc->model, rc->start, rc->end, ENG_LP_EXEC_BRANCHES);
+        ck_assert_int_eq(tu_run1(br, toks, n, 0, pages, 3, 1, seq), 0);
+        double dbr = tu_max_abs_diff(got, seq, (size_t)n * V);
+        printf("    merged vs branch by branch: max |diff| = %.3g\n", dbr);
+        ck_assert_msg(dbr > 0, "merged logits are bitwise the branch-by-branch ones: did the merged path run?");
+        unload(br);
+    }
     free(got);
     free(seq);
     free(want);
@@ -187,14 +204,14 @@ static void incremental(struct eng_model *m, float *full) {
 START_TEST(test_incremental_and_exec_modes) {
     const int which = _i, V = 512, n = 37;
     const int start = which == M_GEMMA ? 2 : 0, end = which == M_GEMMA ? 6 : 4;
-    float *full[2] = {malloc((size_t)n * V * 4), malloc((size_t)n * V * 4)};
-    ck_assert(full[0] && full[1]);
+    float *full[3] = {malloc((size_t)n * V * 4), malloc((size_t)n * V * 4), malloc((size_t)n * V * 4)};
+    ck_assert(full[0] && full[1] && full[2]);
     const char *modes[2] = {"seq", "split"};
-    for (int i = 0; i < 2; i++) {
-        setenv("SLIMSERVE_LP_EXEC", modes[i], 1); /* read by the CPU backend at be_open (load) */
-        struct eng_model *m = load(which, start, end);
+    for (int i = 0; i < 3; i++) { /* i == 2: merged pairs (split fork2 for their attention) */
+        setenv("SLIMSERVE_LP_EXEC", modes[i % 2], 1); /* read by the CPU backend at be_open (load) */
+        struct eng_model *m = load_x(which, start, end, i == 2 ? ENG_LP_EXEC_MERGED : ENG_LP_EXEC_AUTO);
         ck_assert_int_eq(eng_model_config(m)->n_vocab, V);
-        incremental(m, full[i]);
+        incremental(m, i == 2 ? full[2] : full[i]);
         unload(m);
     }
     unsetenv("SLIMSERVE_LP_EXEC");
@@ -202,13 +219,15 @@ START_TEST(test_incremental_and_exec_modes) {
                   "two-core execution differs from sequential execution of the pairs");
     free(full[0]);
     free(full[1]);
+    free(full[2]);
 }
 END_TEST
 
 /* ------------------------------------------------------------ ragged batch */
 
+/* _i: model _i % 2, branch by branch (_i < 2) or merged */
 START_TEST(test_batch_invariance) {
-    struct eng_model *m = load(_i, 0, 4);
+    struct eng_model *m = load_x(_i % 2, 0, 4, _i < 2 ? ENG_LP_EXEC_BRANCHES : ENG_LP_EXEC_MERGED);
     const int V = eng_model_config(m)->n_vocab;
     int32_t a[20], b[33], c[3];
     tu_prompt(a, 20, V, 1);
@@ -464,10 +483,10 @@ static Suite *lp_suite(void) {
     Suite *s = suite_create("lp");
     TCase *t = tcase_create("lp");
     tcase_set_timeout(t, 120);
-    tcase_add_loop_test(t, test_ref, 0, (int)(sizeof ref_cases / sizeof ref_cases[0]));
+    tcase_add_loop_test(t, test_ref, 0, 2 * N_REF_CASES);
     tcase_add_loop_test(t, test_off_is_bitwise_plain, 0, M_COUNT);
     tcase_add_loop_test(t, test_incremental_and_exec_modes, 0, 2);
-    tcase_add_loop_test(t, test_batch_invariance, 0, 2);
+    tcase_add_loop_test(t, test_batch_invariance, 0, 4);
     tcase_add_loop_test(t, test_kv_layout, 0, 2);
     tcase_add_test(t, test_per_layer_tables);
     tcase_add_test(t, test_invalid_ranges);
