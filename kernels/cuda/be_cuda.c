@@ -672,6 +672,7 @@ static void kcu_lte_ffn(void *ctx, float *y, const float *x, const uint8_t *mask
     cu_ok(c, kcu_launch_lte_down(c->st, y, h, p->down->be_data, kcu_gemm_type(p->down->type), dim, S,
                                  (const int32_t *)(d + o_row), (const struct kcu_lte_ent *)(d + o_ents), n),
           "lte down");
+}
 
 /* ---------------------------------------------------------------- fork2 */
 

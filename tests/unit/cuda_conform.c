@@ -574,6 +574,7 @@ static int bench_attention(void) {
     }
 #endif
     return 0;
+}
 
 /* ---------------------------------------------------------------- index ring */
 
