@@ -735,10 +735,14 @@ static void fk_same(const char *what, const struct fk_result *a, const struct fk
  * bitwise what the same calls give one after the other on the backend
  * itself (x, both outputs, both caches, the in-task downloads), twice (the
  * second fork reuses the shares), and the CPU's values within tolerance. */
+/* the fork2 case's host weights: the prepared tensors may point at them until
+ * the backends close, so main frees them after be_close */
+static float *fk_host[2][5];
+
 static void case_fork2(void) {
     static const int64_t rows[5] = {50, FK_H * FK_D, FK_KVH * FK_D, FK_KVH * FK_D, FK_DIM};
     struct be_tensor wg[2][5], wc[2][5];
-    float *host[2][5];
+    float *(*host)[5] = fk_host;
     for (int j = 0; j < 2; j++) {
         for (int i = 0; i < 5; i++) {
             const int64_t K = i == 4 ? FK_H * FK_D : FK_DIM;
@@ -777,7 +781,7 @@ static void case_fork2(void) {
     check("fork2", "x + y_a + y_b vs cpu, f32", fk->x, ref->x, (size_t)FK_N * FK_DIM, 1e-4);
     be_dealloc(&gpu, nwg), be_dealloc(&cpu, nwc);
     free(seq), free(fk), free(ref), free(hx), free(nw);
-    /* host[][] stay: the prepared tensors may still point at them (freed at exit) */
+    /* fk_host stays until the backends are closed (main) */
 }
 
 int main(int argc, char **argv) {
@@ -857,6 +861,8 @@ int main(int argc, char **argv) {
 #endif
     be_close(&gpu);
     be_close(&cpu);
+    for (int j = 0; j < 2; j++)
+        for (int i = 0; i < 5; i++) free(fk_host[j][i]);
     printf("cuda_conform: %d/%d cases passed%s\n", n_case - n_fail, n_case, n_fail ? " -- FAILED" : "");
     return n_fail ? 1 : 0;
 }
