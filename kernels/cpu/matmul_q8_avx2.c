@@ -98,12 +98,32 @@ struct pair32 {
 
 _Static_assert(sizeof(struct pair32) == 160, "KQ8_SCR_BYTES (q8.h) assumes 160 bytes per pair");
 
+/* Q4_0 pair with both blocks present, straight into x's order: the packed
+ * nibble bytes of the two blocks interleaved by 4-byte groups (byte k holds
+ * elements k and k + 16), so the low nibbles are wa and the high ones wb: the
+ * same bytes as unpack32 + interleave with fewer operations (1.2x at n = 1 in
+ * `bench_kernels micro 2 1 200000 avx2+int8`). Q5_0's fifth bits taken the
+ * same way (one shuffle of both qh words) measured +4% at n = 1 and -3% at
+ * n = 16, so Q5_0 keeps the general path. */
+AI void pair_q4_0(const uint8_t *p, __m256i *wa, __m256i *wb) {
+    __m128i q0 = _mm_loadu_si128((const __m128i *)(p + 2)), q1 = _mm_loadu_si128((const __m128i *)(p + 18 + 2));
+    __m256i c = _mm256_setr_m128i(_mm_unpacklo_epi32(q0, q1), _mm_unpackhi_epi32(q0, q1));
+    const __m256i m4 = _mm256_set1_epi8(15), k8 = _mm256_set1_epi8(8);
+    *wa = _mm256_sub_epi8(_mm256_and_si256(c, m4), k8);
+    *wb = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(c, 4), m4), k8);
+}
+
 AI void unpack_pair(int type, const uint8_t *p, int two, struct pair32 *u) {
     const size_t bs = bsz32(type);
-    __m256i w0 = unpack32(type, p), w1 = two ? unpack32(type, p + bs) : _mm256_setzero_si256();
-    /* the pair in x's order: 4-byte groups alternating between the blocks */
-    __m256i lo = _mm256_unpacklo_epi32(w0, w1), hi = _mm256_unpackhi_epi32(w0, w1);
-    __m256i wa = _mm256_permute2x128_si256(lo, hi, 0x20), wb = _mm256_permute2x128_si256(lo, hi, 0x31);
+    __m256i wa, wb;
+    if (two && type == BE_Q4_0) {
+        pair_q4_0(p, &wa, &wb);
+    } else {
+        __m256i w0 = unpack32(type, p), w1 = two ? unpack32(type, p + bs) : _mm256_setzero_si256();
+        /* the pair in x's order: 4-byte groups alternating between the blocks */
+        __m256i lo = _mm256_unpacklo_epi32(w0, w1), hi = _mm256_unpackhi_epi32(w0, w1);
+        wa = _mm256_permute2x128_si256(lo, hi, 0x20), wb = _mm256_permute2x128_si256(lo, hi, 0x31);
+    }
     float dw[2] = {h2f(p), two ? h2f(p + bs) : 0.0f};
     u->dw = pair_ps(dw);
     if (type == BE_Q8_0) {
