@@ -161,8 +161,9 @@ AI __m256 step_pair(int type, const struct pair32 *u, const uint8_t *q, const fl
 
 /* y[j*ldy] = row . token t+j (j < nt), the row read from w (pre NULL) or
  * from its unpacked pairs pre[nb/2 rounded up] (the same operations) */
-AI void dot32(int type, int nt, const uint8_t *w, const struct pair32 *pre, const struct kq8_x *x, int t,
+AI void dot32(int type, int nt, const uint8_t *w, const void *prev, const struct kq8_x *x, int t,
               float *y, int64_t ldy) {
+    const struct pair32 *pre = prev;
     const size_t bs = bsz32(type);
     const int64_t nb = x->nb;
     __m256 acc[TG];
@@ -188,6 +189,33 @@ AI void dot32(int type, int nt, const uint8_t *w, const struct pair32 *pre, cons
     }
     for (int j = 0; j < nt; j++)
         y[(size_t)j * ldy] = hsum8(acc[j]);
+}
+
+/* Two unpacked rows (pairs at pre and pre + np) times tokens t..t+nt-1:
+ * per (row, token) the operations of dot32, each token's quants and scales
+ * loaded once for both rows. */
+AI void dot32x2(int type, int nt, const struct pair32 *pre, int64_t np, const struct kq8_x *x, int t,
+                float *y, int64_t ldy) {
+    __m256 acc0[TG], acc1[TG];
+    const uint8_t *xq[TG];
+    const float *dx[TG];
+    for (int j = 0; j < nt; j++) {
+        acc0[j] = _mm256_setzero_ps();
+        acc1[j] = _mm256_setzero_ps();
+        xq[j] = kq8_qu(x, t + j);
+        dx[j] = kq8_d(x, t + j);
+    }
+    for (int64_t b = 0; b < x->nb; b += 2) {
+        const struct pair32 *u0 = pre + b / 2, *u1 = pre + np + b / 2;
+        for (int j = 0; j < nt; j++) {
+            acc0[j] = step_pair(type, u0, xq[j] + 32 * b, dx[j] + b, acc0[j]);
+            acc1[j] = step_pair(type, u1, xq[j] + 32 * b, dx[j] + b, acc1[j]);
+        }
+    }
+    for (int j = 0; j < nt; j++) {
+        y[(size_t)j * ldy] = hsum8(acc0[j]);
+        y[(size_t)j * ldy + 1] = hsum8(acc1[j]);
+    }
 }
 
 /* ---------------------------------------------------------------- K-quants */
@@ -258,10 +286,35 @@ AI void unpack_q6k(const uint8_t *p, struct sb *s) {
     }
 }
 
-AI void dot256(int type, int nt, const uint8_t *w, const struct pair32 *pre, const struct kq8_x *x, int t,
+_Static_assert(sizeof(struct sb) <= 4 * sizeof(struct pair32),
+               "KQ8_SCR_BYTES (q8.h) assumes a super-block unpacks into at most 4 pairs' bytes");
+
+AI void unpack_sb(int type, const uint8_t *p, struct sb *s) {
+    if (type == BE_Q6_K)
+        unpack_q6k(p, s);
+    else
+        unpack_k45(type, p, s);
+}
+
+/* acc, mac of one (row, token) += super-block u times the token's block at q
+ * (its 16 sums at bs, its scale dxb) */
+AI void step_sb(const struct sb *u, const int8_t *q, const int16_t *bs, float dxb, __m256 *acc, __m256 *mac) {
+    __m256i is = _mm256_setzero_si256();
+    for (int i = 0; i < 8; i++) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(q + 32 * i));
+        is = _mm256_add_epi32(is, _mm256_madd_epi16(_mm256_maddubs_epi16(u->u[i], xv), u->sv[i]));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(u->d * dxb), *acc);
+    __m256i bsv = _mm256_loadu_si256((const __m256i *)bs);
+    *mac = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(u->mv, bsv)), _mm256_set1_ps(u->c * dxb), *mac);
+}
+
+/* y[j*ldy] = row . token t+j (j < nt), the row read from w (pre NULL) or from
+ * its unpacked super-blocks pre[nb] (the same operations) */
+AI void dot256(int type, int nt, const uint8_t *w, const void *pre, const struct kq8_x *x, int t,
                float *y, int64_t ldy) {
-    (void)pre;
     const size_t bs = bsz256(type);
+    const struct sb *ps = pre;
     __m256 acc[TG], mac[TG];
     const int8_t *xq[TG];
     const float *dx[TG];
@@ -274,36 +327,49 @@ AI void dot256(int type, int nt, const uint8_t *w, const struct pair32 *pre, con
         xs[j] = kq8_bs(x, t + j);
     }
     for (int64_t b = 0; b < x->nb; b++) {
-        const uint8_t *p = w + (size_t)b * bs;
-        for (int o = 0; o < (int)bs; o += 64)
-            _mm_prefetch((const char *)p + PF + o, _MM_HINT_T0);
         struct sb s;
-        if (type == BE_Q6_K)
-            unpack_q6k(p, &s);
-        else
-            unpack_k45(type, p, &s);
-        for (int j = 0; j < nt; j++) {
-            const int8_t *q = xq[j] + 256 * b;
-            __m256i is = _mm256_setzero_si256();
-            for (int i = 0; i < 8; i++) {
-                __m256i xv = _mm256_loadu_si256((const __m256i *)(q + 32 * i));
-                is = _mm256_add_epi32(is, _mm256_madd_epi16(_mm256_maddubs_epi16(s.u[i], xv), s.sv[i]));
-            }
-            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(s.d * dx[j][b]), acc[j]);
-            __m256i bsv = _mm256_loadu_si256((const __m256i *)(xs[j] + 16 * b));
-            mac[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s.mv, bsv)),
-                                     _mm256_set1_ps(s.c * dx[j][b]), mac[j]);
+        const struct sb *u = ps ? ps + b : &s;
+        if (!ps) {
+            const uint8_t *p = w + (size_t)b * bs;
+            for (int o = 0; o < (int)bs; o += 64)
+                _mm_prefetch((const char *)p + PF + o, _MM_HINT_T0);
+            unpack_sb(type, p, &s);
         }
+        for (int j = 0; j < nt; j++)
+            step_sb(u, xq[j] + 256 * b, xs[j] + 16 * b, dx[j][b], &acc[j], &mac[j]);
     }
     for (int j = 0; j < nt; j++)
         y[(size_t)j * ldy] = hsum8(acc[j]) - hsum8(mac[j]);
 }
 
+/* Two unpacked rows (super-blocks at pre and pre + nsb) times tokens t, t+1
+ * (nt <= 2: four accumulator pairs): per (row, token) the operations of
+ * dot256, each token's quants loaded once for both rows. */
+AI void dot256x2(int nt, const struct sb *pre, int64_t nsb, const struct kq8_x *x, int t, float *y,
+                 int64_t ldy) {
+    __m256 acc0[2], mac0[2], acc1[2], mac1[2];
+    for (int j = 0; j < nt; j++)
+        acc0[j] = mac0[j] = acc1[j] = mac1[j] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < x->nb; b++)
+        for (int j = 0; j < nt; j++) {
+            const int8_t *q = kq8_qs(x, t + j) + 256 * b;
+            const int16_t *bs = kq8_bs(x, t + j) + 16 * b;
+            float dxb = kq8_d(x, t + j)[b];
+            step_sb(pre + b, q, bs, dxb, &acc0[j], &mac0[j]);
+            step_sb(pre + nsb + b, q, bs, dxb, &acc1[j], &mac1[j]);
+        }
+    for (int j = 0; j < nt; j++) {
+        y[(size_t)j * ldy] = hsum8(acc0[j]) - hsum8(mac0[j]);
+        y[(size_t)j * ldy + 1] = hsum8(acc1[j]) - hsum8(mac1[j]);
+    }
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
-/* one row, tokens t..t+nt-1 (nt <= TG), specialised per type and nt */
+/* one row, tokens t..t+nt-1 (nt <= TG), specialised per type and nt; pre:
+ * the row unpacked (NULL: read from the weights) */
 #define ROW_FN(name, dot, TYPE)                                                              \
-    static void name(const struct kq8_mm *mm, int64_t r, const struct pair32 *pre, int t, int nt) { \
+    static void name(const struct kq8_mm *mm, int64_t r, const void *pre, int t, int nt) {   \
         const uint8_t *w = mm->w + (size_t)r * mm->nb1;                                      \
         float *y = mm->y + (size_t)t * mm->ldy + r;                                          \
         switch (nt) {                                                                        \
@@ -320,35 +386,78 @@ ROW_FN(row_q4_k, dot256, BE_Q4_K)
 ROW_FN(row_q5_k, dot256, BE_Q5_K)
 ROW_FN(row_q6_k, dot256, BE_Q6_K)
 
+/* Rows r, r+1 unpacked (pre, the second row `stride` units further), tokens
+ * t..t+nt-1 (nt <= TG for 32-blocks, <= 2 for super-blocks). */
+typedef void (*row2_fn)(const struct kq8_mm *mm, int64_t r, const void *pre, int64_t stride, int t, int nt);
+#define ROW2_FN(name, TYPE)                                                                  \
+    static void name(const struct kq8_mm *mm, int64_t r, const void *pre, int64_t np, int t, int nt) { \
+        float *y = mm->y + (size_t)t * mm->ldy + r;                                          \
+        switch (nt) {                                                                        \
+        case 1: dot32x2(TYPE, 1, pre, np, mm->x, t, y, mm->ldy); break;                      \
+        case 2: dot32x2(TYPE, 2, pre, np, mm->x, t, y, mm->ldy); break;                      \
+        case 3: dot32x2(TYPE, 3, pre, np, mm->x, t, y, mm->ldy); break;                      \
+        default: dot32x2(TYPE, 4, pre, np, mm->x, t, y, mm->ldy); break;                     \
+        }                                                                                    \
+    }
+ROW2_FN(row2_q4_0, BE_Q4_0)
+ROW2_FN(row2_q5_0, BE_Q5_0)
+ROW2_FN(row2_q8_0, BE_Q8_0)
+static void row2_sb(const struct kq8_mm *mm, int64_t r, const void *pre, int64_t nsb, int t, int nt) {
+    float *y = mm->y + (size_t)t * mm->ldy + r;
+    if (nt == 1)
+        dot256x2(1, pre, nsb, mm->x, t, y, mm->ldy);
+    else
+        dot256x2(2, pre, nsb, mm->x, t, y, mm->ldy);
+}
+
 /* Rows [r0, r1) x tokens [t0, t1). With more tokens than one group and room
- * in scr (scr_len bytes, 32-byte aligned), the 32-block rows are unpacked
- * once into scr and every token group reads them there (the same operations
- * as the direct path, so the same bits whatever n is). */
+ * in scr (scr_len bytes, 32-byte aligned), the rows are unpacked once into
+ * scr (32-block pairs or K-quant super-blocks) and every token group reads
+ * them there, two rows at a time: per (row, token) the same operations as the
+ * direct path, so the same bits whatever n is. */
 void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len) {
-    void (*row)(const struct kq8_mm *, int64_t, const struct pair32 *, int, int);
+    void (*row)(const struct kq8_mm *, int64_t, const void *, int, int);
+    row2_fn row2;
     switch (mm->type) {
-    case BE_Q4_0: row = row_q4_0; break;
-    case BE_Q5_0: row = row_q5_0; break;
-    case BE_Q8_0: row = row_q8_0; break;
-    case BE_Q4_K: row = row_q4_k; break;
-    case BE_Q5_K: row = row_q5_k; break;
-    case BE_Q6_K: row = row_q6_k; break;
+    case BE_Q4_0: row = row_q4_0, row2 = row2_q4_0; break;
+    case BE_Q5_0: row = row_q5_0, row2 = row2_q5_0; break;
+    case BE_Q8_0: row = row_q8_0, row2 = row2_q8_0; break;
+    case BE_Q4_K: row = row_q4_k, row2 = row2_sb; break;
+    case BE_Q5_K: row = row_q5_k, row2 = row2_sb; break;
+    case BE_Q6_K: row = row_q6_k, row2 = row2_sb; break;
     default: return;
     }
-    const int64_t nb = mm->x->nb, np = (nb + 1) / 2;
-    struct pair32 *pre = NULL;
-    if (t1 - t0 > TG && kq8_kind(mm->type) == KQ8_32 && scr && ((uintptr_t)scr & 31) == 0 &&
-        (size_t)(r1 - r0) * (size_t)np * sizeof *pre <= scr_len) {
+    const int blk32 = kq8_kind(mm->type) == KQ8_32;
+    const int64_t nb = mm->x->nb;
+    /* units per row in scr: pairs of 32-blocks, or super-blocks */
+    const int64_t nu = blk32 ? (nb + 1) / 2 : nb;
+    const size_t usz = blk32 ? sizeof(struct pair32) : sizeof(struct sb);
+    uint8_t *pre = NULL;
+    if (t1 - t0 > TG && scr && ((uintptr_t)scr & 31) == 0 && (size_t)(r1 - r0) * (size_t)nu * usz <= scr_len) {
         pre = scr;
         for (int64_t r = r0; r < r1; r++) {
             const uint8_t *w = mm->w + (size_t)r * mm->nb1;
-            for (int64_t b = 0; b < nb; b += 2)
-                unpack_pair(mm->type, w + (size_t)b * bsz32(mm->type), b + 1 < nb, pre + (r - r0) * np + b / 2);
+            if (blk32) {
+                struct pair32 *u = (struct pair32 *)pre + (r - r0) * nu;
+                for (int64_t b = 0; b < nb; b += 2)
+                    unpack_pair(mm->type, w + (size_t)b * bsz32(mm->type), b + 1 < nb, u + b / 2);
+            } else {
+                struct sb *u = (struct sb *)pre + (r - r0) * nu;
+                for (int64_t b = 0; b < nb; b++)
+                    unpack_sb(mm->type, w + (size_t)b * bsz256(mm->type), u + b);
+            }
         }
     }
+    const size_t rstride = (size_t)nu * usz; /* bytes per unpacked row */
+    const int tg2 = blk32 ? TG : 2;          /* tokens per two-row call */
     for (int t = t0; t < t1; t += TG) {
         int nt = t1 - t < TG ? t1 - t : TG;
-        for (int64_t r = r0; r < r1; r++)
-            row(mm, r, pre ? pre + (r - r0) * np : NULL, t, nt);
+        int64_t r = r0;
+        if (pre) /* two rows at a time, x read once for both */
+            for (; r + 2 <= r1; r += 2)
+                for (int j = 0; j < nt; j += tg2)
+                    row2(mm, r, pre + (size_t)(r - r0) * rstride, nu, t + j, nt - j < tg2 ? nt - j : tg2);
+        for (; r < r1; r++)
+            row(mm, r, pre ? pre + (size_t)(r - r0) * rstride : NULL, t, nt);
     }
 }

@@ -82,7 +82,8 @@ struct kq8_mm {
  * a kernel may use to unpack the rows once for many tokens. */
 typedef void (*kq8_rows_fn)(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr,
                             size_t scr_len);
-/* Scratch bytes kq8_rows_avx2 uses for rows rows of K elements of a 32-block type. */
+/* Scratch bytes kq8_rows_avx2 uses for rows rows of K elements: 160 per pair
+ * of 32-blocks (a K-quant super-block unpacks into less than 4 pairs' bytes). */
 #define KQ8_SCR_BYTES(rows, K) ((size_t)(rows) * (size_t)(((K) / 32 + 1) / 2) * 160)
 
 #if defined(__x86_64__)

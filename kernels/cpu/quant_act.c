@@ -263,7 +263,7 @@ static void q8_task(void *arg, int tid, int nt) {
     }
     int64_t r0, r1;
     rows_of(J->R, tid, nt, &r0, &r1);
-    size_t scr_len = J->n > 4 && J->kind == KQ8_32 ? KQ8_SCR_BYTES(KQ8_RB, J->K) : 0;
+    size_t scr_len = J->n > 4 ? KQ8_SCR_BYTES(KQ8_RB, J->K) : 0;
     void *scr = scr_len ? kcpu_thread_buf(J->ctx, tid, scr_len / sizeof(float)) : NULL;
     for (int64_t b = r0; b < r1; b += KQ8_RB)
         J->rows(J->mm, b, r1 - b < KQ8_RB ? r1 : b + KQ8_RB, 0, J->n, scr, scr ? scr_len : 0);
