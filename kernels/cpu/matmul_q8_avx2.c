@@ -461,3 +461,75 @@ void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int 
             row(mm, r, pre ? pre + (size_t)(r - r0) * rstride : NULL, t, nt);
     }
 }
+
+/* ---------------------------------------------------------------- quantiser */
+
+/* The rule of q8.h for one block of nv*8 floats at s: its scale into *d, its
+ * quants (element order, int8) into q. Every step is the scalar quantiser's
+ * (quant_act.c) in the same IEEE operations, so the same bytes: max that
+ * skips NaN (maxps keeps its second operand when the first is NaN), one
+ * division, one multiply, NaN -> 0, the clamp, the same round-half-even. */
+AI void quant_blk(const float *s, int nv, float *d, int8_t *q) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < nv; i++)
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(s + 8 * i)), m);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    float amax = _mm_cvtss_f32(h);
+    float dd = amax / 127.0f;
+    float id = dd > 0.0f ? 1.0f / dd : 0.0f;
+    *d = dd;
+    const __m256 vid = _mm256_set1_ps(id), hi = _mm256_set1_ps(127.0f), lo = _mm256_set1_ps(-127.0f);
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int i = 0; i < nv; i += 4) {
+        __m256i v[4];
+        for (int k = 0; k < 4; k++) {
+            __m256 t = _mm256_mul_ps(_mm256_loadu_ps(s + 8 * (i + k)), vid);
+            t = _mm256_and_ps(t, _mm256_cmp_ps(t, t, _CMP_ORD_Q)); /* NaN -> 0 */
+            t = _mm256_max_ps(_mm256_min_ps(t, hi), lo);
+            t = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
+            v[k] = _mm256_cvtps_epi32(t); /* integral: exact */
+        }
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(q + 8 * i), _mm256_permutevar8x32_epi32(p, order));
+    }
+}
+
+void kq8_quantize_avx2(struct kq8_x *x, const float *src, int t0, int t1) {
+    const __m256i k128 = _mm256_set1_epi8((char)0x80);
+    for (int t = t0; t < t1; t++) {
+        uint8_t *row = x->buf + (size_t)t * x->stride;
+        float *d = (float *)row;
+        const float *s = src + (size_t)t * (size_t)x->K;
+        if (x->kind == KQ8_32) {
+            uint8_t *qu = row + x->qs_off;
+            for (int64_t b = 0; b < x->nb; b += 2) {
+                int8_t qa[32], qb[32] = {0};
+                quant_blk(s + b * 32, 4, d + b, qa);
+                d[b + 1] = 0.0f;
+                if (b + 1 < x->nb)
+                    quant_blk(s + (b + 1) * 32, 4, d + b + 1, qb);
+                __m256i A = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)qa), k128);
+                __m256i B = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)qb), k128);
+                __m256i l = _mm256_unpacklo_epi32(A, B), h = _mm256_unpackhi_epi32(A, B);
+                _mm256_storeu_si256((__m256i *)(qu + 32 * b), _mm256_permute2x128_si256(l, h, 0x20));
+                _mm256_storeu_si256((__m256i *)(qu + 32 * b + 32), _mm256_permute2x128_si256(l, h, 0x31));
+            }
+            continue;
+        }
+        int16_t *bs = (int16_t *)(row + x->bs_off);
+        int8_t *qs = (int8_t *)(row + x->qs_off);
+        for (int64_t b = 0; b < x->nb; b++) {
+            quant_blk(s + b * 256, 32, d + b, qs + b * 256);
+            for (int c = 0; c < 8; c++) { /* sums of 16: sad of q + 128 over 8 bytes, less 1024 each */
+                __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(qs + b * 256 + 32 * c)), k128);
+                __m256i sd = _mm256_sad_epu8(u, _mm256_setzero_si256());
+                bs[16 * b + 2 * c] = (int16_t)(_mm256_extract_epi64(sd, 0) + _mm256_extract_epi64(sd, 1) - 2048);
+                bs[16 * b + 2 * c + 1] = (int16_t)(_mm256_extract_epi64(sd, 2) + _mm256_extract_epi64(sd, 3) - 2048);
+            }
+        }
+    }
+}

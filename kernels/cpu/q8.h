@@ -65,8 +65,11 @@ static inline const uint8_t *kq8_qu(const struct kq8_x *x, int t) {
 /* Sets the geometry of x for n rows of K elements; returns the bytes buf
  * needs, or 0 if K is not a whole number of blocks. */
 size_t kq8_x_layout(struct kq8_x *x, int kind, int64_t K, int n);
-/* Quantises rows [t0, t1) of src[n][K] into x (layout set, buf allocated). */
+/* Quantises rows [t0, t1) of src[n][K] into x (layout set, buf allocated):
+ * with AVX2 where the CPU has it, else kq8_quantize_ref (portable C); the
+ * two write the same bytes (test_kernels_int8). */
 void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1);
+void kq8_quantize_ref(struct kq8_x *x, const float *src, int t0, int t1);
 
 /* One int8 matmul as seen by the kernels: y[t*ldy + r] = W[r] . xq[t] */
 struct kq8_mm {
@@ -87,6 +90,7 @@ typedef void (*kq8_rows_fn)(const struct kq8_mm *mm, int64_t r0, int64_t r1, int
 #define KQ8_SCR_BYTES(rows, K) ((size_t)(rows) * (size_t)(((K) / 32 + 1) / 2) * 160)
 
 #if defined(__x86_64__)
+void kq8_quantize_avx2(struct kq8_x *x, const float *src, int t0, int t1);
 void kq8_rows_vnni(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len);
 void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len);
 #endif

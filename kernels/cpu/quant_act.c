@@ -78,7 +78,7 @@ static void quant_row32(const float *s, int64_t nb, float *d, uint8_t *qu) {
     }
 }
 
-void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1) {
+void kq8_quantize_ref(struct kq8_x *x, const float *src, int t0, int t1) {
     int B = x->kind == KQ8_32 ? 32 : 256;
     for (int t = t0; t < t1; t++) {
         uint8_t *row = x->buf + (size_t)t * x->stride;
@@ -143,6 +143,16 @@ static int has_avx2(void) {
 }
 
 int kq8_available(void) { return has_vnni() || has_avx2(); }
+
+void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1) {
+#if defined(__x86_64__)
+    if (has_avx2()) {
+        kq8_quantize_avx2(x, src, t0, t1);
+        return;
+    }
+#endif
+    kq8_quantize_ref(x, src, t0, t1);
+}
 
 /* The int8 kernel of a context: the one of its fp32 ISA (kcpu_ctx_set_isa
  * picks it in tests and benchmarks): avx512 -> VNNI where the CPU has it, else

@@ -258,6 +258,52 @@ START_TEST(test_int8_precision_switch) {
 }
 END_TEST
 
+/* kq8_quantize (AVX2 where the CPU has it) writes the bytes of the portable
+ * kq8_quantize_ref: scales, quants (+128 and pair-interleaved for 32-blocks,
+ * an odd last block padded), the K-quant sums of 16, on rows with zero
+ * blocks, signed zeros, subnormals, huge values, infinities and NaNs. */
+START_TEST(test_int8_quantize_avx2_equals_ref) {
+#if defined(__x86_64__)
+    if (!__builtin_cpu_supports("avx2")) {
+        fprintf(stderr, "SKIP quantiser equality: no AVX2 here\n");
+        return;
+    }
+    const float specials[] = {0.0f, -0.0f, 1e-40f, -1e-42f, 3e38f, -3e38f, INFINITY, -INFINITY, NAN, 1.0f};
+    const int n = 5;
+    for (int kind = KQ8_32; kind <= KQ8_256; kind++) {
+        const int64_t Ks[] = {32, 96, 256, 1280};
+        for (int ki = 0; ki < 4; ki++) {
+            int64_t K = Ks[ki];
+            struct kq8_x a, b;
+            size_t bytes = kq8_x_layout(&a, kind, K, n);
+            if (!bytes)
+                continue; /* not a whole number of blocks */
+            kq8_x_layout(&b, kind, K, n);
+            a.buf = calloc(1, bytes);
+            b.buf = calloc(1, bytes);
+            float *x = malloc(sizeof(float) * n * K);
+            for (int64_t i = 0; i < n * K; i++) {
+                int blk = (int)(i / 32);
+                x[i] = frnd() * (float)(1 + blk % 3) * 10.0f;
+                if (blk % 7 == 3)
+                    x[i] = 0.0f; /* a whole zero block */
+                else if (rnd() % 13 == 0)
+                    x[i] = specials[rnd() % 10];
+            }
+            kq8_quantize_ref(&a, x, 0, n);
+            kq8_quantize(&b, x, 0, 2); /* in two calls, as threads do */
+            kq8_quantize(&b, x, 2, n);
+            ck_assert_msg(memcmp(a.buf, b.buf, bytes) == 0, "kind %d K %ld: AVX2 quantiser differs", kind,
+                          (long)K);
+            free(a.buf);
+            free(b.buf);
+            free(x);
+        }
+    }
+#endif
+}
+END_TEST
+
 static Suite *int8_suite(void) {
     Suite *s = suite_create("kernels_int8");
     TCase *tc = tcase_create("int8");
@@ -266,6 +312,7 @@ static Suite *int8_suite(void) {
     tcase_add_loop_test(tc, test_int8_vs_fp32_ref, 0, N_ISAS);
     tcase_add_loop_test(tc, test_int8_batch_invariance_and_cache, 0, N_ISAS);
     tcase_add_test(tc, test_int8_precision_switch);
+    tcase_add_test(tc, test_int8_quantize_avx2_equals_ref);
     suite_add_tcase(s, tc);
     return s;
 }
