@@ -135,8 +135,9 @@ struct eng_options {
                               * force ENG_LTE_GROUPED / ENG_LTE_DENSE (tests, benchmarks) */
     /* Activation precision of the weight matmuls: ENG_ACT_F32 (0, default) the
      * fp32 reference path; ENG_ACT_INT8 activations quantised to int8 per row
-     * (load fails if the backend has no int8 kernels); ENG_ACT_AUTO int8 where
-     * the backend has fast int8 kernels, else fp32. */
+     * (load fails if the backend has no int8 kernels); ENG_ACT_MIXED int8 for
+     * the 32-element-block types, fp32 for the K-quants (backend.h
+     * BE_ACT_MIXED); ENG_ACT_AUTO the backend's measured choice. */
     int act_precision;
 };
 
@@ -147,8 +148,8 @@ struct eng_options {
  * why (for the log). Any thread. */
 const char *eng_backend_choose(const char *want, int device, char *why, size_t why_len);
 
-enum { ENG_ACT_F32 = 0, ENG_ACT_INT8 = 1, ENG_ACT_AUTO = 2 };
-/* "f32" | "int8" | "auto" -> ENG_ACT_*; returns 0, or -1 for anything else. */
+enum { ENG_ACT_F32 = 0, ENG_ACT_INT8 = 1, ENG_ACT_AUTO = 2, ENG_ACT_MIXED = 3 };
+/* "f32" | "int8" | "auto" | "mixed" -> ENG_ACT_*; returns 0, or -1 for anything else. */
 int eng_act_parse(const char *s, int *out);
 enum { ENG_LTE_AUTO = 0, ENG_LTE_GROUPED = 1, ENG_LTE_DENSE = 2 };
 enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };

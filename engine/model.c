@@ -583,8 +583,8 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
     }
     m->be_open = 1;
     static const int be_act[] = {[ENG_ACT_F32] = BE_ACT_F32, [ENG_ACT_INT8] = BE_ACT_INT8,
-                                 [ENG_ACT_AUTO] = BE_ACT_AUTO};
-    if (o->act_precision < 0 || o->act_precision > ENG_ACT_AUTO ||
+                                 [ENG_ACT_AUTO] = BE_ACT_AUTO, [ENG_ACT_MIXED] = BE_ACT_MIXED};
+    if (o->act_precision < 0 || o->act_precision > ENG_ACT_MIXED ||
         (rc = be_set_act_precision(&m->be, be_act[o->act_precision])) < 0) {
         rc = eng_fail(err, err_len, rc < 0 ? rc : SS_EINVAL, "activation precision %d on backend '%s': %s",
                   o->act_precision, bname, rc < 0 ? ss_strerror(rc) : "unknown value");
@@ -647,8 +647,8 @@ int eng_model_n_ctx(const struct eng_model *m) { return m->n_ctx; }
 
 int eng_act_parse(const char *s, int *out) {
     static const char *const names[] = {[ENG_ACT_F32] = "f32", [ENG_ACT_INT8] = "int8",
-                                        [ENG_ACT_AUTO] = "auto"};
-    for (int i = 0; i < 3; i++)
+                                        [ENG_ACT_AUTO] = "auto", [ENG_ACT_MIXED] = "mixed"};
+    for (int i = 0; i < 4; i++)
         if (s && !strcmp(s, names[i])) {
             *out = i;
             return 0;

@@ -123,11 +123,15 @@ struct be;
  * given (a share of the forking backend, valid during the call only). */
 typedef void (*be_task_fn)(struct be *be, void *arg);
 /* Activation precision of matmul (be_set_act_precision):
- *   BE_ACT_F32   fp32 activations: the exact reference path (the default)
- *   BE_ACT_INT8  activations quantised to int8 per row and block, integer dot
- *                products (quantised weight types; others stay fp32)
- *   BE_ACT_AUTO  int8 where the backend has fast int8 kernels, else fp32 */
-enum { BE_ACT_F32 = 0, BE_ACT_INT8 = 1, BE_ACT_AUTO = 2 };
+ *   BE_ACT_F32    fp32 activations: the exact reference path (the default)
+ *   BE_ACT_INT8   activations quantised to int8 per row and block, integer dot
+ *                 products (quantised weight types; others stay fp32)
+ *   BE_ACT_MIXED  int8 for the types with 32-element blocks (Q4_0, Q5_0,
+ *                 Q8_0: one activation scale per 32 values), fp32 for the
+ *                 K-quants (whose int8 activations share one scale per 256)
+ *   BE_ACT_AUTO   the backend's measured choice (set_act_precision returns
+ *                 the precision it took) */
+enum { BE_ACT_F32 = 0, BE_ACT_INT8 = 1, BE_ACT_AUTO = 2, BE_ACT_MIXED = 3 };
 
 struct be_ops {
     const char *name;

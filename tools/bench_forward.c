@@ -1,7 +1,7 @@
 /* bench_forward.c - single-stream prefill and decode speed of eng_forward.
  *
  *   bench_forward MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]
- *                       [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]
+ *                       [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|mixed|auto]
  *                       [-B SEQS] [-e cpu|cuda|auto] [-d DEVICE]
  *
  * One sequence: prefills a context of synthetic token ids, then decodes

@@ -72,9 +72,8 @@ void kcpu_fork2(void *ctx, be_task_fn fn, void *a0, void *a1) {
         c->half[j]->isa = c->isa; /* kcpu_ctx_set_isa may have changed the parent's */
         /* the halves compute with the parent's activation precision, so a
          * split pair gives what the parent would (fork2's contract) */
-        int int8 = kq8_is_int8(c);
-        if (int8 != kq8_is_int8(c->half[j]) &&
-            kq8_set_precision(c->half[j], int8 ? BE_ACT_INT8 : BE_ACT_F32) != (int8 ? BE_ACT_INT8 : BE_ACT_F32)) {
+        int prec = kq8_precision(c);
+        if (prec != kq8_precision(c->half[j]) && kq8_set_precision(c->half[j], prec) != prec) {
             struct be self = {&kcpu_ops, c}; /* cannot match it: run both here */
             fn(&self, a0);
             fn(&self, a1);

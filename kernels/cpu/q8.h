@@ -101,8 +101,8 @@ void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int 
 struct kq8_state;
 /* be_ops.set_act_precision of the CPU backend (ctx: struct kcpu_ctx). */
 int kq8_set_precision(void *ctx, int prec);
-/* 1 when the CPU context ctx computes with int8 activations. */
-int kq8_is_int8(const void *ctx);
+/* The precision the CPU context ctx computes with: BE_ACT_F32, _INT8 or _MIXED. */
+int kq8_precision(const void *ctx);
 void kq8_state_free(struct kq8_state *s);
 /* 1 if this CPU has int8 kernels (AVX512-VNNI with BW/VL, or AVX2 with FMA/F16C). */
 int kq8_available(void);

@@ -230,7 +230,15 @@ START_TEST(test_int8_precision_switch) {
     struct be be;
     ck_assert_int_eq(be_open(&be, "cpu", 1), 0);
     ck_assert_int_eq(be_set_act_precision(&be, 7), SS_EINVAL);
-    ck_assert_int_eq(be_set_act_precision(&be, BE_ACT_AUTO), kq8_available() ? BE_ACT_INT8 : BE_ACT_F32);
+    int vnni = 0;
+#if defined(__x86_64__)
+    vnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+#endif
+    /* auto: int8 on AVX512-VNNI, mixed on AVX2 (quant_act.c), else f32 */
+    ck_assert_int_eq(be_set_act_precision(&be, BE_ACT_AUTO),
+                     !kq8_available() ? BE_ACT_F32 : (vnni ? BE_ACT_INT8 : BE_ACT_MIXED));
+    ck_assert_int_eq(be_set_act_precision(&be, BE_ACT_MIXED), kq8_available() ? BE_ACT_MIXED : SS_EUNSUPPORTED);
     ck_assert_int_eq(be_set_act_precision(&be, BE_ACT_INT8), kq8_available() ? BE_ACT_INT8 : SS_EUNSUPPORTED);
     /* back to f32: bitwise the fp32 path of a fresh backend; F16 weights stay fp32 under int8 */
     const int64_t K = 256, R = 9;
@@ -304,6 +312,46 @@ START_TEST(test_int8_quantize_avx2_equals_ref) {
 }
 END_TEST
 
+/* mixed: 32-block types bitwise as under int8, K-quants bitwise as under f32,
+ * in any batch */
+START_TEST(test_int8_mixed_per_type) {
+    struct be mx, i8, f;
+    if (!open_int8(&i8, 2, isas[_i]))
+        return;
+    ck_assert(open_int8(&mx, 2, isas[_i]));
+    ck_assert_int_eq(be_set_act_precision(&mx, BE_ACT_MIXED), BE_ACT_MIXED);
+    ck_assert_int_eq(be_open(&f, "cpu", 2), 0);
+    ck_assert_int_eq(kcpu_ctx_set_isa(&f, isas[_i]), 0);
+    const int64_t K = 512, R = 21;
+    const int n = 9;
+    for (int ti = 0; ti < N_QTYPES; ti++) {
+        int type = q_types[ti];
+        size_t rb = be_row_bytes(type, K);
+        uint8_t *w = malloc(rb * R);
+        float *x = malloc(sizeof(float) * n * K), *ym = malloc(sizeof(float) * n * R);
+        float *yw = malloc(sizeof(float) * n * R);
+        fill(type, w, R, K, 0);
+        for (int64_t i = 0; i < n * K; i++)
+            x[i] = frnd();
+        struct be_tensor t = {.type = type, .ne = {K, R, 1, 1}, .nb1 = rb, .data = w};
+        int blk32 = kq8_kind(type) == KQ8_32;
+        for (int m = 1; m <= n; m += n - 1) { /* one token, then the batch */
+            be_matmul(&mx, ym, x, &t, m);
+            be_matmul(blk32 ? &i8 : &f, yw, x, &t, m);
+            ck_assert_msg(memcmp(ym, yw, sizeof(float) * (size_t)m * R) == 0, "%s type %d n %d: mixed is not %s",
+                          isas[_i], type, m, blk32 ? "int8" : "f32");
+        }
+        free(w);
+        free(x);
+        free(ym);
+        free(yw);
+    }
+    be_close(&f);
+    be_close(&mx);
+    be_close(&i8);
+}
+END_TEST
+
 static Suite *int8_suite(void) {
     Suite *s = suite_create("kernels_int8");
     TCase *tc = tcase_create("int8");
@@ -313,6 +361,7 @@ static Suite *int8_suite(void) {
     tcase_add_loop_test(tc, test_int8_batch_invariance_and_cache, 0, N_ISAS);
     tcase_add_test(tc, test_int8_precision_switch);
     tcase_add_test(tc, test_int8_quantize_avx2_equals_ref);
+    tcase_add_loop_test(tc, test_int8_mixed_per_type, 0, N_ISAS);
     suite_add_tcase(s, tc);
     return s;
 }
