@@ -151,6 +151,10 @@ const char *eng_backend_choose(const char *want, int device, char *why, size_t w
 enum { ENG_ACT_F32 = 0, ENG_ACT_INT8 = 1, ENG_ACT_AUTO = 2, ENG_ACT_MIXED = 3 };
 /* "f32" | "int8" | "auto" | "mixed" -> ENG_ACT_*; returns 0, or -1 for anything else. */
 int eng_act_parse(const char *s, int *out);
+const char *eng_act_name(int prec); /* ENG_ACT_* -> its name */
+/* The precision the loaded model computes with (auto resolved): ENG_ACT_F32,
+ * ENG_ACT_INT8 or ENG_ACT_MIXED. */
+int eng_model_act_precision(const struct eng_model *m);
 enum { ENG_LTE_AUTO = 0, ENG_LTE_GROUPED = 1, ENG_LTE_DENSE = 2 };
 enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };
 enum { ENG_LP_EXEC_AUTO = 0, ENG_LP_EXEC_BRANCHES = 1, ENG_LP_EXEC_MERGED = 2 };

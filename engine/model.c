@@ -590,6 +590,7 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
                   o->act_precision, bname, rc < 0 ? ss_strerror(rc) : "unknown value");
         goto fail;
     }
+    m->act_precision = rc == BE_ACT_INT8 ? ENG_ACT_INT8 : (rc == BE_ACT_MIXED ? ENG_ACT_MIXED : ENG_ACT_F32);
     if ((rc = bind_tensors(m, err, err_len)) < 0) goto fail;
     if ((rc = eng_subllm_bind(m, err, err_len)) < 0) goto fail;
     if ((rc = eng_lte_load(m, o, err, err_len)) < 0) goto fail;
@@ -645,16 +646,18 @@ const struct eng_config *eng_model_config(const struct eng_model *m) { return &m
 const struct tok *eng_model_tok(const struct eng_model *m) { return m->tok; }
 int eng_model_n_ctx(const struct eng_model *m) { return m->n_ctx; }
 
-int eng_act_parse(const char *s, int *out) {
-    static const char *const names[] = {[ENG_ACT_F32] = "f32", [ENG_ACT_INT8] = "int8",
+static const char *const act_names[] = {[ENG_ACT_F32] = "f32", [ENG_ACT_INT8] = "int8",
                                         [ENG_ACT_AUTO] = "auto", [ENG_ACT_MIXED] = "mixed"};
+int eng_act_parse(const char *s, int *out) {
     for (int i = 0; i < 4; i++)
-        if (s && !strcmp(s, names[i])) {
+        if (s && !strcmp(s, act_names[i])) {
             *out = i;
             return 0;
         }
     return -1;
 }
+const char *eng_act_name(int prec) { return prec >= 0 && prec < 4 ? act_names[prec] : "?"; }
+int eng_model_act_precision(const struct eng_model *m) { return m->act_precision; }
 int32_t eng_model_n_pages(const struct eng_model *m) { return m->n_pages; }
 int32_t eng_model_n_units(const struct eng_model *m) { return m->n_units; }
 int eng_model_n_levels(const struct eng_model *m) { return m->n_levels; }

@@ -186,6 +186,7 @@ struct eng_model {
     struct tok *tok;
     struct be be;
     int be_open;
+    int act_precision;          /* the one in effect: ENG_ACT_F32, _INT8 or _MIXED */
 
     struct be_tensor tok_embd;  /* [n_vocab rows][dim] */
     struct be_tensor output;    /* [n_vocab rows][dim]; == tok_embd when tied */

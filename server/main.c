@@ -162,7 +162,7 @@ static const struct opt serve_flags[] = {
     {"activation-precision", OPT_STR, 0, 0, OFF(act_precision),
      "f32, int8, mixed or auto: matmul activations in fp32 or quantised to int8 (integer dot "
      "products on quantised weights); mixed = int8 for Q4_0/Q5_0/Q8_0 weights, fp32 for the "
-     "K-quants; auto = int8 on AVX512-VNNI, mixed on AVX2, else f32 (default f32)"},
+     "K-quants; auto (the default) = mixed where the CPU kernels are AVX2, else f32"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -536,7 +536,7 @@ static int cmd_serve(int argc, char **argv) {
         return 2;
     }
     o.eng.lte_threshold = (float)o.lte_threshold;
-    if (eng_act_parse(o.act_precision ? o.act_precision : "f32", &o.eng.act_precision) < 0) {
+    if (eng_act_parse(o.act_precision ? o.act_precision : "auto", &o.eng.act_precision) < 0) {
         fprintf(stderr, "slimserve serve: --activation-precision: '%s': use f32, int8, mixed or auto\n",
                 o.act_precision);
         return 2;
@@ -591,6 +591,8 @@ static int cmd_serve(int argc, char **argv) {
         free(name_buf);
         return 1;
     }
+    srv_log(SRV_LOG_INFO, "activation precision: %s%s", eng_act_name(eng_model_act_precision(m)),
+            o.eng.act_precision == ENG_ACT_AUTO ? " (auto)" : "");
     if (o.eng.lp_mode == ENG_LP_RANGE &&
         (rc = eng_model_apply_layer_parallel(m, &o.eng, err, sizeof(err))) < 0) {
         fprintf(stderr, "slimserve serve: --layer-parallel: %s\n", err[0] ? err : ss_strerror(rc));

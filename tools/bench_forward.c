@@ -185,7 +185,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     int n_decode = 64, n_ctx_arg = 0, n_prefill = 32, chunk = 0, repeats = 3, n_seqs = 1;
-    struct eng_options opt = {0};
+    struct eng_options opt = {.act_precision = ENG_ACT_AUTO}; /* as slimserve serve */
     for (int i = 2; i < argc; i += 2) {
         if (i + 1 >= argc) {
             usage(argv[0]);
@@ -288,8 +288,10 @@ int main(int argc, char **argv) {
     double wb = (double)eng_model_weight_bytes(m);
     double pre_s = median(t_pre, repeats), dec_s = median(t_dec, repeats);
     double dec_tps = n_decode / dec_s;
-    printf("model %s (%s): %d layers, dim %d, ffn %d, vocab %d, weights read per token %.1f MB\n",
-           c->name, c->arch_name, c->n_layers, c->dim, c->ffn_dim, c->n_vocab, wb / 1e6);
+    printf("model %s (%s): %d layers, dim %d, ffn %d, vocab %d, weights read per token %.1f MB, "
+           "activations %s\n",
+           c->name, c->arch_name, c->n_layers, c->dim, c->ffn_dim, c->n_vocab, wb / 1e6,
+           eng_act_name(eng_model_act_precision(m)));
     if (long_ctx)
         printf("prefill %d tokens in chunks of %d: %.1f tokens/s (median of %d)\n", ctx, chunk,
                ctx / pre_s, repeats);

@@ -39,8 +39,10 @@ from bench_serving import free_port, stop_server, wait_health  # noqa: E402
 class Srv:
     def __init__(self, binary, model, backend, device, extra, log):
         self.port = free_port()
+        # fp32 activations on both sides: the CUDA backend has no int8 path, and
+        # the CPU's default (auto) may quantise activations on AVX2
         cmd = [binary, "serve", "--model", model, "--host", "127.0.0.1", "--port", str(self.port),
-               "--backend", backend, "--device", str(device), *extra]
+               "--backend", backend, "--device", str(device), "--activation-precision", "f32", *extra]
         self.log = log
         with open(log, "wb") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)

@@ -472,7 +472,7 @@ static void usage(FILE *f) {
             "  --max-windows K    evaluate only the first K windows (default all)\n"
             "  --backend NAME     cpu (default) or cuda\n"
             "  --kv-type TYPE     f16 (default) or f32\n"
-            "  --activation-precision P  f32 (default), int8, mixed or auto\n"
+            "  --activation-precision P  auto (default, as serve), f32 (the exact path), int8 or mixed\n"
             "  --layer-parallel S:E  run layers [S, E) as pairs (layer parallelism), or off;\n"
             "                     default: the model file's lp.range key, else off\n"
             "  --lte on|off       off runs an LTE model densely, every expert on (default on)\n"
@@ -538,6 +538,7 @@ static int apply_flag(struct ppl_opts *o, const char *flag, const char *val) {
 int tool_perplexity_main(int argc, char **argv) {
     struct ppl_opts o;
     ppl_opts_default(&o);
+    o.eng.act_precision = ENG_ACT_AUTO; /* the served path (slimserve serve's default) */
     int json = 0, quiet = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

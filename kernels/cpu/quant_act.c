@@ -185,21 +185,20 @@ int kq8_precision(const void *vctx) {
     return ctx->q8 ? ctx->q8->prec : BE_ACT_F32;
 }
 
-/* auto: on AVX512-VNNI int8 (perplexity +0.47%, README); on AVX2 mixed: the
- * K-quants' 256-value activation scales cost +0.36% of int8's +0.53% on
- * Gemma 3 270M and mixed reads +0.16%, within the 0.5% the default allows. */
+/* auto, by measurement (README, Activation precision): mixed where the fp32
+ * kernels are AVX2 (Gemma 3 270M: decode 1.2x, prefill even, perplexity
+ * +0.16%; int8 there reads +0.53%, the K-quants' 256-value activation scales
+ * costing +0.36% of it); fp32 on AVX-512 CPUs, where the int8 kernels measured
+ * no gain on Gemma, and where there are no int8 kernels. */
 int kq8_set_precision(void *vctx, int prec) {
     struct kcpu_ctx *ctx = vctx;
     if (prec != BE_ACT_F32 && prec != BE_ACT_INT8 && prec != BE_ACT_MIXED && prec != BE_ACT_AUTO)
         return SS_EINVAL;
     int want = prec;
-    if (prec != BE_ACT_F32 && !kq8_available()) {
-        if (prec != BE_ACT_AUTO)
-            return SS_EUNSUPPORTED;
-        want = BE_ACT_F32;
-    } else if (prec == BE_ACT_AUTO) {
-        want = has_vnni() ? BE_ACT_INT8 : BE_ACT_MIXED;
-    }
+    if (prec == BE_ACT_AUTO)
+        want = kq8_available() && ctx->isa && strcmp(ctx->isa->name, "avx2") == 0 ? BE_ACT_MIXED : BE_ACT_F32;
+    else if (prec != BE_ACT_F32 && !kq8_available())
+        return SS_EUNSUPPORTED;
     if (want != BE_ACT_F32 && !ctx->q8) {
         ctx->q8 = calloc(1, sizeof *ctx->q8);
         if (!ctx->q8)

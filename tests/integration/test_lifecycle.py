@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import Server, complete, read_sse, request, slimserve_bin
+from conftest import Server, complete, gen_model, read_sse, request, slimserve_bin
 
 LONG = {"prompt": "Once upon a time", "max_tokens": 8000, "ignore_eos": True, "temperature": 0}
 QUICK_S = 8.0  # a 2-token request queued behind a cancelled one finishes within this
@@ -237,6 +237,58 @@ def test_lp_exec_modes(models, tmp_path):
             body = complete(srv, prompt="hello world", max_tokens=8, temperature=0, ignore_eos=True)
             texts[mode] = body["choices"][0]["text"]
     assert texts["merged"] == texts["branches"] == texts["auto"], texts
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _precision_line(srv):
+    line = [l for l in srv.log().splitlines() if "activation precision:" in l]
+    assert len(line) == 1, srv.log()
+    return line[0].split("activation precision:", 1)[1].strip()
+
+
+def test_activation_precision(models, tmp_path):
+    """--activation-precision: auto (the default) takes mixed where the CPU
+    kernels are AVX2 and f32 elsewhere, and says so; under mixed a Q8_0
+    model's greedy tokens and logprobs do not depend on the batch."""
+    flags = _cpu_flags()
+    avx2 = {"avx2", "fma", "f16c"} <= flags
+    with Server(models["spm"], tmp_path, "--activation-precision", "f32", name="f32") as srv:
+        assert _precision_line(srv) == "f32"
+    with Server(models["spm"], tmp_path, env={"SLIMSERVE_CPU_ISA": "generic"}, name="gen") as srv:
+        assert _precision_line(srv) == "f32 (auto)"
+    if not avx2:
+        pytest.skip("no AVX2 here: the int8 kernels are not exercised")
+    q8 = gen_model(tmp_path / "tiny-q8.gguf", "spm", "--ctx", "256", "--seed", "3", "--type", "q8_0")
+    with Server(q8, tmp_path, env={"SLIMSERVE_CPU_ISA": "avx2"}, name="mixed") as srv:
+        assert _precision_line(srv) == "mixed (auto)"
+        params = dict(prompt="the quick brown fox", max_tokens=12, temperature=0, ignore_eos=True,
+                      logprobs=2)
+        alone = complete(srv, **params)["choices"][0]
+        got = [None] * 6
+        prompts = ["the quick brown fox", "hello", "a b c d e f g", "the quick brown fox",
+                   "lorem ipsum dolor", "x y"]
+
+        def run(i):
+            got[i] = complete(srv, **dict(params, prompt=prompts[i]))["choices"][0]
+
+        ts = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for i in (0, 3):
+            assert got[i]["text"] == alone["text"]
+            assert got[i]["logprobs"]["token_logprobs"] == alone["logprobs"]["token_logprobs"]
 
 
 def test_env_config(models, tmp_path):
