@@ -45,6 +45,9 @@
 #define AI static inline __attribute__((always_inline))
 #define TG 4    /* tokens sharing one weight unpack */
 #define PF 1024 /* weight prefetch distance in bytes (the decode stream) */
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T1
+#endif
 
 AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
 
@@ -189,6 +192,40 @@ AI void dot32(int type, int nt, const uint8_t *w, const void *prev, const struct
     }
     for (int j = 0; j < nt; j++)
         y[(size_t)j * ldy] = hsum8(acc[j]);
+}
+
+/* Four rows read from the weights (w, each next one nb1 bytes on) times one
+ * token t, into y[0..3]: per row the operations of dot32 with nt = 1, the
+ * token's quants and scales loaded once for the four rows (decode). */
+AI void dot32r4(int type, const uint8_t *w, size_t nb1, const struct kq8_x *x, int t, float *y) {
+    const size_t bs = bsz32(type);
+    const int64_t nb = x->nb;
+    const uint8_t *xq = kq8_qu(x, t);
+    const float *dx = kq8_d(x, t);
+    const size_t pf = 2 * kcpu_pf_dist(4 * nb1); /* two groups' distance ahead */
+    const uint8_t *pp = w + pf, *pend = w + pf + 4 * nb1;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (int64_t b = 0; b < nb; b += 2) {
+        const uint8_t *p = w + (size_t)b * bs;
+        const int two = b + 1 < nb;
+        struct pair32 u0, u1, u2, u3;
+        for (int k = 0; k < 5 && pp < pend; k++, pp += 64) /* the group pf ahead, in order */
+            _mm_prefetch((const char *)pp, PF_HINT);
+        unpack_pair(type, p, two, &u0);
+        unpack_pair(type, p + nb1, two, &u1);
+        unpack_pair(type, p + 2 * nb1, two, &u2);
+        unpack_pair(type, p + 3 * nb1, two, &u3);
+        acc0 = step_pair(type, &u0, xq + 32 * b, dx + b, acc0);
+        acc1 = step_pair(type, &u1, xq + 32 * b, dx + b, acc1);
+        acc2 = step_pair(type, &u2, xq + 32 * b, dx + b, acc2);
+        acc3 = step_pair(type, &u3, xq + 32 * b, dx + b, acc3);
+    }
+    for (; pp < pend; pp += 64)
+        _mm_prefetch((const char *)pp, PF_HINT);
+    y[0] = hsum8(acc0);
+    y[1] = hsum8(acc1);
+    y[2] = hsum8(acc2);
+    y[3] = hsum8(acc3);
 }
 
 /* Two unpacked rows (pairs at pre and pre + np) times tokens t..t+nt-1:
@@ -447,6 +484,22 @@ void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int 
                     unpack_sb(mm->type, w + (size_t)b * bsz256(mm->type), u + b);
             }
         }
+    }
+    if (!pre && blk32 && t1 - t0 == 1) { /* one token: four rows at a time */
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            const uint8_t *w = mm->w + (size_t)r * mm->nb1;
+            float *y = mm->y + (size_t)t0 * mm->ldy + r;
+            if (mm->type == BE_Q4_0)
+                dot32r4(BE_Q4_0, w, mm->nb1, mm->x, t0, y);
+            else if (mm->type == BE_Q5_0)
+                dot32r4(BE_Q5_0, w, mm->nb1, mm->x, t0, y);
+            else
+                dot32r4(BE_Q8_0, w, mm->nb1, mm->x, t0, y);
+        }
+        for (; r < r1; r++)
+            row(mm, r, NULL, t0, 1);
+        return;
     }
     const size_t rstride = (size_t)nu * usz; /* bytes per unpacked row */
     const int tg2 = blk32 ? TG : 2;          /* tokens per two-row call */
