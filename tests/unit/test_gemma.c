@@ -367,6 +367,7 @@ static const cJSON *jget(const cJSON *o, const char *k) {
 
 #define REAL_TOL_F16 2e-2
 #define REAL_TOL_F32 1e-3
+#define REAL_TOL_MIXED 0.6 /* int8 activations (Q5_0/Q8_0 matmuls): measured worst 0.36 on AVX2 */
 #define REAL_MARGIN 2e-2
 #define REAL_CHUNK 256
 
@@ -374,7 +375,7 @@ static const cJSON *jget(const cJSON *o, const char *k) {
  * last position, then (greedy != 0) decodes greedily token by token against
  * the fixture. */
 static void check_real_prompt(struct eng_model *m, const cJSON *p, int32_t *pages, int n_pages, double tol,
-                              int greedy_too, double *worst) {
+                              double margin_tol, int min_match, int greedy_too, double *worst) {
     const int V = eng_model_config(m)->n_vocab;
     const char *name = jget(p, "name")->valuestring;
     int32_t toks[2048], top_ids[5], greedy[256];
@@ -391,7 +392,10 @@ static void check_real_prompt(struct eng_model *m, const cJSON *p, int32_t *page
         int k = n - pos < REAL_CHUNK ? n - pos : REAL_CHUNK;
         ck_assert_int_eq(tu_run1(m, toks + pos, k, pos, pages, n_pages, 0, lg), 0);
     }
-    /* top-5: same ids (order may swap only within the tolerance), close logits */
+    /* top-5: same ids (order may swap only within the tolerance), close logits;
+     * under a loose tolerance (int8 activations) an id may trade places with
+     * a near-tie just below the top 5 */
+    const int rank_max = tol > 0.05 ? 8 : 5;
     double maxd = 0;
     int top1 = tu_argmax(lg, V);
     for (int i = 0; i < 5; i++) {
@@ -400,7 +404,7 @@ static void check_real_prompt(struct eng_model *m, const cJSON *p, int32_t *page
         if (!(d <= maxd)) maxd = d;
         int rank = 0;
         for (int j = 0; j < V; j++) rank += lg[j] > lg[top_ids[i]];
-        ck_assert_msg(rank < 5, "%s: fixture top-5 id %d is ranked %d here", name, top_ids[i], rank);
+        ck_assert_msg(rank < rank_max, "%s: fixture top-5 id %d is ranked %d here", name, top_ids[i], rank);
     }
     ck_assert_msg(top1 == top_ids[0], "%s: top-1 %d, fixture %d", name, top1, top_ids[0]);
     ck_assert_msg(maxd <= tol, "%s: top-5 logits differ by %g > %g", name, maxd, tol);
@@ -417,18 +421,19 @@ static void check_real_prompt(struct eng_model *m, const cJSON *p, int32_t *page
         int t = tu_argmax(lg, V);
         double margin = cJSON_GetArrayItem(margins, i)->valuedouble;
         if (t != greedy[i]) {
-            ck_assert_msg(margin < REAL_MARGIN,
+            ck_assert_msg(margin < margin_tol,
                           "%s: greedy token %d is %d, fixture %d (reference margin %.4f)", name, i, t,
                           greedy[i], margin);
             printf("NOTE %s: greedy step %d picks %d instead of %d at a reference near-tie (margin %.4f);"
                    " comparison stops\n", name, i, t, greedy[i], margin);
+            fflush(stdout);
             break;
         }
         matched++;
         int32_t tok = greedy[i];
         ck_assert_int_eq(tu_run1(m, &tok, 1, pos++, pages, n_pages, 0, lg), 0);
     }
-    ck_assert_msg(matched >= 32, "%s: only %d greedy tokens compared", name, matched);
+    ck_assert_msg(matched >= min_match, "%s: only %d greedy tokens compared", name, matched);
     printf("real %-12s %4d prompt tokens: top-5 max |logit - ref| %.2e, greedy %d/%d tokens match\n", name,
            n, maxd, matched, n_greedy);
     fflush(stdout);
@@ -449,12 +454,24 @@ START_TEST(test_real_model) {
                   real_path, size, jget(model, "bytes")->valuedouble);
 
     /* 0: F16 K/V (the server's default), prompts and greedy continuations;
-     * 1: F32 K/V, prompts only, with a tighter tolerance. One thread: the
+     * 1: F32 K/V, prompts only, with a tighter tolerance;
+     * 2: F16 K/V with mixed activations (the server's default on AVX2),
+     *    prompts and greedy continuations, with its own tolerance. One thread: the
      * result does not depend on it (kernels' determinism contract) and a
      * shared, oversubscribed test machine cannot stall the pool's joins. */
-    const int kv_type = _i == 0 ? ENG_KV_F16 : ENG_KV_F32;
-    const double tol = _i == 0 ? REAL_TOL_F16 : REAL_TOL_F32;
-    struct eng_options o = {.kv_type = kv_type, .max_batch_tokens = REAL_CHUNK, .n_ctx = 2048, .n_threads = 1};
+    const int kv_type = _i == 1 ? ENG_KV_F32 : ENG_KV_F16;
+    const double tol = _i == 0 ? REAL_TOL_F16 : (_i == 1 ? REAL_TOL_F32 : REAL_TOL_MIXED);
+    struct eng_options o = {.kv_type = kv_type, .max_batch_tokens = REAL_CHUNK, .n_ctx = 2048, .n_threads = 1,
+                            .act_precision = _i == 2 ? ENG_ACT_MIXED : ENG_ACT_F32};
+#if defined(__x86_64__)
+    const int has_int8 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    const int has_int8 = 0;
+#endif
+    if (_i == 2 && !has_int8) {
+        printf("SKIP real model, mixed activations: no AVX2 here\n");
+        return;
+    }
     char err[256] = "";
     struct eng_model *m = NULL;
     ck_assert_msg(eng_model_load(&m, real_path, &o, err, sizeof err) == 0, "load %s: %s", real_path, err);
@@ -476,17 +493,23 @@ START_TEST(test_real_model) {
      * release pass runs everything. */
     const int quick = getenv("SLIMSERVE_SANITIZED") != NULL;
     if (quick && _i != 0) {
-        printf("SKIP real model, f32 KV: sanitizer build (the release pass runs it)\n");
+        printf("SKIP real model, %s: sanitizer build (the release pass runs it)\n",
+               _i == 1 ? "f32 KV" : "mixed activations");
         eng_model_free(m);
         return;
     }
+    /* mixed (int8 activations for the Q5_0/Q8_0 matmuls): a greedy step may
+     * part from the fp32 reference where its margin is within twice the
+     * logit tolerance */
+    const double margin_tol = _i == 2 ? 2 * REAL_TOL_MIXED : REAL_MARGIN;
     cJSON_ArrayForEach(p, jget(fixture, "prompts")) {
         const int is_long = strcmp(jget(p, "name")->valuestring, "long_window") == 0;
-        check_real_prompt(m, p, pages, 128, tol, _i == 0 && (!quick || is_long), &worst);
+        check_real_prompt(m, p, pages, 128, tol, margin_tol, _i == 2 ? 8 : 32, _i != 1 && (!quick || is_long),
+                          &worst);
     }
     if (quick) printf("real model: sanitizer build, greedy decoding only after the long prompt\n");
-    printf("real model, %s KV: worst top-5 |logit - ref| %.2e (tolerance %.0e)\n",
-           kv_type == ENG_KV_F16 ? "f16" : "f32", worst, tol);
+    printf("real model, %s KV%s: worst top-5 |logit - ref| %.2e (tolerance %.0e)\n",
+           kv_type == ENG_KV_F16 ? "f16" : "f32", _i == 2 ? ", mixed activations" : "", worst, tol);
     eng_model_free(m);
 }
 END_TEST
@@ -535,7 +558,7 @@ static Suite *gemma_suite(void) {
     suite_add_tcase(s, tc);
     TCase *tr = tcase_create("real");
     tcase_set_timeout(tr, 240);
-    tcase_add_loop_test(tr, test_real_model, 0, 2);
+    tcase_add_loop_test(tr, test_real_model, 0, 3);
     tcase_add_test(tr, test_real_tokenizer);
     suite_add_tcase(s, tr);
     return s;
