@@ -45,9 +45,6 @@
 #define AI static inline __attribute__((always_inline))
 #define TG 4    /* tokens sharing one weight unpack */
 #define PF 1024 /* weight prefetch distance in bytes (the decode stream) */
-#ifndef PF_HINT
-#define PF_HINT _MM_HINT_T1
-#endif
 
 AI float h2f(const uint8_t *p) { return _cvtsh_ss(kcpu_rd16(p)); }
 
@@ -210,7 +207,7 @@ AI void dot32r4(int type, const uint8_t *w, size_t nb1, const struct kq8_x *x, i
         const int two = b + 1 < nb;
         struct pair32 u0, u1, u2, u3;
         for (int k = 0; k < 5 && pp < pend; k++, pp += 64) /* the group pf ahead, in order */
-            _mm_prefetch((const char *)pp, PF_HINT);
+            _mm_prefetch((const char *)pp, _MM_HINT_T1);
         unpack_pair(type, p, two, &u0);
         unpack_pair(type, p + nb1, two, &u1);
         unpack_pair(type, p + 2 * nb1, two, &u2);
@@ -221,7 +218,7 @@ AI void dot32r4(int type, const uint8_t *w, size_t nb1, const struct kq8_x *x, i
         acc3 = step_pair(type, &u3, xq + 32 * b, dx + b, acc3);
     }
     for (; pp < pend; pp += 64)
-        _mm_prefetch((const char *)pp, PF_HINT);
+        _mm_prefetch((const char *)pp, _MM_HINT_T1);
     y[0] = hsum8(acc0);
     y[1] = hsum8(acc1);
     y[2] = hsum8(acc2);
@@ -465,6 +462,22 @@ void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int 
     default: return;
     }
     const int blk32 = kq8_kind(mm->type) == KQ8_32;
+    if (blk32 && t1 - t0 == 1) { /* one token: four rows at a time */
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            const uint8_t *w = mm->w + (size_t)r * mm->nb1;
+            float *y = mm->y + (size_t)t0 * mm->ldy + r;
+            if (mm->type == BE_Q4_0)
+                dot32r4(BE_Q4_0, w, mm->nb1, mm->x, t0, y);
+            else if (mm->type == BE_Q5_0)
+                dot32r4(BE_Q5_0, w, mm->nb1, mm->x, t0, y);
+            else
+                dot32r4(BE_Q8_0, w, mm->nb1, mm->x, t0, y);
+        }
+        for (; r < r1; r++)
+            row(mm, r, NULL, t0, 1);
+        return;
+    }
     const int64_t nb = mm->x->nb;
     /* units per row in scr: pairs of 32-blocks, or super-blocks */
     const int64_t nu = blk32 ? (nb + 1) / 2 : nb;
@@ -484,22 +497,6 @@ void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int 
                     unpack_sb(mm->type, w + (size_t)b * bsz256(mm->type), u + b);
             }
         }
-    }
-    if (!pre && blk32 && t1 - t0 == 1) { /* one token: four rows at a time */
-        int64_t r = r0;
-        for (; r + 4 <= r1; r += 4) {
-            const uint8_t *w = mm->w + (size_t)r * mm->nb1;
-            float *y = mm->y + (size_t)t0 * mm->ldy + r;
-            if (mm->type == BE_Q4_0)
-                dot32r4(BE_Q4_0, w, mm->nb1, mm->x, t0, y);
-            else if (mm->type == BE_Q5_0)
-                dot32r4(BE_Q5_0, w, mm->nb1, mm->x, t0, y);
-            else
-                dot32r4(BE_Q8_0, w, mm->nb1, mm->x, t0, y);
-        }
-        for (; r < r1; r++)
-            row(mm, r, NULL, t0, 1);
-        return;
     }
     const size_t rstride = (size_t)nu * usz; /* bytes per unpacked row */
     const int tg2 = blk32 ? TG : 2;          /* tokens per two-row call */

@@ -65,9 +65,10 @@ static inline const uint8_t *kq8_qu(const struct kq8_x *x, int t) {
 /* Sets the geometry of x for n rows of K elements; returns the bytes buf
  * needs, or 0 if K is not a whole number of blocks. */
 size_t kq8_x_layout(struct kq8_x *x, int kind, int64_t K, int n);
-/* Quantises rows [t0, t1) of src[n][K] into x (layout set, buf allocated):
- * with AVX2 where the CPU has it, else kq8_quantize_ref (portable C); the
- * two write the same bytes (test_kernels_int8). */
+/* Quantises rows [t0, t1) of src[n][K] into x (layout set, buf allocated).
+ * On x86 it uses AVX2: call it only where an int8 kernel exists (they all
+ * need AVX2); kq8_quantize_ref is the portable C, and the two write the same
+ * bytes (test_kernels_int8). */
 void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1);
 void kq8_quantize_ref(struct kq8_x *x, const float *src, int t0, int t1);
 

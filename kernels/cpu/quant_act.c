@@ -146,12 +146,10 @@ int kq8_available(void) { return has_vnni() || has_avx2(); }
 
 void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1) {
 #if defined(__x86_64__)
-    if (has_avx2()) {
-        kq8_quantize_avx2(x, src, t0, t1);
-        return;
-    }
-#endif
+    kq8_quantize_avx2(x, src, t0, t1); /* every int8 kernel implies AVX2 */
+#else
     kq8_quantize_ref(x, src, t0, t1);
+#endif
 }
 
 /* The int8 kernel of a context: the one of its fp32 ISA (kcpu_ctx_set_isa
