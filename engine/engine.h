@@ -137,7 +137,9 @@ struct eng_options {
      * fp32 reference path; ENG_ACT_INT8 activations quantised to int8 per row
      * (load fails if the backend has no int8 kernels); ENG_ACT_MIXED int8 for
      * the 32-element-block types, fp32 for the K-quants (backend.h
-     * BE_ACT_MIXED); ENG_ACT_AUTO the backend's measured choice. */
+     * BE_ACT_MIXED); ENG_ACT_BF16 weights and activations rounded to BF16,
+     * fp32 sums (load fails without BF16 kernels); ENG_ACT_AUTO the
+     * backend's measured choice. */
     int act_precision;
 };
 
@@ -148,12 +150,12 @@ struct eng_options {
  * why (for the log). Any thread. */
 const char *eng_backend_choose(const char *want, int device, char *why, size_t why_len);
 
-enum { ENG_ACT_F32 = 0, ENG_ACT_INT8 = 1, ENG_ACT_AUTO = 2, ENG_ACT_MIXED = 3 };
-/* "f32" | "int8" | "auto" | "mixed" -> ENG_ACT_*; returns 0, or -1 for anything else. */
+enum { ENG_ACT_F32 = 0, ENG_ACT_INT8 = 1, ENG_ACT_AUTO = 2, ENG_ACT_MIXED = 3, ENG_ACT_BF16 = 4 };
+/* "f32" | "int8" | "auto" | "mixed" | "bf16" -> ENG_ACT_*; returns 0, or -1 for anything else. */
 int eng_act_parse(const char *s, int *out);
 const char *eng_act_name(int prec); /* ENG_ACT_* -> its name */
 /* The precision the loaded model computes with (auto resolved): ENG_ACT_F32,
- * ENG_ACT_INT8 or ENG_ACT_MIXED. */
+ * ENG_ACT_INT8, ENG_ACT_MIXED or ENG_ACT_BF16. */
 int eng_model_act_precision(const struct eng_model *m);
 enum { ENG_LTE_AUTO = 0, ENG_LTE_GROUPED = 1, ENG_LTE_DENSE = 2 };
 enum { ENG_LP_FILE = 0, ENG_LP_OFF = 1, ENG_LP_RANGE = 2 };

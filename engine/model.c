@@ -583,14 +583,18 @@ int eng_model_load(struct eng_model **out, const char *path, const struct eng_op
     }
     m->be_open = 1;
     static const int be_act[] = {[ENG_ACT_F32] = BE_ACT_F32, [ENG_ACT_INT8] = BE_ACT_INT8,
-                                 [ENG_ACT_AUTO] = BE_ACT_AUTO, [ENG_ACT_MIXED] = BE_ACT_MIXED};
-    if (o->act_precision < 0 || o->act_precision > ENG_ACT_MIXED ||
+                                 [ENG_ACT_AUTO] = BE_ACT_AUTO, [ENG_ACT_MIXED] = BE_ACT_MIXED,
+                                 [ENG_ACT_BF16] = BE_ACT_BF16};
+    if (o->act_precision < 0 || o->act_precision > ENG_ACT_BF16 ||
         (rc = be_set_act_precision(&m->be, be_act[o->act_precision])) < 0) {
         rc = eng_fail(err, err_len, rc < 0 ? rc : SS_EINVAL, "activation precision %d on backend '%s': %s",
                   o->act_precision, bname, rc < 0 ? ss_strerror(rc) : "unknown value");
         goto fail;
     }
-    m->act_precision = rc == BE_ACT_INT8 ? ENG_ACT_INT8 : (rc == BE_ACT_MIXED ? ENG_ACT_MIXED : ENG_ACT_F32);
+    m->act_precision = rc == BE_ACT_INT8    ? ENG_ACT_INT8
+                       : rc == BE_ACT_MIXED ? ENG_ACT_MIXED
+                       : rc == BE_ACT_BF16  ? ENG_ACT_BF16
+                                            : ENG_ACT_F32;
     if ((rc = bind_tensors(m, err, err_len)) < 0) goto fail;
     if ((rc = eng_subllm_bind(m, err, err_len)) < 0) goto fail;
     if ((rc = eng_lte_load(m, o, err, err_len)) < 0) goto fail;
@@ -647,16 +651,18 @@ const struct tok *eng_model_tok(const struct eng_model *m) { return m->tok; }
 int eng_model_n_ctx(const struct eng_model *m) { return m->n_ctx; }
 
 static const char *const act_names[] = {[ENG_ACT_F32] = "f32", [ENG_ACT_INT8] = "int8",
-                                        [ENG_ACT_AUTO] = "auto", [ENG_ACT_MIXED] = "mixed"};
+                                        [ENG_ACT_AUTO] = "auto", [ENG_ACT_MIXED] = "mixed",
+                                        [ENG_ACT_BF16] = "bf16"};
+#define N_ACT (int)(sizeof act_names / sizeof act_names[0])
 int eng_act_parse(const char *s, int *out) {
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < N_ACT; i++)
         if (s && !strcmp(s, act_names[i])) {
             *out = i;
             return 0;
         }
     return -1;
 }
-const char *eng_act_name(int prec) { return prec >= 0 && prec < 4 ? act_names[prec] : "?"; }
+const char *eng_act_name(int prec) { return prec >= 0 && prec < N_ACT ? act_names[prec] : "?"; }
 int eng_model_act_precision(const struct eng_model *m) { return m->act_precision; }
 int32_t eng_model_n_pages(const struct eng_model *m) { return m->n_pages; }
 int32_t eng_model_n_units(const struct eng_model *m) { return m->n_units; }

@@ -129,9 +129,12 @@ typedef void (*be_task_fn)(struct be *be, void *arg);
  *   BE_ACT_MIXED  int8 for the types with 32-element blocks (Q4_0, Q5_0,
  *                 Q8_0: one activation scale per 32 values), fp32 for the
  *                 K-quants (whose int8 activations share one scale per 256)
+ *   BE_ACT_BF16   weights (dequantised) and activations rounded to BF16,
+ *                 products summed in fp32 (vdpbf16ps: twice fp32 FMA's
+ *                 multiply-adds per instruction); F32 weights stay fp32
  *   BE_ACT_AUTO   the backend's measured choice (set_act_precision returns
  *                 the precision it took) */
-enum { BE_ACT_F32 = 0, BE_ACT_INT8 = 1, BE_ACT_AUTO = 2, BE_ACT_MIXED = 3 };
+enum { BE_ACT_F32 = 0, BE_ACT_INT8 = 1, BE_ACT_AUTO = 2, BE_ACT_MIXED = 3, BE_ACT_BF16 = 4 };
 
 struct be_ops {
     const char *name;
@@ -230,8 +233,8 @@ struct be_ops {
      * branch through fork2 (bitwise the per-layer kernels). */
     int merge_pairs;
     /* optional: choose the activation precision of matmul (BE_ACT_*); returns
-     * the precision in effect (BE_ACT_F32 or BE_ACT_INT8), or SS_EUNSUPPORTED
-     * (int8 asked, no int8 kernels here), SS_EINVAL, SS_ENOMEM. The
+     * the precision in effect (never BE_ACT_AUTO), or SS_EUNSUPPORTED (a
+     * precision asked that has no kernels here), SS_EINVAL, SS_ENOMEM. The
      * determinism contract of matmul holds for each precision. */
     int (*set_act_precision)(void *ctx, int prec);
 };
@@ -317,11 +320,12 @@ static inline int be_has_copy2d(const struct be *b) { return b->ops->copy2d != N
 static inline void be_copy2d(struct be *b, float *d, int64_t ds, const float *s, int64_t ss, int n, int64_t w) {
     b->ops->copy2d(b->ctx, d, ds, s, ss, n, w);
 }
-/* a backend without the entry computes in fp32 (-7 = SS_EUNSUPPORTED if int8 is demanded) */
+/* a backend without the entry computes in fp32 (-7 = SS_EUNSUPPORTED if int8
+ * or bf16 is demanded) */
 static inline int be_set_act_precision(struct be *b, int prec) {
     if (b->ops->set_act_precision)
         return b->ops->set_act_precision(b->ctx, prec);
-    return prec == BE_ACT_INT8 ? -7 : BE_ACT_F32;
+    return prec == BE_ACT_INT8 || prec == BE_ACT_BF16 ? -7 : BE_ACT_F32;
 }
 
 /* Scalar reference routines (kernels/cpu/ref.c): plain C, no SIMD, no threads.

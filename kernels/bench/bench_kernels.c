@@ -9,7 +9,7 @@
  *     fraction of the FMA peak.
  *
  * usage: bench_kernels [threads [isa [cpu]]]   (isa: avx512 | avx2 | generic,
- *            each optionally +int8: int8 activations, e.g. avx512+int8;
+ *            each optionally +int8 (int8 activations) or +bf16 (BF16), e.g. avx512+int8;
  *            cpu: time with process CPU time instead of wall time)
  *        bench_kernels gemma [threads]   (Gemma-3-270M matmul shapes)
  *        bench_kernels attn [threads [reps [f32|f16]]]
@@ -247,7 +247,8 @@ out:
     free(y);
 }
 
-/* "ISA" or "ISA+int8" (int8 activations); 0 or a negative SS_E* code */
+/* "ISA", "ISA+int8" (int8 activations) or "ISA+bf16" (BF16 weights and
+ * activations); 0 or a negative SS_E* code */
 static int set_isa(struct be *be, const char *arg) {
     char name[32];
     const char *plus = strchr(arg, '+');
@@ -258,7 +259,9 @@ static int set_isa(struct be *be, const char *arg) {
     name[len] = 0;
     int rc = kcpu_ctx_set_isa(be, name);
     if (rc == 0 && plus)
-        rc = strcmp(plus, "+int8") ? -1 : (be_set_act_precision(be, BE_ACT_INT8) < 0 ? -1 : 0);
+        rc = !strcmp(plus, "+int8")   ? (be_set_act_precision(be, BE_ACT_INT8) < 0 ? -1 : 0)
+             : !strcmp(plus, "+bf16") ? (be_set_act_precision(be, BE_ACT_BF16) < 0 ? -1 : 0)
+                                      : -1;
     return rc;
 }
 
@@ -550,7 +553,7 @@ int main(int argc, char **argv) {
     if (__builtin_cpu_supports("avx512f"))
         pk1 = peak_avx512();
     printf("threads %d, isa %s%s, clock: %s\n", nth, kcpu_ctx_isa_name(&be),
-           argc > 2 && strchr(argv[2], '+') ? " (int8 activations)" : "",
+           argc > 2 && strchr(argv[2], '+') ? strchr(argv[2], '+') : "",
            clk == now ? "wall" : "process CPU time");
     printf("read-sum bandwidth: %.1f GB/s (%d threads), %.1f GB/s (1 thread); memcpy %.1f GB/s (1 thread)\n",
            rbw, nth, rbw1, cbw);

@@ -31,10 +31,12 @@
 
 #include "kernels/backend.h"
 
-enum { KQ8_NONE = 0, KQ8_32 = 1, KQ8_256 = 2 };
+enum { KQ8_NONE = 0, KQ8_32 = 1, KQ8_256 = 2, KQ8_BF16 = 3 };
 
-/* The activation format a weight type uses (KQ8_NONE: not on the int8 path). */
+/* The int8 activation format a weight type uses (KQ8_NONE: not on the int8 path). */
 int kq8_kind(int type);
+/* 1 if the BF16 path (BE_ACT_BF16) has a kernel for this weight type. */
+int kbf_type(int type);
 
 /* One quantised activation matrix: n rows, each at buf + t*stride:
  *   KQ8_256: float d[nb] | int16 bsum[16*nb] | (64-byte aligned) int8 qs[K]
@@ -43,7 +45,10 @@ int kq8_kind(int type);
  *            stored as q + 128, blocks interleaved in pairs by 4-byte groups:
  *            byte 64p + 8i + 4h + j = q of block 2p+h, element 4i+j (i < 8,
  *            j < 4), so the int32 lanes of a vpdpbusd alternate between the
- *            pair's two blocks. */
+ *            pair's two blocks.
+ *   KQ8_BF16 (BE_ACT_BF16, K a multiple of 32): uint16 bf[K], the values
+ *            rounded to BF16 (nearest even, denormals to zero, NaN kept quiet:
+ *            vcvtne2ps2bf16's rule). */
 struct kq8_x {
     int kind;
     int64_t K, nb; /* elements per row, blocks per row */
@@ -62,6 +67,9 @@ static inline const int8_t *kq8_qs(const struct kq8_x *x, int t) {
 static inline const uint8_t *kq8_qu(const struct kq8_x *x, int t) {
     return x->buf + (size_t)t * x->stride + x->qs_off;
 }
+static inline const uint16_t *kbf_x(const struct kq8_x *x, int t) {
+    return (const uint16_t *)(x->buf + (size_t)t * x->stride + x->qs_off);
+}
 /* Sets the geometry of x for n rows of K elements; returns the bytes buf
  * needs, or 0 if K is not a whole number of blocks. */
 size_t kq8_x_layout(struct kq8_x *x, int kind, int64_t K, int n);
@@ -71,6 +79,9 @@ size_t kq8_x_layout(struct kq8_x *x, int kind, int64_t K, int n);
  * bytes (test_kernels_int8). */
 void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1);
 void kq8_quantize_ref(struct kq8_x *x, const float *src, int t0, int t1);
+/* One fp32 value rounded to BF16 by the KQ8_BF16 rule (the portable reference
+ * of vcvtne2ps2bf16). */
+uint16_t kbf_round(float f);
 
 /* One int8 matmul as seen by the kernels: y[t*ldy + r] = W[r] . xq[t] */
 struct kq8_mm {
@@ -94,6 +105,10 @@ typedef void (*kq8_rows_fn)(const struct kq8_mm *mm, int64_t r0, int64_t r1, int
 void kq8_quantize_avx2(struct kq8_x *x, const float *src, int t0, int t1);
 void kq8_rows_vnni(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len);
 void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len);
+/* BF16 path (matmul_bf16_avx512.c): x of kind KQ8_BF16; scr holds the rows'
+ * BF16 tile when scr_len >= 2*K*(r1 - r0) bytes. */
+void kbf_rows_avx512(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int t1, void *scr, size_t scr_len);
+void kbf_convert_avx512(struct kq8_x *x, const float *src, int t0, int t1);
 #endif
 
 /* Backend state (struct kcpu_ctx.q8): the precision in effect and the cache of
@@ -102,11 +117,13 @@ void kq8_rows_avx2(const struct kq8_mm *mm, int64_t r0, int64_t r1, int t0, int 
 struct kq8_state;
 /* be_ops.set_act_precision of the CPU backend (ctx: struct kcpu_ctx). */
 int kq8_set_precision(void *ctx, int prec);
-/* The precision the CPU context ctx computes with: BE_ACT_F32, _INT8 or _MIXED. */
+/* The precision the CPU context ctx computes with: BE_ACT_F32, _INT8, _MIXED or _BF16. */
 int kq8_precision(const void *ctx);
 void kq8_state_free(struct kq8_state *s);
 /* 1 if this CPU has int8 kernels (AVX512-VNNI with BW/VL, or AVX2 with FMA/F16C). */
 int kq8_available(void);
+/* 1 if this CPU has the BF16 kernels (AVX512-BF16 with BW/VL/DQ). */
+int kbf_available(void);
 /* Runs y = x . W^T on the int8 path and returns 0, or returns 1 (nothing
  * written) if this matmul stays on the fp32 path (precision f32, weight type
  * without an int8 kernel, no memory for the quantised activations). */

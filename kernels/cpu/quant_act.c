@@ -1,8 +1,9 @@
-/* quant_act.c - the quantised-activation matmul path of the CPU backend: the
- * activation quantiser (one implementation, used by every ISA), the per-backend
- * cache that lets Q/K/V and gate/up share one quantisation, the precision
- * switch and the driver (threads, row blocks). Kernels: matmul_q8_avx512.c
- * (AVX512-VNNI) and matmul_q8_avx2.c (AVX2).
+/* quant_act.c - the reduced-precision activation matmul paths of the CPU
+ * backend (int8 and BF16): the activation quantiser (one implementation, used
+ * by every ISA), the per-backend cache that lets Q/K/V and gate/up share one
+ * quantisation, the precision switch and the driver (threads, row blocks).
+ * Kernels: matmul_q8_avx512.c (AVX512-VNNI), matmul_q8_avx2.c (AVX2) and
+ * matmul_bf16_avx512.c (AVX512-BF16).
  * Formats and the determinism argument: q8.h.
  */
 #include <math.h>
@@ -24,10 +25,22 @@ int kq8_kind(int type) {
     }
 }
 
+int kbf_type(int type) {
+    return kq8_kind(type) != KQ8_NONE || type == BE_F16 || type == BE_BF16;
+}
+
 size_t kq8_x_layout(struct kq8_x *x, int kind, int64_t K, int n) {
-    int64_t B = kind == KQ8_32 ? 32 : 256;
-    if ((kind != KQ8_32 && kind != KQ8_256) || K <= 0 || K % B || n <= 0)
+    int64_t B = kind == KQ8_256 ? 256 : 32;
+    if ((kind != KQ8_32 && kind != KQ8_256 && kind != KQ8_BF16) || K <= 0 || K % B || n <= 0)
         return 0;
+    if (kind == KQ8_BF16) {
+        x->kind = kind;
+        x->K = K;
+        x->nb = K / B;
+        x->bs_off = x->qs_off = 0;
+        x->stride = ((size_t)K * sizeof(uint16_t) + 63) / 64 * 64;
+        return x->stride * (size_t)n;
+    }
     x->kind = kind;
     x->K = K;
     x->nb = K / B;
@@ -78,8 +91,29 @@ static void quant_row32(const float *s, int64_t nb, float *d, uint8_t *qu) {
     }
 }
 
+/* vcvtne2ps2bf16's rule: zero and denormal -> signed zero, infinity kept,
+ * NaN -> quiet NaN (its top half, bit 6 set), else round to nearest even. */
+uint16_t kbf_round(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint32_t ex = u & 0x7F800000u, mant = u & 0x007FFFFFu;
+    if (ex == 0)
+        return (uint16_t)((u >> 16) & 0x8000u);
+    if (ex == 0x7F800000u)
+        return (uint16_t)((u >> 16) | (mant ? 0x40u : 0u));
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 void kq8_quantize_ref(struct kq8_x *x, const float *src, int t0, int t1) {
     int B = x->kind == KQ8_32 ? 32 : 256;
+    if (x->kind == KQ8_BF16) {
+        for (int t = t0; t < t1; t++) {
+            uint16_t *d = (uint16_t *)(x->buf + (size_t)t * x->stride);
+            for (int64_t k = 0; k < x->K; k++)
+                d[k] = kbf_round(src[(size_t)t * (size_t)x->K + (size_t)k]);
+        }
+        return;
+    }
     for (int t = t0; t < t1; t++) {
         uint8_t *row = x->buf + (size_t)t * x->stride;
         float *d = (float *)row;
@@ -118,8 +152,8 @@ struct q8_entry {
 };
 
 struct kq8_state {
-    int prec; /* BE_ACT_F32, BE_ACT_INT8 (every quantised type) or BE_ACT_MIXED (32-block types) */
-    struct q8_entry e[2]; /* [kind - 1] */
+    int prec; /* BE_ACT_F32, BE_ACT_INT8 (every quantised type), BE_ACT_MIXED (32-block types) or BE_ACT_BF16 */
+    struct q8_entry e[3]; /* [kind - 1] */
 };
 
 /* CPU features of the int8 kernels: AVX512-VNNI (with BW/VL), AVX2 (with FMA). */
@@ -142,11 +176,26 @@ static int has_avx2(void) {
 #endif
 }
 
+static int has_bf16(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bf16");
+#else
+    return 0;
+#endif
+}
+
 int kq8_available(void) { return has_vnni() || has_avx2(); }
+int kbf_available(void) { return has_bf16(); }
 
 void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1) {
 #if defined(__x86_64__)
-    kq8_quantize_avx2(x, src, t0, t1); /* every int8 kernel implies AVX2 */
+    if (x->kind == KQ8_BF16) /* only called where the BF16 kernels run */
+        kbf_convert_avx512(x, src, t0, t1);
+    else
+        kq8_quantize_avx2(x, src, t0, t1); /* every int8 kernel implies AVX2 */
 #else
     kq8_quantize_ref(x, src, t0, t1);
 #endif
@@ -155,15 +204,17 @@ void kq8_quantize(struct kq8_x *x, const float *src, int t0, int t1) {
 /* The int8 kernel of a context: the one of its fp32 ISA (kcpu_ctx_set_isa
  * picks it in tests and benchmarks): avx512 -> VNNI where the CPU has it, else
  * the AVX2 kernel; generic -> none (the fp32 path answers). */
-static kq8_rows_fn kq8_kernel(const struct kcpu_ctx *ctx) {
+static kq8_rows_fn kq8_kernel(const struct kcpu_ctx *ctx, int kind) {
 #if defined(__x86_64__)
     if (!ctx->isa || strcmp(ctx->isa->name, "generic") == 0)
         return NULL;
+    if (kind == KQ8_BF16) /* BF16: the AVX-512 dequantisers; avx512 contexts only */
+        return strcmp(ctx->isa->name, "avx512") == 0 && has_bf16() ? kbf_rows_avx512 : NULL;
     if (strcmp(ctx->isa->name, "avx512") == 0 && has_vnni())
         return kq8_rows_vnni;
     return has_avx2() ? kq8_rows_avx2 : NULL;
 #else
-    (void)ctx;
+    (void)ctx, (void)kind;
     return NULL;
 #endif
 }
@@ -171,7 +222,7 @@ static kq8_rows_fn kq8_kernel(const struct kcpu_ctx *ctx) {
 void kq8_state_free(struct kq8_state *s) {
     if (!s)
         return;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         free(s->e[i].copy);
         free(s->e[i].x.buf);
     }
@@ -190,13 +241,14 @@ int kq8_precision(const void *vctx) {
  * no gain on Gemma, and where there are no int8 kernels. */
 int kq8_set_precision(void *vctx, int prec) {
     struct kcpu_ctx *ctx = vctx;
-    if (prec != BE_ACT_F32 && prec != BE_ACT_INT8 && prec != BE_ACT_MIXED && prec != BE_ACT_AUTO)
+    if (prec != BE_ACT_F32 && prec != BE_ACT_INT8 && prec != BE_ACT_MIXED && prec != BE_ACT_AUTO &&
+        prec != BE_ACT_BF16)
         return SS_EINVAL;
     int want = prec;
     if (prec == BE_ACT_AUTO)
         want = kq8_available() && ctx->isa && strcmp(ctx->isa->name, "avx2") == 0 ? BE_ACT_MIXED : BE_ACT_F32;
-    else if (prec != BE_ACT_F32 && !kq8_available())
-        return SS_EUNSUPPORTED;
+    else if (prec == BE_ACT_BF16 ? !kq8_kernel(ctx, KQ8_BF16) : (prec != BE_ACT_F32 && !kq8_available()))
+        return SS_EUNSUPPORTED; /* BF16: AVX512-BF16 CPUs, avx512 contexts */
     if (want != BE_ACT_F32 && !ctx->q8) {
         ctx->q8 = calloc(1, sizeof *ctx->q8);
         if (!ctx->q8)
@@ -283,10 +335,12 @@ static void q8_task(void *arg, int tid, int nt) {
 int kq8_matmul(void *vctx, float *y, const float *x, const struct be_tensor *w, int n) {
     struct kcpu_ctx *ctx = vctx;
     struct kq8_state *s = ctx->q8;
-    int kind = kq8_kind(w->type);
-    kq8_rows_fn kq8_rows = kq8_kernel(ctx);
-    if (!s || s->prec == BE_ACT_F32 || kind == KQ8_NONE || n <= 0 || !kq8_rows ||
-        (s->prec == BE_ACT_MIXED && kind != KQ8_32))
+    if (!s || s->prec == BE_ACT_F32 || n <= 0)
+        return 1;
+    int kind = s->prec == BE_ACT_BF16 ? (kbf_type(w->type) ? KQ8_BF16 : KQ8_NONE) : kq8_kind(w->type);
+    kq8_rows_fn kq8_rows = kq8_kernel(ctx, kind);
+    if (kind == KQ8_NONE || !kq8_rows || (s->prec == BE_ACT_MIXED && kind != KQ8_32) ||
+        (kind == KQ8_BF16 && w->ne[0] % 32))
         return 1;
     int64_t K = w->ne[0], R = w->ne[1];
     const uint8_t *data = w->be_data ? w->be_data : w->data;

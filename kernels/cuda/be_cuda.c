@@ -782,7 +782,7 @@ static int kcu_set_act_precision(void *ctx, int prec) {
     (void)ctx;
     if (prec == BE_ACT_F32 || prec == BE_ACT_AUTO)
         return BE_ACT_F32;
-    return prec == BE_ACT_INT8 || prec == BE_ACT_MIXED ? SS_EUNSUPPORTED : SS_EINVAL;
+    return prec == BE_ACT_INT8 || prec == BE_ACT_MIXED || prec == BE_ACT_BF16 ? SS_EUNSUPPORTED : SS_EINVAL;
 }
 
 const struct be_ops kcu_ops = {
