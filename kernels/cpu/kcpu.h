@@ -174,7 +174,9 @@ struct kcpu_ctx {
     int fork_mode;    /* KCPU_FORK_*: when fork2 splits (fork.c) */
     struct kcpu_ctx *half[2]; /* fork2's one-thread halves, made on the first split */
     struct kq8_state *q8; /* int8 activation path (q8.h); NULL = fp32 only */
+    struct kcpu_rope_cache *rope; /* RoPE angle tables (be_cpu.c), made on first use */
 };
+void kcpu_rope_cache_free(struct kcpu_rope_cache *rc);
 
 /* Per-thread scratch of at least n floats (64-byte aligned) for thread tid of
  * a parallel region, or NULL (matmul.c). */
