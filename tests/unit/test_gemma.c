@@ -368,6 +368,7 @@ static const cJSON *jget(const cJSON *o, const char *k) {
 #define REAL_TOL_F16 2e-2
 #define REAL_TOL_F32 1e-3
 #define REAL_TOL_MIXED 0.6 /* int8 activations (Q5_0/Q8_0 matmuls): measured worst 0.36 on AVX2 */
+#define REAL_TOL_BF16 0.1  /* BF16 weights and activations: measured worst 0.048 on AVX512-BF16 (Zen 4) */
 #define REAL_MARGIN 2e-2
 #define REAL_CHUNK 256
 
@@ -456,20 +457,28 @@ START_TEST(test_real_model) {
     /* 0: F16 K/V (the server's default), prompts and greedy continuations;
      * 1: F32 K/V, prompts only, with a tighter tolerance;
      * 2: F16 K/V with mixed activations (the server's default on AVX2),
-     *    prompts and greedy continuations, with its own tolerance. One thread: the
+     *    prompts and greedy continuations, with its own tolerance;
+     * 3: the same with BF16 activations (the default on AVX512-BF16). One thread: the
      * result does not depend on it (kernels' determinism contract) and a
      * shared, oversubscribed test machine cannot stall the pool's joins. */
     const int kv_type = _i == 1 ? ENG_KV_F32 : ENG_KV_F16;
-    const double tol = _i == 0 ? REAL_TOL_F16 : (_i == 1 ? REAL_TOL_F32 : REAL_TOL_MIXED);
+    static const double tols[] = {REAL_TOL_F16, REAL_TOL_F32, REAL_TOL_MIXED, REAL_TOL_BF16};
+    static const int precs[] = {ENG_ACT_F32, ENG_ACT_F32, ENG_ACT_MIXED, ENG_ACT_BF16};
+    static const char *const what[] = {"f16 KV", "f32 KV", "mixed activations", "bf16 activations"};
+    const double tol = tols[_i];
+    const int approx = _i >= 2; /* reduced-precision activations */
     struct eng_options o = {.kv_type = kv_type, .max_batch_tokens = REAL_CHUNK, .n_ctx = 2048, .n_threads = 1,
-                            .act_precision = _i == 2 ? ENG_ACT_MIXED : ENG_ACT_F32};
+                            .act_precision = precs[_i]};
 #if defined(__x86_64__)
-    const int has_int8 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const int has_kernels = _i == 2   ? __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                            : _i == 3 ? __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw") &&
+                                            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+                                      : 1;
 #else
-    const int has_int8 = 0;
+    const int has_kernels = _i < 2;
 #endif
-    if (_i == 2 && !has_int8) {
-        printf("SKIP real model, mixed activations: no AVX2 here\n");
+    if (!has_kernels) {
+        printf("SKIP real model, %s: no %s here\n", what[_i], _i == 2 ? "AVX2" : "AVX512-BF16");
         return;
     }
     char err[256] = "";
@@ -493,23 +502,22 @@ START_TEST(test_real_model) {
      * release pass runs everything. */
     const int quick = getenv("SLIMSERVE_SANITIZED") != NULL;
     if (quick && _i != 0) {
-        printf("SKIP real model, %s: sanitizer build (the release pass runs it)\n",
-               _i == 1 ? "f32 KV" : "mixed activations");
+        printf("SKIP real model, %s: sanitizer build (the release pass runs it)\n", what[_i]);
         eng_model_free(m);
         return;
     }
-    /* mixed (int8 activations for the Q5_0/Q8_0 matmuls): a greedy step may
-     * part from the fp32 reference where its margin is within twice the
-     * logit tolerance */
-    const double margin_tol = _i == 2 ? 2 * REAL_TOL_MIXED : REAL_MARGIN;
+    /* mixed (int8 activations for the Q5_0/Q8_0 matmuls) and bf16: a greedy
+     * step may part from the fp32 reference where its margin is within twice
+     * the logit tolerance */
+    const double margin_tol = approx ? 2 * tol : REAL_MARGIN;
     cJSON_ArrayForEach(p, jget(fixture, "prompts")) {
         const int is_long = strcmp(jget(p, "name")->valuestring, "long_window") == 0;
-        check_real_prompt(m, p, pages, 128, tol, margin_tol, _i == 2 ? 8 : 32, _i != 1 && (!quick || is_long),
+        check_real_prompt(m, p, pages, 128, tol, margin_tol, approx ? 8 : 32, _i != 1 && (!quick || is_long),
                           &worst);
     }
     if (quick) printf("real model: sanitizer build, greedy decoding only after the long prompt\n");
-    printf("real model, %s KV%s: worst top-5 |logit - ref| %.2e (tolerance %.0e)\n",
-           kv_type == ENG_KV_F16 ? "f16" : "f32", _i == 2 ? ", mixed activations" : "", worst, tol);
+    printf("real model, %s KV%s%s: worst top-5 |logit - ref| %.2e (tolerance %.0e)\n",
+           kv_type == ENG_KV_F16 ? "f16" : "f32", approx ? ", " : "", approx ? what[_i] : "", worst, tol);
     eng_model_free(m);
 }
 END_TEST
@@ -558,7 +566,7 @@ static Suite *gemma_suite(void) {
     suite_add_tcase(s, tc);
     TCase *tr = tcase_create("real");
     tcase_set_timeout(tr, 240);
-    tcase_add_loop_test(tr, test_real_model, 0, 3);
+    tcase_add_loop_test(tr, test_real_model, 0, 4);
     tcase_add_test(tr, test_real_tokenizer);
     suite_add_tcase(s, tr);
     return s;
