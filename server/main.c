@@ -58,7 +58,7 @@ struct serve_opts {
     const char *lp_exec;        /* --lp-exec auto|branches|merged (eng_lp_exec_parse) */
     const char *lte;            /* --lte on|off */
     double lte_threshold;       /* --lte-threshold T in (0, 1); 0 = the file's */
-    const char *act_precision;  /* --activation-precision f32|int8|mixed|auto (eng_act_parse) */
+    const char *act_precision;  /* --activation-precision f32|int8|mixed|bf16|auto (eng_act_parse) */
     const char *pooling;        /* --pooling mean|last|cls (embeddings; default: the model's) */
     const char *speculative;    /* --speculative ngram|off */
 };
@@ -160,9 +160,10 @@ static const struct opt serve_flags[] = {
      "mean, last or cls: how /v1/embeddings pools the final hidden states of an input (default: "
      "the model's <arch>.pooling_type key when it names one of those, else mean)"},
     {"activation-precision", OPT_STR, 0, 0, OFF(act_precision),
-     "f32, int8, mixed or auto: matmul activations in fp32 or quantised to int8 (integer dot "
-     "products on quantised weights); mixed = int8 for Q4_0/Q5_0/Q8_0 weights, fp32 for the "
-     "K-quants; auto (the default) = mixed where the CPU kernels are AVX2, else f32"},
+     "f32, int8, mixed, bf16 or auto: matmul activations in fp32, quantised to int8 (integer dot "
+     "products on quantised weights) or rounded to BF16 with the weights (vdpbf16ps); mixed = "
+     "int8 for Q4_0/Q5_0/Q8_0 weights, fp32 for the K-quants; auto (the default) = bf16 on "
+     "AVX512-BF16 CPUs, mixed where the CPU kernels are AVX2, else f32"},
 };
 #define N_SERVE_FLAGS (sizeof(serve_flags) / sizeof(serve_flags[0]))
 
@@ -537,7 +538,7 @@ static int cmd_serve(int argc, char **argv) {
     }
     o.eng.lte_threshold = (float)o.lte_threshold;
     if (eng_act_parse(o.act_precision ? o.act_precision : "auto", &o.eng.act_precision) < 0) {
-        fprintf(stderr, "slimserve serve: --activation-precision: '%s': use f32, int8, mixed or auto\n",
+        fprintf(stderr, "slimserve serve: --activation-precision: '%s': use f32, int8, mixed, bf16 or auto\n",
                 o.act_precision);
         return 2;
     }

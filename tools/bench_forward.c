@@ -1,7 +1,7 @@
 /* bench_forward.c - single-stream prefill and decode speed of eng_forward.
  *
  *   bench_forward MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]
- *                       [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|mixed|auto]
+ *                       [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|mixed|bf16|auto]
  *                       [-B SEQS] [-e cpu|cuda|auto] [-d DEVICE]
  *
  * One sequence: prefills a context of synthetic token ids, then decodes
@@ -174,7 +174,7 @@ static int bench_batch(struct eng_model *m, int n_seqs, int ctx, int chunk, int 
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s MODEL [-c CTX | -p N_PREFILL] [-n N_DECODE] [-b CHUNK] [-t THREADS]\n"
-            "          [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|auto]  (-a: activation precision)\n"
+            "          [-kv f16|f32] [-r REPEATS] [-lte on|off] [-a f32|int8|mixed|bf16|auto]  (-a: activation precision)\n"
             "          [-B SEQS]  (batched decode of SEQS sequences) [-e cpu|cuda|auto] [-d DEVICE]\n",
             argv0);
 }

@@ -472,7 +472,7 @@ static void usage(FILE *f) {
             "  --max-windows K    evaluate only the first K windows (default all)\n"
             "  --backend NAME     cpu (default) or cuda\n"
             "  --kv-type TYPE     f16 (default) or f32\n"
-            "  --activation-precision P  auto (default, as serve), f32 (the exact path), int8 or mixed\n"
+            "  --activation-precision P  auto (default, as serve), f32 (the exact path), int8, mixed or bf16\n"
             "  --layer-parallel S:E  run layers [S, E) as pairs (layer parallelism), or off;\n"
             "                     default: the model file's lp.range key, else off\n"
             "  --lte on|off       off runs an LTE model densely, every expert on (default on)\n"

@@ -234,11 +234,14 @@ int kq8_precision(const void *vctx) {
     return ctx->q8 ? ctx->q8->prec : BE_ACT_F32;
 }
 
-/* auto, by measurement (README, Activation precision): mixed where the fp32
- * kernels are AVX2 (Gemma 3 270M: decode 1.2x, prefill even, perplexity
- * +0.16%; int8 there reads +0.53%, the K-quants' 256-value activation scales
- * costing +0.36% of it); fp32 on AVX-512 CPUs, where the int8 kernels measured
- * no gain on Gemma, and where there are no int8 kernels. */
+/* auto, by measurement (README, Activation precision): bf16 where the CPU
+ * has AVX512-BF16 and the context's kernels are AVX-512 (Gemma 3 270M:
+ * prefill 1.5x, serving at 16/64 streams 1.45x, single-stream decode 0.9-0.95x
+ * of fp32, perplexity -0.07%); mixed where the fp32 kernels are AVX2 (decode
+ * 1.2x, prefill even, perplexity +0.16%; int8 there reads +0.53%, the K-quants'
+ * 256-value activation scales costing +0.36% of it); fp32 on other AVX-512
+ * CPUs, where the int8 kernels measured no gain on Gemma (VNNI int8 prefill
+ * 0.67x fp32), and where there are no int8 kernels. */
 int kq8_set_precision(void *vctx, int prec) {
     struct kcpu_ctx *ctx = vctx;
     if (prec != BE_ACT_F32 && prec != BE_ACT_INT8 && prec != BE_ACT_MIXED && prec != BE_ACT_AUTO &&
@@ -246,7 +249,9 @@ int kq8_set_precision(void *vctx, int prec) {
         return SS_EINVAL;
     int want = prec;
     if (prec == BE_ACT_AUTO)
-        want = kq8_available() && ctx->isa && strcmp(ctx->isa->name, "avx2") == 0 ? BE_ACT_MIXED : BE_ACT_F32;
+        want = kq8_kernel(ctx, KQ8_BF16) ? BE_ACT_BF16
+               : kq8_available() && ctx->isa && strcmp(ctx->isa->name, "avx2") == 0 ? BE_ACT_MIXED
+                                                                                    : BE_ACT_F32;
     else if (prec == BE_ACT_BF16 ? !kq8_kernel(ctx, KQ8_BF16) : (prec != BE_ACT_F32 && !kq8_available()))
         return SS_EUNSUPPORTED; /* BF16: AVX512-BF16 CPUs, avx512 contexts */
     if (want != BE_ACT_F32 && !ctx->q8) {

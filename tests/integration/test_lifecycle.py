@@ -256,12 +256,37 @@ def _precision_line(srv):
     return line[0].split("activation precision:", 1)[1].strip()
 
 
+def _batch_invariant(srv):
+    """Greedy tokens and logprobs of a prompt alone equal those it gets among
+    five concurrent requests (the server batches them)."""
+    params = dict(prompt="the quick brown fox", max_tokens=12, temperature=0, ignore_eos=True,
+                  logprobs=2)
+    alone = complete(srv, **params)["choices"][0]
+    got = [None] * 6
+    prompts = ["the quick brown fox", "hello", "a b c d e f g", "the quick brown fox",
+               "lorem ipsum dolor", "x y"]
+
+    def run(i):
+        got[i] = complete(srv, **dict(params, prompt=prompts[i]))["choices"][0]
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for i in (0, 3):
+        assert got[i]["text"] == alone["text"]
+        assert got[i]["logprobs"]["token_logprobs"] == alone["logprobs"]["token_logprobs"]
+
+
 def test_activation_precision(models, tmp_path):
-    """--activation-precision: auto (the default) takes mixed where the CPU
-    kernels are AVX2 and f32 elsewhere, and says so; under mixed a Q8_0
-    model's greedy tokens and logprobs do not depend on the batch."""
+    """--activation-precision: auto (the default) takes bf16 on AVX512-BF16
+    CPUs, mixed where the CPU kernels are AVX2 and f32 elsewhere, and says so;
+    under mixed and bf16 a Q8_0 model's greedy tokens and logprobs do not
+    depend on the batch."""
     flags = _cpu_flags()
     avx2 = {"avx2", "fma", "f16c"} <= flags
+    bf16 = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"} <= flags
     with Server(models["spm"], tmp_path, "--activation-precision", "f32", name="f32") as srv:
         assert _precision_line(srv) == "f32"
     with Server(models["spm"], tmp_path, env={"SLIMSERVE_CPU_ISA": "generic"}, name="gen") as srv:
@@ -271,24 +296,12 @@ def test_activation_precision(models, tmp_path):
     q8 = gen_model(tmp_path / "tiny-q8.gguf", "spm", "--ctx", "256", "--seed", "3", "--type", "q8_0")
     with Server(q8, tmp_path, env={"SLIMSERVE_CPU_ISA": "avx2"}, name="mixed") as srv:
         assert _precision_line(srv) == "mixed (auto)"
-        params = dict(prompt="the quick brown fox", max_tokens=12, temperature=0, ignore_eos=True,
-                      logprobs=2)
-        alone = complete(srv, **params)["choices"][0]
-        got = [None] * 6
-        prompts = ["the quick brown fox", "hello", "a b c d e f g", "the quick brown fox",
-                   "lorem ipsum dolor", "x y"]
-
-        def run(i):
-            got[i] = complete(srv, **dict(params, prompt=prompts[i]))["choices"][0]
-
-        ts = [threading.Thread(target=run, args=(i,)) for i in range(6)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        for i in (0, 3):
-            assert got[i]["text"] == alone["text"]
-            assert got[i]["logprobs"]["token_logprobs"] == alone["logprobs"]["token_logprobs"]
+        _batch_invariant(srv)
+    if not bf16:
+        pytest.skip("no AVX512-BF16 here: the bf16 kernels are not exercised")
+    with Server(q8, tmp_path, name="bf16") as srv:
+        assert _precision_line(srv) == "bf16 (auto)"
+        _batch_invariant(srv)
 
 
 def test_env_config(models, tmp_path):

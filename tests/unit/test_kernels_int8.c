@@ -230,14 +230,15 @@ START_TEST(test_int8_precision_switch) {
     struct be be;
     ck_assert_int_eq(be_open(&be, "cpu", 1), 0);
     ck_assert_int_eq(be_set_act_precision(&be, 7), SS_EINVAL);
-    /* auto: mixed where the fp32 kernels are AVX2, else f32 (quant_act.c) */
+    /* auto: mixed where the fp32 kernels are AVX2, bf16 where they are
+     * AVX-512 and the CPU has AVX512-BF16, else f32 (quant_act.c) */
     struct be ba;
     ck_assert_int_eq(be_open(&ba, "cpu", 1), 0);
     int avx2_best = kcpu_ctx_set_isa(&ba, "avx2") == 0 && kcpu_ctx_set_isa(&ba, "avx512") != 0;
     ck_assert_int_eq(kcpu_ctx_set_isa(&ba, avx2_best ? "avx2" : "generic"), 0);
     ck_assert_int_eq(be_set_act_precision(&ba, BE_ACT_AUTO), avx2_best ? BE_ACT_MIXED : BE_ACT_F32);
     if (kcpu_ctx_set_isa(&ba, "avx512") == 0)
-        ck_assert_int_eq(be_set_act_precision(&ba, BE_ACT_AUTO), BE_ACT_F32);
+        ck_assert_int_eq(be_set_act_precision(&ba, BE_ACT_AUTO), kbf_available() ? BE_ACT_BF16 : BE_ACT_F32);
     be_close(&ba);
     ck_assert_int_eq(be_set_act_precision(&be, BE_ACT_MIXED), kq8_available() ? BE_ACT_MIXED : SS_EUNSUPPORTED);
     ck_assert_int_eq(be_set_act_precision(&be, BE_ACT_INT8), kq8_available() ? BE_ACT_INT8 : SS_EUNSUPPORTED);
