@@ -181,6 +181,20 @@ AI void grp_q6_k(const st_q6_k *s, int g, vf *w) {
     }
 }
 
+/* Every group of one row (wr, K elements) of a blocked type, in order:
+ * EMIT(k, w) with w[GC_T] the group's chunks and k the element of its first
+ * (the fp32 tile dequantiser and the BF16 one share it). */
+#define DQ_ROW_GROUPS(T, BS, SZ, wr, K, EMIT)                                               \
+    for (int64_t ib_ = 0; ib_ < (K) / (BS); ib_++) {                                        \
+        st_##T st_;                                                                         \
+        prep_##T(&st_, (wr) + (size_t)ib_ * (SZ));                                          \
+        for (int g_ = 0; g_ < (BS) / (V * GC_##T); g_++) {                                  \
+            vf w_[GC_##T];                                                                  \
+            grp_##T(&st_, g_, w_);                                                          \
+            EMIT(ib_ * (BS) + g_ * (V * GC_##T), w_);                                       \
+        }                                                                                   \
+    }
+
 /* linear types: chunk at element k of a row, full or masked (tail lanes = 0) */
 AI vf ld_f32(const uint8_t *r, int64_t k) { return _mm512_loadu_ps((const float *)r + k); }
 AI vf ldm_f32(const uint8_t *r, int64_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, (const float *)r + k); }

@@ -64,6 +64,11 @@ AI const uint8_t *gv_pf(const struct kcpu_mm *mm, int64_t r, int RG, size_t pf, 
 
 /* ---------------------------------------------------------------- decode (fused) */
 
+/* DQ_ROW_GROUPS' EMIT for the fp32 tile: the chunks stored at d + k */
+#define DQ_STORE_F32(k, w)                                                                  \
+    for (int c = 0; c < (int)(sizeof w / sizeof w[0]); c++)                                 \
+        _mm512_storeu_ps(d + (k) + c * V, w[c]);
+
 #define DEF_BLOCKED(T, BS, SZ)                                                              \
     AI void gv_##T(const struct kcpu_mm *mm, int64_t r, int t0, int RG, int NT, int LTE) { \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
@@ -137,20 +142,10 @@ AI const uint8_t *gv_pf(const struct kcpu_mm *mm, int64_t r, int RG, size_t pf, 
     }                                                                                       \
     static void dq_##T(const struct kcpu_mm *mm, int64_t r0, int64_t nr, float *dst,        \
                        int64_t ldd) {                                                       \
-        const int64_t nb = mm->K / (BS);                                                    \
         for (int64_t i = 0; i < nr; i++) {                                                  \
             const uint8_t *wr = mm->w + (size_t)(r0 + i) * mm->nb1;                          \
             float *d = dst + i * ldd;                                                       \
-            for (int64_t ib = 0; ib < nb; ib++) {                                           \
-                st_##T st;                                                                  \
-                prep_##T(&st, wr + (size_t)ib * (SZ));                                      \
-                for (int g = 0; g < (BS) / (V * GC_##T); g++) {                             \
-                    vf w[GC_##T];                                                           \
-                    grp_##T(&st, g, w);                                                     \
-                    for (int c = 0; c < GC_##T; c++)                                        \
-                        _mm512_storeu_ps(d + ib * (BS) + (g * GC_##T + c) * V, w[c]);       \
-                }                                                                           \
-            }                                                                               \
+            DQ_ROW_GROUPS(T, BS, SZ, wr, mm->K, DQ_STORE_F32)                               \
             for (int64_t k = mm->K; k < ldd; k++)                                           \
                 d[k] = 0.0f;                                                                \
         }                                                                                   \

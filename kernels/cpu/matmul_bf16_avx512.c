@@ -35,6 +35,11 @@ AI __m512bh bf_load(const uint16_t *p) { return (__m512bh)_mm512_loadu_si512((co
  * gvb_T: RG rows x NT tokens, weights dequantised in registers (decode).
  * dqb_T: nr rows into a BF16 tile dst[nr][K]. */
 
+/* DQ_ROW_GROUPS' EMIT for the BF16 tile: chunk pairs packed and stored at d + k */
+#define DQ_STORE_BF16(k, w)                                                                 \
+    for (int c = 0; c < (int)(sizeof w / sizeof w[0]); c += 2)                              \
+        _mm512_storeu_si512((void *)(d + (k) + c * V), (__m512i)bf_pack(w[c], w[c + 1]));
+
 #define DEF_BF_BLOCKED(T, BS, SZ)                                                           \
     AI void gvb_##T(const struct kq8_mm *mm, int64_t r, int t0, int RG, int NT) {           \
         vf acc[4][KCPU_DECODE_MAX];                                                         \
@@ -73,21 +78,11 @@ AI __m512bh bf_load(const uint16_t *p) { return (__m512bh)_mm512_loadu_si512((co
                 mm->y[(size_t)(t0 + j) * mm->ldy + r + i] = hsum16(acc[i][j]);              \
     }                                                                                       \
     static void dqb_##T(const struct kq8_mm *mm, int64_t r0, int64_t nr, uint16_t *dst) {  \
-        const int64_t K = mm->x->K, nb = K / (BS);                                          \
+        const int64_t K = mm->x->K;                                                         \
         for (int64_t i = 0; i < nr; i++) {                                                  \
             const uint8_t *wr = mm->w + (size_t)(r0 + i) * mm->nb1;                          \
             uint16_t *d = dst + i * K;                                                      \
-            for (int64_t ib = 0; ib < nb; ib++) {                                           \
-                st_##T st;                                                                  \
-                prep_##T(&st, wr + (size_t)ib * (SZ));                                      \
-                for (int g = 0; g < (BS) / (V * GC_##T); g++) {                             \
-                    vf w[GC_##T];                                                           \
-                    grp_##T(&st, g, w);                                                     \
-                    for (int c = 0; c < GC_##T; c += 2)                                     \
-                        _mm512_storeu_si512((void *)(d + ib * (BS) + (g * GC_##T + c) * V), \
-                                            (__m512i)bf_pack(w[c], w[c + 1]));              \
-                }                                                                           \
-            }                                                                               \
+            DQ_ROW_GROUPS(T, BS, SZ, wr, K, DQ_STORE_BF16)                                  \
         }                                                                                   \
     }
 
